@@ -1,0 +1,206 @@
+//! The proxy-wasm adapter: reads what the host has, asks the core, applies the answer.
+//! Host calls go through `hostcalls` (not the SDK's trait helpers, which `unwrap()`), so
+//! a refused call becomes a fail-closed reply instead of a trap that would take down
+//! every request on this worker.
+
+use std::rc::Rc;
+
+use log::{debug, error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::config::Settings;
+use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::request::Route;
+
+proxy_wasm::main! {{
+    // Also installs the SDK's panic hook, which logs the panic at critical level.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { settings: None }) });
+}}
+
+struct Root {
+    settings: Option<Rc<Settings>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        info!("nebula-authz {} starting", env!("CARGO_PKG_VERSION"));
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                error!("cannot read the plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        match Settings::from_json(&bytes) {
+            Ok(settings) => {
+                info!(
+                    "configured: auth cluster {:?}, path {:?}, timeout {:?}",
+                    settings.auth.cluster, settings.auth.path, settings.auth.timeout
+                );
+                self.settings = Some(Rc::new(settings));
+                true
+            }
+            Err(e) => {
+                // Envoy refuses the plugin; no request is ever let through unchecked.
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Never None: the SDK panics on it. Without settings the context fails closed.
+        Some(Box::new(Authz { id: context_id, settings: self.settings.clone(), pending: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Authz {
+    id: u32,
+    settings: Option<Rc<Settings>>,
+    /// The token of the callout in flight; the request (and its body) waits for it.
+    pending: Option<u32>,
+}
+
+impl Authz {
+    fn on_headers(&mut self, settings: &Settings) -> Action {
+        // One host call for the whole map; then only the headers actually present are removed.
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let plan = settings.plan(&headers);
+        for name in &plan.strip {
+            if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
+                return self.fail(settings, Failure::HostError);
+            }
+        }
+        match plan.route {
+            Route::Public { template } => {
+                debug!("[{}] public ({template})", self.id);
+                Action::Continue
+            }
+            Route::Callout { headers } => {
+                let auth = &settings.auth;
+                match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
+                    Ok(token) => {
+                        self.pending = Some(token);
+                        Action::Pause
+                    }
+                    Err(status) => {
+                        warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, auth.cluster);
+                        self.fail(settings, Failure::DispatchFailed)
+                    }
+                }
+            }
+            Route::Reject(failure) => self.fail(settings, failure),
+        }
+    }
+
+    fn on_auth_response(&mut self, settings: &Settings, body_size: usize) {
+        // No headers at all is how Envoy reports a timeout or reset.
+        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        match settings.decide(&headers, body_size) {
+            Verdict::Allow { inject } => {
+                let mut done: Vec<&str> = Vec::with_capacity(inject.len());
+                for (name, value) in inject {
+                    // The first value replaces whatever is there; further values are added.
+                    let result = if done.contains(&name) {
+                        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
+                    } else {
+                        done.push(name);
+                        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+                    };
+                    if result.is_err() {
+                        self.fail(settings, Failure::HostError);
+                        return;
+                    }
+                }
+                debug!("[{}] allowed", self.id);
+                if let Err(status) = hostcalls::resume_http_request() {
+                    error!("[{}] cannot resume the request: {status:?}", self.id);
+                }
+            }
+            Verdict::Deny { status, headers } => {
+                let body = match body_size {
+                    0 => None,
+                    size => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten(),
+                };
+                debug!("[{}] denied with {status}", self.id);
+                self.reply(status, headers, body.as_deref());
+            }
+            Verdict::Fail(failure) => {
+                self.fail(settings, failure);
+            }
+        }
+    }
+
+    /// Fail closed: `status_on_error` with a short body; the request never goes upstream.
+    fn fail(&self, settings: &Settings, failure: Failure) -> Action {
+        warn!("[{}] failing closed with {}: {failure}", self.id, settings.status_on_error);
+        self.reply(settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+        Action::Pause
+    }
+
+    fn reply(&self, status: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) {
+        if let Err(e) = hostcalls::send_http_response(status, headers, body) {
+            error!("[{}] cannot send the local reply: {e:?}", self.id);
+        }
+    }
+}
+
+impl Context for Authz {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.pending != Some(token) {
+            return;
+        }
+        self.pending = None;
+        if let Some(settings) = self.settings.clone() {
+            self.on_auth_response(&settings, body_size);
+        }
+    }
+}
+
+impl HttpContext for Authz {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        match self.settings.clone() {
+            Some(settings) => self.on_headers(&settings),
+            None => {
+                error!("[{}] nebula-authz has no configuration; failing closed", self.id);
+                self.reply(500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+                Action::Pause
+            }
+        }
+    }
+
+    // Envoy would forward headers along with a body chunk that returns Continue, so the
+    // body is held while the callout is in flight.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_pending()
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        self.hold_while_pending()
+    }
+}
+
+impl Authz {
+    fn hold_while_pending(&self) -> Action {
+        if self.pending.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+}

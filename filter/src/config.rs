@@ -1,0 +1,411 @@
+//! Plugin configuration: the JSON users write (serde, unknown fields rejected), then
+//! validated and compiled once into [`Settings`], which every request shares.
+//!
+//! Defaults are seed 000's values, so `{"auth": {"cluster": "auth"}}` is a full config.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::headers::HeaderNames;
+use crate::route::PublicPaths;
+
+/// The identity headers Prefect's auth service returns and the filter injects upstream.
+pub const IDENTITY_HEADERS: [&str; 4] =
+    ["x-nebula-actor-id", "x-nebula-actor-permissions", "x-nebula-ratelimit-config", "x-nebula-log-limit-config"];
+
+/// Seed 000's public routes (Traefik router `public`).
+pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
+    "/auth",
+    "/api/docs",
+    "/api/openapi.json",
+    "/api/health",
+    "/api/version",
+    "/hooks",
+    "/{prefix}/task_runs/subscriptions/scheduled",
+    "/{prefix}/events/out",
+];
+
+const DEFAULT_REQUEST_HEADERS: [&str; 3] = ["authorization", "origin", "access-control-request-method"];
+const DEFAULT_CLIENT_HEADERS: [&str; 4] = ["www-authenticate", "location", "set-cookie", "content-type"];
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+const MAX_MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// Like Envoy ext_authz's `status_on_error` default.
+const DEFAULT_STATUS_ON_ERROR: u32 = 403;
+
+/// The configuration as users write it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    auth: RawAuth,
+    strip_headers: Option<Vec<String>>,
+    public_paths: Option<Vec<String>>,
+    frontend_prefix: Option<String>,
+    status_on_error: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    cluster: String,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
+    request_headers: Option<Vec<String>>,
+    upstream_headers: Option<Vec<String>>,
+    client_headers: Option<Vec<String>>,
+    allow_statuses: Option<Vec<u32>>,
+    max_response_bytes: Option<usize>,
+}
+
+/// The validated, compiled configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub auth: AuthSettings,
+    /// Removed from every client request; always includes `auth.upstream_headers`.
+    pub strip: HeaderNames,
+    pub public: PublicPaths,
+    pub status_on_error: u32,
+}
+
+#[derive(Debug)]
+pub struct AuthSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    /// Client request headers sent to the auth service.
+    pub request_headers: HeaderNames,
+    /// Auth response headers copied onto the upstream request on allow.
+    pub upstream_headers: HeaderNames,
+    /// Auth response headers passed to the client on deny.
+    pub client_headers: HeaderNames,
+    pub allow_statuses: Vec<u32>,
+    pub max_response_bytes: usize,
+}
+
+/// A configuration error, naming the field (`auth.timeout_ms`, `public_paths[2]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "invalid plugin configuration: {}", self.message)
+        } else {
+            write!(f, "invalid plugin configuration: {}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        // serde would read a struct from a JSON array too; users must write objects.
+        for (field, object) in [("", Some(&value)), ("auth", value.get("auth"))] {
+            if let Some(object) = object.filter(|v| !v.is_object()) {
+                return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
+            }
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value)
+            .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
+        Settings::try_from(raw)
+    }
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl TryFrom<RawConfig> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Settings, ConfigError> {
+        let auth = AuthSettings::try_from(raw.auth)?;
+
+        let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
+        let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?;
+        strip.extend(&auth.upstream_headers);
+
+        let mut templates = strings_or(raw.public_paths, &DEFAULT_PUBLIC_PATHS);
+        let mut fields: Vec<String> = (0..templates.len()).map(|i| format!("public_paths[{i}]")).collect();
+        if let Some(prefix) = raw.frontend_prefix {
+            if prefix.contains('{') {
+                return Err(ConfigError::new("frontend_prefix", "must be a plain path, without {parameters}"));
+            }
+            templates.push(prefix);
+            fields.push("frontend_prefix".to_string());
+        }
+        let public = PublicPaths::compile(&templates, &fields)?;
+
+        let status_on_error = raw.status_on_error.unwrap_or(DEFAULT_STATUS_ON_ERROR);
+        if !(400..=599).contains(&status_on_error) {
+            return Err(ConfigError::new(
+                "status_on_error",
+                format!("must be a 4xx or 5xx status (fail closed), got {status_on_error}"),
+            ));
+        }
+
+        Ok(Settings { auth, strip, public, status_on_error })
+    }
+}
+
+impl TryFrom<RawAuth> for AuthSettings {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawAuth) -> Result<AuthSettings, ConfigError> {
+        if raw.cluster.trim().is_empty() {
+            return Err(ConfigError::new("auth.cluster", "must name the Envoy cluster of the auth service"));
+        }
+        let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
+        if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new("auth.authority", "must be a non-empty host[:port] without spaces"));
+        }
+        let path = raw.path.unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "auth.path",
+                "must start with '/' and contain no spaces or control characters",
+            ));
+        }
+        let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ConfigError::new(
+                "auth.timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
+            ));
+        }
+        let allow_statuses = raw.allow_statuses.unwrap_or_else(|| vec![200]);
+        if allow_statuses.is_empty() {
+            return Err(ConfigError::new("auth.allow_statuses", "must list at least one status"));
+        }
+        if let Some(bad) = allow_statuses.iter().find(|s| !(200..=299).contains(*s)) {
+            return Err(ConfigError::new("auth.allow_statuses", format!("only 2xx statuses can allow, got {bad}")));
+        }
+        let max_response_bytes = raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+        if max_response_bytes > MAX_MAX_RESPONSE_BYTES {
+            return Err(ConfigError::new(
+                "auth.max_response_bytes",
+                format!("must be at most {MAX_MAX_RESPONSE_BYTES}, got {max_response_bytes}"),
+            ));
+        }
+
+        let request_headers = strings_or(raw.request_headers, &DEFAULT_REQUEST_HEADERS);
+        let upstream_headers = strings_or(raw.upstream_headers, &IDENTITY_HEADERS);
+        let client_headers = strings_or(raw.client_headers, &DEFAULT_CLIENT_HEADERS);
+        Ok(AuthSettings {
+            cluster: raw.cluster,
+            authority,
+            path,
+            timeout: Duration::from_millis(timeout_ms),
+            request_headers: HeaderNames::parse("auth.request_headers", &request_headers, false)?,
+            upstream_headers: HeaderNames::parse_injectable("auth.upstream_headers", &upstream_headers)?,
+            client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,
+            allow_statuses,
+            max_response_bytes,
+        })
+    }
+}
+
+fn strings_or(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
+    value.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn err(json: &str) -> String {
+        Settings::from_json(json.as_bytes()).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn minimal_config_takes_seed_defaults() {
+        let s = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        assert_eq!(s.auth.cluster, "auth");
+        assert_eq!(s.auth.authority, "auth");
+        assert_eq!(s.auth.path, "/");
+        assert_eq!(s.auth.timeout, Duration::from_secs(5));
+        assert_eq!(s.auth.allow_statuses, vec![200]);
+        assert_eq!(s.status_on_error, 403);
+        for name in ["authorization", "origin", "access-control-request-method"] {
+            assert!(s.auth.request_headers.contains(name), "{name}");
+        }
+        for name in IDENTITY_HEADERS {
+            assert!(s.strip.contains(name), "{name}");
+            assert!(s.auth.upstream_headers.contains(name), "{name}");
+        }
+        for name in ["www-authenticate", "location", "set-cookie", "content-type"] {
+            assert!(s.auth.client_headers.contains(name), "{name}");
+        }
+        assert!(s.public.is_public(b"/api/health"));
+        assert!(s.public.is_public(b"/api/accounts/a/workspaces/w/events/out"));
+    }
+
+    #[test]
+    fn full_config_is_accepted() {
+        let s = Settings::from_json(
+            br#"{
+              "auth": {
+                "cluster": "outbound|4300||auth.prefect.svc.cluster.local",
+                "authority": "auth.prefect.svc.cluster.local:4300",
+                "path": "/check",
+                "timeout_ms": 250,
+                "request_headers": ["Authorization", "X-Custom"],
+                "upstream_headers": ["x-nebula-actor-id"],
+                "client_headers": ["www-authenticate"],
+                "allow_statuses": [200, 204],
+                "max_response_bytes": 4096
+              },
+              "strip_headers": ["x-nebula-*"],
+              "public_paths": ["/healthz"],
+              "frontend_prefix": "/ui",
+              "status_on_error": 503
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(s.auth.path, "/check");
+        assert_eq!(s.auth.timeout, Duration::from_millis(250));
+        assert!(s.auth.request_headers.contains("x-custom"), "names are lower-cased");
+        assert!(s.strip.contains("x-nebula-anything"), "prefix pattern");
+        assert!(s.public.is_public(b"/ui/assets/app.js"));
+        assert!(s.public.is_public(b"/healthz"));
+        assert!(!s.public.is_public(b"/api/health"), "public_paths replaces the defaults");
+        assert_eq!(s.status_on_error, 503);
+    }
+
+    #[test]
+    fn upstream_headers_are_always_stripped() {
+        let s =
+            Settings::from_json(br#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"]}, "strip_headers": []}"#)
+                .unwrap();
+        assert!(s.strip.contains("x-user"));
+    }
+
+    /// Bad input gets one clear line naming the field: the exact texts users will see.
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("", "invalid plugin configuration: not valid JSON: EOF while parsing a value at line 1 column 0"),
+            ("{}", "invalid plugin configuration: missing field `auth`"),
+            ("[1]", "invalid plugin configuration: expected a JSON object, got an array"),
+            (r#"{"auth": ["a"]}"#, "invalid plugin configuration: auth: expected a JSON object, got an array"),
+            (r#"{"auth": "auth"}"#, "invalid plugin configuration: auth: expected a JSON object, got a string"),
+            (r#"{"auth": {}}"#, "invalid plugin configuration: auth: missing field `cluster`"),
+            (
+                r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "timeout_ms": "5s"}}"#,
+                "invalid plugin configuration: auth.timeout_ms: invalid type: string \"5s\", expected u64",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`",
+            ),
+            (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
+            (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),
+            (
+                r#"{"auth": {"cluster": "a", "authority": "a b"}}"#,
+                "invalid plugin configuration: auth.authority: must be a non-empty host[:port] without spaces",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "path": "check"}}"#,
+                "invalid plugin configuration: auth.path: must start with '/' and contain no spaces or control characters",
+            ),
+            (r#"{"auth": {"cluster": "a", "timeout_ms": 0}}"#, "invalid plugin configuration: auth.timeout_ms: must be between 1 and 600000, got 0"),
+            (r#"{"auth": {"cluster": "a", "allow_statuses": []}}"#, "invalid plugin configuration: auth.allow_statuses: must list at least one status"),
+            (r#"{"auth": {"cluster": "a", "allow_statuses": [401]}}"#, "invalid plugin configuration: auth.allow_statuses: only 2xx statuses can allow, got 401"),
+            (
+                r#"{"auth": {"cluster": "a", "max_response_bytes": 999999999}}"#,
+                "invalid plugin configuration: auth.max_response_bytes: must be at most 16777216, got 999999999",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "bad header"]}}"#,
+                "invalid plugin configuration: auth.request_headers[1]: \"bad header\" is not a valid header name",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "request_headers": ["x-*"]}}"#,
+                "invalid plugin configuration: auth.request_headers[0]: \"x-*\" is not a valid header name (a trailing * is only allowed in strip_headers)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "upstream_headers": [":path"]}}"#,
+                "invalid plugin configuration: auth.upstream_headers[0]: \":path\" is not a valid header name",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "client_headers": ["Content-Length"]}}"#,
+                "invalid plugin configuration: auth.client_headers[0]: \"content-length\" is a connection-level header Envoy manages; it cannot be copied",
+            ),
+            (r#"{"auth": {"cluster": "a"}, "strip_headers": ["*"]}"#, "invalid plugin configuration: strip_headers[0]: \"*\" is not a valid header name"),
+            (r#"{"auth": {"cluster": "a"}, "status_on_error": 200}"#, "invalid plugin configuration: status_on_error: must be a 4xx or 5xx status (fail closed), got 200"),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["api/health"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"api/health\" must start with '/'",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/\" would make every path public",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "frontend_prefix": "/"}"#,
+                "invalid plugin configuration: frontend_prefix: \"/\" would make every path public",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "frontend_prefix": "/{x}"}"#,
+                "invalid plugin configuration: frontend_prefix: must be a plain path, without {parameters}",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/../health"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/../health\" has an empty, '.' or '..' segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/%2e"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/%2e\" has a character that is never public ('%', ';', '\\', spaces, controls or non-ASCII)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/{prefix}/x"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/{prefix}/x\": {prefix} may only be the first segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/{prefix}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/{prefix}\": {prefix} must be followed by at least one segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/x{id}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/a/x{id}\": a {parameter} must be a whole segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/{*rest}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/a/{*rest}\": {*catch-all} is implied (every public path covers what is below it)",
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(&err(json), expected, "config: {json}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The auth service's answer, turned into allow (inject these headers), deny (relay
+//! this response) or fail (fail closed with `status_on_error`).
+
+use std::fmt;
+
+use crate::config::Settings;
+use crate::headers;
+
+/// Body of every fail-closed reply: short, and says nothing about the auth service.
+pub const FAILURE_BODY: &[u8] = b"nebula-authz: authorization check failed\n";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict<'r> {
+    /// Resume the request with these auth response headers set (each name replaced).
+    Allow {
+        inject: Vec<(&'r str, &'r [u8])>,
+    },
+    /// Reply to the client with the auth response's status, these headers and its body.
+    Deny {
+        status: u32,
+        headers: Vec<(&'r str, &'r str)>,
+    },
+    Fail(Failure),
+}
+
+/// Why a request failed closed. Logged; never shown to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No response: timeout, reset, connection refused (Envoy reports no `:status`).
+    NoResponse,
+    /// `:status` missing, not a number, or 1xx.
+    BadStatus,
+    /// The auth service answered 5xx: an error, not a decision.
+    AuthServerError(u32),
+    /// The response body is over `auth.max_response_bytes`.
+    BodyTooLarge(usize),
+    /// A header to relay to the client is not text.
+    ResponseHeaderNotText,
+    /// A client header to send to the auth service is not text.
+    RequestHeaderNotText,
+    /// Envoy refused to start the callout (e.g. unknown cluster).
+    DispatchFailed,
+    /// The host refused a header operation.
+    HostError,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NoResponse => write!(f, "no response from the auth service (timeout, reset or unreachable)"),
+            Failure::BadStatus => write!(f, "auth response has no valid final :status"),
+            Failure::AuthServerError(status) => write!(f, "auth service answered {status}"),
+            Failure::BodyTooLarge(size) => {
+                write!(f, "auth response body of {size} bytes is over auth.max_response_bytes")
+            }
+            Failure::ResponseHeaderNotText => write!(f, "auth response header to relay is not valid UTF-8"),
+            Failure::RequestHeaderNotText => write!(f, "request header to send to the auth service is not valid UTF-8"),
+            Failure::DispatchFailed => write!(f, "callout could not be dispatched (unknown cluster?)"),
+            Failure::HostError => write!(f, "the host refused a header operation"),
+        }
+    }
+}
+
+impl Settings {
+    /// Decides on the auth response; `headers` include `:status` (empty when Envoy got no
+    /// response), `body_size` is the size of its body.
+    pub fn decide<'r>(&self, headers: &'r [(String, Vec<u8>)], body_size: usize) -> Verdict<'r> {
+        if headers.is_empty() {
+            return Verdict::Fail(Failure::NoResponse);
+        }
+        let Some(status) = status_of(headers) else {
+            return Verdict::Fail(Failure::BadStatus);
+        };
+        let auth = &self.auth;
+        if auth.allow_statuses.contains(&status) {
+            return Verdict::Allow { inject: headers::select(headers, &auth.upstream_headers) };
+        }
+        if status >= 500 {
+            return Verdict::Fail(Failure::AuthServerError(status));
+        }
+        if body_size > auth.max_response_bytes {
+            return Verdict::Fail(Failure::BodyTooLarge(body_size));
+        }
+        let mut relay = Vec::new();
+        for (name, value) in headers::select(headers, &auth.client_headers) {
+            match std::str::from_utf8(value) {
+                Ok(value) => relay.push((name, value)),
+                Err(_) => return Verdict::Fail(Failure::ResponseHeaderNotText),
+            }
+        }
+        Verdict::Deny { status, headers: relay }
+    }
+}
+
+/// The final status, 200..=599; 1xx and anything malformed is `None`.
+fn status_of(headers: &[(String, Vec<u8>)]) -> Option<u32> {
+    let (_, value) = headers.iter().find(|(name, _)| name == ":status")?;
+    if value.len() != 3 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = value.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    (200..=599).contains(&status).then_some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::from_json(br#"{"auth": {"cluster": "auth", "max_response_bytes": 100}}"#).unwrap()
+    }
+
+    fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn allow_injects_only_the_configured_headers_all_values() {
+        let s = settings();
+        let resp = h(&[
+            (":status", b"200"),
+            ("x-nebula-actor-id", b"alice"),
+            ("x-nebula-actor-permissions", b"read"),
+            ("x-nebula-actor-permissions", b"write"),
+            ("x-other", b"leak"),
+            ("set-cookie", b"a=1"),
+            ("x-nebula-ratelimit-config", b"\xe9"),
+        ]);
+        assert_eq!(
+            s.decide(&resp, 2),
+            Verdict::Allow {
+                inject: vec![
+                    ("x-nebula-actor-id", &b"alice"[..]),
+                    ("x-nebula-actor-permissions", &b"read"[..]),
+                    ("x-nebula-actor-permissions", &b"write"[..]),
+                    ("x-nebula-ratelimit-config", &b"\xe9"[..]),
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn deny_relays_status_and_allowed_headers() {
+        let s = settings();
+        let resp = h(&[
+            (":status", b"302"),
+            ("location", b"https://login.example.com/"),
+            ("set-cookie", b"a=1"),
+            ("set-cookie", b"b=2"),
+            ("x-internal", b"secret"),
+            ("content-length", b"0"),
+        ]);
+        assert_eq!(
+            s.decide(&resp, 0),
+            Verdict::Deny {
+                status: 302,
+                headers: vec![("location", "https://login.example.com/"), ("set-cookie", "a=1"), ("set-cookie", "b=2")]
+            }
+        );
+        let resp = h(&[(":status", b"204")]);
+        assert_eq!(s.decide(&resp, 0), Verdict::Deny { status: 204, headers: vec![] }, "only 200 allows by default");
+    }
+
+    type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
+    #[test]
+    fn errors_fail_closed() {
+        let s = settings();
+        let cases: &[(Headers, usize, Failure)] = &[
+            (&[], 0, Failure::NoResponse),
+            (&[("content-type", b"text/plain")], 0, Failure::BadStatus),
+            (&[(":status", b"")], 0, Failure::BadStatus),
+            (&[(":status", b"abc")], 0, Failure::BadStatus),
+            (&[(":status", b"2000")], 0, Failure::BadStatus),
+            (&[(":status", b"+20")], 0, Failure::BadStatus),
+            (&[(":status", b"100")], 0, Failure::BadStatus),
+            (&[(":status", b"600")], 0, Failure::BadStatus),
+            (&[(":status", b"500")], 0, Failure::AuthServerError(500)),
+            (&[(":status", b"503")], 10, Failure::AuthServerError(503)),
+            (&[(":status", b"401")], 101, Failure::BodyTooLarge(101)),
+            (&[(":status", b"401"), ("www-authenticate", b"\xff")], 0, Failure::ResponseHeaderNotText),
+        ];
+        for (headers, body, failure) in cases {
+            assert_eq!(s.decide(&h(headers), *body), Verdict::Fail(*failure), "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn allow_list_is_configurable() {
+        let s = Settings::from_json(br#"{"auth": {"cluster": "a", "allow_statuses": [200, 202]}}"#).unwrap();
+        assert!(matches!(s.decide(&h(&[(":status", b"202")]), 0), Verdict::Allow { .. }));
+    }
+}

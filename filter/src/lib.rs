@@ -1,0 +1,16 @@
+//! nebula-authz: Prefect's policy-mode authorization as a proxy-wasm filter.
+//!
+//! One request, in a straight line:
+//! [`config`] (parsed once) → [`route`] (is the path public?) → [`request`] (strip spoofed
+//! identity headers, build the callout) → [`decision`] (allow, deny or fail closed) →
+//! inject. Everything above is plain Rust, unit-tested natively; `adapter` is the thin
+//! proxy-wasm layer that does the host calls and exists only in the wasm build.
+
+pub mod config;
+pub mod decision;
+pub mod headers;
+pub mod request;
+pub mod route;
+
+#[cfg(target_family = "wasm")]
+mod adapter;

@@ -1,0 +1,279 @@
+//! Public-path matching, safe against path confusion.
+//!
+//! The rule: a request target is public only if its path (before the first `?`) is in
+//! canonical form, the same bytes every parser downstream reads the same way, and then
+//! matches a template. Canonical means: starts with `/`; only the bytes
+//! `A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , = : @ /`; no empty segment (one trailing `/`
+//! aside); no segment made only of dots. Anything else (`%` escapes, `;`, `\`, NUL and
+//! other controls, spaces, non-ASCII, `//`, `.`/`..`, `#`, absolute-form, `*`) is ambiguous
+//! and therefore protected: it goes to the auth service. Envoy's `normalize_path` is not
+//! needed and does not change the outcome.
+//!
+//! Templates follow Traefik `PathPrefix` on segment boundaries (`/hooks` covers `/hooks`
+//! and `/hooks/...`, not `/hooksx`); `{name}` matches one segment. A leading `{prefix}`
+//! matches one or more segments and the rest must end the path (an optional trailing `/`
+//! aside): `/{prefix}/events/out`. matchit handles both: prefix templates in a forward
+//! router, `{prefix}` templates in a router over the path's segments reversed, so the
+//! cost per request does not grow with the number of templates.
+
+use std::collections::HashSet;
+
+use crate::config::ConfigError;
+
+/// The compiled public-path list.
+#[derive(Debug)]
+pub struct PublicPaths {
+    forward: matchit::Router<usize>,
+    reverse: matchit::Router<usize>,
+    has_reverse: bool,
+    templates: Vec<String>,
+}
+
+impl PublicPaths {
+    /// Compiles `templates`; `fields[i]` names `templates[i]` in errors.
+    pub fn compile(templates: &[String], fields: &[String]) -> Result<PublicPaths, ConfigError> {
+        let mut paths = PublicPaths {
+            forward: matchit::Router::new(),
+            reverse: matchit::Router::new(),
+            has_reverse: false,
+            templates: templates.to_vec(),
+        };
+        let mut seen = HashSet::new();
+        for (index, template) in templates.iter().enumerate() {
+            let field = fields.get(index).cloned().unwrap_or_else(|| format!("public_paths[{index}]"));
+            let error = |message: String| ConfigError { field: field.clone(), message };
+            let compiled = Template::parse(template).map_err(|m| error(format!("{template:?}{m}")))?;
+            if !seen.insert(compiled.clone()) {
+                continue; // A duplicate adds nothing.
+            }
+            let (router, routes) = match compiled {
+                Template::Prefix(route) => {
+                    let routes = vec![format!("{route}/"), format!("{route}/{{*rest}}"), route];
+                    (&mut paths.forward, routes)
+                }
+                Template::Suffix(reversed) => {
+                    paths.has_reverse = true;
+                    (&mut paths.reverse, vec![format!("{reversed}/{{*prefix}}")])
+                }
+            };
+            for route in routes {
+                router.insert(route, index).map_err(|e| {
+                    error(format!("{template:?} overlaps another public path ({e}); keep the broader one"))
+                })?;
+            }
+        }
+        Ok(paths)
+    }
+
+    /// The template that makes `target` (a raw `:path`) public, if any.
+    pub fn find(&self, target: &[u8]) -> Option<&str> {
+        let path = canonical_path(target)?;
+        let index = match self.forward.at(path) {
+            Ok(found) => *found.value,
+            Err(_) if self.has_reverse => *self.reverse.at(&reversed_segments(path)).ok()?.value,
+            Err(_) => return None,
+        };
+        self.templates.get(index).map(String::as_str)
+    }
+
+    pub fn is_public(&self, target: &[u8]) -> bool {
+        self.find(target).is_some()
+    }
+}
+
+/// A validated template as matchit routes: parameters renamed by position so that
+/// `/a/{x}` and `/a/{y}` are the same route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Template {
+    /// Route for the forward router (`/hooks`, `/api/{p1}/x`).
+    Prefix(String),
+    /// Segments after a leading `{prefix}`, reversed (`/out/events`).
+    Suffix(String),
+}
+
+impl Template {
+    /// On error, the message follows the quoted template.
+    fn parse(template: &str) -> Result<Template, String> {
+        let Some(body) = template.strip_prefix('/') else {
+            return Err(" must start with '/'".into());
+        };
+        let body = body.strip_suffix('/').unwrap_or(body);
+        if body.is_empty() {
+            return Err(" would make every path public".into());
+        }
+        let mut segments = Vec::new();
+        for (i, segment) in body.split('/').enumerate() {
+            if segment.contains(['{', '}']) {
+                let name = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+                let name = name.ok_or(": a {parameter} must be a whole segment")?;
+                if name.starts_with('*') {
+                    return Err(": {*catch-all} is implied (every public path covers what is below it)".into());
+                }
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(": parameter names are letters, digits and '_'".into());
+                }
+                if name == "prefix" && i > 0 {
+                    return Err(": {prefix} may only be the first segment".into());
+                }
+                segments.push(if name == "prefix" { "{prefix}".to_string() } else { format!("{{p{i}}}") });
+            } else if segment.is_empty() || segment.bytes().all(|b| b == b'.') {
+                return Err(" has an empty, '.' or '..' segment".into());
+            } else if !segment.bytes().all(is_canonical_byte) {
+                return Err(
+                    " has a character that is never public ('%', ';', '\\', spaces, controls or non-ASCII)".into()
+                );
+            } else {
+                segments.push(segment.to_string());
+            }
+        }
+        if segments[0] == "{prefix}" {
+            if segments.len() == 1 {
+                return Err(": {prefix} must be followed by at least one segment".into());
+            }
+            let rest: Vec<&str> = segments[1..].iter().rev().map(String::as_str).collect();
+            Ok(Template::Suffix(format!("/{}", rest.join("/"))))
+        } else {
+            Ok(Template::Prefix(format!("/{}", segments.join("/"))))
+        }
+    }
+}
+
+/// RFC 3986 `pchar` without `%` (escapes) and `;` (path parameters), plus `/`.
+fn is_canonical_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b)
+}
+
+/// The path of `target` if it is canonical (see the module docs), else `None`.
+pub fn canonical_path(target: &[u8]) -> Option<&str> {
+    let end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let path = &target[..end];
+    if path.first() != Some(&b'/') || !path.iter().all(|&b| is_canonical_byte(b)) {
+        return None;
+    }
+    let path = std::str::from_utf8(path).ok()?;
+    let body = &path[1..];
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if !body.is_empty() && body.split('/').any(|s| s.is_empty() || s.bytes().all(|b| b == b'.')) {
+        return None;
+    }
+    Some(path)
+}
+
+/// `/a/b/c/` -> `/c/b/a`: the form `{prefix}` templates are routed in.
+fn reversed_segments(path: &str) -> String {
+    let body = path.trim_start_matches('/');
+    let body = body.strip_suffix('/').unwrap_or(body);
+    let mut out = String::with_capacity(path.len() + 1);
+    for segment in body.rsplit('/') {
+        out.push('/');
+        out.push_str(segment);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::config::DEFAULT_PUBLIC_PATHS;
+
+    fn compile(templates: &[&str]) -> PublicPaths {
+        let templates: Vec<String> = templates.iter().map(|s| s.to_string()).collect();
+        PublicPaths::compile(&templates, &[]).unwrap()
+    }
+
+    /// `\xHH` in the table stands for one raw byte.
+    fn unescape(text: &str) -> Vec<u8> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(b"\\x") && i + 4 <= bytes.len() {
+                out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).unwrap());
+                i += 4;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// The shared hostile-path table, also replayed through a real Envoy by tests/.
+    #[test]
+    fn path_table() {
+        let paths = compile(&DEFAULT_PUBLIC_PATHS);
+        let table = include_str!("../../tests/data/paths.tsv");
+        let mut rows = 0;
+        let mut protected = 0;
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            assert!(cols.len() >= 2, "bad row: {line:?}");
+            let target = unescape(cols[1]);
+            let expected = match cols[0] {
+                "public" => true,
+                "protected" => false,
+                other => panic!("bad expectation {other:?} in {line:?}"),
+            };
+            assert_eq!(paths.is_public(&target), expected, "{} ({})", cols[1], cols.get(2).unwrap_or(&""));
+            rows += 1;
+            protected += usize::from(!expected);
+        }
+        assert!(protected >= 30, "the table must keep at least 30 protected rows, has {protected}");
+        assert!(rows >= 60, "{rows}");
+    }
+
+    #[test]
+    fn find_names_the_template() {
+        let paths = compile(&DEFAULT_PUBLIC_PATHS);
+        assert_eq!(paths.find(b"/hooks/abc"), Some("/hooks"));
+        assert_eq!(paths.find(b"/api/x/events/out"), Some("/{prefix}/events/out"));
+        assert_eq!(paths.find(b"/api/flows"), None);
+    }
+
+    #[test]
+    fn parameters_match_one_segment() {
+        let paths =
+            compile(&["/api/accounts/{account}/workspaces/{workspace}/ui-settings", "/{prefix}/flows/{id}/graph"]);
+        assert!(paths.is_public(b"/api/accounts/a/workspaces/w/ui-settings"));
+        assert!(paths.is_public(b"/api/accounts/a/workspaces/w/ui-settings/x"));
+        assert!(!paths.is_public(b"/api/accounts/a/b/workspaces/w/ui-settings"));
+        assert!(paths.is_public(b"/api/x/flows/123/graph"));
+        assert!(!paths.is_public(b"/api/x/flows/123/graph/more"));
+        assert!(!paths.is_public(b"/flows/123/graph"));
+    }
+
+    #[test]
+    fn overlapping_and_duplicate_templates() {
+        let paths = compile(&["/hooks", "/hooks/", "/hooks", "/hooks/special"]);
+        assert!(paths.is_public(b"/hooks/special/x"));
+        assert!(paths.is_public(b"/hooks/other"));
+        let err = PublicPaths::compile(&["/{prefix}/out".into(), "/{prefix}/{id}/out".into()], &[]).unwrap_err();
+        assert_eq!(err.field, "public_paths[1]");
+        assert!(err.message.contains("overlaps another public path"), "{}", err.message);
+    }
+
+    #[test]
+    fn no_templates_means_nothing_is_public() {
+        let paths = compile(&[]);
+        assert!(!paths.is_public(b"/api/health"));
+    }
+
+    #[test]
+    fn canonical_form() {
+        assert_eq!(canonical_path(b"/a/b?x=/../"), Some("/a/b"));
+        assert_eq!(canonical_path(b"/"), Some("/"));
+        assert_eq!(canonical_path(b"/a/"), Some("/a/"));
+        assert_eq!(canonical_path(b"/a/.../b"), None, "dot-only segments are never canonical");
+        assert_eq!(canonical_path(b"/a/.b"), Some("/a/.b"));
+        assert_eq!(canonical_path(b""), None);
+        assert_eq!(canonical_path(b"?/hooks"), None);
+    }
+
+    #[test]
+    fn reversal() {
+        assert_eq!(reversed_segments("/a/b/c"), "/c/b/a");
+        assert_eq!(reversed_segments("/a/b/c/"), "/c/b/a");
+        assert_eq!(reversed_segments("/a"), "/a");
+    }
+}

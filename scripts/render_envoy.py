@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Render envoy/envoy.yaml for a local run.
+
+The file users copy is the file we run: this only swaps addresses, ports, the wasm
+path and (optionally) the plugin configuration. Used by `make run` and by the Rust
+integration tests, so there is one renderer.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def host_port(value):
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def wasm_filter(config):
+    listener = config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == "nebula-authz":
+            return http_filter["typed_config"]["config"]
+    raise SystemExit("envoy.yaml has no http filter named nebula-authz")
+
+
+def set_endpoint(config, cluster_name, address):
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == cluster_name:
+            sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+                "address"]["socket_address"]
+            sock["address"], sock["port_value"] = address
+            return
+    raise SystemExit(f"envoy.yaml has no cluster named {cluster_name}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--source", default=str(ROOT / "envoy" / "envoy.yaml"))
+    p.add_argument("--wasm", required=True, help="path of the built .wasm")
+    p.add_argument("--listen-port", type=int, default=10000, help="0 picks a free port")
+    p.add_argument("--admin-port", type=int, default=9901, help="0 picks a free port")
+    p.add_argument("--bind", default="127.0.0.1", help="address for listener and admin")
+    p.add_argument("--auth", type=host_port, help="HOST:PORT of the auth service")
+    p.add_argument("--upstream", type=host_port, help="HOST:PORT of the upstream")
+    p.add_argument("--plugin-config", help="file with the plugin JSON ('-' for stdin)")
+    args = p.parse_args()
+
+    config = yaml.safe_load(Path(args.source).read_text())
+    config["admin"]["address"]["socket_address"].update(
+        address=args.bind, port_value=args.admin_port)
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"].update(address=args.bind, port_value=args.listen_port)
+
+    plugin = wasm_filter(config)
+    plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())
+    if args.plugin_config:
+        text = sys.stdin.read() if args.plugin_config == "-" else Path(args.plugin_config).read_text()
+        json.loads(text)  # the filter validates fields; this only catches a broken file early
+        plugin["configuration"]["value"] = text
+    if args.auth:
+        set_endpoint(config, "auth", args.auth)
+    if args.upstream:
+        set_endpoint(config, "upstream", args.upstream)
+
+    # JSON is YAML too: Envoy reads it under either extension, and it round-trips exactly.
+    json.dump(config, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
