@@ -50,7 +50,9 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    cluster: String,
+    cluster: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
     authority: Option<String>,
     path: Option<String>,
     timeout_ms: Option<u64>,
@@ -177,10 +179,8 @@ impl TryFrom<RawAuth> for AuthSettings {
     type Error = ConfigError;
 
     fn try_from(raw: RawAuth) -> Result<AuthSettings, ConfigError> {
-        if raw.cluster.trim().is_empty() {
-            return Err(ConfigError::new("auth.cluster", "must name the Envoy cluster of the auth service"));
-        }
-        let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
+        let (cluster, derived_authority) = cluster_and_authority(&raw)?;
+        let authority = raw.authority.unwrap_or(derived_authority);
         if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::new("auth.authority", "must be a non-empty host[:port] without spaces"));
         }
@@ -217,7 +217,7 @@ impl TryFrom<RawAuth> for AuthSettings {
         let upstream_headers = strings_or(raw.upstream_headers, &IDENTITY_HEADERS);
         let client_headers = strings_or(raw.client_headers, &DEFAULT_CLIENT_HEADERS);
         Ok(AuthSettings {
-            cluster: raw.cluster,
+            cluster,
             authority,
             path,
             timeout: Duration::from_millis(timeout_ms),
@@ -227,6 +227,34 @@ impl TryFrom<RawAuth> for AuthSettings {
             allow_statuses,
             max_response_bytes,
         })
+    }
+}
+
+/// `auth.cluster` as given, or Istio's name for `auth.host`/`auth.port`
+/// (`outbound|<port>||<fqdn>`); the authority defaults to `host:port` or the cluster name.
+fn cluster_and_authority(raw: &RawAuth) -> Result<(String, String), ConfigError> {
+    let host = match (&raw.host, raw.port) {
+        (Some(host), Some(port)) => {
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+                return Err(ConfigError::new("auth.host", format!("{host:?} is not a host name")));
+            }
+            Some((host, port))
+        }
+        (Some(_), None) => return Err(ConfigError::new("auth.port", "is required with auth.host")),
+        (None, Some(_)) => return Err(ConfigError::new("auth.host", "is required with auth.port")),
+        (None, None) => None,
+    };
+    match (&raw.cluster, host) {
+        (Some(cluster), _) if cluster.trim().is_empty() => {
+            Err(ConfigError::new("auth.cluster", "must name the Envoy cluster of the auth service"))
+        }
+        (Some(cluster), Some((host, port))) => Ok((cluster.clone(), format!("{host}:{port}"))),
+        (Some(cluster), None) => Ok((cluster.clone(), cluster.clone())),
+        (None, Some((host, port))) => Ok((format!("outbound|{port}||{host}"), format!("{host}:{port}"))),
+        (None, None) => Err(ConfigError::new(
+            "auth",
+            "name the auth service: auth.cluster (an Envoy cluster) or auth.host and auth.port (Istio)",
+        )),
     }
 }
 
@@ -299,6 +327,15 @@ mod tests {
     }
 
     #[test]
+    fn istio_host_and_port_derive_the_cluster_name() {
+        let s = Settings::from_json(br#"{"auth": {"host": "auth.prefect.svc.cluster.local", "port": 4300}}"#).unwrap();
+        assert_eq!(s.auth.cluster, "outbound|4300||auth.prefect.svc.cluster.local");
+        assert_eq!(s.auth.authority, "auth.prefect.svc.cluster.local:4300");
+        let s = Settings::from_json(br#"{"auth": {"host": "auth", "port": 4300, "cluster": "authz"}}"#).unwrap();
+        assert_eq!((s.auth.cluster.as_str(), s.auth.authority.as_str()), ("authz", "auth:4300"), "cluster overrides");
+    }
+
+    #[test]
     fn upstream_headers_are_always_stripped() {
         let s =
             Settings::from_json(br#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"]}, "strip_headers": []}"#)
@@ -315,10 +352,20 @@ mod tests {
             ("[1]", "invalid plugin configuration: expected a JSON object, got an array"),
             (r#"{"auth": ["a"]}"#, "invalid plugin configuration: auth: expected a JSON object, got an array"),
             (r#"{"auth": "auth"}"#, "invalid plugin configuration: auth: expected a JSON object, got a string"),
-            (r#"{"auth": {}}"#, "invalid plugin configuration: auth: missing field `cluster`"),
+            (
+                r#"{"auth": {}}"#,
+                "invalid plugin configuration: auth: name the auth service: auth.cluster (an Envoy cluster) or auth.host and auth.port (Istio)",
+            ),
+            (r#"{"auth": {"host": "auth"}}"#, "invalid plugin configuration: auth.port: is required with auth.host"),
+            (r#"{"auth": {"port": 4300}}"#, "invalid plugin configuration: auth.host: is required with auth.port"),
+            (r#"{"auth": {"host": "a b", "port": 1}}"#, "invalid plugin configuration: auth.host: \"a b\" is not a host name"),
+            (
+                r#"{"auth": {"host": "auth", "port": 70000}}"#,
+                "invalid plugin configuration: auth.port: invalid value: integer `70000`, expected u16",
+            ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "timeout_ms": "5s"}}"#,
