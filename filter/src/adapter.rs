@@ -184,8 +184,8 @@ impl HttpContext for Authz {
         }
     }
 
-    // Envoy would forward headers along with a body chunk that returns Continue, so the
-    // body is held while the callout is in flight.
+    // Defence in depth: Envoy 1.40 already holds the body once the headers pause, but a
+    // body callback answering Continue must never be what lets a request through early.
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
         self.hold_while_pending()
     }

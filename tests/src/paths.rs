@@ -1,0 +1,113 @@
+//! Loader for `tests/data/paths.tsv`, the path-confusion table shared with the filter's
+//! unit tests. `\xHH` in a request target stands for one raw byte.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// No callout; reaches the upstream.
+    Public,
+    /// Goes to the auth service or is rejected by Envoy; never reaches the upstream
+    /// without a callout.
+    Protected,
+}
+
+#[derive(Clone, Debug)]
+pub struct PathCase {
+    pub expected: Expected,
+    /// The request target as raw bytes.
+    pub target: Vec<u8>,
+    pub note: String,
+    /// 1-based line in paths.tsv.
+    pub line: usize,
+}
+
+impl fmt::Display for PathCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "paths.tsv:{} {:?} `{}` ({})",
+            self.line,
+            self.expected,
+            crate::client::escape(&self.target),
+            self.note
+        )
+    }
+}
+
+pub fn tsv_path() -> PathBuf {
+    crate::repo_root().join("tests").join("data").join("paths.tsv")
+}
+
+/// Every row of paths.tsv.
+pub fn load() -> Vec<PathCase> {
+    let path = tsv_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    parse(&text)
+}
+
+/// Parses the table text; panics on a malformed row (the table is test input).
+pub fn parse(text: &str) -> Vec<PathCase> {
+    let mut cases = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut cols = line.splitn(3, '\t');
+        let expected = match cols.next() {
+            Some("public") => Expected::Public,
+            Some("protected") => Expected::Protected,
+            other => panic!("paths.tsv:{}: bad expectation {other:?}", i + 1),
+        };
+        let target = cols.next().unwrap_or_else(|| panic!("paths.tsv:{}: missing request target", i + 1));
+        cases.push(PathCase {
+            expected,
+            target: unescape(target),
+            note: cols.next().unwrap_or("").to_owned(),
+            line: i + 1,
+        });
+    }
+    cases
+}
+
+/// `\xHH` -> one raw byte; everything else literal.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') && i + 4 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 2..i + 4]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_only_hex_escapes() {
+        assert_eq!(unescape(r"/a\x00b"), b"/a\x00b");
+        assert_eq!(unescape(r"/hooks\..\api"), br"/hooks\..\api");
+        assert_eq!(unescape(r"/\xc3\xa9"), b"/\xc3\xa9");
+        assert_eq!(unescape("%2e"), b"%2e");
+    }
+
+    #[test]
+    fn table_loads() {
+        let cases = load();
+        assert_eq!(cases.len(), 66, "paths.tsv should list 66 targets");
+        assert!(cases.iter().any(|c| c.target == b"/api/health\x00/../flows"));
+        assert!(cases.iter().any(|c| c.target == b"*"));
+    }
+}
