@@ -438,3 +438,36 @@ pub fn websocket_echo(port: u16, path: &str, headers: &[(&str, &str)], payload: 
     }
     Ok(WsOutcome { response, echoed })
 }
+
+/// One request a mock server (auth service or upstream) received.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub path: String,
+    /// In wire order: (lower-cased name, raw value).
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The first value of `name`, lossily decoded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        values_lossy(&self.headers, name).into_iter().next()
+    }
+
+    /// All values of `name`, lossily decoded.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        values_lossy(&self.headers, name)
+    }
+
+    /// All values of `name` as raw bytes.
+    pub fn header_bytes(&self, name: &str) -> Vec<Vec<u8>> {
+        values(&self.headers, name).into_iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// The header names, in wire order.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}

@@ -36,36 +36,7 @@ pub const WWW_AUTHENTICATE: &str = r#"Bearer realm="prefect""#;
 pub const REDIRECT_LOCATION: &str = "https://login.example.com/?next=%2Fapi";
 
 /// One request the auth service received.
-#[derive(Clone, Debug)]
-pub struct AuthRequest {
-    pub method: String,
-    pub path: String,
-    /// In wire order: (lower-cased name, raw value).
-    pub headers: Vec<Header>,
-    pub body: Vec<u8>,
-}
-
-impl AuthRequest {
-    /// The first value of `name`, lossily decoded.
-    pub fn header(&self, name: &str) -> Option<String> {
-        client::values_lossy(&self.headers, name).into_iter().next()
-    }
-
-    /// All values of `name`, lossily decoded.
-    pub fn header_all(&self, name: &str) -> Vec<String> {
-        client::values_lossy(&self.headers, name)
-    }
-
-    /// All values of `name` as raw bytes.
-    pub fn header_bytes(&self, name: &str) -> Vec<Vec<u8>> {
-        client::values(&self.headers, name).into_iter().map(<[u8]>::to_vec).collect()
-    }
-
-    /// The header names, in wire order.
-    pub fn header_names(&self) -> Vec<&str> {
-        self.headers.iter().map(|(n, _)| n.as_str()).collect()
-    }
-}
+pub type AuthRequest = crate::client::RecordedRequest;
 
 /// Handle on a running mock auth service; cheap to clone.
 #[derive(Clone)]

@@ -32,29 +32,7 @@ pub const STREAM_CHUNKS: [&str; 3] = ["chunk-0\n", "chunk-1\n", "chunk-2\n"];
 pub const STREAM_BODY: &str = "chunk-0\nchunk-1\nchunk-2\n";
 
 /// One request the upstream received.
-#[derive(Clone, Debug)]
-pub struct UpstreamRequest {
-    pub method: String,
-    /// Path and query exactly as received.
-    pub path: String,
-    /// In wire order: (lower-cased name, raw value).
-    pub headers: Vec<Header>,
-    pub body: Vec<u8>,
-}
-
-impl UpstreamRequest {
-    pub fn header(&self, name: &str) -> Option<String> {
-        client::values_lossy(&self.headers, name).into_iter().next()
-    }
-
-    pub fn header_all(&self, name: &str) -> Vec<String> {
-        client::values_lossy(&self.headers, name)
-    }
-
-    pub fn header_bytes(&self, name: &str) -> Vec<Vec<u8>> {
-        client::values(&self.headers, name).into_iter().map(<[u8]>::to_vec).collect()
-    }
-}
+pub type UpstreamRequest = crate::client::RecordedRequest;
 
 /// Handle on a running echo upstream; cheap to clone.
 #[derive(Clone)]
