@@ -83,7 +83,8 @@ demo-check: build envoy
 	$(VENV_PY) scripts/run_demo.py --check
 
 istio-check: envoy
-	$(VENV_PY) scripts/check_istio.py
+	cargo build -q -p nebula-authz-tests --bin check-config
+	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py
 
 clean:
 	cargo clean

@@ -3,10 +3,15 @@
 
 Each YAML document's apiVersion and kind pick a served CRD version from
 third_party/istio/; the document is checked against that version's openAPIV3Schema
-with a JSON Schema validator (draft 4, which OpenAPI 3.0 schemas follow). The
+with a JSON Schema validator (draft 4, which OpenAPI 3.0 schemas follow), and each
+WasmPlugin's pluginConfig is loaded through the filter's own config parser
+(tests/src/bin/check-config.rs). The
 Kubernetes-only parts of those schemas (x-kubernetes-*, including CEL rules) are not
 evaluated: an API server would also check those.
 """
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +45,20 @@ def problems(doc, schemas):
     return found
 
 
+def plugin_config_problems(doc):
+    """A WasmPlugin's pluginConfig must load through the filter's own config parser."""
+    if doc.get("kind") != "WasmPlugin":
+        return []
+    config = (doc.get("spec") or {}).get("pluginConfig")
+    if config is None:
+        return ["spec.pluginConfig is missing: the filter needs at least auth.cluster or auth.host"]
+    checker = os.environ.get("NEBULA_CHECK_CONFIG", str(ROOT / "target" / "debug" / "check-config"))
+    run = subprocess.run([checker, "-"], input=json.dumps(config), capture_output=True, text=True)
+    if run.returncode != 0:
+        return [f"spec.pluginConfig: {run.stdout.strip() or run.stderr.strip()}"]
+    return []
+
+
 def main():
     schemas = load_schemas(ROOT / "third_party" / "istio")
     passed = failed = 0
@@ -48,7 +67,7 @@ def main():
             if doc is None:
                 continue
             name = f"{path.relative_to(ROOT)}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
-            found = problems(doc, schemas)
+            found = problems(doc, schemas) + plugin_config_problems(doc)
             if found:
                 failed += 1
                 print(f"FAIL {name}")
