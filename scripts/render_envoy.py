@@ -31,6 +31,23 @@ def wasm_filter(config):
     raise SystemExit("envoy.yaml has no http filter named nebula-authz")
 
 
+def rename_cluster(config, old, new):
+    """Give a cluster another name (e.g. Istio's outbound|4300||auth.<ns>.svc.cluster.local)."""
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == old:
+            cluster["name"] = cluster["load_assignment"]["cluster_name"] = new
+            return
+    raise SystemExit(f"envoy.yaml has no cluster named {old}")
+
+
+def wasmplugin_config(path):
+    """The pluginConfig of the WasmPlugin in a manifest, as the JSON istiod hands to Envoy."""
+    for doc in yaml.safe_load_all(Path(path).read_text()):
+        if doc and doc.get("kind") == "WasmPlugin":
+            return json.dumps(doc["spec"]["pluginConfig"])
+    raise SystemExit(f"{path} has no WasmPlugin")
+
+
 def set_endpoint(config, cluster_name, address):
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] == cluster_name:
@@ -51,6 +68,9 @@ def main():
     p.add_argument("--auth", type=host_port, help="HOST:PORT of the auth service")
     p.add_argument("--upstream", type=host_port, help="HOST:PORT of the upstream")
     p.add_argument("--plugin-config", help="file with the plugin JSON ('-' for stdin)")
+    p.add_argument("--plugin-config-from", metavar="MANIFEST",
+                   help="take the plugin JSON from a WasmPlugin manifest's pluginConfig")
+    p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -65,8 +85,12 @@ def main():
         text = sys.stdin.read() if args.plugin_config == "-" else Path(args.plugin_config).read_text()
         json.loads(text)  # the filter validates fields; this only catches a broken file early
         plugin["configuration"]["value"] = text
+    if args.plugin_config_from:
+        plugin["configuration"]["value"] = wasmplugin_config(args.plugin_config_from)
     if args.auth:
         set_endpoint(config, "auth", args.auth)
+    if args.auth_cluster:
+        rename_cluster(config, "auth", args.auth_cluster)
     if args.upstream:
         set_endpoint(config, "upstream", args.upstream)
 

@@ -70,11 +70,20 @@ pub struct EnvBuilder {
     concurrency: u32,
     auth_addr: Option<SocketAddr>,
     wasm: bool,
+    wasmplugin: Option<String>,
+    auth_cluster: Option<String>,
 }
 
 impl Default for EnvBuilder {
     fn default() -> Self {
-        EnvBuilder { plugin_config: None, concurrency: 1, auth_addr: None, wasm: true }
+        EnvBuilder {
+            plugin_config: None,
+            concurrency: 1,
+            auth_addr: None,
+            wasm: true,
+            wasmplugin: None,
+            auth_cluster: None,
+        }
     }
 }
 
@@ -111,6 +120,18 @@ impl EnvBuilder {
     /// Points the `auth` cluster somewhere else than the mock (e.g. a closed port).
     pub fn auth_addr(mut self, addr: SocketAddr) -> Self {
         self.auth_addr = Some(addr);
+        self
+    }
+
+    /// Takes the plugin configuration from a WasmPlugin manifest (path from the repo root).
+    pub fn plugin_config_from_wasmplugin(mut self, manifest: &str) -> Self {
+        self.wasmplugin = Some(manifest.to_owned());
+        self
+    }
+
+    /// Names the auth cluster `name` instead of `auth` (Istio: `outbound|4300||<fqdn>`).
+    pub fn auth_cluster_name(mut self, name: &str) -> Self {
+        self.auth_cluster = Some(name.to_owned());
         self
     }
 
@@ -188,6 +209,12 @@ impl EnvBuilder {
             let plugin_path = dir.path().join("plugin.json");
             fs::write(&plugin_path, json).expect("write plugin.json");
             cmd.arg("--plugin-config").arg(&plugin_path);
+        }
+        if let Some(manifest) = &self.wasmplugin {
+            cmd.arg("--plugin-config-from").arg(repo_root().join(manifest));
+        }
+        if let Some(name) = &self.auth_cluster {
+            cmd.arg("--auth-cluster").arg(name);
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(
