@@ -163,8 +163,8 @@ impl EnvBuilder {
         let tools = Tools::locate(self.wasm);
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-        let auth = MockAuth::start(&rt);
-        let upstream = Upstream::start(&rt);
+        let auth = crate::mock_auth::start(&rt);
+        let upstream = crate::upstream::start(&rt);
         let dir = TempDir::new("nebula-authz-envoy");
         let config_path = self.render(&tools, &dir, &auth, &upstream);
         let admin_path = dir.path().join("admin-address");

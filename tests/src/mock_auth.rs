@@ -18,14 +18,14 @@
 //! | `bigbody`           | 401 with a 2 MiB body |
 //! | `bigallow`          | as `allow:big`, but with a 2 MiB body |
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 use crate::client::{self, Header};
+use crate::mock_server::{MockServer, Records};
 
 /// The actor-id value the `latin1` script sends.
 pub const LATIN1_ACTOR: &[u8] = b"caf\xe9";
@@ -38,57 +38,17 @@ pub const REDIRECT_LOCATION: &str = "https://login.example.com/?next=%2Fapi";
 /// One request the auth service received.
 pub type AuthRequest = crate::client::RecordedRequest;
 
-/// Handle on a running mock auth service; cheap to clone.
-#[derive(Clone)]
-pub struct MockAuth {
-    port: u16,
-    requests: Arc<Mutex<Vec<AuthRequest>>>,
+/// The mock auth service: scripted by the `authorization` header it receives.
+pub type MockAuth = MockServer;
+
+/// Starts the mock auth service on `rt`.
+pub fn start(rt: &Runtime) -> MockAuth {
+    MockServer::start(rt, "the auth service", |stream, recorded| async move {
+        let _ = serve(stream, recorded).await;
+    })
 }
 
-impl MockAuth {
-    /// Binds 127.0.0.1:0 and serves on `rt`.
-    pub fn start(rt: &Runtime) -> MockAuth {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock auth");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("local addr").port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        rt.spawn(async move {
-            let listener = TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let _ = serve(stream, recorded).await;
-                });
-            }
-        });
-        MockAuth { port, requests }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Every request received so far, in arrival order.
-    pub fn requests(&self) -> Vec<AuthRequest> {
-        self.requests.lock().expect("auth records").clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.requests.lock().expect("auth records").len()
-    }
-
-    /// The most recent request; panics if there was none.
-    pub fn last(&self) -> AuthRequest {
-        self.requests().pop().expect("the auth service received no request")
-    }
-}
-
-async fn serve(mut stream: TcpStream, recorded: Arc<Mutex<Vec<AuthRequest>>>) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,11 +20,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use crate::client::{self, Header};
+use crate::mock_server::{MockServer, Records};
 
 /// The three chunks of a `/stream` response, concatenated.
 pub const STREAM_CHUNKS: [&str; 3] = ["chunk-0\n", "chunk-1\n", "chunk-2\n"];
@@ -34,55 +33,15 @@ pub const STREAM_BODY: &str = "chunk-0\nchunk-1\nchunk-2\n";
 /// One request the upstream received.
 pub type UpstreamRequest = crate::client::RecordedRequest;
 
-/// Handle on a running echo upstream; cheap to clone.
-#[derive(Clone)]
-pub struct Upstream {
-    port: u16,
-    requests: Arc<Mutex<Vec<UpstreamRequest>>>,
-}
+/// The echo upstream: answers with what it received.
+pub type Upstream = MockServer;
 
-impl Upstream {
-    /// Binds 127.0.0.1:0 and serves on `rt`.
-    pub fn start(rt: &Runtime) -> Upstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("local addr").port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        rt.spawn(async move {
-            let listener = TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, recorded.clone()));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
-                });
-            }
-        });
-        Upstream { port, requests }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Every request received so far, in arrival order.
-    pub fn requests(&self) -> Vec<UpstreamRequest> {
-        self.requests.lock().expect("upstream records").clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.requests.lock().expect("upstream records").len()
-    }
-
-    /// The most recent request; panics if there was none.
-    pub fn last(&self) -> UpstreamRequest {
-        self.requests().pop().expect("the upstream received no request")
-    }
+/// Starts the echo upstream on `rt`.
+pub fn start(rt: &Runtime) -> Upstream {
+    MockServer::start(rt, "the upstream", |stream, recorded| async move {
+        let service = service_fn(move |req| handle(req, recorded.clone()));
+        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+    })
 }
 
 /// A full body or a channel of chunks.
@@ -103,10 +62,7 @@ impl Body for EchoBody {
     }
 }
 
-async fn handle(
-    mut req: Request<Incoming>,
-    recorded: Arc<Mutex<Vec<UpstreamRequest>>>,
-) -> Result<Response<EchoBody>, Infallible> {
+async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Response<EchoBody>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| req.uri().to_string());
     let headers: Vec<Header> =
