@@ -5,9 +5,9 @@ Each YAML document's apiVersion and kind pick a served CRD version from
 third_party/istio/; the document is checked against that version's openAPIV3Schema
 with a JSON Schema validator (draft 4, which OpenAPI 3.0 schemas follow), and each
 WasmPlugin's pluginConfig is loaded through the filter's own config parser
-(tests/src/bin/check-config.rs). The
-Kubernetes-only parts of those schemas (x-kubernetes-*, including CEL rules) are not
-evaluated: an API server would also check those.
+(tests/src/bin/check-config.rs). The Kubernetes-only parts of those schemas
+(x-kubernetes-*, including CEL rules) are not evaluated: an API server would also
+check those.
 """
 import json
 import os

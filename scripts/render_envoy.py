@@ -67,9 +67,10 @@ def main():
     p.add_argument("--bind", default="127.0.0.1", help="address for listener and admin")
     p.add_argument("--auth", type=host_port, help="HOST:PORT of the auth service")
     p.add_argument("--upstream", type=host_port, help="HOST:PORT of the upstream")
-    p.add_argument("--plugin-config", help="file with the plugin JSON ('-' for stdin)")
-    p.add_argument("--plugin-config-from", metavar="MANIFEST",
-                   help="take the plugin JSON from a WasmPlugin manifest's pluginConfig")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--plugin-config", help="file with the plugin JSON ('-' for stdin)")
+    source.add_argument("--plugin-config-from", metavar="MANIFEST",
+                        help="take the plugin JSON from a WasmPlugin manifest's pluginConfig")
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
     args = p.parse_args()
 
