@@ -201,12 +201,25 @@ def convert(mesh_doc, policy_doc):
         plugin["spec"].pop(key, None)
     if "targetRef" in target:  # WasmPlugin accepts targetRefs (a list) alongside selector-free
         target = {"targetRefs": [target.pop("targetRef")], **target}
+    # Istio counts a gateway's listeners as CLIENT traffic: a SERVER-only plugin would not
+    # run there at all (no check, no error). Sidecars keep SERVER (inbound only).
     if "targetRefs" in target:
-        plugin["spec"].pop("match", None)  # gateways: every listener, not SERVER-only
-        notes.append("targetRefs: the WasmPlugin applies to the gateway; `match` removed")
+        plugin["spec"].pop("match", None)
+        notes.append("targetRefs: the WasmPlugin applies to every listener of the target; `match` removed")
+    elif looks_like_gateway((target.get("selector") or {}).get("matchLabels") or {}):
+        plugin["spec"]["match"] = [{"mode": "CLIENT"}]
+        notes.append("the selector names gateway pods: match mode CLIENT (Istio's mode for gateway traffic)")
+    else:
+        notes.append("match mode SERVER (sidecar inbound); if the selector names gateway pods, use CLIENT, "
+                     "or the plugin never runs there")
     plugin["spec"] = {**target, **plugin["spec"]}
     plugin["spec"]["pluginConfig"] = config
     return plugin, config, notes
+
+
+def looks_like_gateway(labels):
+    return any(key in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name")
+               or (key in ("istio", "app") and "gateway" in str(value)) for key, value in labels.items())
 
 
 def main(argv):

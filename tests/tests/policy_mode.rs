@@ -217,3 +217,32 @@ fn bare_mesh_config_with_path_prefix_converts() {
     assert!(config.get("status_on_error").is_none() && config["auth"].get("upstream_headers").is_none());
     nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
 }
+
+/// Istio counts gateway traffic as CLIENT: a plugin converted for gateway pods must not keep
+/// the sidecar's `match: SERVER`, under which it would silently not run.
+#[test]
+fn gateway_policies_do_not_keep_the_sidecar_match_mode() {
+    let dir = TempDir::new("nebula-authz-convert");
+    let policy = std::fs::read_to_string(fixture(POLICY)).expect("read policy fixture");
+    for (what, replacement, expected) in [
+        ("gateway pods", "istio: ingressgateway", "  match:\n  - mode: CLIENT\n"),
+        ("sidecars", "app: prefect-server", "  match:\n  - mode: SERVER\n"),
+    ] {
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, policy.replace("app: prefect-server", replacement)).expect("write policy");
+        let out = convert(&fixture(MESH), &path, false);
+        let yaml = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && yaml.contains(expected), "{what}: expected {expected:?} in:\n{yaml}");
+    }
+    let targeted = policy.replace(
+        "  selector:\n    matchLabels:\n      app: prefect-server\n",
+        "  targetRefs:\n    - kind: Gateway\n      group: gateway.networking.k8s.io\n      name: prefect-gateway\n",
+    );
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, targeted).expect("write policy");
+    let out = convert(&fixture(MESH), &path, false);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "targetRefs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(yaml.contains("targetRefs:") && yaml.contains("name: prefect-gateway"), "targetRefs kept:\n{yaml}");
+    assert!(!yaml.contains("match:") && !yaml.contains("selector:"), "targetRefs: no match, no selector:\n{yaml}");
+}
