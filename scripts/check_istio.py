@@ -30,6 +30,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft4Validator
 
+from convert_policy import looks_like_gateway  # scripts/: one rule for "these labels are gateway pods"
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,18 +59,35 @@ def problems(doc, schemas):
     return found
 
 
+def fail_open_problems(doc):
+    """What the schema allows but would let requests through unchecked."""
+    if doc.get("kind") != "WasmPlugin":
+        return []
+    spec = doc.get("spec") or {}
+    found = []
+    if spec.get("failStrategy") != "FAIL_CLOSE":
+        found.append("spec.failStrategy must be FAIL_CLOSE: with FAIL_OPEN a module that cannot be pulled "
+                     "or started is skipped and requests go through unchecked")
+    gateway = looks_like_gateway((spec.get("selector") or {}).get("matchLabels") or {})
+    modes = {m.get("mode") for m in spec.get("match") or []}
+    if (gateway or spec.get("targetRefs") or spec.get("targetRef")) and modes == {"SERVER"}:
+        found.append("spec.match: mode SERVER on a gateway: Istio counts gateway traffic as CLIENT, so the "
+                     "plugin would never run there; use CLIENT or drop match")
+    return found
+
+
 def plugin_config_problems(doc):
     """A WasmPlugin's pluginConfig must load through the filter's own config parser."""
     if doc.get("kind") != "WasmPlugin":
-        return []
+        return fail_open_problems(doc)
     config = (doc.get("spec") or {}).get("pluginConfig")
     if config is None:
         return ["spec.pluginConfig is missing: the filter needs at least auth.cluster or auth.host"]
     checker = os.environ.get("NEBULA_CHECK_CONFIG", str(ROOT / "target" / "debug" / "check-config"))
     run = subprocess.run([checker, "-"], input=json.dumps(config), capture_output=True, text=True)
     if run.returncode != 0:
-        return [f"spec.pluginConfig: {run.stdout.strip() or run.stderr.strip()}"]
-    return []
+        return [f"spec.pluginConfig: {run.stdout.strip() or run.stderr.strip()}"] + fail_open_problems(doc)
+    return fail_open_problems(doc)
 
 
 KUSTOMIZATION = "kustomization.yaml"
@@ -211,10 +230,17 @@ def self_test(schemas, counts):
             found += [p for _, docs in rendered for _, doc in docs for p in problems(doc, schemas) + plugin_config_problems(doc)]
             caught = any(expected in problem for problem in found)
             report(f"self-test: {label} is caught", [] if caught else [f"no problem mentions {expected!r}: {found}"], counts)
-    doc = yaml.safe_load((ROOT / "istio" / "wasmplugin.yaml").read_text())
-    doc["spec"]["failStrategy"] = "FAIL_OPEN_PLEASE"
-    caught = any("failStrategy" in problem for problem in problems(doc, schemas))
-    report("self-test: a WasmPlugin outside the CRD schema is caught", [] if caught else ["not caught"], counts)
+    plugin = (ROOT / "istio" / "wasmplugin.yaml").read_text()
+    for label, old, new, expected in [
+        ("a WasmPlugin outside the CRD schema", "failStrategy: FAIL_CLOSE", "failStrategy: FAIL_OPEN_PLEASE", "failStrategy"),
+        ("a WasmPlugin that fails open", "failStrategy: FAIL_CLOSE", "failStrategy: FAIL_OPEN", "FAIL_CLOSE"),
+        ("a gateway WasmPlugin that would never run", "app: prefect-server", "istio: ingressgateway", "mode SERVER"),
+        ("an invalid pluginConfig", "port: 4300", "port: 4300\n      timeout_ms: 0", "auth.timeout_ms"),
+    ]:
+        doc = yaml.safe_load(plugin.replace(old, new))
+        found = problems(doc, schemas) + plugin_config_problems(doc)
+        caught = any(expected in problem for problem in found)
+        report(f"self-test: {label} is caught", [] if caught else [f"not caught: {found}"], counts)
 
 
 def main():

@@ -218,6 +218,7 @@ def convert(mesh_doc, policy_doc):
 
 
 def looks_like_gateway(labels):
+    """Labels of Istio gateway pods (classic ingress gateways, Gateway API deployments)."""
     return any(key in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name")
                or (key in ("istio", "app") and "gateway" in str(value)) for key, value in labels.items())
 

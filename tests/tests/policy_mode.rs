@@ -80,6 +80,28 @@ fn converted_policy_runs_under_envoy_without_bypass() {
         env.log_tail()
     );
 
+    // Paths Istio's `*/events/out` notPaths glob would have left public (they end with
+    // /events/out after Istio's normalization) while an application may read them as
+    // another resource: each must be checked by the auth service (or refused by Envoy).
+    for target in [
+        "/api/flows;/events/out",
+        "/api/flows;x=1/events/out",
+        "/api/flows%3F/events/out",
+        "/api/flows%23/events/out",
+        "/api/flows%2F..%2F/events/out",
+        "/api/admin%2Fevents/out",
+    ] {
+        let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
+        let resp = env.send(&RawRequest::get(target).bearer("deny"));
+        let checked = env.auth.count() > auth_before && resp.status == 401;
+        let refused = env.auth.count() == auth_before && (400..500).contains(&resp.status);
+        env.check(
+            env.upstream.count() == up_before && !resp.proxied() && (checked || refused),
+            &format!("converted: Istio suffix-glob bypass candidate {target} was not checked"),
+            &resp,
+        );
+    }
+
     // Allow: the auth service's identity arrives; a spoofed x-nebula-* (any name, the
     // converted upstream_headers is a prefix pattern) does not.
     let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:alice").header("x-nebula-extra", "evil"));
