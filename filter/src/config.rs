@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::headers::HeaderNames;
+use crate::jwt_config::{JwtSettings, RawJwt};
 use crate::route::PublicPaths;
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
@@ -45,6 +46,8 @@ struct RawConfig {
     public_paths: Option<Vec<String>>,
     frontend_prefix: Option<String>,
     status_on_error: Option<u32>,
+    /// Local JWT verification (jwt_config.rs).
+    jwt: Option<RawJwt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +74,8 @@ pub struct Settings {
     pub strip: HeaderNames,
     pub public: PublicPaths,
     pub status_on_error: u32,
+    /// Local JWT verification, when configured.
+    pub jwt: Option<JwtSettings>,
 }
 
 #[derive(Debug)]
@@ -97,7 +102,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError { field: field.into(), message: message.into() }
     }
 }
@@ -120,7 +125,7 @@ impl Settings {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         // serde would read a struct from a JSON array too; users must write objects.
-        for (field, object) in [("", Some(&value)), ("auth", value.get("auth"))] {
+        for (field, object) in [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt"))] {
             if let Some(object) = object.filter(|v| !v.is_object()) {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
@@ -171,7 +176,13 @@ impl TryFrom<RawConfig> for Settings {
             ));
         }
 
-        Ok(Settings { auth, strip, public, status_on_error })
+        // Headers a valid JWT injects are stripped from every client request first.
+        let jwt = raw.jwt.map(JwtSettings::try_from).transpose()?;
+        if let Some(jwt) = &jwt {
+            strip.extend(&jwt.injected);
+        }
+
+        Ok(Settings { auth, strip, public, status_on_error, jwt })
     }
 }
 
@@ -373,7 +384,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

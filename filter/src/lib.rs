@@ -9,6 +9,10 @@
 pub mod config;
 pub mod decision;
 pub mod headers;
+pub mod jwt;
+pub mod jwt_cache;
+pub mod jwt_config;
+pub mod jwt_keys;
 pub mod request;
 pub mod route;
 

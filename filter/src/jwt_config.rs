@@ -1,0 +1,467 @@
+//! The `jwt` block of the plugin configuration: providers (issuer, audiences,
+//! algorithms, keys), where tokens are read from, and what a valid token does.
+//! Parsed with serde (unknown fields rejected), then validated into [`JwtSettings`].
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::ConfigError;
+use crate::headers::HeaderNames;
+use crate::jwt_keys::{Alg, KeySet};
+
+const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
+const DEFAULT_CACHE_ENTRIES: usize = 1024;
+const MAX_CACHE_ENTRIES: usize = 65_536;
+/// Envoy jwt_authn's default `clock_skew_seconds`.
+const DEFAULT_LEEWAY_S: u64 = 60;
+const MAX_LEEWAY_S: u64 = 3600;
+const DEFAULT_JWKS_PATH: &str = "/.well-known/jwks.json";
+const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
+/// Envoy jwt_authn caches a remote JWKS for 5 minutes by default.
+const DEFAULT_REFRESH_INTERVAL_MS: u64 = 300_000;
+const DEFAULT_MIN_REFRESH_INTERVAL_MS: u64 = 10_000;
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwt {
+    providers: Vec<RawProvider>,
+    mode: Option<Mode>,
+    from_headers: Option<Vec<RawHeaderSource>>,
+    from_cookies: Option<Vec<String>>,
+    max_token_bytes: Option<usize>,
+    cache_entries: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderSource {
+    name: String,
+    value_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: String,
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    /// An inline JWKS: the object itself, or its JSON text.
+    jwks: Option<Value>,
+    /// A PEM public key, or an object of `kid` → PEM (seed 004's `secrets`).
+    pem: Option<Value>,
+    remote_jwks: Option<RawRemoteJwks>,
+    secret: Option<String>,
+    leeway_s: Option<u64>,
+    claims_to_headers: Option<serde_json::Map<String, Value>>,
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    cluster: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
+    refresh_interval_ms: Option<u64>,
+    min_refresh_interval_ms: Option<u64>,
+}
+
+/// What a valid token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Valid: allowed without a callout, claims become headers. Invalid: 401.
+    Local,
+    /// Valid: claims become headers and the callout still decides. Invalid: 401.
+    LocalThenCallout,
+}
+
+/// Where a credential is read from, in order; the first one present is the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A header (lower-case name), with a case-insensitive prefix to remove (`Bearer `).
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Cookie(String),
+}
+
+#[derive(Debug)]
+pub struct JwtSettings {
+    pub providers: Vec<Provider>,
+    pub sources: Vec<Source>,
+    /// Longer JWT-shaped credentials are rejected without being decoded.
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered per worker.
+    pub cache_entries: usize,
+    /// Every header a provider may inject (the strip list includes them all).
+    pub injected: HeaderNames,
+    /// Keys skipped in inline JWKS, for the log.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub issuer: String,
+    /// When set, the token's `aud` must contain one of them.
+    pub audiences: Option<HashSet<String>>,
+    pub algorithms: Vec<Alg>,
+    /// Inline JWKS, PEM keys or the HS256 secret.
+    pub keys: KeySet,
+    pub remote: Option<RemoteJwks>,
+    pub leeway: Duration,
+    /// Claim (top-level name, or a `.` path into objects) → header name.
+    pub claims_to_headers: Vec<(String, String)>,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    pub refresh_interval: Duration,
+    /// Refetches on an unknown `kid` or after a failure are at most this frequent.
+    pub min_refresh_interval: Duration,
+}
+
+impl RemoteJwks {
+    /// The shared-data name of this endpoint's state: one fetch per Envoy, whatever
+    /// provider or worker asks.
+    pub fn shared_key(&self) -> String {
+        format!("nebula_authz.jwks|{}|{}|{}", self.cluster, self.authority, self.path)
+    }
+}
+
+impl TryFrom<RawJwt> for JwtSettings {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawJwt) -> Result<JwtSettings, ConfigError> {
+        if raw.providers.is_empty() {
+            return Err(ConfigError::new("jwt.providers", "must list at least one provider"));
+        }
+        let mode = raw.mode.unwrap_or(Mode::Local);
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        let mut warnings = Vec::new();
+        let mut injected = HeaderNames::default();
+        for (i, p) in raw.providers.into_iter().enumerate() {
+            let at = format!("jwt.providers[{i}]");
+            let provider = Provider::parse(&at, p, mode, &mut warnings)?;
+            if providers.iter().any(|q: &Provider| q.issuer == provider.issuer) {
+                return Err(ConfigError::new(
+                    format!("{at}.issuer"),
+                    format!("{:?} is already a provider's issuer", provider.issuer),
+                ));
+            }
+            let names: Vec<String> = provider.claims_to_headers.iter().map(|(_, h)| h.clone()).collect();
+            injected.extend(&HeaderNames::parse_injectable(&format!("{at}.claims_to_headers"), &names)?);
+            providers.push(provider);
+        }
+        let sources = sources(raw.from_headers, raw.from_cookies)?;
+        let max_token_bytes =
+            bounded("jwt.max_token_bytes", raw.max_token_bytes, DEFAULT_MAX_TOKEN_BYTES, 16, MAX_MAX_TOKEN_BYTES)?;
+        let cache_entries =
+            bounded("jwt.cache_entries", raw.cache_entries, DEFAULT_CACHE_ENTRIES, 0, MAX_CACHE_ENTRIES)?;
+        Ok(JwtSettings { providers, sources, max_token_bytes, cache_entries, injected, warnings })
+    }
+}
+
+fn bounded(field: &str, value: Option<usize>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let v = value.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(ConfigError::new(field, format!("must be between {min} and {max}, got {v}")));
+    }
+    Ok(v)
+}
+
+fn sources(headers: Option<Vec<RawHeaderSource>>, cookies: Option<Vec<String>>) -> Result<Vec<Source>, ConfigError> {
+    let headers = match (&headers, &cookies) {
+        // Istio's and jwt_authn's default: `Authorization: Bearer <token>`.
+        (None, None) => vec![RawHeaderSource { name: "authorization".into(), value_prefix: Some("Bearer ".into()) }],
+        _ => headers.unwrap_or_default(),
+    };
+    let mut out = Vec::new();
+    for (i, h) in headers.into_iter().enumerate() {
+        let field = format!("jwt.from_headers[{i}].name");
+        HeaderNames::parse(&field, std::slice::from_ref(&h.name), false).map_err(|e| ConfigError { field, ..e })?;
+        out.push(Source::Header { name: h.name.to_ascii_lowercase(), prefix: h.value_prefix.unwrap_or_default() });
+    }
+    for (i, c) in cookies.unwrap_or_default().into_iter().enumerate() {
+        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"=;,\"\\".contains(&b)) {
+            return Err(ConfigError::new(format!("jwt.from_cookies[{i}]"), format!("{c:?} is not a cookie name")));
+        }
+        out.push(Source::Cookie(c));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::new("jwt", "from_headers and from_cookies are both empty: no token can be found"));
+    }
+    Ok(out)
+}
+
+impl Provider {
+    fn parse(
+        at: &str,
+        raw: RawProvider,
+        default_mode: Mode,
+        warnings: &mut Vec<String>,
+    ) -> Result<Provider, ConfigError> {
+        let err = |field: &str, message: String| ConfigError::new(format!("{at}.{field}"), message);
+        if raw.issuer.trim().is_empty() {
+            return Err(err("issuer", "must be the tokens' `iss`".into()));
+        }
+        let algorithms = algorithms(at, raw.algorithms, raw.secret.is_some())?;
+
+        let mut keys = KeySet::default();
+        if let Some(secret) = &raw.secret {
+            if raw.jwks.is_some() || raw.pem.is_some() || raw.remote_jwks.is_some() {
+                return Err(err(
+                    "secret",
+                    "cannot be combined with jwks, pem or remote_jwks (HS256 keys are never public keys)".into(),
+                ));
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(err("secret", format!("must be at least {MIN_SECRET_BYTES} bytes, got {}", secret.len())));
+            }
+            keys = KeySet::from_secret(secret.as_bytes());
+        }
+        if let Some(jwks) = raw.jwks {
+            let jwks = match jwks {
+                Value::String(text) => {
+                    serde_json::from_str(&text).map_err(|e| err("jwks", format!("not valid JSON: {e}")))?
+                }
+                other => other,
+            };
+            let (set, skipped) = KeySet::from_jwks(&jwks, &algorithms).map_err(|e| err("jwks", e))?;
+            warnings.extend(skipped.into_iter().map(|s| format!("{at}.jwks.{s}: skipped")));
+            keys.extend(set);
+        }
+        match raw.pem {
+            None => {}
+            Some(Value::String(pem)) => {
+                keys.extend(KeySet::from_pem(&pem, None, &algorithms).map_err(|e| err("pem", e))?)
+            }
+            Some(Value::Object(named)) if !named.is_empty() => {
+                for (kid, pem) in named {
+                    let pem = pem.as_str().ok_or_else(|| err(&format!("pem.{kid}"), "must be a PEM string".into()))?;
+                    keys.extend(
+                        KeySet::from_pem(pem, Some(&kid), &algorithms).map_err(|e| err(&format!("pem.{kid}"), e))?,
+                    );
+                }
+            }
+            Some(_) => return Err(err("pem", "must be a PEM string or an object of kid → PEM".into())),
+        }
+        let remote = raw.remote_jwks.map(|r| remote_jwks(&format!("{at}.remote_jwks"), r)).transpose()?;
+        if keys.is_empty() && remote.is_none() {
+            return Err(ConfigError::new(at, "needs keys: jwks, pem, remote_jwks, or secret (HS256)"));
+        }
+
+        let audiences = match raw.audiences {
+            Some(list) if list.is_empty() => {
+                return Err(err("audiences", "must not be empty (leave it out to accept any audience)".into()))
+            }
+            Some(list) => Some(list.into_iter().collect()),
+            None => None,
+        };
+        let leeway_s = raw.leeway_s.unwrap_or(DEFAULT_LEEWAY_S);
+        if leeway_s > MAX_LEEWAY_S {
+            return Err(err("leeway_s", format!("must be at most {MAX_LEEWAY_S}, got {leeway_s}")));
+        }
+        let mut claims_to_headers = Vec::new();
+        for (claim, header) in raw.claims_to_headers.unwrap_or_default() {
+            let header = header
+                .as_str()
+                .ok_or_else(|| err(&format!("claims_to_headers.{claim}"), "must be a header name".into()))?;
+            if claim.is_empty() {
+                return Err(err("claims_to_headers", "a claim name is empty".into()));
+            }
+            claims_to_headers.push((claim, header.to_ascii_lowercase()));
+        }
+        Ok(Provider {
+            issuer: raw.issuer,
+            audiences,
+            algorithms,
+            keys,
+            remote,
+            leeway: Duration::from_secs(leeway_s),
+            claims_to_headers,
+            mode: raw.mode.unwrap_or(default_mode),
+        })
+    }
+}
+
+fn algorithms(at: &str, names: Option<Vec<String>>, has_secret: bool) -> Result<Vec<Alg>, ConfigError> {
+    let field = format!("{at}.algorithms");
+    let Some(names) = names else {
+        return Ok(if has_secret { vec![Alg::HS256] } else { Alg::ASYMMETRIC.to_vec() });
+    };
+    if names.is_empty() {
+        return Err(ConfigError::new(field, "must list at least one algorithm"));
+    }
+    let mut algs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let alg = match Alg::from_name(name) {
+            Some(alg) => alg,
+            None if name.eq_ignore_ascii_case("none") => {
+                return Err(ConfigError::new(format!("{field}[{i}]"), "\"none\" (unsigned tokens) is never accepted"));
+            }
+            None => {
+                let known: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
+                return Err(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    format!("{name:?} is not one of {}", known.join(", ")),
+                ));
+            }
+        };
+        if (alg == Alg::HS256) != has_secret {
+            let message = if has_secret {
+                format!("{name} cannot be used with a secret: a provider with `secret` verifies HS256 only")
+            } else {
+                "HS256 needs an explicit `secret` (it is never verified with a public key)".to_owned()
+            };
+            return Err(ConfigError::new(format!("{field}[{i}]"), message));
+        }
+        if !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    Ok(algs)
+}
+
+fn remote_jwks(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
+    let err = |field: &str, message: String| ConfigError::new(format!("{at}.{field}"), message);
+    let (cluster, authority) = match (raw.cluster, raw.host, raw.port) {
+        (Some(c), _, _) if c.trim().is_empty() => return Err(err("cluster", "must name an Envoy cluster".into())),
+        (_, Some(h), _) if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) => {
+            return Err(err("host", format!("{h:?} is not a host name")))
+        }
+        (Some(c), Some(h), Some(p)) => (c, format!("{h}:{p}")),
+        (None, Some(h), Some(p)) => (format!("outbound|{p}||{h}"), format!("{h}:{p}")),
+        (_, Some(_), None) => return Err(err("port", "is required with host".into())),
+        (_, None, Some(_)) => return Err(err("host", "is required with port".into())),
+        (Some(c), None, None) => (c.clone(), c),
+        (None, None, None) => return Err(ConfigError::new(at, "name the JWKS endpoint: cluster, or host and port")),
+    };
+    let authority = raw.authority.unwrap_or(authority);
+    if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("authority", "must be a non-empty host[:port] without spaces".into()));
+    }
+    let path = raw.path.unwrap_or_else(|| DEFAULT_JWKS_PATH.into());
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err("path", "must start with '/' and contain no spaces or control characters".into()));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(err("timeout_ms", format!("must be between 1 and 60000, got {timeout_ms}")));
+    }
+    let refresh_ms = raw.refresh_interval_ms.unwrap_or(DEFAULT_REFRESH_INTERVAL_MS);
+    if !(1_000..=86_400_000).contains(&refresh_ms) {
+        return Err(err("refresh_interval_ms", format!("must be between 1000 and 86400000, got {refresh_ms}")));
+    }
+    let min_ms = raw.min_refresh_interval_ms.unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL_MS.min(refresh_ms));
+    if min_ms > refresh_ms {
+        return Err(err(
+            "min_refresh_interval_ms",
+            format!("must be at most refresh_interval_ms ({refresh_ms}), got {min_ms}"),
+        ));
+    }
+    Ok(RemoteJwks {
+        cluster,
+        authority,
+        path,
+        timeout: Duration::from_millis(timeout_ms),
+        refresh_interval: Duration::from_millis(refresh_ms),
+        min_refresh_interval: Duration::from_millis(min_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use crate::config::Settings;
+
+    fn err(jwt: &str) -> String {
+        let json = format!(r#"{{"auth": {{"cluster": "auth"}}, "jwt": {jwt}}}"#);
+        Settings::from_json(json.as_bytes()).expect_err("config should be rejected").to_string()
+    }
+
+    const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    #[test]
+    fn defaults() {
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}}}]}}}}"#
+        );
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        let jwt = s.jwt.unwrap();
+        assert_eq!(jwt.sources, vec![super::Source::Header { name: "authorization".into(), prefix: "Bearer ".into() }]);
+        assert_eq!((jwt.max_token_bytes, jwt.cache_entries), (16384, 1024));
+        let p = &jwt.providers[0];
+        assert_eq!((p.mode, p.leeway.as_secs(), p.audiences.is_none()), (super::Mode::Local, 60, true));
+        assert_eq!(p.algorithms.len(), 9, "every asymmetric algorithm");
+        let json = r#"{"auth": {"cluster": "auth"}, "jwt": {"providers": [{"issuer": "i", "remote_jwks": {"host": "idp.example.com", "port": 443}}]}}"#;
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        let remote = s.jwt.unwrap().providers.remove(0).remote.unwrap();
+        assert_eq!(remote.cluster, "outbound|443||idp.example.com");
+        assert_eq!(
+            (remote.authority.as_str(), remote.path.as_str()),
+            ("idp.example.com:443", "/.well-known/jwks.json")
+        );
+        assert_eq!((remote.refresh_interval.as_secs(), remote.min_refresh_interval.as_secs()), (300, 10));
+    }
+
+    #[test]
+    fn bad_jwt_configs_name_the_field() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let cases: Vec<(String, &str)> = vec![
+            ("[]".into(), "jwt: expected a JSON object, got an array"),
+            ("{}".into(), "jwt: missing field `providers`"),
+            (r#"{"providers": []}"#.into(), "jwt.providers: must list at least one provider"),
+            (r#"{"providers": [{"issuer": "i"}]}"#.into(), "jwt.providers[0]: needs keys: jwks, pem, remote_jwks, or secret (HS256)"),
+            (r#"{"providers": [{"issuer": " ", "secret": "x"}]}"#.into(), "jwt.providers[0].issuer: must be the tokens' `iss`"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "algorithms": ["RS256"]}}]}}"#), "jwt.providers[0].algorithms[0]: RS256 cannot be used with a secret: a provider with `secret` verifies HS256 only"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["ES256", "HS256"]}}]}}"#), "jwt.providers[0].algorithms[1]: HS256 needs an explicit `secret` (it is never verified with a public key)"),
+            (r#"{"providers": [{"issuer": "i", "secret": "short"}]}"#.into(), "jwt.providers[0].secret: must be at least 32 bytes, got 5"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "jwks": {{"keys": []}}}}]}}"#), "jwt.providers[0].secret: cannot be combined with jwks, pem or remote_jwks (HS256 keys are never public keys)"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["none"]}}]}}"#), "jwt.providers[0].algorithms[0]: \"none\" (unsigned tokens) is never accepted"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["ES512"]}}]}}"#), "jwt.providers[0].algorithms[0]: \"ES512\" is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": []}}]}}"#), "jwt.providers[0].algorithms: must list at least one algorithm"),
+            (r#"{"providers": [{"issuer": "i", "jwks": {"keys": []}}]}"#.into(), "jwt.providers[0].jwks: no usable key (no keys)"),
+            (r#"{"providers": [{"issuer": "i", "jwks": "{not json"}]}"#.into(), "jwt.providers[0].jwks: not valid JSON: key must be a string at line 1 column 2"),
+            (r#"{"providers": [{"issuer": "i", "pem": "nope"}]}"#.into(), "jwt.providers[0].pem: is not a PEM public key of a supported type (RSA ≥ 2048 bits, P-256, P-384, Ed25519)"),
+            (r#"{"providers": [{"issuer": "i", "pem": {"k1": 3}}]}"#.into(), "jwt.providers[0].pem.k1: must be a PEM string"),
+            (r#"{"providers": [{"issuer": "i", "pem": []}]}"#.into(), "jwt.providers[0].pem: must be a PEM string or an object of kid → PEM"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "audiences": []}}]}}"#), "jwt.providers[0].audiences: must not be empty (leave it out to accept any audience)"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "leeway_s": 7200}}]}}"#), "jwt.providers[0].leeway_s: must be at most 3600, got 7200"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "claims_to_headers": {{"sub": "bad header"}}}}]}}"#), "jwt.providers[0].claims_to_headers[0]: \"bad header\" is not a valid header name"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "claims_to_headers": {{"sub": "content-length"}}}}]}}"#), "jwt.providers[0].claims_to_headers[0]: \"content-length\" is a connection-level header Envoy manages; it cannot be copied"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "claims_to_headers": {{"sub": 1}}}}]}}"#), "jwt.providers[0].claims_to_headers.sub: must be a header name"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}}}, {{"issuer": "i", "secret": "{secret}"}}]}}"#), "jwt.providers[1].issuer: \"i\" is already a provider's issuer"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "mode": "remote"}}]}}"#), "jwt.providers[0].mode: unknown variant `remote`, expected `local` or `local_then_callout`"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `secret`, `leeway_s`, `claims_to_headers`, `mode`"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {}}]}"#.into(), "jwt.providers[0].remote_jwks: name the JWKS endpoint: cluster, or host and port"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"host": "idp"}}]}"#.into(), "jwt.providers[0].remote_jwks.port: is required with host"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "path": "jwks"}}]}"#.into(), "jwt.providers[0].remote_jwks.path: must start with '/' and contain no spaces or control characters"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 10}}]}"#.into(), "jwt.providers[0].remote_jwks.refresh_interval_ms: must be between 1000 and 86400000, got 10"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 1000, "min_refresh_interval_ms": 5000}}]}"#.into(), "jwt.providers[0].remote_jwks.min_refresh_interval_ms: must be at most refresh_interval_ms (1000), got 5000"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "timeout_ms": 0}}]}"#.into(), "jwt.providers[0].remote_jwks.timeout_ms: must be between 1 and 60000, got 0"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [], "from_cookies": []}}"#), "jwt: from_headers and from_cookies are both empty: no token can be found"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [{{"name": ":path"}}]}}"#), "jwt.from_headers[0].name: \":path\" is not a valid header name"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_cookies": ["a=b"]}}"#), "jwt.from_cookies[0]: \"a=b\" is not a cookie name"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "max_token_bytes": 1000000}}"#), "jwt.max_token_bytes: must be between 16 and 65536, got 1000000"),
+        ];
+        for (jwt, expected) in cases {
+            assert_eq!(err(&jwt), format!("invalid plugin configuration: {expected}"), "jwt: {jwt}");
+        }
+    }
+}
