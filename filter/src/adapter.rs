@@ -3,6 +3,7 @@
 //! a refused call becomes a fail-closed reply instead of a trap that would take down
 //! every request on this worker.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use log::{debug, error, info, warn};
@@ -12,19 +13,40 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::jwks_fetch::Why;
+use crate::jwt::JwtVerifier;
+use crate::jwt::{Outcome, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE};
+use crate::jwt_adapter::{self, Counter, JwtState, Metrics};
+use crate::jwt_config::Mode;
 use crate::request::Route;
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs the panic at critical level.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { settings: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { settings: None, jwt: None, jwks_fetches: Vec::new() })
+    });
 }}
 
 struct Root {
     settings: Option<Rc<Settings>>,
+    /// This VM's JWT verifier and metrics, shared with its http contexts.
+    jwt: Option<Rc<RefCell<JwtState>>>,
+    /// JWKS fetches this root context started on its timer: (call token, provider).
+    jwks_fetches: Vec<(u32, usize)>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some(i) = self.jwks_fetches.iter().position(|(t, _)| *t == token) else { return };
+        let (_, provider) = self.jwks_fetches.swap_remove(i);
+        if let (Some(settings), Some(state)) = (&self.settings, &self.jwt) {
+            if let (Some(jwt), Ok(mut state)) = (&settings.jwt, state.try_borrow_mut()) {
+                jwt_adapter::finish_fetch(jwt, &mut state, provider, body_size);
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -46,6 +68,20 @@ impl RootContext for Root {
                     "configured: auth cluster {:?}, path {:?}, timeout {:?}",
                     settings.auth.cluster, settings.auth.path, settings.auth.timeout
                 );
+                if let Some(jwt) = &settings.jwt {
+                    for warning in &jwt.warnings {
+                        warn!("{warning}");
+                    }
+                    let state = JwtState { verifier: JwtVerifier::new(jwt), metrics: Metrics::define() };
+                    self.jwt = Some(Rc::new(RefCell::new(state)));
+                    // Remote JWKS: fetched on the first token or tick, refreshed on the timer.
+                    if jwt.providers.iter().any(|p| p.remote.is_some()) {
+                        if let Err(status) = hostcalls::set_tick_period(jwt_adapter::TICK) {
+                            error!("cannot start the JWKS refresh timer: {status:?}");
+                            return false;
+                        }
+                    }
+                }
                 self.settings = Some(Rc::new(settings));
                 true
             }
@@ -57,9 +93,25 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        let (Some(settings), Some(state)) = (self.settings.clone(), self.jwt.clone()) else { return };
+        let Some(jwt) = &settings.jwt else { return };
+        for (i, provider) in jwt.providers.iter().enumerate() {
+            if provider.remote.is_none() || self.jwks_fetches.iter().any(|(_, p)| *p == i) {
+                continue;
+            }
+            if let Ok(mut state) = state.try_borrow_mut() {
+                jwt_adapter::sync(jwt, &mut state, i);
+            }
+            if let Some(token) = jwt_adapter::start_fetch(jwt, i, Why::Timer) {
+                self.jwks_fetches.push((token, i));
+            }
+        }
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it. Without settings the context fails closed.
-        Some(Box::new(Authz { id: context_id, settings: self.settings.clone(), pending: None }))
+        Some(Box::new(Authz { id: context_id, settings: self.settings.clone(), jwt: self.jwt.clone(), pending: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -70,8 +122,26 @@ impl RootContext for Root {
 struct Authz {
     id: u32,
     settings: Option<Rc<Settings>>,
-    /// The token of the callout in flight; the request (and its body) waits for it.
-    pending: Option<u32>,
+    jwt: Option<Rc<RefCell<JwtState>>>,
+    /// The call in flight; the request (and its body) waits for it.
+    pending: Option<Pending>,
+}
+
+enum Pending {
+    /// The auth service callout.
+    Auth(u32),
+    /// A JWKS fetch for a token whose key is not known yet.
+    Jwks { token: u32, provider: usize },
+}
+
+/// What is left to do after the JWT step.
+enum JwtStep {
+    /// A valid token in `local` mode: on to the upstream, no callout.
+    Allow,
+    /// The callout decides (not a JWT of ours, or `local_then_callout`).
+    Callout,
+    /// A local reply was sent, or a JWKS fetch is in flight.
+    Wait,
 }
 
 impl Authz {
@@ -91,20 +161,126 @@ impl Authz {
                 debug!("[{}] public ({template})", self.id);
                 Action::Continue
             }
-            Route::Callout { headers } => {
-                let auth = &settings.auth;
-                match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
-                    Ok(token) => {
-                        self.pending = Some(token);
-                        Action::Pause
-                    }
-                    Err(status) => {
-                        warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, auth.cluster);
-                        self.fail(settings, Failure::DispatchFailed)
-                    }
+            Route::Callout { headers: callout } => match self.check_jwt(settings, &headers, true) {
+                JwtStep::Allow => Action::Continue,
+                JwtStep::Callout => self.call_out(settings, callout),
+                JwtStep::Wait => Action::Pause,
+            },
+            Route::Reject(failure) => self.fail(settings, failure),
+        }
+    }
+
+    fn call_out(&mut self, settings: &Settings, headers: Vec<(&str, &str)>) -> Action {
+        let auth = &settings.auth;
+        match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
+            Ok(token) => {
+                self.pending = Some(Pending::Auth(token));
+                Action::Pause
+            }
+            Err(status) => {
+                warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, auth.cluster);
+                self.fail(settings, Failure::DispatchFailed)
+            }
+        }
+    }
+
+    /// Local JWT verification (jwt.rs), when configured. A JWT of a known issuer is
+    /// decided here: invalid → 401; valid → its claim headers are set, then allowed
+    /// (`local`) or sent on to the callout (`local_then_callout`).
+    fn check_jwt(&mut self, settings: &Settings, headers: &[(String, Vec<u8>)], may_fetch: bool) -> JwtStep {
+        let (Some(jwt), Some(state)) = (&settings.jwt, self.jwt.clone()) else { return JwtStep::Callout };
+        let Ok(mut state) = state.try_borrow_mut() else {
+            self.fail(settings, Failure::HostError);
+            return JwtStep::Wait;
+        };
+        let mut outcome = state.verifier.check(jwt, headers, jwt_adapter::now_ms());
+        if let Outcome::NoKey { provider } = outcome {
+            // Another worker may have fetched the keys already; else fetch them (once
+            // per Envoy, rate-limited) while this request waits.
+            if jwt_adapter::sync(jwt, &mut state, provider) {
+                outcome = state.verifier.check(jwt, headers, jwt_adapter::now_ms());
+            }
+        }
+        if let Outcome::NoKey { provider } = outcome {
+            if may_fetch {
+                if let Some(token) = jwt_adapter::start_fetch(jwt, provider, Why::MissingKey) {
+                    self.pending = Some(Pending::Jwks { token, provider });
+                    return JwtStep::Wait;
                 }
             }
-            Route::Reject(failure) => self.fail(settings, failure),
+            match state.verifier.without_refresh(jwt, provider) {
+                Some(verdict) => outcome = verdict,
+                None => {
+                    // No keys at all yet: the token cannot be judged. The callout still
+                    // can in local_then_callout; in local mode, fail closed.
+                    state.metrics.inc(Counter::KeysUnavailable);
+                    let mode = jwt.providers.get(provider).map_or(Mode::Local, |p| p.mode);
+                    warn!("[{}] no JWKS keys yet for provider {provider} ({mode:?})", self.id);
+                    if mode == Mode::LocalThenCallout {
+                        return JwtStep::Callout;
+                    }
+                    self.reply(settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+                    return JwtStep::Wait;
+                }
+            }
+        }
+        match outcome {
+            Outcome::Callout(_) => {
+                state.metrics.inc(Counter::Passthrough);
+                JwtStep::Callout
+            }
+            Outcome::Valid { mode, headers, cached } => {
+                state.metrics.inc(if cached { Counter::CacheHit } else { Counter::Verified });
+                for (name, value) in headers.iter() {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+                        self.fail(settings, Failure::HostError);
+                        return JwtStep::Wait;
+                    }
+                }
+                debug!("[{}] valid JWT ({mode:?})", self.id);
+                match mode {
+                    Mode::Local => JwtStep::Allow,
+                    Mode::LocalThenCallout => JwtStep::Callout,
+                }
+            }
+            Outcome::Invalid(reason) => {
+                state.metrics.inc(Counter::Rejected(reason));
+                debug!("[{}] invalid JWT: {}", self.id, reason.as_str());
+                let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
+                self.reply(401, headers, Some(INVALID_TOKEN_BODY));
+                JwtStep::Wait
+            }
+            Outcome::NoKey { .. } => {
+                self.fail(settings, Failure::HostError);
+                JwtStep::Wait
+            }
+        }
+    }
+
+    /// The request waited for a JWKS fetch: check its token again (no second fetch),
+    /// then go on as the first pass would have.
+    fn after_jwks(&mut self, settings: &Settings) {
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        let plan = settings.plan(&headers);
+        let Route::Callout { headers: callout } = plan.route else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        match self.check_jwt(settings, &headers, false) {
+            JwtStep::Allow => self.resume(),
+            JwtStep::Callout => {
+                self.call_out(settings, callout);
+            }
+            JwtStep::Wait => {}
+        }
+    }
+
+    fn resume(&self) {
+        if let Err(status) = hostcalls::resume_http_request() {
+            error!("[{}] cannot resume the request: {status:?}", self.id);
         }
     }
 
@@ -128,9 +304,7 @@ impl Authz {
                     }
                 }
                 debug!("[{}] allowed", self.id);
-                if let Err(status) = hostcalls::resume_http_request() {
-                    error!("[{}] cannot resume the request: {status:?}", self.id);
-                }
+                self.resume();
             }
             Verdict::Deny { status, headers } => {
                 let body = match body_size {
@@ -162,12 +336,22 @@ impl Authz {
 
 impl Context for Authz {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        if self.pending != Some(token) {
-            return;
-        }
-        self.pending = None;
-        if let Some(settings) = self.settings.clone() {
-            self.on_auth_response(&settings, body_size);
+        let Some(settings) = self.settings.clone() else { return };
+        match self.pending {
+            Some(Pending::Auth(t)) if t == token => {
+                self.pending = None;
+                self.on_auth_response(&settings, body_size);
+            }
+            Some(Pending::Jwks { token: t, provider }) if t == token => {
+                self.pending = None;
+                if let (Some(jwt), Some(state)) = (&settings.jwt, &self.jwt) {
+                    if let Ok(mut state) = state.try_borrow_mut() {
+                        jwt_adapter::finish_fetch(jwt, &mut state, provider, body_size);
+                    }
+                }
+                self.after_jwks(&settings);
+            }
+            _ => {}
         }
     }
 }

@@ -8,14 +8,19 @@
 
 use std::rc::Rc;
 
-use jwt_simple::prelude::{Token, UnixTimeStamp, VerificationOptions};
+use jwt_simple::prelude::{UnixTimeStamp, VerificationOptions, MAX_HEADER_LENGTH};
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
 use crate::jwt_cache::{token_hash, Entry, VerifiedCache};
-use crate::jwt_config::{JwtSettings, Mode, Provider, Source};
+use crate::jwt_config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
 use crate::jwt_keys::{Alg, Key, KeySet};
+
+/// RFC 6750 §3.1: the challenge of a 401 for a token that failed verification.
+pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
+/// The body of that 401 (the reason goes to the log and metrics, not to the client).
+pub const INVALID_TOKEN_BODY: &[u8] = b"nebula-authz: invalid token\n";
 
 /// Longest claim header value the filter sets.
 const MAX_CLAIM_HEADER_BYTES: usize = 8 * 1024;
@@ -35,12 +40,14 @@ pub enum Reason {
     Issuer,
     Audience,
     MissingExp,
+    /// No provider has the token's `iss` (with `unknown_issuer: reject`).
+    UnknownIssuer,
     /// A mapped claim cannot be a header value (control characters, too long).
     ClaimHeader,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Malformed,
         Reason::TooLarge,
         Reason::Algorithm,
@@ -51,6 +58,7 @@ impl Reason {
         Reason::Issuer,
         Reason::Audience,
         Reason::MissingExp,
+        Reason::UnknownIssuer,
         Reason::ClaimHeader,
     ];
 
@@ -66,6 +74,7 @@ impl Reason {
             Reason::Issuer => "issuer",
             Reason::Audience => "audience",
             Reason::MissingExp => "missing_exp",
+            Reason::UnknownIssuer => "unknown_issuer",
             Reason::ClaimHeader => "claim_header",
         }
     }
@@ -113,7 +122,7 @@ pub enum Outcome {
 struct Remote {
     keys: KeySet,
     /// The shared-data version (CAS) the keys were read from.
-    version: Option<u32>,
+    version: Option<u64>,
 }
 
 /// The per-worker state: remote keys and the verified-token cache.
@@ -136,12 +145,12 @@ impl JwtVerifier {
     }
 
     /// The shared-data version the provider's remote keys came from.
-    pub fn remote_version(&self, provider: usize) -> Option<u32> {
+    pub fn remote_version(&self, provider: usize) -> Option<u64> {
         self.remote.get(provider).and_then(|r| r.version)
     }
 
     /// Replaces the provider's remote keys (a fetch or another worker's fetch).
-    pub fn set_remote_keys(&mut self, provider: usize, keys: KeySet, version: u32) {
+    pub fn set_remote_keys(&mut self, provider: usize, keys: KeySet, version: u64) {
         if let (Some(remote), Some(generation)) = (self.remote.get_mut(provider), self.generations.get_mut(provider)) {
             *remote = Remote { keys, version: Some(version) };
             *generation += 1;
@@ -178,7 +187,10 @@ impl JwtVerifier {
         let Some((index, provider)) =
             settings.providers.iter().enumerate().find(|(_, p)| Some(p.issuer.as_str()) == unverified.issuer())
         else {
-            return Outcome::Callout(Pass::UnknownIssuer);
+            return match settings.unknown_issuer {
+                UnknownIssuer::Callout => Outcome::Callout(Pass::UnknownIssuer),
+                UnknownIssuer::Reject => Outcome::Invalid(Reason::UnknownIssuer),
+            };
         };
         let Some(alg) = Alg::from_name(&unverified.alg).filter(|a| provider.algorithms.contains(a)) else {
             return Outcome::Invalid(Reason::Algorithm);
@@ -274,11 +286,17 @@ struct Unverified {
 
 impl Unverified {
     fn decode(token: &str) -> Result<Unverified, Reason> {
-        let meta = Token::decode_metadata(token).map_err(|_| Reason::Malformed)?;
-        let payload = token.split('.').nth(1).ok_or(Reason::Malformed)?;
-        let bytes = Base64UrlSafeNoPadding::decode_to_vec(payload, None).map_err(|_| Reason::Malformed)?;
-        let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
-        Ok(Unverified { alg: meta.algorithm().to_owned(), kid: meta.key_id().map(str::to_owned), claims })
+        let mut segments = token.split('.');
+        let mut object = |max: usize| -> Result<Map<String, Value>, Reason> {
+            let segment = segments.next().filter(|s| s.len() <= max).ok_or(Reason::Malformed)?;
+            let bytes = Base64UrlSafeNoPadding::decode_to_vec(segment, None).map_err(|_| Reason::Malformed)?;
+            serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+        };
+        let header = object(MAX_HEADER_LENGTH)?;
+        let claims = object(usize::MAX)?;
+        let text = |name: &str| header.get(name).and_then(Value::as_str).map(str::to_owned);
+        // jwt-simple checks `alg` and the rest of the header again when verifying.
+        Ok(Unverified { alg: text("alg").unwrap_or_default(), kid: text("kid"), claims })
     }
 
     fn issuer(&self) -> Option<&str> {
@@ -452,6 +470,22 @@ mod tests {
             assert_eq!(got, want);
             assert!(matches!(check(&s, &mut v, &token), Outcome::Valid { cached: true, .. }));
         }
+    }
+
+    #[test]
+    fn unknown_issuers_can_be_rejected() {
+        let f = fixture();
+        let s = settings(&f, "");
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"unknown_issuer": "reject", "providers": [{{"issuer": "{ISS}", "jwks": {}}}]}}}}"#,
+            jwks(&f)
+        );
+        let strict = Settings::from_json(json.as_bytes()).unwrap();
+        let mut c = claims();
+        c.issuer = Some("https://elsewhere".into());
+        let token = f.es.sign(c).unwrap();
+        assert_eq!(check(&s, &mut verifier(&s), &token), Outcome::Callout(Pass::UnknownIssuer));
+        assert_eq!(check(&strict, &mut verifier(&strict), &token), Outcome::Invalid(Reason::UnknownIssuer));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod decision;
 pub mod headers;
+pub mod jwks_fetch;
 pub mod jwt;
 pub mod jwt_cache;
 pub mod jwt_config;
@@ -18,3 +19,5 @@ pub mod route;
 
 #[cfg(target_family = "wasm")]
 mod adapter;
+#[cfg(target_family = "wasm")]
+mod jwt_adapter;
