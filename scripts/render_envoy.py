@@ -58,6 +58,22 @@ def set_endpoint(config, cluster_name, address):
     raise SystemExit(f"envoy.yaml has no cluster named {cluster_name}")
 
 
+def named_endpoint(value):
+    name, _, address = value.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT, got {value!r}")
+    return name, host_port(address)
+
+
+def add_cluster(config, name, address):
+    """One more cluster, shaped like the upstream's (e.g. a JWKS endpoint for the JWT tests)."""
+    cluster = json.loads(json.dumps(next(
+        c for c in config["static_resources"]["clusters"] if c["name"] == "upstream")))
+    cluster["name"] = cluster["load_assignment"]["cluster_name"] = name
+    config["static_resources"]["clusters"].append(cluster)
+    set_endpoint(config, name, address)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--source", default=str(ROOT / "envoy" / "envoy.yaml"))
@@ -72,6 +88,8 @@ def main():
     source.add_argument("--plugin-config-from", metavar="MANIFEST",
                         help="take the plugin JSON from a WasmPlugin manifest's pluginConfig")
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
+    p.add_argument("--cluster", type=named_endpoint, action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="add a cluster (repeatable), e.g. a JWKS endpoint")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -94,6 +112,8 @@ def main():
         rename_cluster(config, "auth", args.auth_cluster)
     if args.upstream:
         set_endpoint(config, "upstream", args.upstream)
+    for name, address in args.cluster:
+        add_cluster(config, name, address)
 
     # JSON is YAML too: Envoy reads it under either extension, and it round-trips exactly.
     json.dump(config, sys.stdout, indent=2)

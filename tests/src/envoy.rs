@@ -72,6 +72,8 @@ pub struct EnvBuilder {
     wasm: bool,
     wasmplugin: Option<String>,
     auth_cluster: Option<String>,
+    /// Extra clusters (name, address), e.g. a JWKS endpoint.
+    clusters: Vec<(String, SocketAddr)>,
 }
 
 impl Default for EnvBuilder {
@@ -83,6 +85,7 @@ impl Default for EnvBuilder {
             wasm: true,
             wasmplugin: None,
             auth_cluster: None,
+            clusters: Vec::new(),
         }
     }
 }
@@ -132,6 +135,12 @@ impl EnvBuilder {
     /// Names the auth cluster `name` instead of `auth` (Istio: `outbound|4300||<fqdn>`).
     pub fn auth_cluster_name(mut self, name: &str) -> Self {
         self.auth_cluster = Some(name.to_owned());
+        self
+    }
+
+    /// Adds a cluster `name` whose one endpoint is `addr` (e.g. a JWKS server).
+    pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.clusters.push((name.to_owned(), addr));
         self
     }
 
@@ -215,6 +224,9 @@ impl EnvBuilder {
         }
         if let Some(name) = &self.auth_cluster {
             cmd.arg("--auth-cluster").arg(name);
+        }
+        for (name, addr) in &self.clusters {
+            cmd.arg("--cluster").arg(format!("{name}={addr}"));
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod envoy;
 pub mod mock_auth;
+pub mod mock_jwks;
 pub mod mock_server;
 pub mod paths;
 pub mod upstream;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use client::{websocket_echo, RawRequest, Response, WsOutcome};
 pub use envoy::{Env, EnvBuilder, StartFailure};
 pub use mock_auth::{AuthRequest, MockAuth};
+pub use mock_jwks::MockJwks;
 pub use upstream::{Upstream, UpstreamRequest};
 pub use ws_accept::websocket_accept;
 
