@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::forward::{self, HeaderRegex};
 use crate::headers::HeaderNames;
 use crate::route::PublicPaths;
 
@@ -61,6 +62,11 @@ struct RawAuth {
     client_headers: Option<Vec<String>>,
     allow_statuses: Option<Vec<u32>>,
     max_response_bytes: Option<usize>,
+    // Traefik forwardAuth contract (see forward.rs).
+    forward_auth: Option<bool>,
+    trust_forward_header: Option<bool>,
+    upstream_headers_regex: Option<String>,
+    add_auth_cookies_to_response: Option<Vec<String>>,
 }
 
 /// The validated, compiled configuration.
@@ -87,6 +93,16 @@ pub struct AuthSettings {
     pub client_headers: HeaderNames,
     pub allow_statuses: Vec<u32>,
     pub max_response_bytes: usize,
+    // Traefik forwardAuth contract (see forward.rs).
+    /// Send `X-Forwarded-Method/Proto/Host/Uri/For` to the auth service (Traefik always does).
+    pub forward_auth: bool,
+    /// Take the client's `X-Forwarded-*` as true (Traefik `trustForwardHeader`).
+    pub trust_forward_header: bool,
+    /// Auth response headers copied upstream by pattern (`authResponseHeadersRegex`);
+    /// client-sent headers it matches are stripped on every path.
+    pub upstream_headers_regex: Option<HeaderRegex>,
+    /// Cookies an allowing auth response sets on the client (`addAuthCookiesToResponse`).
+    pub add_auth_cookies_to_response: Vec<String>,
 }
 
 /// A configuration error, naming the field (`auth.timeout_ms`, `public_paths[2]`).
@@ -216,6 +232,34 @@ impl TryFrom<RawAuth> for AuthSettings {
         let request_headers = strings_or(raw.request_headers, &DEFAULT_REQUEST_HEADERS);
         let upstream_headers = strings_or(raw.upstream_headers, &IDENTITY_HEADERS);
         let client_headers = strings_or(raw.client_headers, &DEFAULT_CLIENT_HEADERS);
+
+        // Traefik forwardAuth contract. Generating X-Forwarded-* is safe (the values are
+        // what Envoy saw), so it is on; trusting the client's is not, so it is off.
+        let forward_auth = raw.forward_auth.unwrap_or(true);
+        let trust_forward_header = raw.trust_forward_header.unwrap_or(false);
+        if !trust_forward_header {
+            let generated = |n: &str| forward_auth && forward::GENERATED[..5].iter().any(|g| g.eq_ignore_ascii_case(n));
+            if let Some((i, name)) =
+                request_headers.iter().enumerate().find(|(_, n)| forward::is_x_forwarded(n) && !generated(n))
+            {
+                return Err(ConfigError::new(
+                    format!("auth.request_headers[{i}]"),
+                    format!(
+                        "{name:?} is a forwarding header the client could forge; it is only sent with \
+                         trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)"
+                    ),
+                ));
+            }
+        }
+        let upstream_headers_regex = match &raw.upstream_headers_regex {
+            Some(source) => Some(HeaderRegex::compile("auth.upstream_headers_regex", source)?),
+            None => None,
+        };
+        let add_auth_cookies_to_response = forward::cookie_names(
+            "auth.add_auth_cookies_to_response",
+            &raw.add_auth_cookies_to_response.unwrap_or_default(),
+        )?;
+
         Ok(AuthSettings {
             cluster,
             authority,
@@ -226,6 +270,10 @@ impl TryFrom<RawAuth> for AuthSettings {
             client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,
             allow_statuses,
             max_response_bytes,
+            forward_auth,
+            trust_forward_header,
+            upstream_headers_regex,
+            add_auth_cookies_to_response,
         })
     }
 }
@@ -365,7 +413,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "timeout_ms": "5s"}}"#,

@@ -86,6 +86,11 @@ fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Whether `name` (any case) is a connection-level header the filter must never write.
+pub fn is_connection_header(name: &str) -> bool {
+    CONNECTION_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// The distinct names in `headers` that `set` matches, lower-cased, in first-seen order:
 /// what to remove, with one host call per name actually present.
 pub fn present<'h, V>(headers: &'h [(String, V)], set: &HeaderNames) -> Vec<&'h str> {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod envoy;
 pub mod mock_auth;
 pub mod mock_server;
+pub mod outposts;
 pub mod paths;
 pub mod upstream;
 mod ws_accept;

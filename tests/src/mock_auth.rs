@@ -95,9 +95,18 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
+        // The presets' services (Authentik, oauth2-proxy) answer on their own paths.
+        let outpost = crate::outposts::respond(&req);
         recorded.lock().expect("auth records").push(req);
 
-        match respond(&script).await {
+        let reply = match outpost {
+            Some((status, headers, body)) => {
+                let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+                Reply::Bytes(response(status, &headers, &body))
+            }
+            None => respond(&script).await,
+        };
+        match reply {
             Reply::Bytes(bytes) if close => {
                 stream.write_all(&bytes).await?;
                 stream.shutdown().await?;
@@ -143,6 +152,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        202 => "Accepted",
         302 => "Found",
         401 => "Unauthorized",
         403 => "Forbidden",
