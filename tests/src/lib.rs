@@ -11,6 +11,7 @@ pub mod mock_auth;
 pub mod mock_server;
 pub mod outposts;
 pub mod paths;
+pub mod traefik;
 pub mod upstream;
 mod ws_accept;
 
