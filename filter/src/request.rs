@@ -51,13 +51,17 @@ impl Settings {
             (":path", auth.path.as_str().into()),
             (":authority", auth.authority.as_str().into()),
         ];
-        // With forward_auth, X-Forwarded-* are generated; a client's copy never doubles them.
-        let generated =
-            |name: &str| auth.forward_auth && forward::GENERATED.iter().any(|g| g.eq_ignore_ascii_case(name));
-        for (name, value) in headers::select(headers, &auth.request_headers) {
-            if generated(name) {
-                continue;
-            }
+        // Forwarding headers: generated with forward_auth (a client's copy never doubles
+        // them) and, untrusted, never taken from the client even if a pattern matches.
+        let skip = |name: &str| {
+            (auth.forward_auth && forward::GENERATED.iter().any(|g| g.eq_ignore_ascii_case(name)))
+                || (!auth.trust_forward_header && forward::is_x_forwarded(name))
+        };
+        // A stripped header is never forwarded, even if a request_headers pattern matches it.
+        for (name, value) in headers::select(headers, &auth.request_headers)
+            .into_iter()
+            .filter(|(n, _)| !self.strip.contains(n) && !skip(n))
+        {
             // The host ABI takes text; a credential we cannot pass unchanged is not passed.
             match std::str::from_utf8(value) {
                 Ok(value) => out.push((name, value.into())),
@@ -185,6 +189,31 @@ mod tests {
         let s = settings(r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-"}}"#);
         let headers = h(&[(":path", b"/api/health"), ("X-Auth-Request-User", b"evil"), ("x-nebula-actor-id", b"e")]);
         assert_eq!(s.plan(&headers, || None).strip, vec!["x-nebula-actor-id", "X-Auth-Request-User"]);
+    }
+
+    /// Istio-style patterns in request_headers forward matching headers, never stripped ones.
+    #[test]
+    fn request_header_patterns_never_forward_identity_headers() {
+        let s = settings(r#"{"auth": {"cluster": "auth", "request_headers": ["authorization", "x-*", "*-token"]}}"#);
+        let headers = h(&[
+            (":path", b"/api/flows"),
+            ("authorization", b"Bearer t"),
+            ("x-request-id", b"r1"),
+            ("x-nebula-actor-id", b"evil"),
+            ("x-csrf-token", b"c"),
+            ("cookie", b"session=1"),
+        ]);
+        let plan = s.plan(&headers, || None);
+        let sent = callout(&plan);
+        assert_eq!(&sent[3..6], &[("authorization", "Bearer t"), ("x-request-id", "r1"), ("x-csrf-token", "c")]);
+        // Forwarding headers a pattern matches still come only from the filter.
+        let forged = h(&[(":path", b"/api/flows"), ("x-forwarded-host", b"evil"), ("x-real-ip", b"6.6.6.6")]);
+        let plan = s.plan(&forged, || None);
+        let sent = callout(&plan);
+        assert!(
+            !sent.contains(&("x-forwarded-host", "evil")) && !sent.iter().any(|(n, _)| *n == "x-real-ip"),
+            "{sent:?}"
+        );
     }
 
     #[test]
