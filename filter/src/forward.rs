@@ -27,19 +27,24 @@ pub const X_FORWARDED_HEADERS: [&str; 11] = [
     "x-real-ip",
 ];
 
-/// The headers the filter itself writes on the callout when `forward_auth` is on
-/// (`x-forwarded-port` only passes through, with trust, as in Traefik 3.6).
-pub const GENERATED: [&str; 6] = [
-    "x-forwarded-method",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-uri",
-    "x-forwarded-for",
-    "x-forwarded-port",
-];
+/// The headers `forward_auth` always writes on the callout.
+const GENERATED: [&str; 5] =
+    ["x-forwarded-method", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-uri", "x-forwarded-for"];
 
+/// One of Traefik's forwarding headers (any case).
 pub fn is_x_forwarded(name: &str) -> bool {
     X_FORWARDED_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether `forward_auth` always writes `name` (any case).
+pub fn is_generated(name: &str) -> bool {
+    GENERATED.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether [`forwarded_headers`] may write `name`: the generated ones, plus
+/// `x-forwarded-port`, passed through with trust as in Traefik 3.6.
+pub fn is_written(name: &str) -> bool {
+    is_generated(name) || name.eq_ignore_ascii_case("x-forwarded-port")
 }
 
 /// A header of the callout: its value is borrowed from the request, or built (X-Forwarded-For).

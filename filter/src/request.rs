@@ -54,7 +54,7 @@ impl Settings {
         // Forwarding headers: generated with forward_auth (a client's copy never doubles
         // them) and, untrusted, never taken from the client even if a pattern matches.
         let skip = |name: &str| {
-            (auth.forward_auth && forward::GENERATED.iter().any(|g| g.eq_ignore_ascii_case(name)))
+            (auth.forward_auth && forward::is_written(name))
                 || (!auth.trust_forward_header && forward::is_x_forwarded(name))
         };
         // A stripped header is never forwarded, even if a request_headers pattern matches it.

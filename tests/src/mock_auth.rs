@@ -9,6 +9,7 @@
 //! | `allow:<actor>`     | 200, the four `x-nebula-*` headers for `<actor>`, `x-other: leak`, body `ok` |
 //! | `deny` (or anything unknown, or no header) | 401, `www-authenticate`, `content-type: application/json`, `x-internal: secret`, body `{"detail":"unauthorized"}` |
 //! | `redirect`          | 302, `location`, two `set-cookie`, empty body |
+//! | `redirect-relative` | 302, `location: /login?rd=%2Fapi`, empty body |
 //! | `status:<n>`        | status n, body `status <n>` (no body for 1xx/204/304; a 1xx is sent alone) |
 //! | `slow:<ms>`         | sleeps, then as `allow:slow` |
 //! | `slow:<ms>:<script>`| sleeps, then as `<script>` (e.g. `slow:500:deny`, `slow:20:allow:actor-7`) |
@@ -228,6 +229,7 @@ async fn respond(script: &str) -> Reply {
             ],
             b"",
         )),
+        "redirect-relative" => Reply::Bytes(response(302, &[("location", b"/login?rd=%2Fapi")], b"")),
         "close" => Reply::Close,
         "garbage" => Reply::BytesThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
         "latin1" => Reply::Bytes(allow(LATIN1_ACTOR)),

@@ -95,6 +95,7 @@ fn corpus() -> Vec<(String, RawRequest)> {
         ("status-500", get("/api/flows").bearer("status:500")),
         ("status-503", get("/api/flows").bearer("status:503")),
         ("redirect", get("/api/flows").bearer("redirect")),
+        ("redirect-relative", get("/api/flows").bearer("redirect-relative")),
         ("auth-closes", get("/api/flows").bearer("close")),
         // CORS preflights.
         (
