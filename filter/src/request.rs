@@ -56,6 +56,7 @@ impl Settings {
         let skip = |name: &str| {
             (auth.forward_auth && forward::is_written(name))
                 || (!auth.trust_forward_header && forward::is_x_forwarded(name))
+                || auth.upstream_headers_regex.as_ref().is_some_and(|r| r.matches(name))
         };
         // A stripped header is never forwarded, even if a request_headers pattern matches it.
         for (name, value) in headers::select(headers, &auth.request_headers)
@@ -186,9 +187,16 @@ mod tests {
 
     #[test]
     fn regex_response_headers_are_stripped_from_clients_on_every_path() {
-        let s = settings(r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-"}}"#);
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-", "request_headers": ["x-*"]}}"#,
+        );
         let headers = h(&[(":path", b"/api/health"), ("X-Auth-Request-User", b"evil"), ("x-nebula-actor-id", b"e")]);
         assert_eq!(s.plan(&headers, || None).strip, vec!["x-nebula-actor-id", "X-Auth-Request-User"]);
+        // Nor are they sent to the auth service, even if a request_headers pattern matches.
+        let headers = h(&[(":path", b"/api/flows"), ("X-Auth-Request-User", b"evil"), ("x-team", b"t")]);
+        let plan = s.plan(&headers, || None);
+        let sent = callout(&plan);
+        assert!(sent.contains(&("x-team", "t")) && !sent.iter().any(|(n, _)| n.starts_with("X-Auth")), "{sent:?}");
     }
 
     /// Istio-style patterns in request_headers forward matching headers, never stripped ones.
