@@ -182,6 +182,16 @@ pub fn authentik(auth_port: u16, upstream_port: u16) -> String {
     routers("PathPrefix(`/outpost.goauthentik.io/`)", &forward_auth, upstream_port)
 }
 
+/// Seed 004 with the endpoint: forwardAuth to oauth2-proxy's `/oauth2/auth`
+/// (202/401), `X-Auth-Request-*` by regex, the refreshed session cookie passed to the
+/// client; the proxy's own `/oauth2/` paths routed without the middleware.
+pub fn oauth2_proxy(auth_port: u16, upstream_port: u16) -> String {
+    let forward_auth = format!(
+        "        address: \"http://127.0.0.1:{auth_port}/oauth2/auth\"\n        trustForwardHeader: true\n        authRequestHeaders: [\"Cookie\", \"Authorization\"]\n        authResponseHeadersRegex: \"^X-Auth-Request-\"\n        addAuthCookiesToResponse: [\"_oauth2_proxy\"]"
+    );
+    routers("PathPrefix(`/oauth2/`)", &forward_auth, upstream_port)
+}
+
 impl Drop for Traefik {
     fn drop(&mut self) {
         let _ = self.child.kill();

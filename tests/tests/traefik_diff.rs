@@ -1,7 +1,8 @@
 //! Differential tests: the same requests through real Traefik 3.6.13 and through the
 //! filter under Envoy (envoy/envoy.yaml), against the same recording auth service and echo
-//! upstream. Two setups: seed 000's proxy mode (default plugin configuration) and seeds
-//! 001/002's Authentik middleware (envoy/presets/authentik.json).
+//! upstream. Three setups: seed 000's proxy mode (default plugin configuration), seeds
+//! 001/002's Authentik middleware (envoy/presets/authentik.json) and oauth2-proxy
+//! (envoy/presets/oauth2-proxy.json).
 //!
 //! For each request it compares what the client got, what the upstream received and what
 //! the auth service saw. Every difference must be listed in the setup's TSV under
@@ -15,12 +16,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
 use nebula_authz_tests::mock_server::MockServer;
-use nebula_authz_tests::outposts::AUTHENTIK_COOKIE;
+use nebula_authz_tests::outposts::{AUTHENTIK_COOKIE, OAUTH2_PROXY_COOKIE};
 use nebula_authz_tests::traefik::{self, Traefik};
 use nebula_authz_tests::{paths, repo_root, Env};
 
 const SEED_000_TSV: &str = "tests/data/traefik_differences.tsv";
 const AUTHENTIK_TSV: &str = "tests/data/traefik_differences_authentik.tsv";
+const OAUTH2_PROXY_TSV: &str = "tests/data/traefik_differences_oauth2_proxy.tsv";
 const README_SECTION: &str = "### Where we differ from Traefik and why";
 
 /// Response headers compared when the proxy (not the upstream) answered.
@@ -311,7 +313,7 @@ fn assert_differences(
     let mine: BTreeSet<String> = known.values().cloned().collect();
     let undocumented: Vec<&String> = mine.difference(&documented).collect();
     let all: BTreeSet<String> =
-        [SEED_000_TSV, AUTHENTIK_TSV].iter().flat_map(|t| load_known(t).into_values()).collect();
+        [SEED_000_TSV, AUTHENTIK_TSV, OAUTH2_PROXY_TSV].iter().flat_map(|t| load_known(t).into_values()).collect();
     let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
@@ -363,4 +365,39 @@ fn authentik_preset_matches_traefik_except_the_documented_differences() {
     let mut upstream_headers = traefik::AUTHENTIK_RESPONSE_HEADERS.to_vec();
     upstream_headers.push("x-authentik-meta-forged");
     assert_differences(&env, &traefik, &authentik_corpus(), AUTHENTIK_TSV, &upstream_headers);
+}
+
+/// oauth2-proxy: 202/401, headers by regex, the refreshed session cookie to the client.
+fn oauth2_proxy_corpus() -> Vec<(String, RawRequest)> {
+    let get = RawRequest::get;
+    let session = |r: RawRequest, user: &str| r.header("cookie", format!("{OAUTH2_PROXY_COOKIE}={user}"));
+    let cases: Vec<(&str, RawRequest)> = vec![
+        ("no-session", get("/dashboard/")),
+        ("no-session-post", RawRequest::post("/api/write", b"m 1".to_vec())),
+        ("session", session(get("/dashboard/"), "alice")),
+        ("session-post-body", session(RawRequest::post("/api/write", b"m 1".to_vec()), "alice")),
+        ("session-spoofed-regex", session(get("/dashboard/"), "alice").header("X-Auth-Request-User", "evil")),
+        ("session-spoofed-regex-absent", session(get("/"), "alice").header("X-Auth-Request-Groups", "admins")),
+        ("refresh", session(get("/dashboard/"), "refresh-bob")),
+        (
+            "refresh-replaces-app-cookie",
+            session(get("/dashboard/"), "refresh-bob")
+                .header("x-echo-set-cookie", format!("{OAUTH2_PROXY_COOKIE}=stale"))
+                .header("x-echo-set-cookie", "app=1; Path=/"),
+        ),
+        ("app-cookie-kept", session(get("/"), "carol").header("x-echo-set-cookie", "app=1; Path=/")),
+        ("sign-in-path", get("/oauth2/sign_in?rd=/dashboard/")),
+        ("callback-spoofed", get("/oauth2/callback?code=x").header("X-Auth-Request-Email", "evil@example.com")),
+    ];
+    cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect()
+}
+
+#[test]
+fn oauth2_proxy_preset_matches_traefik_except_the_documented_differences() {
+    let preset = std::fs::read_to_string(repo_root().join("envoy/presets/oauth2-proxy.json")).expect("preset");
+    let env = Env::start(&preset);
+    let traefik = Traefik::start(&traefik::oauth2_proxy(env.auth.port(), env.upstream.port()), "/oauth2/ready");
+    let upstream_headers =
+        ["x-auth-request-user", "x-auth-request-email", "x-auth-request-preferred-username", "x-auth-request-groups"];
+    assert_differences(&env, &traefik, &oauth2_proxy_corpus(), OAUTH2_PROXY_TSV, &upstream_headers);
 }
