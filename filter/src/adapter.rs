@@ -13,6 +13,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::forward;
 use crate::jwks_fetch::Why;
 use crate::jwt::JwtVerifier;
 use crate::jwt::{Outcome, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE};
@@ -111,7 +112,13 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it. Without settings the context fails closed.
-        Some(Box::new(Authz { id: context_id, settings: self.settings.clone(), jwt: self.jwt.clone(), pending: None }))
+        Some(Box::new(Authz {
+            id: context_id,
+            settings: self.settings.clone(),
+            jwt: self.jwt.clone(),
+            pending: None,
+            auth_cookies: Vec::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -125,6 +132,9 @@ struct Authz {
     jwt: Option<Rc<RefCell<JwtState>>>,
     /// The call in flight; the request (and its body) waits for it.
     pending: Option<Pending>,
+    /// `Set-Cookie` values of the allowing auth response for the client's response
+    /// (`auth.add_auth_cookies_to_response`); empty unless configured.
+    auth_cookies: Vec<Vec<u8>>,
 }
 
 enum Pending {
@@ -150,7 +160,7 @@ impl Authz {
         let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
             return self.fail(settings, Failure::HostError);
         };
-        let plan = settings.plan(&headers);
+        let plan = settings.plan(&headers, peer_address);
         for name in &plan.strip {
             if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
                 return self.fail(settings, Failure::HostError);
@@ -170,8 +180,9 @@ impl Authz {
         }
     }
 
-    fn call_out(&mut self, settings: &Settings, headers: Vec<(&str, &str)>) -> Action {
+    fn call_out(&mut self, settings: &Settings, headers: Vec<forward::CalloutHeader>) -> Action {
         let auth = &settings.auth;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
             Ok(token) => {
                 self.pending = Some(Pending::Auth(token));
@@ -264,7 +275,7 @@ impl Authz {
             self.fail(settings, Failure::HostError);
             return;
         };
-        let plan = settings.plan(&headers);
+        let plan = settings.plan(&headers, peer_address);
         let Route::Callout { headers: callout } = plan.route else {
             self.fail(settings, Failure::HostError);
             return;
@@ -288,7 +299,8 @@ impl Authz {
         // No headers at all is how Envoy reports a timeout or reset.
         let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
         match settings.decide(&headers, body_size) {
-            Verdict::Allow { inject } => {
+            Verdict::Allow { inject, cookies } => {
+                self.auth_cookies = cookies.into_iter().map(<[u8]>::to_vec).collect();
                 let mut done: Vec<&str> = Vec::with_capacity(inject.len());
                 for (name, value) in inject {
                     // The first value replaces whatever is there; further values are added.
@@ -377,6 +389,22 @@ impl HttpContext for Authz {
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
         self.hold_while_pending()
     }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let (false, Some(settings)) = (self.auth_cookies.is_empty(), self.settings.clone()) {
+            if let Err(status) = self.add_auth_cookies(&settings) {
+                // The request was allowed; a lost cookie is not worth failing the response.
+                warn!("[{}] cannot add the auth cookies to the response: {status:?}", self.id);
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// The client's address (`ip:port`) for X-Forwarded-For; `None` if the host has none.
+fn peer_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 impl Authz {
@@ -386,5 +414,20 @@ impl Authz {
         } else {
             Action::Continue
         }
+    }
+
+    /// `addAuthCookiesToResponse`: the auth service's cookies replace the upstream's
+    /// cookies of the same names on the client's response.
+    fn add_auth_cookies(&self, settings: &Settings) -> Result<(), proxy_wasm::types::Status> {
+        let response = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
+        let upstream: Vec<&[u8]> =
+            response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.as_slice()).collect();
+        let merged =
+            forward::merge_set_cookies(&upstream, &self.auth_cookies, &settings.auth.add_auth_cookies_to_response);
+        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", None)?;
+        for value in merged {
+            hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", value)?;
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod forward;
 pub mod headers;
 pub mod jwks_fetch;
 pub mod jwt;

@@ -10,7 +10,9 @@ pub mod envoy;
 pub mod mock_auth;
 pub mod mock_jwks;
 pub mod mock_server;
+pub mod outposts;
 pub mod paths;
+pub mod traefik;
 pub mod upstream;
 mod ws_accept;
 
