@@ -154,6 +154,12 @@ impl KeySet {
     /// allowed algorithm of its type.
     pub fn from_pem(pem: &str, kid: Option<&str>, allowed: &[Alg]) -> Result<KeySet, String> {
         let kid = kid.map(str::to_owned);
+        // jwt-go (seed 004's jwt-middleware) also reads SPKI under the non-standard
+        // `EC PUBLIC KEY` label; so do we.
+        let relabelled = pem
+            .replace("-----BEGIN EC PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----")
+            .replace("-----END EC PUBLIC KEY-----", "-----END PUBLIC KEY-----");
+        let pem = relabelled.as_str();
         let keys: Vec<Key> = if let Ok(k) = RS256PublicKey::from_pem(pem) {
             let (n, e) = {
                 let c = k.to_components();
@@ -318,6 +324,20 @@ mod tests {
         assert_eq!(err, "no usable key (no keys)");
         let err = KeySet::from_jwks(&serde_json::json!([1]), &Alg::ASYMMETRIC).unwrap_err();
         assert_eq!(err, "a JWKS must be an object with a \"keys\" array");
+    }
+
+    /// The key of seed 004's jwt-middleware example, as written there.
+    #[test]
+    fn seed_004_ec_public_key_label_is_read() {
+        let pem = "-----BEGIN EC PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE5OEKUhuyWPQV7Cf+Y1WohGNVr86Y
+OBpuIeL4TqJhGp35CYnrZahUsh9bEzXRstrXMUjTWKkaEcP2bv7cqKoe2Q==
+-----END EC PUBLIC KEY-----";
+        let set = KeySet::from_pem(pem, Some("vicmet"), &Alg::ASYMMETRIC).unwrap();
+        assert_eq!(
+            set.keys.iter().map(|k| (k.kid.as_deref(), k.alg)).collect::<Vec<_>>(),
+            vec![(Some("vicmet"), Alg::ES256)]
+        );
     }
 
     #[test]
