@@ -371,3 +371,26 @@ fn invalid_jwt_config_stops_envoy() {
     let line = "invalid plugin configuration: jwt.providers[0].algorithms[0]: HS256 needs an explicit `secret` (it is never verified with a public key)";
     assert!(failure.log.contains(line), "expected {line:?} in the Envoy log:\n{failure:?}");
 }
+
+#[test]
+fn remote_jwks_is_refreshed_on_the_timer() {
+    let es1 = ES256KeyPair::generate().with_key_id("es-1");
+    let es2 = ES256KeyPair::generate().with_key_id("es-2");
+    let jwks = MockJwks::start(&json!({"keys": [jwk(&es1.public_key().to_jwk(), "es-1")]}).to_string());
+    let config = remote_config("")
+        .replace(r#""min_refresh_interval_ms":0"#, r#""min_refresh_interval_ms":0,"refresh_interval_ms":1000"#);
+    assert!(config.contains("refresh_interval_ms\":1000"), "{config}");
+    let env = Env::builder().plugin_config(&config).cluster("jwks", jwks.addr()).start();
+    wait_for_counter(&env, "jwks_refreshes", 1);
+    // The provider rotates; no request asks for the new kid, the timer picks it up.
+    jwks.set(&json!({"keys": [jwk(&es2.public_key().to_jwk(), "es-2")]}).to_string());
+    let fetches = jwks.count();
+    wait_for_counter(&env, "jwks_refreshes", 2);
+    let resp = get_with_token(&env, &es2.sign(claims("after-timer")).expect("sign"));
+    env.check(resp.status == 200 && resp.proxied(), "the timer-refreshed key verifies", &resp);
+    assert_eq!(jwks.count(), fetches + 1, "no extra fetch: the key was already there");
+    // es-1 left the JWKS: its tokens now fail (unknown kid, and the refetch finds none).
+    let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+    let resp = get_with_token(&env, &es1.sign(claims("gone")).expect("sign"));
+    assert_invalid_token(&env, "a key removed from the JWKS", &resp, auth_before, upstream_before);
+}
