@@ -382,13 +382,12 @@ fn remote_jwks_is_refreshed_on_the_timer() {
     assert!(config.contains("refresh_interval_ms\":1000"), "{config}");
     let env = Env::builder().plugin_config(&config).cluster("jwks", jwks.addr()).start();
     wait_for_counter(&env, "jwks_refreshes", 1);
-    // The provider rotates; no request asks for the new kid, the timer picks it up.
+    // The provider rotates; no request is sent, so only the timer can fetch again.
     jwks.set(&json!({"keys": [jwk(&es2.public_key().to_jwk(), "es-2")]}).to_string());
-    let fetches = jwks.count();
     wait_for_counter(&env, "jwks_refreshes", 2);
+    assert_eq!(env.auth.count() + env.upstream.count(), 0, "no request was sent meanwhile");
     let resp = get_with_token(&env, &es2.sign(claims("after-timer")).expect("sign"));
     env.check(resp.status == 200 && resp.proxied(), "the timer-refreshed key verifies", &resp);
-    assert_eq!(jwks.count(), fetches + 1, "no extra fetch: the key was already there");
     // es-1 left the JWKS: its tokens now fail (unknown kid, and the refetch finds none).
     let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
     let resp = get_with_token(&env, &es1.sign(claims("gone")).expect("sign"));
