@@ -104,7 +104,7 @@ wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 bench: bench-build envoy wrk
-	cargo bench -q -p nebula-authz --bench hot_path -- --json bench/results/micro.json $(if $(QUICK),--quick)
+	cargo bench -q -p nebula-authz --bench hot_path -- --json $(abspath bench/results/micro.json) $(if $(QUICK),--quick)
 	$(VENV_PY) bench/run.py $(if $(QUICK),--quick) --micro bench/results/micro.json
 
 # In `make test`: every scenario's proxy starts and answers as it should (no timing).
