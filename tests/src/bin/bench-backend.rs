@@ -34,6 +34,9 @@ struct Counters {
     upstream_identity: Cell<u64>,
     /// Upstream requests that still carried a client-sent (spoofed) identity.
     upstream_spoofed: Cell<u64>,
+    /// Connections accepted: a proxy that reuses its connections keeps these low.
+    auth_connections: Cell<u64>,
+    upstream_connections: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>) {
@@ -71,6 +74,8 @@ fn upstream(req: &Request<Incoming>, counters: &Counters) -> Response<Full<Bytes
             "upstream": counters.upstream.get(),
             "upstream_identity": counters.upstream_identity.get(),
             "upstream_spoofed": counters.upstream_spoofed.get(),
+            "auth_connections": counters.auth_connections.get(),
+            "upstream_connections": counters.upstream_connections.get(),
         });
         return Response::new(Full::new(Bytes::from(stats.to_string())));
     }
@@ -87,9 +92,11 @@ async fn serve(
     listener: TcpListener,
     counters: Rc<Counters>,
     handler: fn(&Request<Incoming>, &Counters) -> Response<Full<Bytes>>,
+    connections: fn(&Counters) -> &Cell<u64>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        bump(connections(&counters));
         let _ = stream.set_nodelay(true);
         let counters = counters.clone();
         tokio::task::spawn_local(async move {
@@ -114,7 +121,10 @@ fn main() -> std::io::Result<()> {
             upstream_listener.local_addr()?.port()
         );
         let counters = Rc::new(Counters::default());
-        tokio::join!(serve(auth_listener, counters.clone(), auth), serve(upstream_listener, counters, upstream));
+        tokio::join!(
+            serve(auth_listener, counters.clone(), auth, |c| &c.auth_connections),
+            serve(upstream_listener, counters, upstream, |c| &c.upstream_connections)
+        );
         Ok(())
     })
 }
