@@ -12,6 +12,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::header_map;
 use crate::request::Route;
 
 proxy_wasm::main! {{
@@ -77,7 +78,10 @@ struct Authz {
 impl Authz {
     fn on_headers(&mut self, settings: &Settings) -> Action {
         // One host call for the whole map; then only the headers actually present are removed.
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let Some(buffer) = map_buffer(MapType::HttpRequestHeaders) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
             return self.fail(settings, Failure::HostError);
         };
         let plan = settings.plan(&headers);
@@ -110,7 +114,11 @@ impl Authz {
 
     fn on_auth_response(&mut self, settings: &Settings, body_size: usize) {
         // No headers at all is how Envoy reports a timeout or reset.
-        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let buffer = map_buffer(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let Some(headers) = header_map::parse(&buffer) else {
+            self.fail(settings, Failure::BadStatus);
+            return;
+        };
         match settings.decide(&headers, body_size) {
             Verdict::Allow { inject } => {
                 let mut done: Vec<&str> = Vec::with_capacity(inject.len());
@@ -202,5 +210,29 @@ impl Authz {
         } else {
             Action::Continue
         }
+    }
+}
+
+// The SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (and panics on
+// an unexpected status); this takes the host's buffer as it is, for `header_map::parse`.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The serialized header map, owned; `None` if the host refused (status not Ok).
+fn map_buffer(map: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and size it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) or leaves it null.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::Settings;
 use crate::decision::Failure;
-use crate::headers;
+use crate::headers::{self, Header};
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,16 +25,16 @@ pub enum Route<'h> {
 
 impl Settings {
     /// `headers` is the client request header map as Envoy hands it over (`:path` included).
-    pub fn plan<'h>(&'h self, headers: &'h [(String, Vec<u8>)]) -> Plan<'h> {
+    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H]) -> Plan<'h> {
         let strip = headers::present(headers, &self.strip);
-        let path = headers.iter().find(|(name, _)| name == ":path").map(|(_, v)| v.as_slice());
+        let path = headers::first(headers, ":path");
         if let Some(template) = path.and_then(|p| self.public.find(p)) {
             return Plan { strip, route: Route::Public { template } };
         }
         Plan { strip, route: self.callout(headers) }
     }
 
-    fn callout<'h>(&'h self, headers: &'h [(String, Vec<u8>)]) -> Route<'h> {
+    fn callout<'h, H: Header>(&'h self, headers: &'h [H]) -> Route<'h> {
         let auth = &self.auth;
         let mut out: Vec<(&str, &str)> =
             vec![(":method", "GET"), (":path", &auth.path), (":authority", &auth.authority)];
