@@ -121,16 +121,11 @@ impl Authz {
         };
         match settings.decide(&headers, body_size) {
             Verdict::Allow { inject } => {
-                let mut done: Vec<&str> = Vec::with_capacity(inject.len());
                 for (name, value) in inject {
-                    // The first value replaces whatever is there; further values are added.
-                    let result = if done.contains(&name) {
-                        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
-                    } else {
-                        done.push(name);
-                        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
-                    };
-                    if result.is_err() {
+                    // Added, not replaced: `on_headers` stripped every `upstream_headers` name
+                    // (the strip set always includes them), so none is there to replace, and an
+                    // add skips the host's search for an existing value.
+                    if hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_err() {
                         self.fail(settings, Failure::HostError);
                         return;
                     }
