@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use nebula_authz::config::{Settings, DEFAULT_PUBLIC_PATHS};
+use nebula_authz::header_map;
 use nebula_authz::route::PublicPaths;
 
 type Headers = Vec<(String, Vec<u8>)>;
@@ -34,6 +35,22 @@ fn request(path: &str) -> Headers {
         ("x-forwarded-proto", "http"),
         ("x-request-id", "6f1c2f4e-2a3b-4c5d-8e9f-0a1b2c3d4e5f"),
     ])
+}
+
+/// The proxy-wasm wire form of a header map, as the host hands it to the filter.
+fn serialize(headers: &Headers) -> Vec<u8> {
+    let mut out = (headers.len() as u32).to_le_bytes().to_vec();
+    for (name, value) in headers {
+        out.extend((name.len() as u32).to_le_bytes());
+        out.extend((value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in headers {
+        out.extend(name.as_bytes());
+        out.push(0);
+        out.extend(value);
+        out.push(0);
+    }
+    out
 }
 
 /// ns per call of `f`: median over batches of about 2 ms within `budget`.
@@ -104,9 +121,22 @@ fn main() {
     let protected = request("/api/flows/0b1c2d3e/runs");
     let public = request("/api/health");
     let prefixed = request("/api/accounts/a1/workspaces/w1/events/out");
-    record("plan: protected (callout)", measure(budget, || drop(black_box(settings.plan(black_box(&protected))))));
-    record("plan: public prefix", measure(budget, || drop(black_box(settings.plan(black_box(&public))))));
-    record("plan: public {prefix}", measure(budget, || drop(black_box(settings.plan(black_box(&prefixed))))));
+    record(
+        "plan: protected (callout)",
+        measure(budget, || drop(black_box(settings.plan(black_box(&protected), || None)))),
+    );
+    record("plan: public prefix", measure(budget, || drop(black_box(settings.plan(black_box(&public), || None)))));
+    record("plan: public {prefix}", measure(budget, || drop(black_box(settings.plan(black_box(&prefixed), || None)))));
+
+    // What the adapter does per request: read the host's buffer in place, then plan.
+    let wire = serialize(&protected);
+    record(
+        "parse + plan: protected (as the adapter runs it)",
+        measure(budget, || {
+            let headers = header_map::parse(black_box(&wire)).unwrap_or_default();
+            drop(black_box(settings.plan(&headers, || None)));
+        }),
+    );
 
     let allow = headers(&[
         (":status", "200"),

@@ -12,6 +12,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::forward;
 use crate::header_map;
 use crate::request::Route;
 
@@ -60,7 +61,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it. Without settings the context fails closed.
-        Some(Box::new(Authz { id: context_id, settings: self.settings.clone(), pending: None }))
+        Some(Box::new(Authz {
+            id: context_id,
+            settings: self.settings.clone(),
+            pending: None,
+            auth_cookies: Vec::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -73,6 +79,9 @@ struct Authz {
     settings: Option<Rc<Settings>>,
     /// The token of the callout in flight; the request (and its body) waits for it.
     pending: Option<u32>,
+    /// `Set-Cookie` values of the allowing auth response for the client's response
+    /// (`auth.add_auth_cookies_to_response`); empty unless configured.
+    auth_cookies: Vec<Vec<u8>>,
 }
 
 impl Authz {
@@ -84,7 +93,7 @@ impl Authz {
         let Some(headers) = header_map::parse(&buffer) else {
             return self.fail(settings, Failure::HostError);
         };
-        let plan = settings.plan(&headers);
+        let plan = settings.plan(&headers, peer_address);
         for name in &plan.strip {
             if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
                 return self.fail(settings, Failure::HostError);
@@ -97,6 +106,7 @@ impl Authz {
             }
             Route::Callout { headers } => {
                 let auth = &settings.auth;
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_ref())).collect();
                 match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
                     Ok(token) => {
                         self.pending = Some(token);
@@ -120,11 +130,13 @@ impl Authz {
             return;
         };
         match settings.decide(&headers, body_size) {
-            Verdict::Allow { inject } => {
+            Verdict::Allow { inject, cookies } => {
+                self.auth_cookies = cookies.into_iter().map(<[u8]>::to_vec).collect();
                 for (name, value) in inject {
-                    // Added, not replaced: `on_headers` stripped every `upstream_headers` name
-                    // (the strip set always includes them), so none is there to replace, and an
-                    // add skips the host's search for an existing value.
+                    // Added, not replaced: `on_headers` stripped every name that can be injected
+                    // (`upstream_headers` are always in the strip set, and request headers
+                    // matching `upstream_headers_regex` are stripped too), so none is there to
+                    // replace, and an add spares the host its search for an existing value.
                     if hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_err() {
                         self.fail(settings, Failure::HostError);
                         return;
@@ -196,9 +208,40 @@ impl HttpContext for Authz {
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
         self.hold_while_pending()
     }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let (false, Some(settings)) = (self.auth_cookies.is_empty(), self.settings.clone()) {
+            if let Err(status) = self.add_auth_cookies(&settings) {
+                // The request was allowed; a lost cookie is not worth failing the response.
+                warn!("[{}] cannot add the auth cookies to the response: {status:?}", self.id);
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// The client's address (`ip:port`) for X-Forwarded-For; `None` if the host has none.
+fn peer_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 impl Authz {
+    /// `addAuthCookiesToResponse`: the auth service's cookies replace the upstream's
+    /// cookies of the same names on the client's response.
+    fn add_auth_cookies(&self, settings: &Settings) -> Result<(), proxy_wasm::types::Status> {
+        let response = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
+        let upstream: Vec<&[u8]> =
+            response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.as_slice()).collect();
+        let merged =
+            forward::merge_set_cookies(&upstream, &self.auth_cookies, &settings.auth.add_auth_cookies_to_response);
+        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", None)?;
+        for value in merged {
+            hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", value)?;
+        }
+        Ok(())
+    }
+
     fn hold_while_pending(&self) -> Action {
         if self.pending.is_some() {
             Action::Pause
