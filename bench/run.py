@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """`make bench`: nebula-authz against its peers, side by side, in one run.
 
-Seven scenarios, each behind the same load generator (wrk), auth service and upstream
-(tests/src/bin/bench-backend.rs, one single-threaded process):
+Eight scenarios (the issue's seven, plus filter-callout-noxf), each behind the same load
+generator (wrk), auth service and upstream (tests/src/bin/bench-backend.rs, one
+single-threaded process):
 
   no-auth         Envoy, router only (the ceiling)
   noop-wasm       Envoy + a proxy-wasm filter that only returns Continue (bench/noop-wasm)
   ext_authz       Envoy + its native HTTP ext_authz filter, configured as Istio CUSTOM does
   traefik         Traefik forwardAuth, routers as in seed 000's proxy mode
   filter-callout  Envoy + nebula-authz, protected path: one callout per request
+  filter-callout-noxf  the same with forward_auth: false (no X-Forwarded-* on the
+                  callout: ext_authz's contract, the like-for-like comparison)
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
 
@@ -63,16 +66,24 @@ SCENARIOS = {
     "ext_authz": ("envoy-extauthz", PROTECTED, ALLOW, 200, 1),
     "traefik": ("traefik", PROTECTED, ALLOW, 200, 1),
     "filter-callout": ("envoy-filter", PROTECTED, ALLOW, 200, 1),
+    # The same without the forwardAuth X-Forwarded-* headers on the callout (forward_auth:
+    # false): the contract ext_authz (Istio CUSTOM) has, so the like-for-like comparison.
+    "filter-callout-noxf": ("envoy-filter-noxf", PROTECTED, ALLOW, 200, 1),
     "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
 }
 BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
+NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
 
 # (what, numerator, denominator, metric, bound): issue 4's targets.
 TARGETS = [
     ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 0.90)),
     ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),
     ("filter-callout p99 vs ext_authz", "filter-callout", "ext_authz", "p99_ms", ("<=", 1.05)),
+    ("filter-callout-noxf CPU/req vs ext_authz", "filter-callout-noxf", "ext_authz", "cpu_us_per_req",
+     ("<=", 0.90)),
+    ("filter-callout-noxf req/s vs ext_authz", "filter-callout-noxf", "ext_authz", "rps", (">=", 1.00)),
+    ("filter-callout-noxf p99 vs ext_authz", "filter-callout-noxf", "ext_authz", "p99_ms", ("<=", 1.05)),
     ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
     ("filter-callout req/s vs traefik", "filter-callout", "traefik", "rps", (">=", 1.50)),
     ("filter-callout CPU/req vs traefik", "filter-callout", "traefik", "cpu_us_per_req", ("<=", 0.70)),
@@ -145,12 +156,14 @@ def cpu_ticks(pid):
 
 # --- configurations ---------------------------------------------------------------------
 
-def render_envoy(python, wasm, ports):
+def render_envoy(python, wasm, ports, plugin_config=None):
     """envoy/envoy.yaml through scripts/render_envoy.py, as the tests run it."""
+    extra = ["--plugin-config", "-"] if plugin_config else []
     out = subprocess.run(
         [python, str(ROOT / "scripts" / "render_envoy.py"), "--wasm", str(wasm), "--listen-port", "0",
          "--admin-port", "0", "--auth", f"127.0.0.1:{ports['auth']}",
-         "--upstream", f"127.0.0.1:{ports['upstream']}"],
+         "--upstream", f"127.0.0.1:{ports['upstream']}", *extra],
+        input=json.dumps(plugin_config) if plugin_config else None,
         check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -266,13 +279,13 @@ class Bench:
         status, body = http_get(self.ports["upstream"], "/__bench/stats")
         return json.loads(body)
 
-    def start_envoy(self, name, config):
+    def start_envoy(self, name, config, wrapper=()):
         path = self.dir / f"{name}.json"
         path.write_text(json.dumps(config, indent=2))
         admin = self.dir / f"{name}.admin"
         logfile = open(self.dir / f"{name}.log", "w")
         child = self.procs.start(
-            [str(self.args.envoy), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
+            [*wrapper, str(self.args.envoy), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
              "--admin-address-path", str(admin), "-l", "error"],
             cpu=self.proxy_cpu, stdout=logfile, stderr=subprocess.STDOUT)
         self.proxies[name] = (None, child, admin)
@@ -287,7 +300,56 @@ class Bench:
                                  stdout=logfile, stderr=subprocess.STDOUT)
         self.proxies["traefik"] = (port, child, None)
 
-    def envoy_port(self, name):
+    def envoy_config(self, proxy):
+        py = self.args.python
+        if proxy == "envoy-noauth":
+            return without_wasm(render_envoy(py, self.args.wasm, self.ports))
+        if proxy == "envoy-noop":
+            return render_envoy(py, self.args.noop_wasm, self.ports)
+        if proxy == "envoy-extauthz":
+            return ext_authz(render_envoy(py, self.args.wasm, self.ports))
+        if proxy == "envoy-filter-noxf":
+            return render_envoy(py, self.args.wasm, self.ports, NOXF_CONFIG)
+        return render_envoy(py, self.args.variants.get(proxy, self.args.wasm), self.ports)
+
+    def callgrind(self, scenario, n):
+        """Instructions per request of the scenario's Envoy under callgrind: deterministic
+        where the machine's load makes timings noisy. Counted over exactly `n` sequential
+        requests after a warm-up (all of Envoy's threads, so a little idle work too)."""
+        proxy, path, token, expected, _ = SCENARIOS[scenario]
+        name = f"cg-{scenario}"
+        out = self.dir / f"{name}.callgrind"
+        wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
+                   "--smc-check=all-non-file", f"--callgrind-out-file={out}.%p"]
+        self.start_envoy(name, self.envoy_config(proxy), wrapper)
+        port = self.envoy_port(name, timeout=300)
+        child = self.proxies[name][1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def send(count):
+            for _ in range(count):
+                conn.request("GET", path, headers={"authorization": token})
+                response = conn.getresponse()
+                response.read()
+                if response.status != expected:
+                    raise SystemExit(f"{scenario} under callgrind answered {response.status}")
+
+        send(max(n // 2, 200))
+        subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], check=True, capture_output=True)
+        send(n)
+        subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, capture_output=True)
+        conn.close()
+        child.terminate()
+        child.wait(timeout=60)
+        for dump in self.dir.glob(f"{name}.callgrind.*"):
+            text = dump.read_text(errors="replace")
+            if "Trigger: Client Request" in text or "Trigger: dump" in text:
+                m = re.search(r"^summary: (\d+)", text, re.M)
+                if m:
+                    return int(m.group(1)) / n
+        raise SystemExit(f"no callgrind dump for {scenario} in {self.dir}")
+
+    def envoy_port(self, name, timeout=30.0):
         _, child, admin = self.proxies[name]
 
         def listening():
@@ -302,23 +364,14 @@ class Bench:
             listeners = json.loads(body)["listener_statuses"]
             return listeners[0]["local_address"]["socket_address"]["port_value"]
 
-        return wait_until(f"Envoy ({name}; log {self.dir / (name + '.log')})", listening, child)
+        return wait_until(f"Envoy ({name}; log {self.dir / (name + '.log')})", listening, child, timeout)
 
     def start_all(self, needed):
-        py = self.args.python
-        configs = {
-            "envoy-noauth": lambda: without_wasm(render_envoy(py, self.args.wasm, self.ports)),
-            "envoy-noop": lambda: render_envoy(py, self.args.noop_wasm, self.ports),
-            "envoy-extauthz": lambda: ext_authz(render_envoy(py, self.args.wasm, self.ports)),
-            "envoy-filter": lambda: render_envoy(py, self.args.wasm, self.ports),
-        }
-        for label, wasm in self.args.variants.items():
-            configs[label] = lambda wasm=wasm: render_envoy(py, wasm, self.ports)
         for name in needed:
             if name == "traefik":
                 self.start_traefik()
             else:
-                self.start_envoy(name, configs[name]())
+                self.start_envoy(name, self.envoy_config(name))
         for name in needed:
             port, child, _ = self.proxies[name]
             if name == "traefik":
@@ -521,6 +574,21 @@ def markdown(doc):
     return "\n".join(out)
 
 
+def callgrind_report(bench, scenarios, n):
+    counts = {}
+    for scenario in scenarios:
+        counts[scenario] = bench.callgrind(scenario, n)
+        log(f"{scenario:15} {counts[scenario]:10.0f} instructions/request")
+    print(f"| scenario | instructions/request ({n} requests, callgrind) | × no-auth | × noop-wasm | × ext_authz |")
+    print("|---|---:|---:|---:|---:|")
+    for scenario, ir in counts.items():
+        ratios = [fmt(ir / counts[b], ".2f") if b in counts else "-" for b in BASELINES]
+        print(f"| {scenario} | {ir:.0f} | " + " | ".join(ratios) + " |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "callgrind.json").write_text(json.dumps({"requests": n, "instructions_per_request": counts}, indent=2))
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------
 
 def main():
@@ -535,6 +603,9 @@ def main():
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=WASM",
                    help="also run filter-callout with another build of the filter (A/B experiments)")
+    p.add_argument("--callgrind", type=int, metavar="N", nargs="?", const=2000,
+                   help="instructions per request under valgrind's callgrind over N requests (default 2000) "
+                        "for the Envoy scenarios, instead of the load run; slow but repeatable")
     p.add_argument("--unchecked", action="store_true",
                    help="skip the behaviour check before the load (for experiments with stripped-down filters)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -583,6 +654,8 @@ def main():
         try:
             bench = Bench(args, procs, Path(tmp))
             bench.start_backend()
+            if args.callgrind:
+                return callgrind_report(bench, [s for s in scenarios if s != "traefik"], args.callgrind)
             started = time.monotonic()
             bench.start_all(sorted({SCENARIOS[s][0] for s in scenarios}))
             log(f"proxies up in {time.monotonic() - started:.1f} s (proxy CPU {bench.proxy_cpu}, "
