@@ -547,8 +547,8 @@ def targets_table(rows):
 
 def micro_table(micro):
     lines = ["| micro-benchmark | ns/op |", "|---|---:|"]
-    for name, ns in micro.get("results", {}).items():
-        lines.append(f"| {name} | {ns:.1f} |")
+    for case in micro.get("results", []):
+        lines.append(f"| {case['name']} | {case['ns']:.1f} |")
     if "templates_10000_vs_10" in micro:
         lines.append(f"| matching, 10 000 vs 10 templates (ratio) | {micro['templates_10000_vs_10']:.2f} |")
     return "\n".join(lines)

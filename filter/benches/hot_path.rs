@@ -189,8 +189,9 @@ fn main() {
     println!("{:48} {ratio:10.2}", "match: 10 000 vs 10 templates (ratio)");
 
     if let Some(path) = json {
-        let results: serde_json::Map<String, serde_json::Value> =
-            results.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
+        // A list, not a map: the cases stay in the order they ran.
+        let results: Vec<serde_json::Value> =
+            results.into_iter().map(|(name, ns)| serde_json::json!({ "name": name, "ns": ns })).collect();
         let doc = serde_json::json!({ "unit": "ns/op", "results": results, "templates_10000_vs_10": ratio });
         if let Some(dir) = std::path::Path::new(path).parent() {
             let _ = std::fs::create_dir_all(dir);
