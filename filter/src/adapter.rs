@@ -14,6 +14,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
 use crate::forward;
+use crate::header_map;
 use crate::jwks_fetch::Why;
 use crate::jwt::{JwtVerifier, Outcome, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE};
 use crate::jwt_adapter::{self, Counter, JwtState, Metrics};
@@ -117,6 +118,7 @@ impl RootContext for Root {
             jwt: self.jwt.clone(),
             pending: None,
             auth_cookies: Vec::new(),
+            claims: Rc::from(Vec::new()),
         }))
     }
 
@@ -134,6 +136,8 @@ struct Authz {
     /// `Set-Cookie` values of the allowing auth response for the client's response
     /// (`auth.add_auth_cookies_to_response`); empty unless configured.
     auth_cookies: Vec<Vec<u8>>,
+    /// Claim headers of a valid JWT in `local_then_callout`, set if the callout allows.
+    claims: Rc<[(String, String)]>,
 }
 
 enum Pending {
@@ -156,7 +160,10 @@ enum JwtStep {
 impl Authz {
     fn on_headers(&mut self, settings: &Settings) -> Action {
         // One host call for the whole map; then only the headers actually present are removed.
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let Some(buffer) = map_buffer(MapType::HttpRequestHeaders) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
             return self.fail(settings, Failure::HostError);
         };
         let plan = settings.plan(&headers, peer_address);
@@ -197,7 +204,7 @@ impl Authz {
     /// Local JWT verification (jwt.rs), when configured. A JWT of a known issuer is
     /// decided here: invalid → 401; valid → its claim headers are set, then allowed
     /// (`local`) or sent on to the callout (`local_then_callout`).
-    fn check_jwt(&mut self, settings: &Settings, headers: &[(String, Vec<u8>)], may_fetch: bool) -> JwtStep {
+    fn check_jwt(&mut self, settings: &Settings, headers: &[(&str, &[u8])], may_fetch: bool) -> JwtStep {
         let (Some(jwt), Some(state)) = (&settings.jwt, self.jwt.clone()) else { return JwtStep::Callout };
         let Ok(mut state) = state.try_borrow_mut() else {
             self.fail(settings, Failure::HostError);
@@ -241,17 +248,19 @@ impl Authz {
             }
             Outcome::Valid { mode, headers, cached } => {
                 state.metrics.inc(if cached { Counter::CacheHit } else { Counter::Verified });
+                debug!("[{}] valid JWT ({mode:?})", self.id);
+                if mode == Mode::LocalThenCallout {
+                    self.claims = headers;
+                    return JwtStep::Callout;
+                }
+                // Added, not replaced: every claim header was stripped from the request.
                 for (name, value) in headers.iter() {
-                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+                    if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
                         self.fail(settings, Failure::HostError);
                         return JwtStep::Wait;
                     }
                 }
-                debug!("[{}] valid JWT ({mode:?})", self.id);
-                match mode {
-                    Mode::Local => JwtStep::Allow,
-                    Mode::LocalThenCallout => JwtStep::Callout,
-                }
+                JwtStep::Allow
             }
             Outcome::Invalid(reason) => {
                 state.metrics.inc(Counter::Rejected(reason));
@@ -270,7 +279,11 @@ impl Authz {
     /// The request waited for a JWKS fetch: check its token again (no second fetch),
     /// then go on as the first pass would have.
     fn after_jwks(&mut self, settings: &Settings) {
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let Some(buffer) = map_buffer(MapType::HttpRequestHeaders) else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
             self.fail(settings, Failure::HostError);
             return;
         };
@@ -296,20 +309,31 @@ impl Authz {
 
     fn on_auth_response(&mut self, settings: &Settings, body_size: usize) {
         // No headers at all is how Envoy reports a timeout or reset.
-        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let buffer = map_buffer(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let Some(headers) = header_map::parse(&buffer) else {
+            self.fail(settings, Failure::BadStatus);
+            return;
+        };
         match settings.decide(&headers, body_size) {
             Verdict::Allow { inject, cookies } => {
                 self.auth_cookies = cookies.into_iter().map(<[u8]>::to_vec).collect();
-                let mut done: Vec<&str> = Vec::with_capacity(inject.len());
+                // local_then_callout: the token's claim headers, unless the auth service sets
+                // the same header (it has the last word).
+                let claims = std::mem::take(&mut self.claims);
+                for (name, value) in
+                    claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c)))
+                {
+                    if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
+                        self.fail(settings, Failure::HostError);
+                        return;
+                    }
+                }
                 for (name, value) in inject {
-                    // The first value replaces whatever is there; further values are added.
-                    let result = if done.contains(&name) {
-                        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
-                    } else {
-                        done.push(name);
-                        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
-                    };
-                    if result.is_err() {
+                    // Added, not replaced: `on_headers` stripped every name that can be injected
+                    // (`upstream_headers` are always in the strip set, and request headers
+                    // matching `upstream_headers_regex` are stripped too), so none is there to
+                    // replace, and an add spares the host its search for an existing value.
+                    if hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_err() {
                         self.fail(settings, Failure::HostError);
                         return;
                     }
@@ -428,5 +452,29 @@ impl Authz {
             hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", value)?;
         }
         Ok(())
+    }
+}
+
+// The SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (and panics on
+// an unexpected status); this takes the host's buffer as it is, for `header_map::parse`.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The serialized header map, owned; `None` if the host refused (status not Ok).
+fn map_buffer(map: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and size it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) or leaves it null.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }

@@ -13,6 +13,7 @@ use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
+use crate::headers::Header;
 use crate::jwt_cache::{token_hash, Entry, VerifiedCache};
 use crate::jwt_config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
 use crate::jwt_keys::{Alg, Key, KeySet};
@@ -164,7 +165,7 @@ impl JwtVerifier {
     }
 
     /// The verdict for a request's headers at `now_ms` (Unix time).
-    pub fn check(&mut self, settings: &JwtSettings, headers: &[(String, Vec<u8>)], now_ms: u64) -> Outcome {
+    pub fn check<H: Header>(&mut self, settings: &JwtSettings, headers: &[H], now_ms: u64) -> Outcome {
         let Some(credential) = credential(&settings.sources, headers) else {
             return Outcome::Callout(Pass::NoCredential);
         };
@@ -240,20 +241,20 @@ impl JwtVerifier {
 
 /// The first configured source present in the request. `Some(None)`: a source is present
 /// but holds no usable credential (another scheme, not text).
-fn credential<'h>(sources: &[Source], headers: &'h [(String, Vec<u8>)]) -> Option<Option<&'h str>> {
+fn credential<'h, H: Header>(sources: &[Source], headers: &'h [H]) -> Option<Option<&'h str>> {
     for source in sources {
         match source {
             Source::Header { name, prefix } => {
-                if let Some((_, value)) = headers.iter().find(|(n, _)| n == name) {
-                    let value = std::str::from_utf8(value).ok();
+                if let Some(header) = headers.iter().find(|h| h.name() == name) {
+                    let value = std::str::from_utf8(header.value()).ok();
                     return Some(value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim));
                 }
             }
             Source::Cookie(cookie) => {
                 let found = headers
                     .iter()
-                    .filter(|(n, _)| n == "cookie")
-                    .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+                    .filter(|h| h.name() == "cookie")
+                    .filter_map(|h| std::str::from_utf8(h.value()).ok())
                     .flat_map(|v| v.split(';'))
                     .find_map(|pair| pair.trim().strip_prefix(cookie.as_str())?.strip_prefix('='));
                 if let Some(value) = found {

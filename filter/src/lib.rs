@@ -9,6 +9,7 @@
 pub mod config;
 pub mod decision;
 pub mod forward;
+pub mod header_map;
 pub mod headers;
 pub mod jwks_fetch;
 pub mod jwt;
