@@ -6,6 +6,8 @@
 //! inject. Everything above is plain Rust, unit-tested natively; `adapter` is the thin
 //! proxy-wasm layer that does the host calls and exists only in the wasm build.
 
+pub mod cache;
+pub mod cache_control;
 pub mod config;
 pub mod decision;
 pub mod headers;
