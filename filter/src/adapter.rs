@@ -2,17 +2,46 @@
 //! Host calls go through `hostcalls` (not the SDK's trait helpers, which `unwrap()`), so
 //! a refused call becomes a fail-closed reply instead of a trap that would take down
 //! every request on this worker.
+//!
+//! One request: strip → public? → cache lookup → (wait for an identical callout, or send
+//! one) → decide → store → inject or reply.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::UNIX_EPOCH;
 
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+use crate::cache::{CacheSettings, Decision, Lookup};
+use crate::coalesce::InFlight;
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::metrics::Metric;
 use crate::request::Route;
+
+thread_local! {
+    /// Callouts in flight on this worker (one VM per worker thread), for coalescing.
+    static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
+    /// Metric ids from `define_metric`, by [`Metric::index`].
+    static METRICS: RefCell<[Option<u32>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
+}
+
+fn count(metric: Metric) {
+    if let Some(id) = METRICS.with(|m| m.borrow()[metric.index()]) {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// Unix time in milliseconds, from the host.
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs the panic at critical level.
@@ -29,6 +58,12 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         info!("nebula-authz {} starting", env!("CARGO_PKG_VERSION"));
+        METRICS.with(|ids| {
+            let mut ids = ids.borrow_mut();
+            for metric in Metric::ALL {
+                ids[metric.index()] = hostcalls::define_metric(MetricType::Counter, metric.name()).ok();
+            }
+        });
         true
     }
 
@@ -43,8 +78,11 @@ impl RootContext for Root {
         match Settings::from_json(&bytes) {
             Ok(settings) => {
                 info!(
-                    "configured: auth cluster {:?}, path {:?}, timeout {:?}",
-                    settings.auth.cluster, settings.auth.path, settings.auth.timeout
+                    "configured: auth cluster {:?}, path {:?}, timeout {:?}, cache {:?}",
+                    settings.auth.cluster,
+                    settings.auth.path,
+                    settings.auth.timeout,
+                    settings.cache.as_ref().map(|c| (c.entries, c.default_ttl, c.max_ttl))
                 );
                 self.settings = Some(Rc::new(settings));
                 true
@@ -70,8 +108,23 @@ impl RootContext for Root {
 struct Authz {
     id: u32,
     settings: Option<Rc<Settings>>,
-    /// The token of the callout in flight; the request (and its body) waits for it.
-    pending: Option<u32>,
+    /// What the request (and its body) waits for.
+    pending: Option<Pending>,
+}
+
+enum Pending {
+    /// Our own callout (`token`), with the cache slot of its answer when caching.
+    Callout { token: u32, lookup: Option<Lookup> },
+    /// Another request's identical callout on this worker (coalescing).
+    Coalesced { lookup: Lookup },
+}
+
+/// What happened to a request that needed the auth service.
+enum Outcome {
+    Decided(Decision),
+    /// The auth service failed, and a recently expired allow is served (`stale_if_error`).
+    Stale(Decision),
+    Failed(Failure),
 }
 
 impl Authz {
@@ -89,18 +142,38 @@ impl Authz {
         match plan.route {
             Route::Public { template } => {
                 debug!("[{}] public ({template})", self.id);
+                count(Metric::Public);
                 Action::Continue
             }
             Route::Callout { headers } => {
                 let auth = &settings.auth;
+                let lookup = settings.cache.as_ref().map(|cache| cache.lookup(&auth.cluster, &headers));
+                if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
+                    if let Some(decision) = cached(cache, lookup) {
+                        count(Metric::CacheHits);
+                        return match self.apply(settings, &Outcome::Decided(decision)) {
+                            Applied::Allowed => Action::Continue,
+                            Applied::Replied => Action::Pause,
+                        };
+                    }
+                    count(Metric::CacheMisses);
+                    if IN_FLIGHT.with(|t| t.borrow_mut().join(lookup.key, self.id)) {
+                        count(Metric::Coalesced);
+                        self.pending = Some(Pending::Coalesced { lookup: lookup.clone() });
+                        return Action::Pause;
+                    }
+                }
+                count(Metric::Callouts);
                 match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
                     Ok(token) => {
-                        self.pending = Some(token);
+                        self.pending = Some(Pending::Callout { token, lookup });
                         Action::Pause
                     }
                     Err(status) => {
                         warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, auth.cluster);
-                        self.fail(settings, Failure::DispatchFailed)
+                        let outcome = self.failed(settings, lookup.as_ref(), Failure::DispatchFailed);
+                        self.settle(settings, lookup.as_ref(), &outcome);
+                        Action::Pause
                     }
                 }
             }
@@ -108,67 +181,204 @@ impl Authz {
         }
     }
 
-    fn on_auth_response(&mut self, settings: &Settings, body_size: usize) {
+    fn on_auth_response(&mut self, settings: &Settings, lookup: Option<Lookup>, body_size: usize) {
         // No headers at all is how Envoy reports a timeout or reset.
         let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        match settings.decide(&headers, body_size) {
-            Verdict::Allow { inject } => {
+        let verdict = settings.decide(&headers, body_size);
+        let body = match (&verdict, body_size) {
+            (Verdict::Deny { .. }, 1..) => {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let outcome = match (Decision::from_verdict(&verdict, &body), verdict) {
+            (Some(decision), _) => {
+                if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
+                    store(cache, lookup, &decision, &headers);
+                }
+                Outcome::Decided(decision)
+            }
+            (None, Verdict::Fail(failure)) => self.failed(settings, lookup.as_ref(), failure),
+            (None, _) => Outcome::Failed(Failure::HostError),
+        };
+        self.settle(settings, lookup.as_ref(), &outcome);
+    }
+
+    /// The auth service failed: serve a recently expired allow if `stale_if_error` permits.
+    fn failed(&self, settings: &Settings, lookup: Option<&Lookup>, failure: Failure) -> Outcome {
+        warn!("[{}] auth check failed: {failure}", self.id);
+        if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
+            if let Some(decision) = stale(cache, lookup) {
+                info!("[{}] serving a stale allow (stale_if_error)", self.id);
+                return Outcome::Stale(decision);
+            }
+        }
+        Outcome::Failed(failure)
+    }
+
+    /// Applies `outcome` to this request, then to every request that waited for it.
+    fn settle(&self, settings: &Settings, lookup: Option<&Lookup>, outcome: &Outcome) {
+        if let Applied::Allowed = self.apply(settings, outcome) {
+            resume(self.id);
+        }
+        let Some(lookup) = lookup else { return };
+        for waiter in IN_FLIGHT.with(|t| t.borrow_mut().finish(&lookup.key)) {
+            // Later host calls act on the waiter's stream; Envoy runs them after this callback.
+            if hostcalls::set_effective_context(waiter).is_err() {
+                continue;
+            }
+            if let Applied::Allowed = self.apply_to(waiter, settings, outcome) {
+                resume(waiter);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.id);
+    }
+
+    fn apply(&self, settings: &Settings, outcome: &Outcome) -> Applied {
+        self.apply_to(self.id, settings, outcome)
+    }
+
+    /// Applies `outcome` to the effective context's request (`id` is for the logs).
+    fn apply_to(&self, id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
+        let decision = match outcome {
+            Outcome::Decided(decision) => decision,
+            Outcome::Stale(decision) => {
+                count(Metric::CacheStaleServed);
+                decision
+            }
+            Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
+        };
+        match decision {
+            Decision::Allow { inject } => {
                 let mut done: Vec<&str> = Vec::with_capacity(inject.len());
                 for (name, value) in inject {
                     // The first value replaces whatever is there; further values are added.
-                    let result = if done.contains(&name) {
+                    let result = if done.contains(&name.as_str()) {
                         hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
                     } else {
                         done.push(name);
                         hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
                     };
                     if result.is_err() {
-                        self.fail(settings, Failure::HostError);
-                        return;
+                        return fail_closed(id, settings, Failure::HostError);
                     }
                 }
-                debug!("[{}] allowed", self.id);
-                if let Err(status) = hostcalls::resume_http_request() {
-                    error!("[{}] cannot resume the request: {status:?}", self.id);
-                }
+                debug!("[{id}] allowed");
+                count(Metric::Allows);
+                Applied::Allowed
             }
-            Verdict::Deny { status, headers } => {
-                let body = match body_size {
-                    0 => None,
-                    size => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten(),
-                };
-                debug!("[{}] denied with {status}", self.id);
-                self.reply(status, headers, body.as_deref());
-            }
-            Verdict::Fail(failure) => {
-                self.fail(settings, failure);
+            Decision::Deny { status, headers, body } => {
+                debug!("[{id}] denied with {status}");
+                count(Metric::Denies);
+                let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                reply(id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));
+                Applied::Replied
             }
         }
     }
 
     /// Fail closed: `status_on_error` with a short body; the request never goes upstream.
     fn fail(&self, settings: &Settings, failure: Failure) -> Action {
-        warn!("[{}] failing closed with {}: {failure}", self.id, settings.status_on_error);
-        self.reply(settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+        fail_closed(self.id, settings, failure);
         Action::Pause
     }
 
-    fn reply(&self, status: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) {
-        if let Err(e) = hostcalls::send_http_response(status, headers, body) {
-            error!("[{}] cannot send the local reply: {e:?}", self.id);
+    /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
+    fn release(&mut self, settings: Option<&Settings>) {
+        match self.pending.take() {
+            Some(Pending::Coalesced { lookup }) => IN_FLIGHT.with(|t| t.borrow_mut().leave(&lookup.key, self.id)),
+            // Our callout dies with our stream (Envoy cancels it), so nobody would answer
+            // the requests waiting for it: they get what a failed callout gives.
+            Some(Pending::Callout { lookup: Some(lookup), .. }) => {
+                if let Some(settings) = settings {
+                    let outcome = self.failed(settings, Some(&lookup), Failure::NoResponse);
+                    for waiter in IN_FLIGHT.with(|t| t.borrow_mut().finish(&lookup.key)) {
+                        if hostcalls::set_effective_context(waiter).is_ok() {
+                            if let Applied::Allowed = self.apply_to(waiter, settings, &outcome) {
+                                resume(waiter);
+                            }
+                        }
+                    }
+                    let _ = hostcalls::set_effective_context(self.id);
+                }
+            }
+            _ => {}
         }
+    }
+
+    fn waiting(&self) -> bool {
+        match &self.pending {
+            None => false,
+            Some(Pending::Callout { .. }) => true,
+            Some(Pending::Coalesced { lookup }) => IN_FLIGHT.with(|t| t.borrow().is_waiting(&lookup.key, self.id)),
+        }
+    }
+}
+
+enum Applied {
+    /// Headers injected: continue or resume the request.
+    Allowed,
+    /// A local reply was sent.
+    Replied,
+}
+
+fn cached(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
+    let stored = hostcalls::get_shared_data(&lookup.slot).ok()?.0?;
+    cache.fresh(&stored, lookup, now_ms())
+}
+
+fn stale(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
+    let stored = hostcalls::get_shared_data(&lookup.slot).ok()?.0?;
+    cache.stale(&stored, lookup, now_ms())
+}
+
+/// Writes the slot without a CAS check: whichever worker writes last, the slot holds a
+/// fresh decision for the key it names; a lost race only costs a later miss.
+fn store(cache: &CacheSettings, lookup: &Lookup, decision: &Decision, response: &[(String, Vec<u8>)]) {
+    if let Some(bytes) = cache.entry(lookup, decision, response, now_ms()) {
+        if let Err(status) = hostcalls::set_shared_data(&lookup.slot, Some(&bytes), None) {
+            warn!("cannot store a decision in {}: {status:?}", lookup.slot);
+        }
+    }
+}
+
+fn resume(id: u32) {
+    if let Err(status) = hostcalls::resume_http_request() {
+        error!("[{id}] cannot resume the request: {status:?}");
+    }
+}
+
+fn fail_closed(id: u32, settings: &Settings, failure: Failure) -> Applied {
+    warn!("[{id}] failing closed with {}: {failure}", settings.status_on_error);
+    count(Metric::Errors);
+    reply(id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+    Applied::Replied
+}
+
+fn reply(id: u32, status: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) {
+    if let Err(e) = hostcalls::send_http_response(status, headers, body) {
+        error!("[{id}] cannot send the local reply: {e:?}");
     }
 }
 
 impl Context for Authz {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        if self.pending != Some(token) {
-            return;
-        }
-        self.pending = None;
+        let lookup = match self.pending.take() {
+            Some(Pending::Callout { token: t, lookup }) if t == token => lookup,
+            other => {
+                self.pending = other;
+                return;
+            }
+        };
         if let Some(settings) = self.settings.clone() {
-            self.on_auth_response(&settings, body_size);
+            self.on_auth_response(&settings, lookup, body_size);
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        let settings = self.settings.clone();
+        self.release(settings.as_deref());
+        true
     }
 }
 
@@ -178,7 +388,8 @@ impl HttpContext for Authz {
             Some(settings) => self.on_headers(&settings),
             None => {
                 error!("[{}] nebula-authz has no configuration; failing closed", self.id);
-                self.reply(500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+                count(Metric::Errors);
+                reply(self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
                 Action::Pause
             }
         }
@@ -193,11 +404,16 @@ impl HttpContext for Authz {
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
         self.hold_while_pending()
     }
+
+    fn on_log(&mut self) {
+        let settings = self.settings.clone();
+        self.release(settings.as_deref());
+    }
 }
 
 impl Authz {
     fn hold_while_pending(&self) -> Action {
-        if self.pending.is_some() {
+        if self.waiting() {
             Action::Pause
         } else {
             Action::Continue

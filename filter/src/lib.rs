@@ -8,9 +8,11 @@
 
 pub mod cache;
 pub mod cache_control;
+pub mod coalesce;
 pub mod config;
 pub mod decision;
 pub mod headers;
+pub mod metrics;
 pub mod request;
 pub mod route;
 
