@@ -17,6 +17,8 @@
 //! | `latin1`            | 200 with `x-nebula-actor-id: caf\xE9` (a raw non-UTF-8 byte) |
 //! | `bigbody`           | 401 with a 2 MiB body |
 //! | `bigallow`          | as `allow:big`, but with a 2 MiB body |
+//! | `cc:<value>:<script>` | as `<script>`, plus `cache-control: <value>` (e.g. `cc:max-age=2:allow:a`, `cc:no-store:deny`) |
+//! | `once:<script>`     | as `<script>` the first time this exact token arrives, `status:503` after that |
 
 use std::time::Duration;
 
@@ -95,9 +97,16 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
-        recorded.lock().expect("auth records").push(req);
+        let seen_before = {
+            let mut recorded = recorded.lock().expect("auth records");
+            // Only `once:` needs the history (the memory test sends 100 000 tokens).
+            let seen = script.contains("once:")
+                && recorded.iter().any(|r| r.header("authorization") == req.header("authorization"));
+            recorded.push(req);
+            seen
+        };
 
-        match respond(&script).await {
+        match respond(&script, seen_before).await {
             Reply::Bytes(bytes) if close => {
                 stream.write_all(&bytes).await?;
                 stream.shutdown().await?;
@@ -186,7 +195,36 @@ fn deny() -> Vec<u8> {
     )
 }
 
-async fn respond(script: &str) -> Reply {
+/// `respond_to` plus the `cache-control` header a `cc:` prefix asks for.
+async fn respond(script: &str, seen_before: bool) -> Reply {
+    let mut script = script.to_owned();
+    let mut cache_control = Vec::new();
+    loop {
+        if let Some((value, then)) = script.strip_prefix("cc:").and_then(|rest| rest.split_once(':')) {
+            cache_control.push(value.to_owned());
+            script = then.to_owned();
+        } else if let Some(then) = script.strip_prefix("once:") {
+            script = if seen_before { "status:503".to_owned() } else { then.to_owned() };
+        } else {
+            break;
+        }
+    }
+    match respond_to(&script).await {
+        Reply::Bytes(bytes) if !cache_control.is_empty() => {
+            // Right after the status line.
+            let at = bytes.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
+            let mut out = bytes[..at].to_vec();
+            for value in cache_control {
+                out.extend_from_slice(format!("cache-control: {value}\r\n").as_bytes());
+            }
+            out.extend_from_slice(&bytes[at..]);
+            Reply::Bytes(out)
+        }
+        reply => reply,
+    }
+}
+
+async fn respond_to(script: &str) -> Reply {
     let mut script = script.to_owned();
     // `slow:<ms>[:<script>]`, possibly nested.
     while let Some(rest) = script.strip_prefix("slow:") {
