@@ -7,8 +7,9 @@
 //! one) → decide → store → inject or reply.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
@@ -25,8 +26,17 @@ use crate::request::Route;
 thread_local! {
     /// Callouts in flight on this worker (one VM per worker thread), for coalescing.
     static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
+    /// Callouts whose sender went away while others waited for them: the root context
+    /// sends them again on its next tick (an HTTP context cannot outlive its stream).
+    static ORPHANS: RefCell<Vec<Resend>> = const { RefCell::new(Vec::new()) };
     /// Metric ids from `define_metric`, by [`Metric::index`].
     static METRICS: RefCell<[Option<u32>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
+}
+
+/// A callout to send again for the requests that wait for it.
+struct Resend {
+    lookup: Lookup,
+    headers: Vec<(String, String)>,
 }
 
 fn count(metric: Metric) {
@@ -46,14 +56,27 @@ fn now_ms() -> u64 {
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs the panic at critical level.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { settings: None }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, settings: None, resends: HashMap::new() })
+    });
 }}
 
 struct Root {
+    id: u32,
     settings: Option<Rc<Settings>>,
+    /// Callouts the root sent again for orphaned waiters, by token.
+    resends: HashMap<u32, Lookup>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let (Some(lookup), Some(settings)) = (self.resends.remove(&token), self.settings.clone()) else {
+            return;
+        };
+        let outcome = answer(&settings, Some(&lookup), body_size);
+        settle_waiters(&settings, &lookup, &outcome, self.id);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -103,6 +126,27 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+
+    /// Sends the orphaned callouts again, from the root context, which outlives streams.
+    fn on_tick(&mut self) {
+        let _ = hostcalls::set_tick_period(Duration::ZERO);
+        let Some(settings) = self.settings.clone() else { return };
+        let auth = &settings.auth;
+        for Resend { lookup, headers } in ORPHANS.with(|o| std::mem::take(&mut *o.borrow_mut())) {
+            count(Metric::Callouts);
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
+                Ok(token) => {
+                    self.resends.insert(token, lookup);
+                }
+                Err(status) => {
+                    warn!("callout to cluster {:?} refused: {status:?}", auth.cluster);
+                    let outcome = failed(&settings, Some(&lookup), Failure::DispatchFailed);
+                    settle_waiters(&settings, &lookup, &outcome, self.id);
+                }
+            }
+        }
+    }
 }
 
 struct Authz {
@@ -113,8 +157,9 @@ struct Authz {
 }
 
 enum Pending {
-    /// Our own callout (`token`), with the cache slot of its answer when caching.
-    Callout { token: u32, lookup: Option<Lookup> },
+    /// Our own callout (`token`); when caching, its lookup and headers (to resend it
+    /// for the requests waiting on it if this stream goes away first).
+    Callout { token: u32, cached: Option<Resend> },
     /// Another request's identical callout on this worker (coalescing).
     Coalesced { lookup: Lookup },
 }
@@ -151,7 +196,7 @@ impl Authz {
                 if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
                     if let Some(decision) = cached(cache, lookup) {
                         count(Metric::CacheHits);
-                        return match self.apply(settings, &Outcome::Decided(decision)) {
+                        return match apply(self.id, settings, &Outcome::Decided(decision)) {
                             Applied::Allowed => Action::Continue,
                             Applied::Replied => Action::Pause,
                         };
@@ -164,14 +209,19 @@ impl Authz {
                     }
                 }
                 count(Metric::Callouts);
+                let cached = lookup.map(|lookup| Resend {
+                    lookup,
+                    headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+                });
                 match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
                     Ok(token) => {
-                        self.pending = Some(Pending::Callout { token, lookup });
+                        self.pending = Some(Pending::Callout { token, cached });
                         Action::Pause
                     }
                     Err(status) => {
                         warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, auth.cluster);
-                        let outcome = self.failed(settings, lookup.as_ref(), Failure::DispatchFailed);
+                        let lookup = cached.map(|c| c.lookup);
+                        let outcome = failed(settings, lookup.as_ref(), Failure::DispatchFailed);
                         self.settle(settings, lookup.as_ref(), &outcome);
                         Action::Pause
                     }
@@ -181,99 +231,13 @@ impl Authz {
         }
     }
 
-    fn on_auth_response(&mut self, settings: &Settings, lookup: Option<Lookup>, body_size: usize) {
-        // No headers at all is how Envoy reports a timeout or reset.
-        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        let verdict = settings.decide(&headers, body_size);
-        let body = match (&verdict, body_size) {
-            (Verdict::Deny { .. }, 1..) => {
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
-            }
-            _ => Vec::new(),
-        };
-        let outcome = match (Decision::from_verdict(&verdict, &body), verdict) {
-            (Some(decision), _) => {
-                if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
-                    store(cache, lookup, &decision, &headers);
-                }
-                Outcome::Decided(decision)
-            }
-            (None, Verdict::Fail(failure)) => self.failed(settings, lookup.as_ref(), failure),
-            (None, _) => Outcome::Failed(Failure::HostError),
-        };
-        self.settle(settings, lookup.as_ref(), &outcome);
-    }
-
-    /// The auth service failed: serve a recently expired allow if `stale_if_error` permits.
-    fn failed(&self, settings: &Settings, lookup: Option<&Lookup>, failure: Failure) -> Outcome {
-        warn!("[{}] auth check failed: {failure}", self.id);
-        if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
-            if let Some(decision) = stale(cache, lookup) {
-                info!("[{}] serving a stale allow (stale_if_error)", self.id);
-                return Outcome::Stale(decision);
-            }
-        }
-        Outcome::Failed(failure)
-    }
-
     /// Applies `outcome` to this request, then to every request that waited for it.
     fn settle(&self, settings: &Settings, lookup: Option<&Lookup>, outcome: &Outcome) {
-        if let Applied::Allowed = self.apply(settings, outcome) {
+        if let Applied::Allowed = apply(self.id, settings, outcome) {
             resume(self.id);
         }
-        let Some(lookup) = lookup else { return };
-        for waiter in IN_FLIGHT.with(|t| t.borrow_mut().finish(&lookup.key)) {
-            // Later host calls act on the waiter's stream; Envoy runs them after this callback.
-            if hostcalls::set_effective_context(waiter).is_err() {
-                continue;
-            }
-            if let Applied::Allowed = self.apply_to(waiter, settings, outcome) {
-                resume(waiter);
-            }
-        }
-        let _ = hostcalls::set_effective_context(self.id);
-    }
-
-    fn apply(&self, settings: &Settings, outcome: &Outcome) -> Applied {
-        self.apply_to(self.id, settings, outcome)
-    }
-
-    /// Applies `outcome` to the effective context's request (`id` is for the logs).
-    fn apply_to(&self, id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
-        let decision = match outcome {
-            Outcome::Decided(decision) => decision,
-            Outcome::Stale(decision) => {
-                count(Metric::CacheStaleServed);
-                decision
-            }
-            Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
-        };
-        match decision {
-            Decision::Allow { inject } => {
-                let mut done: Vec<&str> = Vec::with_capacity(inject.len());
-                for (name, value) in inject {
-                    // The first value replaces whatever is there; further values are added.
-                    let result = if done.contains(&name.as_str()) {
-                        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
-                    } else {
-                        done.push(name);
-                        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
-                    };
-                    if result.is_err() {
-                        return fail_closed(id, settings, Failure::HostError);
-                    }
-                }
-                debug!("[{id}] allowed");
-                count(Metric::Allows);
-                Applied::Allowed
-            }
-            Decision::Deny { status, headers, body } => {
-                debug!("[{id}] denied with {status}");
-                count(Metric::Denies);
-                let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                reply(id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));
-                Applied::Replied
-            }
+        if let Some(lookup) = lookup {
+            settle_waiters(settings, lookup, outcome, self.id);
         }
     }
 
@@ -284,22 +248,20 @@ impl Authz {
     }
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
-    fn release(&mut self, settings: Option<&Settings>) {
+    fn release(&mut self) {
         match self.pending.take() {
             Some(Pending::Coalesced { lookup }) => IN_FLIGHT.with(|t| t.borrow_mut().leave(&lookup.key, self.id)),
-            // Our callout dies with our stream (Envoy cancels it), so nobody would answer
-            // the requests waiting for it: they get what a failed callout gives.
-            Some(Pending::Callout { lookup: Some(lookup), .. }) => {
-                if let Some(settings) = settings {
-                    let outcome = self.failed(settings, Some(&lookup), Failure::NoResponse);
-                    for waiter in IN_FLIGHT.with(|t| t.borrow_mut().finish(&lookup.key)) {
-                        if hostcalls::set_effective_context(waiter).is_ok() {
-                            if let Applied::Allowed = self.apply_to(waiter, settings, &outcome) {
-                                resume(waiter);
-                            }
-                        }
+            // Envoy cancels our callout with our stream. If others wait for it, the root
+            // context sends it again; otherwise the next request leads.
+            Some(Pending::Callout { cached: Some(resend), .. }) => {
+                if IN_FLIGHT.with(|t| t.borrow().has_waiters(&resend.lookup.key)) {
+                    debug!("[{}] reset while others wait for its callout: resending it", self.id);
+                    ORPHANS.with(|o| o.borrow_mut().push(resend));
+                    if let Err(status) = hostcalls::set_tick_period(Duration::from_millis(1)) {
+                        error!("[{}] cannot schedule the resend: {status:?}", self.id);
                     }
-                    let _ = hostcalls::set_effective_context(self.id);
+                } else {
+                    IN_FLIGHT.with(|t| t.borrow_mut().finish(&resend.lookup.key));
                 }
             }
             _ => {}
@@ -315,11 +277,100 @@ impl Authz {
     }
 }
 
+/// Reads the callout's answer (in the context that received it) and caches a decision.
+fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) -> Outcome {
+    // No headers at all is how Envoy reports a timeout or reset.
+    let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let verdict = settings.decide(&headers, body_size);
+    let body = match (&verdict, body_size) {
+        (Verdict::Deny { .. }, 1..) => {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    match (Decision::from_verdict(&verdict, &body), verdict) {
+        (Some(decision), _) => {
+            if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
+                store(cache, lookup, &decision, &headers);
+            }
+            Outcome::Decided(decision)
+        }
+        (None, Verdict::Fail(failure)) => failed(settings, lookup, failure),
+        (None, _) => Outcome::Failed(Failure::HostError),
+    }
+}
+
+/// The auth service failed: serve a recently expired allow if `stale_if_error` permits.
+fn failed(settings: &Settings, lookup: Option<&Lookup>, failure: Failure) -> Outcome {
+    warn!("auth check failed: {failure}");
+    if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
+        if let Some(decision) = stale(cache, lookup) {
+            info!("serving a stale allow (stale_if_error)");
+            return Outcome::Stale(decision);
+        }
+    }
+    Outcome::Failed(failure)
+}
+
+/// Applies `outcome` to every request that waited for `lookup`'s callout, then makes
+/// `current` the effective context again.
+fn settle_waiters(settings: &Settings, lookup: &Lookup, outcome: &Outcome, current: u32) {
+    for waiter in IN_FLIGHT.with(|t| t.borrow_mut().finish(&lookup.key)) {
+        // Later host calls act on the waiter's stream; Envoy runs them after this callback.
+        if hostcalls::set_effective_context(waiter).is_err() {
+            continue;
+        }
+        if let Applied::Allowed = apply(waiter, settings, outcome) {
+            resume(waiter);
+        }
+    }
+    let _ = hostcalls::set_effective_context(current);
+}
+
 enum Applied {
     /// Headers injected: continue or resume the request.
     Allowed,
     /// A local reply was sent.
     Replied,
+}
+
+/// Applies `outcome` to the effective context's request (`id` is for the logs).
+fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
+    let decision = match outcome {
+        Outcome::Decided(decision) => decision,
+        Outcome::Stale(decision) => {
+            count(Metric::CacheStaleServed);
+            decision
+        }
+        Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
+    };
+    match decision {
+        Decision::Allow { inject } => {
+            let mut done: Vec<&str> = Vec::with_capacity(inject.len());
+            for (name, value) in inject {
+                // The first value replaces whatever is there; further values are added.
+                let result = if done.contains(&name.as_str()) {
+                    hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
+                } else {
+                    done.push(name);
+                    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+                };
+                if result.is_err() {
+                    return fail_closed(id, settings, Failure::HostError);
+                }
+            }
+            debug!("[{id}] allowed");
+            count(Metric::Allows);
+            Applied::Allowed
+        }
+        Decision::Deny { status, headers, body } => {
+            debug!("[{id}] denied with {status}");
+            count(Metric::Denies);
+            let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            reply(id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));
+            Applied::Replied
+        }
+    }
 }
 
 fn cached(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
@@ -363,21 +414,22 @@ fn reply(id: u32, status: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) 
 
 impl Context for Authz {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let lookup = match self.pending.take() {
-            Some(Pending::Callout { token: t, lookup }) if t == token => lookup,
+        let cached = match self.pending.take() {
+            Some(Pending::Callout { token: t, cached }) if t == token => cached,
             other => {
                 self.pending = other;
                 return;
             }
         };
         if let Some(settings) = self.settings.clone() {
-            self.on_auth_response(&settings, lookup, body_size);
+            let lookup = cached.map(|c| c.lookup);
+            let outcome = answer(&settings, lookup.as_ref(), body_size);
+            self.settle(&settings, lookup.as_ref(), &outcome);
         }
     }
 
     fn on_done(&mut self) -> bool {
-        let settings = self.settings.clone();
-        self.release(settings.as_deref());
+        self.release();
         true
     }
 }
@@ -406,8 +458,7 @@ impl HttpContext for Authz {
     }
 
     fn on_log(&mut self) {
-        let settings = self.settings.clone();
-        self.release(settings.as_deref());
+        self.release();
     }
 }
 

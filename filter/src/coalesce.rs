@@ -33,6 +33,11 @@ impl InFlight {
         self.waiting.get(key).is_some_and(|w| w.contains(&context))
     }
 
+    /// Whether any request waits for `key`'s callout.
+    pub fn has_waiters(&self, key: &Key) -> bool {
+        self.waiting.get(key).is_some_and(|w| !w.is_empty())
+    }
+
     /// A waiting request went away (client reset): nothing must be applied to it.
     pub fn leave(&mut self, key: &Key, context: u32) {
         if let Some(waiters) = self.waiting.get_mut(key) {
@@ -60,6 +65,7 @@ mod tests {
         assert!(t.join(a, 3));
         assert!(!t.join(b, 4), "another key leads on its own");
         assert!(t.is_waiting(&a, 2) && !t.is_waiting(&a, 1) && !t.is_waiting(&b, 2));
+        assert!(t.has_waiters(&a) && !t.has_waiters(&b));
         t.leave(&a, 2);
         assert!(!t.is_waiting(&a, 2));
         assert_eq!(t.finish(&a), vec![3]);

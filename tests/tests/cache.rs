@@ -219,6 +219,28 @@ fn concurrent_identical_requests_share_one_callout() {
 }
 
 #[test]
+fn waiters_survive_the_reset_of_the_request_they_wait_for() {
+    let env = Env::start(&config(r#"{"default_ttl": 60}"#));
+    let token = "cc:no-store:slow:1500:allow:erin";
+    // The leader: its callout is sent, then its client goes away.
+    let mut leader = TcpStream::connect(("127.0.0.1", env.port)).expect("connect");
+    let req = format!("GET /api/flows HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n");
+    leader.write_all(req.as_bytes()).expect("write");
+    thread::sleep(Duration::from_millis(300));
+    let port = env.port;
+    let waiters: Vec<_> =
+        (0..3).map(|_| thread::spawn(move || RawRequest::get("/api/flows").bearer(token).send(port))).collect();
+    thread::sleep(Duration::from_millis(300));
+    drop(leader);
+    for waiter in waiters {
+        let resp = waiter.join().expect("client thread");
+        env.check(resp.status == 200, "a waiter whose leader was reset is still answered", &resp);
+        env.check(resp.json()["headers"]["x-nebula-actor-id"] == serde_json::json!(["erin"]), "actor", &resp);
+    }
+    assert_eq!(calls(&env, token), 2, "the leader's callout, then one resent for the three waiters");
+}
+
+#[test]
 fn stale_if_error_serves_a_recently_expired_allow() {
     let env = Env::start(&config(r#"{"default_ttl": 1, "stale_if_error": 60}"#));
     // `once:`: allows the first time, answers 503 after that.
