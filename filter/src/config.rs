@@ -232,7 +232,7 @@ impl TryFrom<RawAuth> for AuthSettings {
             authority,
             path,
             timeout: Duration::from_millis(timeout_ms),
-            request_headers: HeaderNames::parse("auth.request_headers", &request_headers, false)?,
+            request_headers: HeaderNames::parse("auth.request_headers", &request_headers, true)?,
             upstream_headers: HeaderNames::parse_injectable("auth.upstream_headers", &upstream_headers)?,
             client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,
             allow_statuses,
@@ -408,8 +408,8 @@ mod tests {
                 "invalid plugin configuration: auth.request_headers[1]: \"bad header\" is not a valid header name",
             ),
             (
-                r#"{"auth": {"cluster": "a", "request_headers": ["x-*"]}}"#,
-                "invalid plugin configuration: auth.request_headers[0]: \"x-*\" is not a valid header name (a trailing * is only allowed in strip_headers)",
+                r#"{"auth": {"cluster": "a", "request_headers": ["x-*-y"]}}"#,
+                "invalid plugin configuration: auth.request_headers[0]: \"x-*-y\": a * is only allowed once, at the start or at the end",
             ),
             (
                 r#"{"auth": {"cluster": "a", "upstream_headers": [":path"]}}"#,

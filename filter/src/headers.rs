@@ -8,33 +8,43 @@ use crate::config::ConfigError;
 const CONNECTION_HEADERS: [&str; 8] =
     ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
-/// A set of lower-case header names, plus name prefixes (`x-nebula-*`) where allowed.
+/// A set of lower-case header names, plus Istio-style patterns where allowed: `x-nebula-*`
+/// (prefix) and `*-token` (suffix), as in MeshConfig `envoyExtAuthzHttp` header lists.
+/// A pattern never matches a pseudo-header (`:path`) or a connection-level header, so
+/// `*-encoding` cannot strip or copy `transfer-encoding`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderNames {
     exact: Vec<String>,
     prefixes: Vec<String>,
+    suffixes: Vec<String>,
 }
 
 impl HeaderNames {
-    /// Parses a config list; `allow_prefix` permits a trailing `*` (strip lists only).
-    pub fn parse(field: &str, names: &[String], allow_prefix: bool) -> Result<Self, ConfigError> {
+    /// Parses a config list; `allow_patterns` permits one leading or trailing `*`.
+    pub fn parse(field: &str, names: &[String], allow_patterns: bool) -> Result<Self, ConfigError> {
         let mut set = HeaderNames::default();
         for (i, raw) in names.iter().enumerate() {
             let name = raw.to_ascii_lowercase();
             let at = || format!("{field}[{i}]");
-            let (stem, is_prefix) = match name.strip_suffix('*') {
-                Some(stem) => (stem, true),
-                None => (name.as_str(), false),
+            let (stem, list) = if let Some(stem) = name.strip_suffix('*') {
+                (stem, &mut set.prefixes)
+            } else if let Some(stem) = name.strip_prefix('*') {
+                (stem, &mut set.suffixes)
+            } else {
+                (name.as_str(), &mut set.exact)
             };
-            if is_prefix && !allow_prefix {
-                let message =
-                    format!("{raw:?} is not a valid header name (a trailing * is only allowed in strip_headers)");
+            let is_pattern = stem.len() != name.len();
+            if is_pattern && !allow_patterns {
+                let message = format!("{raw:?} is not a valid header name (patterns are not allowed here)");
+                return Err(ConfigError { field: at(), message });
+            }
+            if stem.contains('*') {
+                let message = format!("{raw:?}: a * is only allowed once, at the start or at the end");
                 return Err(ConfigError { field: at(), message });
             }
             if !is_token(stem) {
                 return Err(ConfigError { field: at(), message: format!("{raw:?} is not a valid header name") });
             }
-            let list = if is_prefix { &mut set.prefixes } else { &mut set.exact };
             if !list.iter().any(|n| n == stem) {
                 list.push(stem.to_string());
             }
@@ -44,8 +54,8 @@ impl HeaderNames {
 
     /// Like [`HeaderNames::parse`], for headers the filter writes (upstream or to the client).
     pub fn parse_injectable(field: &str, names: &[String]) -> Result<Self, ConfigError> {
-        let set = HeaderNames::parse(field, names, false)?;
-        if let Some(i) = set.exact.iter().position(|n| CONNECTION_HEADERS.contains(&n.as_str())) {
+        let set = HeaderNames::parse(field, names, true)?;
+        if let Some(i) = set.exact.iter().position(|n| is_connection_header(n)) {
             // Report the index the user wrote, not our de-duplicated one.
             let name = &set.exact[i];
             let at = names.iter().position(|n| n.eq_ignore_ascii_case(name)).unwrap_or(i);
@@ -58,14 +68,15 @@ impl HeaderNames {
     }
 
     pub fn extend(&mut self, other: &HeaderNames) {
-        for name in &other.exact {
-            if !self.exact.contains(name) {
-                self.exact.push(name.clone());
-            }
-        }
-        for prefix in &other.prefixes {
-            if !self.prefixes.contains(prefix) {
-                self.prefixes.push(prefix.clone());
+        for (mine, theirs) in [
+            (&mut self.exact, &other.exact),
+            (&mut self.prefixes, &other.prefixes),
+            (&mut self.suffixes, &other.suffixes),
+        ] {
+            for name in theirs {
+                if !mine.contains(name) {
+                    mine.push(name.clone());
+                }
             }
         }
     }
@@ -73,12 +84,24 @@ impl HeaderNames {
     /// Whether `name` (any case) is in the set.
     pub fn contains(&self, name: &str) -> bool {
         self.exact.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || self.prefixes.iter().any(|p| starts_with_ignore_case(name, p))
+            || ((!self.prefixes.is_empty() || !self.suffixes.is_empty())
+                && !name.starts_with(':')
+                && !is_connection_header(name)
+                && (self.prefixes.iter().any(|p| starts_with_ignore_case(name, p))
+                    || self.suffixes.iter().any(|s| ends_with_ignore_case(name, s))))
     }
+}
+
+fn is_connection_header(name: &str) -> bool {
+    CONNECTION_HEADERS.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
 fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
     name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
+    name.len() >= suffix.len() && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// RFC 9110 `token`: what a header field name may be. Rejects pseudo-headers (`:path`).
@@ -151,6 +174,57 @@ mod tests {
         let set = names(&["authorization", "origin"], false);
         let headers = h(&[(":authority", "x"), ("authorization", "a"), ("cookie", "c"), ("authorization", "b")]);
         assert_eq!(select(&headers, &set), vec![("authorization", &b"a"[..]), ("authorization", &b"b"[..])]);
+    }
+
+    #[test]
+    fn suffix_patterns_match_name_endings() {
+        let set = names(&["*-Token", "x-team-*"], true);
+        assert!(set.contains("x-auth-token"));
+        assert!(set.contains("X-AUTH-TOKEN"));
+        assert!(set.contains("-token"));
+        assert!(!set.contains("x-auth-tokens"));
+        assert!(!set.contains("token"));
+        assert!(set.contains("x-team-role"));
+    }
+
+    /// `*-encoding` must not strip or copy `transfer-encoding`; `*path` must not touch `:path`.
+    #[test]
+    fn patterns_never_match_pseudo_or_connection_headers() {
+        let set = names(&["*-encoding", "*path", "content-*"], true);
+        assert!(!set.contains("transfer-encoding"));
+        assert!(!set.contains(":path"));
+        assert!(!set.contains("content-length"));
+        assert!(set.contains("accept-encoding"));
+        assert!(set.contains("content-type"));
+        assert!(set.contains("x-path"));
+        let headers = h(&[(":path", "/"), ("transfer-encoding", "chunked"), ("x-path", "a")]);
+        assert_eq!(present(&headers, &set), vec!["x-path"]);
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = |v: &[&str], allow| HeaderNames::parse("f", &list(v), allow).unwrap_err().to_string();
+        assert_eq!(
+            err(&["x-*"], false),
+            "invalid plugin configuration: f[0]: \"x-*\" is not a valid header name (patterns are not allowed here)"
+        );
+        assert_eq!(
+            err(&["a", "*x*"], true),
+            "invalid plugin configuration: f[1]: \"*x*\": a * is only allowed once, at the start or at the end"
+        );
+        assert_eq!(
+            err(&["x*y"], true),
+            "invalid plugin configuration: f[0]: \"x*y\": a * is only allowed once, at the start or at the end"
+        );
+        assert_eq!(
+            err(&["**"], true),
+            "invalid plugin configuration: f[0]: \"**\": a * is only allowed once, at the start or at the end"
+        );
+        assert_eq!(err(&["*"], true), "invalid plugin configuration: f[0]: \"*\" is not a valid header name");
+        assert_eq!(err(&["*:path"], true), "invalid plugin configuration: f[0]: \"*:path\" is not a valid header name");
+        let conn = HeaderNames::parse_injectable("f", &list(&["x-*", "TE"])).unwrap_err().to_string();
+        assert_eq!(conn, "invalid plugin configuration: f[1]: \"te\" is a connection-level header Envoy manages; it cannot be copied");
     }
 
     #[test]

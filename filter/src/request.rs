@@ -38,7 +38,10 @@ impl Settings {
         let auth = &self.auth;
         let mut out: Vec<(&str, &str)> =
             vec![(":method", "GET"), (":path", &auth.path), (":authority", &auth.authority)];
-        for (name, value) in headers::select(headers, &auth.request_headers) {
+        // A stripped header is never forwarded, even if a request_headers pattern matches it.
+        for (name, value) in
+            headers::select(headers, &auth.request_headers).into_iter().filter(|(n, _)| !self.strip.contains(n))
+        {
             // The host ABI takes text; a credential we cannot pass unchanged is not passed.
             match std::str::from_utf8(value) {
                 Ok(value) => out.push((name, value)),
@@ -105,6 +108,22 @@ mod tests {
                 ]
             }
         );
+    }
+
+    /// Istio-style patterns in request_headers forward matching headers, never stripped ones.
+    #[test]
+    fn request_header_patterns_never_forward_identity_headers() {
+        let s = settings(r#"{"auth": {"cluster": "auth", "request_headers": ["authorization", "x-*", "*-token"]}}"#);
+        let headers = h(&[
+            (":path", b"/api/flows"),
+            ("authorization", b"Bearer t"),
+            ("x-request-id", b"r1"),
+            ("x-nebula-actor-id", b"evil"),
+            ("x-csrf-token", b"c"),
+            ("cookie", b"session=1"),
+        ]);
+        let Route::Callout { headers: sent } = s.plan(&headers).route else { panic!("expected a callout") };
+        assert_eq!(&sent[3..], &[("authorization", "Bearer t"), ("x-request-id", "r1"), ("x-csrf-token", "c")]);
     }
 
     #[test]

@@ -71,6 +71,52 @@ pub fn parse(text: &str) -> Vec<PathCase> {
     cases
 }
 
+/// Sends every row of paths.tsv through `env` with `Bearer deny` (the mock answers 401):
+/// `public` rows must reach the upstream unchanged without a callout; `protected` rows
+/// must never reach the upstream, and be either sent to the auth service (401) or
+/// rejected by Envoy itself (a 4xx without callout). Returns the report (one line per
+/// row) and the failing lines; empty failures mean no bypass.
+pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for case in &load() {
+        let auth_before = env.auth.count();
+        let up_before = env.upstream.count();
+        let result = crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port);
+        let called_out = env.auth.count() > auth_before;
+        let reached = env.upstream.count() > up_before;
+        let (outcome, ok) = match (&result, case.expected) {
+            (Err(e), Expected::Public) => (format!("no response: {e}"), false),
+            (Err(e), Expected::Protected) => (format!("connection closed without a response ({e})"), !reached),
+            (Ok(resp), Expected::Public) => {
+                let got_path = reached.then(|| env.upstream.last().path);
+                let ok = resp.status == 200
+                    && resp.proxied()
+                    && !called_out
+                    && got_path.as_deref().map(str::as_bytes) == Some(case.target.as_slice());
+                (format!("{} upstream path {:?}, callout {called_out}", resp.status, got_path), ok)
+            }
+            (Ok(resp), Expected::Protected) if reached => {
+                (format!("REACHED THE UPSTREAM (callout: {called_out}) -> {}", resp.status), false)
+            }
+            (Ok(resp), Expected::Protected) if called_out => {
+                (format!("auth consulted -> {}", resp.status), !resp.proxied() && resp.status == 401)
+            }
+            (Ok(resp), Expected::Protected) => (
+                format!("rejected by Envoy without callout -> {} {:?}", resp.status, resp.text().trim()),
+                !resp.proxied() && (400..500).contains(&resp.status),
+            ),
+        };
+        let line =
+            format!("{:<9} {:<62} {}", format!("{:?}", case.expected), crate::client::escape(&case.target), outcome);
+        if !ok {
+            failures.push(format!("{line}  (paths.tsv:{}, {}; reached upstream: {reached})", case.line, case.note));
+        }
+        report.push(line);
+    }
+    (report, failures)
+}
+
 /// `\xHH` -> one raw byte; everything else literal.
 pub fn unescape(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Convert Istio policy mode (ext_authz provider + AuthorizationPolicy CUSTOM) to a WasmPlugin.
+
+Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [--url oci://...] [--config-only]
+
+MESHCONFIG is the mesh config holding `extensionProviders`: the `istio` ConfigMap
+(data.mesh), an IstioOperator (spec.meshConfig), istiod Helm values (meshConfig) or a
+bare MeshConfig. POLICY is the AuthorizationPolicy with `action: CUSTOM`; its
+`provider.name` picks the extension provider. Prints the WasmPlugin (istio/wasmplugin.yaml
+with the converted pluginConfig, namespace and selector), or with --config-only the
+plugin JSON. Notes on behaviour differences go to stderr.
+
+Fails (exit 1, one `error:` line) where the policy cannot be carried over safely:
+failOpen: true (the filter fails closed), gRPC providers, header values added to the
+check, headers relayed to the client on allow, rules other than one `notPaths` list,
+and path globs with no segment-safe equivalent.
+"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "istio" / "wasmplugin.yaml"
+
+
+class Refused(Exception):
+    pass
+
+
+def mesh_config(doc):
+    """The MeshConfig inside the shapes users copy it from."""
+    if doc.get("kind") == "ConfigMap":
+        return yaml.safe_load((doc.get("data") or {}).get("mesh") or "") or {}
+    if doc.get("kind") == "IstioOperator":
+        return (doc.get("spec") or {}).get("meshConfig") or {}
+    if "meshConfig" in doc:
+        return doc["meshConfig"] or {}
+    return doc
+
+
+def provider_block(mesh, name):
+    for provider in mesh.get("extensionProviders") or []:
+        if provider.get("name") == name:
+            if "envoyExtAuthzHttp" in provider:
+                return provider["envoyExtAuthzHttp"]
+            kinds = sorted(set(provider) - {"name"})
+            raise Refused(f"extension provider {name!r} is {kinds}: only envoyExtAuthzHttp converts "
+                          "(the filter calls the auth service over HTTP)")
+    raise Refused(f"no extensionProviders entry named {name!r} in the mesh config")
+
+
+def timeout_ms(value):
+    """A protobuf Duration as Istio reads it (`5s`, `0.25s`), or `250ms`."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", str(value).strip())
+    if not match:
+        raise Refused(f"timeout {value!r}: expected a duration like 5s, 0.5s or 500ms")
+    ms = float(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+    if ms != int(ms) or not 1 <= ms <= 600_000:
+        raise Refused(f"timeout {value!r}: the filter takes whole milliseconds from 1 ms to 600 s")
+    return int(ms)
+
+
+def convert_provider(ext, notes):
+    """MeshConfig envoyExtAuthzHttp -> the filter's `auth` block and status_on_error."""
+    if ext.get("failOpen"):
+        raise Refused("failOpen: true: the filter always fails closed (an unreachable auth service denies); "
+                      "remove failOpen or set it to false to convert")
+    if ext.get("includeAdditionalHeadersInCheck"):
+        raise Refused("includeAdditionalHeadersInCheck: the filter sends no fixed header values to the auth "
+                      "service; no equivalent")
+    if ext.get("headersToDownstreamOnAllow"):
+        raise Refused("headersToDownstreamOnAllow: the filter relays auth response headers to the client on "
+                      "deny only; no equivalent")
+    unknown = sorted(set(ext) - {
+        "service", "port", "timeout", "pathPrefix", "failOpen", "statusOnError", "includeRequestHeadersInCheck",
+        "includeHeadersInCheck", "includeAdditionalHeadersInCheck", "headersToUpstreamOnAllow",
+        "headersToDownstreamOnAllow", "headersToDownstreamOnDeny", "includeRequestBodyInCheck"})
+    if unknown:
+        raise Refused(f"envoyExtAuthzHttp fields {unknown} are not known to this converter")
+    if ext.get("includeRequestBodyInCheck"):
+        raise Refused("includeRequestBodyInCheck: the filter never sends the request body to the auth service")
+
+    service = str(ext.get("service") or "")
+    host = service.split("/", 1)[-1]  # "[<namespace>/]<hostname>"
+    if "." not in host:
+        raise Refused(f"service {service!r}: use the fully qualified host (auth.<namespace>.svc.cluster.local), "
+                      "which is what names Istio's cluster")
+    if "port" not in ext:
+        raise Refused("port is required")
+    auth = {"host": host, "port": int(ext["port"])}
+    if ext.get("pathPrefix"):
+        auth["path"] = ext["pathPrefix"]
+    notes.append("the callout is GET auth.path (like proxy mode's forwardAuth); ext_authz sent the client's "
+                 "method and pathPrefix + the client's path")
+    if "timeout" in ext:
+        auth["timeout_ms"] = timeout_ms(ext["timeout"])
+    else:
+        notes.append("timeout: not set (Istio's default is 600s); the filter's default is 5 s")
+    # Envoy's ext_authz always sends Authorization besides the listed headers.
+    request = ext.get("includeRequestHeadersInCheck") or ext.get("includeHeadersInCheck")
+    if request is not None:
+        auth["request_headers"] = dedupe(["authorization"] + [str(h) for h in request])
+    else:
+        notes.append("includeRequestHeadersInCheck: not set; the filter sends authorization, origin and "
+                     "access-control-request-method")
+    if ext.get("headersToUpstreamOnAllow"):
+        auth["upstream_headers"] = [str(h) for h in ext["headersToUpstreamOnAllow"]]
+        notes.append("headersToUpstreamOnAllow: these are also stripped from every client request")
+    if ext.get("headersToDownstreamOnDeny"):
+        auth["client_headers"] = [str(h) for h in ext["headersToDownstreamOnDeny"]]
+    status = None
+    if "statusOnError" in ext:
+        status = ext["statusOnError"]
+        if not str(status).isdigit():
+            raise Refused(f"statusOnError {status!r}: expected a status code such as \"403\"")
+        status = int(status)
+    return auth, status
+
+
+def dedupe(items):
+    seen = []
+    for item in items:
+        if item.lower() not in [s.lower() for s in seen]:
+            seen.append(item)
+    return seen
+
+
+def convert_path(glob, notes):
+    """One Istio notPaths glob -> a public-path template of the filter."""
+    if glob == "*" or "{" in glob or glob.count("*") > 1:
+        raise Refused(f"notPaths {glob!r}: no safe equivalent (a presence match or path template)")
+    if glob.startswith("*"):
+        suffix = glob[1:]
+        if not suffix.startswith("/") or suffix.endswith("/") or len(suffix) < 2:
+            raise Refused(f"notPaths {glob!r}: a suffix glob must be */<segments> to convert; the filter matches "
+                          "whole segments only")
+        notes.append(f"{glob} -> /{{prefix}}{suffix}: only canonical paths with at least one segment before "
+                     f"{suffix} (Istio's suffix glob matched any path ending so)")
+        return "/{prefix}" + suffix
+    if not glob.startswith("/"):
+        raise Refused(f"notPaths {glob!r}: must start with / or *")
+    if glob.endswith("*"):
+        stem = glob[:-1].rstrip("/")
+        if not stem:
+            raise Refused(f"notPaths {glob!r}: would make every path public")
+        if not glob.endswith("/*"):
+            notes.append(f"{glob} -> {stem}: {stem} and below it, on segment boundaries "
+                         f"(Istio's glob also matched {stem}x...)")
+        return stem
+    notes.append(f"{glob} -> {glob}: also covers paths below it (segment prefix)")
+    return glob
+
+
+def convert_rules(spec):
+    """The policy's single rule -> public paths, or a refusal naming what does not convert."""
+    if spec.get("action") != "CUSTOM":
+        raise Refused(f"action {spec.get('action')!r}: only CUSTOM policies (ext_authz) convert")
+    rules = spec.get("rules") or []
+    if len(rules) != 1:
+        raise Refused(f"{len(rules)} rules: only one rule converts (a CUSTOM policy with several rules checks "
+                      "the union, which one public-path list cannot express)")
+    rule = rules[0]
+    extra = sorted(set(rule) - {"to"})
+    if extra:
+        raise Refused(f"rules[0] has {extra}: the filter cannot condition the check on sources or `when`")
+    to = rule.get("to") or []
+    if len(to) != 1 or set(to[0]) != {"operation"}:
+        raise Refused("rules[0].to must hold exactly one operation")
+    operation = to[0]["operation"] or {}
+    extra = sorted(set(operation) - {"notPaths", "paths"})
+    if extra:
+        raise Refused(f"rules[0].to[0].operation has {extra}: the filter checks every method, host and port")
+    if operation.get("paths") not in (None, ["*"], ["/*"]):
+        raise Refused("rules[0].to[0].operation.paths: a policy that checks only some paths makes everything "
+                      "else public; the filter protects every path except public_paths. List the public "
+                      "paths in notPaths instead")
+    return operation.get("notPaths") or []
+
+
+def convert(mesh_doc, policy_doc):
+    notes = []
+    spec = policy_doc.get("spec") or {}
+    provider = (spec.get("provider") or {}).get("name")
+    if not provider:
+        raise Refused("the AuthorizationPolicy names no provider")
+    auth, status = convert_provider(provider_block(mesh_config(mesh_doc), provider), notes)
+    config = {"auth": auth}
+    public = dedupe([convert_path(str(g), notes) for g in convert_rules(spec)])
+    config["public_paths"] = public
+    if status is not None:
+        config["status_on_error"] = status
+
+    plugin = next(d for d in yaml.safe_load_all(TEMPLATE.read_text()) if d and d.get("kind") == "WasmPlugin")
+    plugin["metadata"] = {"name": plugin["metadata"]["name"],
+                          "namespace": (policy_doc.get("metadata") or {}).get("namespace", "default")}
+    target = {k: spec[k] for k in ("selector", "targetRef", "targetRefs") if k in spec}
+    for key in ("selector", "targetRef", "targetRefs"):
+        plugin["spec"].pop(key, None)
+    if "targetRef" in target:  # WasmPlugin accepts targetRefs (a list) alongside selector-free
+        target = {"targetRefs": [target.pop("targetRef")], **target}
+    # Istio counts a gateway's listeners as CLIENT traffic: a SERVER-only plugin would not
+    # run there at all (no check, no error). Sidecars keep SERVER (inbound only).
+    if "targetRefs" in target:
+        plugin["spec"].pop("match", None)
+        notes.append("targetRefs: the WasmPlugin applies to every listener of the target; `match` removed")
+    elif looks_like_gateway((target.get("selector") or {}).get("matchLabels") or {}):
+        plugin["spec"]["match"] = [{"mode": "CLIENT"}]
+        notes.append("the selector names gateway pods: match mode CLIENT (Istio's mode for gateway traffic)")
+    else:
+        notes.append("match mode SERVER (sidecar inbound); if the selector names gateway pods, use CLIENT, "
+                     "or the plugin never runs there")
+    plugin["spec"] = {**target, **plugin["spec"]}
+    plugin["spec"]["pluginConfig"] = config
+    return plugin, config, notes
+
+
+def looks_like_gateway(labels):
+    """Labels of Istio gateway pods (classic ingress gateways, Gateway API deployments)."""
+    return any(key in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name")
+               or (key in ("istio", "app") and "gateway" in str(value)) for key, value in labels.items())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
+    p.add_argument("policy", type=Path, help="the AuthorizationPolicy (action: CUSTOM)")
+    p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
+    p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
+    args = p.parse_args()
+    try:
+        mesh_doc = yaml.safe_load(args.meshconfig.read_text()) or {}
+        policy_doc = yaml.safe_load(args.policy.read_text()) or {}
+        plugin, config, notes = convert(mesh_doc, policy_doc)
+    except Refused as refused:
+        print(f"error: cannot convert: {refused}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.url:
+        plugin["spec"]["url"] = args.url
+    if args.config_only:
+        print(json.dumps(config, indent=2))
+    else:
+        print(f"# Converted from {args.meshconfig.name} and {args.policy.name} by scripts/convert_policy.py.")
+        print("# Apply it, check it, then delete the AuthorizationPolicy (README \"Istio\").")
+        print(yaml.safe_dump(plugin, sort_keys=False, width=100), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
