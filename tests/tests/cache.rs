@@ -294,6 +294,8 @@ fn metrics_are_exported_with_the_documented_names() {
     ];
     for (name, value) in expected {
         assert_eq!(metric(&text, name), Some(value), "{name} in /stats/prometheus:\n{text}");
+        // Envoy 1.40's exact line: no `envoy_` prefix, no `wasmcustom`, empty tag set.
+        assert!(text.lines().any(|l| l == format!("{name}{{}} {value}")), "{name}{{}} {value}:\n{text}");
         assert!(text.contains(&format!("# TYPE {name} counter")), "{name} is a counter:\n{text}");
     }
     let stats = RawRequest::get("/stats?filter=nebula_authz").send(env.admin_port).text();
