@@ -133,10 +133,10 @@ impl RootContext for Root {
         let Some(settings) = self.settings.clone() else { return };
         let auth = &settings.auth;
         for Resend { lookup, headers } in ORPHANS.with(|o| std::mem::take(&mut *o.borrow_mut())) {
-            count(Metric::Callouts);
             let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
                 Ok(token) => {
+                    count(Metric::Callouts);
                     self.resends.insert(token, lookup);
                 }
                 Err(status) => {
@@ -208,13 +208,13 @@ impl Authz {
                         return Action::Pause;
                     }
                 }
-                count(Metric::Callouts);
                 let cached = lookup.map(|lookup| Resend {
                     lookup,
                     headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
                 });
                 match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
                     Ok(token) => {
+                        count(Metric::Callouts);
                         self.pending = Some(Pending::Callout { token, cached });
                         Action::Pause
                     }

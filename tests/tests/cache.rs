@@ -116,6 +116,26 @@ fn denials_are_cached_for_negative_ttl() {
 }
 
 #[test]
+fn a_bearer_jwt_is_never_cached_past_its_exp() {
+    use base64::Engine;
+    // A JWT is no mock script: the mock denies it, and the denial is cached for up to
+    // negative_ttl (60 s), but never past the token's exp (in 1 to 2 s).
+    let env = Env::start(&config(r#"{"negative_ttl": 60, "max_ttl": 60}"#));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let exp = now + 2;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let token = format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(&format!(r#"{{"sub":"a","exp":{exp}}}"#)));
+    env.assert_denied("first", &env.get_as("/api/flows", &token), 0);
+    env.assert_denied("cached", &env.get_as("/api/flows", &token), 0);
+    assert_eq!(calls(&env, &token), 1);
+    let until_exp = Duration::from_secs(exp)
+        .saturating_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock"));
+    thread::sleep(until_exp + Duration::from_millis(200));
+    env.assert_denied("after exp", &env.get_as("/api/flows", &token), 0);
+    assert_eq!(calls(&env, &token), 2, "the entry ended at the token's exp, not after negative_ttl");
+}
+
+#[test]
 fn tokens_differing_in_one_byte_never_share_a_decision() {
     // One slot for everything: every lookup collides, and the stored key must tell.
     let env = Env::start(&config(r#"{"entries": 1, "default_ttl": 60}"#));
