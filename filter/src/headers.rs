@@ -92,7 +92,8 @@ impl HeaderNames {
     }
 }
 
-fn is_connection_header(name: &str) -> bool {
+/// Whether `name` (any case) is a connection-level header the filter must never write.
+pub fn is_connection_header(name: &str) -> bool {
     CONNECTION_HEADERS.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 

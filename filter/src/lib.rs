@@ -11,6 +11,7 @@ pub mod cache_control;
 pub mod coalesce;
 pub mod config;
 pub mod decision;
+pub mod forward;
 pub mod headers;
 pub mod metrics;
 pub mod request;

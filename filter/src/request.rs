@@ -3,6 +3,7 @@
 
 use crate::config::Settings;
 use crate::decision::Failure;
+use crate::forward::{self, CalloutHeader};
 use crate::headers;
 
 /// The plan for one request's headers.
@@ -18,33 +19,59 @@ pub enum Route<'h> {
     /// A public path: no callout.
     Public { template: &'h str },
     /// Ask the auth service with exactly these headers (pseudo-headers first).
-    Callout { headers: Vec<(&'h str, &'h str)> },
+    Callout { headers: Vec<CalloutHeader<'h>> },
     /// The request cannot be checked faithfully: fail closed.
     Reject(Failure),
 }
 
 impl Settings {
-    /// `headers` is the client request header map as Envoy hands it over (`:path` included).
-    pub fn plan<'h>(&'h self, headers: &'h [(String, Vec<u8>)]) -> Plan<'h> {
-        let strip = headers::present(headers, &self.strip);
+    /// `headers` is the client request header map as Envoy hands it over (`:path` included);
+    /// `peer` gives the client's address (`ip:port`), asked for only when a callout
+    /// sends X-Forwarded-For.
+    pub fn plan<'h>(&'h self, headers: &'h [(String, Vec<u8>)], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
+        let mut strip = headers::present(headers, &self.strip);
+        if let Some(regex) = &self.auth.upstream_headers_regex {
+            for (name, _) in headers {
+                if regex.matches(name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                    strip.push(name);
+                }
+            }
+        }
         let path = headers.iter().find(|(name, _)| name == ":path").map(|(_, v)| v.as_slice());
         if let Some(template) = path.and_then(|p| self.public.find(p)) {
             return Plan { strip, route: Route::Public { template } };
         }
-        Plan { strip, route: self.callout(headers) }
+        Plan { strip, route: self.callout(headers, peer) }
     }
 
-    fn callout<'h>(&'h self, headers: &'h [(String, Vec<u8>)]) -> Route<'h> {
+    fn callout<'h>(&'h self, headers: &'h [(String, Vec<u8>)], peer: impl FnOnce() -> Option<String>) -> Route<'h> {
         let auth = &self.auth;
-        let mut out: Vec<(&str, &str)> =
-            vec![(":method", "GET"), (":path", &auth.path), (":authority", &auth.authority)];
+        let mut out: Vec<CalloutHeader<'h>> = vec![
+            (":method", "GET".into()),
+            (":path", auth.path.as_str().into()),
+            (":authority", auth.authority.as_str().into()),
+        ];
+        // Forwarding headers: generated with forward_auth (a client's copy never doubles
+        // them) and, untrusted, never taken from the client even if a pattern matches.
+        let skip = |name: &str| {
+            (auth.forward_auth && forward::is_written(name))
+                || (!auth.trust_forward_header && forward::is_x_forwarded(name))
+                || auth.upstream_headers_regex.as_ref().is_some_and(|r| r.matches(name))
+        };
         // A stripped header is never forwarded, even if a request_headers pattern matches it.
-        for (name, value) in
-            headers::select(headers, &auth.request_headers).into_iter().filter(|(n, _)| !self.strip.contains(n))
+        for (name, value) in headers::select(headers, &auth.request_headers)
+            .into_iter()
+            .filter(|(n, _)| !self.strip.contains(n) && !skip(n))
         {
             // The host ABI takes text; a credential we cannot pass unchanged is not passed.
             match std::str::from_utf8(value) {
-                Ok(value) => out.push((name, value)),
+                Ok(value) => out.push((name, value.into())),
+                Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
+            }
+        }
+        if auth.forward_auth {
+            match forward::forwarded_headers(headers, peer().as_deref(), auth.trust_forward_header) {
+                Ok(forwarded) => out.extend(forwarded),
                 Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
             }
         }
@@ -75,7 +102,7 @@ mod tests {
             ("x-nebula-actor-permissions", b"admin"),
             ("authorization", b"Bearer t"),
         ]);
-        let plan = s.plan(&headers);
+        let plan = s.plan(&headers, || None);
         assert_eq!(plan.strip, vec!["x-nebula-actor-id", "x-nebula-actor-permissions"]);
         assert_eq!(plan.route, Route::Public { template: "/api/health" });
     }
@@ -93,21 +120,83 @@ mod tests {
             ("x-nebula-actor-id", b"evil"),
             ("access-control-request-method", b"PUT"),
         ]);
-        let plan = s.plan(&headers);
+        let plan = s.plan(&headers, || Some("10.0.0.7:51000".into()));
         assert_eq!(plan.strip, vec!["x-nebula-actor-id"]);
         assert_eq!(
-            plan.route,
-            Route::Callout {
-                headers: vec![
-                    (":method", "GET"),
-                    (":path", "/check"),
-                    (":authority", "auth:4300"),
-                    ("authorization", "Bearer t"),
-                    ("origin", "https://app.example.com"),
-                    ("access-control-request-method", "PUT"),
-                ]
-            }
+            callout(&plan),
+            vec![
+                (":method", "GET"),
+                (":path", "/check"),
+                (":authority", "auth:4300"),
+                ("authorization", "Bearer t"),
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+                ("x-forwarded-method", "POST"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.example.com"),
+                ("x-forwarded-uri", "/api/flows"),
+                ("x-forwarded-for", "10.0.0.7"),
+            ]
         );
+    }
+
+    fn callout<'p>(plan: &'p Plan<'p>) -> Vec<(&'p str, &'p str)> {
+        match &plan.route {
+            Route::Callout { headers } => headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            other => panic!("expected a callout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_copies_unless_trusted() {
+        let headers = h(&[
+            (":authority", b"api.example.com"),
+            (":path", b"/api/flows"),
+            (":method", b"GET"),
+            (":scheme", b"https"),
+            ("authorization", b"Bearer t"),
+            ("x-forwarded-host", b"evil.example.com"),
+            ("x-forwarded-for", b"6.6.6.6"),
+        ]);
+        let untrusted =
+            settings(r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "x-forwarded-host"]}}"#);
+        let plan = untrusted.plan(&headers, || Some("10.0.0.7:1".into()));
+        assert_eq!(
+            callout(&plan)[3..],
+            [
+                ("authorization", "Bearer t"),
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "api.example.com"),
+                ("x-forwarded-uri", "/api/flows"),
+                ("x-forwarded-for", "10.0.0.7"),
+            ]
+        );
+        let trusted = settings(r#"{"auth": {"cluster": "a", "trust_forward_header": true}}"#);
+        let plan = trusted.plan(&headers, || Some("10.0.0.7:1".into()));
+        let out = callout(&plan);
+        assert!(out.contains(&("x-forwarded-host", "evil.example.com")), "{out:?}");
+        assert!(out.contains(&("x-forwarded-for", "6.6.6.6, 10.0.0.7")), "{out:?}");
+        let off = settings(r#"{"auth": {"cluster": "a", "forward_auth": false}}"#);
+        let plan = off.plan(&headers, || panic!("the peer is not needed without forward_auth"));
+        assert_eq!(callout(&plan)[3..], [("authorization", "Bearer t")]);
+        // Public paths never ask for the peer either.
+        let public = h(&[(":path", b"/api/health")]);
+        assert!(matches!(untrusted.plan(&public, || panic!("no callout")).route, Route::Public { .. }));
+    }
+
+    #[test]
+    fn regex_response_headers_are_stripped_from_clients_on_every_path() {
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-", "request_headers": ["x-*"]}}"#,
+        );
+        let headers = h(&[(":path", b"/api/health"), ("X-Auth-Request-User", b"evil"), ("x-nebula-actor-id", b"e")]);
+        assert_eq!(s.plan(&headers, || None).strip, vec!["x-nebula-actor-id", "X-Auth-Request-User"]);
+        // Nor are they sent to the auth service, even if a request_headers pattern matches.
+        let headers = h(&[(":path", b"/api/flows"), ("X-Auth-Request-User", b"evil"), ("x-team", b"t")]);
+        let plan = s.plan(&headers, || None);
+        let sent = callout(&plan);
+        assert!(sent.contains(&("x-team", "t")) && !sent.iter().any(|(n, _)| n.starts_with("X-Auth")), "{sent:?}");
     }
 
     /// Istio-style patterns in request_headers forward matching headers, never stripped ones.
@@ -122,15 +211,24 @@ mod tests {
             ("x-csrf-token", b"c"),
             ("cookie", b"session=1"),
         ]);
-        let Route::Callout { headers: sent } = s.plan(&headers).route else { panic!("expected a callout") };
-        assert_eq!(&sent[3..], &[("authorization", "Bearer t"), ("x-request-id", "r1"), ("x-csrf-token", "c")]);
+        let plan = s.plan(&headers, || None);
+        let sent = callout(&plan);
+        assert_eq!(&sent[3..6], &[("authorization", "Bearer t"), ("x-request-id", "r1"), ("x-csrf-token", "c")]);
+        // Forwarding headers a pattern matches still come only from the filter.
+        let forged = h(&[(":path", b"/api/flows"), ("x-forwarded-host", b"evil"), ("x-real-ip", b"6.6.6.6")]);
+        let plan = s.plan(&forged, || None);
+        let sent = callout(&plan);
+        assert!(
+            !sent.contains(&("x-forwarded-host", "evil")) && !sent.iter().any(|(n, _)| *n == "x-real-ip"),
+            "{sent:?}"
+        );
     }
 
     #[test]
     fn missing_path_is_protected() {
         let s = settings(r#"{"auth": {"cluster": "auth"}}"#);
         let headers = h(&[(":method", b"CONNECT"), (":authority", b"x:443")]);
-        let plan = s.plan(&headers);
+        let plan = s.plan(&headers, || None);
         assert!(matches!(plan.route, Route::Callout { .. }));
     }
 
@@ -138,11 +236,11 @@ mod tests {
     fn credential_that_is_not_text_fails_closed() {
         let s = settings(r#"{"auth": {"cluster": "auth"}}"#);
         let headers = h(&[(":path", b"/api/flows"), ("authorization", b"Bearer \xe9")]);
-        let plan = s.plan(&headers);
+        let plan = s.plan(&headers, || None);
         assert_eq!(plan.route, Route::Reject(Failure::RequestHeaderNotText));
         // Bytes that are not forwarded do not matter.
         let headers = h(&[(":path", b"/api/flows"), ("x-custom", b"\xe9")]);
-        let plan = s.plan(&headers);
+        let plan = s.plan(&headers, || None);
         assert!(matches!(plan.route, Route::Callout { .. }));
     }
 }

@@ -9,7 +9,9 @@ pub mod client;
 pub mod envoy;
 pub mod mock_auth;
 pub mod mock_server;
+pub mod outposts;
 pub mod paths;
+pub mod traefik;
 pub mod upstream;
 mod ws_accept;
 

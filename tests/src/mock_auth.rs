@@ -9,6 +9,7 @@
 //! | `allow:<actor>`     | 200, the four `x-nebula-*` headers for `<actor>`, `x-other: leak`, body `ok` |
 //! | `deny` (or anything unknown, or no header) | 401, `www-authenticate`, `content-type: application/json`, `x-internal: secret`, body `{"detail":"unauthorized"}` |
 //! | `redirect`          | 302, `location`, two `set-cookie`, empty body |
+//! | `redirect-relative` | 302, `location: /login?rd=%2Fapi`, empty body |
 //! | `status:<n>`        | status n, body `status <n>` (no body for 1xx/204/304; a 1xx is sent alone) |
 //! | `slow:<ms>`         | sleeps, then as `allow:slow` |
 //! | `slow:<ms>:<script>`| sleeps, then as `<script>` (e.g. `slow:500:deny`, `slow:20:allow:actor-7`) |
@@ -97,16 +98,25 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
-        let seen_before = {
-            let mut recorded = recorded.lock().expect("auth records");
-            // Only `once:` needs the history (the memory test sends 100 000 tokens).
-            let seen = script.contains("once:")
-                && recorded.iter().any(|r| r.header("authorization") == req.header("authorization"));
-            recorded.push(req);
-            seen
-        };
+        // Only `once:` needs the history (the memory test sends 100 000 tokens).
+        let seen_before = script.contains("once:")
+            && recorded
+                .lock()
+                .expect("auth records")
+                .iter()
+                .any(|r| r.header("authorization") == req.header("authorization"));
+        // The presets' services (Authentik, oauth2-proxy) answer on their own paths.
+        let outpost = crate::outposts::respond(&req);
+        recorded.lock().expect("auth records").push(req);
 
-        match respond(&script, seen_before).await {
+        let reply = match outpost {
+            Some((status, headers, body)) => {
+                let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+                Reply::Bytes(response(status, &headers, &body))
+            }
+            None => respond(&script, seen_before).await,
+        };
+        match reply {
             Reply::Bytes(bytes) if close => {
                 stream.write_all(&bytes).await?;
                 stream.shutdown().await?;
@@ -152,6 +162,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        202 => "Accepted",
         302 => "Found",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -256,6 +267,7 @@ async fn respond_to(script: &str) -> Reply {
             ],
             b"",
         )),
+        "redirect-relative" => Reply::Bytes(response(302, &[("location", b"/login?rd=%2Fapi")], b"")),
         "close" => Reply::Close,
         "garbage" => Reply::BytesThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
         "latin1" => Reply::Bytes(allow(LATIN1_ACTOR)),

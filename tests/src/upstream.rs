@@ -4,6 +4,7 @@
 //!
 //! * a path containing `/stream` gets a chunked body of three chunks 100 ms apart
 //!   ([`STREAM_BODY`] in total);
+//! * each `x-echo-set-cookie` request header comes back as a `set-cookie` response header;
 //! * `upgrade: websocket` gets `101 Switching Protocols` and then every byte is echoed
 //!   back on the upgraded connection.
 
@@ -93,6 +94,8 @@ async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Respons
         "body_len": body.len(),
     });
     let key = client::values(&headers, "sec-websocket-key").first().map(|k| k.to_vec()).unwrap_or_default();
+    let set_cookies: Vec<Vec<u8>> =
+        client::values(&headers, "x-echo-set-cookie").into_iter().map(<[u8]>::to_vec).collect();
     recorded.lock().expect("upstream records").push(UpstreamRequest { method, path: path.clone(), headers, body });
 
     if websocket {
@@ -139,10 +142,10 @@ async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Respons
         return Ok(resp);
     }
 
-    let resp = Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(EchoBody::Full(Some(Bytes::from(echo.to_string()))))
-        .expect("echo response");
+    let mut resp = Response::builder().status(StatusCode::OK).header("content-type", "application/json");
+    for cookie in set_cookies {
+        resp = resp.header("set-cookie", cookie);
+    }
+    let resp = resp.body(EchoBody::Full(Some(Bytes::from(echo.to_string())))).expect("echo response");
     Ok(resp)
 }

@@ -19,7 +19,17 @@ fn joined(req: &AuthRequest, name: &str) -> String {
     req.header_all(name).join(",")
 }
 
-const DEFAULT_REQUEST_HEADERS: [&str; 3] = ["authorization", "origin", "access-control-request-method"];
+const DEFAULT_REQUEST_HEADERS: [&str; 8] = [
+    "authorization",
+    "origin",
+    "access-control-request-method",
+    // forward_auth (on by default); their values are checked in forward_auth.rs.
+    "x-forwarded-method",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-uri",
+    "x-forwarded-for",
+];
 
 #[test]
 fn callout_carries_only_the_configured_headers() {
@@ -45,6 +55,7 @@ fn callout_carries_only_the_configured_headers() {
     assert_eq!(req.header_all("authorization"), ["Bearer allow:alice"], "{req:?}");
     assert_eq!(joined(&req, "origin"), "https://a.example.com,https://b.example.com", "both origins: {req:?}");
     assert_eq!(req.header_all("access-control-request-method"), ["PATCH"], "{req:?}");
+    assert_eq!(req.header_all("x-forwarded-uri"), ["/api/flows?limit=5"], "{req:?}");
     assert_eq!(
         req.header_all("x-envoy-expected-rq-timeout-ms"),
         ["5000"],
@@ -94,6 +105,17 @@ fn callout_honours_path_authority_timeout_and_header_list() {
     assert_eq!(req.header_all("x-envoy-expected-rq-timeout-ms"), ["1234"], "{req:?}");
     assert_eq!(req.header_all("authorization"), ["Bearer allow:bob"], "{req:?}");
     assert_eq!(joined(&req, "x-custom"), "one,two", "both x-custom values: {req:?}");
-    let extra = unexpected_headers(&req, &["authorization", "x-custom"]);
+    let extra = unexpected_headers(
+        &req,
+        &[
+            "authorization",
+            "x-custom",
+            "x-forwarded-method",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-uri",
+            "x-forwarded-for",
+        ],
+    );
     assert!(extra.is_empty(), "the callout carried unconfigured headers {extra:?}: {req:?}");
 }

@@ -1,0 +1,403 @@
+//! Differential tests: the same requests through real Traefik 3.6.13 and through the
+//! filter under Envoy (envoy/envoy.yaml), against the same recording auth service and echo
+//! upstream. Three setups: seed 000's proxy mode (default plugin configuration), seeds
+//! 001/002's Authentik middleware (envoy/presets/authentik.json) and oauth2-proxy
+//! (envoy/presets/oauth2-proxy.json).
+//!
+//! For each request it compares what the client got, what the upstream received and what
+//! the auth service saw. Every difference must be listed in the setup's TSV under
+//! `tests/data/` (case, aspect, category), and the categories of all TSVs must be exactly
+//! the rows of README.md's "Where we differ from Traefik and why" table: a new difference,
+//! a stale row or an undocumented category fails the test.
+//! `NEBULA_TRAEFIK_DIFF_WRITE=1` rewrites the TSVs from what was observed (categories of
+//! known rows kept, new rows marked `?`) for a maintainer to review.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::mock_server::MockServer;
+use nebula_authz_tests::outposts::{AUTHENTIK_COOKIE, OAUTH2_PROXY_COOKIE};
+use nebula_authz_tests::traefik::{self, Traefik};
+use nebula_authz_tests::{paths, repo_root, Env};
+
+const SEED_000_TSV: &str = "tests/data/traefik_differences.tsv";
+const AUTHENTIK_TSV: &str = "tests/data/traefik_differences_authentik.tsv";
+const OAUTH2_PROXY_TSV: &str = "tests/data/traefik_differences_oauth2_proxy.tsv";
+const README_SECTION: &str = "### Where we differ from Traefik and why";
+
+/// Response headers compared when the proxy (not the upstream) answered.
+const CLIENT_HEADERS: [&str; 6] = ["www-authenticate", "location", "set-cookie", "content-type", "x-internal", "vary"];
+/// Callout headers compared; any other name (outside the transport noise) is listed.
+const AUTH_HEADERS: [&str; 12] = [
+    "authorization",
+    "origin",
+    "access-control-request-method",
+    "cookie",
+    "x-forwarded-method",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-uri",
+    "x-forwarded-for",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-nebula-actor-id",
+];
+/// Added by the HTTP clients of Envoy and Go on their own; not part of the contract.
+fn transport_noise(name: &str) -> bool {
+    matches!(name, "host" | "user-agent" | "accept-encoding" | "content-length" | "x-request-id")
+        || name.starts_with("x-envoy-")
+}
+/// Upstream request headers compared (seed 000's identity contract).
+const UPSTREAM_HEADERS: [&str; 5] = [
+    "x-nebula-actor-id",
+    "x-nebula-actor-permissions",
+    "x-nebula-ratelimit-config",
+    "x-nebula-log-limit-config",
+    "authorization",
+];
+
+/// Seed 000's corpus: hand-written cases, then the 66 targets of paths.tsv.
+fn corpus() -> Vec<(String, RawRequest)> {
+    let get = RawRequest::get;
+    let spoof = |r: RawRequest| r.header("x-nebula-actor-id", "evil").header("X-Nebula-Actor-Permissions", "admin");
+    let forged = |r: RawRequest| {
+        r.header("X-Forwarded-For", "6.6.6.6")
+            .header("X-Forwarded-Host", "evil.example.com")
+            .header("X-Forwarded-Uri", "/api/health")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Method", "DELETE")
+            .header("X-Real-Ip", "6.6.6.6")
+    };
+    let cases: Vec<(&str, RawRequest)> = vec![
+        // Allows.
+        ("allow-get", get("/api/flows").bearer("allow:alice")),
+        ("allow-query", get("/api/flows?limit=5&offset=10").bearer("allow:alice")),
+        ("allow-nested", get("/api/accounts/a/workspaces/w/flows").bearer("allow:bob")),
+        ("allow-post-body", RawRequest::post("/api/flows/filter", b"{\"limit\":1}".to_vec()).bearer("allow:alice")),
+        ("allow-put-body", RawRequest::new("PUT", "/api/flows/1").body(b"{\"name\":\"x\"}".to_vec()).bearer("allow:a")),
+        ("allow-delete", RawRequest::new("DELETE", "/api/flows/1").bearer("allow:alice")),
+        ("allow-patch", RawRequest::new("PATCH", "/api/flows/1").body(b"{}".to_vec()).bearer("allow:alice")),
+        ("allow-origin", get("/api/flows").bearer("allow:alice").header("Origin", "https://app.example.com")),
+        ("allow-cookie-not-sent", get("/api/flows").bearer("allow:alice").header("Cookie", "session=abc")),
+        (
+            "allow-chunked-body",
+            RawRequest::post("/api/flows", Vec::new()).chunked(vec![b"ab".to_vec(), b"cd".to_vec()]).bearer("allow:c"),
+        ),
+        ("allow-spoofed-identity", spoof(get("/api/flows").bearer("allow:alice"))),
+        ("allow-forged-forwarding", forged(get("/api/flows").bearer("allow:alice"))),
+        ("allow-authority", get("/api/flows").bearer("allow:alice").header("host", "api.example.com:8443")),
+        // Denies and other answers.
+        ("deny-no-credentials", get("/api/flows")),
+        ("deny-script", get("/api/flows").bearer("deny")),
+        ("deny-post-body", RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny")),
+        ("deny-spoofed-identity", spoof(get("/api/flows").bearer("deny"))),
+        ("deny-forged-forwarding", forged(get("/api/flows"))),
+        ("status-403", get("/api/flows").bearer("status:403")),
+        ("status-404", get("/api/flows").bearer("status:404")),
+        ("status-429", get("/api/flows").bearer("status:429")),
+        ("status-201", get("/api/flows").bearer("status:201")),
+        ("status-204", get("/api/flows").bearer("status:204")),
+        ("status-500", get("/api/flows").bearer("status:500")),
+        ("status-503", get("/api/flows").bearer("status:503")),
+        ("redirect", get("/api/flows").bearer("redirect")),
+        ("redirect-relative", get("/api/flows").bearer("redirect-relative")),
+        ("auth-closes", get("/api/flows").bearer("close")),
+        // CORS preflights.
+        (
+            "preflight",
+            RawRequest::new("OPTIONS", "/api/flows")
+                .header("Origin", "https://app.example.com")
+                .header("Access-Control-Request-Method", "POST")
+                .header("Access-Control-Request-Headers", "authorization"),
+        ),
+        (
+            "preflight-allowed",
+            RawRequest::new("OPTIONS", "/api/flows")
+                .bearer("allow:cors")
+                .header("Origin", "https://app.example.com")
+                .header("Access-Control-Request-Method", "PUT"),
+        ),
+        // Public paths.
+        ("public-spoofed-identity", spoof(get("/api/health"))),
+        ("public-post-body", RawRequest::post("/hooks/abc", b"payload".to_vec())),
+        ("public-with-credentials", get("/api/version").bearer("allow:alice")),
+        ("public-events-out", spoof(get("/api/accounts/a/workspaces/w/events/out"))),
+        ("public-string-prefix", get("/authx")),
+        ("public-string-prefix-2", get("/api/healthcheck")),
+        ("public-case", get("/API/HEALTH")),
+    ];
+    let mut out: Vec<(String, RawRequest)> = cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect();
+    for case in paths::load() {
+        out.push((format!("paths.tsv:{}", case.line), RawRequest::get(&case.target)));
+    }
+    out
+}
+
+/// What one proxy did with one request, as `aspect -> value`.
+type Seen = BTreeMap<String, String>;
+
+fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
+    server.requests().into_iter().skip(before).collect()
+}
+
+fn observe(port: u16, env: &Env, req: &RawRequest, upstream_headers: &[&str]) -> Seen {
+    let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
+    let resp = req.try_send(port);
+    let auth = new_since(&env.auth, auth_before);
+    let upstream = new_since(&env.upstream, up_before);
+    let mut seen = Seen::new();
+    let mut put = |k: &str, v: String| {
+        seen.insert(k.to_owned(), v);
+    };
+    match &resp {
+        Err(e) => put("client.status", format!("no response ({})", e.kind())),
+        Ok(resp) => client(resp, !upstream.is_empty(), &mut put),
+    }
+    put("upstream.reached", if upstream.is_empty() { "no" } else { "yes" }.into());
+    if let Some(up) = upstream.last() {
+        put("upstream.method", up.method.clone());
+        put("upstream.path", escape(up.path.as_bytes()));
+        put("upstream.body", escape(&up.body));
+        for name in upstream_headers {
+            put(&format!("upstream.{}", name.to_ascii_lowercase()), up.header_all(name).join(","));
+        }
+    }
+    // Whether, not how often: Go's client retries a GET once on a reused connection the
+    // auth service closed, which depends on connection reuse, not on the contract.
+    put("auth.called", if auth.is_empty() { "no" } else { "yes" }.into());
+    if let Some(callout) = auth.last() {
+        put("auth.method", callout.method.clone());
+        put("auth.path", callout.path.clone());
+        put("auth.body", escape(&callout.body));
+        for name in AUTH_HEADERS {
+            put(&format!("auth.{name}"), callout.header_all(name).join(","));
+        }
+        let mut other: Vec<&str> =
+            callout.header_names().into_iter().filter(|n| !AUTH_HEADERS.contains(n) && !transport_noise(n)).collect();
+        other.sort_unstable();
+        other.dedup();
+        put("auth.other-headers", other.join(","));
+    }
+    seen
+}
+
+fn client(resp: &Response, upstream_reached: bool, put: &mut impl FnMut(&str, String)) {
+    put("client.status", resp.status.to_string());
+    // The echo upstream's body describes its request (compared under upstream.*).
+    let from = if upstream_reached && resp.status == 200 { "upstream" } else { "proxy" };
+    put("client.from", from.into());
+    if from == "proxy" {
+        put("client.body", escape(&resp.body));
+        for name in CLIENT_HEADERS {
+            put(&format!("client.{name}"), resp.header_all(name).join(" | "));
+        }
+    }
+}
+
+/// The aspects that differ. When one side reached the upstream (or called out, or got its
+/// answer from the proxy) and the other did not, the details below that are not compared.
+fn differences(ours: &Seen, traefik: &Seen) -> BTreeMap<String, (String, String)> {
+    let keys: BTreeSet<&String> = ours.keys().chain(traefik.keys()).collect();
+    let none = String::from("<none>");
+    let mut out = BTreeMap::new();
+    for gate in ["upstream.reached", "auth.called", "client.from"] {
+        if ours.get(gate) != traefik.get(gate) {
+            out.insert(
+                gate.to_owned(),
+                (ours.get(gate).unwrap_or(&none).clone(), traefik.get(gate).unwrap_or(&none).clone()),
+            );
+        }
+    }
+    for key in keys {
+        let section = key.split('.').next().unwrap_or("");
+        let gated = ["upstream.reached", "auth.called", "client.from"]
+            .iter()
+            .any(|g| g.starts_with(section) && *g != key && out.contains_key(*g));
+        if gated || out.contains_key(key.as_str()) {
+            continue;
+        }
+        let (a, b) = (ours.get(key).unwrap_or(&none), traefik.get(key).unwrap_or(&none));
+        if a != b {
+            out.insert(key.clone(), (a.clone(), b.clone()));
+        }
+    }
+    out
+}
+
+/// (case, aspect) -> category, from a TSV.
+fn load_known(tsv: &str) -> BTreeMap<(String, String), String> {
+    let path = repo_root().join(tsv);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut known = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{tsv}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
+        known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
+    }
+    known
+}
+
+/// The categories (first column, in backticks) of README.md's differences table.
+fn readme_categories() -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let section = readme.split(README_SECTION).nth(1).unwrap_or_else(|| panic!("README.md has no {README_SECTION:?}"));
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
+        .collect()
+}
+
+fn write_tsv(
+    tsv: &str,
+    observed: &BTreeMap<(String, String), (String, String)>,
+    known: &BTreeMap<(String, String), String>,
+) {
+    let mut text = String::from(
+        "# Known differences between the filter under Envoy and Traefik 3.6.13, asserted by\n\
+         # tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
+         # category is a row of README.md's \"Where we differ from Traefik and why\" table.\n",
+    );
+    for key in observed.keys() {
+        let category = known.get(key).map(String::as_str).unwrap_or("?");
+        text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
+    }
+    std::fs::write(repo_root().join(tsv), text).expect("write the differences TSV");
+}
+
+/// Replays `corpus` through Envoy (`env`) and `traefik`, and asserts the differences are
+/// exactly those in `tsv`, and that every category is documented in README.md.
+fn assert_differences(
+    env: &Env,
+    traefik: &Traefik,
+    corpus: &[(String, RawRequest)],
+    tsv: &str,
+    upstream_headers: &[&str],
+) {
+    let mut observed = BTreeMap::new();
+    let mut report = String::new();
+    for (id, req) in corpus {
+        let ours = observe(env.port, env, req, upstream_headers);
+        let theirs = observe(traefik.port, env, req, upstream_headers);
+        for (aspect, (a, b)) in differences(&ours, &theirs) {
+            report.push_str(&format!("{id}\t{aspect}\n    ours:    {a}\n    traefik: {b}\n"));
+            observed.insert((id.clone(), aspect), (a, b));
+        }
+    }
+    // Shown with --nocapture: every difference with both values.
+    eprintln!("{tsv}: {} requests, {} differences:\n{report}", corpus.len(), observed.len());
+    let known = load_known(tsv);
+    if std::env::var_os("NEBULA_TRAEFIK_DIFF_WRITE").is_some() {
+        write_tsv(tsv, &observed, &known);
+    }
+
+    let unlisted: Vec<String> =
+        observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    let stale: Vec<String> =
+        known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "differences from Traefik not listed in {tsv}:\n{}\n\nlisted but not observed:\n{}\n\n\
+         all differences:\n{report}\nTraefik log:\n{}",
+        unlisted.join("\n"),
+        stale.join("\n"),
+        traefik.log()
+    );
+
+    // README lists exactly the categories of all the TSVs.
+    let documented = readme_categories();
+    let mine: BTreeSet<String> = known.values().cloned().collect();
+    let undocumented: Vec<&String> = mine.difference(&documented).collect();
+    let all: BTreeSet<String> =
+        [SEED_000_TSV, AUTHENTIK_TSV, OAUTH2_PROXY_TSV].iter().flat_map(|t| load_known(t).into_values()).collect();
+    let unused: Vec<&String> = documented.difference(&all).collect();
+    assert!(
+        undocumented.is_empty() && unused.is_empty(),
+        "README.md {README_SECTION:?} must list exactly the categories of the differences TSVs: \
+         missing {undocumented:?}, in no TSV {unused:?}"
+    );
+}
+
+#[test]
+fn seed_000_matches_traefik_except_the_documented_differences() {
+    let env = Env::start_default();
+    let traefik = Traefik::start(&traefik::seed_000(env.auth.port(), env.upstream.port()), "/api/health");
+    let corpus = corpus();
+    assert!(corpus.len() >= 60, "the corpus must have at least 60 requests, has {}", corpus.len());
+    assert_differences(&env, &traefik, &corpus, SEED_000_TSV, &UPSTREAM_HEADERS);
+}
+
+/// Seeds 001/002: the Authentik outpost behind Traefik's middleware, against the preset.
+fn authentik_corpus() -> Vec<(String, RawRequest)> {
+    let app = |r: RawRequest| r.header("host", "app.example.com");
+    let session = |r: RawRequest| app(r).header("cookie", format!("theme=dark; {AUTHENTIK_COOKIE}=akadmin"));
+    let cases: Vec<(&str, RawRequest)> = vec![
+        ("no-session", app(RawRequest::get("/app/page?x=1"))),
+        ("no-session-post", app(RawRequest::post("/app/form", b"a=1".to_vec()))),
+        ("no-session-basic-auth", app(RawRequest::get("/app/")).header("authorization", "Basic dXNlcjpwYXNz")),
+        ("no-session-forged-host", app(RawRequest::get("/app/")).header("X-Forwarded-Host", "evil.example.com")),
+        ("no-session-forged-uri", app(RawRequest::get("/app/")).header("X-Forwarded-Uri", "/admin")),
+        ("pending-session", app(RawRequest::get("/app/")).header("cookie", format!("{AUTHENTIK_COOKIE}=pending"))),
+        ("session", session(RawRequest::get("/app/page"))),
+        ("session-post-body", session(RawRequest::post("/app/form", b"a=1&b=2".to_vec()))),
+        ("session-spoofed-listed", session(RawRequest::get("/app/")).header("X-authentik-username", "evil")),
+        ("session-spoofed-not-returned", session(RawRequest::get("/app/")).header("X-authentik-entitlements", "admin")),
+        ("session-spoofed-unlisted", session(RawRequest::get("/app/")).header("X-authentik-meta-forged", "evil")),
+        ("session-forged-forwarding", session(RawRequest::get("/app/")).header("X-Forwarded-For", "6.6.6.6")),
+        ("session-websocket-path", session(RawRequest::get("/app/ws?token=1"))),
+        ("outpost-callback", app(RawRequest::get("/outpost.goauthentik.io/callback?code=1"))),
+        ("outpost-spoofed", app(RawRequest::get("/outpost.goauthentik.io/start")).header("X-authentik-uid", "evil")),
+    ];
+    cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect()
+}
+
+#[test]
+fn authentik_preset_matches_traefik_except_the_documented_differences() {
+    let preset = std::fs::read_to_string(repo_root().join("envoy/presets/authentik.json")).expect("authentik preset");
+    let env = Env::start(&preset);
+    let traefik =
+        Traefik::start(&traefik::authentik(env.auth.port(), env.upstream.port()), "/outpost.goauthentik.io/ready");
+    // The twelve headers the middleware copies, and one a client forges.
+    let mut upstream_headers = traefik::AUTHENTIK_RESPONSE_HEADERS.to_vec();
+    upstream_headers.push("x-authentik-meta-forged");
+    assert_differences(&env, &traefik, &authentik_corpus(), AUTHENTIK_TSV, &upstream_headers);
+}
+
+/// oauth2-proxy: 202/401, headers by regex, the refreshed session cookie to the client.
+fn oauth2_proxy_corpus() -> Vec<(String, RawRequest)> {
+    let get = RawRequest::get;
+    let session = |r: RawRequest, user: &str| r.header("cookie", format!("{OAUTH2_PROXY_COOKIE}={user}"));
+    let cases: Vec<(&str, RawRequest)> = vec![
+        ("no-session", get("/dashboard/")),
+        ("no-session-post", RawRequest::post("/api/write", b"m 1".to_vec())),
+        ("session", session(get("/dashboard/"), "alice")),
+        ("session-post-body", session(RawRequest::post("/api/write", b"m 1".to_vec()), "alice")),
+        ("session-spoofed-regex", session(get("/dashboard/"), "alice").header("X-Auth-Request-User", "evil")),
+        ("session-spoofed-regex-absent", session(get("/"), "alice").header("X-Auth-Request-Groups", "admins")),
+        ("refresh", session(get("/dashboard/"), "refresh-bob")),
+        (
+            "refresh-replaces-app-cookie",
+            session(get("/dashboard/"), "refresh-bob")
+                .header("x-echo-set-cookie", format!("{OAUTH2_PROXY_COOKIE}=stale"))
+                .header("x-echo-set-cookie", "app=1; Path=/"),
+        ),
+        ("app-cookie-kept", session(get("/"), "carol").header("x-echo-set-cookie", "app=1; Path=/")),
+        ("sign-in-path", get("/oauth2/sign_in?rd=/dashboard/")),
+        ("callback-spoofed", get("/oauth2/callback?code=x").header("X-Auth-Request-Email", "evil@example.com")),
+    ];
+    cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect()
+}
+
+#[test]
+fn oauth2_proxy_preset_matches_traefik_except_the_documented_differences() {
+    let preset = std::fs::read_to_string(repo_root().join("envoy/presets/oauth2-proxy.json")).expect("preset");
+    let env = Env::start(&preset);
+    let traefik = Traefik::start(&traefik::oauth2_proxy(env.auth.port(), env.upstream.port()), "/oauth2/ready");
+    let upstream_headers =
+        ["x-auth-request-user", "x-auth-request-email", "x-auth-request-preferred-username", "x-auth-request-groups"];
+    assert_differences(&env, &traefik, &oauth2_proxy_corpus(), OAUTH2_PROXY_TSV, &upstream_headers);
+}
