@@ -309,10 +309,9 @@ fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) -> Out
 
 /// The auth service failed: serve a recently expired allow if `stale_if_error` permits.
 fn failed(settings: &Settings, lookup: Option<&Lookup>, failure: Failure) -> Outcome {
-    warn!("auth check failed: {failure}");
     if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
         if let Some(decision) = stale(cache, lookup) {
-            info!("serving a stale allow (stale_if_error)");
+            warn!("{failure}; serving a stale allow (stale_if_error)");
             return Outcome::Stale(decision);
         }
     }
