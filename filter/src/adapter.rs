@@ -21,6 +21,7 @@ use crate::coalesce::InFlight;
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
 use crate::forward;
+use crate::header_map;
 use crate::metrics::Metric;
 use crate::request::Route;
 
@@ -180,7 +181,10 @@ enum Outcome {
 impl Authz {
     fn on_headers(&mut self, settings: &Settings) -> Action {
         // One host call for the whole map; then only the headers actually present are removed.
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let Some(buffer) = map_buffer(MapType::HttpRequestHeaders) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
             return self.fail(settings, Failure::HostError);
         };
         let plan = settings.plan(&headers, peer_address);
@@ -287,7 +291,10 @@ impl Authz {
 /// Reads the callout's answer (in the context that received it) and caches a decision.
 fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) -> Outcome {
     // No headers at all is how Envoy reports a timeout or reset.
-    let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let buffer = map_buffer(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let Some(headers) = header_map::parse(&buffer) else {
+        return failed(settings, lookup, Failure::BadStatus);
+    };
     let verdict = settings.decide(&headers, body_size);
     let body = match (&verdict, body_size) {
         (Verdict::Deny { .. }, 1..) => {
@@ -352,16 +359,13 @@ fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
     };
     match decision {
         Decision::Allow { inject, cookies } => {
-            let mut done: Vec<&str> = Vec::with_capacity(inject.len());
             for (name, value) in inject {
-                // The first value replaces whatever is there; further values are added.
-                let result = if done.contains(&name.as_str()) {
-                    hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
-                } else {
-                    done.push(name);
-                    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
-                };
-                if result.is_err() {
+                // Added, not replaced: `on_headers` stripped every name that can be injected
+                // (`upstream_headers` are always in the strip set, and request headers
+                // matching `upstream_headers_regex` are stripped too), so none is there to
+                // replace, and an add spares the host its search for an existing value.
+                // Waiters and cache hits went through `on_headers` too.
+                if hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_err() {
                     return fail_closed(id, settings, Failure::HostError);
                 }
             }
@@ -394,7 +398,7 @@ fn stale(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
 
 /// Writes the slot without a CAS check: whichever worker writes last, the slot holds a
 /// fresh decision for the key it names; a lost race only costs a later miss.
-fn store(cache: &CacheSettings, lookup: &Lookup, decision: &Decision, response: &[(String, Vec<u8>)]) {
+fn store(cache: &CacheSettings, lookup: &Lookup, decision: &Decision, response: &[(&str, &[u8])]) {
     if let Some(bytes) = cache.entry(lookup, decision, response, now_ms()) {
         if let Err(status) = hostcalls::set_shared_data(&lookup.slot, Some(&bytes), None) {
             warn!("cannot store a decision in {}: {status:?}", lookup.slot);
@@ -509,5 +513,29 @@ impl Authz {
         } else {
             Action::Continue
         }
+    }
+}
+
+// The SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (and panics on
+// an unexpected status); this takes the host's buffer as it is, for `header_map::parse`.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The serialized header map, owned; `None` if the host refused (status not Ok).
+fn map_buffer(map: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and size it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) or leaves it null.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::cache_control::{freshness, Freshness};
 use crate::config::ConfigError;
 use crate::decision::Verdict;
+use crate::headers::Header;
 
 const DEFAULT_ENTRIES: u32 = 10_000;
 const MAX_ENTRIES: u32 = 1 << 20;
@@ -146,11 +147,11 @@ impl CacheSettings {
     /// `Cache-Control: no-store`/`no-cache`, a lifetime of 0, a denial other than
     /// 401/403 or one that sets cookies, an expired bearer token, an entry over
     /// [`MAX_ENTRY_BYTES`]. Failures never reach here: they are not decisions.
-    pub fn entry(
+    pub fn entry<H: Header>(
         &self,
         lookup: &Lookup,
         decision: &Decision,
-        response: &[(String, Vec<u8>)],
+        response: &[H],
         now_ms: u64,
     ) -> Option<Vec<u8>> {
         let seconds = match decision {
@@ -396,6 +397,8 @@ mod tests {
     use crate::config::Settings;
 
     const NOW: u64 = 1_700_000_000_000;
+    /// An auth response without caching headers.
+    const NONE: &[(&str, &[u8])] = &[];
 
     fn cache(json: &str) -> CacheSettings {
         let config = format!(r#"{{"auth": {{"cluster": "auth"}}, "cache": {json}}}"#);
@@ -512,7 +515,7 @@ mod tests {
         let key = c.lookup("auth", &CALLOUT);
         let other = c.lookup("auth", &[("authorization", "Bearer u")]);
         assert_eq!(key.slot, other.slot, "one slot for everything");
-        let bytes = c.entry(&key, &allow(), &[], NOW).unwrap();
+        let bytes = c.entry(&key, &allow(), NONE, NOW).unwrap();
         assert_eq!(c.fresh(&bytes, &key, NOW), Some(allow()));
         assert_eq!(c.fresh(&bytes, &other, NOW), None, "same slot, other input: never served");
         let c = cache(r#"{"entries": 1, "stale_if_error": 60}"#);
@@ -582,7 +585,7 @@ mod tests {
         assert_eq!(lifetime(&c, &allow(), &[], &callout), Some(20_000));
         // Stale serving stops at exp too.
         let key = c.lookup("auth", &callout);
-        let bytes = c.entry(&key, &allow(), &[], NOW).unwrap();
+        let bytes = c.entry(&key, &allow(), NONE, NOW).unwrap();
         assert_eq!(c.stale(&bytes, &key, NOW + 19_999), Some(allow()));
         assert_eq!(c.stale(&bytes, &key, NOW + 20_000), None);
         // Expired: not stored at all. Float exp is read too.
@@ -615,12 +618,12 @@ mod tests {
     fn expiry_and_stale_if_error() {
         let c = cache(r#"{"default_ttl": 10, "stale_if_error": 30}"#);
         let key = c.lookup("auth", &CALLOUT);
-        let bytes = c.entry(&key, &allow(), &[], NOW).unwrap();
+        let bytes = c.entry(&key, &allow(), NONE, NOW).unwrap();
         assert_eq!(c.fresh(&bytes, &key, NOW + 9_999), Some(allow()));
         assert_eq!(c.fresh(&bytes, &key, NOW + 10_000), None, "expired");
         assert_eq!(c.stale(&bytes, &key, NOW + 39_999), Some(allow()));
         assert_eq!(c.stale(&bytes, &key, NOW + 40_000), None, "beyond stale_if_error");
-        let denied = c.entry(&key, &deny(401), &[], NOW).unwrap();
+        let denied = c.entry(&key, &deny(401), NONE, NOW).unwrap();
         assert_eq!(c.stale(&denied, &key, NOW + 6_000), None, "only allows are served stale");
         let no_stale = cache(r#"{"default_ttl": 10}"#);
         assert_eq!(no_stale.stale(&bytes, &no_stale.lookup("auth", &CALLOUT), NOW + 10_001), None);
@@ -673,8 +676,8 @@ mod tests {
         let c = cache("{}");
         let key = c.lookup("auth", &CALLOUT);
         let big = Decision::Deny { status: 401, headers: vec![], body: vec![b'x'; MAX_ENTRY_BYTES] };
-        assert_eq!(c.entry(&key, &big, &[], NOW), None);
+        assert_eq!(c.entry(&key, &big, NONE, NOW), None);
         let fits = Decision::Deny { status: 401, headers: vec![], body: vec![b'x'; 1000] };
-        assert!(c.entry(&key, &fits, &[], NOW).is_some());
+        assert!(c.entry(&key, &fits, NONE, NOW).is_some());
     }
 }

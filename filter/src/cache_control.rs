@@ -1,6 +1,8 @@
 //! How long the auth service lets its answer be reused, from its `Cache-Control` (and
 //! `Age`) headers. Conservative: anything we do not understand means "do not store".
 
+use crate::headers::Header;
+
 /// What the auth response says about reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -18,12 +20,13 @@ pub enum Freshness {
 /// saw, credentials included, so an entry is only ever reused for the same credential.
 /// `public`, `must-revalidate`, `proxy-revalidate`, `immutable` and unknown extension
 /// directives without a value change nothing. `Expires` is ignored.
-pub fn freshness(headers: &[(String, Vec<u8>)]) -> Freshness {
+pub fn freshness<H: Header>(headers: &[H]) -> Freshness {
     let mut max_age = None;
     let mut s_maxage = None;
     let mut age = 0u64;
-    for (name, value) in headers {
-        match name.as_str() {
+    for header in headers {
+        let value = header.value();
+        match header.name() {
             "cache-control" => {
                 let Ok(value) = std::str::from_utf8(value) else {
                     return Freshness::Forbidden;

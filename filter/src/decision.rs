@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::config::Settings;
 use crate::forward;
-use crate::headers;
+use crate::headers::{self, Header};
 
 /// Body of every fail-closed reply: short, and says nothing about the auth service.
 pub const FAILURE_BODY: &[u8] = b"nebula-authz: authorization check failed\n";
@@ -67,7 +67,7 @@ impl fmt::Display for Failure {
 impl Settings {
     /// Decides on the auth response; `headers` include `:status` (empty when Envoy got no
     /// response), `body_size` is the size of its body.
-    pub fn decide<'r>(&self, headers: &'r [(String, Vec<u8>)], body_size: usize) -> Verdict<'r> {
+    pub fn decide<'r, H: Header>(&self, headers: &'r [H], body_size: usize) -> Verdict<'r> {
         if headers.is_empty() {
             return Verdict::Fail(Failure::NoResponse);
         }
@@ -87,10 +87,10 @@ impl Settings {
                 None => headers::select(headers, &auth.upstream_headers),
                 Some(regex) => headers
                     .iter()
+                    .map(|h| (h.name(), h.value()))
                     .filter(|(name, _)| {
                         !name.starts_with(':') && (auth.upstream_headers.contains(name) || regex.matches(name))
                     })
-                    .map(|(name, value)| (name.as_str(), value.as_slice()))
                     .collect(),
             };
             let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
@@ -108,8 +108,8 @@ impl Settings {
 }
 
 /// The final status, 200..=599; 1xx and anything malformed is `None`.
-fn status_of(headers: &[(String, Vec<u8>)]) -> Option<u32> {
-    let (_, value) = headers.iter().find(|(name, _)| name == ":status")?;
+fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
+    let value = headers::first(headers, ":status")?;
     if value.len() != 3 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::ConfigError;
+use crate::headers::Header;
 
 /// Every header Traefik's entry point treats as a forwarding header (its `xHeaders`):
 /// without trust, a client's values for these never reach the auth service.
@@ -55,13 +56,13 @@ pub type CalloutHeader<'h> = (&'h str, Cow<'h, str>);
 /// `X-Forwarded-Method/Proto/Host/Uri/Port` win and its `X-Forwarded-For` is extended;
 /// without, they are ignored and the values describe the request Envoy received.
 /// `Err(name)` if a value to send is not text.
-pub fn forwarded_headers<'h>(
-    headers: &'h [(String, Vec<u8>)],
+pub fn forwarded_headers<'h, H: Header>(
+    headers: &'h [H],
     peer: Option<&str>,
     trust: bool,
 ) -> Result<Vec<CalloutHeader<'h>>, &'static str> {
     // Go's Header.Get: the first value of the name.
-    let first = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    let first = |name: &str| headers.iter().find(|h| h.name().eq_ignore_ascii_case(name)).map(Header::value);
     let trusted = |name: &str| first(name).filter(|v| trust && !v.is_empty());
     let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(6);
     let mut push = |name: &'static str, value: Option<&'h [u8]>| -> Result<(), &'static str> {
@@ -79,8 +80,8 @@ pub fn forwarded_headers<'h>(
 
     let client_ip = peer.and_then(peer_ip);
     let prior: Vec<&str> = if trust {
-        let values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"));
-        values.map(|(_, v)| std::str::from_utf8(v).map_err(|_| "x-forwarded-for")).collect::<Result<_, _>>()?
+        let values = headers.iter().filter(|h| h.name().eq_ignore_ascii_case("x-forwarded-for"));
+        values.map(|h| std::str::from_utf8(h.value()).map_err(|_| "x-forwarded-for")).collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
@@ -150,11 +151,12 @@ pub fn cookie_name(set_cookie: &[u8]) -> &[u8] {
 
 /// `Set-Cookie` values of an allowing auth response whose cookie is in `names`: the ones
 /// `addAuthCookiesToResponse` puts on the client's response.
-pub fn auth_cookies<'r>(headers: &'r [(String, Vec<u8>)], names: &[String]) -> Vec<&'r [u8]> {
+pub fn auth_cookies<'r, H: Header>(headers: &'r [H], names: &[String]) -> Vec<&'r [u8]> {
     headers
         .iter()
+        .map(|h| (h.name(), h.value()))
         .filter(|(n, v)| n.eq_ignore_ascii_case("set-cookie") && names.iter().any(|c| c.as_bytes() == cookie_name(v)))
-        .map(|(_, v)| v.as_slice())
+        .map(|(_, v)| v)
         .collect()
 }
 

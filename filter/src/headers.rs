@@ -110,11 +110,34 @@ fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// One header of a map as the host hands it over: owned (`(String, Vec<u8>)`), or
+/// borrowed from the host's serialized map (`(&str, &[u8])`, see [`crate::header_map`]),
+/// which spares the filter two allocations per header on every request.
+pub trait Header {
+    fn name(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl<N: AsRef<str>, V: AsRef<[u8]>> Header for (N, V) {
+    fn name(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.1.as_ref()
+    }
+}
+
+/// The value of the first `name` (exact, lower-case) header.
+pub fn first<'h, H: Header>(headers: &'h [H], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name() == name).map(Header::value)
+}
+
 /// The distinct names in `headers` that `set` matches, lower-cased, in first-seen order:
 /// what to remove, with one host call per name actually present.
-pub fn present<'h, V>(headers: &'h [(String, V)], set: &HeaderNames) -> Vec<&'h str> {
+pub fn present<'h, H: Header>(headers: &'h [H], set: &HeaderNames) -> Vec<&'h str> {
     let mut found: Vec<&str> = Vec::new();
-    for (name, _) in headers {
+    for name in headers.iter().map(Header::name) {
         if set.contains(name) && !found.iter().any(|f| f.eq_ignore_ascii_case(name)) {
             found.push(name);
         }
@@ -123,11 +146,11 @@ pub fn present<'h, V>(headers: &'h [(String, V)], set: &HeaderNames) -> Vec<&'h 
 }
 
 /// Every `(name, value)` whose name `set` matches, in order, all values kept.
-pub fn select<'h>(headers: &'h [(String, Vec<u8>)], set: &HeaderNames) -> Vec<(&'h str, &'h [u8])> {
+pub fn select<'h, H: Header>(headers: &'h [H], set: &HeaderNames) -> Vec<(&'h str, &'h [u8])> {
     headers
         .iter()
-        .filter(|(name, _)| !name.starts_with(':') && set.contains(name))
-        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .filter(|h| !h.name().starts_with(':') && set.contains(h.name()))
+        .map(|h| (h.name(), h.value()))
         .collect()
 }
 

@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod config;
 pub mod decision;
 pub mod forward;
+pub mod header_map;
 pub mod headers;
 pub mod metrics;
 pub mod request;

@@ -4,7 +4,7 @@
 use crate::config::Settings;
 use crate::decision::Failure;
 use crate::forward::{self, CalloutHeader};
-use crate::headers;
+use crate::headers::{self, Header};
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,23 +28,23 @@ impl Settings {
     /// `headers` is the client request header map as Envoy hands it over (`:path` included);
     /// `peer` gives the client's address (`ip:port`), asked for only when a callout
     /// sends X-Forwarded-For.
-    pub fn plan<'h>(&'h self, headers: &'h [(String, Vec<u8>)], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
+    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
         let mut strip = headers::present(headers, &self.strip);
         if let Some(regex) = &self.auth.upstream_headers_regex {
-            for (name, _) in headers {
+            for name in headers.iter().map(Header::name) {
                 if regex.matches(name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                     strip.push(name);
                 }
             }
         }
-        let path = headers.iter().find(|(name, _)| name == ":path").map(|(_, v)| v.as_slice());
+        let path = headers::first(headers, ":path");
         if let Some(template) = path.and_then(|p| self.public.find(p)) {
             return Plan { strip, route: Route::Public { template } };
         }
         Plan { strip, route: self.callout(headers, peer) }
     }
 
-    fn callout<'h>(&'h self, headers: &'h [(String, Vec<u8>)], peer: impl FnOnce() -> Option<String>) -> Route<'h> {
+    fn callout<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Route<'h> {
         let auth = &self.auth;
         let mut out: Vec<CalloutHeader<'h>> = vec![
             (":method", "GET".into()),

