@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: nebula-authz against its peers, side by side, in one run.
 
-Eight scenarios (the issue's seven, plus filter-callout-noxf), each behind the same load
+Nine scenarios (the issue's seven, plus filter-callout-noxf and filter-cached), each behind the same load
 generator (wrk), auth service and upstream (tests/src/bin/bench-backend.rs, one
 single-threaded process):
 
@@ -14,6 +14,8 @@ single-threaded process):
                   callout: ext_authz's contract, the like-for-like comparison)
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
+  filter-cached   Envoy + nebula-authz with the decision cache on: every measured
+                  request is a cache hit (issue 7)
 
 The proxy runs alone on CPU 0 (Envoy `--concurrency 1`); wrk, the backend and this
 script on CPU 1. Scenarios are interleaved over several rounds and medians reported.
@@ -71,9 +73,12 @@ SCENARIOS = {
     "filter-callout-noxf": ("envoy-filter-noxf", PROTECTED, ALLOW, 200, 1),
     "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
+    # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
+    "filter-cached": ("envoy-filter-cached", PROTECTED, ALLOW, 200, 0),
 }
 BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
 NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
+CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
 
 # (what, numerator, denominator, metric, bound): issue 4's targets.
 TARGETS = [
@@ -87,6 +92,9 @@ TARGETS = [
     ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
     ("filter-callout req/s vs traefik", "filter-callout", "traefik", "rps", (">=", 1.50)),
     ("filter-callout CPU/req vs traefik", "filter-callout", "traefik", "cpu_us_per_req", ("<=", 0.70)),
+    # Issue 7's targets for a cache hit.
+    ("filter-cached req/s vs noop-wasm", "filter-cached", "noop-wasm", "rps", (">=", 0.90)),
+    ("filter-cached req/s vs ext_authz", "filter-cached", "ext_authz", "rps", (">=", 1.30)),
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -310,6 +318,8 @@ class Bench:
             return ext_authz(render_envoy(py, self.args.wasm, self.ports))
         if proxy == "envoy-filter-noxf":
             return render_envoy(py, self.args.wasm, self.ports, NOXF_CONFIG)
+        if proxy == "envoy-filter-cached":
+            return render_envoy(py, self.args.wasm, self.ports, CACHED_CONFIG)
         return render_envoy(py, self.args.variants.get(proxy, self.args.wasm), self.ports)
 
     def callgrind(self, scenario, n):
@@ -380,6 +390,9 @@ class Bench:
             else:
                 port = self.envoy_port(name)
             self.proxies[name] = (port, child, None)
+            if name == "envoy-filter-cached":
+                # The one callout that fills the cache; every later request is a hit.
+                http_get(port, PROTECTED, {"authorization": ALLOW})
 
     def request(self, scenario):
         proxy, path, token, _, _ = SCENARIOS[scenario]
@@ -404,9 +417,11 @@ class Bench:
             upstream = n if expected_status == 200 else 0
             if delta["upstream"] != upstream:
                 problems.append(f"upstream saw {delta['upstream']} requests, expected {upstream}")
-            if delta["upstream_identity"] != upstream * per_request:
+            # A cache hit injects the identity without a callout.
+            identity = upstream if scenario == "filter-cached" else upstream * per_request
+            if delta["upstream_identity"] != identity:
                 problems.append(f"{delta['upstream_identity']} upstream requests carried the auth identity, "
-                                f"expected {upstream * per_request}")
+                                f"expected {identity}")
             # Envoy-based filters strip the spoofed identity; peers that skip public paths do not.
             if scenario.startswith("filter-") and delta["upstream_spoofed"]:
                 problems.append(f"{delta['upstream_spoofed']} spoofed identities reached the upstream")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cache::{self, CacheSettings, RawCache};
 use crate::forward::{self, HeaderRegex};
 use crate::headers::HeaderNames;
 use crate::jwt_config::{JwtSettings, RawJwt};
@@ -49,6 +50,8 @@ struct RawConfig {
     status_on_error: Option<u32>,
     /// Local JWT verification (jwt_config.rs).
     jwt: Option<RawJwt>,
+    /// The shared decision cache; absent = off.
+    cache: Option<RawCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +85,8 @@ pub struct Settings {
     pub status_on_error: u32,
     /// Local JWT verification, when configured.
     pub jwt: Option<JwtSettings>,
+    /// The shared decision cache, when configured.
+    pub cache: Option<CacheSettings>,
 }
 
 #[derive(Debug)]
@@ -141,14 +146,20 @@ impl Settings {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         // serde would read a struct from a JSON array too; users must write objects.
-        for (field, object) in [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt"))] {
+        for (field, object) in
+            [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt")), ("cache", value.get("cache"))]
+        {
             if let Some(object) = object.filter(|v| !v.is_object()) {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
         }
         let raw: RawConfig = serde_path_to_error::deserialize(value)
             .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
-        Settings::try_from(raw)
+        let mut settings = Settings::try_from(raw)?;
+        if let Some(cache) = &mut settings.cache {
+            cache.fingerprint = cache::fingerprint(bytes);
+        }
+        Ok(settings)
     }
 }
 
@@ -198,7 +209,9 @@ impl TryFrom<RawConfig> for Settings {
             strip.extend(&jwt.injected);
         }
 
-        Ok(Settings { auth, strip, public, status_on_error, jwt })
+        let cache = raw.cache.map(CacheSettings::parse).transpose()?;
+
+        Ok(Settings { auth, strip, public, status_on_error, jwt, cache })
     }
 }
 
@@ -472,7 +485,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

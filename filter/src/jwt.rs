@@ -26,6 +26,9 @@ pub const INVALID_TOKEN_BODY: &[u8] = b"nebula-authz: invalid token\n";
 /// Longest claim header value the filter sets.
 const MAX_CLAIM_HEADER_BYTES: usize = 8 * 1024;
 
+/// The headers a valid token's claims become (shared with the cache).
+pub type ClaimHeaders = Rc<[(String, String)]>;
+
 /// Why a JWT was rejected; `as_str` names the metric and the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -110,7 +113,7 @@ pub enum Outcome {
     /// Not ours to decide: the callout does, as without the `jwt` block.
     Callout(Pass),
     /// A valid token of a provider: set `headers`, then allow (`Local`) or call out.
-    Valid { mode: Mode, headers: Rc<[(String, String)]>, cached: bool },
+    Valid { mode: Mode, headers: ClaimHeaders, cached: bool },
     /// 401 `invalid_token`, no callout.
     Invalid(Reason),
     /// The provider (with a `remote_jwks`) has no key for this token yet: refresh the
@@ -695,11 +698,15 @@ mod tests {
     const RSA_PUBLIC: &str = include_str!("../../tests/data/jwt/rsa-test-public.pem");
 
     #[test]
-    fn rsa_pem_keys_verify_rs_and_ps_tokens_and_resist_confusion() {
+    fn rsa_jwk_keys_verify_rs_and_ps_tokens_and_resist_confusion() {
+        let mut jwk: Value =
+            serde_json::from_str(&RS256KeyPair::from_pem(RSA_PRIVATE).unwrap().public_key().to_jwk()).unwrap();
+        jwk["kid"] = "rsa-1".into();
+        // Without `alg` the key serves every allowed RSA algorithm (RS256 and PS384 here).
+        jwk.as_object_mut().unwrap().remove("alg");
         let json = format!(
             r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{ISS}", "algorithms": ["RS256", "PS384"],
-                "pem": {{"rsa-1": {}}}}}]}}}}"#,
-            serde_json::to_string(RSA_PUBLIC).unwrap()
+                "jwks": {{"keys": [{jwk}]}}}}]}}}}"#
         );
         let s = Settings::from_json(json.as_bytes()).unwrap();
         let mut v = verifier(&s);

@@ -54,7 +54,7 @@ struct RawProvider {
     algorithms: Option<Vec<String>>,
     /// An inline JWKS: the object itself, or its JSON text.
     jwks: Option<Value>,
-    /// A PEM public key, or an object of `kid` → PEM (seed 004's `secrets`).
+    /// A P-256/P-384/Ed25519 PEM public key, or an object of `kid` → PEM (seed 004's `secrets`).
     pem: Option<Value>,
     remote_jwks: Option<RawRemoteJwks>,
     secret: Option<String>,
@@ -448,7 +448,7 @@ mod tests {
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": []}}]}}"#), "jwt.providers[0].algorithms: must list at least one algorithm"),
             (r#"{"providers": [{"issuer": "i", "jwks": {"keys": []}}]}"#.into(), "jwt.providers[0].jwks: no usable key (no keys)"),
             (r#"{"providers": [{"issuer": "i", "jwks": "{not json"}]}"#.into(), "jwt.providers[0].jwks: not valid JSON: key must be a string at line 1 column 2"),
-            (r#"{"providers": [{"issuer": "i", "pem": "nope"}]}"#.into(), "jwt.providers[0].pem: is not a PEM public key of a supported type (RSA ≥ 2048 bits, P-256, P-384, Ed25519)"),
+            (r#"{"providers": [{"issuer": "i", "pem": "nope"}]}"#.into(), "jwt.providers[0].pem: is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)"),
             (r#"{"providers": [{"issuer": "i", "pem": {"k1": 3}}]}"#.into(), "jwt.providers[0].pem.k1: must be a PEM string"),
             (r#"{"providers": [{"issuer": "i", "pem": []}]}"#.into(), "jwt.providers[0].pem: must be a PEM string or an object of kid → PEM"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "audiences": []}}]}}"#), "jwt.providers[0].audiences: must not be empty (leave it out to accept any audience)"),

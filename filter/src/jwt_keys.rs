@@ -150,8 +150,8 @@ impl KeySet {
         }
     }
 
-    /// A PEM public key (SPKI `PUBLIC KEY`, or PKCS#1 `RSA PUBLIC KEY`), one key per
-    /// allowed algorithm of its type.
+    /// A P-256, P-384 or Ed25519 PEM public key (SPKI `PUBLIC KEY`), for the allowed
+    /// algorithm of its type.
     pub fn from_pem(pem: &str, kid: Option<&str>, allowed: &[Alg]) -> Result<KeySet, String> {
         let kid = kid.map(str::to_owned);
         // jwt-go (seed 004's jwt-middleware) also reads SPKI under the non-standard
@@ -160,20 +160,16 @@ impl KeySet {
             .replace("-----BEGIN EC PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----")
             .replace("-----END EC PUBLIC KEY-----", "-----END PUBLIC KEY-----");
         let pem = relabelled.as_str();
-        let keys: Vec<Key> = if let Ok(k) = RS256PublicKey::from_pem(pem) {
-            let (n, e) = {
-                let c = k.to_components();
-                (c.n, c.e)
-            };
-            rsa_keys(&n, &e, kid, allowed)?
-        } else if let Ok(k) = ES256PublicKey::from_pem(pem) {
+        // No RSA PEM: its PKCS#1/PKCS#8 decoders cost ~33 KB of wasm, which the 1 MiB
+        // module cannot spare; RSA keys come as JWK (`jwks`, `remote_jwks`).
+        let keys: Vec<Key> = if let Ok(k) = ES256PublicKey::from_pem(pem) {
             one(kid, Alg::ES256, Verifier::ES256(k), allowed)
         } else if let Ok(k) = ES384PublicKey::from_pem(pem) {
             one(kid, Alg::ES384, Verifier::ES384(k), allowed)
         } else if let Ok(k) = Ed25519PublicKey::from_pem(pem) {
             one(kid, Alg::EdDSA, Verifier::EdDSA(k), allowed)
         } else {
-            return Err("is not a PEM public key of a supported type (RSA ≥ 2048 bits, P-256, P-384, Ed25519)".into());
+            return Err("is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)".into());
         };
         if keys.is_empty() {
             return Err("is a key for none of the provider's algorithms".into());
@@ -350,6 +346,9 @@ OBpuIeL4TqJhGp35CYnrZahUsh9bEzXRstrXMUjTWKkaEcP2bv7cqKoe2Q==
         let err =
             KeySet::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", None, &Alg::ASYMMETRIC)
                 .unwrap_err();
-        assert!(err.starts_with("is not a PEM public key"), "{err}");
+        assert!(err.starts_with("is not a P-256, P-384 or Ed25519 PEM public key"), "{err}");
+        let rsa = include_str!("../../tests/data/jwt/rsa-test-public.pem");
+        let err = KeySet::from_pem(rsa, None, &Alg::ASYMMETRIC).unwrap_err();
+        assert_eq!(err, "is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)");
     }
 }

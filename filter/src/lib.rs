@@ -6,6 +6,9 @@
 //! inject. Everything above is plain Rust, unit-tested natively; `adapter` is the thin
 //! proxy-wasm layer that does the host calls and exists only in the wasm build.
 
+pub mod cache;
+pub mod cache_control;
+pub mod coalesce;
 pub mod config;
 pub mod decision;
 pub mod forward;
@@ -16,6 +19,7 @@ pub mod jwt;
 pub mod jwt_cache;
 pub mod jwt_config;
 pub mod jwt_keys;
+pub mod metrics;
 pub mod request;
 pub mod route;
 

@@ -389,6 +389,11 @@ impl Env {
         self.dir.path()
     }
 
+    /// Envoy's process id (e.g. to read its memory from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Whether Envoy is still running (a wasm trap must not take it down).
     pub fn alive(&mut self) -> bool {
         self.process.try_wait().is_none()

@@ -18,6 +18,8 @@
 //! | `latin1`            | 200 with `x-nebula-actor-id: caf\xE9` (a raw non-UTF-8 byte) |
 //! | `bigbody`           | 401 with a 2 MiB body |
 //! | `bigallow`          | as `allow:big`, but with a 2 MiB body |
+//! | `cc:<value>:<script>` | as `<script>`, plus `cache-control: <value>` (e.g. `cc:max-age=2:allow:a`, `cc:no-store:deny`) |
+//! | `once:<script>`     | as `<script>` the first time this exact token arrives, `status:503` after that |
 
 use std::time::Duration;
 
@@ -96,6 +98,13 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
+        // Only `once:` needs the history (the memory test sends 100 000 tokens).
+        let seen_before = script.contains("once:")
+            && recorded
+                .lock()
+                .expect("auth records")
+                .iter()
+                .any(|r| r.header("authorization") == req.header("authorization"));
         // The presets' services (Authentik, oauth2-proxy) answer on their own paths.
         let outpost = crate::outposts::respond(&req);
         recorded.lock().expect("auth records").push(req);
@@ -105,7 +114,7 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
                 let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
                 Reply::Bytes(response(status, &headers, &body))
             }
-            None => respond(&script).await,
+            None => respond(&script, seen_before).await,
         };
         match reply {
             Reply::Bytes(bytes) if close => {
@@ -197,7 +206,36 @@ fn deny() -> Vec<u8> {
     )
 }
 
-async fn respond(script: &str) -> Reply {
+/// `respond_to` plus the `cache-control` header a `cc:` prefix asks for.
+async fn respond(script: &str, seen_before: bool) -> Reply {
+    let mut script = script.to_owned();
+    let mut cache_control = Vec::new();
+    loop {
+        if let Some((value, then)) = script.strip_prefix("cc:").and_then(|rest| rest.split_once(':')) {
+            cache_control.push(value.to_owned());
+            script = then.to_owned();
+        } else if let Some(then) = script.strip_prefix("once:") {
+            script = if seen_before { "status:503".to_owned() } else { then.to_owned() };
+        } else {
+            break;
+        }
+    }
+    match respond_to(&script).await {
+        Reply::Bytes(bytes) if !cache_control.is_empty() => {
+            // Right after the status line.
+            let at = bytes.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
+            let mut out = bytes[..at].to_vec();
+            for value in cache_control {
+                out.extend_from_slice(format!("cache-control: {value}\r\n").as_bytes());
+            }
+            out.extend_from_slice(&bytes[at..]);
+            Reply::Bytes(out)
+        }
+        reply => reply,
+    }
+}
+
+async fn respond_to(script: &str) -> Reply {
     let mut script = script.to_owned();
     // `slow:<ms>[:<script>]`, possibly nested.
     while let Some(rest) = script.strip_prefix("slow:") {

@@ -1,6 +1,6 @@
 //! Local JWT verification under a real Envoy: tokens minted here with jwt-simple (RSA
 //! from the TEST-ONLY key in tests/data/jwt/, EC and Ed25519 generated per run), inline
-//! and remote JWKS (a mock endpoint that rotates keys and goes down), both modes.
+//! JWKS and PEM, remote JWKS (a mock endpoint that rotates keys and goes down), both modes.
 
 use jwt_simple::prelude::*;
 use nebula_authz_tests::client::RawRequest;
@@ -28,9 +28,9 @@ impl Keys {
         }
     }
 
-    /// The public JWKS of the EC and Ed25519 keys (the RSA key goes in as PEM).
+    /// The public JWKS of the RSA and Ed25519 keys (the EC key goes in as PEM).
     fn jwks(&self) -> Value {
-        json!({"keys": [jwk(&self.es.public_key().to_jwk(), "es-1"), jwk(&self.ed.public_key().to_jwk(), "ed-1")]})
+        json!({"keys": [jwk(&self.rsa.public_key().to_jwk(), "rsa-1"), jwk(&self.ed.public_key().to_jwk(), "ed-1")]})
     }
 }
 
@@ -101,10 +101,10 @@ fn local_config(keys: &Keys, extra: &str) -> String {
             "providers": [{{
                 "issuer": "{ISS}", "audiences": ["{AUD}"],
                 "jwks": {jwks},
-                "pem": {{"rsa-1": {pem}}},
+                "pem": {{"es-1": {pem}}},
                 "claims_to_headers": {{"sub": "x-nebula-actor-id", "scope": "x-nebula-actor-permissions", "org": "x-nebula-org"}}
             }}] {extra}
-        }}"#, jwks = keys.jwks(), pem = serde_json::to_string(RSA_PUBLIC).expect("pem"))).expect("jwt config"),
+        }}"#, jwks = keys.jwks(), pem = serde_json::to_string(&keys.es.public_key().to_pem().expect("pem")).expect("pem"))).expect("jwt config"),
     })
     .to_string()
 }
