@@ -127,6 +127,7 @@ NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
 bench-build: build
 	cargo build --release --target $(TARGET) -p noop-wasm
 	cargo build --release -p nebula-authz-tests --bin bench-backend
+	cargo build -p nebula-authz-tests --example bench-jwt
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -144,7 +145,7 @@ bench-callgrind: bench-build envoy
 # In `make test`: every scenario's proxy starts and answers as it should (no timing).
 bench-smoke: build envoy
 	cargo build -q --release --target $(TARGET) -p noop-wasm
-	cargo build -q -p nebula-authz-tests --bin bench-backend
+	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
 # --------------------------------------------------------------------------------------
 

