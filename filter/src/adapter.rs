@@ -17,6 +17,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::cache::{CacheSettings, Decision, Lookup};
+use crate::cache_local::LocalCache;
 use crate::coalesce::InFlight;
 use crate::config::Settings;
 use crate::decision::{Failure, Verdict, FAILURE_BODY};
@@ -42,6 +43,8 @@ thread_local! {
     /// Claim headers of a valid JWT in `local_then_callout`, by context id, added if the
     /// callout allows (a waiting request's allow is applied from another context).
     static JWT_CLAIMS: RefCell<HashMap<u32, ClaimHeaders>> = RefCell::new(HashMap::new());
+    /// Decoded decisions recently read from the shared cache on this worker (cache_local.rs).
+    static LOCAL_CACHE: RefCell<LocalCache> = RefCell::new(LocalCache::default());
     /// Metric ids from `define_metric`, by [`Metric::index`].
     static METRICS: RefCell<[Option<u32>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
 }
@@ -287,11 +290,11 @@ impl Authz {
     fn call_out(&mut self, settings: &Settings, headers: Vec<forward::CalloutHeader>) -> Action {
         let auth = &settings.auth;
         let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_ref())).collect();
-        let lookup = settings.cache.as_ref().map(|cache| cache.lookup(&auth.cluster, &headers));
+        let lookup = settings.cache.as_ref().map(|cache| cache.probe(&auth.cluster, &headers));
         if let (Some(cache), Some(lookup)) = (&settings.cache, &lookup) {
             if let Some(decision) = cached(cache, lookup) {
                 count(Metric::CacheHits);
-                return match apply(self.id, settings, &Outcome::Decided(decision)) {
+                return match apply_decision(self.id, settings, &decision) {
                     Applied::Allowed => Action::Continue,
                     Applied::Replied => Action::Pause,
                 };
@@ -304,7 +307,8 @@ impl Authz {
             }
         }
         let cached = lookup.map(|lookup| Resend {
-            lookup,
+            // A miss: the token's `exp` bounds the lifetime of what will be stored.
+            lookup: lookup.with_bearer_expiry(&headers),
             headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
         });
         match hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout) {
@@ -543,6 +547,11 @@ fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
         }
         Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
     };
+    apply_decision(id, settings, decision)
+}
+
+/// Injects an allow's headers, or replies with a denial.
+fn apply_decision(id: u32, settings: &Settings, decision: &Decision) -> Applied {
     match decision {
         Decision::Allow { inject, cookies } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
@@ -580,13 +589,22 @@ fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
     }
 }
 
-fn cached(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
-    let stored = hostcalls::get_shared_data(&lookup.slot).ok()?.0?;
-    cache.fresh(&stored, lookup, now_ms())
+/// A fresh decision for exactly `lookup`'s key: this worker's copy, else the shared slot's
+/// (then kept here until the same expiry).
+fn cached(cache: &CacheSettings, lookup: &Lookup) -> Option<Rc<Decision>> {
+    let now = now_ms();
+    if let Some(decision) = LOCAL_CACHE.with(|l| l.borrow().get(&lookup.key, now)) {
+        return Some(decision);
+    }
+    let stored = hostcalls::get_shared_data(&lookup.slot_key()).ok()?.0?;
+    let (decision, expires_ms) = cache.fresh_until(&stored, lookup, now)?;
+    let decision = Rc::new(decision);
+    LOCAL_CACHE.with(|l| l.borrow_mut().put(lookup.key, expires_ms, decision.clone()));
+    Some(decision)
 }
 
 fn stale(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
-    let stored = hostcalls::get_shared_data(&lookup.slot).ok()?.0?;
+    let stored = hostcalls::get_shared_data(&lookup.slot_key()).ok()?.0?;
     cache.stale(&stored, lookup, now_ms())
 }
 
@@ -594,8 +612,9 @@ fn stale(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
 /// fresh decision for the key it names; a lost race only costs a later miss.
 fn store(cache: &CacheSettings, lookup: &Lookup, decision: &Decision, response: &[(&str, &[u8])]) {
     if let Some(bytes) = cache.entry(lookup, decision, response, now_ms()) {
-        if let Err(status) = hostcalls::set_shared_data(&lookup.slot, Some(&bytes), None) {
-            warn!("cannot store a decision in {}: {status:?}", lookup.slot);
+        let slot = lookup.slot_key();
+        if let Err(status) = hostcalls::set_shared_data(&slot, Some(&bytes), None) {
+            warn!("cannot store a decision in {slot}: {status:?}");
         }
     }
 }
@@ -700,9 +719,12 @@ fn peer_address() -> Option<String> {
 /// `addAuthCookiesToResponse`: the auth service's cookies replace the upstream's
 /// cookies of the same names on the client's response.
 fn add_auth_cookies(settings: &Settings, cookies: &[Vec<u8>]) -> Result<(), proxy_wasm::types::Status> {
-    let response = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
+    // In place, like the request headers: a refused or malformed map is an error here
+    // (logged by the caller), never a panic.
+    let buffer = map_buffer(MapType::HttpResponseHeaders).ok_or(proxy_wasm::types::Status::InternalFailure)?;
+    let response = header_map::parse(&buffer).ok_or(proxy_wasm::types::Status::ParseFailure)?;
     let upstream: Vec<&[u8]> =
-        response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.as_slice()).collect();
+        response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| *v).collect();
     let merged = forward::merge_set_cookies(&upstream, cookies, &settings.auth.add_auth_cookies_to_response);
     hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", None)?;
     for value in merged {

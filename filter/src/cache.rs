@@ -9,8 +9,8 @@
 //! full key, so two inputs that share a slot never share a decision.
 
 use base64::Engine;
+use hmac_sha256::Hash as Sha256;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::cache_control::{freshness, Freshness};
 use crate::config::ConfigError;
@@ -97,9 +97,17 @@ impl CacheSettings {
 
     /// Where a callout's decision lives: its key, its slot and its bearer token's `exp`.
     pub fn lookup(&self, cluster: &str, callout: &[(&str, &str)]) -> Lookup {
+        self.probe(cluster, callout).with_bearer_expiry(callout)
+    }
+
+    /// [`CacheSettings::lookup`] without the bearer token's `exp`, which only a store
+    /// needs: a hit (the common case) skips decoding the JWT payload.
+    pub fn probe(&self, cluster: &str, callout: &[(&str, &str)]) -> Lookup {
         let key = self.key(cluster, callout);
-        let slot = self.slot(&key);
-        Lookup { key, slot, token_exp_ms: bearer_expiry(callout).map(|exp| exp.saturating_mul(1000)) }
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&key.0[..8]);
+        let slot = (u64::from_be_bytes(first) % u64::from(self.entries)) as u32;
+        Lookup { key, slot, token_exp_ms: None }
     }
 
     /// The key of a callout: every byte the auth service would see for it (the cluster
@@ -116,20 +124,18 @@ impl CacheSettings {
             field(&mut hash, name.as_bytes());
             field(&mut hash, value.as_bytes());
         }
-        Key(hash.finalize().into())
-    }
-
-    /// The shared-data key of `key`'s slot.
-    fn slot(&self, key: &Key) -> String {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&key.0[..8]);
-        format!("{SLOT_PREFIX}{}", u64::from_be_bytes(first) % u64::from(self.entries))
+        Key(hash.finalize())
     }
 
     /// The decision stored for exactly `key` and still fresh at `now_ms` (Unix ms).
     pub fn fresh(&self, stored: &[u8], lookup: &Lookup, now_ms: u64) -> Option<Decision> {
+        self.fresh_until(stored, lookup, now_ms).map(|(decision, _)| decision)
+    }
+
+    /// [`CacheSettings::fresh`] with the instant (Unix ms) the decision expires.
+    pub fn fresh_until(&self, stored: &[u8], lookup: &Lookup, now_ms: u64) -> Option<(Decision, u64)> {
         let entry = Entry::decode(stored).filter(|e| e.key == lookup.key)?;
-        (now_ms < entry.expires_ms).then_some(entry.decision)
+        (now_ms < entry.expires_ms).then_some((entry.decision, entry.expires_ms))
     }
 
     /// An allow for exactly `key` that expired less than `stale_if_error` seconds ago
@@ -192,7 +198,7 @@ impl CacheSettings {
 
 /// SHA-256 of the plugin configuration bytes.
 pub fn fingerprint(config: &[u8]) -> [u8; 32] {
-    Sha256::digest(config).into()
+    Sha256::hash(config)
 }
 
 fn field(hash: &mut Sha256, bytes: &[u8]) {
@@ -204,10 +210,23 @@ fn field(hash: &mut Sha256, bytes: &[u8]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
     pub key: Key,
-    /// The shared-data key of its slot (`nebula_authz.cache.<n>`).
-    pub slot: String,
+    /// Its slot's number (< `entries`).
+    pub slot: u32,
     /// The bearer JWT's `exp` (Unix ms), if one was sent.
     token_exp_ms: Option<u64>,
+}
+
+impl Lookup {
+    /// Adds the earliest `exp` of the bearer JWTs in `callout` (read before storing).
+    pub fn with_bearer_expiry(mut self, callout: &[(&str, &str)]) -> Lookup {
+        self.token_exp_ms = bearer_expiry(callout).map(|exp| exp.saturating_mul(1000));
+        self
+    }
+
+    /// The shared-data key of its slot (`nebula_authz.cache.<n>`).
+    pub fn slot_key(&self) -> String {
+        format!("{SLOT_PREFIX}{}", self.slot)
+    }
 }
 
 /// A cache key: the SHA-256 of a callout's inputs.
@@ -503,10 +522,24 @@ mod tests {
         assert_ne!(c.key("a", &[("a", "1"), ("a", "2")]), c.key("a", &[("a", "2"), ("a", "1")]));
         // Another configuration (another plugin on the same VM) has other keys.
         assert_ne!(base, cache(r#"{"entries": 5}"#).key("auth", &CALLOUT));
-        let slot = c.lookup("auth", &CALLOUT).slot;
+        let slot = c.lookup("auth", &CALLOUT).slot_key();
         let n: u32 = slot.strip_prefix(SLOT_PREFIX).unwrap().parse().unwrap();
         assert!(n < c.entries);
-        assert_eq!(cache(r#"{"entries": 1}"#).lookup("auth", &CALLOUT).slot, "nebula_authz.cache.0");
+        assert_eq!(cache(r#"{"entries": 1}"#).lookup("auth", &CALLOUT).slot_key(), "nebula_authz.cache.0");
+        // The probe (hit path) finds the same key and slot, without the token's exp.
+        let token = jwt(&(NOW / 1000 + 20).to_string());
+        let callout = [("authorization", token.as_str())];
+        let (probe, full) = (c.probe("auth", &callout), c.lookup("auth", &callout));
+        assert_eq!((probe.key, probe.slot, probe.token_exp_ms), (full.key, full.slot, None));
+        assert_eq!(full.token_exp_ms, Some(NOW + 20_000));
+    }
+
+    #[test]
+    fn fingerprint_is_plain_sha256() {
+        // FIPS 180-2 test vector: the same digest as the `sha2` crate gave before.
+        let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let got: String = fingerprint(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod cache_control;
+pub mod cache_local;
 pub mod coalesce;
 pub mod config;
 pub mod decision;
