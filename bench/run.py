@@ -678,7 +678,7 @@ def main():
     p.add_argument("--smoke", action="store_true", help="start every scenario, a few requests each, no load")
     p.add_argument("--quick", action="store_true", help="1 round of 3 s (about 30 s in all)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=8, help="seconds per scenario per round")
+    p.add_argument("--duration", type=int, default=6, help="seconds per scenario per round")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
