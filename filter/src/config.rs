@@ -219,7 +219,8 @@ impl TryFrom<RawAuth> for AuthSettings {
     type Error = ConfigError;
 
     fn try_from(raw: RawAuth) -> Result<AuthSettings, ConfigError> {
-        let (cluster, derived_authority) = cluster_and_authority(&raw)?;
+        let (cluster, derived_authority) =
+            cluster_and_authority("auth", "the auth service", raw.cluster.as_deref(), raw.host.as_deref(), raw.port)?;
         let authority = raw.authority.unwrap_or(derived_authority);
         if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::new("auth.authority", "must be a non-empty host[:port] without spaces"));
@@ -302,30 +303,37 @@ impl TryFrom<RawAuth> for AuthSettings {
     }
 }
 
-/// `auth.cluster` as given, or Istio's name for `auth.host`/`auth.port`
-/// (`outbound|<port>||<fqdn>`); the authority defaults to `host:port` or the cluster name.
-fn cluster_and_authority(raw: &RawAuth) -> Result<(String, String), ConfigError> {
-    let host = match (&raw.host, raw.port) {
+/// A service the filter calls, named by `<at>.cluster` as given, or Istio's way by
+/// `<at>.host`/`<at>.port` (`outbound|<port>||<fqdn>`); the authority defaults to
+/// `host:port` or the cluster name. Shared by `auth` and the JWT `remote_jwks`.
+pub(crate) fn cluster_and_authority(
+    at: &str,
+    what: &str,
+    cluster: Option<&str>,
+    host: Option<&str>,
+    port: Option<u16>,
+) -> Result<(String, String), ConfigError> {
+    let host = match (host, port) {
         (Some(host), Some(port)) => {
             if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-                return Err(ConfigError::new("auth.host", format!("{host:?} is not a host name")));
+                return Err(ConfigError::new(format!("{at}.host"), format!("{host:?} is not a host name")));
             }
             Some((host, port))
         }
-        (Some(_), None) => return Err(ConfigError::new("auth.port", "is required with auth.host")),
-        (None, Some(_)) => return Err(ConfigError::new("auth.host", "is required with auth.port")),
+        (Some(_), None) => return Err(ConfigError::new(format!("{at}.port"), format!("is required with {at}.host"))),
+        (None, Some(_)) => return Err(ConfigError::new(format!("{at}.host"), format!("is required with {at}.port"))),
         (None, None) => None,
     };
-    match (&raw.cluster, host) {
+    match (cluster, host) {
         (Some(cluster), _) if cluster.trim().is_empty() => {
-            Err(ConfigError::new("auth.cluster", "must name the Envoy cluster of the auth service"))
+            Err(ConfigError::new(format!("{at}.cluster"), format!("must name the Envoy cluster of {what}")))
         }
-        (Some(cluster), Some((host, port))) => Ok((cluster.clone(), format!("{host}:{port}"))),
-        (Some(cluster), None) => Ok((cluster.clone(), cluster.clone())),
+        (Some(cluster), Some((host, port))) => Ok((cluster.to_owned(), format!("{host}:{port}"))),
+        (Some(cluster), None) => Ok((cluster.to_owned(), cluster.to_owned())),
         (None, Some((host, port))) => Ok((format!("outbound|{port}||{host}"), format!("{host}:{port}"))),
         (None, None) => Err(ConfigError::new(
-            "auth",
-            "name the auth service: auth.cluster (an Envoy cluster) or auth.host and auth.port (Istio)",
+            at,
+            format!("name {what}: {at}.cluster (an Envoy cluster) or {at}.host and {at}.port (Istio)"),
         )),
     }
 }

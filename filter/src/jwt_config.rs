@@ -350,18 +350,13 @@ fn algorithms(at: &str, names: Option<Vec<String>>, has_secret: bool) -> Result<
 
 fn remote_jwks(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
     let err = |field: &str, message: String| ConfigError::new(format!("{at}.{field}"), message);
-    let (cluster, authority) = match (raw.cluster, raw.host, raw.port) {
-        (Some(c), _, _) if c.trim().is_empty() => return Err(err("cluster", "must name an Envoy cluster".into())),
-        (_, Some(h), _) if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) => {
-            return Err(err("host", format!("{h:?} is not a host name")))
-        }
-        (Some(c), Some(h), Some(p)) => (c, format!("{h}:{p}")),
-        (None, Some(h), Some(p)) => (format!("outbound|{p}||{h}"), format!("{h}:{p}")),
-        (_, Some(_), None) => return Err(err("port", "is required with host".into())),
-        (_, None, Some(_)) => return Err(err("host", "is required with port".into())),
-        (Some(c), None, None) => (c.clone(), c),
-        (None, None, None) => return Err(ConfigError::new(at, "name the JWKS endpoint: cluster, or host and port")),
-    };
+    let (cluster, authority) = crate::config::cluster_and_authority(
+        at,
+        "the JWKS endpoint",
+        raw.cluster.as_deref(),
+        raw.host.as_deref(),
+        raw.port,
+    )?;
     let authority = raw.authority.unwrap_or(authority);
     if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(err("authority", "must be a non-empty host[:port] without spaces".into()));
@@ -459,8 +454,8 @@ mod tests {
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}}}, {{"issuer": "i", "secret": "{secret}"}}]}}"#), "jwt.providers[1].issuer: \"i\" is already a provider's issuer"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "mode": "remote"}}]}}"#), "jwt.providers[0].mode: unknown variant `remote`, expected `local` or `local_then_callout`"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `secret`, `leeway_s`, `claims_to_headers`, `mode`"),
-            (r#"{"providers": [{"issuer": "i", "remote_jwks": {}}]}"#.into(), "jwt.providers[0].remote_jwks: name the JWKS endpoint: cluster, or host and port"),
-            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"host": "idp"}}]}"#.into(), "jwt.providers[0].remote_jwks.port: is required with host"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {}}]}"#.into(), "jwt.providers[0].remote_jwks: name the JWKS endpoint: jwt.providers[0].remote_jwks.cluster (an Envoy cluster) or jwt.providers[0].remote_jwks.host and jwt.providers[0].remote_jwks.port (Istio)"),
+            (r#"{"providers": [{"issuer": "i", "remote_jwks": {"host": "idp"}}]}"#.into(), "jwt.providers[0].remote_jwks.port: is required with jwt.providers[0].remote_jwks.host"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "path": "jwks"}}]}"#.into(), "jwt.providers[0].remote_jwks.path: must start with '/' and contain no spaces or control characters"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 10}}]}"#.into(), "jwt.providers[0].remote_jwks.refresh_interval_ms: must be between 1000 and 86400000, got 10"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 1000, "min_refresh_interval_ms": 5000}}]}"#.into(), "jwt.providers[0].remote_jwks.min_refresh_interval_ms: must be at most refresh_interval_ms (1000), got 5000"),
