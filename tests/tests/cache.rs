@@ -183,19 +183,7 @@ fn a_decision_made_on_one_worker_is_a_hit_on_the_other() {
     env.assert_allowed_as("first", &env.get_as("/api/flows", token), "shared");
     // Many connections at once: the kernel spreads them over both workers' listeners.
     const CONNECTIONS: usize = 24;
-    let barrier = Arc::new(Barrier::new(CONNECTIONS));
-    let port = env.port;
-    let handles: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                barrier.wait();
-                RawRequest::get("/api/flows").bearer(token).send(port)
-            })
-        })
-        .collect();
-    for handle in handles {
-        let resp = handle.join().expect("client thread");
+    for resp in concurrent_gets(env.port, token, CONNECTIONS) {
         env.check(
             resp.status == 200 && resp.json()["headers"]["x-nebula-actor-id"] == serde_json::json!(["shared"]),
             "cached allow",
@@ -221,20 +209,7 @@ fn concurrent_identical_requests_share_one_callout() {
     let env = Env::start(&config(r#"{"default_ttl": 60}"#));
     const N: usize = 8;
     // no-store: nothing is cached, so only coalescing can save callouts.
-    let run = |token: &'static str| -> Vec<Response> {
-        let barrier = Arc::new(Barrier::new(N));
-        let port = env.port;
-        let handles: Vec<_> = (0..N)
-            .map(|_| {
-                let barrier = barrier.clone();
-                thread::spawn(move || {
-                    barrier.wait();
-                    RawRequest::get("/api/flows").bearer(token).send(port)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
-    };
+    let run = |token: &'static str| concurrent_gets(env.port, token, N);
     let token = "cc:no-store:slow:1500:allow:dave";
     for resp in run(token) {
         env.check(resp.status == 200, "coalesced allow", &resp);
@@ -409,4 +384,19 @@ fn send_keep_alive(port: u16, connections: usize, total: usize, prefix: &str) {
     for h in handles {
         h.join().expect("client thread");
     }
+}
+
+/// `n` GETs of /api/flows with `token`, each on its own connection, released together.
+fn concurrent_gets(port: u16, token: &'static str, n: usize) -> Vec<Response> {
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                RawRequest::get("/api/flows").bearer(token).send(port)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("client thread")).collect()
 }
