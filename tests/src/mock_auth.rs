@@ -20,6 +20,7 @@
 //! | `bigallow`          | as `allow:big`, but with a 2 MiB body |
 //! | `cc:<value>:<script>` | as `<script>`, plus `cache-control: <value>` (e.g. `cc:max-age=2:allow:a`, `cc:no-store:deny`) |
 //! | `once:<script>`     | as `<script>` the first time this exact token arrives, `status:503` after that |
+//! | `seq:<s1>\|<s2>\|…`  | the n-th arrival of this exact token answers as step n (the last step repeats), e.g. `seq:allow:a\|cc:no-store:deny\|status:500` |
 
 use std::time::Duration;
 
@@ -98,13 +99,13 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
-        // Only `once:` needs the history (the memory test sends 100 000 tokens).
-        let seen_before = script.contains("once:")
-            && recorded
-                .lock()
-                .expect("auth records")
-                .iter()
-                .any(|r| r.header("authorization") == req.header("authorization"));
+        // Only `once:` and `seq:` need the history (the memory test sends 100 000 tokens).
+        let seen_before = if script.contains("once:") || script.contains("seq:") {
+            let records = recorded.lock().expect("auth records");
+            records.iter().filter(|r| r.header("authorization") == req.header("authorization")).count()
+        } else {
+            0
+        };
         // The presets' services (Authentik, oauth2-proxy) answer on their own paths.
         let outpost = crate::outposts::respond(&req);
         recorded.lock().expect("auth records").push(req);
@@ -206,8 +207,9 @@ fn deny() -> Vec<u8> {
     )
 }
 
-/// `respond_to` plus the `cache-control` header a `cc:` prefix asks for.
-async fn respond(script: &str, seen_before: bool) -> Reply {
+/// `respond_to` plus the `cache-control` header a `cc:` prefix asks for; `seen_before`
+/// is how many times this exact token arrived before (for `once:` and `seq:`).
+async fn respond(script: &str, seen_before: usize) -> Reply {
     let mut script = script.to_owned();
     let mut cache_control = Vec::new();
     loop {
@@ -215,7 +217,10 @@ async fn respond(script: &str, seen_before: bool) -> Reply {
             cache_control.push(value.to_owned());
             script = then.to_owned();
         } else if let Some(then) = script.strip_prefix("once:") {
-            script = if seen_before { "status:503".to_owned() } else { then.to_owned() };
+            script = if seen_before > 0 { "status:503".to_owned() } else { then.to_owned() };
+        } else if let Some(steps) = script.strip_prefix("seq:") {
+            let steps: Vec<&str> = steps.split('|').collect();
+            script = steps[seen_before.min(steps.len() - 1)].to_owned();
         } else {
             break;
         }

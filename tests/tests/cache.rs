@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nebula_authz_tests::client::{self, RawRequest, Response};
-use nebula_authz_tests::{closed_port, Env, FILTER_ERROR_BODY};
+use nebula_authz_tests::{closed_port, prometheus_value as metric, Env, FILTER_ERROR_BODY};
 
 /// Just past a 1-second lifetime.
 const PAST_ONE_SECOND: Duration = Duration::from_millis(1_200);
@@ -22,21 +22,6 @@ fn config(cache: &str) -> String {
 fn calls(env: &Env, token: &str) -> usize {
     let want = format!("Bearer {token}");
     env.auth.requests().iter().filter(|r| r.header("authorization").as_deref() == Some(want.as_str())).count()
-}
-
-/// The counters of `/stats/prometheus` named `nebula_authz_*`, summed over tags.
-fn prometheus(env: &Env) -> String {
-    let resp = RawRequest::get("/stats/prometheus").send(env.admin_port);
-    assert_eq!(resp.status, 200, "admin /stats/prometheus: {resp:?}");
-    resp.text()
-}
-
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .find(|(n, _)| *n == name || n.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
-        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 #[test]
@@ -191,7 +176,11 @@ fn a_decision_made_on_one_worker_is_a_hit_on_the_other() {
         );
     }
     assert_eq!(calls(&env, token), 1, "one callout for {} requests on two workers", CONNECTIONS + 1);
-    // Both workers took connections (Envoy counts them per worker).
+    assert_both_workers_served(&env);
+}
+
+/// Both workers took connections (Envoy counts them per worker).
+fn assert_both_workers_served(env: &Env) {
     let stats = RawRequest::get("/stats?filter=worker_.\\.downstream_cx_total").send(env.admin_port).text();
     let per_worker: Vec<u64> = stats
         .lines()
@@ -225,7 +214,7 @@ fn concurrent_identical_requests_share_one_callout() {
     }
     assert_eq!(calls(&env, token), 1);
     assert_eq!(env.upstream.count(), N, "no failed request went upstream");
-    let text = prometheus(&env);
+    let text = env.prometheus();
     assert_eq!(metric(&text, "nebula_authz_coalesced"), Some(2 * (N as u64 - 1)), "{text}");
 }
 
@@ -264,7 +253,7 @@ fn stale_if_error_serves_a_recently_expired_allow() {
     let resp = env.get_as("/api/flows", "status:503");
     env.check(resp.status == 403 && !resp.proxied(), "no cached allow: fail closed", &resp);
     // A denial is never served stale.
-    let text = prometheus(&env);
+    let text = env.prometheus();
     assert_eq!(metric(&text, "nebula_authz_cache_stale_served"), Some(1), "{text}");
 
     // Without stale_if_error the same sequence fails closed.
@@ -274,6 +263,98 @@ fn stale_if_error_serves_a_recently_expired_allow() {
     let resp = env.get_as("/api/flows", token);
     env.check(resp.status == 403 && resp.text() == FILTER_ERROR_BODY, "expired, auth 503, no stale_if_error", &resp);
     assert_eq!(env.upstream.count(), 1, "only the first request went upstream");
+}
+
+/// Every kind of answer that is a decision against a credential, as a mock script, with
+/// the status the client gets for it: 401/403 with and without `no-store` (stored for
+/// `negative_ttl` without it), a redirect, another 4xx, a 2xx not in `allow_statuses`.
+const DENIALS: [(&str, u16); 7] = [
+    ("cc:no-store:deny", 401),
+    ("deny", 401),
+    ("cc:no-store:status:403", 403),
+    ("status:403", 403),
+    ("redirect", 302),
+    ("status:404", 404),
+    ("status:202", 202),
+];
+
+/// Allowed (as `rev`), then `denial` (the credential was revoked), then 500 for ever.
+fn revoked_after_allow(denial: &str) -> String {
+    format!("seq:allow:rev|{denial}|status:500")
+}
+
+const REVOCATION_CACHE: &str = r#"{"default_ttl": 1, "negative_ttl": 1, "stale_if_error": 30}"#;
+
+/// Issue 15's reproduction, for every kind of denial: an allow expires, the auth service
+/// then denies the credential, then fails. The allow from before the denial must never be
+/// served stale, whether or not the denial itself could be stored.
+#[test]
+fn a_denial_ends_the_stale_allow_of_its_key() {
+    let env = Env::start(&config(REVOCATION_CACHE));
+    let tokens: Vec<String> = DENIALS.iter().map(|(denial, _)| revoked_after_allow(denial)).collect();
+    // The control: the same allow, then only failures, is served stale (stale_if_error works).
+    let control = "seq:allow:rev|status:500";
+    for token in tokens.iter().map(String::as_str).chain([control]) {
+        env.assert_allowed_as(token, &env.get_as("/api/flows", token), "rev");
+    }
+    thread::sleep(PAST_ONE_SECOND);
+    for (token, (denial, status)) in tokens.iter().zip(DENIALS) {
+        let before = env.upstream.count();
+        let resp = env.get_as("/api/flows", token);
+        env.check(
+            resp.status == status && !resp.proxied() && env.upstream.count() == before,
+            &format!("{denial}: the denial reaches the client"),
+            &resp,
+        );
+    }
+    let mut stale_served = 0;
+    for when in ["right after the denial", "once a stored denial has expired too"] {
+        for (token, (denial, _)) in tokens.iter().zip(DENIALS) {
+            let before = env.upstream.count();
+            let resp = env.get_as("/api/flows", token);
+            env.check(
+                resp.status != 200 && !resp.proxied() && env.upstream.count() == before,
+                &format!("{denial}, then auth 500 ({when}): the allow from before the denial was served"),
+                &resp,
+            );
+        }
+        env.assert_allowed_as(&format!("control, {when}"), &env.get_as("/api/flows", control), "rev");
+        stale_served += 1;
+        thread::sleep(PAST_ONE_SECOND);
+    }
+    let text = env.prometheus();
+    assert_eq!(metric(&text, "nebula_authz_cache_stale_served"), Some(stale_served), "only the control: {text}");
+}
+
+/// The same across workers: the denial is answered on one worker, the failures that follow
+/// arrive on both (many connections at once), and neither serves the old allow.
+#[test]
+fn a_denial_on_one_worker_ends_the_stale_allow_on_both() {
+    let env = Env::builder().concurrency(2).plugin_config(&config(REVOCATION_CACHE)).start();
+    let tokens: Vec<String> = DENIALS.iter().map(|(denial, _)| revoked_after_allow(denial)).collect();
+    for token in &tokens {
+        env.assert_allowed_as(token, &env.get_as("/api/flows", token), "rev");
+    }
+    thread::sleep(PAST_ONE_SECOND);
+    for (token, (denial, status)) in tokens.iter().zip(DENIALS) {
+        let resp = env.get_as("/api/flows", token);
+        env.check(resp.status == status && !resp.proxied(), &format!("{denial}: the denial reaches the client"), &resp);
+    }
+    let upstream = env.upstream.count();
+    const CONNECTIONS: usize = 16;
+    for (token, (denial, _)) in tokens.iter().zip(DENIALS) {
+        for resp in concurrent_gets(env.port, token, CONNECTIONS) {
+            env.check(
+                resp.status != 200 && !resp.proxied(),
+                &format!("{denial}, then auth 500 on either worker: the allow from before the denial was served"),
+                &resp,
+            );
+        }
+    }
+    assert_eq!(env.upstream.count(), upstream, "nothing reached the upstream after the denials");
+    let text = env.prometheus();
+    assert_eq!(metric(&text, "nebula_authz_cache_stale_served"), Some(0), "{text}");
+    assert_both_workers_served(&env);
 }
 
 #[test]
@@ -291,7 +372,7 @@ fn metrics_are_exported_with_the_documented_names() {
     env.assert_denied("deny", &env.get_as("/api/flows", "deny"), env.upstream.count());
     assert_eq!(env.get_as("/api/health", "").status, 200);
     assert_eq!(env.get_as("/api/flows", "status:500").status, 403);
-    let text = prometheus(&env);
+    let text = env.prometheus();
     let expected = [
         ("nebula_authz_callouts", 3),
         ("nebula_authz_allows", 2),
@@ -387,14 +468,15 @@ fn send_keep_alive(port: u16, connections: usize, total: usize, prefix: &str) {
 }
 
 /// `n` GETs of /api/flows with `token`, each on its own connection, released together.
-fn concurrent_gets(port: u16, token: &'static str, n: usize) -> Vec<Response> {
+fn concurrent_gets(port: u16, token: &str, n: usize) -> Vec<Response> {
     let barrier = Arc::new(Barrier::new(n));
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let barrier = barrier.clone();
+            let token = token.to_owned();
             thread::spawn(move || {
                 barrier.wait();
-                RawRequest::get("/api/flows").bearer(token).send(port)
+                RawRequest::get("/api/flows").bearer(&token).send(port)
             })
         })
         .collect();

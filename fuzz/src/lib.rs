@@ -1,0 +1,315 @@
+//! The properties the fuzz targets check, one public function per target
+//! (`fuzz_targets/<name>.rs` calls `nebula_authz_fuzz::<name>`). Each takes any bytes,
+//! must never panic on its own, and panics (a libFuzzer crash) when a property fails:
+//! a round trip that changes something, a public path that is not canonical, a valid
+//! token whose signature does not check out, an identity header that reaches the auth
+//! service. `tests/corpus.rs` runs them over the committed corpus in `cargo test`.
+//!
+//! Inputs that hold headers are lines `name: value` (`:path: /x` for pseudo-headers);
+//! names are lower-cased and CR/NUL dropped from values, as Envoy hands them over.
+
+#![allow(clippy::panic)]
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use nebula_authz::cache_control::{freshness, Freshness};
+use nebula_authz::config::{Settings, DEFAULT_PUBLIC_PATHS};
+use nebula_authz::header_map;
+use nebula_authz::jwt::{JwtVerifier, Outcome};
+use nebula_authz::jwt_keys::{Alg, KeySet};
+use nebula_authz::request::Route;
+use nebula_authz::route::{canonical_path, PublicPaths};
+
+type Headers = Vec<(String, Vec<u8>)>;
+
+/// The plugin configuration parser: deterministic, errors are the documented kind, and a
+/// configuration that parses never makes a path-confusion form of a public path public.
+pub fn config(data: &[u8]) {
+    let first = Settings::from_json(data);
+    match (&first, Settings::from_json(data)) {
+        (Ok(_), Ok(_)) => {}
+        (Err(a), Err(b)) => assert_eq!(a, &b, "the same bytes gave two errors"),
+        (a, b) => panic!("the same bytes parsed differently: {:?} / {:?}", a.is_ok(), b.is_ok()),
+    }
+    match first {
+        Err(e) => assert!(e.to_string().starts_with("invalid plugin configuration"), "{e}"),
+        Ok(settings) => {
+            for confused in
+                [&b"//api/health"[..], b"/api/health/../flows", b"/api%2Fhealth", b"/api/./health", b"api/health"]
+            {
+                assert!(!settings.public.is_public(confused), "{} is public", String::from_utf8_lossy(confused));
+            }
+        }
+    }
+}
+
+/// The host's serialized header map: what parses re-serializes to a map that parses
+/// the same, no longer than the input; any list of headers survives the round trip.
+pub fn header_map(data: &[u8]) {
+    if let Some(pairs) = header_map::parse(data) {
+        let bytes = serialize_map(&pairs);
+        // Every length and terminator was checked: the input starts with exactly these
+        // bytes (an empty buffer is the empty map, whose serialization is 4 bytes).
+        assert!(data.is_empty() || data.starts_with(&bytes), "the map parsed is not what the buffer holds");
+        assert_eq!(header_map::parse(&bytes).as_ref(), Some(&pairs), "round trip changed the map");
+    }
+    let headers = header_lines(data);
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    assert_eq!(header_map::parse(&serialize_map(&pairs)), Some(pairs), "a serialized map did not parse back");
+}
+
+/// The canonical-path rule and the public-path matcher. Input: template lines, then the
+/// request target as the last line (no template line: seed 000's public paths). A public
+/// target is canonical, with or without its query; the query never changes the answer;
+/// and matchit agrees with a naive segment-by-segment matcher on every canonical path.
+pub fn public_path(data: &[u8]) {
+    let (templates, target) = match data.iter().rposition(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&b""[..], data),
+    };
+    let templates: Vec<String> = if templates.is_empty() {
+        DEFAULT_PUBLIC_PATHS.iter().map(|t| t.to_string()).collect()
+    } else {
+        templates.split(|&b| b == b'\n').take(16).map(|t| String::from_utf8_lossy(t).into_owned()).collect()
+    };
+    let fields: Vec<String> = (0..templates.len()).map(|i| format!("public_paths[{i}]")).collect();
+    let Ok(paths) = PublicPaths::compile(&templates, &fields) else { return };
+    let found = paths.find(target);
+    let canonical = canonical_path(target);
+    let shown = String::from_utf8_lossy(target);
+    if let Some(template) = found {
+        let Some(path) = canonical else { panic!("{shown:?} is public ({template}) but not canonical") };
+        let query_at = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+        assert_eq!(path.as_bytes(), &target[..query_at], "the canonical path is the target before '?'");
+        assert_unambiguous(path);
+        assert!(naive_match(template, path), "{path:?} is public by {template:?}, which does not cover it");
+        assert_eq!(paths.find(path.as_bytes()), Some(template), "{path:?} without its query");
+        let with_query = format!("{path}?next=/../admin%2F;x");
+        assert_eq!(paths.find(with_query.as_bytes()), Some(template), "{with_query:?}");
+    }
+    if let Some(path) = canonical {
+        let naive = templates.iter().find(|t| naive_match(t, path));
+        assert_eq!(naive.is_some(), found.is_some(), "{path:?}: naive matcher {naive:?}, matchit {found:?}");
+    }
+}
+
+/// `Cache-Control`/`Age` freshness: never a zero lifetime, independent of header order
+/// and of how the directives are split over header lines; `no-store` anywhere forbids.
+pub fn cache_control(data: &[u8]) {
+    let headers = header_lines(data);
+    let got = freshness(&headers);
+    if let Freshness::Seconds(n) = got {
+        assert!(n > 0, "a lifetime of 0 must be Forbidden");
+    }
+    let mut reversed = headers.clone();
+    reversed.reverse();
+    assert_eq!(freshness(&reversed), got, "header order changed the lifetime");
+    let mut split: Headers = Vec::new();
+    for (name, value) in &headers {
+        if name == "cache-control" {
+            split.extend(value.split(|&b| b == b',').map(|d| (name.clone(), d.to_vec())));
+        } else {
+            split.push((name.clone(), value.clone()));
+        }
+    }
+    assert_eq!(freshness(&split), got, "one directive per header line changed the lifetime");
+    let mut no_store = headers;
+    no_store.push(("cache-control".into(), b"no-store".to_vec()));
+    assert_eq!(freshness(&no_store), Freshness::Forbidden, "no-store must forbid storing");
+}
+
+/// The shared cache's slot decoder, through the public API: any bytes in a slot are a
+/// miss or a decision for exactly the key looked up, never a panic.
+pub fn cache_slot(data: &[u8]) {
+    let Ok(settings) = Settings::from_json(br#"{"auth": {"cluster": "auth"}, "cache": {"stale_if_error": 60}}"#) else {
+        panic!("the fuzz target's own configuration must parse")
+    };
+    let Some(cache) = &settings.cache else { panic!("cache configured") };
+    let lookup = cache.lookup("auth", &[(":path", "/"), ("authorization", "Bearer t")]);
+    let now = 1_700_000_000_000;
+    if let Some((_, expires)) = cache.fresh_until(data, &lookup, now) {
+        assert!(now < expires, "served at or after its expiry");
+        assert_eq!(&data[1..33], &lookup.key.0, "served for another key");
+    }
+    if cache.stale(data, &lookup, now).is_some() {
+        assert_eq!(&data[1..33], &lookup.key.0, "served stale for another key");
+    }
+}
+
+/// The secret of [`jwt`]'s HS256 provider (also in the corpus generator).
+pub const JWT_SECRET: &str = "nebula-authz-fuzz-secret-0123456789abcdef";
+/// Its issuer.
+pub const JWT_ISSUER: &str = "https://issuer.example";
+/// The instant tokens are checked at (Unix ms).
+pub const JWT_NOW_MS: u64 = 1_700_000_000_000;
+
+/// Local JWT verification (header, payload, signature, claims, claim headers): a token
+/// is valid only if an independent HMAC-SHA256 of its first two segments is its
+/// signature, and the headers it yields are valid header values.
+pub fn jwt(data: &[u8]) {
+    let json = format!(
+        r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{JWT_ISSUER}", "secret": "{JWT_SECRET}",
+            "claims_to_headers": {{"sub": "x-nebula-actor-id", "scope": "x-nebula-actor-permissions", "org.team": "x-team"}}}}]}}}}"#
+    );
+    let Ok(settings) = Settings::from_json(json.as_bytes()) else {
+        panic!("the fuzz target's own configuration must parse")
+    };
+    let Some(jwt) = &settings.jwt else { panic!("jwt configured") };
+    let token: Vec<u8> = data.iter().copied().filter(|b| !b"\r\n\0".contains(b)).collect();
+    let mut value = b"Bearer ".to_vec();
+    value.extend_from_slice(&token);
+    let headers: Headers = vec![(":path".into(), b"/api/flows".to_vec()), ("authorization".into(), value)];
+    let mut verifier = JwtVerifier::new(jwt);
+    let outcome = verifier.check(jwt, &headers, JWT_NOW_MS);
+    if let Outcome::Valid { headers: claims, .. } = outcome {
+        let text = String::from_utf8_lossy(&token);
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        assert_eq!(parts.len(), 3, "a valid token has three segments: {text:?}");
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        let mac = hmac_sha256::HMAC::mac(signed.as_bytes(), JWT_SECRET.as_bytes());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[2]);
+        assert_eq!(signature.ok().as_deref(), Some(&mac[..]), "valid without a good signature: {text:?}");
+        for (name, value) in claims.iter() {
+            assert!(["x-nebula-actor-id", "x-nebula-actor-permissions", "x-team"].contains(&name.as_str()), "{name}");
+            assert!(!value.bytes().any(|b| b"\r\n\0".contains(&b)), "{name}: {value:?} is not a header value");
+        }
+        // The verified-token cache gives the same answer.
+        let again = verifier.check(jwt, &headers, JWT_NOW_MS);
+        assert!(matches!(again, Outcome::Valid { cached: true, .. }), "cached: {again:?}");
+    }
+}
+
+/// JWKS documents: a set that loads has a key; private or symmetric material never loads.
+pub fn jwks(data: &[u8]) {
+    let Ok(document) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let names = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256"];
+    let allowed: Vec<Alg> = names.iter().filter_map(|n| Alg::from_name(n)).collect();
+    let only_private = document["keys"]
+        .as_array()
+        .is_some_and(|keys| keys.iter().all(|k| k.get("d").is_some() || k.get("k").is_some()));
+    match KeySet::from_jwks(&document, &allowed) {
+        Ok((set, skipped)) => {
+            assert!(!set.is_empty(), "a loaded set has a key");
+            assert!(!only_private, "private or symmetric key material was loaded");
+            assert!(skipped.iter().all(|s| s.starts_with("keys[")), "{skipped:?}");
+        }
+        Err(why) => assert!(!why.is_empty()),
+    }
+}
+
+/// The callout a request becomes (strip, public route, forward-auth headers). Input: a
+/// first byte (bit 0: trust_forward_header), then header lines. No stripped (identity)
+/// header reaches the auth service, each X-Forwarded-* is sent once, and without trust
+/// they describe the request Envoy received, not what the client claims.
+pub fn forward_auth(data: &[u8]) {
+    let Some((&flags, lines)) = data.split_first() else { return };
+    let trust = flags & 1 == 1;
+    let json = format!(r#"{{"auth": {{"cluster": "auth", "trust_forward_header": {trust}}}}}"#);
+    let Ok(settings) = Settings::from_json(json.as_bytes()) else {
+        panic!("the fuzz target's own configuration must parse")
+    };
+    let headers = header_lines(lines);
+    let peer = "10.1.2.3:4567";
+    let plan = settings.plan(&headers, || Some(peer.to_owned()));
+    for name in &plan.strip {
+        assert!(settings.strip.contains(name), "{name} stripped but not in the strip set");
+    }
+    let first = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+    match plan.route {
+        Route::Public { .. } => {
+            let path = first(":path").unwrap_or_default();
+            assert!(canonical_path(path).is_some(), "public but not canonical: {path:?}");
+        }
+        Route::Reject(_) => {}
+        Route::Callout { headers: callout } => {
+            let callout: Vec<(&str, &str)> = callout.iter().map(|(n, v)| (*n, Cow::as_ref(v))).collect();
+            assert_eq!(&callout[..3], &[(":method", "GET"), (":path", "/"), (":authority", "auth")][..]);
+            for (name, _) in &callout[3..] {
+                assert!(!settings.strip.contains(name), "stripped header {name} sent to the auth service");
+                assert!(!name.starts_with(':'), "pseudo-header {name} sent as a header");
+                if name.starts_with("x-forwarded-") {
+                    assert_eq!(callout.iter().filter(|(n, _)| n == name).count(), 1, "{name} sent twice");
+                }
+            }
+            if !trust {
+                let sent = |name: &str| callout.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes());
+                fn nonempty(v: Option<&[u8]>) -> Option<&[u8]> {
+                    v.filter(|v| !v.is_empty())
+                }
+                assert_eq!(sent("x-forwarded-method"), nonempty(first(":method")), "x-forwarded-method");
+                assert_eq!(sent("x-forwarded-uri"), nonempty(first(":path")), "x-forwarded-uri");
+                assert_eq!(sent("x-forwarded-host"), nonempty(first(":authority")), "x-forwarded-host");
+                assert_eq!(sent("x-forwarded-for"), Some(&b"10.1.2.3"[..]), "x-forwarded-for is the peer");
+                assert!(sent("x-forwarded-port").is_none() && sent("x-real-ip").is_none(), "client forwarding header");
+            }
+        }
+    }
+}
+
+/// `name: value` lines as Envoy hands headers over (names lower-cased, no CR/NUL).
+pub fn header_lines(data: &[u8]) -> Headers {
+    data.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let colon = line.iter().skip(1).position(|&b| b == b':')? + 1;
+            let name = std::str::from_utf8(&line[..colon]).ok()?.trim().to_ascii_lowercase();
+            let value: Vec<u8> = line[colon + 1..].iter().copied().filter(|b| !b"\r\0".contains(b)).collect();
+            let value = value.trim_ascii().to_vec();
+            (!name.is_empty()).then_some((name, value))
+        })
+        .collect()
+}
+
+/// The proxy-wasm map serialization: count, (name length, value length) pairs, then
+/// each name and value followed by a NUL (all little-endian u32).
+pub fn serialize_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (name, value) in pairs {
+        out.extend((name.len() as u32).to_le_bytes());
+        out.extend((value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend(name.as_bytes());
+        out.push(0);
+        out.extend(*value);
+        out.push(0);
+    }
+    out
+}
+
+/// Nothing another parser could read differently: no escapes, parameters, backslashes,
+/// empty or dot segments, only printable ASCII.
+fn assert_unambiguous(path: &str) {
+    assert!(path.starts_with('/'), "{path:?}");
+    assert!(path.bytes().all(|b| b.is_ascii_graphic()), "{path:?} has a control, space or non-ASCII byte");
+    for bad in ["%", ";", "\\", "#", "?", "//"] {
+        assert!(!path.contains(bad), "{path:?} contains {bad:?}");
+    }
+    let body = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
+    assert!(body.is_empty() || body.split('/').all(|s| s != "." && s != ".."), "{path:?} has a dot segment");
+}
+
+/// The template semantics written out plainly (route.rs docs): `/a/{x}` covers `/a/<one
+/// segment>` and everything below it; `/{prefix}/a/b` covers paths of at least one more
+/// segment ending in `a/b`; one trailing `/` aside.
+fn naive_match(template: &str, path: &str) -> bool {
+    let segments = |s: &str| -> Vec<String> {
+        let body = s.strip_prefix('/').unwrap_or(s);
+        let body = body.strip_suffix('/').unwrap_or(body);
+        if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').map(str::to_owned).collect()
+        }
+    };
+    let (t, p) = (segments(template), segments(path));
+    let same = |t: &String, p: &String| (t.starts_with('{') && t.ends_with('}')) || t == p;
+    match t.first().map(String::as_str) {
+        None => false,
+        Some("{prefix}") => {
+            let rest = &t[1..];
+            p.len() > rest.len() && rest.iter().zip(&p[p.len() - rest.len()..]).all(|(t, p)| same(t, p))
+        }
+        Some(_) => p.len() >= t.len() && t.iter().zip(&p).all(|(t, p)| same(t, p)),
+    }
+}
