@@ -13,13 +13,13 @@
 use std::borrow::Cow;
 
 use base64::Engine;
-use nebula_authz::cache_control::{freshness, Freshness};
-use nebula_authz::config::{Settings, DEFAULT_PUBLIC_PATHS};
-use nebula_authz::header_map;
-use nebula_authz::jwt::{JwtVerifier, Outcome};
-use nebula_authz::jwt_keys::{Alg, KeySet};
-use nebula_authz::request::Route;
-use nebula_authz::route::{canonical_path, PublicPaths};
+use nebula_authz::cache::control::{freshness, Freshness};
+use nebula_authz::config::Settings;
+use nebula_authz::host::header_map;
+use nebula_authz::jwt::keys::{Alg, KeySet};
+use nebula_authz::jwt::verifier::{JwtVerifier, Outcome};
+use nebula_authz::policy::request::Route;
+use nebula_authz::policy::route::{canonical_path, PublicPaths, DEFAULT_PUBLIC_PATHS};
 
 type Headers = Vec<(String, Vec<u8>)>;
 
@@ -35,6 +35,19 @@ pub fn config(data: &[u8]) {
     match first {
         Err(e) => assert!(e.to_string().starts_with("invalid plugin configuration"), "{e}"),
         Ok(settings) => {
+            // Re-serialized (the JSON value pretty-printed), it parses to the same settings:
+            // the configuration is a function of the JSON, not of its bytes. The cache
+            // fingerprint is the one thing that follows the bytes, on purpose.
+            let value: serde_json::Value = match serde_json::from_slice(data) {
+                Ok(value) => value,
+                Err(e) => panic!("parsed as a configuration but not as JSON: {e}"),
+            };
+            let again = match serde_json::to_vec_pretty(&value).map(|b| Settings::from_json(&b)) {
+                Ok(Ok(again)) => again,
+                Ok(Err(e)) => panic!("the re-serialized configuration is refused: {e}"),
+                Err(e) => panic!("cannot re-serialize: {e}"),
+            };
+            assert_eq!(summary(&again), summary(&settings), "re-serialized configuration parses differently");
             for confused in
                 [&b"//api/health"[..], b"/api/health/../flows", b"/api%2Fhealth", b"/api/./health", b"api/health"]
             {
@@ -42,6 +55,14 @@ pub fn config(data: &[u8]) {
             }
         }
     }
+}
+
+/// What two parses of one configuration must agree on (all but the JWT keys, whose
+/// Debug form holds hash sets, and the cache fingerprint).
+fn summary(s: &Settings) -> String {
+    let cache = s.cache.as_ref().map(|c| (c.entries, c.default_ttl, c.max_ttl, c.negative_ttl, c.stale_if_error));
+    let jwt = s.jwt.as_ref().map(|j| j.providers.len());
+    format!("{:?}\n{:?}\n{:?}\n{}\n{cache:?}\n{jwt:?}", s.auth, s.strip, s.public, s.status_on_error)
 }
 
 /// The host's serialized header map: what parses re-serializes to a map that parses

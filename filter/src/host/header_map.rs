@@ -23,7 +23,12 @@ pub fn parse(buffer: &[u8]) -> Option<Vec<(&str, &[u8])>> {
     let mut take = |len: usize| -> Option<&[u8]> {
         let end = data.checked_add(len)?;
         let bytes = buffer.get(data..end)?;
-        data = end.checked_add(1)?; // the NUL after each string
+        // The NUL after each string must be there: a length that does not land on it
+        // means the buffer is not what its lengths say (found by fuzz/ header_map).
+        if buffer.get(end) != Some(&0) {
+            return None;
+        }
+        data = end + 1;
         Some(bytes)
     };
     let mut headers = Vec::with_capacity(count);
@@ -103,6 +108,13 @@ mod tests {
         let mut huge_len = good.clone();
         huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse(&huge_len), None);
+        // Regressions from fuzz/corpus/header_map: the last NUL missing, and a name one
+        // byte shorter than its length (every later string then misses its NUL).
+        assert_eq!(parse(&good[..good.len() - 1]), None, "last NUL missing");
+        let mut shifted = good.clone();
+        let at = shifted.windows(5).position(|w| w == b"x-neb").unwrap();
+        shifted.remove(at + 1);
+        assert_eq!(parse(&shifted), None, "a NUL where the lengths say none is");
         let bad_name = serialize(&[("x-\u{e9}", b"v")]);
         let mut bad_name = bad_name;
         let at = bad_name.len() - 5; // inside the name: make it invalid UTF-8
