@@ -267,8 +267,10 @@ fn stale_if_error_serves_a_recently_expired_allow() {
 
 /// Every kind of answer that is a decision against a credential, as a mock script, with
 /// the status the client gets for it: 401/403 with and without `no-store` (stored for
-/// `negative_ttl` without it), a redirect, another 4xx, a 2xx not in `allow_statuses`.
-const DENIALS: [(&str, u16); 7] = [
+/// `negative_ttl` without it), a redirect, another 4xx, a 2xx not in `allow_statuses`,
+/// and a 401 whose 2 MiB body fails closed (malformed, but a refusal all the same).
+const DENIALS: [(&str, u16); 8] = [
+    ("bigbody", 403),
     ("cc:no-store:deny", 401),
     ("deny", 401),
     ("cc:no-store:status:403", 403),

@@ -32,6 +32,14 @@ impl LocalCache {
         }
     }
 
+    /// Forgets `key`'s decision (a denial of that key ends its allow on this worker).
+    pub fn remove(&mut self, key: &Key) {
+        let slot = &mut self.slots[index(key)];
+        if slot.as_ref().is_some_and(|(k, _, _)| k == key) {
+            *slot = None;
+        }
+    }
+
     /// Keeps `decision` for `key` until `expires_ms`, replacing what its slot held.
     pub fn put(&mut self, key: Key, expires_ms: u64, decision: Rc<Decision>) {
         self.slots[index(&key)] = Some((key, expires_ms, decision));
@@ -67,5 +75,10 @@ mod tests {
         local.put(other, 5_000, allow("bob"));
         assert_eq!(local.get(&key, 0), None);
         assert_eq!(local.get(&other, 0), Some(allow("bob")));
+        // Removing a key only ever removes that key.
+        local.remove(&key);
+        assert_eq!(local.get(&other, 0), Some(allow("bob")), "another key in the slot stays");
+        local.remove(&other);
+        assert_eq!(local.get(&other, 0), None);
     }
 }

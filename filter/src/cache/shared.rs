@@ -149,6 +149,12 @@ impl CacheSettings {
         (matches!(entry.decision, Decision::Allow { .. }) && now_ms < until).then_some(entry.decision)
     }
 
+    /// Whether `stored` holds an allow for exactly `lookup`'s key, fresh or stale: what a
+    /// denial of that key must end, whether or not the denial itself is stored (issue 15).
+    pub fn holds_allow(&self, stored: &[u8], lookup: &Lookup) -> bool {
+        Entry::decode(stored).is_some_and(|e| e.key == lookup.key && matches!(e.decision, Decision::Allow { .. }))
+    }
+
     /// The slot bytes to store for a fresh decision, or `None` when it must not be cached:
     /// `Cache-Control: no-store`/`no-cache`, a lifetime of 0, a denial other than
     /// 401/403 or one that sets cookies, an expired bearer token, an entry over
@@ -660,6 +666,21 @@ mod tests {
         assert_eq!(c.stale(&denied, &key, NOW + 6_000), None, "only allows are served stale");
         let no_stale = cache(r#"{"default_ttl": 10}"#);
         assert_eq!(no_stale.stale(&bytes, &no_stale.lookup("auth", &CALLOUT), NOW + 10_001), None);
+    }
+
+    #[test]
+    fn a_denial_finds_the_allow_it_must_end() {
+        let c = cache(r#"{"default_ttl": 10, "stale_if_error": 30}"#);
+        let key = c.lookup("auth", &CALLOUT);
+        let other = c.lookup("auth", &[("authorization", "Bearer u")]);
+        let allowed = c.entry(&key, &allow(), NONE, NOW).unwrap();
+        assert!(c.holds_allow(&allowed, &key), "fresh or stale, an allow of this key");
+        assert!(!c.holds_allow(&allowed, &other), "another key's allow is not this denial's business");
+        let denied = c.entry(&key, &deny(401), NONE, NOW).unwrap();
+        assert!(!c.holds_allow(&denied, &key));
+        assert!(!c.holds_allow(b"", &key), "an emptied slot holds nothing");
+        assert_eq!(c.stale(b"", &key, NOW + 11_000), None);
+        assert_eq!(c.fresh(b"", &key, NOW), None);
     }
 
     #[test]

@@ -104,6 +104,14 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
     Verdict::Deny { status, headers: relay }
 }
 
+/// Whether the auth service answered a final status that refuses the credential: below
+/// 500 and not in `allow_statuses`. True for every [`Verdict::Deny`], and also for an
+/// answer that fails closed on its form (a body over `max_response_bytes`, a header that is
+/// not text) but still says no: either way it ends the allows cached for its key.
+pub fn refuses<H: Header>(auth: &AuthSettings, headers: &[H]) -> bool {
+    status_of(headers).is_some_and(|status| status < 500 && !auth.allow_statuses.contains(&status))
+}
+
 /// The final status, 200..=599; 1xx and anything malformed is `None`.
 fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
     let value = headers::first(headers, ":status")?;
@@ -199,6 +207,32 @@ mod tests {
         for (headers, body, failure) in cases {
             assert_eq!(s.decide(&h(headers), *body), Verdict::Fail(*failure), "{headers:?}");
         }
+    }
+
+    #[test]
+    fn refusals_are_every_answered_status_but_errors_and_allows() {
+        let s = settings();
+        for (status, body, want) in [
+            (&b"401"[..], 0, true),
+            (b"403", 0, true),
+            (b"302", 0, true),
+            (b"404", 0, true),
+            (b"202", 0, true),
+            (b"401", 101, true),
+            (b"200", 0, false),
+            (b"200", 101, false),
+            (b"500", 0, false),
+            (b"503", 0, false),
+            (b"100", 0, false),
+            (b"abc", 0, false),
+        ] {
+            let headers = h(&[(":status", status)]);
+            assert_eq!(refuses(&s.auth, &headers), want, "{status:?}");
+            if let Verdict::Deny { .. } = decide(&s.auth, &headers, body) {
+                assert!(want, "every Deny refuses: {status:?}");
+            }
+        }
+        assert!(!refuses(&s.auth, &h(&[])), "no answer refuses nothing");
     }
 
     #[test]

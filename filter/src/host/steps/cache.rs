@@ -59,12 +59,35 @@ pub fn stale(cache: &CacheSettings, lookup: &Lookup) -> Option<Decision> {
 }
 
 /// Writes the slot without a CAS check: whichever worker writes last, the slot holds a
-/// fresh decision for the key it names; a lost race only costs a later miss.
+/// fresh decision for the key it names; a lost race only costs a later miss. A denial
+/// that may not be stored (`no-store`, a redirect, another 4xx...) still ends the allow
+/// the slot holds for its key.
 pub fn store(cache: &CacheSettings, lookup: &Lookup, decision: &Decision, response: &[(&str, &[u8])]) {
-    if let Some(bytes) = cache.entry(lookup, decision, response, now_ms()) {
-        let slot = lookup.slot_key();
-        if let Err(status) = hostcalls::set_shared_data(&slot, Some(&bytes), None) {
-            warn!("cannot store a decision in {slot}: {status:?}");
-        }
+    if let Decision::Deny { .. } = decision {
+        LOCAL_CACHE.with(|l| l.borrow_mut().remove(&lookup.key));
+    }
+    match cache.entry(lookup, decision, response, now_ms()) {
+        Some(bytes) => write(&lookup.slot_key(), &bytes),
+        None if matches!(decision, Decision::Deny { .. }) => end_allows(cache, lookup),
+        None => {}
+    }
+}
+
+/// The auth service refused `lookup`'s credential: no allow for that key may be served
+/// again, fresh or stale, on this worker (its front) or any other (the shared slot, which
+/// is emptied: shared data cannot delete). Other workers' fronts hold only what the slot
+/// held fresh, and only until that allow's own expiry; they never serve stale.
+pub fn end_allows(cache: &CacheSettings, lookup: &Lookup) {
+    LOCAL_CACHE.with(|l| l.borrow_mut().remove(&lookup.key));
+    let slot = lookup.slot_key();
+    let Ok((Some(stored), _)) = hostcalls::get_shared_data(&slot) else { return };
+    if cache.holds_allow(&stored, lookup) {
+        write(&slot, &[]);
+    }
+}
+
+fn write(slot: &str, bytes: &[u8]) {
+    if let Err(status) = hostcalls::set_shared_data(slot, Some(bytes), None) {
+        warn!("cannot write the decision slot {slot}: {status:?}");
     }
 }

@@ -10,7 +10,7 @@ use crate::cache::shared::{Decision, Lookup};
 use crate::config::Settings;
 use crate::host::header_map;
 use crate::host::steps::cache;
-use crate::policy::decision::{Failure, Verdict};
+use crate::policy::decision::{self, Failure, Verdict};
 
 /// What happened to a request that needed the auth service.
 pub enum Outcome {
@@ -40,6 +40,13 @@ pub fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) ->
                 cache::store(cache, lookup, &decision, &headers);
             }
             Outcome::Decided(decision)
+        }
+        // Malformed, but a refusal all the same: it ends the key's allows, none is served stale.
+        (None, Verdict::Fail(failure)) if decision::refuses(&settings.auth, &headers) => {
+            if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
+                cache::end_allows(cache, lookup);
+            }
+            Outcome::Failed(failure)
         }
         (None, Verdict::Fail(failure)) => failed(settings, lookup, failure),
         (None, _) => Outcome::Failed(Failure::HostError),
