@@ -22,10 +22,13 @@ pub enum Metric {
     CacheStaleServed,
     /// Requests that waited for another request's identical callout.
     Coalesced,
+    /// Callouts sent again because their connection was reset or refused before any
+    /// response byte (`auth.retry_on_reset`).
+    CalloutRetries,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Callouts,
         Metric::Allows,
         Metric::Denies,
@@ -35,6 +38,7 @@ impl Metric {
         Metric::CacheMisses,
         Metric::CacheStaleServed,
         Metric::Coalesced,
+        Metric::CalloutRetries,
     ];
 
     /// The name the filter defines (Envoy adds its own prefix, see the module docs).
@@ -49,6 +53,7 @@ impl Metric {
             Metric::CacheMisses => "nebula_authz.cache_misses",
             Metric::CacheStaleServed => "nebula_authz.cache_stale_served",
             Metric::Coalesced => "nebula_authz.coalesced",
+            Metric::CalloutRetries => "nebula_authz.callout_retries",
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use log::{error, warn};
 use proxy_wasm::hostcalls;
@@ -16,6 +17,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::cache::shared::Lookup;
 use crate::config::Settings;
+use crate::host::clock::now_ms;
 use crate::host::header_map;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
@@ -39,8 +41,9 @@ pub struct Authz {
 
 enum Pending {
     /// Our own callout (`token`); when caching, its lookup and headers (to resend it
-    /// for the requests waiting on it if this stream goes away first).
-    Callout { token: u32, cached: Option<Resend> },
+    /// for the requests waiting on it if this stream goes away first); when it was first
+    /// sent (Unix ms: a retry gets what is left of the timeout) and whether it is the retry.
+    Callout { token: u32, cached: Option<Resend>, sent_ms: u64, retried: bool },
     /// Another request's identical callout on this worker (coalescing).
     Coalesced { lookup: Lookup },
     /// A JWKS fetch for a token whose key is not known yet.
@@ -107,9 +110,35 @@ impl Authz {
             return Action::Pause;
         }
         if let Some((token, cached)) = callout::send(self.id, settings, callout, lookup) {
-            self.pending = Some(Pending::Callout { token, cached });
+            // Read only when a retry may need it: one host call per callout.
+            let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
+            self.pending = Some(Pending::Callout { token, cached, sent_ms, retried: false });
         }
         Action::Pause
+    }
+
+    /// Sends the callout once more, with what is left of `auth.timeout` since `sent_ms`:
+    /// its connection was reset or refused before any answer. The callout is rebuilt from
+    /// the request (already stripped, which changes nothing it sends). `None` when no
+    /// time is left or it cannot be sent; the caller then decides on Envoy's reply.
+    fn retry(&self, settings: &Settings, sent_ms: u64) -> Option<u32> {
+        let elapsed = Duration::from_millis(now_ms().saturating_sub(sent_ms));
+        let left = settings.auth.timeout.saturating_sub(elapsed);
+        if left.is_zero() {
+            return None;
+        }
+        let buffer = header_map::read(MapType::HttpRequestHeaders)?;
+        let headers = header_map::parse(&buffer)?;
+        let Route::Callout { headers: callout } = settings.plan(&headers, peer_address).route else { return None };
+        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let token = callout::dispatch_within(&settings.auth, callout, left).ok()?;
+        count(Metric::CalloutRetries);
+        warn!(
+            "[{}] callout connection reset or refused before an answer: sent again ({} ms left)",
+            self.id,
+            left.as_millis()
+        );
+        Some(token)
     }
 
     /// The request waited for a JWKS fetch: check its token again (no second fetch),
@@ -168,8 +197,8 @@ impl Authz {
 
 impl Context for Authz {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let cached = match self.pending.take() {
-            Some(Pending::Callout { token: t, cached }) if t == token => cached,
+        let (cached, sent_ms, retried) = match self.pending.take() {
+            Some(Pending::Callout { token: t, cached, sent_ms, retried }) if t == token => (cached, sent_ms, retried),
             Some(Pending::Jwks { token: t, provider }) if t == token => {
                 if let Some(settings) = self.settings.clone() {
                     if let (Some(jwt), Some(state)) = (&settings.jwt, &self.jwt) {
@@ -186,11 +215,20 @@ impl Context for Authz {
                 return;
             }
         };
-        if let Some(settings) = self.settings.clone() {
-            let lookup = cached.map(|c| c.lookup);
-            let outcome = decide::answer(&settings, lookup.as_ref(), body_size);
-            callout::settle(self.id, &settings, lookup.as_ref(), &outcome);
-        }
+        let Some(settings) = self.settings.clone() else { return };
+        let may_retry = settings.auth.retry_on_reset && !retried;
+        let lookup = cached.as_ref().map(|c| &c.lookup);
+        let outcome = match decide::answer_or_retry(&settings, lookup, body_size, may_retry) {
+            Some(outcome) => outcome,
+            None => match self.retry(&settings, sent_ms) {
+                Some(token) => {
+                    self.pending = Some(Pending::Callout { token, cached, sent_ms, retried: true });
+                    return;
+                }
+                None => decide::answer(&settings, lookup, body_size),
+            },
+        };
+        callout::settle(self.id, &settings, lookup, &outcome);
     }
 
     fn on_done(&mut self) -> bool {

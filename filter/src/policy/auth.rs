@@ -30,6 +30,7 @@ pub(crate) struct RawAuth {
     authority: Option<String>,
     path: Option<String>,
     timeout_ms: Option<u64>,
+    retry_on_reset: Option<bool>,
     request_headers: Option<Vec<String>>,
     upstream_headers: Option<Vec<String>>,
     client_headers: Option<Vec<String>>,
@@ -48,6 +49,9 @@ pub struct AuthSettings {
     pub authority: String,
     pub path: String,
     pub timeout: Duration,
+    /// Send a callout once more, within `timeout`, when Envoy reports its connection reset
+    /// or refused before any response byte (policy/envoy_reply.rs); never an answer.
+    pub retry_on_reset: bool,
     /// Client request headers sent to the auth service.
     pub request_headers: HeaderNames,
     /// Auth response headers copied onto the upstream request on allow.
@@ -143,6 +147,7 @@ impl TryFrom<RawAuth> for AuthSettings {
             authority,
             path,
             timeout: Duration::from_millis(timeout_ms),
+            retry_on_reset: raw.retry_on_reset.unwrap_or(true),
             request_headers: HeaderNames::parse("auth.request_headers", &request_headers, true)?,
             upstream_headers: HeaderNames::parse_injectable("auth.upstream_headers", &upstream_headers)?,
             client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,

@@ -19,6 +19,7 @@ use crate::host::steps::inject;
 use crate::metrics::Metric;
 use crate::policy::auth::AuthSettings;
 use crate::policy::decision::Failure;
+use crate::policy::envoy_reply::ENVOY_RETRY_HEADERS;
 
 thread_local! {
     /// Callouts in flight on this worker (one VM per worker thread), for coalescing.
@@ -70,7 +71,17 @@ pub fn send(
 
 /// One callout to the auth service, counted.
 pub fn dispatch(auth: &AuthSettings, headers: Vec<(&str, &str)>) -> Result<u32, Status> {
-    let token = hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], auth.timeout)?;
+    dispatch_within(auth, headers, auth.timeout)
+}
+
+/// [`dispatch`] with `timeout` (a retry: what is left of `auth.timeout`). With
+/// `retry_on_reset`, Envoy is asked to retry a reset or refused connection itself, after
+/// its backoff (policy/envoy_reply.rs), on this attempt and on the filter's retry.
+pub fn dispatch_within(auth: &AuthSettings, mut headers: Vec<(&str, &str)>, timeout: Duration) -> Result<u32, Status> {
+    if auth.retry_on_reset {
+        headers.extend(ENVOY_RETRY_HEADERS);
+    }
+    let token = hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], timeout)?;
     count(Metric::Callouts);
     Ok(token)
 }

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::host::header_map;
 use crate::host::steps::cache;
 use crate::policy::decision::{self, Failure, Verdict};
+use crate::policy::envoy_reply::{self, EnvoyReply};
 
 /// What happened to a request that needed the auth service.
 pub enum Outcome {
@@ -22,11 +23,31 @@ pub enum Outcome {
 
 /// Reads the callout's answer and caches a decision.
 pub fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) -> Outcome {
-    // No headers at all is how Envoy reports a timeout or reset.
+    answer_or_retry(settings, lookup, body_size, false).unwrap_or(Outcome::Failed(Failure::NoResponse))
+}
+
+/// [`answer`], or `None` when `may_retry` and the callout never reached an answer:
+/// Envoy reports its connection reset or refused (policy/envoy_reply.rs), and the caller
+/// sends it once more.
+pub fn answer_or_retry(
+    settings: &Settings,
+    lookup: Option<&Lookup>,
+    body_size: usize,
+    may_retry: bool,
+) -> Option<Outcome> {
+    // No headers at all is how Envoy reports a stream it reset itself.
     let buffer = header_map::read(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let Some(headers) = header_map::parse(&buffer) else {
-        return failed(settings, lookup, Failure::BadStatus);
+        return Some(failed(settings, lookup, Failure::BadStatus));
     };
+    // Only a 502/503/504 without the upstream marker has its (short) body read for this.
+    if may_retry && body_size <= envoy_reply::MAX_REPLY_BYTES && envoy_reply::may_be_envoy_reply(&headers) {
+        let body =
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        if envoy_reply::envoy_reply(&headers, &body).is_some_and(EnvoyReply::worth_retrying) {
+            return None;
+        }
+    }
     let verdict = settings.decide(&headers, body_size);
     let body = match (&verdict, body_size) {
         (Verdict::Deny { .. }, 1..) => {
@@ -39,17 +60,17 @@ pub fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) ->
             if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
                 cache::store(cache, lookup, &decision, &headers);
             }
-            Outcome::Decided(decision)
+            Some(Outcome::Decided(decision))
         }
         // Malformed, but a refusal all the same: it ends the key's allows, none is served stale.
         (None, Verdict::Fail(failure)) if decision::refuses(&settings.auth, &headers) => {
             if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
                 cache::end_allows(cache, lookup);
             }
-            Outcome::Failed(failure)
+            Some(Outcome::Failed(failure))
         }
-        (None, Verdict::Fail(failure)) => failed(settings, lookup, failure),
-        (None, _) => Outcome::Failed(Failure::HostError),
+        (None, Verdict::Fail(failure)) => Some(failed(settings, lookup, failure)),
+        (None, _) => Some(Outcome::Failed(Failure::HostError)),
     }
 }
 
