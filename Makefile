@@ -99,9 +99,10 @@ demo-check: build envoy
 	$(VENV_PY) scripts/check_observability.py $(DEMO_STATS)
 
 # Every console block of README.md and docs/ is run (demo-check) or marked not run;
-# relative links resolve. Python standard library only.
+# relative links resolve; every whole JSON configuration shown loads in the filter.
 docs-check:
-	$(PYTHON) scripts/check_docs.py
+	cargo build -q -p nebula-authz-tests --bin check-config
+	$(PYTHON) scripts/check_docs.py --check-config $(abspath target/debug/check-config)
 
 # docker-compose (Debian) validates envoy/docker-compose.yml; no Docker engine is needed.
 compose-check: envoy

@@ -9,11 +9,16 @@ before the fence) by one of
   <!-- not run: <reason> -->      shown, not run, and the reason says why
 An unmarked block, an unknown checker or an empty reason fails, as does a `checked: demo`
 block with a command the demo cannot run. Relative links must name an existing file
-and, with `#anchor`, an existing heading. Python standard library only.
+and, with `#anchor`, an existing heading. With `--check-config BIN`
+(tests/src/bin/check-config.rs) every ```json block that is a whole plugin configuration
+(an object with `auth`) must load through the filter's own parser. Python standard
+library only.
 
-`--self-test` feeds broken pages and requires each to be caught.
+Broken pages are fed first and each must be caught (`self-test:` lines).
 """
+import json
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -75,10 +80,23 @@ def anchors(path):
     return {slug(m[1]) for m in re.finditer(r"^#+ (.*)$", text, flags=re.M)}
 
 
-def page_problems(path, root):
+def config_problems(where, body, checker):
+    """A ```json block that is a whole plugin configuration must load in the filter."""
+    config = whole_config(body)
+    if config is None or checker is None:
+        return []
+    run = subprocess.run([checker, "-"], input=json.dumps(config), capture_output=True, text=True)
+    if run.returncode != 0:
+        return [f"{where}: the filter refuses this configuration: {(run.stdout or run.stderr).strip()}"]
+    return []
+
+
+def page_problems(path, root, checker=None):
     found = []
     rel = path.relative_to(root)
     for line, tag, kind, text, body in blocks(path):
+        if tag == "json":
+            found += config_problems(f"{rel}:{line}", body, checker)
         if tag not in CONSOLE_TAGS:
             continue
         where = f"{rel}:{line}"
@@ -118,14 +136,26 @@ def demo_blocks(root=ROOT):
             if tag in CONSOLE_TAGS and kind == "checked" and text == "demo"]
 
 
-def check(root):
+def check(root, checker=None):
     found = []
     for path in pages(root):
-        found += page_problems(path, root)
+        found += page_problems(path, root, checker)
     return found
 
 
-def self_test():
+def whole_config(body):
+    try:
+        config = json.loads("\n".join(body))
+    except ValueError:
+        return None  # a fragment (e.g. only the `jwt` block)
+    return config if isinstance(config, dict) and "auth" in config else None
+
+
+def configs(root):
+    return sum(1 for p in pages(root) for _, tag, _, _, body in blocks(p) if tag == "json" and whole_config(body))
+
+
+def self_test(checker):
     """Each broken page must be caught (the check must be able to fail)."""
     cases = [
         ("an unmarked console block", "```console\n$ curl localhost:10000/\n```\n", "neither checked nor marked"),
@@ -137,12 +167,15 @@ def self_test():
         ("a link to a missing page", "see [x](nowhere.md)\n", "does not exist"),
         ("a link to a missing heading", "# Title\n\nsee [x](#no-such-heading)\n", "no heading"),
     ]
+    if checker:
+        cases.append(("a configuration the filter refuses", '```json\n{ "auth": { "cluster": "a", "timout_ms": 5 } }\n```\n',
+                      "timout_ms"))
     failed = 0
     for label, text, expected in cases:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "docs").mkdir()
             (Path(tmp) / "README.md").write_text(text)
-            found = check(Path(tmp))
+            found = check(Path(tmp), checker)
         if any(expected in p for p in found):
             print(f"ok   self-test: {label} is caught")
         else:
@@ -152,14 +185,20 @@ def self_test():
 
 
 def main():
-    failed = self_test()
-    found = check(ROOT)
+    checker = None
+    if sys.argv[1:2] == ["--check-config"] and len(sys.argv) == 3:
+        checker = sys.argv[2]
+    elif sys.argv[1:]:
+        sys.exit(f"usage: {sys.argv[0]} [--check-config BIN]")
+    failed = self_test(checker)
+    found = check(ROOT, checker)
     for problem in found:
         print(f"FAIL {problem}")
     marked = sum(1 for p in pages(ROOT) for _, tag, kind, _, _ in blocks(p) if tag in CONSOLE_TAGS and kind)
     checked = sum(len(cmds) for _, cmds in demo_blocks())
+    loaded = f", {configs(ROOT)} JSON configurations loaded by the filter" if checker else ""
     print(f"docs: {len(pages(ROOT))} pages, {marked} console blocks marked, {checked} commands run by "
-          f"make demo-check; {len(found) + failed} problems")
+          f"make demo-check{loaded}; {len(found) + failed} problems")
     return 1 if found or failed else 0
 
 
