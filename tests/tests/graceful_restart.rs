@@ -103,6 +103,6 @@ fn envoy_retries(env: &Env) -> Option<u64> {
 }
 
 fn envoy_stat(env: &Env, name: &str) -> Option<u64> {
-    let stats = RawRequest::get(&format!("/stats?filter=^{name}$")).send(env.admin_port).text();
+    let stats = RawRequest::get(format!("/stats?filter=^{name}$")).send(env.admin_port).text();
     stats.trim().rsplit_once(": ")?.1.parse().ok()
 }
