@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use nebula_authz::cache::control::{freshness, Freshness};
+use nebula_authz::cache::shared::reencode_slot;
 use nebula_authz::config::Settings;
 use nebula_authz::host::header_map;
 use nebula_authz::jwt::keys::{Alg, KeySet};
@@ -22,6 +23,27 @@ use nebula_authz::policy::request::Route;
 use nebula_authz::policy::route::{canonical_path, PublicPaths, DEFAULT_PUBLIC_PATHS};
 
 type Headers = Vec<(String, Vec<u8>)>;
+
+// The targets' own configurations, parsed once per thread (a parse per input would be
+// most of the work).
+thread_local! {
+    static SLOT_SETTINGS: Settings =
+        fixed(br#"{"auth": {"cluster": "auth"}, "cache": {"stale_if_error": 60}}"#.to_vec());
+    static JWT_SETTINGS: Settings = fixed(format!(
+        r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{JWT_ISSUER}", "secret": "{JWT_SECRET}",
+            "claims_to_headers": {{"sub": "x-nebula-actor-id", "scope": "x-nebula-actor-permissions", "org.team": "x-team"}}}}]}}}}"#
+    ).into_bytes());
+    static FORWARD_SETTINGS: [Settings; 2] = [false, true].map(|trust| {
+        fixed(format!(r#"{{"auth": {{"cluster": "auth", "trust_forward_header": {trust}}}}}"#).into_bytes())
+    });
+}
+
+fn fixed(json: Vec<u8>) -> Settings {
+    match Settings::from_json(&json) {
+        Ok(settings) => settings,
+        Err(e) => panic!("the fuzz target's own configuration must parse: {e}"),
+    }
+}
 
 /// The plugin configuration parser: deterministic, errors are the documented kind, and a
 /// configuration that parses never makes a path-confusion form of a public path public.
@@ -140,12 +162,14 @@ pub fn cache_control(data: &[u8]) {
     assert_eq!(freshness(&no_store), Freshness::Forbidden, "no-store must forbid storing");
 }
 
-/// The shared cache's slot decoder, through the public API: any bytes in a slot are a
-/// miss or a decision for exactly the key looked up, never a panic.
+/// The shared cache's slot decoder: any bytes in a slot are a miss or a decision for
+/// exactly the key looked up, a valid slot re-encodes to the same bytes, and it is fresh
+/// exactly until its expiry.
 pub fn cache_slot(data: &[u8]) {
-    let Ok(settings) = Settings::from_json(br#"{"auth": {"cluster": "auth"}, "cache": {"stale_if_error": 60}}"#) else {
-        panic!("the fuzz target's own configuration must parse")
-    };
+    SLOT_SETTINGS.with(|settings| cache_slot_with(settings, data));
+}
+
+fn cache_slot_with(settings: &Settings, data: &[u8]) {
     let Some(cache) = &settings.cache else { panic!("cache configured") };
     let lookup = cache.lookup("auth", &[(":path", "/"), ("authorization", "Bearer t")]);
     let now = 1_700_000_000_000;
@@ -155,6 +179,19 @@ pub fn cache_slot(data: &[u8]) {
     }
     if cache.stale(data, &lookup, now).is_some() {
         assert_eq!(&data[1..33], &lookup.key.0, "served stale for another key");
+    }
+    // A slot that decodes re-encodes to exactly its bytes: one encoding per decision.
+    if let Some(again) = reencode_slot(data) {
+        assert_eq!(again, data, "a decoded slot re-encoded differently");
+    }
+    // The slot of the same bytes under the looked-up key: the decision decoded from it
+    // is served for that key while fresh, and never at or after its expiry.
+    if data.len() >= 49 && reencode_slot(data).is_some() {
+        let mut ours = data.to_vec();
+        ours[1..33].copy_from_slice(&lookup.key.0);
+        let expires = u64::from_be_bytes(ours[33..41].try_into().unwrap_or_default());
+        let fresh = cache.fresh_until(&ours, &lookup, now);
+        assert_eq!(fresh.is_some(), now < expires, "fresh exactly before its expiry");
     }
 }
 
@@ -169,13 +206,10 @@ pub const JWT_NOW_MS: u64 = 1_700_000_000_000;
 /// is valid only if an independent HMAC-SHA256 of its first two segments is its
 /// signature, and the headers it yields are valid header values.
 pub fn jwt(data: &[u8]) {
-    let json = format!(
-        r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{JWT_ISSUER}", "secret": "{JWT_SECRET}",
-            "claims_to_headers": {{"sub": "x-nebula-actor-id", "scope": "x-nebula-actor-permissions", "org.team": "x-team"}}}}]}}}}"#
-    );
-    let Ok(settings) = Settings::from_json(json.as_bytes()) else {
-        panic!("the fuzz target's own configuration must parse")
-    };
+    JWT_SETTINGS.with(|settings| jwt_with(settings, data));
+}
+
+fn jwt_with(settings: &Settings, data: &[u8]) {
     let Some(jwt) = &settings.jwt else { panic!("jwt configured") };
     let token: Vec<u8> = data.iter().copied().filter(|b| !b"\r\n\0".contains(b)).collect();
     let mut value = b"Bearer ".to_vec();
@@ -226,10 +260,10 @@ pub fn jwks(data: &[u8]) {
 pub fn forward_auth(data: &[u8]) {
     let Some((&flags, lines)) = data.split_first() else { return };
     let trust = flags & 1 == 1;
-    let json = format!(r#"{{"auth": {{"cluster": "auth", "trust_forward_header": {trust}}}}}"#);
-    let Ok(settings) = Settings::from_json(json.as_bytes()) else {
-        panic!("the fuzz target's own configuration must parse")
-    };
+    FORWARD_SETTINGS.with(|both| forward_auth_with(&both[usize::from(trust)], trust, lines));
+}
+
+fn forward_auth_with(settings: &Settings, trust: bool, lines: &[u8]) {
     let headers = header_lines(lines);
     let peer = "10.1.2.3:4567";
     let plan = settings.plan(&headers, || Some(peer.to_owned()));

@@ -293,6 +293,12 @@ fn bearer_expiry(callout: &[(&str, &str)]) -> Option<u64> {
         .min()
 }
 
+/// A slot's bytes decoded and encoded again: `Some(bytes)` exactly when the bytes are a
+/// valid slot. For the fuzz target's round trip (fuzz/src/lib.rs `cache_slot`).
+pub fn reencode_slot(bytes: &[u8]) -> Option<Vec<u8>> {
+    Entry::decode(bytes).map(|entry| entry.encode())
+}
+
 /// One slot's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
