@@ -37,6 +37,9 @@ fn a_callout_reset_before_the_answer_is_sent_again() {
     assert_eq!(calls(&env, token), 2, "the callout, then Envoy's retry");
     assert_eq!(retries(&env), Some(0), "the filter saw the answer only");
     assert!(envoy_retries(&env).contains("upstream_rq_retry: 1"), "{}", envoy_retries(&env));
+    // The retried request is the same request: no chunked framing added on the way.
+    let retried = env.auth.last();
+    assert_eq!(retried.header("transfer-encoding"), None, "{retried:?}");
     // Reset twice: Envoy's retry is reset too, and the filter sends it once more.
     let token = "seq:close|close|allow:carol";
     env.assert_allowed_as("reset twice, allowed on the filter's retry", &env.get_as("/api/flows", token), "carol");
