@@ -114,6 +114,8 @@ def serve_filter_by_ecds(config, directory):
     on the move into the watched directory). Without a valid config the filter is
     missing and Envoy answers 500 (no default_config: nothing ever runs unfiltered).
     """
+    # Any xDS subscription needs a node identity (istiod's sidecars have one).
+    config.setdefault("node", {"id": "nebula-authz", "cluster": "nebula-authz"})
     listener = config["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for http_filter in hcm["http_filters"]:

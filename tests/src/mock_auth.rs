@@ -110,7 +110,9 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
         }
 
         let reply = match fault {
-            Fault::None | Fault::Refuse => None,
+            Fault::None => None,
+            // A connection accepted just as the listener closes: not answered either.
+            Fault::Refuse => Some(Reply::Close),
             Fault::Status500 => Some(Reply::Bytes(response(500, &[("content-type", b"text/plain")], b"fault"))),
             Fault::Garbage => Some(Reply::BytesThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec())),
             Fault::Hang => {

@@ -119,11 +119,12 @@ impl MockServer {
                     continue;
                 };
                 let accepted = tokio::select! {
-                    accepted = open.accept() => accepted,
+                    biased;
                     _ = recorded.fault_begins(Fault::Refuse) => {
                         listener = None;
                         continue;
                     }
+                    accepted = open.accept() => accepted,
                 };
                 let Ok((stream, _)) = accepted else {
                     continue;
@@ -134,8 +135,9 @@ impl MockServer {
                 // A refusing server also drops the connections it has.
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = served => {}
+                        biased;
                         _ = records.fault_begins(Fault::Refuse) => {}
+                        _ = served => {}
                     }
                 });
             }

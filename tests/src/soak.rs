@@ -34,8 +34,6 @@ pub const RECOVERY_BOUND: Duration = Duration::from_secs(2);
 /// Added to the callout timeout for the latency bound during faults: a loaded 2-core
 /// machine schedules late, the bound is there to catch a hang, not to time the filter.
 pub const LATENCY_SLACK: Duration = Duration::from_millis(2500);
-/// A request starting this soon after a phase change may see either phase.
-const GRACE: Duration = Duration::from_millis(150);
 /// Pool credentials (repeated: cache hits when the cache is on).
 const POOL: u64 = 8;
 const BODY_LEN: usize = 4096;
@@ -111,6 +109,8 @@ struct Ledger {
     cache: bool,
     /// Every identity header must be present; else absent (a config without it) or exact.
     strict: bool,
+    /// Path prefixes public in some configuration in force (besides `/api/health`).
+    public: Mutex<Vec<String>>,
     /// Credentials the auth service answered `allow:` for, and how often.
     issued: Mutex<HashMap<String, u64>>,
     /// Soak ids of requests the auth service answered `allow:` for (callout per request).
@@ -140,8 +140,8 @@ fn credential(req: &crate::client::RecordedRequest) -> Option<String> {
     req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
 }
 
-fn is_public(path: &str) -> bool {
-    path.starts_with("/api/health")
+fn is_public(ledger: &Ledger, path: &str) -> bool {
+    path.starts_with("/api/health") || ledger.public.lock().expect("ledger").iter().any(|p| path.starts_with(p))
 }
 
 /// The upstream's view: every request is judged as it arrives.
@@ -151,7 +151,7 @@ fn check_upstream(ledger: &Ledger, req: &crate::client::RecordedRequest) {
     if req.headers.iter().any(|(_, v)| v.windows(SPOOFED.len()).any(|w| w == SPOOFED.as_bytes())) {
         Ledger::note(&ledger.leaks, format!("a spoofed value reached the upstream: {}", what()));
     }
-    if is_public(&req.path) {
+    if is_public(ledger, &req.path) {
         if NEBULA_HEADERS.iter().any(|h| !req.header_all(h).is_empty()) {
             Ledger::note(&ledger.leaks, format!("identity headers on a public path: {}", what()));
         }
@@ -252,6 +252,8 @@ pub struct Figures {
     pub not_fail_closed: Vec<String>,
     pub fault_samples: u64,
     pub max_fault_latency: Duration,
+    /// Per fault: requests judged that needed a callout, and their longest latency.
+    pub per_fault: Vec<(Fault, u64, Duration)>,
     /// Denied or hostile requests answered 200, or public ones not answered 200.
     pub wrong_answers: Vec<String>,
     /// Healthy-phase callout requests that did not get their expected answer (timeouts
@@ -316,7 +318,11 @@ pub fn table(runs: &[Figures]) -> String {
         "| run | seconds | requests | req/s | reached upstream | bypasses | leaks | bad bodies | fault requests judged | not fail-closed | max latency in faults | healthy misses | client errors | recovery 500 / refuse / hang / garbage | Envoy RSS start → end (growth) | wasm failures |"
     );
     let _ = writeln!(out, "|{}", "---|".repeat(16));
+    let mut notes = String::new();
     for f in runs {
+        let faults: Vec<String> =
+            f.per_fault.iter().map(|(fault, n, max)| format!("{fault:?} {n} (max {} ms)", max.as_millis())).collect();
+        let _ = writeln!(notes, "{}: requests judged per fault: {}", f.name, faults.join(", "));
         let recoveries: Vec<String> = f
             .recoveries
             .iter()
@@ -346,6 +352,7 @@ pub fn table(runs: &[Figures]) -> String {
             f.wasm_failures.len(),
         );
     }
+    out.push_str(&notes);
     out
 }
 
@@ -458,6 +465,11 @@ impl Load {
         self.ledger.issued.lock().expect("ledger").get(credential).copied().unwrap_or(0)
     }
 
+    /// Treats `prefix` as a public path from now on (a configuration that makes it one).
+    pub fn also_public(&self, prefix: &str) {
+        self.ledger.public.lock().expect("ledger").push(prefix.to_owned());
+    }
+
     /// How many requests reached the upstream so far.
     pub fn upstream(&self) -> u64 {
         self.ledger.upstream.load(Ordering::Relaxed)
@@ -507,8 +519,8 @@ pub fn run(env: &Env, plan: &Plan) -> Figures {
     let mut recoveries = Vec::new();
     let mut rss_start_kib = 0;
     for (i, fault) in PHASES.iter().enumerate() {
-        let from = start.elapsed();
         env.auth.set_fault(*fault);
+        let from = start.elapsed();
         let recovering = i > 0 && *fault == Fault::None;
         if recovering {
             let t0 = Instant::now();
@@ -547,6 +559,7 @@ pub fn run(env: &Env, plan: &Plan) -> Figures {
         not_fail_closed: Vec::new(),
         fault_samples: 0,
         max_fault_latency: Duration::ZERO,
+        per_fault: PHASES.iter().filter(|f| **f != Fault::None).map(|f| (*f, 0, Duration::ZERO)).collect(),
         wrong_answers: outcome.wrong_answers,
         healthy_misses: 0,
         errors: samples.iter().filter(|s| s.status == 0).count() as u64,
@@ -557,10 +570,15 @@ pub fn run(env: &Env, plan: &Plan) -> Figures {
         elapsed,
     };
     for s in &samples {
-        let Some((fault, _, _)) =
-            timeline.iter().find(|(_, from, to)| s.start >= *from + GRACE && s.start + s.took <= *to)
+        // A request that began after a switch and ended before the next one saw only that
+        // phase (its callout comes after it began). One that straddles a switch is judged
+        // on its latency only, and only if it began in a fault.
+        let Some((fault, _, _)) = timeline.iter().find(|(_, from, to)| s.start >= *from && s.start + s.took <= *to)
         else {
-            continue; // straddles a phase change
+            if timeline.iter().any(|(f, from, to)| *f != Fault::None && s.start >= *from && s.start < *to) {
+                figures.max_fault_latency = figures.max_fault_latency.max(s.took);
+            }
+            continue;
         };
         let case = || format!("{:?} started at {:?}: status {} after {:?}", s.kind, s.start, s.status, s.took);
         // Public paths always 200 (no callout), faults or not.
@@ -578,6 +596,10 @@ pub fn run(env: &Env, plan: &Plan) -> Figures {
             }
             if needs_callout {
                 figures.fault_samples += 1;
+                if let Some((_, n, max)) = figures.per_fault.iter_mut().find(|(f, _, _)| f == fault) {
+                    *n += 1;
+                    *max = (*max).max(s.took);
+                }
                 if s.status != 403 || !s.fail_closed_body {
                     figures.not_fail_closed.push(format!("{fault:?}: {}", case()));
                 }
