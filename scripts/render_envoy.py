@@ -154,6 +154,8 @@ def main():
                    help="serve the listener over TLS with this PEM certificate chain and key")
     p.add_argument("--ecds", metavar="DIR",
                    help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
+    p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
+                   help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -178,6 +180,9 @@ def main():
         set_endpoint(config, "upstream", args.upstream)
     for name, address in args.cluster:
         add_cluster(config, name, address)
+    if args.failure_policy:
+        plugin.pop("fail_open", None)
+        plugin["failure_policy"] = args.failure_policy
     if args.tls:
         serve_tls(listener, *args.tls)
     if args.ecds:

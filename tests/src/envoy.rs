@@ -79,6 +79,7 @@ pub struct EnvBuilder {
     tls: bool,
     ecds: bool,
     wasm_file: Option<PathBuf>,
+    failure_policy: Option<String>,
 }
 
 impl Default for EnvBuilder {
@@ -95,6 +96,7 @@ impl Default for EnvBuilder {
             tls: false,
             ecds: false,
             wasm_file: None,
+            failure_policy: None,
         }
     }
 }
@@ -171,6 +173,13 @@ impl EnvBuilder {
     /// WasmPlugin; [`Env::push_filter`] then changes it while Envoy runs.
     pub fn ecds(mut self) -> Self {
         self.ecds = true;
+        self
+    }
+
+    /// Sets the wasm filter's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`,
+    /// `FAIL_RELOAD`) instead of envoy.yaml's `fail_open: false`.
+    pub fn failure_policy(mut self, policy: &str) -> Self {
+        self.failure_policy = Some(policy.to_owned());
         self
     }
 
@@ -269,6 +278,9 @@ impl EnvBuilder {
         }
         for (name, addr) in &self.clusters {
             cmd.arg("--cluster").arg(format!("{name}={addr}"));
+        }
+        if let Some(policy) = &self.failure_policy {
+            cmd.arg("--failure-policy").arg(policy);
         }
         if self.ecds {
             let ecds = dir.path().join("ecds");

@@ -47,3 +47,54 @@ fn a_module_that_fails_to_load_by_ecds_fails_every_request_closed() {
     env.assert_allowed_as("after a good module", &env.get_as("/api/flows", "allow:alice"), "alice");
     env.assert_denied("after a good module", &env.get_as("/api/flows", "deny"), 1);
 }
+
+/// The smallest proxy-wasm module Envoy runs that traps in `on_request_headers`: a VM
+/// that fails at run time (as a panic in a filter would).
+const TRAPPING_MODULE: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $next (mut i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $at i32)
+    (local.set $at (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $size)))
+    (local.get $at))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#;
+
+/// A VM that traps: with `fail_open: false` (envoy.yaml, Istio's FAIL_CLOSE), and with
+/// `failure_policy` FAIL_CLOSED or FAIL_RELOAD, no request reaches the upstream; with
+/// FAIL_OPEN (Istio's FAIL_OPEN) requests after the failure skip the filter and do.
+#[test]
+fn a_vm_that_fails_at_run_time_fails_closed_unless_configured_to_fail_open() {
+    let dir = TempDir::new("nebula-authz-vm-failure");
+    let module = dir.path().join("trap.wasm");
+    std::fs::write(&module, wat::parse_str(TRAPPING_MODULE).expect("assemble the trapping module"))
+        .expect("write the trapping module");
+    let mut report = Vec::new();
+    for policy in [None, Some("FAIL_CLOSED"), Some("FAIL_RELOAD"), Some("FAIL_OPEN")] {
+        let mut builder = Env::builder().wasm_file(&module);
+        if let Some(policy) = policy {
+            builder = builder.failure_policy(policy);
+        }
+        let mut env = builder.start();
+        let statuses: Vec<u16> = (0..3).map(|_| env.get_as("/api/flows", "deny").status).collect();
+        let reached = env.upstream.count();
+        let reloads = env.stat("wasm.nebula-authz.vm_reload").unwrap_or(0);
+        report.push(format!("{policy:?}: statuses {statuses:?}, reached the upstream {reached}, vm_reload {reloads}"));
+        assert!(env.alive(), "Envoy exited after the trap; log tail:\n{}", env.log_tail());
+        assert!(env.log().contains("unreachable"), "the trap should be logged; log tail:\n{}", env.log_tail());
+        match policy {
+            Some("FAIL_OPEN") => {
+                assert!(reached > 0, "FAIL_OPEN lets requests through once the VM failed: {report:?}")
+            }
+            _ => {
+                assert_eq!(reached, 0, "{policy:?}: a request reached the upstream past a failed VM: {report:?}");
+                assert!(statuses.iter().all(|s| *s >= 500), "{policy:?}: expected 5xx: {report:?}");
+            }
+        }
+    }
+    eprintln!("a trapping VM:\n{}", report.join("\n"));
+}
