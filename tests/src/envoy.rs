@@ -549,10 +549,12 @@ impl Env {
         )
     }
 
-    /// Waits (up to 20 s) until Envoy has accepted or rejected one more ECDS update than
-    /// `before` (from [`Env::ecds_counts`]); returns whether it was accepted.
+    /// Waits (up to 60 s: a new module is compiled by V8 on Envoy's main thread, which
+    /// takes seconds on a loaded machine) until Envoy has accepted or rejected one more
+    /// ECDS update than `before` (from [`Env::ecds_counts`]); returns whether it was
+    /// accepted.
     pub fn wait_ecds(&self, before: (u64, u64)) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let now = self.ecds_counts();
             if now.0 > before.0 {
