@@ -5,6 +5,7 @@ recorded by asking it directly (not through Envoy), plus what reached it (serve.
 record) and what the auth service was asked.
 """
 import json
+import re
 import time
 import uuid
 
@@ -14,6 +15,7 @@ from websockets.sync.client import connect
 
 from conftest import IDENTITY, KEY, WRONG_KEY, Client, request, wait_until
 
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 WEBSOCKETS = ("/api/events/in", "/api/events/out", "/api/logs/out", "/api/task_runs/subscriptions/scheduled")
 # The websockets the filter lets through without a callout (seed 000's public list).
 PUBLIC_WEBSOCKETS = ("/api/events/out", "/api/task_runs/subscriptions/scheduled")
@@ -58,8 +60,8 @@ def note_wire(wire, operation, reached, accesses, calls):
                 "in_band_token": rec.get("in_band_token"),
             } for path, rec in upgrades(reached).items()
         },
-        "http": sorted({f"{a['method']} {a['path'].split('?')[0]} -> {a['status']}" for a in accesses
-                        if not a.get("upgrade")}),
+        "http": sorted({f"{r['method']} {UUID.sub('{id}', r['path'])}" for r in via_envoy(reached)
+                        if r["type"] == "http"}),
         "callouts": sorted({f"{c['method']} {c['uri'].split('?')[0]} ({c['authorization']})" for c in calls if c['uri']}),
     }
 
@@ -186,15 +188,19 @@ def test_task_worker_runs_delayed_task(client, prefect_server, envoy, auth, wire
         wait_until("the task worker's subscription",
                    lambda: "/api/task_runs/subscriptions/scheduled" in upgrades(prefect_server.reached()[mark[0]:]),
                    timeout=90)
+        started = time.monotonic()
         out = json.loads(client.python("delay", "4").stdout.splitlines()[-1])
+        print(f"delay took {time.monotonic() - started:.1f}s")
         assert out["result"] == 40, out
     finally:
+        started = time.monotonic()
         worker.terminate()
         try:
             worker.wait(15)
         except Exception:
             worker.kill()
             worker.wait()
+        print(f"worker stop took {time.monotonic() - started:.1f}s")
     status, run = wait_until(
         "the delayed task run COMPLETED on the server",
         lambda: (lambda r: r if r[0] == 200 and r[1]["state_type"] == "COMPLETED" else None)(
