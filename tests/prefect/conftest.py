@@ -403,6 +403,15 @@ def envoy(workdir, auth, prefect_server):
     proxy.stop()
 
 
+@pytest.fixture(scope="session")
+def envoy_preset(workdir, auth, prefect_server):
+    """The same Envoy with envoy/presets/prefect.json (tight public templates)."""
+    proxy = Envoy(workdir / "envoy-preset", auth.port, prefect_server.port,
+                  plugin_config=(ROOT / "envoy/presets/prefect.json").read_text())
+    yield proxy
+    proxy.stop()
+
+
 @pytest.fixture
 def client(workdir, envoy, request):
     return Client(workdir / f"client-{request.node.name}", envoy.url + "/api")

@@ -24,15 +24,22 @@ def unescape(text):
     return bytes(out)
 
 
-def load(path=ROOT / "tests/data/paths.tsv"):
+def load(path=ROOT / "tests/data/paths.tsv", column=None):
+    """paths.tsv rows; with `column` (0: seed 000, 1: tight), paths_prefix.tsv's."""
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        expected, target, *note = line.split("\t")
+        cols = line.split("\t")
+        if column is not None:
+            cols = [cols[column]] + cols[2:]
+        expected, target, *note = cols
         assert expected in ("public", "protected"), f"{path}:{number}: {expected!r}"
         rows.append((expected, unescape(target), note[0] if note else "", number))
     return rows
+
+
+PREFIX_TABLE = ROOT / "tests/data/paths_prefix.tsv"
 
 
 def send_raw(port, target):
@@ -71,4 +78,13 @@ def test_path_table_against_the_real_router(envoy, prefect_server, auth):
     rows = load()
     assert len(rows) >= 66 and any(r[0] == "public" for r in rows)
     failures = replay(envoy, prefect_server, auth, rows)
+    failures += replay(envoy, prefect_server, auth, load(PREFIX_TABLE, column=0))
     assert not failures, "\n".join(failures)
+
+
+def test_path_tables_against_the_real_router_with_the_prefect_preset(envoy_preset, prefect_server, auth):
+    failures = replay(envoy_preset, prefect_server, auth, load())
+    failures += replay(envoy_preset, prefect_server, auth, load(PREFIX_TABLE, column=1))
+    assert not failures, "\n".join(failures)
+    # The route the issue found: public with seed 000's /{prefix}/events/out, not with the preset.
+    assert send_raw(envoy_preset.port, b"/api/admin/settings/events/out") == 401

@@ -210,7 +210,10 @@ def test_task_worker_runs_delayed_task(client, prefect_server, envoy, auth, wire
     note_wire(wire, "task worker + task.delay()", reached, accesses, calls)
 
 
-def test_every_websocket_opens_with_the_documented_setting(client, prefect_server, envoy, auth, wire):
+@pytest.mark.parametrize("config", ["envoy.yaml", "prefect preset"])
+def test_every_websocket_opens_with_the_documented_setting(config, request, workdir, prefect_server, auth, wire):
+    envoy = request.getfixturevalue("envoy" if config == "envoy.yaml" else "envoy_preset")
+    client = Client(workdir / f"client-sockets-{config.replace(' ', '-')}", envoy.url + "/api")
     mark = marks(prefect_server, envoy, auth)
     report = json.loads(client.python("open-sockets").stdout.splitlines()[-1])
     assert report == {path: "ok" for path in WEBSOCKETS}, report
@@ -218,7 +221,7 @@ def test_every_websocket_opens_with_the_documented_setting(client, prefect_serve
     seen = upgrades(reached)
     for path in WEBSOCKETS:
         assert seen[path]["headers"].get("authorization") == ["key"], (path, seen.get(path))
-    note_wire(wire, "each websocket, PREFECT_CLIENT_CUSTOM_HEADERS set", reached, accesses, calls)
+    note_wire(wire, f"each websocket, PREFECT_CLIENT_CUSTOM_HEADERS set ({config})", reached, accesses, calls)
 
 
 def test_without_the_setting_the_in_band_websockets_get_401(workdir, envoy, prefect_server, auth, wire):
@@ -324,3 +327,21 @@ def test_spoofed_identity_headers_never_reach_prefect(prefect_server, envoy):
         allowed = record["path"] in ("/api/flows/filter", "/api/events/in")
         expected = ["demo-user"] if allowed else None
         assert record["headers"].get("x-nebula-actor-id") == expected, record
+
+
+def test_cloud_style_url_sends_the_key_on_events_in_only(workdir, envoy, prefect_server, auth, wire):
+    """With PREFECT_API_URL under PREFECT_CLOUD_API_URL the client takes its Cloud classes:
+    the events client puts `Authorization: bearer <key>` on the /api/events/in upgrade,
+    the subscribers still authenticate in-band, so /api/logs/out still needs
+    PREFECT_CLIENT_CUSTOM_HEADERS (docs/prefect-clients.md "Cloud-style URLs")."""
+    cloud = Client(workdir / "client-cloud-style", envoy.url + "/api", custom_headers=False)
+    cloud.env["PREFECT_CLOUD_API_URL"] = envoy.url + "/api"
+    mark = marks(prefect_server, envoy, auth)
+    report = json.loads(cloud.python("open-sockets").stdout.splitlines()[-1])
+    assert report["/api/events/in"] == "ok", report
+    assert report["/api/logs/out"].startswith("error: InvalidStatus status=401"), report
+    reached, accesses, calls = since(prefect_server, envoy, auth, mark)
+    events_in = [c for c in calls if c["uri"] == "/api/events/in"]
+    assert events_in and all(c["authorization"] == "bearer key" for c in events_in), calls
+    assert upgrades(reached)["/api/events/out"]["in_band_token"] == "key", upgrades(reached)
+    note_wire(wire, "each websocket, Cloud-style URL, only PREFECT_API_KEY", reached, accesses, calls)
