@@ -61,7 +61,8 @@ pub fn load_prefix(templates: Templates) -> Vec<PathCase> {
         let (seed, rest) = line.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
         let (tight, rest) = rest.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
         let chosen = if templates == Templates::Seed000 { seed } else { tight };
-        let mut case = parse(&format!("{chosen}\t{rest}")).pop().unwrap_or_else(|| panic!("paths_prefix.tsv:{}", i + 1));
+        let mut case =
+            parse(&format!("{chosen}\t{rest}")).pop().unwrap_or_else(|| panic!("paths_prefix.tsv:{}", i + 1));
         case.line = i + 1;
         cases.push(case);
     }
@@ -189,7 +190,9 @@ mod tests {
         assert_eq!(seed.len(), tight.len());
         let differ = seed.iter().zip(&tight).filter(|(a, b)| a.expected != b.expected).count();
         assert!(differ >= 10, "the table exists to show where the templates differ ({differ} rows)");
-        assert!(tight.iter().any(|c| c.target == b"/api/admin/settings/events/out" && c.expected == Expected::Protected));
+        assert!(tight
+            .iter()
+            .any(|c| c.target == b"/api/admin/settings/events/out" && c.expected == Expected::Protected));
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn wait_line(env: &Env, parts: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(line) = module_lines(env).into_iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+            eprintln!("{line}");
             return line;
         }
         if Instant::now() > deadline {
