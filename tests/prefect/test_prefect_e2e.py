@@ -6,7 +6,7 @@ record) and what the auth service was asked.
 """
 import json
 import re
-import time
+import subprocess
 import uuid
 
 import pytest
@@ -188,19 +188,15 @@ def test_task_worker_runs_delayed_task(client, prefect_server, envoy, auth, wire
         wait_until("the task worker's subscription",
                    lambda: "/api/task_runs/subscriptions/scheduled" in upgrades(prefect_server.reached()[mark[0]:]),
                    timeout=90)
-        started = time.monotonic()
         out = json.loads(client.python("delay", "4").stdout.splitlines()[-1])
-        print(f"delay took {time.monotonic() - started:.1f}s")
         assert out["result"] == 40, out
     finally:
-        started = time.monotonic()
         worker.terminate()
         try:
             worker.wait(15)
-        except Exception:
+        except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        print(f"worker stop took {time.monotonic() - started:.1f}s")
     status, run = wait_until(
         "the delayed task run COMPLETED on the server",
         lambda: (lambda r: r if r[0] == 200 and r[1]["state_type"] == "COMPLETED" else None)(
