@@ -2,8 +2,9 @@
 //! paths ([`route`]), what a request becomes ([`request`]: strip, public or callout
 //! headers), and the auth service's answer turned into allow, deny or fail
 //! ([`decision`]), or Envoy's own reply when the auth service never answered
-//! ([`envoy_reply`]). [`headers`] are the header-name sets and lookups everything shares;
-//! [`forward`] is Traefik's forwardAuth contract (X-Forwarded-*, cookies).
+//! ([`envoy_reply`]: what is worth retrying). [`headers`] are the header-name sets and
+//! lookups everything shares; [`forward`] is Traefik's forwardAuth contract
+//! (X-Forwarded-*, cookies); [`request_line`] is how a request is named in a log line.
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
@@ -12,4 +13,5 @@ pub mod envoy_reply;
 pub mod forward;
 pub mod headers;
 pub mod request;
+pub mod request_line;
 pub mod route;

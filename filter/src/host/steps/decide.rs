@@ -10,7 +10,7 @@ use crate::cache::shared::{Decision, Lookup};
 use crate::config::Settings;
 use crate::host::header_map;
 use crate::host::steps::cache;
-use crate::policy::decision::{self, Failure, Verdict};
+use crate::policy::decision::{self, Failure, Unreachable, Verdict};
 use crate::policy::envoy_reply::{self, EnvoyReply};
 
 /// What happened to a request that needed the auth service.
@@ -68,6 +68,14 @@ pub fn answer_or_retry(
                 cache::end_allows(cache, lookup);
             }
             Some(Outcome::Failed(failure))
+        }
+        // Envoy's own 503: its body says whether the connection was refused or reset.
+        (None, Verdict::Fail(Failure::Unreachable(_))) => {
+            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(512))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            Some(failed(settings, lookup, Failure::Unreachable(Unreachable::from_body(&body))))
         }
         (None, Verdict::Fail(failure)) => Some(failed(settings, lookup, failure)),
         (None, _) => Some(Outcome::Failed(Failure::HostError)),
