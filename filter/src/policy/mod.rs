@@ -2,11 +2,13 @@
 //! paths ([`route`]), what a request becomes ([`request`]: strip, public or callout
 //! headers), and the auth service's answer turned into allow, deny or fail
 //! ([`decision`]). [`headers`] are the header-name sets and lookups everything shares;
-//! [`forward`] is Traefik's forwardAuth contract (X-Forwarded-*, cookies).
+//! [`forward`] is Traefik's forwardAuth contract (X-Forwarded-*, cookies), [`ext_authz`]
+//! Envoy ext_authz's (the client's method and path, body, headers on allow).
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
 pub mod decision;
+pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod request;
