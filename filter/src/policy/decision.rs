@@ -95,11 +95,13 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
                 .collect(),
         };
         let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
-        let extra = match auth.protocol {
-            Protocol::ForwardAuth => None,
-            Protocol::ExtAuthz => {
-                ext_authz::allow_extra(&auth.upstream_headers_to_append, &auth.client_headers_on_success, headers)
-            }
+        // Nothing to look for in forward_auth's common case: no allocation.
+        let ext = auth.protocol == Protocol::ExtAuthz;
+        let extra = if ext || !auth.upstream_headers_to_append.is_empty() || !auth.client_headers_on_success.is_empty()
+        {
+            ext_authz::allow_extra(&auth.upstream_headers_to_append, &auth.client_headers_on_success, ext, headers)
+        } else {
+            None
         };
         return Verdict::Allow { inject, cookies, extra };
     }

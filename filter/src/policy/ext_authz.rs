@@ -129,10 +129,12 @@ pub struct AllowExtra {
     pub to_client: Vec<(String, Vec<u8>)>,
 }
 
-/// The extras of an allowing `response`, or `None` if there are none.
+/// The extras of an allowing `response`, or `None` if there are none;
+/// `x-envoy-auth-headers-to-remove` is honoured with `remove` (the ext_authz protocol).
 pub fn allow_extra<H: Header>(
     append: &HeaderNames,
     to_client: &HeaderNames,
+    remove: bool,
     response: &[H],
 ) -> Option<Box<AllowExtra>> {
     let pick = |set: &HeaderNames| -> Vec<(String, Vec<u8>)> {
@@ -142,7 +144,8 @@ pub fn allow_extra<H: Header>(
             .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
             .collect()
     };
-    let extra = AllowExtra { append: pick(append), remove: headers_to_remove(response), to_client: pick(to_client) };
+    let remove = if remove { headers_to_remove(response) } else { Vec::new() };
+    let extra = AllowExtra { append: pick(append), remove, to_client: pick(to_client) };
     (extra != AllowExtra::default()).then(|| Box::new(extra))
 }
 
@@ -221,6 +224,72 @@ mod tests {
         let bad: Vec<(String, Vec<u8>)> =
             bad.into_iter().map(|(n, v)| if n == "authorization" { (n, vec![0xe9]) } else { (n, v) }).collect();
         assert_eq!(callout(&fixed, &names(&[]), &names(&[]), &bad), None);
+    }
+
+    fn settings(json: &str) -> crate::config::Settings {
+        crate::config::Settings::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn allow_and_deny_follow_ext_authz() {
+        use crate::policy::decision::Verdict;
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "upstream_headers_to_append": ["x-trace-*"],
+                "client_headers_on_success": ["set-cookie"]}}"#,
+        );
+        let resp = h(&[
+            (":status", "200"),
+            ("x-nebula-actor-id", "alice"),
+            ("x-trace-id", "t"),
+            ("set-cookie", "s=1"),
+            (HEADERS_TO_REMOVE, "cookie, x-a"),
+        ]);
+        let Verdict::Allow { inject, extra: Some(extra), .. } = s.decide(&resp, 0) else {
+            panic!("an allow with extras")
+        };
+        assert_eq!(inject, [("x-nebula-actor-id", &b"alice"[..])]);
+        assert_eq!(extra.append, [("x-trace-id".to_string(), b"t".to_vec())]);
+        assert_eq!(extra.to_client, [("set-cookie".to_string(), b"s=1".to_vec())]);
+        assert_eq!(extra.remove, ["cookie", "x-a"]);
+        // Without client_headers: every auth response header but host and framing.
+        let resp =
+            h(&[(":status", "401"), ("x-internal", "s"), ("host", "h"), ("content-length", "2"), ("location", "/l")]);
+        let Verdict::Deny { status, headers } = s.decide(&resp, 2) else { panic!("a deny") };
+        assert_eq!((status, headers), (401, vec![("x-internal", "s"), ("location", "/l")]));
+        // With client_headers: those, plus www-authenticate and location.
+        let listed = settings(r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "client_headers": ["x-a"]}}"#);
+        let resp =
+            h(&[(":status", "403"), ("x-a", "1"), ("x-b", "2"), ("www-authenticate", "Bearer"), ("location", "/l")]);
+        let Verdict::Deny { headers, .. } = listed.decide(&resp, 0) else { panic!("a deny") };
+        assert_eq!(headers, [("x-a", "1"), ("www-authenticate", "Bearer"), ("location", "/l")]);
+        // forward_auth ignores x-envoy-auth-headers-to-remove and allocates no extras.
+        let plain = settings(r#"{"auth": {"cluster": "a"}}"#);
+        let resp = h(&[(":status", "200"), (HEADERS_TO_REMOVE, "cookie")]);
+        assert!(matches!(plain.decide(&resp, 0), Verdict::Allow { extra: None, .. }));
+    }
+
+    #[test]
+    fn ext_authz_only_fields_are_refused_elsewhere() {
+        for (json, error) in [
+            (r#"{"auth": {"cluster": "a", "path_prefix": "/x"}}"#, "auth.path_prefix: only applies"),
+            (r#"{"auth": {"cluster": "a", "headers_to_add": {"x": "y"}}}"#, "auth.headers_to_add: only applies"),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "forward_auth": true}}"#,
+                "auth.protocol: ext_authz",
+            ),
+            (r#"{"auth": {"cluster": "a", "protocol": "grpc"}}"#, "unknown variant `grpc`"),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "path_prefix": "x"}}"#,
+                "auth.path_prefix: must start",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"content-length": "1"}}}"#,
+                "connection-level",
+            ),
+        ] {
+            let err = crate::config::Settings::from_json(json.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(error), "{json}: {err}");
+        }
     }
 
     #[test]

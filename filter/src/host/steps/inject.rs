@@ -22,6 +22,9 @@ use crate::policy::decision::Failure;
 use crate::policy::ext_authz::AllowExtra;
 use crate::policy::forward;
 
+/// Owned (name, value) pairs.
+type OwnedHeaders = Vec<(String, Vec<u8>)>;
+
 thread_local! {
     /// `Set-Cookie` values of the allowing auth response, by context id, for the client's
     /// response (`auth.add_auth_cookies_to_response`); a thread-local map rather than a
@@ -32,7 +35,7 @@ thread_local! {
     static JWT_CLAIMS: RefCell<HashMap<u32, ClaimHeaders>> = RefCell::new(HashMap::new());
     /// ext_authz `client_headers_on_success` of the allowing auth response, by context id,
     /// for the client's response (as `AUTH_COOKIES`).
-    static CLIENT_HEADERS: RefCell<HashMap<u32, Vec<(String, Vec<u8>)>>> = RefCell::new(HashMap::new());
+    static CLIENT_HEADERS: RefCell<HashMap<u32, OwnedHeaders>> = RefCell::new(HashMap::new());
 }
 
 /// Keeps a valid JWT's claim headers for the callout's allow (`local_then_callout`).
