@@ -69,6 +69,8 @@ impl Tools {
 pub struct EnvBuilder {
     plugin_config: Option<String>,
     concurrency: u32,
+    /// `--component-log-level` (e.g. `wasm:debug`), for the tests of the filter's log lines.
+    component_log_level: Option<String>,
     auth_addr: Option<SocketAddr>,
     wasm: bool,
     wasmplugin: Option<String>,
@@ -94,6 +96,7 @@ impl Default for EnvBuilder {
         EnvBuilder {
             plugin_config: None,
             concurrency: 1,
+            component_log_level: None,
             auth_addr: None,
             wasm: true,
             wasmplugin: None,
@@ -138,6 +141,12 @@ impl EnvBuilder {
     /// Envoy worker threads (default 1).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// Envoy's `--component-log-level` (e.g. `wasm:debug`); Envoy's own level stays info.
+    pub fn component_log_level(mut self, levels: &str) -> Self {
+        self.component_log_level = Some(levels.to_owned());
         self
     }
 
@@ -272,6 +281,7 @@ impl EnvBuilder {
             .arg("--concurrency")
             .arg(self.concurrency.to_string())
             .args(["-l", "info"])
+            .args(self.component_log_level.iter().flat_map(|l| ["--component-log-level", l.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

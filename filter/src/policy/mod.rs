@@ -3,7 +3,8 @@
 //! headers), and the auth service's answer turned into allow, deny or fail
 //! ([`decision`]). [`headers`] are the header-name sets and lookups everything shares;
 //! [`forward`] is Traefik's forwardAuth contract (X-Forwarded-*, cookies), [`ext_authz`]
-//! Envoy ext_authz's (the client's method and path, body, headers on allow).
+//! Envoy ext_authz's (the client's method and path, headers on allow);
+//! [`request_line`] is how a request is named in a log line.
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
@@ -12,4 +13,5 @@ pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod request;
+pub mod request_line;
 pub mod route;
