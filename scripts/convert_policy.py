@@ -10,10 +10,10 @@ bare MeshConfig. POLICY is the AuthorizationPolicy with `action: CUSTOM`; its
 with the converted pluginConfig, namespace and selector), or with --config-only the
 plugin JSON. Notes on behaviour differences go to stderr.
 
-Fails (exit 1, one `error:` line) where the policy cannot be carried over safely:
-failOpen: true (the filter fails closed), gRPC providers, header values added to the
-check, headers relayed to the client on allow, rules other than one `notPaths` list,
-and path globs with no segment-safe equivalent.
+Every field of the `envoyExtAuthzHttp` provider maps (the filter's `protocol: ext_authz`
+sends what Envoy's ext_authz sends); the provider is refused only for failOpen: true (the
+filter fails closed). Fails (exit 1, one `error:` line) also for gRPC providers, rules
+other than one `notPaths` list, and path globs with no segment-safe equivalent.
 """
 import argparse
 import json
@@ -65,24 +65,18 @@ def timeout_ms(value):
 
 
 def convert_provider(ext, notes):
-    """MeshConfig envoyExtAuthzHttp -> the filter's `auth` block and status_on_error."""
+    """MeshConfig envoyExtAuthzHttp -> the filter's `auth` block (protocol ext_authz: the
+    callout Envoy's ext_authz sends) and status_on_error. Every field Istio has maps;
+    only failOpen: true is refused (the filter always fails closed)."""
     if ext.get("failOpen"):
         raise Refused("failOpen: true: the filter always fails closed (an unreachable auth service denies); "
                       "remove failOpen or set it to false to convert")
-    if ext.get("includeAdditionalHeadersInCheck"):
-        raise Refused("includeAdditionalHeadersInCheck: the filter sends no fixed header values to the auth "
-                      "service; no equivalent")
-    if ext.get("headersToDownstreamOnAllow"):
-        raise Refused("headersToDownstreamOnAllow: the filter relays auth response headers to the client on "
-                      "deny only; no equivalent")
     unknown = sorted(set(ext) - {
         "service", "port", "timeout", "pathPrefix", "failOpen", "statusOnError", "includeRequestHeadersInCheck",
         "includeHeadersInCheck", "includeAdditionalHeadersInCheck", "headersToUpstreamOnAllow",
         "headersToDownstreamOnAllow", "headersToDownstreamOnDeny", "includeRequestBodyInCheck"})
     if unknown:
         raise Refused(f"envoyExtAuthzHttp fields {unknown} are not known to this converter")
-    if ext.get("includeRequestBodyInCheck"):
-        raise Refused("includeRequestBodyInCheck: the filter never sends the request body to the auth service")
 
     service = str(ext.get("service") or "")
     host = service.split("/", 1)[-1]  # "[<namespace>/]<hostname>"
@@ -91,27 +85,29 @@ def convert_provider(ext, notes):
                       "which is what names Istio's cluster")
     if "port" not in ext:
         raise Refused("port is required")
-    auth = {"host": host, "port": int(ext["port"])}
+    auth = {"host": host, "port": int(ext["port"]), "protocol": "ext_authz"}
     if ext.get("pathPrefix"):
-        auth["path"] = ext["pathPrefix"]
-    notes.append("the callout is GET auth.path (like proxy mode's forwardAuth); ext_authz sent the client's "
-                 "method and pathPrefix + the client's path")
-    if "timeout" in ext:
-        auth["timeout_ms"] = timeout_ms(ext["timeout"])
-    else:
-        notes.append("timeout: not set (Istio's default is 600s); the filter's default is 5 s")
-    # Envoy's ext_authz always sends Authorization besides the listed headers.
+        auth["path_prefix"] = str(ext["pathPrefix"])
+    auth["timeout_ms"] = timeout_ms(ext.get("timeout") or "600s")  # Istio's default: 600 s
+    # istiod reads includeHeadersInCheck (deprecated) only without includeRequestHeadersInCheck.
     request = ext.get("includeRequestHeadersInCheck") or ext.get("includeHeadersInCheck")
-    if request is not None:
-        auth["request_headers"] = dedupe(["authorization"] + [str(h) for h in request])
-    else:
-        notes.append("includeRequestHeadersInCheck: not set; the filter sends authorization, origin and "
-                     "access-control-request-method")
-    if ext.get("headersToUpstreamOnAllow"):
-        auth["upstream_headers"] = [str(h) for h in ext["headersToUpstreamOnAllow"]]
-        notes.append("headersToUpstreamOnAllow: these are also stripped from every client request")
+    auth["request_headers"] = [str(h) for h in request or []]
+    additional = ext.get("includeAdditionalHeadersInCheck") or {}
+    if additional:
+        auth["headers_to_add"] = {str(k): str(additional[k]) for k in sorted(additional)}
+        if any("%" in str(v) for v in additional.values()):
+            notes.append("includeAdditionalHeadersInCheck: values are sent as written; Envoy's %COMMAND% "
+                         "substitutions are not evaluated")
+    # Without the list ext_authz copies nothing upstream (the identity headers are still stripped).
+    auth["upstream_headers"] = [str(h) for h in ext.get("headersToUpstreamOnAllow") or []]
     if ext.get("headersToDownstreamOnDeny"):
         auth["client_headers"] = [str(h) for h in ext["headersToDownstreamOnDeny"]]
+    if ext.get("headersToDownstreamOnAllow"):
+        auth["client_headers_on_success"] = [str(h) for h in ext["headersToDownstreamOnAllow"]]
+    if ext.get("includeRequestBodyInCheck") is not None:
+        notes.append("includeRequestBodyInCheck: the callout carries no body (a proxy-wasm filter cannot read "
+                     "the body before Envoy sends the headers upstream); the auth service decides on the "
+                     "headers, and no 413 is sent for a large body")
     status = None
     if "statusOnError" in ext:
         status = ext["statusOnError"]

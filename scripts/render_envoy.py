@@ -148,6 +148,9 @@ def main():
     source.add_argument("--plugin-config-from", metavar="MANIFEST",
                         help="take the plugin JSON from a WasmPlugin manifest's pluginConfig")
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
+    p.add_argument("--istio-sidecar", action="store_true",
+                   help="the HTTP connection manager as istiod renders a sidecar's (pathNormalization "
+                        "BASE: normalize_path), for the tests against Istio's ext_authz")
     p.add_argument("--cluster", type=named_endpoint, action="append", default=[], metavar="NAME=HOST:PORT",
                    help="add a cluster (repeatable), e.g. a JWKS endpoint")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
@@ -163,6 +166,9 @@ def main():
         address=args.bind, port_value=args.admin_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=args.bind, port_value=args.listen_port)
+
+    if args.istio_sidecar:
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["normalize_path"] = True
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())

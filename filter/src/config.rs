@@ -252,7 +252,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,

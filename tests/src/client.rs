@@ -279,11 +279,23 @@ fn connect(port: u16) -> io::Result<TcpStream> {
 /// A write error (the proxy answered and closed before taking the whole body) is not
 /// fatal: whatever response arrived is still read and returned.
 pub fn send_raw(port: u16, request: &[u8]) -> io::Result<Response> {
+    send_in_parts(port, &[request], Duration::ZERO)
+}
+
+/// As [`send_raw`], writing `parts` one after the other with `pause` between them (a
+/// client that sends its body slowly).
+pub fn send_in_parts(port: u16, parts: &[&[u8]], pause: Duration) -> io::Result<Response> {
     let start = Instant::now();
     let mut stream = connect(port)?;
-    let write_result = stream.write_all(request);
-    if write_result.is_ok() {
-        let _ = stream.flush();
+    let mut write_result = Ok(());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        write_result = stream.write_all(part).and_then(|()| stream.flush());
+        if write_result.is_err() {
+            break;
+        }
     }
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     let mut buf = Vec::new();

@@ -77,6 +77,13 @@ pub struct EnvBuilder {
     auth_cluster: Option<String>,
     /// Extra clusters (name, address), e.g. a JWKS endpoint.
     clusters: Vec<(String, SocketAddr)>,
+    /// (mesh config, AuthorizationPolicy): Envoy's native ext_authz as istiod renders it
+    /// instead of the wasm filter (scripts/render_ext_authz.py).
+    ext_authz: Option<(PathBuf, PathBuf)>,
+    /// The connection manager as istiod renders a sidecar's (`render_envoy.py --istio-sidecar`).
+    istio_sidecar: bool,
+    /// Another Env's mocks instead of new ones (two proxies, one auth service and upstream).
+    mocks: Option<(MockAuth, Upstream)>,
     proto: Proto,
     tls: bool,
     ecds: bool,
@@ -95,6 +102,9 @@ impl Default for EnvBuilder {
             wasmplugin: None,
             auth_cluster: None,
             clusters: Vec::new(),
+            ext_authz: None,
+            istio_sidecar: false,
+            mocks: None,
             proto: Proto::H1,
             tls: false,
             ecds: false,
@@ -164,6 +174,29 @@ impl EnvBuilder {
         self
     }
 
+    /// Replaces the wasm filter by Envoy's ext_authz (and the RBAC shadow rules that gate it)
+    /// as istiod renders the `envoyExtAuthzHttp` provider of `mesh` for `policy`; name the
+    /// auth cluster as Istio does with [`EnvBuilder::auth_cluster_name`].
+    pub fn ext_authz(mut self, mesh: &Path, policy: &Path) -> Self {
+        self.ext_authz = Some((mesh.to_path_buf(), policy.to_path_buf()));
+        self.wasm = false;
+        self
+    }
+
+    /// Renders the connection manager as istiod does for a sidecar (path normalization
+    /// BASE), for the comparisons with Istio's ext_authz.
+    pub fn istio_sidecar(mut self) -> Self {
+        self.istio_sidecar = true;
+        self
+    }
+
+    /// Uses `env`'s auth service and upstream (they keep running on `env`'s runtime, so
+    /// `env` must outlive this one).
+    pub fn mocks_of(mut self, env: &Env) -> Self {
+        self.mocks = Some((env.auth.clone(), env.upstream.clone()));
+        self
+    }
+
     /// The protocol [`Env::send`] speaks (default HTTP/1.1).
     pub fn proto(mut self, proto: Proto) -> Self {
         self.proto = proto;
@@ -229,8 +262,10 @@ impl EnvBuilder {
         }
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-        let auth = crate::mock_auth::start(&rt);
-        let upstream = crate::upstream::start(&rt);
+        let (auth, upstream) = match &self.mocks {
+            Some((auth, upstream)) => (auth.clone(), upstream.clone()),
+            None => (crate::mock_auth::start(&rt), crate::upstream::start(&rt)),
+        };
         let dir = TempDir::new("nebula-authz-envoy");
         let tls = self.tls.then(|| make_certificates(dir.path()));
         let config_path = self.render(&tools, &dir, &auth, &upstream);
@@ -286,6 +321,9 @@ impl EnvBuilder {
         if let Some(name) = &self.auth_cluster {
             cmd.arg("--auth-cluster").arg(name);
         }
+        if self.istio_sidecar {
+            cmd.arg("--istio-sidecar");
+        }
         for (name, addr) in &self.clusters {
             cmd.arg("--cluster").arg(format!("{name}={addr}"));
         }
@@ -308,13 +346,32 @@ impl EnvBuilder {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut rendered = out.stdout;
-        if !self.wasm {
+        let path = dir.path().join("envoy.json");
+        if let Some((mesh, policy)) = &self.ext_authz {
+            rendered = render_ext_authz(tools, &path, rendered, mesh, policy);
+        } else if !self.wasm {
             rendered = strip_wasm_filter(&rendered);
         }
-        let path = dir.path().join("envoy.json");
         fs::write(&path, rendered).expect("write envoy.json");
         path
     }
+}
+
+/// scripts/render_ext_authz.py over a rendered config.
+fn render_ext_authz(tools: &Tools, path: &Path, rendered: Vec<u8>, mesh: &Path, policy: &Path) -> Vec<u8> {
+    fs::write(path, rendered).expect("write envoy.json");
+    let out = Command::new(&tools.python)
+        .arg(repo_root().join("scripts/render_ext_authz.py"))
+        .args([path, mesh, policy])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
+    assert!(
+        out.status.success(),
+        "scripts/render_ext_authz.py failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// A CA and a server certificate for `localhost` signed by it, new for each run: writes

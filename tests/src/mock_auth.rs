@@ -21,6 +21,7 @@
 //! | `cc:<value>:<script>` | as `<script>`, plus `cache-control: <value>` (e.g. `cc:max-age=2:allow:a`, `cc:no-store:deny`) |
 //! | `once:<script>`     | as `<script>` the first time this exact token arrives, `status:503` after that |
 //! | `seq:<s1>\|<s2>\|…`  | the n-th arrival of this exact token answers as step n (the last step repeats), e.g. `seq:allow:a\|cc:no-store:deny\|status:500` |
+//! | `h:<name>=<value>:<script>` | as `<script>`, plus the header `<name>: <value>` (e.g. `h:x-envoy-auth-headers-to-remove=x-a:allow:a`) |
 
 use std::time::Duration;
 
@@ -222,14 +223,18 @@ fn deny() -> Vec<u8> {
     )
 }
 
-/// `respond_to` plus the `cache-control` header a `cc:` prefix asks for; `seen_before`
-/// is how many times this exact token arrived before (for `once:` and `seq:`).
+/// `respond_to` plus the headers `cc:` and `h:` prefixes ask for; `seen_before` is how
+/// many times this exact token arrived before (for `once:` and `seq:`).
 async fn respond(script: &str, seen_before: usize) -> Reply {
     let mut script = script.to_owned();
-    let mut cache_control = Vec::new();
+    let mut extra = Vec::new();
     loop {
         if let Some((value, then)) = script.strip_prefix("cc:").and_then(|rest| rest.split_once(':')) {
-            cache_control.push(value.to_owned());
+            extra.push(format!("cache-control: {value}"));
+            script = then.to_owned();
+        } else if let Some((header, then)) = script.strip_prefix("h:").and_then(|rest| rest.split_once(':')) {
+            let (name, value) = header.split_once('=').unwrap_or((header, ""));
+            extra.push(format!("{name}: {value}"));
             script = then.to_owned();
         } else if let Some(then) = script.strip_prefix("once:") {
             script = if seen_before > 0 { "status:503".to_owned() } else { then.to_owned() };
@@ -241,12 +246,12 @@ async fn respond(script: &str, seen_before: usize) -> Reply {
         }
     }
     match respond_to(&script).await {
-        Reply::Bytes(bytes) if !cache_control.is_empty() => {
+        Reply::Bytes(bytes) if !extra.is_empty() => {
             // Right after the status line.
             let at = bytes.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
             let mut out = bytes[..at].to_vec();
-            for value in cache_control {
-                out.extend_from_slice(format!("cache-control: {value}\r\n").as_bytes());
+            for header in extra {
+                out.extend_from_slice(format!("{header}\r\n").as_bytes());
             }
             out.extend_from_slice(&bytes[at..]);
             Reply::Bytes(out)

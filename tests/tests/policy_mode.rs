@@ -53,6 +53,7 @@ fn conversion_of_the_policy_mode_fixture_matches_the_golden_wasmplugin() {
     assert_eq!(auth["host"], "auth.prefect.svc.cluster.local", "service, namespace/ prefix dropped");
     assert_eq!(auth["port"], 4300);
     assert_eq!(auth["timeout_ms"], 5000, "timeout: 5s");
+    assert_eq!(auth["protocol"], "ext_authz", "convert emits ext_authz's callout shape");
     assert_eq!(config["status_on_error"], 503, "statusOnError: \"503\"");
     assert_eq!(auth["upstream_headers"], serde_json::json!(["x-nebula-*"]), "headersToUpstreamOnAllow");
     assert_eq!(
@@ -109,8 +110,9 @@ fn converted_policy_runs_under_envoy_without_bypass() {
     env.check(up.header("x-nebula-extra").is_none(), "converted: spoofed x-nebula-extra reached the upstream", &resp);
     let call = env.auth.requests().last().cloned().expect("the auth service was called");
     env.check(
-        call.header("host").as_deref() == Some("auth.prefect.svc.cluster.local:4300"),
-        "converted: callout authority from service and port",
+        (call.method.as_str(), call.path.as_str(), call.header("host").as_deref())
+            == ("GET", "/api/flows", Some("localhost")),
+        "converted: ext_authz's callout (the client's method, path and authority)",
         &resp,
     );
 
@@ -139,18 +141,6 @@ fn unsafe_or_inexpressible_policies_are_refused() {
     let notpaths = "            notPaths:\n";
     let cases: &[(&str, String, String, &str)] = &[
         ("failOpen", mesh.replace("failOpen: false", "failOpen: true"), policy.clone(), "failOpen: true"),
-        (
-            "extra check headers",
-            mesh.replace("failOpen: false", "failOpen: false\n          includeAdditionalHeadersInCheck: {x-a: b}"),
-            policy.clone(),
-            "includeAdditionalHeadersInCheck",
-        ),
-        (
-            "headers to the client on allow",
-            mesh.replace("failOpen: false", "failOpen: false\n          headersToDownstreamOnAllow: [set-cookie]"),
-            policy.clone(),
-            "headersToDownstreamOnAllow",
-        ),
         (
             "a short service name",
             mesh.replace("prefect/auth.prefect.svc.cluster.local", "auth"),
@@ -218,7 +208,8 @@ fn unsafe_or_inexpressible_policies_are_refused() {
 }
 
 /// Other shapes of the same data: a bare MeshConfig, pathPrefix, a millisecond timeout,
-/// no header lists (the filter's defaults, plus Envoy's implicit authorization).
+/// static check headers, headers to the client on allow, a body; no other lists
+/// (ext_authz's defaults).
 #[test]
 fn bare_mesh_config_with_path_prefix_converts() {
     let dir = TempDir::new("nebula-authz-convert");
@@ -227,16 +218,24 @@ fn bare_mesh_config_with_path_prefix_converts() {
         &mesh,
         "extensionProviders:\n  - name: authz-http-redirect\n    envoyExtAuthzHttp:\n      \
          service: auth.prefect.svc.cluster.local\n      port: 4300\n      pathPrefix: /check\n      \
-         timeout: 250ms\n      includeRequestHeadersInCheck: [origin, x-tenant-*]\n",
+         timeout: 250ms\n      includeRequestHeadersInCheck: [origin, x-tenant-*]\n      \
+         includeAdditionalHeadersInCheck: {x-b: two, x-a: one}\n      headersToDownstreamOnAllow: [set-cookie]\n      \
+         includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true, packAsBytes: true}\n",
     )
     .expect("write mesh");
     let out = convert(&mesh, &fixture(POLICY), true);
-    assert!(out.status.success(), "conversion failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "conversion failed: {stderr}");
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(config["auth"]["path"], "/check");
-    assert_eq!(config["auth"]["timeout_ms"], 250);
-    assert_eq!(config["auth"]["request_headers"], serde_json::json!(["authorization", "origin", "x-tenant-*"]));
-    assert!(config.get("status_on_error").is_none() && config["auth"].get("upstream_headers").is_none());
+    let auth = &config["auth"];
+    assert_eq!((auth["protocol"].as_str(), auth["path_prefix"].as_str()), (Some("ext_authz"), Some("/check")));
+    assert_eq!(auth["timeout_ms"], 250);
+    assert_eq!(auth["request_headers"], serde_json::json!(["origin", "x-tenant-*"]), "authorization is implicit");
+    assert_eq!(auth["headers_to_add"], serde_json::json!({"x-a": "one", "x-b": "two"}));
+    assert_eq!(auth["client_headers_on_success"], serde_json::json!(["set-cookie"]));
+    assert_eq!(auth["upstream_headers"], serde_json::json!([]), "unset: ext_authz copies nothing upstream");
+    assert!(config.get("status_on_error").is_none() && auth.get("client_headers").is_none());
+    assert!(stderr.contains("note: includeRequestBodyInCheck: the callout carries no body"), "{stderr}");
     nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
 }
 

@@ -56,7 +56,11 @@ mod tests {
     use super::*;
 
     fn allow(actor: &str) -> Rc<Decision> {
-        Rc::new(Decision::Allow { inject: vec![("x-nebula-actor-id".into(), actor.into())], cookies: vec![] })
+        Rc::new(Decision::Allow {
+            inject: vec![("x-nebula-actor-id".into(), actor.into())],
+            cookies: vec![],
+            extra: None,
+        })
     }
 
     #[test]

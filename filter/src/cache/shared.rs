@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::cache::control::{freshness, Freshness};
 use crate::error::ConfigError;
 use crate::policy::decision::Verdict;
+use crate::policy::ext_authz::AllowExtra;
 use crate::policy::headers::Header;
 
 const DEFAULT_ENTRIES: u32 = 10_000;
@@ -168,7 +169,7 @@ impl CacheSettings {
     ) -> Option<Vec<u8>> {
         let seconds = match decision {
             // Cookies for the client (a refreshed session) are per client, like below.
-            Decision::Allow { cookies, .. } if !cookies.is_empty() => return None,
+            Decision::Allow { cookies, extra, .. } if !cookies.is_empty() || extra.is_some() => return None,
             Decision::Allow { .. } => match freshness(response) {
                 Freshness::Forbidden => return None,
                 Freshness::Seconds(n) => n.min(self.max_ttl),
@@ -245,7 +246,9 @@ pub enum Decision {
     /// Resume the request with these headers set (the first value of a name replaces),
     /// and these `Set-Cookie` values for the client's response
     /// (`auth.add_auth_cookies_to_response`).
-    Allow { inject: Vec<(String, Vec<u8>)>, cookies: Vec<Vec<u8>> },
+    /// `extra`: ext_authz's other allow effects; such a decision is never stored (it is
+    /// per-client, like one that sets cookies), so the stored form has no room for it.
+    Allow { inject: Vec<(String, Vec<u8>)>, cookies: Vec<Vec<u8>>, extra: Option<Box<AllowExtra>> },
     /// Reply to the client with this status, headers and body.
     Deny { status: u32, headers: Vec<(String, String)>, body: Vec<u8> },
 }
@@ -254,9 +257,10 @@ impl Decision {
     /// The owned form of an allow or a deny (`body`: the deny body); `None` for a failure.
     pub fn from_verdict(verdict: &Verdict<'_>, body: &[u8]) -> Option<Decision> {
         match verdict {
-            Verdict::Allow { inject, cookies } => Some(Decision::Allow {
+            Verdict::Allow { inject, cookies, extra } => Some(Decision::Allow {
                 inject: inject.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
                 cookies: cookies.iter().map(|c| c.to_vec()).collect(),
+                extra: extra.clone(),
             }),
             Verdict::Deny { status, headers } => Some(Decision::Deny {
                 status: *status,
@@ -330,7 +334,7 @@ impl Entry {
             }
         };
         match &self.decision {
-            Decision::Allow { inject, cookies } => {
+            Decision::Allow { inject, cookies, .. } => {
                 out.push(KIND_ALLOW);
                 pairs(&mut out, &mut inject.iter().map(|(n, v)| (n.as_str(), v.as_slice())), inject.len());
                 pairs(&mut out, &mut cookies.iter().map(|c| ("", c.as_slice())), cookies.len());
@@ -359,6 +363,7 @@ impl Entry {
             KIND_ALLOW => Decision::Allow {
                 inject: r.pairs()?,
                 cookies: r.pairs()?.into_iter().map(|(_, value)| value).collect(),
+                extra: None,
             },
             KIND_DENY => {
                 let status = u32::from(r.u16()?);
@@ -448,6 +453,7 @@ mod tests {
                 ("x-nebula-actor-permissions".into(), b"\xe9write".to_vec()),
             ],
             cookies: vec![],
+            extra: None,
         }
     }
 
@@ -600,7 +606,7 @@ mod tests {
         }
         let cookie = Decision::Deny { status: 401, headers: vec![("set-cookie".into(), "a=1".into())], body: vec![] };
         assert_eq!(lifetime(&c, &cookie, &[], &CALLOUT), None, "a denial that sets cookies is per-client");
-        let cookie = Decision::Allow { inject: vec![], cookies: vec![b"session=refreshed".to_vec()] };
+        let cookie = Decision::Allow { inject: vec![], cookies: vec![b"session=refreshed".to_vec()], extra: None };
         assert_eq!(lifetime(&c, &cookie, &[], &CALLOUT), None, "so is an allow that sets cookies");
         assert_eq!(lifetime(&cache(r#"{"negative_ttl": 0}"#), &deny(401), &[], &CALLOUT), None);
     }
@@ -694,8 +700,11 @@ mod tests {
         let c = cache("{}");
         let lookup = c.lookup("auth", &CALLOUT);
         let key = lookup.key;
-        let with_cookies = Decision::Allow { inject: vec![], cookies: vec![b"s=1; Path=/".to_vec(), b"t=2".to_vec()] };
-        for decision in [allow(), deny(401), Decision::Allow { inject: vec![], cookies: vec![] }, with_cookies] {
+        let with_cookies =
+            Decision::Allow { inject: vec![], cookies: vec![b"s=1; Path=/".to_vec(), b"t=2".to_vec()], extra: None };
+        for decision in
+            [allow(), deny(401), Decision::Allow { inject: vec![], cookies: vec![], extra: None }, with_cookies]
+        {
             let entry = Entry { key, expires_ms: NOW, stale_limit_ms: u64::MAX, decision };
             let bytes = entry.encode();
             assert_eq!(bytes[0], FORMAT_VERSION);

@@ -266,6 +266,11 @@ impl HttpContext for Authz {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if self.settings.as_ref().is_some_and(|s| !s.auth.client_headers_on_success.is_empty()) {
+            if let Err(status) = inject::add_client_headers(self.id) {
+                warn!("[{}] cannot add the auth headers to the response: {status:?}", self.id);
+            }
+        }
         let cookies = inject::response_cookies(self.id);
         if let (Some(cookies), Some(settings)) = (cookies, self.settings.clone()) {
             if let Err(status) = inject::add_auth_cookies(&settings, &cookies) {

@@ -9,6 +9,7 @@ use crate::host::metrics::count;
 use crate::host::request_log;
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::policy::ext_authz::Protocol;
 
 /// What was done to a request.
 pub enum Applied {
@@ -27,7 +28,12 @@ pub fn resume(id: u32) {
 pub fn fail_closed(id: u32, settings: &Settings, failure: Failure) -> Applied {
     request_log::failed_closed(id, settings.status_on_error, failure);
     count(Metric::Errors);
-    reply(id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+    if settings.auth.protocol == Protocol::ExtAuthz {
+        // ext_authz's error reply: the status alone, no body.
+        reply(id, settings.status_on_error, vec![], None);
+    } else {
+        reply(id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+    }
     Applied::Replied
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cluster::cluster_and_authority;
 use crate::error::ConfigError;
+use crate::policy::ext_authz::{self, ExtAuthzSettings, Protocol};
 use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
 
@@ -41,6 +42,13 @@ pub(crate) struct RawAuth {
     trust_forward_header: Option<bool>,
     upstream_headers_regex: Option<String>,
     add_auth_cookies_to_response: Option<Vec<String>>,
+    // Envoy ext_authz contract (see policy/ext_authz.rs).
+    protocol: Option<Protocol>,
+    path_prefix: Option<String>,
+    path_override: Option<String>,
+    headers_to_add: Option<std::collections::BTreeMap<String, String>>,
+    upstream_headers_to_append: Option<Vec<String>>,
+    client_headers_on_success: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +78,17 @@ pub struct AuthSettings {
     pub upstream_headers_regex: Option<HeaderRegex>,
     /// Cookies an allowing auth response sets on the client (`addAuthCookiesToResponse`).
     pub add_auth_cookies_to_response: Vec<String>,
+    /// The callout's shape: forwardAuth's (default) or ext_authz's.
+    pub protocol: Protocol,
+    /// The ext_authz shape's path and static headers.
+    pub ext_authz: ExtAuthzSettings,
+    /// Auth response headers added upstream next to the client's values on allow.
+    pub upstream_headers_to_append: HeaderNames,
+    /// Auth response headers added to the client's response on allow.
+    pub client_headers_on_success: HeaderNames,
+    /// `client_headers` was not set with ext_authz: every auth response header goes to
+    /// the client on deny (ext_authz's default).
+    pub client_headers_all: bool,
 }
 
 impl TryFrom<RawAuth> for AuthSettings {
@@ -83,12 +102,34 @@ impl TryFrom<RawAuth> for AuthSettings {
             return Err(ConfigError::new("auth.authority", "must be a non-empty host[:port] without spaces"));
         }
         let path = raw.path.unwrap_or_else(|| "/".to_string());
-        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        ext_authz::check_path("auth.path", &path, false)?;
+        let protocol = raw.protocol.unwrap_or_default();
+        let ext = protocol == Protocol::ExtAuthz;
+        for (field, set) in [
+            ("auth.path_prefix", raw.path_prefix.is_some()),
+            ("auth.path_override", raw.path_override.is_some()),
+            ("auth.headers_to_add", raw.headers_to_add.is_some()),
+        ] {
+            if set && !ext {
+                return Err(ConfigError::new(field, "only applies with \"protocol\": \"ext_authz\""));
+            }
+        }
+        if ext && (raw.forward_auth == Some(true) || raw.trust_forward_header == Some(true)) {
             return Err(ConfigError::new(
-                "auth.path",
-                "must start with '/' and contain no spaces or control characters",
+                "auth.protocol",
+                "ext_authz sends no X-Forwarded-* of its own: forward_auth and trust_forward_header do not apply",
             ));
         }
+        let path_prefix = raw.path_prefix.unwrap_or_default();
+        ext_authz::check_path("auth.path_prefix", &path_prefix, true)?;
+        if let Some(path) = &raw.path_override {
+            ext_authz::check_path("auth.path_override", path, false)?;
+        }
+        let ext_settings = ExtAuthzSettings {
+            path_prefix,
+            path_override: raw.path_override,
+            headers_to_add: ext_authz::compile_headers_to_add(raw.headers_to_add)?,
+        };
         let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
             return Err(ConfigError::new(
@@ -111,15 +152,31 @@ impl TryFrom<RawAuth> for AuthSettings {
             ));
         }
 
-        let request_headers = strings_or(raw.request_headers, &DEFAULT_REQUEST_HEADERS);
+        // ext_authz's defaults: only `authorization` of the client's headers (always sent),
+        // every auth response header to the client on deny.
+        let client_headers_all = ext && raw.client_headers.is_none();
+        let request_headers = strings_or(raw.request_headers, if ext { &[] } else { &DEFAULT_REQUEST_HEADERS });
         let upstream_headers = strings_or(raw.upstream_headers, &IDENTITY_HEADERS);
-        let client_headers = strings_or(raw.client_headers, &DEFAULT_CLIENT_HEADERS);
+        let mut client_headers = strings_or(raw.client_headers, if ext { &[] } else { &DEFAULT_CLIENT_HEADERS });
+        if ext && !client_headers_all {
+            client_headers.extend(ext_authz::DENY_CLIENT_DEFAULTS.iter().map(|s| s.to_string()));
+        }
+        let upstream_headers_to_append = HeaderNames::parse_injectable(
+            "auth.upstream_headers_to_append",
+            &raw.upstream_headers_to_append.unwrap_or_default(),
+        )?;
+        let client_headers_on_success = HeaderNames::parse_injectable(
+            "auth.client_headers_on_success",
+            &raw.client_headers_on_success.unwrap_or_default(),
+        )?;
 
         // Traefik forwardAuth contract. Generating X-Forwarded-* is safe (the values are
-        // what Envoy saw), so it is on; trusting the client's is not, so it is off.
-        let forward_auth = raw.forward_auth.unwrap_or(true);
+        // what Envoy saw), so it is on; trusting the client's is not, so it is off. With
+        // ext_authz the client's forwarding headers are what Envoy's connection manager
+        // made of them, as ext_authz sees them.
+        let forward_auth = !ext && raw.forward_auth.unwrap_or(true);
         let trust_forward_header = raw.trust_forward_header.unwrap_or(false);
-        if !trust_forward_header {
+        if !trust_forward_header && !ext {
             let generated = |n: &str| forward_auth && forward::is_generated(n);
             if let Some((i, name)) =
                 request_headers.iter().enumerate().find(|(_, n)| forward::is_x_forwarded(n) && !generated(n))
@@ -157,6 +214,11 @@ impl TryFrom<RawAuth> for AuthSettings {
             trust_forward_header,
             upstream_headers_regex,
             add_auth_cookies_to_response,
+            protocol,
+            ext_authz: ext_settings,
+            upstream_headers_to_append,
+            client_headers_on_success,
+            client_headers_all,
         })
     }
 }

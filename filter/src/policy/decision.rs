@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::policy::auth::AuthSettings;
+use crate::policy::ext_authz::{self, AllowExtra, Protocol};
 use crate::policy::forward;
 use crate::policy::headers::{self, Header};
 
@@ -17,6 +18,8 @@ pub enum Verdict<'r> {
     Allow {
         inject: Vec<(&'r str, &'r [u8])>,
         cookies: Vec<&'r [u8]>,
+        /// ext_authz: headers to append, to remove, and for the client's response.
+        extra: Option<Box<AllowExtra>>,
     },
     /// Reply to the client with the auth response's status, these headers and its body.
     Deny {
@@ -150,10 +153,29 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
                 .collect(),
         };
         let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
-        return Verdict::Allow { inject, cookies };
+        // Nothing to look for in forward_auth's common case: no allocation.
+        let ext = auth.protocol == Protocol::ExtAuthz;
+        let extra = if ext || !auth.upstream_headers_to_append.is_empty() || !auth.client_headers_on_success.is_empty()
+        {
+            ext_authz::allow_extra(&auth.upstream_headers_to_append, &auth.client_headers_on_success, ext, headers)
+        } else {
+            None
+        };
+        return Verdict::Allow { inject, cookies, extra };
     }
     let mut relay = Vec::new();
-    for (name, value) in headers::select(headers, &auth.client_headers) {
+    // ext_authz without `client_headers`: every header but host and what Envoy frames.
+    let relayed = |name: &str| {
+        if auth.client_headers_all {
+            !name.starts_with(':')
+                && !name.eq_ignore_ascii_case("host")
+                && !headers::is_connection_header(name)
+                && !name.eq_ignore_ascii_case(ext_authz::HEADERS_TO_REMOVE)
+        } else {
+            !name.starts_with(':') && auth.client_headers.contains(name)
+        }
+    };
+    for (name, value) in headers.iter().map(|h| (h.name(), h.value())).filter(|(n, _)| relayed(n)) {
         match std::str::from_utf8(value) {
             Ok(value) => relay.push((name, value)),
             Err(_) => return Verdict::Fail(Failure::ResponseHeaderNotText),
@@ -216,6 +238,7 @@ mod tests {
                     ("x-nebula-ratelimit-config", &b"\xe9"[..]),
                 ],
                 cookies: vec![],
+                extra: None,
             }
         );
     }
@@ -343,6 +366,7 @@ mod tests {
                     ("x-user", &b"alice"[..]),
                 ],
                 cookies: vec![&b"_oauth2_proxy=refreshed; Path=/"[..]],
+                extra: None,
             }
         );
     }

@@ -81,6 +81,11 @@ impl HeaderNames {
         }
     }
 
+    /// Whether the set holds no name and no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty() && self.suffixes.is_empty()
+    }
+
     /// Whether `name` (any case) is in the set.
     pub fn contains(&self, name: &str) -> bool {
         self.exact.iter().any(|n| n.eq_ignore_ascii_case(name))

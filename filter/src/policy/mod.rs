@@ -4,12 +4,14 @@
 //! ([`decision`]), or Envoy's own reply when the auth service never answered
 //! ([`envoy_reply`]: what is worth retrying). [`headers`] are the header-name sets and
 //! lookups everything shares; [`forward`] is Traefik's forwardAuth contract
-//! (X-Forwarded-*, cookies); [`request_line`] is how a request is named in a log line.
+//! (X-Forwarded-*, cookies), [`ext_authz`] Envoy ext_authz's (the client's method and
+//! path, headers on allow); [`request_line`] is how a request is named in a log line.
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
 pub mod decision;
 pub mod envoy_reply;
+pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod request;

@@ -3,6 +3,7 @@
 
 use crate::policy::auth::AuthSettings;
 use crate::policy::decision::Failure;
+use crate::policy::ext_authz::{self, Protocol};
 use crate::policy::forward::{self, CalloutHeader};
 use crate::policy::headers::{self, Header, HeaderNames};
 use crate::policy::route::PublicPaths;
@@ -56,6 +57,17 @@ fn callout<'h, H: Header>(
     headers: &'h [H],
     peer: impl FnOnce() -> Option<String>,
 ) -> Route<'h> {
+    if auth.protocol == Protocol::ExtAuthz {
+        return match ext_authz::callout(&auth.ext_authz, &auth.request_headers, strip, headers) {
+            Some(mut out) => {
+                if !out.iter().any(|(n, _)| *n == ":authority") {
+                    out.insert(2, (":authority", auth.authority.as_str().into()));
+                }
+                Route::Callout { headers: out }
+            }
+            None => Route::Reject(Failure::RequestHeaderNotText),
+        };
+    }
     let mut out: Vec<CalloutHeader<'h>> = vec![
         (":method", "GET".into()),
         (":path", auth.path.as_str().into()),

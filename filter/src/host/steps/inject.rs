@@ -19,7 +19,11 @@ use crate::host::steps::decide::Outcome;
 use crate::jwt::verifier::ClaimHeaders;
 use crate::metrics::Metric;
 use crate::policy::decision::Failure;
+use crate::policy::ext_authz::AllowExtra;
 use crate::policy::forward;
+
+/// Owned (name, value) pairs.
+type OwnedHeaders = Vec<(String, Vec<u8>)>;
 
 thread_local! {
     /// `Set-Cookie` values of the allowing auth response, by context id, for the client's
@@ -29,6 +33,9 @@ thread_local! {
     /// Claim headers of a valid JWT in `local_then_callout`, by context id, added if the
     /// callout allows (a waiting request's allow is applied from another context).
     static JWT_CLAIMS: RefCell<HashMap<u32, ClaimHeaders>> = RefCell::new(HashMap::new());
+    /// ext_authz `client_headers_on_success` of the allowing auth response, by context id,
+    /// for the client's response (as `AUTH_COOKIES`).
+    static CLIENT_HEADERS: RefCell<HashMap<u32, OwnedHeaders>> = RefCell::new(HashMap::new());
 }
 
 /// Keeps a valid JWT's claim headers for the callout's allow (`local_then_callout`).
@@ -40,6 +47,7 @@ pub fn keep_claims(id: u32, claims: ClaimHeaders) {
 pub fn forget(id: u32) {
     AUTH_COOKIES.with(|c| c.borrow_mut().remove(&id));
     JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id));
+    CLIENT_HEADERS.with(|c| c.borrow_mut().remove(&id));
 }
 
 /// Applies `outcome` to the effective context's request (`id` is for the logs).
@@ -58,7 +66,7 @@ pub fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
 /// Injects an allow's headers, or replies with a denial.
 pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Via) -> Applied {
     match decision {
-        Decision::Allow { inject, cookies } => {
+        Decision::Allow { inject, cookies, extra } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
             // the same header (it has the last word).
             let claims = JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id)).unwrap_or_else(|| Rc::from(Vec::new()));
@@ -80,6 +88,11 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Vi
             if !cookies.is_empty() {
                 AUTH_COOKIES.with(|c| c.borrow_mut().insert(id, cookies.clone()));
             }
+            if let Some(extra) = extra {
+                if apply_extra(id, extra).is_err() {
+                    return fail_closed(id, settings, Failure::HostError);
+                }
+            }
             request_log::allowed(id, via);
             count(Metric::Allows);
             Applied::Allowed
@@ -92,6 +105,31 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Vi
             Applied::Replied
         }
     }
+}
+
+/// ext_authz's other allow effects: append, then remove (`x-envoy-auth-headers-to-remove`);
+/// the headers for the client's response are kept until it comes.
+fn apply_extra(id: u32, extra: &AllowExtra) -> Result<(), Status> {
+    for (name, value) in &extra.append {
+        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)?;
+    }
+    for name in &extra.remove {
+        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)?;
+    }
+    if !extra.to_client.is_empty() {
+        CLIENT_HEADERS.with(|c| c.borrow_mut().insert(id, extra.to_client.clone()));
+    }
+    Ok(())
+}
+
+/// ext_authz `client_headers_on_success`: added to the client's response of an allowed
+/// request (next to the upstream's own, as Envoy does).
+pub fn add_client_headers(id: u32) -> Result<(), Status> {
+    let Some(headers) = CLIENT_HEADERS.with(|c| c.borrow_mut().remove(&id)) else { return Ok(()) };
+    for (name, value) in headers {
+        hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, &name, &value)?;
+    }
+    Ok(())
 }
 
 /// The client's response of an allowed request: the auth service's cookies, if it set any.
