@@ -88,6 +88,8 @@ unit:
 	cargo test -p nebula-authz
 
 integration: build envoy
+	@# The access tests make a test CA per run with the openssl CLI (Debian).
+	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	cargo test -p nebula-authz-tests
 
 demo-check: build envoy

@@ -74,6 +74,26 @@ def add_cluster(config, name, address):
     set_endpoint(config, name, address)
 
 
+def downstream_tls(listener, cert_dir, require_client_certificate):
+    """TLS on the listener with client certificates checked against DIR/ca.pem (the mTLS
+    of seed 003; in Istio the sidecar does this): DIR/server.pem and DIR/server.key serve."""
+    cert_dir = Path(cert_dir).resolve()
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": require_client_certificate,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": str(cert_dir / "server.pem")},
+                    "private_key": {"filename": str(cert_dir / "server.key")},
+                }],
+                "validation_context": {"trusted_ca": {"filename": str(cert_dir / "ca.pem")}},
+            },
+        },
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--source", default=str(ROOT / "envoy" / "envoy.yaml"))
@@ -90,6 +110,11 @@ def main():
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
     p.add_argument("--cluster", type=named_endpoint, action="append", default=[], metavar="NAME=HOST:PORT",
                    help="add a cluster (repeatable), e.g. a JWKS endpoint")
+    p.add_argument("--tls", metavar="DIR", help="downstream TLS: DIR/server.pem, server.key, ca.pem")
+    p.add_argument("--tls-client-cert", choices=["required", "optional"], default="required",
+                   help="with --tls: whether a client certificate is required (always verified)")
+    p.add_argument("--xff-trusted-hops", type=int, metavar="N",
+                   help="HTTP connection manager xff_num_trusted_hops (Envoy's own proxy trust)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -97,6 +122,12 @@ def main():
         address=args.bind, port_value=args.admin_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=args.bind, port_value=args.listen_port)
+
+    if args.tls:
+        downstream_tls(listener, args.tls, args.tls_client_cert == "required")
+    if args.xff_trusted_hops is not None:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())

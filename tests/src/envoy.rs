@@ -74,6 +74,10 @@ pub struct EnvBuilder {
     auth_cluster: Option<String>,
     /// Extra clusters (name, address), e.g. a JWKS endpoint.
     clusters: Vec<(String, SocketAddr)>,
+    /// Downstream TLS: the certificate directory and whether a client certificate is required.
+    tls: Option<(PathBuf, bool)>,
+    /// The connection manager's `xff_num_trusted_hops`.
+    xff_trusted_hops: Option<u32>,
 }
 
 impl Default for EnvBuilder {
@@ -86,6 +90,8 @@ impl Default for EnvBuilder {
             wasmplugin: None,
             auth_cluster: None,
             clusters: Vec::new(),
+            tls: None,
+            xff_trusted_hops: None,
         }
     }
 }
@@ -141,6 +147,19 @@ impl EnvBuilder {
     /// Adds a cluster `name` whose one endpoint is `addr` (e.g. a JWKS server).
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
         self.clusters.push((name.to_owned(), addr));
+        self
+    }
+
+    /// Serves TLS with `dir`'s server.pem/server.key, verifying client certificates
+    /// against its ca.pem; `require_client_certificate` as in Envoy ([`crate::tls`]).
+    pub fn downstream_tls(mut self, dir: &Path, require_client_certificate: bool) -> Self {
+        self.tls = Some((dir.to_path_buf(), require_client_certificate));
+        self
+    }
+
+    /// Sets the connection manager's `xff_num_trusted_hops` (Envoy's own proxy trust).
+    pub fn xff_trusted_hops(mut self, hops: u32) -> Self {
+        self.xff_trusted_hops = Some(hops);
         self
     }
 
@@ -227,6 +246,12 @@ impl EnvBuilder {
         }
         for (name, addr) in &self.clusters {
             cmd.arg("--cluster").arg(format!("{name}={addr}"));
+        }
+        if let Some((tls, required)) = &self.tls {
+            cmd.arg("--tls").arg(tls).arg("--tls-client-cert").arg(if *required { "required" } else { "optional" });
+        }
+        if let Some(hops) = self.xff_trusted_hops {
+            cmd.arg("--xff-trusted-hops").arg(hops.to_string());
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

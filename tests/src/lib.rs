@@ -12,6 +12,7 @@ pub mod mock_jwks;
 pub mod mock_server;
 pub mod outposts;
 pub mod paths;
+pub mod tls;
 pub mod traefik;
 pub mod upstream;
 mod ws_accept;

@@ -77,15 +77,27 @@ pub fn parse(text: &str) -> Vec<PathCase> {
 /// rejected by Envoy itself (a 4xx without callout). Returns the report (one line per
 /// row) and the failing lines; empty failures mean no bypass.
 pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
+    replay_with(env, None, |case| case.expected)
+}
+
+/// [`replay`] from the local address `source`, with `expect` deciding each row's
+/// expectation (e.g. a range-restricted public path is protected from outside).
+pub fn replay_with(
+    env: &crate::Env,
+    source: Option<std::net::IpAddr>,
+    expect: impl Fn(&PathCase) -> Expected,
+) -> (Vec<String>, Vec<String>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for case in &load() {
         let auth_before = env.auth.count();
         let up_before = env.upstream.count();
-        let result = crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port);
+        let bytes = crate::RawRequest::get(&case.target).bearer("deny").to_bytes();
+        let result = crate::client::send_raw_from(source, env.port, &bytes);
         let called_out = env.auth.count() > auth_before;
         let reached = env.upstream.count() > up_before;
-        let (outcome, ok) = match (&result, case.expected) {
+        let expected = expect(case);
+        let (outcome, ok) = match (&result, expected) {
             (Err(e), Expected::Public) => (format!("no response: {e}"), false),
             (Err(e), Expected::Protected) => (format!("connection closed without a response ({e})"), !reached),
             (Ok(resp), Expected::Public) => {
@@ -107,8 +119,7 @@ pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
                 !resp.proxied() && (400..500).contains(&resp.status),
             ),
         };
-        let line =
-            format!("{:<9} {:<62} {}", format!("{:?}", case.expected), crate::client::escape(&case.target), outcome);
+        let line = format!("{:<9} {:<62} {}", format!("{expected:?}"), crate::client::escape(&case.target), outcome);
         if !ok {
             failures.push(format!("{line}  (paths.tsv:{}, {}; reached upstream: {reached})", case.line, case.note));
         }
