@@ -66,6 +66,11 @@ impl<'de> Deserialize<'de> for RawPublicPath {
                 RawPublicEntry::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawPublicPath::Entry)
             }
         }
+        // A format that cannot describe itself (the docs tracer, config/docs_reference.rs)
+        // cannot say which one it holds: it walks the object shape.
+        if !deserializer.is_human_readable() {
+            return RawPublicEntry::deserialize(deserializer).map(RawPublicPath::Entry);
+        }
         deserializer.deserialize_any(Entry)
     }
 }
