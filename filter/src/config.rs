@@ -135,7 +135,7 @@ impl TryFrom<RawConfig> for Settings {
             principals: raw.principals,
             principal_header: raw.principal_header,
         };
-        let access = access_config::compile(access, entries, &public)?;
+        let access = access_config::compile(access, entries, &public, &auth.request_headers)?;
         // The identity header comes only from the filter, never from the client.
         if let Some(name) = access.as_ref().and_then(|a| a.principal_header.as_ref()) {
             strip.extend(&HeaderNames::parse("principal_header", std::slice::from_ref(name), false)?);

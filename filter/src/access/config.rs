@@ -10,6 +10,7 @@ use crate::access::cidr::Ranges;
 use crate::access::principal::Principals;
 use crate::access::{AccessSettings, Otherwise, PathRule};
 use crate::error::ConfigError;
+use crate::policy::forward;
 use crate::policy::headers::{is_connection_header, HeaderNames};
 use crate::policy::route::PublicPaths;
 
@@ -96,10 +97,12 @@ pub fn split(paths: Option<Vec<RawPublicPath>>) -> (Option<Vec<String>>, Vec<Opt
 }
 
 /// `None` when no rule is configured: then the request path never looks at access.
+/// `request_headers` are the client headers the callout forwards (`auth.request_headers`).
 pub fn compile(
     raw: RawAccess,
     entries: Vec<Option<RawPublicEntry>>,
     public: &PublicPaths,
+    request_headers: &HeaderNames,
 ) -> Result<Option<AccessSettings>, ConfigError> {
     let source_ranges = ranges("source_ranges", raw.source_ranges)?;
     let principals = principals("principals", raw.principals)?;
@@ -111,6 +114,11 @@ pub fn compile(
             let name = name.to_ascii_lowercase();
             if is_connection_header(&name) {
                 let message = format!("{name:?} is a connection-level header Envoy manages");
+                return Err(ConfigError::new("principal_header", message));
+            }
+            // It is stripped from every client request: a forwarded credential would vanish.
+            if request_headers.contains(&name) || forward::is_x_forwarded(&name) {
+                let message = format!("{name:?} is a client header the callout forwards; name a header of its own");
                 return Err(ConfigError::new("principal_header", message));
             }
             Some(name)
@@ -272,6 +280,14 @@ mod tests {
             (
                 r#""principal_header": "Transfer-Encoding""#,
                 "invalid plugin configuration: principal_header: \"transfer-encoding\" is a connection-level header Envoy manages",
+            ),
+            (
+                r#""principal_header": "Authorization""#,
+                "invalid plugin configuration: principal_header: \"authorization\" is a client header the callout forwards; name a header of its own",
+            ),
+            (
+                r#""principal_header": "x-forwarded-for""#,
+                "invalid plugin configuration: principal_header: \"x-forwarded-for\" is a client header the callout forwards; name a header of its own",
             ),
             (
                 r#""public_paths": [{"path": "/hooks", "source_ranges": ["203.0.113.0/33"]}]"#,
