@@ -56,8 +56,11 @@ pub fn parse_ip(text: &str) -> Option<IpAddr> {
 /// The IP of proxy-wasm's `source.address` (`ip:port`, `[v6]:port`; a bare IP too).
 /// A pipe path or anything else is `None`.
 pub fn peer_ip(address: &str) -> Option<IpAddr> {
-    if let Ok(socket) = address.parse::<SocketAddr>() {
-        return Some(normalise(socket.ip()));
+    match address.parse::<SocketAddr>() {
+        // A zone (`[fe80::1%2]:80`) names a link, not a global address: refused.
+        Ok(SocketAddr::V6(v6)) if v6.scope_id() != 0 => return None,
+        Ok(socket) => return Some(normalise(socket.ip())),
+        Err(_) => {}
     }
     address.parse::<IpAddr>().ok().map(normalise)
 }
@@ -178,6 +181,8 @@ mod tests {
         assert_eq!(peer_ip("10.0.0.1"), Some(ip("10.0.0.1")));
         assert_eq!(peer_ip("/tmp/envoy.sock"), None);
         assert_eq!(peer_ip("[fe80::1%eth0]:80"), None, "zone ids are refused");
+        assert_eq!(peer_ip("[fe80::1%2]:80"), None, "numeric zone ids too");
+        assert_eq!(peer_ip("[fe80::1]:80"), Some(ip("fe80::1")));
         assert_eq!(parse_ip("fe80::1%eth0"), None);
         assert_eq!(parse_ip("203.0.113.7:80"), None, "X-Forwarded-For holds addresses, not ports");
         assert_eq!(parse_ip("unknown"), None);
