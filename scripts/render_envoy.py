@@ -115,6 +115,8 @@ def main():
                    help="with --tls: whether a client certificate is required (always verified)")
     p.add_argument("--xff-trusted-hops", type=int, metavar="N",
                    help="HTTP connection manager xff_num_trusted_hops (Envoy's own proxy trust)")
+    p.add_argument("--no-remote-address", action="store_true",
+                   help="use_remote_address: false (Envoy then takes the client from X-Forwarded-For)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -125,9 +127,11 @@ def main():
 
     if args.tls:
         downstream_tls(listener, args.tls, args.tls_client_cert == "required")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     if args.xff_trusted_hops is not None:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
+    if args.no_remote_address:
+        hcm["use_remote_address"] = False
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())

@@ -78,6 +78,8 @@ pub struct EnvBuilder {
     tls: Option<(PathBuf, bool)>,
     /// The connection manager's `xff_num_trusted_hops`.
     xff_trusted_hops: Option<u32>,
+    /// `use_remote_address: false` instead of envoy.yaml's `true`.
+    no_remote_address: bool,
 }
 
 impl Default for EnvBuilder {
@@ -92,6 +94,7 @@ impl Default for EnvBuilder {
             clusters: Vec::new(),
             tls: None,
             xff_trusted_hops: None,
+            no_remote_address: false,
         }
     }
 }
@@ -160,6 +163,12 @@ impl EnvBuilder {
     /// Sets the connection manager's `xff_num_trusted_hops` (Envoy's own proxy trust).
     pub fn xff_trusted_hops(mut self, hops: u32) -> Self {
         self.xff_trusted_hops = Some(hops);
+        self
+    }
+
+    /// `use_remote_address: false`: Envoy takes the client address from X-Forwarded-For.
+    pub fn without_remote_address(mut self) -> Self {
+        self.no_remote_address = true;
         self
     }
 
@@ -252,6 +261,9 @@ impl EnvBuilder {
         }
         if let Some(hops) = self.xff_trusted_hops {
             cmd.arg("--xff-trusted-hops").arg(hops.to_string());
+        }
+        if self.no_remote_address {
+            cmd.arg("--no-remote-address");
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

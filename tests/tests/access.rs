@@ -108,6 +108,22 @@ fn envoy_xff_num_trusted_hops_sets_the_source_address() {
     assert_access_denied(&env, "the hop Envoy trusts is outside", &from(&env, OUTSIDE, req), 403, auth, up);
 }
 
+/// Without `use_remote_address: true` Envoy takes the client from the right-most
+/// X-Forwarded-For entry and reports it as `source.address`: a client talking to Envoy
+/// directly then chooses its own address. Why envoy/envoy.yaml keeps it `true` at the edge.
+#[test]
+fn without_use_remote_address_envoy_takes_the_source_from_x_forwarded_for() {
+    let env = Env::builder()
+        .plugin_config(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"]}"#)
+        .without_remote_address()
+        .start();
+    let req = RawRequest::get("/api/flows").bearer("allow:alice").header("x-forwarded-for", INSIDE);
+    env.assert_allowed_as("the forged X-Forwarded-For became source.address", &from(&env, OUTSIDE, req), "alice");
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let resp = from(&env, OUTSIDE, RawRequest::get("/api/flows").bearer("allow:alice"));
+    assert_access_denied(&env, "no X-Forwarded-For: the peer", &resp, 403, auth, up);
+}
+
 /// Seed 000's public paths, with `/hooks` public only from 127.0.0.2 and `/internal`
 /// only from there too, else 404.
 const RESTRICTED_HOOKS: &str = r#"{"auth": {"cluster": "auth"}, "public_paths": [
