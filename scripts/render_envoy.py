@@ -74,24 +74,73 @@ def add_cluster(config, name, address):
     set_endpoint(config, name, address)
 
 
-def downstream_tls(listener, cert_dir, require_client_certificate):
-    """TLS on the listener with client certificates checked against DIR/ca.pem (the mTLS
-    of seed 003; in Istio the sidecar does this): DIR/server.pem and DIR/server.key serve."""
-    cert_dir = Path(cert_dir).resolve()
+def serve_tls(listener, cert, key, client_ca=None, require_client_certificate=True):
+    """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO). With
+    `client_ca`, client certificates are verified against it (the mTLS of seed 003; in
+    Istio the sidecar does this), and required unless `require_client_certificate` is off."""
+    tls_context = {
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{
+                "certificate_chain": {"filename": str(Path(cert).resolve())},
+                "private_key": {"filename": str(Path(key).resolve())},
+            }],
+        },
+    }
+    if client_ca:
+        tls_context["require_client_certificate"] = require_client_certificate
+        tls_context["common_tls_context"]["validation_context"] = {
+            "trusted_ca": {"filename": str(Path(client_ca).resolve())}}
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": require_client_certificate,
-            "common_tls_context": {
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": str(cert_dir / "server.pem")},
-                    "private_key": {"filename": str(cert_dir / "server.key")},
-                }],
-                "validation_context": {"trusted_ca": {"filename": str(cert_dir / "ca.pem")}},
-            },
+            **tls_context,
         },
     }
+
+
+FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def ecds_resource(wasm_config, version):
+    """The discovery response a path-based ECDS source reads: one TypedExtensionConfig."""
+    return {
+        "version_info": str(version),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "nebula-authz",
+            "typed_config": {"@type": FILTER_TYPE, "config": wasm_config},
+        }],
+    }
+
+
+def serve_filter_by_ecds(config, directory):
+    """Take the wasm filter from a watched file (ECDS), as istiod delivers WasmPlugins.
+
+    Writes DIRECTORY/nebula-authz.json (version 1) and points the http filter at it;
+    a new version is written elsewhere in DIRECTORY and renamed over it (Envoy reloads
+    on the move into the watched directory). Without a valid config the filter is
+    missing and Envoy answers 500 (no default_config: nothing ever runs unfiltered).
+    """
+    # Any xDS subscription needs a node identity (istiod's sidecars have one).
+    config.setdefault("node", {"id": "nebula-authz", "cluster": "nebula-authz"})
+    listener = config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == "nebula-authz":
+            wasm_config = http_filter.pop("typed_config")["config"]
+            directory = Path(directory).resolve()
+            path = directory / "nebula-authz.json"
+            path.write_text(json.dumps(ecds_resource(wasm_config, 1), indent=2))
+            http_filter["config_discovery"] = {
+                "config_source": {
+                    "path_config_source": {"path": str(path), "watched_directory": {"path": str(directory)}},
+                },
+                "type_urls": [FILTER_TYPE],
+            }
+            return
+    raise SystemExit("envoy.yaml has no http filter named nebula-authz")
 
 
 def main():
@@ -110,13 +159,20 @@ def main():
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
     p.add_argument("--cluster", type=named_endpoint, action="append", default=[], metavar="NAME=HOST:PORT",
                    help="add a cluster (repeatable), e.g. a JWKS endpoint")
-    p.add_argument("--tls", metavar="DIR", help="downstream TLS: DIR/server.pem, server.key, ca.pem")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                   help="serve the listener over TLS with this PEM certificate chain and key")
+    p.add_argument("--client-ca", metavar="CA",
+                   help="with --tls: verify client certificates against this PEM CA (mTLS)")
     p.add_argument("--tls-client-cert", choices=["required", "optional"], default="required",
-                   help="with --tls: whether a client certificate is required (always verified)")
+                   help="with --client-ca: whether a client certificate is required")
     p.add_argument("--xff-trusted-hops", type=int, metavar="N",
                    help="HTTP connection manager xff_num_trusted_hops (Envoy's own proxy trust)")
     p.add_argument("--no-remote-address", action="store_true",
                    help="use_remote_address: false (Envoy then takes the client from X-Forwarded-For)")
+    p.add_argument("--ecds", metavar="DIR",
+                   help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
+    p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
+                   help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -125,8 +181,6 @@ def main():
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=args.bind, port_value=args.listen_port)
 
-    if args.tls:
-        downstream_tls(listener, args.tls, args.tls_client_cert == "required")
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     if args.xff_trusted_hops is not None:
         hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
@@ -149,6 +203,13 @@ def main():
         set_endpoint(config, "upstream", args.upstream)
     for name, address in args.cluster:
         add_cluster(config, name, address)
+    if args.failure_policy:
+        plugin.pop("fail_open", None)
+        plugin["failure_policy"] = args.failure_policy
+    if args.tls:
+        serve_tls(listener, *args.tls, args.client_ca, args.tls_client_cert == "required")
+    if args.ecds:
+        serve_filter_by_ecds(config, args.ecds)
 
     # JSON is YAML too: Envoy reads it under either extension, and it round-trips exactly.
     json.dump(config, sys.stdout, indent=2)

@@ -11,7 +11,7 @@ use crate::envoy::Tools;
 use crate::TempDir;
 
 /// A CA, with `server.pem`/`server.key`/`ca.pem` in [`TestCa::dir`] (what
-/// `EnvBuilder::downstream_tls` serves) and client certificates beside them.
+/// `EnvBuilder::downstream_mtls` serves) and client certificates beside them.
 pub struct TestCa {
     dir: TempDir,
 }

@@ -167,10 +167,11 @@ fn a_range_restricted_public_path_is_checked_from_outside() {
     // /hooks/... is public (each is checked: 401 from the mock, or refused by Envoy).
     for (source, name) in [(INSIDE, "inside"), (OUTSIDE, "outside")] {
         let outside = source == OUTSIDE;
-        let (report, failures) = paths::replay_with(&env, Some(ip(source)), |case| match case.expected {
-            Expected::Public if outside && is_hooks(&case.target) => Expected::Protected,
-            expected => expected,
-        });
+        let (report, failures) =
+            paths::replay_with(&env, &paths::load(), Some(ip(source)), |case| match case.expected {
+                Expected::Public if outside && is_hooks(&case.target) => Expected::Protected,
+                expected => expected,
+            });
         assert!(
             failures.is_empty(),
             "paths.tsv from {name} ({source}): {} of {} rows misbehaved:\n{}\n\nfull report:\n{}",
@@ -207,7 +208,7 @@ fn principals_over_mtls_with_and_without_a_certificate() {
             {{"path": "/api/admin", "principals": ["spiffe://cluster.local/ns/ops/sa/*"], "otherwise": "deny"}}]}}"#
     );
     // Client certificates optional (always verified), so a client without one reaches the filter.
-    let env = Env::builder().plugin_config(&config).downstream_tls(ca.dir(), false).start();
+    let env = Env::builder().plugin_config(&config).downstream_mtls(ca.dir(), false).start();
     let get = |path: &str, headers: &[(&str, &str)], client: Option<&str>| {
         ca.get(env.port, path, headers, client)
             .unwrap_or_else(|e| panic!("GET {path} as {client:?}: {e}\n{}", env.log_tail()))
@@ -257,7 +258,7 @@ fn principals_over_mtls_with_and_without_a_certificate() {
 fn required_client_certificates_and_top_level_principals() {
     let ca = test_ca();
     let config = r#"{"auth": {"cluster": "auth"}, "principals": ["spiffe://cluster.local/ns/prefect/*"]}"#;
-    let env = Env::builder().plugin_config(config).downstream_tls(ca.dir(), true).start();
+    let env = Env::builder().plugin_config(config).downstream_mtls(ca.dir(), true).start();
     let bearer = [("authorization", "Bearer allow:alice")];
     let resp = ca.get(env.port, "/api/flows", &bearer, Some("webhook")).expect("webhook over mTLS");
     env.assert_allowed_as("webhook: in the namespace", &resp, "alice");
