@@ -98,6 +98,8 @@ unit:
 	cargo test -p nebula-authz
 
 integration: build envoy nginx
+	@# The access tests make a test CA per run with the openssl CLI (Debian).
+	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	cargo test -p nebula-authz-tests
 
 # Debian's nginx: the real auth service of tests/tests/graceful_restart.rs (reloaded under load).
@@ -143,7 +145,8 @@ prefect-e2e: build envoy prefect
 istio-check: envoy
 	cargo build -q -p nebula-authz-tests --bin check-config
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
-		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml
+		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml \
+		istio/examples/access-wasmplugin.yaml
 
 # --- OCI artifact (Istio WasmPlugin url: oci://...) -----------------------------------
 # Python standard library only (no venv, no container engine). The tag is the crate

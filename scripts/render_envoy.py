@@ -74,19 +74,28 @@ def add_cluster(config, name, address):
     set_endpoint(config, name, address)
 
 
-def serve_tls(listener, cert, key):
-    """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO)."""
+def serve_tls(listener, cert, key, client_ca=None, require_client_certificate=True):
+    """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO). With
+    `client_ca`, client certificates are verified against it (the mTLS of seed 003; in
+    Istio the sidecar does this), and required unless `require_client_certificate` is off."""
+    tls_context = {
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{
+                "certificate_chain": {"filename": str(Path(cert).resolve())},
+                "private_key": {"filename": str(Path(key).resolve())},
+            }],
+        },
+    }
+    if client_ca:
+        tls_context["require_client_certificate"] = require_client_certificate
+        tls_context["common_tls_context"]["validation_context"] = {
+            "trusted_ca": {"filename": str(Path(client_ca).resolve())}}
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": str(Path(cert).resolve())},
-                    "private_key": {"filename": str(Path(key).resolve())},
-                }],
-            },
+            **tls_context,
         },
     }
 
@@ -155,6 +164,14 @@ def main():
                    help="add a cluster (repeatable), e.g. a JWKS endpoint")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
                    help="serve the listener over TLS with this PEM certificate chain and key")
+    p.add_argument("--client-ca", metavar="CA",
+                   help="with --tls: verify client certificates against this PEM CA (mTLS)")
+    p.add_argument("--tls-client-cert", choices=["required", "optional"], default="required",
+                   help="with --client-ca: whether a client certificate is required")
+    p.add_argument("--xff-trusted-hops", type=int, metavar="N",
+                   help="HTTP connection manager xff_num_trusted_hops (Envoy's own proxy trust)")
+    p.add_argument("--no-remote-address", action="store_true",
+                   help="use_remote_address: false (Envoy then takes the client from X-Forwarded-For)")
     p.add_argument("--ecds", metavar="DIR",
                    help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
@@ -167,8 +184,13 @@ def main():
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=args.bind, port_value=args.listen_port)
 
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     if args.istio_sidecar:
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["normalize_path"] = True
+        hcm["normalize_path"] = True
+    if args.xff_trusted_hops is not None:
+        hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
+    if args.no_remote_address:
+        hcm["use_remote_address"] = False
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())
@@ -190,7 +212,7 @@ def main():
         plugin.pop("fail_open", None)
         plugin["failure_policy"] = args.failure_policy
     if args.tls:
-        serve_tls(listener, *args.tls)
+        serve_tls(listener, *args.tls, args.client_ca, args.tls_client_cert == "required")
     if args.ecds:
         serve_filter_by_ecds(config, args.ecds)
 

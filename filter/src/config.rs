@@ -8,13 +8,15 @@
 
 use serde::Deserialize;
 
+use crate::access::config::{self as access_config, RawAccess, RawPublicPath};
+use crate::access::AccessSettings;
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
 use crate::jwt::config::{JwtSettings, RawJwt};
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Verdict};
 use crate::policy::headers::{Header, HeaderNames};
-use crate::policy::request::{self, Plan};
+use crate::policy::request::{self, Plan, Route};
 use crate::policy::route::PublicPaths;
 
 /// Like Envoy ext_authz's `status_on_error` default.
@@ -26,13 +28,19 @@ const DEFAULT_STATUS_ON_ERROR: u32 = 403;
 struct RawConfig {
     auth: RawAuth,
     strip_headers: Option<Vec<String>>,
-    public_paths: Option<Vec<String>>,
+    /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/config.rs).
+    public_paths: Option<Vec<RawPublicPath>>,
     frontend_prefix: Option<String>,
     status_on_error: Option<u32>,
     /// Local JWT verification (jwt/config.rs).
     jwt: Option<RawJwt>,
     /// The shared decision cache; absent = off.
     cache: Option<RawCache>,
+    /// Access rules (access/config.rs).
+    source_ranges: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    principals: Option<Vec<String>>,
+    principal_header: Option<String>,
 }
 
 /// The validated, compiled configuration.
@@ -47,6 +55,8 @@ pub struct Settings {
     pub jwt: Option<JwtSettings>,
     /// The shared decision cache, when configured.
     pub cache: Option<CacheSettings>,
+    /// Source ranges and peer principals, when any is configured.
+    pub access: Option<AccessSettings>,
 }
 
 impl Settings {
@@ -78,6 +88,17 @@ impl Settings {
         request::plan(&self.auth, &self.strip, &self.public, headers, peer)
     }
 
+    /// A request planned as protected although its path is public (its access rules
+    /// did not match): the callout route [`Settings::plan`] would give a protected path.
+    pub fn plan_protected<'h, H: Header>(
+        &'h self,
+        access: &'h AccessSettings,
+        headers: &'h [H],
+        peer: impl FnOnce() -> Option<String>,
+    ) -> Route<'h> {
+        request::plan(&self.auth, &self.strip, &access.no_public, headers, peer).route
+    }
+
     /// Decides on the auth response (policy/decision.rs); `headers` include `:status`
     /// (empty when Envoy got no response), `body_size` is the size of its body.
     pub fn decide<'r, H: Header>(&self, headers: &'r [H], body_size: usize) -> Verdict<'r> {
@@ -106,7 +127,19 @@ impl TryFrom<RawConfig> for Settings {
         let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?;
         strip.extend(&auth.upstream_headers);
 
-        let public = PublicPaths::from_config(raw.public_paths, raw.frontend_prefix)?;
+        let (public_paths, entries) = access_config::split(raw.public_paths);
+        let public = PublicPaths::from_config(public_paths, raw.frontend_prefix)?;
+        let access = RawAccess {
+            source_ranges: raw.source_ranges,
+            trusted_proxies: raw.trusted_proxies,
+            principals: raw.principals,
+            principal_header: raw.principal_header,
+        };
+        let access = access_config::compile(access, entries, &public, &auth.request_headers)?;
+        // The identity header comes only from the filter, never from the client.
+        if let Some(name) = access.as_ref().and_then(|a| a.principal_header.as_ref()) {
+            strip.extend(&HeaderNames::parse("principal_header", std::slice::from_ref(name), false)?);
+        }
 
         let status_on_error = raw.status_on_error.unwrap_or(DEFAULT_STATUS_ON_ERROR);
         if !(400..=599).contains(&status_on_error) {
@@ -124,7 +157,7 @@ impl TryFrom<RawConfig> for Settings {
 
         let cache = raw.cache.map(CacheSettings::parse).transpose()?;
 
-        Ok(Settings { auth, strip, public, status_on_error, jwt, cache })
+        Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
     }
 }
 
@@ -284,7 +317,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

@@ -1,8 +1,8 @@
 //! nebula-authz: Prefect's policy-mode authorization as a proxy-wasm filter.
 //!
 //! One request, in a straight line (host/http.rs calls the steps in this order):
-//! strip spoofed identity headers → public path? → JWT (local verdict, or on) → cache
-//! → callout (or wait for an identical one) → decide → inject or reply.
+//! strip spoofed identity headers → access rules → public path? → JWT (local verdict,
+//! or on) → cache → callout (or wait for an identical one) → decide → inject or reply.
 //!
 //! Modules, bottom up (each imports only those above it in this list):
 //! - [`error`]: the `ConfigError` every compile step returns.
@@ -10,6 +10,7 @@
 //! - [`metrics`]: the filter's counters and their names.
 //! - [`policy`]: the request policy, pure: the `auth` block, public paths, header sets,
 //!   the forwardAuth contract, a request's plan and the auth service's verdict.
+//! - [`access`]: source ranges, trusted proxies and mTLS principals (plain data).
 //! - [`cache`]: the shared decision cache and callout coalescing (plain data).
 //! - [`jwt`]: local JWT verification and the JWKS schedule (plain data).
 //! - [`config`]: the whole plugin configuration (`Settings`), composed from the features.
@@ -17,6 +18,7 @@
 //!
 //! Everything but `host` is plain Rust, unit-tested natively.
 
+pub mod access;
 pub mod cache;
 pub mod cluster;
 pub mod config;

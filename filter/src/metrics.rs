@@ -1,7 +1,8 @@
 //! The filter's counters. Envoy shows a proxy-wasm metric `nebula_authz.x` as
 //! `wasmcustom.nebula_authz.x` in `/stats` and as `nebula_authz_x` in `/stats/prometheus`.
 
-/// One counter per outcome; every request is counted once as public, allow, deny or error.
+/// One counter per outcome; every request is counted once as public, allow, deny, error or
+/// denied by an access rule (source or principal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     /// Callouts sent to the auth service.
@@ -25,10 +26,14 @@ pub enum Metric {
     /// Callouts sent again because their connection was reset or refused before any
     /// response byte (`auth.retry_on_reset`).
     CalloutRetries,
+    /// Requests denied by a `source_ranges` rule (top level, or a path's with `deny`).
+    SourceDenied,
+    /// Requests denied by a `principals` rule (top level, or a path's with `deny`).
+    PrincipalDenied,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Callouts,
         Metric::Allows,
         Metric::Denies,
@@ -39,6 +44,8 @@ impl Metric {
         Metric::CacheStaleServed,
         Metric::Coalesced,
         Metric::CalloutRetries,
+        Metric::SourceDenied,
+        Metric::PrincipalDenied,
     ];
 
     /// The name the filter defines (Envoy adds its own prefix, see the module docs).
@@ -54,6 +61,8 @@ impl Metric {
             Metric::CacheStaleServed => "nebula_authz.cache_stale_served",
             Metric::Coalesced => "nebula_authz.coalesced",
             Metric::CalloutRetries => "nebula_authz.callout_retries",
+            Metric::SourceDenied => "nebula_authz.source_denied",
+            Metric::PrincipalDenied => "nebula_authz.principal_denied",
         }
     }
 

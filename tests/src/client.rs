@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// How long one exchange may take before the client gives up.
@@ -191,6 +191,14 @@ impl RawRequest {
         send_raw(port, &self.to_bytes())
     }
 
+    /// Sends the request from the loopback address `source` (e.g. 127.0.0.2): the
+    /// socket is bound before it connects, so Envoy sees that peer address.
+    pub fn send_from(&self, source: IpAddr, port: u16) -> Response {
+        send_raw_from(Some(source), port, &self.to_bytes()).unwrap_or_else(|e| {
+            panic!("request {} {} from {source} to port {port} failed: {e}", self.method, escape(&self.target))
+        })
+    }
+
     /// Sends the request over `proto` (h2c for [`Proto::H2`]).
     pub fn try_send_over(&self, proto: Proto, port: u16) -> io::Result<Response> {
         match proto {
@@ -262,13 +270,31 @@ impl fmt::Debug for Response {
     }
 }
 
-fn connect(port: u16) -> io::Result<TcpStream> {
+fn connect(source: Option<IpAddr>, port: u16) -> io::Result<TcpStream> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let stream = match source {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+        Some(source) => connect_from(source, addr)?,
+    };
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
+fn connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
 }
 
 /// Writes `request` as is and reads the response: up to its end when it is framed
@@ -279,14 +305,23 @@ fn connect(port: u16) -> io::Result<TcpStream> {
 /// A write error (the proxy answered and closed before taking the whole body) is not
 /// fatal: whatever response arrived is still read and returned.
 pub fn send_raw(port: u16, request: &[u8]) -> io::Result<Response> {
-    send_in_parts(port, &[request], Duration::ZERO)
+    send_raw_from(None, port, request)
+}
+
+/// [`send_raw`] from the local address `source` (`None`: the kernel's choice).
+pub fn send_raw_from(source: Option<IpAddr>, port: u16, request: &[u8]) -> io::Result<Response> {
+    send_parts_from(source, port, &[request], Duration::ZERO)
 }
 
 /// As [`send_raw`], writing `parts` one after the other with `pause` between them (a
 /// client that sends its body slowly).
 pub fn send_in_parts(port: u16, parts: &[&[u8]], pause: Duration) -> io::Result<Response> {
+    send_parts_from(None, port, parts, pause)
+}
+
+fn send_parts_from(source: Option<IpAddr>, port: u16, parts: &[&[u8]], pause: Duration) -> io::Result<Response> {
     let start = Instant::now();
-    let mut stream = connect(port)?;
+    let mut stream = connect(source, port)?;
     let mut write_result = Ok(());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -442,7 +477,7 @@ pub struct WsOutcome {
 /// the response is read by its framing and `echoed` stays empty.
 pub fn websocket_echo(port: u16, path: &str, headers: &[(&str, &str)], payload: &[u8]) -> io::Result<WsOutcome> {
     let start = Instant::now();
-    let mut stream = connect(port)?;
+    let mut stream = connect(None, port)?;
     let req = RawRequest::get(path)
         .header("connection", "upgrade")
         .header("upgrade", "websocket")

@@ -89,6 +89,12 @@ pub struct EnvBuilder {
     ecds: bool,
     wasm_file: Option<PathBuf>,
     failure_policy: Option<String>,
+    /// Downstream mTLS: the certificate directory and whether a client certificate is required.
+    mtls: Option<(PathBuf, bool)>,
+    /// The connection manager's `xff_num_trusted_hops`.
+    xff_trusted_hops: Option<u32>,
+    /// `use_remote_address: false` instead of envoy.yaml's `true`.
+    no_remote_address: bool,
 }
 
 impl Default for EnvBuilder {
@@ -110,6 +116,9 @@ impl Default for EnvBuilder {
             ecds: false,
             wasm_file: None,
             failure_policy: None,
+            mtls: None,
+            xff_trusted_hops: None,
+            no_remote_address: false,
         }
     }
 }
@@ -231,6 +240,25 @@ impl EnvBuilder {
         self
     }
 
+    /// Serves TLS with `dir`'s server.pem/server.key, verifying client certificates
+    /// against its ca.pem; `require_client_certificate` as in Envoy ([`crate::tls`]).
+    pub fn downstream_mtls(mut self, dir: &Path, require_client_certificate: bool) -> Self {
+        self.mtls = Some((dir.to_path_buf(), require_client_certificate));
+        self
+    }
+
+    /// Sets the connection manager's `xff_num_trusted_hops` (Envoy's own proxy trust).
+    pub fn xff_trusted_hops(mut self, hops: u32) -> Self {
+        self.xff_trusted_hops = Some(hops);
+        self
+    }
+
+    /// `use_remote_address: false`: Envoy takes the client address from X-Forwarded-For.
+    pub fn without_remote_address(mut self) -> Self {
+        self.no_remote_address = true;
+        self
+    }
+
     /// Removes the wasm filter from the chain (checks the fixture itself only).
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
@@ -337,6 +365,17 @@ impl EnvBuilder {
         }
         if self.tls {
             cmd.arg("--tls").arg(dir.path().join("server.pem")).arg(dir.path().join("server.key"));
+        }
+        if let Some((certs, required)) = &self.mtls {
+            cmd.arg("--tls").arg(certs.join("server.pem")).arg(certs.join("server.key"));
+            cmd.arg("--client-ca").arg(certs.join("ca.pem"));
+            cmd.arg("--tls-client-cert").arg(if *required { "required" } else { "optional" });
+        }
+        if let Some(hops) = self.xff_trusted_hops {
+            cmd.arg("--xff-trusted-hops").arg(hops.to_string());
+        }
+        if self.no_remote_address {
+            cmd.arg("--no-remote-address");
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

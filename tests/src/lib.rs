@@ -15,6 +15,7 @@ pub mod nginx;
 pub mod outposts;
 pub mod paths;
 pub mod soak;
+pub mod tls;
 pub mod traefik;
 pub mod upstream;
 mod ws_accept;

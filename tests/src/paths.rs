@@ -113,20 +113,35 @@ pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
 
 /// [`replay`] over `cases` (e.g. [`load_prefix`]'s).
 pub fn replay_cases(env: &crate::Env, cases: &[PathCase]) -> (Vec<String>, Vec<String>) {
+    replay_with(env, cases, None, |case| case.expected)
+}
+
+/// [`replay_cases`] from the local address `source` (HTTP/1.1), with `expect` deciding
+/// each row's expectation (e.g. a range-restricted public path is protected from outside).
+pub fn replay_with(
+    env: &crate::Env,
+    cases: &[PathCase],
+    source: Option<std::net::IpAddr>,
+    expect: impl Fn(&PathCase) -> Expected,
+) -> (Vec<String>, Vec<String>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for case in cases {
         let auth_before = env.auth.count();
         let up_before = env.upstream.count();
         let result = match env.proto {
-            crate::Proto::H1 => crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port),
+            crate::Proto::H1 => {
+                let bytes = crate::RawRequest::get(&case.target).bearer("deny").to_bytes();
+                crate::client::send_raw_from(source, env.port, &bytes)
+            }
             crate::Proto::H2 => {
                 crate::h2_client::send_raw_path(env.port, &case.target, &[("authorization", "Bearer deny")])
             }
         };
         let called_out = env.auth.count() > auth_before;
         let reached = env.upstream.count() > up_before;
-        let (outcome, ok) = match (&result, case.expected) {
+        let expected = expect(case);
+        let (outcome, ok) = match (&result, expected) {
             (Err(e), Expected::Public) => (format!("no response: {e}"), false),
             (Err(e), Expected::Protected) => {
                 (format!("connection closed or stream reset without a response ({e})"), !reached)
@@ -150,8 +165,7 @@ pub fn replay_cases(env: &crate::Env, cases: &[PathCase]) -> (Vec<String>, Vec<S
                 !resp.proxied() && (400..500).contains(&resp.status),
             ),
         };
-        let line =
-            format!("{:<9} {:<62} {}", format!("{:?}", case.expected), crate::client::escape(&case.target), outcome);
+        let line = format!("{:<9} {:<62} {}", format!("{expected:?}"), crate::client::escape(&case.target), outcome);
         if !ok {
             failures.push(format!("{line}  (line {}, {}; reached upstream: {reached})", case.line, case.note));
         }

@@ -73,6 +73,12 @@ macro_rules! leaf {
 impl<'de> de::Deserializer<'de> for Tracer<'_> {
     type Error = Error;
 
+    /// Not self-describing: a type that accepts several shapes (a `public_paths` entry is
+    /// a string or an object) walks its structured one, as serde's own types do.
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
     leaf! {
         // `serde_json::Value` (and anything self-describing) gets a null: a free-form leaf.
         deserialize_any => visit_unit(),

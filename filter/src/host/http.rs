@@ -26,7 +26,7 @@ use crate::host::request_log::{self, Via};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::jwt::{self, JwtStep};
-use crate::host::steps::{decide, inject, public, strip};
+use crate::host::steps::{access, decide, inject, public, strip};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 use crate::policy::forward::CalloutHeader;
@@ -70,8 +70,14 @@ impl Authz {
         if strip::strip(&plan.strip).is_err() {
             return self.fail(settings, Failure::HostError);
         }
-        // Access rules (allow or deny before any public path or callout) belong here.
-        match plan.route {
+        let route = match &settings.access {
+            None => plan.route,
+            Some(rules) => match access::apply(self.id, settings, rules, &headers, plan.route, peer_address) {
+                Ok(route) => route,
+                Err(replied) => return replied,
+            },
+        };
+        match route {
             Route::Public { template } => public::pass(self.id, template),
             Route::Callout { headers: callout } => self.protected(settings, &headers, callout, true),
             Route::Reject(failure) => self.fail(settings, failure),
@@ -153,8 +159,15 @@ impl Authz {
             self.fail(settings, Failure::HostError);
             return;
         };
-        let plan = settings.plan(&headers, peer_address);
-        let Route::Callout { headers: callout } = plan.route else {
+        let mut route = settings.plan(&headers, peer_address).route;
+        if let Some(rules) = &settings.access {
+            // The same rules again: a public path outside them was checked as protected.
+            match access::apply(self.id, settings, rules, &headers, route, peer_address) {
+                Ok(checked) => route = checked,
+                Err(_) => return,
+            }
+        }
+        let Route::Callout { headers: callout } = route else {
             self.fail(settings, Failure::HostError);
             return;
         };

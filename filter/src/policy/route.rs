@@ -20,7 +20,7 @@
 //! the path's segments reversed, so the cost per request does not grow with the number
 //! of templates.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::error::ConfigError;
 
@@ -43,6 +43,8 @@ pub struct PublicPaths {
     reverse: matchit::Router<usize>,
     has_reverse: bool,
     templates: Vec<String>,
+    /// For each template, the first one that compiles the same (itself if none).
+    owners: Vec<usize>,
 }
 
 impl PublicPaths {
@@ -72,13 +74,16 @@ impl PublicPaths {
             reverse: matchit::Router::new(),
             has_reverse: false,
             templates: templates.to_vec(),
+            owners: Vec::with_capacity(templates.len()),
         };
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         for (index, template) in templates.iter().enumerate() {
             let field = fields.get(index).cloned().unwrap_or_else(|| format!("public_paths[{index}]"));
             let error = |message: String| ConfigError { field: field.clone(), message };
             let compiled = Template::parse(template).map_err(|m| error(format!("{template:?}{m}")))?;
-            if !seen.insert(compiled.clone()) {
+            let owner = *seen.entry(compiled.clone()).or_insert(index);
+            paths.owners.push(owner);
+            if owner != index {
                 continue; // A duplicate adds nothing.
             }
             let (router, routes) = match compiled {
@@ -103,13 +108,27 @@ impl PublicPaths {
 
     /// The template that makes `target` (a raw `:path`) public, if any.
     pub fn find(&self, target: &[u8]) -> Option<&str> {
+        self.find_index(target).and_then(|index| self.templates.get(index)).map(String::as_str)
+    }
+
+    /// The position (in the list compiled) of the template that makes `target` public.
+    pub fn find_index(&self, target: &[u8]) -> Option<usize> {
         let path = canonical_path(target)?;
-        let index = match self.forward.at(path) {
-            Ok(found) => *found.value,
-            Err(_) if self.has_reverse => *self.reverse.at(&reversed_segments(path)).ok()?.value,
-            Err(_) => return None,
-        };
-        self.templates.get(index).map(String::as_str)
+        match self.forward.at(path) {
+            Ok(found) => Some(*found.value),
+            Err(_) if self.has_reverse => Some(*self.reverse.at(&reversed_segments(path)).ok()?.value),
+            Err(_) => None,
+        }
+    }
+
+    /// Another template that compiles the same as template `index` (`/hooks` and
+    /// `/hooks/`): only one of them is ever matched.
+    pub fn same_as(&self, index: usize) -> Option<usize> {
+        let owner = *self.owners.get(index)?;
+        if owner != index {
+            return Some(owner);
+        }
+        self.owners.iter().enumerate().find(|&(i, &o)| o == index && i != index).map(|(i, _)| i)
     }
 
     pub fn is_public(&self, target: &[u8]) -> bool {

@@ -1,0 +1,272 @@
+//! Access rules under the real Envoy (issue 17): source ranges from distinct loopback
+//! sources (the client socket is bound to 127.0.0.2/.3/.4 before it connects),
+//! X-Forwarded-For spoofing with and without `trusted_proxies`, a range-restricted
+//! public path replayed with the path-confusion table, and peer principals over a
+//! downstream mTLS listener with a CA made per run.
+
+use std::net::IpAddr;
+
+use nebula_authz_tests::client::RawRequest;
+use nebula_authz_tests::paths::{self, Expected};
+use nebula_authz_tests::tls::TestCa;
+use nebula_authz_tests::{Env, Response};
+
+const DENIED_BODY: &str = "nebula-authz: access denied\n";
+const INSIDE: &str = "127.0.0.2";
+const OUTSIDE: &str = "127.0.0.3";
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an IP address")
+}
+
+fn from(env: &Env, source: &str, req: RawRequest) -> Response {
+    req.send_from(ip(source), env.port)
+}
+
+/// The filter's counter `nebula_authz_<name>` from `/stats/prometheus`.
+fn counter(env: &Env, name: &str) -> u64 {
+    let text = RawRequest::get("/stats/prometheus").send(env.admin_port).text();
+    let name = format!("nebula_authz_{name}");
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(n, _)| *n == name || n.strip_prefix(&name).is_some_and(|rest| rest.starts_with('{')))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A local access denial: `status`, the short body, no callout, nothing upstream.
+fn assert_access_denied(env: &Env, case: &str, resp: &Response, status: u16, auth_before: usize, up_before: usize) {
+    env.check(resp.status == status, &format!("{case}: expected {status}"), resp);
+    env.check(resp.text() == DENIED_BODY, &format!("{case}: expected {DENIED_BODY:?}"), resp);
+    env.check(!resp.proxied(), &format!("{case}: must be a local reply"), resp);
+    env.check(env.auth.count() == auth_before, &format!("{case}: no callout before an access denial"), resp);
+    env.check(env.upstream.count() == up_before, &format!("{case}: nothing may reach the upstream"), resp);
+}
+
+#[test]
+fn top_level_source_ranges_deny_outside_before_the_callout() {
+    let env = Env::start(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"]}"#);
+    env.assert_allowed_as(
+        "inside, protected",
+        &from(&env, INSIDE, RawRequest::get("/api/flows").bearer("allow:alice")),
+        "alice",
+    );
+    let resp = from(&env, INSIDE, RawRequest::get("/api/health"));
+    env.check(resp.status == 200 && resp.proxied(), "inside, public path", &resp);
+
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let resp = from(&env, OUTSIDE, RawRequest::get("/api/flows").bearer("allow:alice"));
+    assert_access_denied(&env, "outside, protected", &resp, 403, auth, up);
+    let resp = from(&env, OUTSIDE, RawRequest::get("/api/health"));
+    assert_access_denied(&env, "outside, public", &resp, 403, auth, up);
+    // Without trusted_proxies a client's X-Forwarded-For is never the address.
+    let spoofed = RawRequest::get("/api/flows").bearer("allow:alice").header("x-forwarded-for", INSIDE);
+    assert_access_denied(&env, "outside, spoofed X-Forwarded-For", &from(&env, OUTSIDE, spoofed), 403, auth, up);
+    let resp = RawRequest::get("/api/health").send(env.port);
+    assert_access_denied(&env, "127.0.0.1", &resp, 403, auth, up);
+    assert_eq!(counter(&env, "source_denied"), 4, "each denial is counted in its own metric");
+    assert_eq!(counter(&env, "errors"), 0, "an access denial is not an error");
+}
+
+#[test]
+fn trusted_proxies_take_the_right_most_untrusted_x_forwarded_for() {
+    // 127.0.0.3 plays a trusted proxy in front of Envoy.
+    let env = Env::start(
+        r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"], "trusted_proxies": ["127.0.0.3/32"]}"#,
+    );
+    let via_proxy = |xff: Option<&str>, source: &str| {
+        let mut req = RawRequest::get("/api/flows").bearer("allow:alice");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        from(&env, source, req)
+    };
+    env.assert_allowed_as("the proxy forwards an inside client", &via_proxy(Some(INSIDE), OUTSIDE), "alice");
+    env.assert_allowed_as("an inside client directly", &via_proxy(None, INSIDE), "alice");
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    // The client forged the left entry; the proxy appended the real (outside) one.
+    let resp = via_proxy(Some("127.0.0.2, 127.0.0.9"), OUTSIDE);
+    assert_access_denied(&env, "forged left-most entry", &resp, 403, auth, up);
+    assert_access_denied(&env, "the proxy itself, no client", &via_proxy(None, OUTSIDE), 403, auth, up);
+    let resp = via_proxy(Some(INSIDE), "127.0.0.4");
+    assert_access_denied(&env, "an untrusted peer's X-Forwarded-For", &resp, 403, auth, up);
+    assert_access_denied(&env, "garbage", &via_proxy(Some("127.0.0.2, x"), OUTSIDE), 403, auth, up);
+}
+
+/// Envoy's own `xff_num_trusted_hops` already moves `source.address` to the client it
+/// finds in X-Forwarded-For: the filter's `trusted_proxies` must not be set on top.
+#[test]
+fn envoy_xff_num_trusted_hops_sets_the_source_address() {
+    let env = Env::builder()
+        .plugin_config(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"]}"#)
+        .xff_trusted_hops(1)
+        .start();
+    let req = RawRequest::get("/api/flows").bearer("allow:alice").header("x-forwarded-for", INSIDE);
+    env.assert_allowed_as("one trusted hop names the client", &from(&env, OUTSIDE, req), "alice");
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let req = RawRequest::get("/api/flows").bearer("allow:alice").header("x-forwarded-for", "127.0.0.2, 127.0.0.9");
+    assert_access_denied(&env, "the hop Envoy trusts is outside", &from(&env, OUTSIDE, req), 403, auth, up);
+}
+
+/// Without `use_remote_address: true` Envoy takes the client from the right-most
+/// X-Forwarded-For entry and reports it as `source.address`: a client talking to Envoy
+/// directly then chooses its own address. Why envoy/envoy.yaml keeps it `true` at the edge.
+#[test]
+fn without_use_remote_address_envoy_takes_the_source_from_x_forwarded_for() {
+    let env = Env::builder()
+        .plugin_config(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"]}"#)
+        .without_remote_address()
+        .start();
+    let req = RawRequest::get("/api/flows").bearer("allow:alice").header("x-forwarded-for", INSIDE);
+    env.assert_allowed_as("the forged X-Forwarded-For became source.address", &from(&env, OUTSIDE, req), "alice");
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let resp = from(&env, OUTSIDE, RawRequest::get("/api/flows").bearer("allow:alice"));
+    assert_access_denied(&env, "no X-Forwarded-For: the peer", &resp, 403, auth, up);
+}
+
+/// Seed 000's public paths, with `/hooks` public only from 127.0.0.2 and `/internal`
+/// only from there too, else 404.
+const RESTRICTED_HOOKS: &str = r#"{"auth": {"cluster": "auth"}, "public_paths": [
+    "/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version",
+    {"path": "/hooks", "source_ranges": ["127.0.0.2/32"]},
+    {"path": "/internal", "source_ranges": ["127.0.0.2/32"], "otherwise": "deny", "deny_status": 404},
+    "/{prefix}/task_runs/subscriptions/scheduled", "/{prefix}/events/out"]}"#;
+
+fn is_hooks(target: &[u8]) -> bool {
+    target.strip_prefix(b"/hooks").is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || rest[0] == b'?')
+}
+
+#[test]
+fn a_range_restricted_public_path_is_checked_from_outside() {
+    let env = Env::start(RESTRICTED_HOOKS);
+    let resp = from(&env, INSIDE, RawRequest::get("/hooks/my-webhook-slug"));
+    env.check(resp.status == 200 && resp.proxied() && env.auth.count() == 0, "inside: /hooks is public", &resp);
+    let up = env.upstream.count();
+    env.assert_denied(
+        "outside: /hooks is checked",
+        &from(&env, OUTSIDE, RawRequest::get("/hooks/x").bearer("deny")),
+        up,
+    );
+    env.assert_allowed_as(
+        "outside, with a credential",
+        &from(&env, OUTSIDE, RawRequest::get("/hooks/x").bearer("allow:bob")),
+        "bob",
+    );
+    // Other public paths are public from anywhere.
+    let resp = from(&env, OUTSIDE, RawRequest::get("/api/health"));
+    env.check(resp.status == 200 && resp.proxied(), "outside: /api/health stays public", &resp);
+    // `otherwise: deny`: a local 404 instead of the check.
+    let resp = from(&env, INSIDE, RawRequest::get("/internal/metrics"));
+    env.check(resp.status == 200 && resp.proxied(), "inside: /internal is public", &resp);
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let resp = from(&env, OUTSIDE, RawRequest::get("/internal/metrics").bearer("allow:bob"));
+    assert_access_denied(&env, "outside: /internal", &resp, 404, auth, up);
+    assert_eq!(counter(&env, "source_denied"), 1);
+
+    // The path-confusion table: from inside as written; from outside no form of
+    // /hooks/... is public (each is checked: 401 from the mock, or refused by Envoy).
+    for (source, name) in [(INSIDE, "inside"), (OUTSIDE, "outside")] {
+        let outside = source == OUTSIDE;
+        let (report, failures) =
+            paths::replay_with(&env, &paths::load(), Some(ip(source)), |case| match case.expected {
+                Expected::Public if outside && is_hooks(&case.target) => Expected::Protected,
+                expected => expected,
+            });
+        assert!(
+            failures.is_empty(),
+            "paths.tsv from {name} ({source}): {} of {} rows misbehaved:\n{}\n\nfull report:\n{}",
+            failures.len(),
+            report.len(),
+            failures.join("\n"),
+            report.join("\n")
+        );
+    }
+    assert!(paths::load().iter().filter(|c| c.expected == Expected::Public && is_hooks(&c.target)).count() >= 2);
+}
+
+const WEBHOOK: &str = "spiffe://cluster.local/ns/prefect/sa/webhook";
+const ADMIN: &str = "spiffe://cluster.local/ns/ops/sa/admin";
+const PEER_HEADER: &str = "x-nebula-peer-principal";
+
+fn test_ca() -> TestCa {
+    let ca = TestCa::new();
+    ca.client("webhook", WEBHOOK);
+    ca.client("admin", ADMIN);
+    ca
+}
+
+/// Seed 003 in the mesh: /hooks public for the webhook sender's identity (else
+/// checked), /api/admin only for the ops service accounts (else 403), and the verified
+/// identity sent to the auth service.
+#[test]
+fn principals_over_mtls_with_and_without_a_certificate() {
+    let ca = test_ca();
+    let config = format!(
+        r#"{{"auth": {{"cluster": "auth"}}, "principal_header": "{PEER_HEADER}", "public_paths": [
+            "/api/health",
+            {{"path": "/hooks", "principals": ["{WEBHOOK}"]}},
+            {{"path": "/api/admin", "principals": ["spiffe://cluster.local/ns/ops/sa/*"], "otherwise": "deny"}}]}}"#
+    );
+    // Client certificates optional (always verified), so a client without one reaches the filter.
+    let env = Env::builder().plugin_config(&config).downstream_mtls(ca.dir(), false).start();
+    let get = |path: &str, headers: &[(&str, &str)], client: Option<&str>| {
+        ca.get(env.port, path, headers, client)
+            .unwrap_or_else(|e| panic!("GET {path} as {client:?}: {e}\n{}", env.log_tail()))
+    };
+    let spoof = (PEER_HEADER, "spiffe://cluster.local/ns/ops/sa/admin");
+
+    // The webhook sender.
+    let resp = get("/hooks/flow-run", &[], Some("webhook"));
+    env.check(resp.status == 200 && resp.proxied() && env.auth.count() == 0, "webhook: /hooks is public", &resp);
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    assert_access_denied(&env, "webhook: /api/admin", &get("/api/admin/users", &[], Some("webhook")), 403, auth, up);
+    let resp = get("/api/flows", &[("authorization", "Bearer allow:alice"), spoof], Some("webhook"));
+    env.assert_allowed_as("webhook: protected path", &resp, "alice");
+    let sent = env.auth.last();
+    assert_eq!(sent.header_all(PEER_HEADER), [WEBHOOK], "the auth service gets the verified identity, only it");
+    assert!(env.upstream.last().header_all(PEER_HEADER).is_empty(), "a client's copy never reaches the upstream");
+
+    // The admin service account.
+    let resp = get("/api/admin/users", &[spoof], Some("admin"));
+    env.check(resp.status == 200 && resp.proxied(), "admin: /api/admin is public for it", &resp);
+    assert!(env.upstream.last().header_all(PEER_HEADER).is_empty(), "stripped on public paths too");
+    let up = env.upstream.count();
+    env.assert_denied(
+        "admin: /hooks is checked",
+        &get("/hooks/flow-run", &[("authorization", "Bearer deny")], Some("admin")),
+        up,
+    );
+    assert_eq!(env.auth.last().header_all(PEER_HEADER), [ADMIN]);
+
+    // No certificate: no verified peer, so no principal rule matches.
+    let up = env.upstream.count();
+    env.assert_denied(
+        "no cert: /hooks is checked",
+        &get("/hooks/flow-run", &[("authorization", "Bearer deny")], None),
+        up,
+    );
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    assert_access_denied(&env, "no cert: /api/admin", &get("/api/admin", &[spoof], None), 403, auth, up);
+    let resp = get("/api/flows", &[("authorization", "Bearer allow:carol"), spoof], None);
+    env.assert_allowed_as("no cert: protected path", &resp, "carol");
+    assert!(env.auth.last().header_all(PEER_HEADER).is_empty(), "no identity, and the client's copy is stripped");
+    assert_eq!(counter(&env, "principal_denied"), 2);
+}
+
+/// `require_client_certificate`, and a top-level `principals` list.
+#[test]
+fn required_client_certificates_and_top_level_principals() {
+    let ca = test_ca();
+    let config = r#"{"auth": {"cluster": "auth"}, "principals": ["spiffe://cluster.local/ns/prefect/*"]}"#;
+    let env = Env::builder().plugin_config(config).downstream_mtls(ca.dir(), true).start();
+    let bearer = [("authorization", "Bearer allow:alice")];
+    let resp = ca.get(env.port, "/api/flows", &bearer, Some("webhook")).expect("webhook over mTLS");
+    env.assert_allowed_as("webhook: in the namespace", &resp, "alice");
+    let (auth, up) = (env.auth.count(), env.upstream.count());
+    let resp = ca.get(env.port, "/api/health", &[], Some("admin")).expect("admin over mTLS");
+    assert_access_denied(&env, "admin: outside the namespace, public path too", &resp, 403, auth, up);
+    let refused = ca.get(env.port, "/api/health", &[], None);
+    assert!(refused.is_err(), "a client without a certificate must not get through: {refused:?}");
+    assert_eq!(env.auth.count(), auth, "no callout without a handshake");
+    assert_eq!(counter(&env, "principal_denied"), 1);
+}
