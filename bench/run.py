@@ -35,7 +35,7 @@ elsewhere, and the statuses must be the expected ones.
   bench/run.py                  full run (table + bench/results/latest.json)
   bench/run.py --quick          ~30 s
   bench/run.py --smoke          start every scenario, a few requests each, no timing
-  bench/run.py --markdown FILE  the README table from a results file
+  bench/run.py --markdown FILE  the docs/performance.md tables from a results file
 """
 import argparse
 import http.client
@@ -56,7 +56,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-# Seed 000's public paths (filter/src/config.rs DEFAULT_PUBLIC_PATHS).
+# Seed 000's public paths (filter/src/policy/route.rs DEFAULT_PUBLIC_PATHS).
 PUBLIC_PREFIXES = ["/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version", "/hooks"]
 PUBLIC_SUFFIXES = ["/task_runs/subscriptions/scheduled", "/events/out"]  # after `/{prefix}`
 REQUEST_HEADERS = ["authorization", "origin", "access-control-request-method"]
