@@ -465,7 +465,8 @@ class Bench:
                 response = conn.getresponse()
                 response.read()
                 if response.status != want:
-                    raise SystemExit(f"{scenario} under callgrind answered {response.status}")
+                    log_tail = "\n".join((self.dir / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
+                    raise SystemExit(f"{scenario} under callgrind answered {response.status}; {name}.log:\n{log_tail}")
 
         send(50 if fresh else max(n // 2, 200))
         subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], check=True, capture_output=True)
