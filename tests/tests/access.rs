@@ -23,9 +23,9 @@ fn from(env: &Env, source: &str, req: RawRequest) -> Response {
     req.send_from(ip(source), env.port)
 }
 
-/// The filter's counter `nebula_authz_<name>` from `/stats/prometheus`.
+/// The filter's counter `nebula_authz_<name>` from `/stats/prometheus`, once settled.
 fn counter(env: &Env, name: &str) -> u64 {
-    let text = RawRequest::get("/stats/prometheus").send(env.admin_port).text();
+    let text = env.prometheus_settled();
     let name = format!("nebula_authz_{name}");
     text.lines()
         .filter_map(|l| l.split_once(' '))

@@ -24,6 +24,20 @@ fn calls(env: &Env, token: &str) -> usize {
     env.auth.requests().iter().filter(|r| r.header("authorization").as_deref() == Some(want.as_str())).count()
 }
 
+/// `/stats/prometheus` once every `(name, value)` shows: the filter counts in worker memory
+/// and hands the counts to Envoy every second (host/metrics.rs FLUSH_PERIOD), so this
+/// polls (bounded: 10 s) and returns the last text either way; the caller asserts on it.
+fn flushed(env: &Env, expected: &[(&str, u64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = env.prometheus();
+        if expected.iter().all(|(name, value)| metric(&text, name) == Some(*value)) || Instant::now() > deadline {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_decision_is_reused_within_its_lifetime_and_not_after() {
     let env = Env::start(&config(r#"{"default_ttl": 1}"#));
@@ -218,7 +232,7 @@ fn concurrent_identical_requests_share_one_callout() {
     }
     assert_eq!(calls(&env, token), 1);
     assert_eq!(env.upstream.count(), N, "no failed request went upstream");
-    let text = env.prometheus();
+    let text = flushed(&env, &[("nebula_authz_coalesced", 2 * (N as u64 - 1))]);
     assert_eq!(metric(&text, "nebula_authz_coalesced"), Some(2 * (N as u64 - 1)), "{text}");
 }
 
@@ -257,7 +271,7 @@ fn stale_if_error_serves_a_recently_expired_allow() {
     let resp = env.get_as("/api/flows", "status:503");
     env.check(resp.status == 403 && !resp.proxied(), "no cached allow: fail closed", &resp);
     // A denial is never served stale.
-    let text = env.prometheus();
+    let text = flushed(&env, &[("nebula_authz_cache_stale_served", 1)]);
     assert_eq!(metric(&text, "nebula_authz_cache_stale_served"), Some(1), "{text}");
 
     // Without stale_if_error the same sequence fails closed.
@@ -328,7 +342,7 @@ fn a_denial_ends_the_stale_allow_of_its_key() {
         stale_served += 1;
         thread::sleep(PAST_ONE_SECOND);
     }
-    let text = env.prometheus();
+    let text = flushed(&env, &[("nebula_authz_cache_stale_served", stale_served)]);
     assert_eq!(metric(&text, "nebula_authz_cache_stale_served"), Some(stale_served), "only the control: {text}");
 }
 
@@ -378,7 +392,6 @@ fn metrics_are_exported_with_the_documented_names() {
     env.assert_denied("deny", &env.get_as("/api/flows", "deny"), env.upstream.count());
     assert_eq!(env.get_as("/api/health", "").status, 200);
     assert_eq!(env.get_as("/api/flows", "status:500").status, 403);
-    let text = env.prometheus();
     let expected = [
         ("nebula_authz_callouts", 3),
         ("nebula_authz_allows", 2),
@@ -390,6 +403,7 @@ fn metrics_are_exported_with_the_documented_names() {
         ("nebula_authz_cache_stale_served", 0),
         ("nebula_authz_coalesced", 0),
     ];
+    let text = flushed(&env, &expected);
     for (name, value) in expected {
         assert_eq!(metric(&text, name), Some(value), "{name} in /stats/prometheus:\n{text}");
         // Envoy 1.40's exact line: no `envoy_` prefix, no `wasmcustom`, empty tag set.

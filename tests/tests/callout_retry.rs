@@ -19,7 +19,7 @@ fn calls(env: &Env, token: &str) -> usize {
 }
 
 fn retries(env: &Env) -> Option<u64> {
-    prometheus_value(&env.prometheus(), "nebula_authz_callout_retries")
+    prometheus_value(&env.prometheus_settled(), "nebula_authz_callout_retries")
 }
 
 /// Envoy's count of retries on the `auth` cluster.

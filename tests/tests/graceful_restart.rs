@@ -75,7 +75,7 @@ fn reloading_the_auth_service_under_load_fails_no_allowed_request() {
     }
     let total: usize = statuses.values().sum();
     let allowed = statuses.get(&200).copied().unwrap_or(0);
-    let text = env.prometheus();
+    let text = env.prometheus_settled();
     let retries = prometheus_value(&text, "nebula_authz_callout_retries");
     eprintln!(
         "{total} requests through {reloads} reloads: statuses {statuses:?}, retries by Envoy {:?} (overflow {:?}), \

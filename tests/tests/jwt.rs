@@ -64,7 +64,9 @@ fn get_with_token(env: &Env, token: &str) -> Response {
     env.send(&RawRequest::get("/api/flows").header("authorization", format!("Bearer {token}")))
 }
 
-/// A counter of the filter (`nebula_authz.jwt.<name>`) from Envoy's admin stats.
+/// A counter of the filter (`nebula_authz.jwt.<name>`) from Envoy's admin stats. The filter
+/// hands its counts to Envoy once a second (host/metrics.rs FLUSH_PERIOD): after a request,
+/// [`wait_for_counter`] polls for the count it made.
 fn counter(env: &Env, name: &str) -> u64 {
     let stat = format!("wasmcustom.nebula_authz.jwt.{name}");
     let text = RawRequest::get(format!("/stats?filter=^{stat}$")).send(env.admin_port).text();
@@ -144,8 +146,8 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
     // The same token again: served from the per-worker cache.
     let resp = get_with_token(&env, &tokens[0].1);
     env.check(resp.status == 200 && resp.proxied(), "a repeated token is still allowed", &resp);
-    assert!(counter(&env, "verified") >= 3, "verified counter");
-    assert!(counter(&env, "cache_hits") >= 1, "cache_hits counter");
+    wait_for_counter(&env, "verified", 3);
+    wait_for_counter(&env, "cache_hits", 1);
 
     // Invalid tokens of our issuer: 401 invalid_token, no callout, nothing upstream.
     let now = Clock::now_since_epoch();
@@ -194,6 +196,7 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
         let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
         let resp = get_with_token(&env, token);
         assert_invalid_token(&env, case, &resp, auth_before, upstream_before);
+        wait_for_counter(&env, &format!("rejected.{reason}"), before + 1);
         let after = counter(&env, &format!("rejected.{reason}"));
         env.check(after == before + 1, &format!("{case}: rejected.{reason} went from {before} to {after}"), &resp);
     }
@@ -241,6 +244,7 @@ fn unknown_issuers_can_be_rejected_locally() {
     let token = keys.es.sign(edited("x", |c| c.issuer = Some("https://other.example.com".into()))).expect("sign");
     let resp = get_with_token(&env, &token);
     assert_invalid_token(&env, "wrong iss (unknown_issuer: reject)", &resp, 0, 0);
+    wait_for_counter(&env, "rejected.unknown_issuer", 1);
     assert_eq!(counter(&env, "rejected.unknown_issuer"), 1);
 }
 
@@ -329,11 +333,11 @@ fn remote_jwks_is_fetched_once_per_envoy_refreshed_on_unknown_kid_and_kept_when_
     let resp = get_with_token(&env, &es3.sign(claims("x")).expect("sign"));
     assert_invalid_token(&env, "unknown kid while the JWKS endpoint is down", &resp, auth_before, upstream_before);
     assert_eq!(jwks.count(), 3, "the unknown kid tried a refresh");
-    assert!(counter(&env, "jwks_failures") >= 1);
+    wait_for_counter(&env, "jwks_failures", 1);
     let resp = get_with_token(&env, &es1.sign(claims("still-here")).expect("sign"));
     env.check(resp.status == 200 && resp.proxied(), "old keys kept after a failed refresh", &resp);
     env.check(env.upstream.last().header("x-nebula-actor-id").as_deref() == Some("still-here"), "claim header", &resp);
-    assert!(counter(&env, "jwks_refreshes") >= 2);
+    wait_for_counter(&env, "jwks_refreshes", 2);
 }
 
 #[test]
@@ -358,7 +362,7 @@ fn without_any_keys_local_fails_closed_and_local_then_callout_asks_the_auth_serv
     // The mock auth service denies a token it cannot read as a script: its 401 shows the callout decided.
     env.assert_denied("local_then_callout, no keys: the callout decides", &resp, 0);
     env.check(env.auth.count() == 1, "the auth service was asked", &resp);
-    assert!(counter(&env, "keys_unavailable") >= 2);
+    wait_for_counter(&env, "keys_unavailable", 2);
     for name in NEBULA_HEADERS {
         env.check(env.auth.last().header(name).is_none(), "nothing injected towards the auth service", &resp);
     }

@@ -104,7 +104,15 @@ impl CacheSettings {
     /// [`CacheSettings::lookup`] without the bearer token's `exp`, which only a store
     /// needs: a hit (the common case) skips decoding the JWT payload.
     pub fn probe(&self, cluster: &str, callout: &[(&str, &str)]) -> Lookup {
-        let key = self.key(cluster, callout);
+        self.probe_key(self.key(cluster, callout))
+    }
+
+    /// [`CacheSettings::probe`] from the bytes [`CacheSettings::key_input`] wrote.
+    pub fn probe_input(&self, input: &[u8]) -> Lookup {
+        self.probe_key(Key(Sha256::hash(input)))
+    }
+
+    fn probe_key(&self, key: Key) -> Lookup {
         let mut first = [0u8; 8];
         first.copy_from_slice(&key.0[..8]);
         let slot = (u64::from_be_bytes(first) % u64::from(self.entries)) as u32;
@@ -116,16 +124,24 @@ impl CacheSettings {
     /// so that no two different inputs encode alike, hashed with SHA-256. The credential
     /// itself is never stored.
     pub fn key(&self, cluster: &str, callout: &[(&str, &str)]) -> Key {
-        let mut hash = Sha256::new();
-        hash.update(b"nebula-authz cache key v1\0");
-        hash.update(self.fingerprint);
-        field(&mut hash, cluster.as_bytes());
-        hash.update((callout.len() as u64).to_be_bytes());
+        let mut input = Vec::new();
+        self.key_input(cluster, callout, &mut input);
+        Key(Sha256::hash(&input))
+    }
+
+    /// The bytes [`CacheSettings::key`] hashes, into `out` (cleared first). The per-worker
+    /// front (cache/local.rs) compares them as they are, so a hit needs no SHA-256; they
+    /// hold the credential and never leave this worker's memory.
+    pub fn key_input(&self, cluster: &str, callout: &[(&str, &str)], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(b"nebula-authz cache key v1\0");
+        out.extend_from_slice(&self.fingerprint);
+        field(out, cluster.as_bytes());
+        out.extend_from_slice(&(callout.len() as u64).to_be_bytes());
         for (name, value) in callout {
-            field(&mut hash, name.as_bytes());
-            field(&mut hash, value.as_bytes());
+            field(out, name.as_bytes());
+            field(out, value.as_bytes());
         }
-        Key(hash.finalize())
     }
 
     /// The decision stored for exactly `key` and still fresh at `now_ms` (Unix ms).
@@ -208,9 +224,9 @@ pub fn fingerprint(config: &[u8]) -> [u8; 32] {
     Sha256::hash(config)
 }
 
-fn field(hash: &mut Sha256, bytes: &[u8]) {
-    hash.update((bytes.len() as u64).to_be_bytes());
-    hash.update(bytes);
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// A callout's place in the cache, computed once per request.

@@ -245,6 +245,8 @@ impl Context for Authz {
         callout::settle(self.id, &settings, lookup, &outcome);
     }
 
+    /// Envoy calls it for every stream, completed or reset (the filter's `onDestroy`), so
+    /// `proxy_on_log` is not exported: one entry into the VM per request fewer.
     fn on_done(&mut self) -> bool {
         self.release();
         true
@@ -272,10 +274,6 @@ impl HttpContext for Authz {
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
         self.hold_while_pending()
-    }
-
-    fn on_log(&mut self) {
-        self.release();
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {

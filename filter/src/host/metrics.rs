@@ -1,8 +1,12 @@
-//! The host side of the counters: the filter's [`Metric`]s (defined once per VM, counted
-//! by id) and the JWT counters. A metric is never worth failing a request for, so a
-//! refused call is ignored.
+//! The host side of the counters: the filter's [`Metric`]s and the JWT counters.
+//!
+//! A request counts in this worker's memory only (no host call); the root context hands
+//! the counts to Envoy every [`FLUSH_PERIOD`] from its tick, and when the VM shuts down
+//! (`on_done` of the root). Envoy's `/stats` therefore lags by at most one period. A
+//! metric is never worth failing a request for, so a refused call is ignored.
 
 use std::cell::RefCell;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -10,36 +14,71 @@ use proxy_wasm::types::MetricType;
 use crate::jwt::verifier::Reason;
 use crate::metrics::Metric;
 
+/// How long a count may wait in the worker before Envoy shows it.
+pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
 thread_local! {
-    /// Metric ids from `define_metric`, by [`Metric::index`].
-    static METRICS: RefCell<[Option<u32>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
+    /// Every counter defined on this VM: (Envoy's metric id, count not yet flushed), by slot.
+    static COUNTERS: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+    /// The slot of each [`Metric`], by [`Metric::index`].
+    static METRICS: RefCell<[Option<usize>; Metric::ALL.len()]> = const { RefCell::new([None; Metric::ALL.len()]) };
+}
+
+/// Defines a counter with Envoy; its slot in [`COUNTERS`], `None` if the host refused.
+fn define_counter(name: &str) -> Option<usize> {
+    let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
+    COUNTERS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.push((id, 0));
+        Some(c.len() - 1)
+    })
+}
+
+fn bump(slot: Option<usize>) {
+    if let Some(slot) = slot {
+        COUNTERS.with(|c| {
+            if let Some((_, n)) = c.borrow_mut().get_mut(slot) {
+                *n += 1;
+            }
+        });
+    }
+}
+
+/// Hands every pending count to Envoy (root tick and VM shutdown): one host call per
+/// counter that moved.
+pub fn flush() {
+    COUNTERS.with(|c| {
+        for (id, n) in c.borrow_mut().iter_mut().filter(|(_, n)| *n > 0) {
+            let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+            *n = 0;
+        }
+    });
 }
 
 /// Defines every [`Metric`] on this VM (`on_vm_start`).
 pub fn define() {
-    METRICS.with(|ids| {
-        let mut ids = ids.borrow_mut();
+    METRICS.with(|slots| {
+        let mut slots = slots.borrow_mut();
         for metric in Metric::ALL {
-            ids[metric.index()] = hostcalls::define_metric(MetricType::Counter, metric.name()).ok();
+            slots[metric.index()] = define_counter(metric.name());
         }
     });
 }
 
 pub fn count(metric: Metric) {
-    if let Some(id) = METRICS.with(|m| m.borrow()[metric.index()]) {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+    bump(METRICS.with(|m| m.borrow()[metric.index()]));
 }
 
 /// Counters, all named `nebula_authz.jwt.*` (Envoy shows them as `wasmcustom.nebula_authz.jwt.*`).
+/// Slots in [`COUNTERS`].
 pub struct JwtMetrics {
-    verified: Option<u32>,
-    cache_hits: Option<u32>,
-    passthrough: Option<u32>,
-    keys_unavailable: Option<u32>,
-    jwks_refreshes: Option<u32>,
-    jwks_failures: Option<u32>,
-    rejected: Vec<Option<u32>>,
+    verified: Option<usize>,
+    cache_hits: Option<usize>,
+    passthrough: Option<usize>,
+    keys_unavailable: Option<usize>,
+    jwks_refreshes: Option<usize>,
+    jwks_failures: Option<usize>,
+    rejected: Vec<Option<usize>>,
 }
 
 pub enum Counter {
@@ -55,8 +94,7 @@ pub enum Counter {
 
 impl JwtMetrics {
     pub fn define() -> JwtMetrics {
-        let define =
-            |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("nebula_authz.jwt.{name}")).ok();
+        let define = |name: &str| define_counter(&format!("nebula_authz.jwt.{name}"));
         JwtMetrics {
             verified: define("verified"),
             cache_hits: define("cache_hits"),
@@ -69,7 +107,7 @@ impl JwtMetrics {
     }
 
     pub fn inc(&self, counter: Counter) {
-        let id = match counter {
+        let slot = match counter {
             Counter::Verified => self.verified,
             Counter::CacheHit => self.cache_hits,
             Counter::Passthrough => self.passthrough,
@@ -80,9 +118,6 @@ impl JwtMetrics {
                 Reason::ALL.iter().position(|x| *x == r).and_then(|i| self.rejected.get(i).copied().flatten())
             }
         };
-        if let Some(id) = id {
-            // A metric is never worth failing a request for.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        bump(slot);
     }
 }

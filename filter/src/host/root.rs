@@ -71,7 +71,8 @@ impl Root {
         }
     }
 
-    /// The tick period when no orphan is waiting: the JWKS timer, or none.
+    /// The tick period when no orphan is waiting: the counters' flush, and the JWKS
+    /// timer when a provider has remote keys.
     fn idle_tick(&self) -> Duration {
         let remote = self
             .settings
@@ -79,14 +80,20 @@ impl Root {
             .and_then(|s| s.jwt.as_ref())
             .is_some_and(|j| j.providers.iter().any(|p| p.remote.is_some()));
         if remote {
-            jwks::TICK
+            jwks::TICK.min(metrics::FLUSH_PERIOD)
         } else {
-            Duration::ZERO
+            metrics::FLUSH_PERIOD
         }
     }
 }
 
 impl Context for Root {
+    /// The VM shuts down: no count is lost.
+    fn on_done(&mut self) -> bool {
+        metrics::flush();
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let Some(i) = self.jwks_fetches.iter().position(|(t, _)| *t == token) {
             let (_, provider) = self.jwks_fetches.swap_remove(i);
@@ -139,13 +146,11 @@ impl RootContext for Root {
                     self.jwt = Some(Rc::new(RefCell::new(state)));
                 }
                 self.settings = Some(Rc::new(settings));
-                // Remote JWKS: fetched on the first token or tick, refreshed on the timer.
-                let tick = self.idle_tick();
-                if !tick.is_zero() {
-                    if let Err(status) = hostcalls::set_tick_period(tick) {
-                        error!("cannot start the JWKS refresh timer: {status:?}");
-                        return false;
-                    }
+                // The counters' flush; remote JWKS: fetched on the first token or tick,
+                // refreshed on the timer.
+                if let Err(status) = hostcalls::set_tick_period(self.idle_tick()) {
+                    error!("cannot start the timer (counters, JWKS refresh): {status:?}");
+                    return false;
                 }
                 true
             }
@@ -172,9 +177,10 @@ impl RootContext for Root {
         Some(ContextType::HttpContext)
     }
 
-    /// Sends the orphaned callouts again, from the root context, which outlives streams;
-    /// refreshes remote JWKS when due.
+    /// Hands the counts to Envoy; sends the orphaned callouts again, from the root
+    /// context, which outlives streams; refreshes remote JWKS when due.
     fn on_tick(&mut self) {
+        metrics::flush();
         let _ = hostcalls::set_tick_period(self.idle_tick());
         self.refresh_jwks();
         let Some(settings) = self.settings.clone() else { return };

@@ -18,6 +18,8 @@ use crate::metrics::Metric;
 thread_local! {
     /// Decoded decisions recently read from the shared cache on this worker (cache/local.rs).
     static LOCAL_CACHE: RefCell<LocalCache> = RefCell::new(LocalCache::default());
+    /// The key's input bytes of the request at hand (reused: no allocation per request).
+    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 pub enum Probe {
@@ -27,29 +29,35 @@ pub enum Probe {
     Miss(Option<Lookup>),
 }
 
+/// A fresh decision for exactly this callout: this worker's copy (found by the key's
+/// input bytes, no SHA-256), else the shared slot's (then kept here until the same
+/// expiry). The SHA-256 key is computed only when shared data is read.
 pub fn probe(settings: &Settings, callout: &[(&str, &str)]) -> Probe {
     let Some(cache) = &settings.cache else { return Probe::Miss(None) };
-    let lookup = cache.probe(&settings.auth.cluster, callout);
-    if let Some(decision) = cached(cache, &lookup) {
-        count(Metric::CacheHits);
-        return Probe::Hit(decision);
-    }
-    count(Metric::CacheMisses);
-    Probe::Miss(Some(lookup))
+    let now = now_ms();
+    INPUT.with(|input| {
+        let mut input = input.borrow_mut();
+        cache.key_input(&settings.auth.cluster, callout, &mut input);
+        if let Some(decision) = LOCAL_CACHE.with(|l| l.borrow().get(&input, now)) {
+            count(Metric::CacheHits);
+            return Probe::Hit(decision);
+        }
+        let lookup = cache.probe_input(&input);
+        if let Some((decision, expires_ms)) = shared(cache, &lookup, now) {
+            let decision = Rc::new(decision);
+            LOCAL_CACHE.with(|l| l.borrow_mut().put(&input, lookup.key, expires_ms, decision.clone()));
+            count(Metric::CacheHits);
+            return Probe::Hit(decision);
+        }
+        count(Metric::CacheMisses);
+        Probe::Miss(Some(lookup))
+    })
 }
 
-/// A fresh decision for exactly `lookup`'s key: this worker's copy, else the shared slot's
-/// (then kept here until the same expiry).
-fn cached(cache: &CacheSettings, lookup: &Lookup) -> Option<Rc<Decision>> {
-    let now = now_ms();
-    if let Some(decision) = LOCAL_CACHE.with(|l| l.borrow().get(&lookup.key, now)) {
-        return Some(decision);
-    }
+/// The shared slot's decision for exactly `lookup`'s key, fresh at `now`, and its expiry.
+fn shared(cache: &CacheSettings, lookup: &Lookup, now: u64) -> Option<(Decision, u64)> {
     let stored = hostcalls::get_shared_data(&lookup.slot_key()).ok()?.0?;
-    let (decision, expires_ms) = cache.fresh_until(&stored, lookup, now)?;
-    let decision = Rc::new(decision);
-    LOCAL_CACHE.with(|l| l.borrow_mut().put(lookup.key, expires_ms, decision.clone()));
-    Some(decision)
+    cache.fresh_until(&stored, lookup, now)
 }
 
 /// A recently expired allow for `lookup`, if `stale_if_error` permits serving it.

@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
@@ -69,7 +68,8 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Vi
         Decision::Allow { inject, cookies, extra } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
             // the same header (it has the last word).
-            let claims = JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id)).unwrap_or_else(|| Rc::from(Vec::new()));
+            let claims = JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id));
+            let claims = claims.as_deref().unwrap_or_default();
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
                     return fail_closed(id, settings, Failure::HostError);
