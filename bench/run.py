@@ -52,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-# Seed 000's public paths (filter/src/config.rs DEFAULT_PUBLIC_PATHS).
+# Seed 000's public paths (filter/src/policy/route.rs DEFAULT_PUBLIC_PATHS).
 PUBLIC_PREFIXES = ["/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version", "/hooks"]
 PUBLIC_SUFFIXES = ["/task_runs/subscriptions/scheduled", "/events/out"]  # after `/{prefix}`
 REQUEST_HEADERS = ["authorization", "origin", "access-control-request-method"]

@@ -1,41 +1,22 @@
-//! Plugin configuration: the JSON users write (serde, unknown fields rejected), then
+//! The whole plugin configuration: the JSON users write (serde, unknown fields rejected),
 //! validated and compiled once into [`Settings`], which every request shares.
 //!
+//! Each feature owns its block's serde shape and compile step (`auth`: policy/auth.rs,
+//! `public_paths`: policy/route.rs, `jwt`: jwt/config.rs, `cache`: cache/shared.rs);
+//! this module only composes them, so it imports the features and none imports it.
 //! Defaults are seed 000's values, so `{"auth": {"cluster": "auth"}}` is a full config.
-
-use std::fmt;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cache::{self, CacheSettings, RawCache};
-use crate::forward::{self, HeaderRegex};
-use crate::headers::HeaderNames;
-use crate::jwt_config::{JwtSettings, RawJwt};
-use crate::route::PublicPaths;
+use crate::cache::shared::{self, CacheSettings, RawCache};
+use crate::error::ConfigError;
+use crate::jwt::config::{JwtSettings, RawJwt};
+use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
+use crate::policy::decision::{self, Verdict};
+use crate::policy::headers::{Header, HeaderNames};
+use crate::policy::request::{self, Plan};
+use crate::policy::route::PublicPaths;
 
-/// The identity headers Prefect's auth service returns and the filter injects upstream.
-pub const IDENTITY_HEADERS: [&str; 4] =
-    ["x-nebula-actor-id", "x-nebula-actor-permissions", "x-nebula-ratelimit-config", "x-nebula-log-limit-config"];
-
-/// Seed 000's public routes (Traefik router `public`).
-pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
-    "/auth",
-    "/api/docs",
-    "/api/openapi.json",
-    "/api/health",
-    "/api/version",
-    "/hooks",
-    "/{prefix}/task_runs/subscriptions/scheduled",
-    "/{prefix}/events/out",
-];
-
-const DEFAULT_REQUEST_HEADERS: [&str; 3] = ["authorization", "origin", "access-control-request-method"];
-const DEFAULT_CLIENT_HEADERS: [&str; 4] = ["www-authenticate", "location", "set-cookie", "content-type"];
-const DEFAULT_TIMEOUT_MS: u64 = 5_000;
-const MAX_TIMEOUT_MS: u64 = 600_000;
-const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
-const MAX_MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Like Envoy ext_authz's `status_on_error` default.
 const DEFAULT_STATUS_ON_ERROR: u32 = 403;
 
@@ -48,31 +29,10 @@ struct RawConfig {
     public_paths: Option<Vec<String>>,
     frontend_prefix: Option<String>,
     status_on_error: Option<u32>,
-    /// Local JWT verification (jwt_config.rs).
+    /// Local JWT verification (jwt/config.rs).
     jwt: Option<RawJwt>,
     /// The shared decision cache; absent = off.
     cache: Option<RawCache>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    cluster: Option<String>,
-    host: Option<String>,
-    port: Option<u16>,
-    authority: Option<String>,
-    path: Option<String>,
-    timeout_ms: Option<u64>,
-    request_headers: Option<Vec<String>>,
-    upstream_headers: Option<Vec<String>>,
-    client_headers: Option<Vec<String>>,
-    allow_statuses: Option<Vec<u32>>,
-    max_response_bytes: Option<usize>,
-    // Traefik forwardAuth contract (see forward.rs).
-    forward_auth: Option<bool>,
-    trust_forward_header: Option<bool>,
-    upstream_headers_regex: Option<String>,
-    add_auth_cookies_to_response: Option<Vec<String>>,
 }
 
 /// The validated, compiled configuration.
@@ -88,57 +48,6 @@ pub struct Settings {
     /// The shared decision cache, when configured.
     pub cache: Option<CacheSettings>,
 }
-
-#[derive(Debug)]
-pub struct AuthSettings {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout: Duration,
-    /// Client request headers sent to the auth service.
-    pub request_headers: HeaderNames,
-    /// Auth response headers copied onto the upstream request on allow.
-    pub upstream_headers: HeaderNames,
-    /// Auth response headers passed to the client on deny.
-    pub client_headers: HeaderNames,
-    pub allow_statuses: Vec<u32>,
-    pub max_response_bytes: usize,
-    // Traefik forwardAuth contract (see forward.rs).
-    /// Send `X-Forwarded-Method/Proto/Host/Uri/For` to the auth service (Traefik always does).
-    pub forward_auth: bool,
-    /// Take the client's `X-Forwarded-*` as true (Traefik `trustForwardHeader`).
-    pub trust_forward_header: bool,
-    /// Auth response headers copied upstream by pattern (`authResponseHeadersRegex`);
-    /// client-sent headers it matches are stripped on every path.
-    pub upstream_headers_regex: Option<HeaderRegex>,
-    /// Cookies an allowing auth response sets on the client (`addAuthCookiesToResponse`).
-    pub add_auth_cookies_to_response: Vec<String>,
-}
-
-/// A configuration error, naming the field (`auth.timeout_ms`, `public_paths[2]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() || self.field == "." {
-            write!(f, "invalid plugin configuration: {}", self.message)
-        } else {
-            write!(f, "invalid plugin configuration: {}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Settings {
     /// Parses and validates the plugin configuration bytes.
@@ -157,9 +66,22 @@ impl Settings {
             .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
         let mut settings = Settings::try_from(raw)?;
         if let Some(cache) = &mut settings.cache {
-            cache.fingerprint = cache::fingerprint(bytes);
+            cache.fingerprint = shared::fingerprint(bytes);
         }
         Ok(settings)
+    }
+
+    /// What to do with a client request (policy/request.rs): `headers` is the request
+    /// header map as Envoy hands it over (`:path` included); `peer` gives the client's
+    /// address (`ip:port`), asked for only when a callout sends X-Forwarded-For.
+    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
+        request::plan(&self.auth, &self.strip, &self.public, headers, peer)
+    }
+
+    /// Decides on the auth response (policy/decision.rs); `headers` include `:status`
+    /// (empty when Envoy got no response), `body_size` is the size of its body.
+    pub fn decide<'r, H: Header>(&self, headers: &'r [H], body_size: usize) -> Verdict<'r> {
+        decision::decide(&self.auth, headers, body_size)
     }
 }
 
@@ -184,16 +106,7 @@ impl TryFrom<RawConfig> for Settings {
         let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?;
         strip.extend(&auth.upstream_headers);
 
-        let mut templates = strings_or(raw.public_paths, &DEFAULT_PUBLIC_PATHS);
-        let mut fields: Vec<String> = (0..templates.len()).map(|i| format!("public_paths[{i}]")).collect();
-        if let Some(prefix) = raw.frontend_prefix {
-            if prefix.contains('{') {
-                return Err(ConfigError::new("frontend_prefix", "must be a plain path, without {parameters}"));
-            }
-            templates.push(prefix);
-            fields.push("frontend_prefix".to_string());
-        }
-        let public = PublicPaths::compile(&templates, &fields)?;
+        let public = PublicPaths::from_config(raw.public_paths, raw.frontend_prefix)?;
 
         let status_on_error = raw.status_on_error.unwrap_or(DEFAULT_STATUS_ON_ERROR);
         if !(400..=599).contains(&status_on_error) {
@@ -215,137 +128,11 @@ impl TryFrom<RawConfig> for Settings {
     }
 }
 
-impl TryFrom<RawAuth> for AuthSettings {
-    type Error = ConfigError;
-
-    fn try_from(raw: RawAuth) -> Result<AuthSettings, ConfigError> {
-        let (cluster, derived_authority) =
-            cluster_and_authority("auth", "the auth service", raw.cluster.as_deref(), raw.host.as_deref(), raw.port)?;
-        let authority = raw.authority.unwrap_or(derived_authority);
-        if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::new("auth.authority", "must be a non-empty host[:port] without spaces"));
-        }
-        let path = raw.path.unwrap_or_else(|| "/".to_string());
-        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::new(
-                "auth.path",
-                "must start with '/' and contain no spaces or control characters",
-            ));
-        }
-        let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(ConfigError::new(
-                "auth.timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
-            ));
-        }
-        let allow_statuses = raw.allow_statuses.unwrap_or_else(|| vec![200]);
-        if allow_statuses.is_empty() {
-            return Err(ConfigError::new("auth.allow_statuses", "must list at least one status"));
-        }
-        if let Some(bad) = allow_statuses.iter().find(|s| !(200..=299).contains(*s)) {
-            return Err(ConfigError::new("auth.allow_statuses", format!("only 2xx statuses can allow, got {bad}")));
-        }
-        let max_response_bytes = raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
-        if max_response_bytes > MAX_MAX_RESPONSE_BYTES {
-            return Err(ConfigError::new(
-                "auth.max_response_bytes",
-                format!("must be at most {MAX_MAX_RESPONSE_BYTES}, got {max_response_bytes}"),
-            ));
-        }
-
-        let request_headers = strings_or(raw.request_headers, &DEFAULT_REQUEST_HEADERS);
-        let upstream_headers = strings_or(raw.upstream_headers, &IDENTITY_HEADERS);
-        let client_headers = strings_or(raw.client_headers, &DEFAULT_CLIENT_HEADERS);
-
-        // Traefik forwardAuth contract. Generating X-Forwarded-* is safe (the values are
-        // what Envoy saw), so it is on; trusting the client's is not, so it is off.
-        let forward_auth = raw.forward_auth.unwrap_or(true);
-        let trust_forward_header = raw.trust_forward_header.unwrap_or(false);
-        if !trust_forward_header {
-            let generated = |n: &str| forward_auth && forward::is_generated(n);
-            if let Some((i, name)) =
-                request_headers.iter().enumerate().find(|(_, n)| forward::is_x_forwarded(n) && !generated(n))
-            {
-                return Err(ConfigError::new(
-                    format!("auth.request_headers[{i}]"),
-                    format!(
-                        "{name:?} is a forwarding header the client could forge; it is only sent with \
-                         trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)"
-                    ),
-                ));
-            }
-        }
-        let upstream_headers_regex = match &raw.upstream_headers_regex {
-            Some(source) => Some(HeaderRegex::compile("auth.upstream_headers_regex", source)?),
-            None => None,
-        };
-        let add_auth_cookies_to_response = forward::cookie_names(
-            "auth.add_auth_cookies_to_response",
-            &raw.add_auth_cookies_to_response.unwrap_or_default(),
-        )?;
-
-        Ok(AuthSettings {
-            cluster,
-            authority,
-            path,
-            timeout: Duration::from_millis(timeout_ms),
-            request_headers: HeaderNames::parse("auth.request_headers", &request_headers, true)?,
-            upstream_headers: HeaderNames::parse_injectable("auth.upstream_headers", &upstream_headers)?,
-            client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,
-            allow_statuses,
-            max_response_bytes,
-            forward_auth,
-            trust_forward_header,
-            upstream_headers_regex,
-            add_auth_cookies_to_response,
-        })
-    }
-}
-
-/// A service the filter calls, named by `<at>.cluster` as given, or Istio's way by
-/// `<at>.host`/`<at>.port` (`outbound|<port>||<fqdn>`); the authority defaults to
-/// `host:port` or the cluster name. Shared by `auth` and the JWT `remote_jwks`.
-pub(crate) fn cluster_and_authority(
-    at: &str,
-    what: &str,
-    cluster: Option<&str>,
-    host: Option<&str>,
-    port: Option<u16>,
-) -> Result<(String, String), ConfigError> {
-    let host = match (host, port) {
-        (Some(host), Some(port)) => {
-            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-                return Err(ConfigError::new(format!("{at}.host"), format!("{host:?} is not a host name")));
-            }
-            Some((host, port))
-        }
-        (Some(_), None) => return Err(ConfigError::new(format!("{at}.port"), format!("is required with {at}.host"))),
-        (None, Some(_)) => return Err(ConfigError::new(format!("{at}.host"), format!("is required with {at}.port"))),
-        (None, None) => None,
-    };
-    match (cluster, host) {
-        (Some(cluster), _) if cluster.trim().is_empty() => {
-            Err(ConfigError::new(format!("{at}.cluster"), format!("must name the Envoy cluster of {what}")))
-        }
-        (Some(cluster), Some((host, port))) => Ok((cluster.to_owned(), format!("{host}:{port}"))),
-        (Some(cluster), None) => Ok((cluster.to_owned(), cluster.to_owned())),
-        (None, Some((host, port))) => Ok((format!("outbound|{port}||{host}"), format!("{host}:{port}"))),
-        (None, None) => Err(ConfigError::new(
-            at,
-            format!("name {what}: {at}.cluster (an Envoy cluster) or {at}.host and {at}.port (Istio)"),
-        )),
-    }
-}
-
-fn strings_or(value: Option<Vec<String>>, default: &[&str]) -> Vec<String> {
-    value.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use std::time::Duration;
 
     fn err(json: &str) -> String {
         Settings::from_json(json.as_bytes()).expect_err("config should be rejected").to_string()

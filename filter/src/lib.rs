@@ -1,30 +1,27 @@
 //! nebula-authz: Prefect's policy-mode authorization as a proxy-wasm filter.
 //!
-//! One request, in a straight line:
-//! [`config`] (parsed once) → [`route`] (is the path public?) → [`request`] (strip spoofed
-//! identity headers, build the callout) → [`decision`] (allow, deny or fail closed) →
-//! inject. Everything above is plain Rust, unit-tested natively; `adapter` is the thin
-//! proxy-wasm layer that does the host calls and exists only in the wasm build.
+//! One request, in a straight line (host/http.rs calls the steps in this order):
+//! strip spoofed identity headers → public path? → JWT (local verdict, or on) → cache
+//! → callout (or wait for an identical one) → decide → inject or reply.
+//!
+//! Modules, bottom up (each imports only those above it in this list):
+//! - [`error`]: the `ConfigError` every compile step returns.
+//! - [`cluster`]: the Envoy cluster and authority of a service the filter calls.
+//! - [`metrics`]: the filter's counters and their names.
+//! - [`policy`]: the request policy, pure: the `auth` block, public paths, header sets,
+//!   the forwardAuth contract, a request's plan and the auth service's verdict.
+//! - [`cache`]: the shared decision cache and callout coalescing (plain data).
+//! - [`jwt`]: local JWT verification and the JWKS schedule (plain data).
+//! - [`config`]: the whole plugin configuration (`Settings`), composed from the features.
+//! - [`host`]: the thin proxy-wasm side (wasm build only, but for the pure `header_map`).
+//!
+//! Everything but `host` is plain Rust, unit-tested natively.
 
 pub mod cache;
-pub mod cache_control;
-pub mod cache_local;
-pub mod coalesce;
+pub mod cluster;
 pub mod config;
-pub mod decision;
-pub mod forward;
-pub mod header_map;
-pub mod headers;
-pub mod jwks_fetch;
+pub mod error;
+pub mod host;
 pub mod jwt;
-pub mod jwt_cache;
-pub mod jwt_config;
-pub mod jwt_keys;
 pub mod metrics;
-pub mod request;
-pub mod route;
-
-#[cfg(target_family = "wasm")]
-mod adapter;
-#[cfg(target_family = "wasm")]
-mod jwt_adapter;
+pub mod policy;

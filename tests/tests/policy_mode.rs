@@ -62,7 +62,7 @@ fn conversion_of_the_policy_mode_fixture_matches_the_golden_wasmplugin() {
     );
     let public: Vec<&str> =
         config["public_paths"].as_array().expect("public_paths").iter().filter_map(|v| v.as_str()).collect();
-    assert_eq!(public, nebula_authz::config::DEFAULT_PUBLIC_PATHS, "notPaths become seed 000's public paths");
+    assert_eq!(public, nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS, "notPaths become seed 000's public paths");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! upstream or passed to the client. Names are compared lower-cased, as Envoy
 //! stores them; values stay raw bytes until they must become text.
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Headers a filter must never copy: Envoy owns framing and connection handling.
 const CONNECTION_HEADERS: [&str; 8] =
@@ -111,7 +111,7 @@ fn is_token(name: &str) -> bool {
 }
 
 /// One header of a map as the host hands it over: owned (`(String, Vec<u8>)`), or
-/// borrowed from the host's serialized map (`(&str, &[u8])`, see [`crate::header_map`]),
+/// borrowed from the host's serialized map (`(&str, &[u8])`, see host/header_map.rs),
 /// which spares the filter two allocations per header on every request.
 pub trait Header {
     fn name(&self) -> &str;

@@ -13,10 +13,10 @@ use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
-use crate::headers::Header;
-use crate::jwt_cache::{token_hash, Entry, VerifiedCache};
-use crate::jwt_config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
-use crate::jwt_keys::{Alg, Key, KeySet};
+use crate::jwt::cache::{token_hash, Entry, VerifiedCache};
+use crate::jwt::config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
+use crate::jwt::keys::{Alg, Key, KeySet};
+use crate::policy::headers::Header;
 
 /// RFC 6750 §3.1: the challenge of a 401 for a token that failed verification.
 pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
@@ -231,7 +231,7 @@ impl JwtVerifier {
 
     /// The verdict when no key could be found or fetched for a [`Outcome::NoKey`]:
     /// a `kid` the provider's keys do not know is invalid; with no keys at all, the
-    /// token cannot be judged (the adapter fails closed, or calls out in
+    /// token cannot be judged (the JWT step fails closed, or calls out in
     /// `local_then_callout`).
     pub fn without_refresh(&self, settings: &JwtSettings, provider: usize) -> Option<Outcome> {
         if self.has_keys(settings, provider) {
@@ -694,8 +694,8 @@ mod tests {
         assert_eq!(v.without_refresh(jwt, 0), Some(Outcome::Invalid(Reason::UnknownKid)));
     }
 
-    const RSA_PRIVATE: &str = include_str!("../../tests/data/jwt/rsa-test-private.pem");
-    const RSA_PUBLIC: &str = include_str!("../../tests/data/jwt/rsa-test-public.pem");
+    const RSA_PRIVATE: &str = include_str!("../../../tests/data/jwt/rsa-test-private.pem");
+    const RSA_PUBLIC: &str = include_str!("../../../tests/data/jwt/rsa-test-public.pem");
 
     #[test]
     fn rsa_jwk_keys_verify_rs_and_ps_tokens_and_resist_confusion() {

@@ -2,7 +2,8 @@
 //! (`u32` count, then `u32` name and value lengths per header, then each name and value
 //! followed by a NUL), and the filter borrows `(&str, &[u8])` pairs from it instead of
 //! copying every header into its own `String` and `Vec` (what the SDK's `get_map_bytes`
-//! does), which is most of the filter's own cost per request.
+//! does), which is most of the filter's own cost per request. [`parse`] is pure (natively
+//! tested and benched); `read` is the host call, in the wasm build only.
 
 /// The headers in `buffer`; `None` if it is truncated, inconsistent or a name is not
 /// UTF-8 (Envoy never sends that; the caller fails closed).
@@ -32,6 +33,32 @@ pub fn parse(buffer: &[u8]) -> Option<Vec<(&str, &[u8])>> {
         headers.push((name, take(value_len)?));
     }
     Some(headers)
+}
+
+// The SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (and panics on
+// an unexpected status); `read` takes the host's buffer as it is, for `parse`.
+#[cfg(target_family = "wasm")]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The serialized header map, owned; `None` if the host refused (status not Ok).
+#[cfg(target_family = "wasm")]
+pub fn read(map: proxy_wasm::types::MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and size it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) or leaves it null.
+    unsafe {
+        if proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
 }
 
 #[cfg(test)]

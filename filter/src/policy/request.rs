@@ -1,10 +1,11 @@
 //! What to do with a client request, from its headers alone: which spoofed identity
 //! headers to strip, then public (continue), callout (with these headers) or reject.
 
-use crate::config::Settings;
-use crate::decision::Failure;
-use crate::forward::{self, CalloutHeader};
-use crate::headers::{self, Header};
+use crate::policy::auth::AuthSettings;
+use crate::policy::decision::Failure;
+use crate::policy::forward::{self, CalloutHeader};
+use crate::policy::headers::{self, Header, HeaderNames};
+use crate::policy::route::PublicPaths;
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,65 +25,73 @@ pub enum Route<'h> {
     Reject(Failure),
 }
 
-impl Settings {
-    /// `headers` is the client request header map as Envoy hands it over (`:path` included);
-    /// `peer` gives the client's address (`ip:port`), asked for only when a callout
-    /// sends X-Forwarded-For.
-    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
-        let mut strip = headers::present(headers, &self.strip);
-        if let Some(regex) = &self.auth.upstream_headers_regex {
-            for name in headers.iter().map(Header::name) {
-                if regex.matches(name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-                    strip.push(name);
-                }
+/// `headers` is the client request header map as Envoy hands it over (`:path` included);
+/// `peer` gives the client's address (`ip:port`), asked for only when a callout sends
+/// X-Forwarded-For.
+pub fn plan<'h, H: Header>(
+    auth: &'h AuthSettings,
+    strip_names: &HeaderNames,
+    public: &'h PublicPaths,
+    headers: &'h [H],
+    peer: impl FnOnce() -> Option<String>,
+) -> Plan<'h> {
+    let mut strip = headers::present(headers, strip_names);
+    if let Some(regex) = &auth.upstream_headers_regex {
+        for name in headers.iter().map(Header::name) {
+            if regex.matches(name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                strip.push(name);
             }
         }
-        let path = headers::first(headers, ":path");
-        if let Some(template) = path.and_then(|p| self.public.find(p)) {
-            return Plan { strip, route: Route::Public { template } };
-        }
-        Plan { strip, route: self.callout(headers, peer) }
     }
+    let path = headers::first(headers, ":path");
+    if let Some(template) = path.and_then(|p| public.find(p)) {
+        return Plan { strip, route: Route::Public { template } };
+    }
+    Plan { strip, route: callout(auth, strip_names, headers, peer) }
+}
 
-    fn callout<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Route<'h> {
-        let auth = &self.auth;
-        let mut out: Vec<CalloutHeader<'h>> = vec![
-            (":method", "GET".into()),
-            (":path", auth.path.as_str().into()),
-            (":authority", auth.authority.as_str().into()),
-        ];
-        // Forwarding headers: generated with forward_auth (a client's copy never doubles
-        // them) and, untrusted, never taken from the client even if a pattern matches.
-        let skip = |name: &str| {
-            (auth.forward_auth && forward::is_written(name))
-                || (!auth.trust_forward_header && forward::is_x_forwarded(name))
-                || auth.upstream_headers_regex.as_ref().is_some_and(|r| r.matches(name))
-        };
-        // A stripped header is never forwarded, even if a request_headers pattern matches it.
-        for (name, value) in headers::select(headers, &auth.request_headers)
-            .into_iter()
-            .filter(|(n, _)| !self.strip.contains(n) && !skip(n))
-        {
-            // The host ABI takes text; a credential we cannot pass unchanged is not passed.
-            match std::str::from_utf8(value) {
-                Ok(value) => out.push((name, value.into())),
-                Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
-            }
+fn callout<'h, H: Header>(
+    auth: &'h AuthSettings,
+    strip: &HeaderNames,
+    headers: &'h [H],
+    peer: impl FnOnce() -> Option<String>,
+) -> Route<'h> {
+    let mut out: Vec<CalloutHeader<'h>> = vec![
+        (":method", "GET".into()),
+        (":path", auth.path.as_str().into()),
+        (":authority", auth.authority.as_str().into()),
+    ];
+    // Forwarding headers: generated with forward_auth (a client's copy never doubles
+    // them) and, untrusted, never taken from the client even if a pattern matches.
+    let skip = |name: &str| {
+        (auth.forward_auth && forward::is_written(name))
+            || (!auth.trust_forward_header && forward::is_x_forwarded(name))
+            || auth.upstream_headers_regex.as_ref().is_some_and(|r| r.matches(name))
+    };
+    // A stripped header is never forwarded, even if a request_headers pattern matches it.
+    for (name, value) in
+        headers::select(headers, &auth.request_headers).into_iter().filter(|(n, _)| !strip.contains(n) && !skip(n))
+    {
+        // The host ABI takes text; a credential we cannot pass unchanged is not passed.
+        match std::str::from_utf8(value) {
+            Ok(value) => out.push((name, value.into())),
+            Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
         }
-        if auth.forward_auth {
-            match forward::forwarded_headers(headers, peer().as_deref(), auth.trust_forward_header) {
-                Ok(forwarded) => out.extend(forwarded),
-                Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
-            }
-        }
-        Route::Callout { headers: out }
     }
+    if auth.forward_auth {
+        match forward::forwarded_headers(headers, peer().as_deref(), auth.trust_forward_header) {
+            Ok(forwarded) => out.extend(forwarded),
+            Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
+        }
+    }
+    Route::Callout { headers: out }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::config::Settings;
 
     fn settings(json: &str) -> Settings {
         Settings::from_json(json.as_bytes()).unwrap()

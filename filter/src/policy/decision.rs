@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use crate::config::Settings;
-use crate::forward;
-use crate::headers::{self, Header};
+use crate::policy::auth::AuthSettings;
+use crate::policy::forward;
+use crate::policy::headers::{self, Header};
 
 /// Body of every fail-closed reply: short, and says nothing about the auth service.
 pub const FAILURE_BODY: &[u8] = b"nebula-authz: authorization check failed\n";
@@ -64,47 +64,44 @@ impl fmt::Display for Failure {
     }
 }
 
-impl Settings {
-    /// Decides on the auth response; `headers` include `:status` (empty when Envoy got no
-    /// response), `body_size` is the size of its body.
-    pub fn decide<'r, H: Header>(&self, headers: &'r [H], body_size: usize) -> Verdict<'r> {
-        if headers.is_empty() {
-            return Verdict::Fail(Failure::NoResponse);
-        }
-        let Some(status) = status_of(headers) else {
-            return Verdict::Fail(Failure::BadStatus);
-        };
-        let auth = &self.auth;
-        if status >= 500 {
-            return Verdict::Fail(Failure::AuthServerError(status));
-        }
-        // An oversized answer is malformed whatever its status: allow included.
-        if body_size > auth.max_response_bytes {
-            return Verdict::Fail(Failure::BodyTooLarge(body_size));
-        }
-        if auth.allow_statuses.contains(&status) {
-            let inject = match &auth.upstream_headers_regex {
-                None => headers::select(headers, &auth.upstream_headers),
-                Some(regex) => headers
-                    .iter()
-                    .map(|h| (h.name(), h.value()))
-                    .filter(|(name, _)| {
-                        !name.starts_with(':') && (auth.upstream_headers.contains(name) || regex.matches(name))
-                    })
-                    .collect(),
-            };
-            let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
-            return Verdict::Allow { inject, cookies };
-        }
-        let mut relay = Vec::new();
-        for (name, value) in headers::select(headers, &auth.client_headers) {
-            match std::str::from_utf8(value) {
-                Ok(value) => relay.push((name, value)),
-                Err(_) => return Verdict::Fail(Failure::ResponseHeaderNotText),
-            }
-        }
-        Verdict::Deny { status, headers: relay }
+/// Decides on the auth response; `headers` include `:status` (empty when Envoy got no
+/// response), `body_size` is the size of its body.
+pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: usize) -> Verdict<'r> {
+    if headers.is_empty() {
+        return Verdict::Fail(Failure::NoResponse);
     }
+    let Some(status) = status_of(headers) else {
+        return Verdict::Fail(Failure::BadStatus);
+    };
+    if status >= 500 {
+        return Verdict::Fail(Failure::AuthServerError(status));
+    }
+    // An oversized answer is malformed whatever its status: allow included.
+    if body_size > auth.max_response_bytes {
+        return Verdict::Fail(Failure::BodyTooLarge(body_size));
+    }
+    if auth.allow_statuses.contains(&status) {
+        let inject = match &auth.upstream_headers_regex {
+            None => headers::select(headers, &auth.upstream_headers),
+            Some(regex) => headers
+                .iter()
+                .map(|h| (h.name(), h.value()))
+                .filter(|(name, _)| {
+                    !name.starts_with(':') && (auth.upstream_headers.contains(name) || regex.matches(name))
+                })
+                .collect(),
+        };
+        let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
+        return Verdict::Allow { inject, cookies };
+    }
+    let mut relay = Vec::new();
+    for (name, value) in headers::select(headers, &auth.client_headers) {
+        match std::str::from_utf8(value) {
+            Ok(value) => relay.push((name, value)),
+            Err(_) => return Verdict::Fail(Failure::ResponseHeaderNotText),
+        }
+    }
+    Verdict::Deny { status, headers: relay }
 }
 
 /// The final status, 200..=599; 1xx and anything malformed is `None`.
@@ -121,6 +118,7 @@ fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::config::Settings;
 
     fn settings() -> Settings {
         Settings::from_json(br#"{"auth": {"cluster": "auth", "max_response_bytes": 100}}"#).unwrap()

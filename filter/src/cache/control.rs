@@ -1,7 +1,7 @@
 //! How long the auth service lets its answer be reused, from its `Cache-Control` (and
 //! `Age`) headers. Conservative: anything we do not understand means "do not store".
 
-use crate::headers::Header;
+use crate::policy::headers::Header;
 
 /// What the auth response says about reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

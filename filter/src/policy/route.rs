@@ -18,7 +18,19 @@
 
 use std::collections::HashSet;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
+
+/// Seed 000's public routes (Traefik router `public`).
+pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
+    "/auth",
+    "/api/docs",
+    "/api/openapi.json",
+    "/api/health",
+    "/api/version",
+    "/hooks",
+    "/{prefix}/task_runs/subscriptions/scheduled",
+    "/{prefix}/events/out",
+];
 
 /// The compiled public-path list.
 #[derive(Debug)]
@@ -30,6 +42,25 @@ pub struct PublicPaths {
 }
 
 impl PublicPaths {
+    /// The `public_paths` list (seed 000's when absent) plus the `frontend_prefix`, as
+    /// users write them, compiled.
+    pub(crate) fn from_config(
+        public_paths: Option<Vec<String>>,
+        frontend_prefix: Option<String>,
+    ) -> Result<PublicPaths, ConfigError> {
+        let mut templates =
+            public_paths.unwrap_or_else(|| DEFAULT_PUBLIC_PATHS.iter().map(|s| s.to_string()).collect());
+        let mut fields: Vec<String> = (0..templates.len()).map(|i| format!("public_paths[{i}]")).collect();
+        if let Some(prefix) = frontend_prefix {
+            if prefix.contains('{') {
+                return Err(ConfigError::new("frontend_prefix", "must be a plain path, without {parameters}"));
+            }
+            templates.push(prefix);
+            fields.push("frontend_prefix".to_string());
+        }
+        PublicPaths::compile(&templates, &fields)
+    }
+
     /// Compiles `templates`; `fields[i]` names `templates[i]` in errors.
     pub fn compile(templates: &[String], fields: &[String]) -> Result<PublicPaths, ConfigError> {
         let mut paths = PublicPaths {
@@ -175,7 +206,6 @@ fn reversed_segments(path: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::DEFAULT_PUBLIC_PATHS;
 
     fn compile(templates: &[&str]) -> PublicPaths {
         let templates: Vec<String> = templates.iter().map(|s| s.to_string()).collect();
@@ -203,7 +233,7 @@ mod tests {
     #[test]
     fn path_table() {
         let paths = compile(&DEFAULT_PUBLIC_PATHS);
-        let table = include_str!("../../tests/data/paths.tsv");
+        let table = include_str!("../../../tests/data/paths.tsv");
         let mut rows = 0;
         let mut protected = 0;
         for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {

@@ -1,7 +1,7 @@
 //! The shared decision cache, host-independent: its configuration, the key (a SHA-256
 //! of everything the auth service sees), how long an answer may be reused, and the
-//! binary format of a slot. The adapter keeps the encoded slots in proxy-wasm shared data,
-//! which every worker VM of one Envoy (same `vm_id`) sees.
+//! binary format of a slot. The host side (host/steps/cache.rs) keeps the encoded slots
+//! in proxy-wasm shared data, which every worker VM of one Envoy (same `vm_id`) sees.
 //!
 //! Shared data cannot be deleted, so the cache is a fixed array of `entries` slots
 //! addressed by the key's hash: a new decision overwrites whatever its slot held, and
@@ -12,10 +12,10 @@ use base64::Engine;
 use hmac_sha256::Hash as Sha256;
 use serde::Deserialize;
 
-use crate::cache_control::{freshness, Freshness};
-use crate::config::ConfigError;
-use crate::decision::Verdict;
-use crate::headers::Header;
+use crate::cache::control::{freshness, Freshness};
+use crate::error::ConfigError;
+use crate::policy::decision::Verdict;
+use crate::policy::headers::Header;
 
 const DEFAULT_ENTRIES: u32 = 10_000;
 const MAX_ENTRIES: u32 = 1 << 20;
@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     fn failures_are_not_decisions() {
-        use crate::decision::Failure;
+        use crate::policy::decision::Failure;
         assert_eq!(Decision::from_verdict(&Verdict::Fail(Failure::AuthServerError(503)), b""), None);
         assert_eq!(Decision::from_verdict(&Verdict::Fail(Failure::NoResponse), b""), None);
         let v = Verdict::Deny { status: 401, headers: vec![("content-type", "text/plain")] };

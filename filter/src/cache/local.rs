@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use crate::cache::{Decision, Key};
+use crate::cache::shared::{Decision, Key};
 
 /// Slots per worker: memory ≤ this × `MAX_ENTRY_BYTES`.
 pub const LOCAL_SLOTS: usize = 64;

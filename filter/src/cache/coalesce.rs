@@ -1,10 +1,10 @@
 //! Request coalescing on one worker: while a callout for a key is in flight, further
 //! requests with the same key wait for its answer instead of sending their own.
-//! Plain data; the adapter keeps one table per VM (one VM per worker thread).
+//! Plain data; host/steps/callout.rs keeps one table per VM (one VM per worker thread).
 
 use std::collections::HashMap;
 
-use crate::cache::Key;
+use crate::cache::shared::Key;
 
 /// Keys with a callout in flight, each with the contexts waiting for it.
 #[derive(Debug, Default)]

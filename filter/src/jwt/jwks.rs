@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::jwt_config::RemoteJwks;
-use crate::jwt_keys::{Alg, KeySet};
+use crate::jwt::config::RemoteJwks;
+use crate::jwt::keys::{Alg, KeySet};
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;

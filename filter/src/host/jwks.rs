@@ -1,89 +1,27 @@
-//! The proxy-wasm side of local JWT verification (wasm only): the per-worker verifier
-//! and metrics, remote JWKS fetched once per Envoy through shared data, and the
-//! host clock. The decisions themselves are in `jwt.rs` and `jwks_fetch.rs`.
+//! The host side of local JWT verification: the per-worker verifier state, and remote
+//! JWKS fetched once per Envoy through shared data. The decisions themselves are in
+//! jwt/verifier.rs and jwt/jwks.rs; the request step is host/steps/jwt.rs.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use proxy_wasm::types::{BufferType, MapType};
 
-use crate::jwks_fetch::{self, FetchState, Why};
-use crate::jwt::{JwtVerifier, Reason};
-use crate::jwt_config::{JwtSettings, Provider};
+use crate::host::clock::now_ms;
+use crate::host::metrics::{Counter, JwtMetrics};
+use crate::jwt::config::{JwtSettings, Provider};
+use crate::jwt::jwks::{self, FetchState, Why};
+use crate::jwt::verifier::JwtVerifier;
 
 /// How often each root context looks at the shared JWKS state (a cheap shared-data
 /// read); the refresh interval itself is per provider.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Counters, all named `nebula_authz.jwt.*` (Envoy shows them as `wasmcustom.nebula_authz.jwt.*`).
-pub struct Metrics {
-    verified: Option<u32>,
-    cache_hits: Option<u32>,
-    passthrough: Option<u32>,
-    keys_unavailable: Option<u32>,
-    jwks_refreshes: Option<u32>,
-    jwks_failures: Option<u32>,
-    rejected: Vec<Option<u32>>,
-}
-
-pub enum Counter {
-    Verified,
-    CacheHit,
-    /// Not a JWT of a known issuer: left to the callout.
-    Passthrough,
-    KeysUnavailable,
-    JwksRefresh,
-    JwksFailure,
-    Rejected(Reason),
-}
-
-impl Metrics {
-    pub fn define() -> Metrics {
-        let define =
-            |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("nebula_authz.jwt.{name}")).ok();
-        Metrics {
-            verified: define("verified"),
-            cache_hits: define("cache_hits"),
-            passthrough: define("passthrough"),
-            keys_unavailable: define("keys_unavailable"),
-            jwks_refreshes: define("jwks_refreshes"),
-            jwks_failures: define("jwks_failures"),
-            rejected: Reason::ALL.iter().map(|r| define(&format!("rejected.{}", r.as_str()))).collect(),
-        }
-    }
-
-    pub fn inc(&self, counter: Counter) {
-        let id = match counter {
-            Counter::Verified => self.verified,
-            Counter::CacheHit => self.cache_hits,
-            Counter::Passthrough => self.passthrough,
-            Counter::KeysUnavailable => self.keys_unavailable,
-            Counter::JwksRefresh => self.jwks_refreshes,
-            Counter::JwksFailure => self.jwks_failures,
-            Counter::Rejected(r) => {
-                Reason::ALL.iter().position(|x| *x == r).and_then(|i| self.rejected.get(i).copied().flatten())
-            }
-        };
-        if let Some(id) = id {
-            // A metric is never worth failing a request for.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
-}
-
 /// What each VM (worker, or main thread) keeps for JWT: shared by its root and http contexts.
 pub struct JwtState {
     pub verifier: JwtVerifier,
-    pub metrics: Metrics,
-}
-
-/// The host's clock, in Unix ms (0 if unavailable: every token then looks expired).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    pub metrics: JwtMetrics,
 }
 
 fn state_key(provider: &Provider) -> Option<(String, String)> {
@@ -109,7 +47,7 @@ pub fn sync(settings: &JwtSettings, state: &mut JwtState, provider: usize) -> bo
         return false;
     }
     let Ok((Some(body), _)) = hostcalls::get_shared_data(&jwks_key) else { return false };
-    match jwks_fetch::parse_response(Some(b"200"), &body, &p.algorithms) {
+    match jwks::parse_response(Some(b"200"), &body, &p.algorithms) {
         Ok(keys) => {
             state.verifier.set_remote_keys(provider, keys, shared.version);
             true
@@ -167,12 +105,12 @@ pub fn finish_fetch(settings: &JwtSettings, state: &mut JwtState, provider: usiz
     let Some((state_key, jwks_key)) = state_key(p) else { return false };
     let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_slice());
-    let result = if body_size > jwks_fetch::MAX_JWKS_BYTES {
-        Err(format!("body of {body_size} bytes is over {}", jwks_fetch::MAX_JWKS_BYTES))
+    let result = if body_size > jwks::MAX_JWKS_BYTES {
+        Err(format!("body of {body_size} bytes is over {}", jwks::MAX_JWKS_BYTES))
     } else {
         let body =
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        jwks_fetch::parse_response(status, &body, &p.algorithms).map(|keys| (keys, body))
+        jwks::parse_response(status, &body, &p.algorithms).map(|keys| (keys, body))
     };
     let now = now_ms();
     let (current, _) = read_state(&state_key);

@@ -347,7 +347,7 @@ OBpuIeL4TqJhGp35CYnrZahUsh9bEzXRstrXMUjTWKkaEcP2bv7cqKoe2Q==
             KeySet::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", None, &Alg::ASYMMETRIC)
                 .unwrap_err();
         assert!(err.starts_with("is not a P-256, P-384 or Ed25519 PEM public key"), "{err}");
-        let rsa = include_str!("../../tests/data/jwt/rsa-test-public.pem");
+        let rsa = include_str!("../../../tests/data/jwt/rsa-test-public.pem");
         let err = KeySet::from_pem(rsa, None, &Alg::ASYMMETRIC).unwrap_err();
         assert_eq!(err, "is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)");
     }

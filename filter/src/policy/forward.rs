@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::ConfigError;
-use crate::headers::Header;
+use crate::error::ConfigError;
+use crate::policy::headers::Header;
 
 /// Every header Traefik's entry point treats as a forwarding header (its `xHeaders`):
 /// without trust, a client's values for these never reach the auth service.
@@ -134,7 +134,7 @@ impl HeaderRegex {
     /// Whether the auth response header `name` is copied upstream. Pseudo-headers and
     /// connection-level headers never are, whatever the pattern says.
     pub fn matches(&self, name: &str) -> bool {
-        !name.starts_with(':') && !crate::headers::is_connection_header(name) && self.regex.is_match(name)
+        !name.starts_with(':') && !crate::policy::headers::is_connection_header(name) && self.regex.is_match(name)
     }
 
     pub fn as_str(&self) -> &str {

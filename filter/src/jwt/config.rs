@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::ConfigError;
-use crate::headers::HeaderNames;
-use crate::jwt_keys::{Alg, KeySet};
+use crate::error::ConfigError;
+use crate::jwt::keys::{Alg, KeySet};
+use crate::policy::headers::HeaderNames;
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -350,7 +350,7 @@ fn algorithms(at: &str, names: Option<Vec<String>>, has_secret: bool) -> Result<
 
 fn remote_jwks(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
     let err = |field: &str, message: String| ConfigError::new(format!("{at}.{field}"), message);
-    let (cluster, authority) = crate::config::cluster_and_authority(
+    let (cluster, authority) = crate::cluster::cluster_and_authority(
         at,
         "the JWKS endpoint",
         raw.cluster.as_deref(),

@@ -1,0 +1,245 @@
+//! The http context: one per request. [`Authz::on_headers`] lists the request's steps
+//! in order (each in host/steps/); the rest of this file is the proxy-wasm callbacks
+//! and what the request waits for between them.
+//!
+//! Host calls go through `hostcalls` (not the SDK's trait helpers, which `unwrap()`), so
+//! a refused call becomes a fail-closed reply instead of a trap that would take down
+//! every request on this worker.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use log::{error, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use crate::cache::shared::Lookup;
+use crate::config::Settings;
+use crate::host::header_map;
+use crate::host::jwks::{self, JwtState};
+use crate::host::metrics::count;
+use crate::host::reply::{fail_closed, reply, resume, Applied};
+use crate::host::steps::cache::{self, Probe};
+use crate::host::steps::callout::{self, Resend};
+use crate::host::steps::jwt::{self, JwtStep};
+use crate::host::steps::{decide, inject, public, strip};
+use crate::metrics::Metric;
+use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::policy::forward::CalloutHeader;
+use crate::policy::request::Route;
+
+pub struct Authz {
+    id: u32,
+    settings: Option<Rc<Settings>>,
+    jwt: Option<Rc<RefCell<JwtState>>>,
+    /// What the request (and its body) waits for.
+    pending: Option<Pending>,
+}
+
+enum Pending {
+    /// Our own callout (`token`); when caching, its lookup and headers (to resend it
+    /// for the requests waiting on it if this stream goes away first).
+    Callout { token: u32, cached: Option<Resend> },
+    /// Another request's identical callout on this worker (coalescing).
+    Coalesced { lookup: Lookup },
+    /// A JWKS fetch for a token whose key is not known yet.
+    Jwks { token: u32, provider: usize },
+}
+
+impl Authz {
+    pub fn new(id: u32, settings: Option<Rc<Settings>>, jwt: Option<Rc<RefCell<JwtState>>>) -> Authz {
+        Authz { id, settings, jwt, pending: None }
+    }
+
+    /// The request's steps: strip → public → JWT → cache → callout, then (when the
+    /// answer arrives, [`Context::on_http_call_response`]) decide → inject.
+    fn on_headers(&mut self, settings: &Settings) -> Action {
+        // One host call for the whole map; then only the headers actually present are removed.
+        let Some(buffer) = header_map::read(MapType::HttpRequestHeaders) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        let plan = settings.plan(&headers, peer_address);
+        if strip::strip(&plan.strip).is_err() {
+            return self.fail(settings, Failure::HostError);
+        }
+        // Access rules (allow or deny before any public path or callout) belong here.
+        match plan.route {
+            Route::Public { template } => public::pass(self.id, template),
+            Route::Callout { headers: callout } => self.protected(settings, &headers, callout, true),
+            Route::Reject(failure) => self.fail(settings, failure),
+        }
+    }
+
+    /// A protected request: JWT → cache → (wait for an identical callout, or send one).
+    /// `may_fetch` is false on the second pass, after a JWKS fetch.
+    fn protected(
+        &mut self,
+        settings: &Settings,
+        headers: &[(&str, &[u8])],
+        callout: Vec<CalloutHeader>,
+        may_fetch: bool,
+    ) -> Action {
+        match jwt::check(self.id, settings, self.jwt.as_ref(), headers, may_fetch) {
+            JwtStep::Allow => return Action::Continue,
+            JwtStep::Wait => return Action::Pause,
+            JwtStep::Fetching { token, provider } => {
+                self.pending = Some(Pending::Jwks { token, provider });
+                return Action::Pause;
+            }
+            JwtStep::Callout => {}
+        }
+        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let lookup = match cache::probe(settings, &callout) {
+            Probe::Hit(decision) => {
+                return match inject::apply_decision(self.id, settings, &decision) {
+                    Applied::Allowed => Action::Continue,
+                    Applied::Replied => Action::Pause,
+                }
+            }
+            Probe::Miss(lookup) => lookup,
+        };
+        if let Some(lookup) = lookup.as_ref().filter(|lookup| callout::join(lookup, self.id)) {
+            self.pending = Some(Pending::Coalesced { lookup: lookup.clone() });
+            return Action::Pause;
+        }
+        if let Some((token, cached)) = callout::send(self.id, settings, callout, lookup) {
+            self.pending = Some(Pending::Callout { token, cached });
+        }
+        Action::Pause
+    }
+
+    /// The request waited for a JWKS fetch: check its token again (no second fetch),
+    /// then go on as the first pass would have.
+    fn after_jwks(&mut self, settings: &Settings) {
+        let Some(buffer) = header_map::read(MapType::HttpRequestHeaders) else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        let Some(headers) = header_map::parse(&buffer) else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        let plan = settings.plan(&headers, peer_address);
+        let Route::Callout { headers: callout } = plan.route else {
+            self.fail(settings, Failure::HostError);
+            return;
+        };
+        if let Action::Continue = self.protected(settings, &headers, callout, false) {
+            resume(self.id);
+        }
+    }
+
+    /// Fail closed: `status_on_error` with a short body; the request never goes upstream.
+    fn fail(&self, settings: &Settings, failure: Failure) -> Action {
+        fail_closed(self.id, settings, failure);
+        Action::Pause
+    }
+
+    /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
+    fn release(&mut self) {
+        inject::forget(self.id);
+        match self.pending.take() {
+            Some(Pending::Coalesced { lookup }) => callout::leave(&lookup.key, self.id),
+            Some(Pending::Callout { cached: Some(resend), .. }) => callout::abandon(self.id, resend),
+            _ => {}
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        match &self.pending {
+            None => false,
+            Some(Pending::Callout { .. } | Pending::Jwks { .. }) => true,
+            Some(Pending::Coalesced { lookup }) => callout::is_waiting(&lookup.key, self.id),
+        }
+    }
+
+    fn hold_while_pending(&self) -> Action {
+        if self.waiting() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+}
+
+impl Context for Authz {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let cached = match self.pending.take() {
+            Some(Pending::Callout { token: t, cached }) if t == token => cached,
+            Some(Pending::Jwks { token: t, provider }) if t == token => {
+                if let Some(settings) = self.settings.clone() {
+                    if let (Some(jwt), Some(state)) = (&settings.jwt, &self.jwt) {
+                        if let Ok(mut state) = state.try_borrow_mut() {
+                            jwks::finish_fetch(jwt, &mut state, provider, body_size);
+                        }
+                    }
+                    self.after_jwks(&settings);
+                }
+                return;
+            }
+            other => {
+                self.pending = other;
+                return;
+            }
+        };
+        if let Some(settings) = self.settings.clone() {
+            let lookup = cached.map(|c| c.lookup);
+            let outcome = decide::answer(&settings, lookup.as_ref(), body_size);
+            callout::settle(self.id, &settings, lookup.as_ref(), &outcome);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.release();
+        true
+    }
+}
+
+impl HttpContext for Authz {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        match self.settings.clone() {
+            Some(settings) => self.on_headers(&settings),
+            None => {
+                error!("[{}] nebula-authz has no configuration; failing closed", self.id);
+                count(Metric::Errors);
+                reply(self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
+                Action::Pause
+            }
+        }
+    }
+
+    // Defence in depth: Envoy 1.40 already holds the body once the headers pause, but a
+    // body callback answering Continue must never be what lets a request through early.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_pending()
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        self.hold_while_pending()
+    }
+
+    fn on_log(&mut self) {
+        self.release();
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let cookies = inject::response_cookies(self.id);
+        if let (Some(cookies), Some(settings)) = (cookies, self.settings.clone()) {
+            if let Err(status) = inject::add_auth_cookies(&settings, &cookies) {
+                // The request was allowed; a lost cookie is not worth failing the response.
+                warn!("[{}] cannot add the auth cookies to the response: {status:?}", self.id);
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// The client's address (`ip:port`) for X-Forwarded-For; `None` if the host has none.
+fn peer_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}

@@ -1,0 +1,12 @@
+//! The request's steps, one file each, in the order host/http.rs calls them:
+//! [`strip`] → [`public`] → [`jwt`] → [`cache`] → [`callout`] → [`decide`] → [`inject`].
+//! Each is a function over the compiled [`Settings`](crate::config::Settings) and the
+//! host; none keeps the request's state (the http context does).
+
+pub mod cache;
+pub mod callout;
+pub mod decide;
+pub mod inject;
+pub mod jwt;
+pub mod public;
+pub mod strip;
