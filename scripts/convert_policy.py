@@ -246,7 +246,7 @@ def main():
         print(json.dumps(config, indent=2))
     else:
         print(f"# Converted from {args.meshconfig.name} and {args.policy.name} by scripts/convert_policy.py.")
-        print("# Apply it, check it, then delete the AuthorizationPolicy (README \"Istio\").")
+        print("# Apply it, check it, then delete the AuthorizationPolicy (docs/istio.md).")
         print(yaml.safe_dump(plugin, sort_keys=False, width=100), end="")
     return 0
 

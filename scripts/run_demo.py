@@ -5,8 +5,11 @@ Default (what `make run` runs): Envoy on 127.0.0.1:10000 (admin :9901), prints t
 curl commands with what they should show, and stays up until Ctrl-C.
 
 --check: the same stack on free ports; sends those three requests, asserts the
-results, prints `N passed, M failed` and exits non-zero on any failure. Part of
-`make test`.
+results, then runs every console block of README.md and docs/ marked
+`<!-- checked: demo -->` (scripts/check_docs.py finds them) with the real curl and
+compares its output with the block (`...` stands for any text). Prints `N passed, M
+failed` and exits non-zero on any failure. Part of `make test`. --save-stats FILE also
+writes the Envoy's /stats/prometheus at the end (scripts/check_observability.py reads it).
 
 The demo services always take free ports: only Envoy's are meant to be reached.
 """
@@ -16,6 +19,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -187,19 +191,81 @@ def request(port, path, headers):
         conn.close()
 
 
-def run_checks(port):
-    passed = failed = 0
+def expected_output(lines):
+    """A documented output as a regex: a line `...` is any lines, `...` in a line any text."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    parts = []
+    for line in lines:
+        if line.strip() == "...":
+            parts.append(r"(?:.*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(piece) for piece in line.rstrip().split("...")) + r"[ \t]*\n")
+    return re.compile("".join(parts))
+
+
+def run_documented(command, port, admin):
+    """Runs one `$ ...` line of a checked block (curl | grep only) against this stack."""
+    # The documented ports are make run's; this stack has free ones. Map them both ways.
+    command = command.replace("localhost:10000", f"localhost:{port}").replace("localhost:9901", admin)
+    stages = [[]]
+    for token in shlex.split(command, comments=True):
+        if token == "|":
+            stages.append([])
+        else:
+            stages[-1].append(token)
+    data = b""
+    for argv in stages:
+        expect(argv and argv[0] in ("curl", "grep"), f"only curl | grep can run here: {command!r}")
+        if shutil.which(argv[0]) is None:
+            raise CheckFailed(f"{argv[0]} is not installed (apt-get install {argv[0]})")
+        run = subprocess.run(argv, input=data, capture_output=True, timeout=20)
+        expect(run.returncode == 0, f"{argv[0]} exited {run.returncode}: {run.stderr.decode(errors='replace')}")
+        data = run.stdout
+    return data.decode(errors="replace").replace("\r\n", "\n").replace(f"localhost:{port}", "localhost:10000")
+
+
+def run_doc_blocks(port, admin):
+    """The console blocks of README.md and docs/ marked `checked: demo`, as curl runs them."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from check_docs import demo_blocks
+    results = []
+    for where, commands in demo_blocks():
+        for command, lines in commands:
+            name = f"{where}: $ {command.split('  #')[0].strip()}"
+            try:
+                got = run_documented(command, port, admin)
+                if not got.endswith("\n"):
+                    got += "\n"
+                if not expected_output(lines).fullmatch(got):
+                    raise CheckFailed("output differs from the documented one; got:\n" + got)
+            except (CheckFailed, OSError, subprocess.TimeoutExpired) as err:
+                results.append((name, err))
+            else:
+                results.append((name, None))
+    return results
+
+
+def run_checks(port, admin):
+    results = []
     for name, path, headers, _, check in CHECKS:
         try:
             check(*request(port, path, headers))
         except (CheckFailed, OSError, http.client.HTTPException) as err:
-            failed += 1
-            print(f"FAIL {name}: {err}")
+            results.append((name, err))
         else:
-            passed += 1
-            print(f"ok   {name}")
-    print(f"{passed} passed, {failed} failed")
+            results.append((name, None))
+    results += run_doc_blocks(port, admin)
+    for name, err in results:
+        print(f"FAIL {name}: {err}" if err else f"ok   {name}")
+    failed = sum(1 for _, err in results if err)
+    print(f"{len(results) - failed} passed, {failed} failed")
     return failed == 0
+
+
+def save_stats(admin, path):
+    with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=10) as resp:
+        Path(path).write_bytes(resp.read())
 
 
 def show_usage(port, admin, log):
@@ -224,6 +290,7 @@ def parse_args():
                        "NEBULA_WASM",
                        ROOT / "target" / "wasm32-wasip1" / "release" / "nebula_authz.wasm"),
                    help="filter module (default: $NEBULA_WASM or the release build)")
+    p.add_argument("--save-stats", type=Path, help="with --check: write /stats/prometheus here at the end")
     p.add_argument("--listen-port", type=int, help="default 10000; 0 with --check")
     p.add_argument("--admin-port", type=int, help="default 9901; 0 with --check")
     args = p.parse_args()
@@ -262,7 +329,9 @@ def main():
         envoy_log = workdir / "envoy.log"
         admin, port = start_envoy(children, args, config, workdir, envoy_log)
         if args.check:
-            ok = run_checks(port)
+            ok = run_checks(port, admin)
+            if args.save_stats:
+                save_stats(admin, args.save_stats)
             if not ok:
                 fail("demo check failed", workdir / "demo.log", envoy_log)
         else:

@@ -128,6 +128,10 @@ impl TryFrom<RawConfig> for Settings {
     }
 }
 
+/// docs/configuration.md is checked against [`RawConfig`] (every field, both ways).
+#[cfg(test)]
+mod docs_reference;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

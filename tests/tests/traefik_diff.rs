@@ -7,7 +7,7 @@
 //! For each request it compares what the client got, what the upstream received and what
 //! the auth service saw. Every difference must be listed in the setup's TSV under
 //! `tests/data/` (case, aspect, category), and the categories of all TSVs must be exactly
-//! the rows of README.md's "Where we differ from Traefik and why" table: a new difference,
+//! the rows of docs/traefik.md's "Where we differ from Traefik and why" table: a new difference,
 //! a stale row or an undocumented category fails the test.
 //! `NEBULA_TRAEFIK_DIFF_WRITE=1` rewrites the TSVs from what was observed (categories of
 //! known rows kept, new rows marked `?`) for a maintainer to review.
@@ -23,7 +23,8 @@ use nebula_authz_tests::{paths, repo_root, Env};
 const SEED_000_TSV: &str = "tests/data/traefik_differences.tsv";
 const AUTHENTIK_TSV: &str = "tests/data/traefik_differences_authentik.tsv";
 const OAUTH2_PROXY_TSV: &str = "tests/data/traefik_differences_oauth2_proxy.tsv";
-const README_SECTION: &str = "### Where we differ from Traefik and why";
+const DOCS_PAGE: &str = "docs/traefik.md";
+const DOCS_SECTION: &str = "## Where we differ from Traefik and why";
 
 /// Response headers compared when the proxy (not the upstream) answered.
 const CLIENT_HEADERS: [&str; 6] = ["www-authenticate", "location", "set-cookie", "content-type", "x-internal", "vary"];
@@ -240,10 +241,10 @@ fn load_known(tsv: &str) -> BTreeMap<(String, String), String> {
     known
 }
 
-/// The categories (first column, in backticks) of README.md's differences table.
-fn readme_categories() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let section = readme.split(README_SECTION).nth(1).unwrap_or_else(|| panic!("README.md has no {README_SECTION:?}"));
+/// The categories (first column, in backticks) of docs/traefik.md's differences table.
+fn documented_categories() -> BTreeSet<String> {
+    let page = std::fs::read_to_string(repo_root().join(DOCS_PAGE)).expect(DOCS_PAGE);
+    let section = page.split(DOCS_SECTION).nth(1).unwrap_or_else(|| panic!("{DOCS_PAGE} has no {DOCS_SECTION:?}"));
     section
         .lines()
         .skip_while(|l| !l.starts_with('|'))
@@ -260,7 +261,7 @@ fn write_tsv(
     let mut text = String::from(
         "# Known differences between the filter under Envoy and Traefik 3.6.13, asserted by\n\
          # tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
-         # category is a row of README.md's \"Where we differ from Traefik and why\" table.\n",
+         # category is a row of docs/traefik.md's \"Where we differ from Traefik and why\" table.\n",
     );
     for key in observed.keys() {
         let category = known.get(key).map(String::as_str).unwrap_or("?");
@@ -270,7 +271,7 @@ fn write_tsv(
 }
 
 /// Replays `corpus` through Envoy (`env`) and `traefik`, and asserts the differences are
-/// exactly those in `tsv`, and that every category is documented in README.md.
+/// exactly those in `tsv`, and that every category is documented in docs/traefik.md.
 fn assert_differences(
     env: &Env,
     traefik: &Traefik,
@@ -308,8 +309,8 @@ fn assert_differences(
         traefik.log()
     );
 
-    // README lists exactly the categories of all the TSVs.
-    let documented = readme_categories();
+    // The docs list exactly the categories of all the TSVs.
+    let documented = documented_categories();
     let mine: BTreeSet<String> = known.values().cloned().collect();
     let undocumented: Vec<&String> = mine.difference(&documented).collect();
     let all: BTreeSet<String> =
@@ -317,7 +318,7 @@ fn assert_differences(
     let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
-        "README.md {README_SECTION:?} must list exactly the categories of the differences TSVs: \
+        "{DOCS_PAGE} {DOCS_SECTION:?} must list exactly the categories of the differences TSVs: \
          missing {undocumented:?}, in no TSV {unused:?}"
     );
 }
