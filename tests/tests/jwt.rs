@@ -188,6 +188,8 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
             "unknown_kid",
         ),
         ("over max_token_bytes", format!("{rsa_header}.{}.c2ln", "A".repeat(20 * 1024)), "too_large"),
+        // A tab is a control character: the token is invalid, nothing is injected.
+        ("tab in a claim", keys.es.sign(claims("alice\tadmin")).expect("sign"), "claim_header"),
     ];
     for (case, token, reason) in &cases {
         let before = counter(&env, &format!("rejected.{reason}"));
@@ -232,6 +234,35 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
     env.check(resp.status == 401, "sanity: the expired token is still rejected", &resp);
     let resp = env.send(&RawRequest::get("/api/health").header("authorization", format!("Bearer {}", cases[0].1)));
     env.check(resp.status == 200 && resp.proxied(), "a public path skips the JWT check", &resp);
+}
+
+/// HS256 by hand, so the header can carry anything and still be signed.
+fn hs256_token(secret: &str, header: &str, payload: &Value) -> String {
+    let signed = format!("{}.{}", b64(header.as_bytes()), b64(payload.to_string().as_bytes()));
+    format!("{signed}.{}", b64(&hmac_sha256::HMAC::mac(signed.as_bytes(), secret.as_bytes())))
+}
+
+#[test]
+fn a_crit_header_is_rejected_even_empty_and_even_signed() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"providers": [{"issuer": ISS, "secret": secret, "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let payload = json!({"iss": ISS, "sub": "hs-user", "exp": exp});
+    let resp = get_with_token(&env, &hs256_token(secret, r#"{"alg":"HS256"}"#, &payload));
+    env.check(resp.status == 200 && resp.proxied(), "HS256 without crit: expected 200 from the upstream", &resp);
+    env.check(env.upstream.last().header_all("x-nebula-actor-id") == ["hs-user"], "its claim header", &resp);
+    for crit in ["[]", r#"["exp"]"#] {
+        let before = counter(&env, "rejected.malformed");
+        let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+        let token = hs256_token(secret, &format!(r#"{{"alg":"HS256","crit":{crit}}}"#), &payload);
+        let resp = get_with_token(&env, &token);
+        assert_invalid_token(&env, &format!("crit: {crit}"), &resp, auth_before, upstream_before);
+        env.check(counter(&env, "rejected.malformed") == before + 1, "counted as malformed", &resp);
+    }
 }
 
 #[test]

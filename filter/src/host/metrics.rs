@@ -39,6 +39,7 @@ pub struct JwtMetrics {
     keys_unavailable: Option<u32>,
     jwks_refreshes: Option<u32>,
     jwks_failures: Option<u32>,
+    insufficient: Option<u32>,
     rejected: Vec<Option<u32>>,
 }
 
@@ -50,6 +51,8 @@ pub enum Counter {
     KeysUnavailable,
     JwksRefresh,
     JwksFailure,
+    /// A valid token that failed a `require` check (403).
+    Insufficient,
     Rejected(Reason),
 }
 
@@ -64,6 +67,7 @@ impl JwtMetrics {
             keys_unavailable: define("keys_unavailable"),
             jwks_refreshes: define("jwks_refreshes"),
             jwks_failures: define("jwks_failures"),
+            insufficient: define("insufficient"),
             rejected: Reason::ALL.iter().map(|r| define(&format!("rejected.{}", r.as_str()))).collect(),
         }
     }
@@ -76,6 +80,7 @@ impl JwtMetrics {
             Counter::KeysUnavailable => self.keys_unavailable,
             Counter::JwksRefresh => self.jwks_refreshes,
             Counter::JwksFailure => self.jwks_failures,
+            Counter::Insufficient => self.insufficient,
             Counter::Rejected(r) => {
                 Reason::ALL.iter().position(|x| *x == r).and_then(|i| self.rejected.get(i).copied().flatten())
             }

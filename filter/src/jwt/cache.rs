@@ -11,6 +11,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+use serde_json::{Map, Value};
+
 use crate::jwt::reason::Reason;
 
 pub type TokenHash = [u8; 32];
@@ -28,6 +30,8 @@ pub struct Entry {
     pub valid_until_ms: u64,
     /// The claim headers to inject.
     pub headers: Rc<[(String, String)]>,
+    /// The verified claims, for `require` and `rules` (which depend on the path).
+    pub claims: Rc<Map<String, Value>>,
 }
 
 #[derive(Debug)]
@@ -148,7 +152,8 @@ mod tests {
     use super::*;
 
     fn entry(provider: usize, generation: u64, valid_until_ms: u64) -> Entry {
-        Entry { provider, generation, valid_until_ms, headers: Rc::from(vec![("x-a".to_owned(), "1".to_owned())]) }
+        let headers = Rc::from(vec![("x-a".to_owned(), "1".to_owned())]);
+        Entry { provider, generation, valid_until_ms, headers, claims: Rc::new(Map::new()) }
     }
 
     #[test]

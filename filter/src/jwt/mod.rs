@@ -9,5 +9,6 @@ pub mod config;
 pub mod jwks;
 pub mod keys;
 pub mod reason;
+pub mod require;
 pub mod signature;
 pub mod verifier;

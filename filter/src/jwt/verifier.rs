@@ -20,6 +20,7 @@ use crate::jwt::cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache}
 use crate::jwt::config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 pub use crate::jwt::reason::Reason;
+use crate::jwt::require::lookup;
 use crate::jwt::signature::{self, HostCrypto, ModuleOnly};
 use crate::policy::headers::Header;
 
@@ -27,6 +28,10 @@ use crate::policy::headers::Header;
 pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
 /// The body of that 401 (the reason goes to the log and metrics, not to the client).
 pub const INVALID_TOKEN_BODY: &[u8] = b"nebula-authz: invalid token\n";
+
+/// RFC 6750 §3.1: the challenge of a 403 for a valid token that fails a `require`.
+pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = r#"Bearer error="insufficient_scope""#;
+pub const INSUFFICIENT_SCOPE_BODY: &[u8] = b"nebula-authz: insufficient scope\n";
 
 /// Longest claim header value the filter sets.
 const MAX_CLAIM_HEADER_BYTES: usize = 8 * 1024;
@@ -58,6 +63,9 @@ pub enum Outcome {
     Valid { mode: Mode, headers: ClaimHeaders, cached: bool },
     /// 401 `invalid_token`, no callout.
     Invalid(Reason),
+    /// A valid token that fails a `require` check (the provider's or a rule's): 403
+    /// `insufficient_scope`, no callout.
+    Insufficient,
     /// The provider (with a `remote_jwks`) has no key for this token yet: refresh the
     /// keys and check again, or [`JwtVerifier::without_refresh`].
     NoKey { provider: usize },
@@ -91,6 +99,7 @@ enum Verdict {
     Valid {
         provider: usize,
         headers: ClaimHeaders,
+        claims: Rc<Map<String, Value>>,
         valid_until_ms: u64,
     },
 }
@@ -147,8 +156,7 @@ impl JwtVerifier {
         let generations = &self.generations;
         let generation = |p: usize| generations.get(p).copied().unwrap_or(u64::MAX);
         if let Some(e) = self.cache.get(&hash, now_ms, generation) {
-            let mode = settings.providers.get(e.provider).map_or(Mode::Local, |p| p.mode);
-            return Outcome::Valid { mode, headers: e.headers.clone(), cached: true };
+            return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
         }
         if let Some(reason) = self.rejects.get(&hash, generation) {
             return Outcome::Invalid(reason);
@@ -160,11 +168,17 @@ impl JwtVerifier {
                 self.rejects.insert(hash, Rejected { reason, provider });
                 Outcome::Invalid(reason)
             }
-            Verdict::Valid { provider, headers, valid_until_ms } => {
+            Verdict::Valid { provider, headers: claim_headers, claims, valid_until_ms } => {
                 let generation = self.generations.get(provider).copied().unwrap_or(0);
-                self.cache.insert(hash, Entry { provider, generation, valid_until_ms, headers: headers.clone() });
-                let mode = settings.providers.get(provider).map_or(Mode::Local, |p| p.mode);
-                Outcome::Valid { mode, headers, cached: false }
+                let entry = Entry {
+                    provider,
+                    generation,
+                    valid_until_ms,
+                    headers: claim_headers.clone(),
+                    claims: claims.clone(),
+                };
+                self.cache.insert(hash, entry);
+                valid(settings, provider, &claims, headers, claim_headers, false)
             }
         }
     }
@@ -212,6 +226,7 @@ impl JwtVerifier {
             Ok(headers) => Verdict::Valid {
                 provider: index,
                 headers: Rc::from(headers),
+                claims: Rc::new(unverified.claims),
                 valid_until_ms: exp.saturating_add(provider.leeway.as_secs()).saturating_mul(1000),
             },
             Err(reason) => invalid(reason),
@@ -229,6 +244,25 @@ impl JwtVerifier {
             None
         }
     }
+}
+
+/// A valid token's outcome: `Valid`, unless a `require` of its provider or of the
+/// request path's rule fails.
+fn valid<H: Header>(
+    settings: &JwtSettings,
+    provider: usize,
+    claims: &Map<String, Value>,
+    request: &[H],
+    headers: ClaimHeaders,
+    cached: bool,
+) -> Outcome {
+    let Some(p) = settings.providers.get(provider) else { return Outcome::Insufficient };
+    let path = request.iter().find(|h| h.name() == ":path").map_or(&b""[..], |h| h.value());
+    let by_path = settings.rules.as_ref().map(|r| r.for_target(path)).unwrap_or_default();
+    if !p.require.met_by(claims) || !by_path.iter().all(|r| r.met_by(claims)) {
+        return Outcome::Insufficient;
+    }
+    Outcome::Valid { mode: p.mode, headers, cached }
 }
 
 /// `exp` (required), `nbf` and `iat` against the clock with the provider's leeway, and
@@ -357,20 +391,6 @@ fn claim_headers(provider: &Provider, claims: &Map<String, Value>) -> Result<Vec
         out.push((header.clone(), text));
     }
     Ok(out)
-}
-
-/// A top-level claim by name (names may contain dots: `https://example.com/roles`), else
-/// a `.` path into nested objects (`realm_access.roles`).
-fn lookup<'c>(claims: &'c Map<String, Value>, name: &str) -> Option<&'c Value> {
-    if let Some(v) = claims.get(name) {
-        return Some(v);
-    }
-    let mut parts = name.split('.');
-    let mut value = claims.get(parts.next()?)?;
-    for part in parts {
-        value = value.as_object()?.get(part)?;
-    }
-    Some(value)
 }
 
 /// Strings as they are, arrays joined with commas, objects as JSON.
@@ -837,6 +857,56 @@ mod tests {
         let expired = forge(r#"{"alg":"ES256","kid":"es-1"}"#, &format!(r#"{{"iss":"{ISS}","exp":1}}"#), &[7u8; 64]);
         assert_eq!(check(&s, &mut v, &expired), Outcome::Invalid(Reason::Expired));
         assert_eq!(calls.get(), before);
+    }
+
+    #[test]
+    fn require_and_rules_refuse_valid_tokens_that_lack_a_claim() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{ISS}", "secret": "{secret}",
+                "require": {{"aud": "vminsert.*"}}}}],
+                "rules": [{{"path": "/api/admin", "require": {{"groups": "admin"}}}},
+                          {{"path": "/api/flows", "require": {{"scope": ["flows:read", "flows:admin"]}}}}]}}}}"#
+        );
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        let jwt = s.jwt.as_ref().unwrap();
+        let mut v = verifier(&s);
+        let token = |claims: serde_json::Value| {
+            let mut c = claims.as_object().unwrap().clone();
+            c.insert("iss".into(), ISS.into());
+            c.insert("exp".into(), (NOW_S + 600).into());
+            hs256_token(secret, r#"{"alg":"HS256"}"#, &serde_json::Value::Object(c).to_string())
+        };
+        let at = |path: &str, token: &str| {
+            let headers = vec![
+                (":path".to_owned(), path.as_bytes().to_vec()),
+                ("authorization".to_owned(), format!("Bearer {token}").into_bytes()),
+            ];
+            headers
+        };
+        let ops = token(serde_json::json!({"aud": "vminsert.example", "groups": ["ops"], "scope": "flows:read"}));
+        let admin = token(serde_json::json!({"aud": "vminsert.example", "groups": ["admin"]}));
+        let other_aud = token(serde_json::json!({"aud": "grafana", "groups": ["admin"], "scope": "flows:read"}));
+        let cases = [
+            ("/api/other", &ops, true),
+            ("/api/flows/1", &ops, true),
+            ("/api/admin/users", &ops, false),
+            ("/api/admin/users", &admin, true),
+            ("/api/flows", &admin, false),
+            ("/api/other", &other_aud, false),
+            // Not canonical: every rule applies (a `//` could reach /api/admin downstream).
+            ("/api//admin", &ops, false),
+            ("/api%2Fadmin", &admin, false),
+        ];
+        for round in ["first", "cached"] {
+            for (path, token, allowed) in &cases {
+                let got = v.check(jwt, &at(path, token), NOW_MS);
+                match (allowed, &got) {
+                    (true, Outcome::Valid { .. }) | (false, Outcome::Insufficient) => {}
+                    _ => panic!("{round}: {path}: {got:?}"),
+                }
+            }
+        }
     }
 
     #[test]

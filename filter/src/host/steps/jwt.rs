@@ -17,7 +17,9 @@ use crate::host::reply::{fail_closed, reply};
 use crate::host::steps::inject;
 use crate::jwt::config::Mode;
 use crate::jwt::jwks::Why;
-use crate::jwt::verifier::{self, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE};
+use crate::jwt::verifier::{
+    self, INSUFFICIENT_SCOPE_BODY, INSUFFICIENT_SCOPE_CHALLENGE, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE,
+};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
@@ -103,6 +105,13 @@ pub fn check(
             debug!("[{id}] invalid JWT: {}", reason.as_str());
             let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
             reply(id, 401, headers, Some(INVALID_TOKEN_BODY));
+            JwtStep::Wait
+        }
+        verifier::Outcome::Insufficient => {
+            state.metrics.inc(Counter::Insufficient);
+            debug!("[{id}] valid JWT that fails a require check");
+            let headers = vec![("www-authenticate", INSUFFICIENT_SCOPE_CHALLENGE), ("content-type", "text/plain")];
+            reply(id, 403, headers, Some(INSUFFICIENT_SCOPE_BODY));
             JwtStep::Wait
         }
         verifier::Outcome::NoKey { .. } => {
