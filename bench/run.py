@@ -489,7 +489,8 @@ class Bench:
         subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, capture_output=True)
         conn.close()
         child.terminate()
-        child.wait(timeout=60)
+        # valgrind writes its dumps on the way out: slow on a loaded machine.
+        child.wait(timeout=300)
         for dump in self.dir.glob(f"{name}.callgrind.*"):
             text = dump.read_text(errors="replace")
             if "Trigger: Client Request" in text or "Trigger: dump" in text:

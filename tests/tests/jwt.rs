@@ -266,6 +266,54 @@ fn a_crit_header_is_rejected_even_empty_and_even_signed() {
 }
 
 #[test]
+fn require_and_path_rules_answer_403_insufficient_scope() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"providers": [{"issuer": ISS, "secret": secret, "require": {"email": "*@example.com"},
+                                       "claims_to_headers": {"sub": "x-nebula-actor-id"}}],
+                        "rules": [{"path": "/api/admin", "require": {"scope": "admin"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let token = |email: &str, scope: &str| {
+        hs256_token(
+            secret,
+            r#"{"alg":"HS256"}"#,
+            &json!({"iss": ISS, "sub": "u", "exp": exp, "email": email, "scope": scope}),
+        )
+    };
+    let send =
+        |path: &str, token: &str| env.send(&RawRequest::get(path).header("authorization", format!("Bearer {token}")));
+    let reader = token("alice@example.com", "flows:read");
+    let admin = token("root@example.com", "flows:read admin");
+    let outsider = token("eve@example.org", "admin");
+    let cases = [
+        ("/api/flows", &reader, 200),
+        ("/api/admin/users", &reader, 403),
+        ("/api/admin/users", &admin, 200),
+        ("/api//admin/users", &reader, 403),
+        ("/api/flows", &outsider, 403),
+        ("/api/admin", &outsider, 403),
+    ];
+    for (path, token, want) in cases {
+        let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+        let resp = send(path, token);
+        env.check(resp.status == want, &format!("{path}: expected {want}"), &resp);
+        env.check(env.auth.count() == auth_before, &format!("{path}: no callout"), &resp);
+        if want == 403 {
+            env.check(!resp.proxied() && env.upstream.count() == upstream_before, &format!("{path}: upstream"), &resp);
+            env.check(
+                resp.header_all("www-authenticate") == [r#"Bearer error="insufficient_scope""#],
+                &format!("{path}: RFC 6750 insufficient_scope"),
+                &resp,
+            );
+        }
+    }
+    assert!(counter(&env, "insufficient") >= 4, "insufficient counter");
+}
+
+#[test]
 fn unknown_issuers_can_be_rejected_locally() {
     let keys = Keys::new();
     let env = Env::start(&local_config(&keys, r#", "unknown_issuer": "reject""#));
