@@ -314,6 +314,36 @@ fn require_and_path_rules_answer_403_insufficient_scope() {
 }
 
 #[test]
+fn forward_false_removes_the_verified_token_before_the_upstream() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"forward": false, "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                        "from_cookies": ["jwt"],
+                        "providers": [{"issuer": ISS, "secret": secret, "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let token = hs256_token(secret, r#"{"alg":"HS256"}"#, &json!({"iss": ISS, "sub": "u", "exp": exp}));
+    let resp = get_with_token(&env, &token);
+    env.check(resp.status == 200 && resp.proxied(), "header token: 200", &resp);
+    let up = env.upstream.last();
+    env.check(up.header_all("authorization").is_empty(), "the authorization header was removed", &resp);
+    env.check(up.header_all("x-nebula-actor-id") == ["u"], "the claim header is set", &resp);
+    let resp = env.send(&RawRequest::get("/api/flows").header("cookie", format!("a=1; jwt={token}; b=2")));
+    env.check(resp.status == 200 && resp.proxied(), "cookie token: 200", &resp);
+    env.check(env.upstream.last().header_all("cookie") == ["a=1; b=2"], "only the token's cookie was removed", &resp);
+    // Not a JWT of ours: forwarded untouched to the callout and the upstream.
+    let resp = env.get_as("/api/flows", "allow:api-key-user");
+    env.assert_allowed_as("API key", &resp, "api-key-user");
+    env.check(
+        env.upstream.last().header("authorization").as_deref() == Some("Bearer allow:api-key-user"),
+        "an API key is not removed",
+        &resp,
+    );
+}
+
+#[test]
 fn unknown_issuers_can_be_rejected_locally() {
     let keys = Keys::new();
     let env = Env::start(&local_config(&keys, r#", "unknown_issuer": "reject""#));

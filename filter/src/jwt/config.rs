@@ -40,6 +40,7 @@ pub(crate) struct RawJwt {
     cache_entries: Option<usize>,
     unknown_issuer: Option<UnknownIssuer>,
     rules: Option<Vec<RawRule>>,
+    forward: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +134,8 @@ pub struct JwtSettings {
     pub warnings: Vec<String>,
     /// Claim checks by path (`rules`), on top of each provider's `require`.
     pub rules: Option<Rules>,
+    /// `false`: a verified token is removed from the request before the upstream.
+    pub forward: bool,
 }
 
 /// `rules`: path templates (the public-path syntax and matcher) with a `require` each.
@@ -232,6 +235,7 @@ impl TryFrom<RawJwt> for JwtSettings {
             injected,
             warnings,
             rules,
+            forward: raw.forward.unwrap_or(true),
         })
     }
 }

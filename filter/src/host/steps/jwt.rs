@@ -15,7 +15,7 @@ use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{count, Counter};
 use crate::host::reply::{fail_closed, reply};
 use crate::host::steps::inject;
-use crate::jwt::config::Mode;
+use crate::jwt::config::{JwtSettings, Mode, Source};
 use crate::jwt::jwks::Why;
 use crate::jwt::verifier::{
     self, INSUFFICIENT_SCOPE_BODY, INSUFFICIENT_SCOPE_CHALLENGE, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE,
@@ -24,6 +24,18 @@ use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
 /// What is left to do after the JWT step.
+/// `forward: false`: the verified token's header, or its cookie, leaves the request.
+fn remove_token(jwt: &JwtSettings, request: &[(&str, &[u8])]) -> Result<(), proxy_wasm::types::Status> {
+    match verifier::credential_source(&jwt.sources, request) {
+        Some((Source::Header { name, .. }, _)) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+        Some((Source::Cookie(cookie), _)) => {
+            let rest = verifier::without_cookie(request, cookie);
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", rest.as_deref())
+        }
+        None => Ok(()),
+    }
+}
+
 pub enum JwtStep {
     /// A valid token in `local` mode: on to the upstream, no callout.
     Allow,
@@ -48,7 +60,8 @@ pub fn check(
         fail_closed(id, settings, Failure::HostError);
         return JwtStep::Wait;
     };
-    let mut outcome = state.verifier.check(jwt, headers, now_ms());
+    let request = headers;
+    let mut outcome = state.verifier.check(jwt, request, now_ms());
     if let verifier::Outcome::NoKey { provider } = outcome {
         // Another worker may have fetched the keys already; else fetch them (once
         // per Envoy, rate-limited) while this request waits.
@@ -90,6 +103,10 @@ pub fn check(
             if mode == Mode::LocalThenCallout {
                 inject::keep_claims(id, headers);
                 return JwtStep::Callout;
+            }
+            if !jwt.forward && remove_token(jwt, request).is_err() {
+                fail_closed(id, settings, Failure::HostError);
+                return JwtStep::Wait;
             }
             // Added, not replaced: every claim header was stripped from the request.
             for (name, value) in headers.iter() {
