@@ -10,7 +10,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
+use jwt_simple::reexports::ct_codecs::Base64UrlSafeNoPadding;
 use serde_json::{json, Value};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

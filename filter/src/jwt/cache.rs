@@ -86,6 +86,10 @@ impl RejectCache {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The earlier verdict on `hash`, unless its provider's keys changed since.
     pub fn get(&self, hash: &TokenHash, generation: impl Fn(usize) -> u64) -> Option<Reason> {
         let r = self.entries.get(hash)?;
