@@ -187,7 +187,7 @@ endef
 bench-build: build
 	$(call build-noop)
 	cargo build --release -p nebula-authz-tests --bin bench-backend
-	cargo build -p nebula-authz-tests --example bench-jwt
+	cargo build --release -p nebula-authz-tests --example bench-jwt
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -214,7 +214,7 @@ bench-profile: bench-build envoy
 bench-smoke: build envoy
 	$(call build-noop,-q)
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt
-	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
+	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend --jwt-minter target/debug/examples/bench-jwt
 # --------------------------------------------------------------------------------------
 
 # --- make soak (tests/src/soak.rs) ------------------------------------------------------

@@ -39,6 +39,7 @@ elsewhere, and the statuses must be the expected ones.
 """
 import argparse
 import http.client
+import itertools
 import json
 import os
 import re
@@ -92,10 +93,64 @@ SCENARIOS = {
     "filter-jwt": ("envoy-filter-jwt", PROTECTED, JWT, 200, 0),
     "jwt_authn": ("envoy-jwtauthn", PROTECTED, JWT, 200, 0),
 }
-# `--callgrind` only: `filter-jwt+fresh`, `jwt_authn+fresh` send a distinct token each time.
-FRESH = "+fresh"
 # Where the claim header (not the auth service) supplies the upstream identity.
 LOCAL_IDENTITY = {"filter-cached", "filter-jwt", "jwt_authn"}
+
+# --- issue 16: JWTs the verified cache cannot answer ---------------------------------
+# Token streams (minted per run by tests/examples/bench-jwt.rs): `<fresh:ALG>` cycles
+# distinct valid tokens (more than the filter's 1 024-entry verified cache, so every
+# one is first-seen), `<forged:ALG>` distinct forged ones (known issuer and kid, random
+# signature: the flood an attacker sends), `<invalid>` one forged token repeated.
+JWT_FRESH_TOKENS = 5000
+JWT_ROWS = {}
+for _alg, _suffix in [("ES256", ""), ("RS256", "-rs256"), ("EdDSA", "-eddsa")]:
+    for _side, _proxy in [("filter-jwt", "envoy-filter-jwt"), ("jwt_authn", "envoy-jwtauthn")]:
+        JWT_ROWS[f"{_side}-fresh{_suffix}"] = (_proxy, PROTECTED, f"<fresh:{_alg}>", 200, 0)
+        if _alg != "EdDSA":
+            JWT_ROWS[f"{_side}-forged{_suffix}"] = (_proxy, PROTECTED, f"<forged:{_alg}>", 401, 0)
+JWT_ROWS["filter-jwt-invalid"] = ("envoy-filter-jwt", PROTECTED, "<invalid>", 401, 0)
+JWT_ROWS["jwt_authn-invalid"] = ("envoy-jwtauthn", PROTECTED, "<invalid>", 401, 0)
+SCENARIOS.update(JWT_ROWS)
+LOCAL_IDENTITY |= {s for s, row in JWT_ROWS.items() if row[3] == 200}
+# EdDSA is reported, not targeted: `--callgrind` measures it, the load run leaves it out.
+CALLGRIND_ONLY = {s for s in JWT_ROWS if s.endswith("-eddsa")}
+# (what, numerator, denominator, bound or None): CPU/request in the load run,
+# instructions/request under callgrind.
+JWT_TARGETS = [
+    ("JWT first-seen ES256 vs jwt_authn", "filter-jwt-fresh", "jwt_authn-fresh", 1.5),
+    ("JWT first-seen RS256 vs jwt_authn", "filter-jwt-fresh-rs256", "jwt_authn-fresh-rs256", 1.5),
+    ("JWT first-seen EdDSA vs jwt_authn", "filter-jwt-fresh-eddsa", "jwt_authn-fresh-eddsa", None),
+    ("JWT forged ES256 flood vs jwt_authn", "filter-jwt-forged", "jwt_authn-forged", 1.5),
+    ("JWT forged RS256 flood vs jwt_authn", "filter-jwt-forged-rs256", "jwt_authn-forged-rs256", 1.5),
+    ("JWT repeated invalid vs noop-wasm", "filter-jwt-invalid", "noop-wasm", 1.2),
+    ("JWT repeated valid vs noop-wasm", "filter-jwt", "noop-wasm", 1.2),
+]
+# Under callgrind a first-seen row costs millions of instructions per request: fewer
+# requests give the same per-request count.
+JWT_CALLGRIND_MAX_REQUESTS = 300
+
+
+def is_token_stream(token):
+    return token.startswith("<fresh:") or token.startswith("<forged:")
+
+
+def wrk_token_script(path, tokens):
+    """A wrk Lua script that sends the tokens in turn, one per request."""
+    body = ",\n".join(json.dumps("Bearer " + t) for t in tokens)
+    path.write_text(f"local tokens = {{\n{body}\n}}\nlocal i = 0\n"
+                    "request = function()\n  i = i % #tokens + 1\n"
+                    "  return wrk.format(nil, nil, {[\"authorization\"] = tokens[i]})\nend\n")
+    return path
+
+
+def jwt_callgrind_targets(counts):
+    """The JWT targets as instruction ratios (printed after the callgrind table)."""
+    print("\n| JWT target (instructions) | measured | bound | met |\n|---|---:|---|---|")
+    for what, num, den, bound in JWT_TARGETS:
+        r = counts[num] / counts[den] if num in counts and den in counts and counts[den] else None
+        met = "-" if r is None or bound is None else ("yes" if r <= bound else "**no**")
+        print(f"| {what} | {fmt(r, '.2f')} | {'reported' if bound is None else f'<= {bound:.2f}'} | {met} |")
+# --------------------------------------------------------------------------------------
 BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
 NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
 CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
@@ -139,6 +194,9 @@ CALLGRIND_TARGETS = [
     ("filter-public vs noop-wasm", "filter-public", "noop-wasm", ("<=", 1.05)),
     ("filter-jwt vs noop-wasm", "filter-jwt", "noop-wasm", ("<=", 1.20)),
 ]
+# Issue 16's (JWT_TARGETS above), as CPU per request.
+TARGETS += [(what + " (CPU/req)", num, den, "cpu_us_per_req", ("<=", bound))
+            for what, num, den, bound in JWT_TARGETS if bound is not None]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -271,7 +329,7 @@ def ext_authz(config):
 def jwt_plugin_config(jwks):
     return {"auth": {"cluster": "auth", "authority": "auth:4300"},
             "jwt": {"mode": "local", "providers": [{
-                "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "algorithms": ["ES256"], "jwks": jwks,
+                "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "algorithms": ["ES256", "RS256", "EdDSA"], "jwks": jwks,
                 "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}}
 
 
@@ -300,7 +358,8 @@ def jwt_authn(config, jwks):
 
 
 def mint_jwt(minter, fresh):
-    """One repeated token, `fresh` distinct ones and their JWKS (tests/examples/bench-jwt.rs)."""
+    """The JWKS, one repeated token, one invalid one, and per algorithm `fresh` distinct
+    valid and forged ones (tests/examples/bench-jwt.rs)."""
     out = subprocess.run([str(minter), JWT_ISSUER, JWT_AUDIENCE, "bench-user", str(fresh)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
@@ -359,9 +418,23 @@ class Bench:
         self.proxies = {}  # name -> (port, Popen)
         self.also_measured = {}  # proxy name -> more pids whose CPU counts for it (proxy-mode)
         self.jwt = mint_jwt(args.jwt_minter, args.fresh_tokens)
+        self.streams = {}
 
     def token(self, token):
-        return f"Bearer {self.jwt['token']}" if token == JWT else token
+        """The authorization value of a scenario's next request."""
+        if token == JWT:
+            return f"Bearer {self.jwt['token']}"
+        if token == "<invalid>":
+            return f"Bearer {self.jwt['invalid']}"
+        if is_token_stream(token):
+            if token not in self.streams:
+                self.streams[token] = itertools.cycle(self.stream_tokens(token))
+            return f"Bearer {next(self.streams[token])}"
+        return token
+
+    def stream_tokens(self, token):
+        kind, _, alg = token.strip("<>").partition(":")
+        return self.jwt[kind][alg]
 
     def start_backend(self):
         child = self.procs.start([str(self.args.backend)], stdout=subprocess.PIPE, text=True)
@@ -428,18 +501,21 @@ class Bench:
         """Instructions per request of the scenario's Envoy under callgrind: deterministic
         where the machine's load makes timings noisy. Counted over exactly `n` sequential
         requests after a warm-up (all of Envoy's threads, so a little idle work too)."""
+        fresh = is_token_stream(SCENARIOS[scenario][2])  # a first-seen token on every request
+        if fresh:
+            n = min(n, JWT_CALLGRIND_MAX_REQUESTS)
         text = self.callgrind_dump(scenario, n).read_text(errors="replace")
         m = re.search(r"^summary: (\d+)", text, re.M)
         if not m:
             raise SystemExit(f"no summary in the callgrind dump of {scenario}")
-        return int(m.group(1)) / n
+        return int(m.group(1)) / n, n
 
     def callgrind_dump(self, scenario, n, config=None, requests=None, envoy_args=()):
         """The callgrind dump (a file in the work directory) of `n` measured requests;
         `config` replaces the scenario's Envoy config, `requests` (a list of (path,
         expected status), cycled) its requests, `envoy_args` are added (bench/profile.py)."""
-        fresh = scenario.endswith(FRESH)  # a first-seen token on every request
-        proxy, path, token, expected, _ = SCENARIOS[scenario.removesuffix(FRESH)]
+        proxy, path, token, expected, _ = SCENARIOS[scenario]
+        fresh = is_token_stream(token)  # a first-seen token on every request
         name = f"cg-{scenario}-{len(self.proxies)}"
         out = self.dir / f"{name}.callgrind"
         # One dump per thread: only the worker's counts (`--concurrency 1`: every request,
@@ -453,13 +529,11 @@ class Bench:
         child = self.proxies[name][1]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
-        tokens = iter(self.jwt["fresh"])
-
         plan = requests or [(path, expected)]
 
         def send(count):
             for i in range(count):
-                value = f"Bearer {next(tokens)}" if fresh else self.token(token)
+                value = self.token(token)
                 want_path, want = plan[i % len(plan)]
                 conn.request("GET", want_path, headers={"authorization": value})
                 response = conn.getresponse()
@@ -475,9 +549,10 @@ class Bench:
         conn.close()
         child.terminate()
         try:
-            child.wait(timeout=60)
+            # valgrind writes its dumps on the way out: slow on a loaded machine.
+            child.wait(timeout=300)
         except subprocess.TimeoutExpired:
-            # The measured dump is written; a loaded machine can make valgrind's exit slow.
+            # The measured dump is written by then (callgrind_control --dump above).
             child.kill()
             child.wait()
         dumps = []
@@ -583,8 +658,13 @@ class Bench:
     def run_wrk(self, scenario, duration):
         proxy, path, token, expected, per_request = SCENARIOS[scenario]
         port, child, _ = self.proxies[proxy]
+        if is_token_stream(token):
+            script = wrk_token_script(self.dir / f"{scenario}.lua", self.stream_tokens(token))
+            credential = ["-s", str(script)]
+        else:
+            credential = ["-H", f"authorization: {self.token(token)}"]
         cmd = [self.args.wrk, "-t1", f"-c{self.args.connections}", f"-d{duration}s", "--latency",
-               "-H", f"authorization: {self.token(token)}", f"http://127.0.0.1:{port}{path}"]
+               *credential, f"http://127.0.0.1:{port}{path}"]
         pids = [child.pid, *self.also_measured.get(proxy, [])]
         before_stats, before_cpu = self.stats(), sum(cpu_ticks(pid) for pid in pids)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -734,19 +814,21 @@ def callgrind_targets_table(counts):
 
 
 def callgrind_report(bench, scenarios, n):
-    counts = {}
+    counts, requests = {}, {}
     for scenario in scenarios:
-        counts[scenario] = bench.callgrind(scenario, n)
+        counts[scenario], requests[scenario] = bench.callgrind(scenario, n)
         log(f"{scenario:15} {counts[scenario]:10.0f} instructions/request")
-    print(f"| scenario | instructions/request ({n} requests, callgrind) | × no-auth | × noop-wasm | × ext_authz |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| scenario | instructions/request (callgrind) | requests | × no-auth | × noop-wasm | × ext_authz |")
+    print("|---|---:|---:|---:|---:|---:|")
     for scenario, ir in counts.items():
         ratios = [fmt(ir / counts[b], ".2f") if b in counts else "-" for b in BASELINES]
-        print(f"| {scenario} | {ir:.0f} | " + " | ".join(ratios) + " |")
+        print(f"| {scenario} | {ir:.0f} | {requests[scenario]} | " + " | ".join(ratios) + " |")
     print()
     print(callgrind_targets_table(counts))
+    jwt_callgrind_targets(counts)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "callgrind.json").write_text(json.dumps({"requests": n, "instructions_per_request": counts}, indent=2))
+    (RESULTS / "callgrind.json").write_text(json.dumps(
+        {"requests": requests, "instructions_per_request": counts}, indent=2))
     return 0
 
 
@@ -813,7 +895,7 @@ def main():
     p.add_argument("--duration", type=int, default=6, help="seconds per scenario per round")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per scenario first")
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument("--scenarios", help="comma-separated subset (default: all; --callgrind adds the EdDSA rows)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=WASM",
                    help="also run filter-callout with another build of the filter (A/B experiments)")
     p.add_argument("--callgrind", type=int, metavar="N", nargs="?", const=2000,
@@ -834,7 +916,11 @@ def main():
                    help="bench/noop-wasm built --no-default-features (make bench-build)")
     p.add_argument("--backend", type=Path, default=ROOT / "target/release/bench-backend")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
-    p.add_argument("--jwt-minter", type=Path, default=ROOT / "target/debug/examples/bench-jwt",
+    # Release (make bench-build) signs thousands of RS256 tokens in seconds; the debug
+    # build (make bench-smoke) is enough for a few.
+    minter = ROOT / "target/release/examples/bench-jwt"
+    p.add_argument("--jwt-minter", type=Path,
+                   default=minter if minter.exists() else ROOT / "target/debug/examples/bench-jwt",
                    help="tests/examples/bench-jwt.rs (mints the JWT rows' tokens)")
     p.add_argument("--fresh-tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -842,6 +928,8 @@ def main():
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
+    if not args.scenarios:
+        args.scenarios = ",".join(s for s in SCENARIOS if args.callgrind or s not in CALLGRIND_ONLY)
     variants = {}
     for spec in args.variant:
         label, _, path = spec.partition("=")
@@ -855,10 +943,11 @@ def main():
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
-    if args.callgrind:
-        # First-seen tokens: one per request (plus 50 for the warm-up).
-        scenarios += [s + FRESH for s in scenarios if SCENARIOS[s][2] == JWT]
-        args.fresh_tokens = args.callgrind + 50
+    if any(is_token_stream(SCENARIOS[s][2]) for s in scenarios):
+        # First-seen tokens: under callgrind one per request (plus 50 for the warm-up);
+        # under load more than the verified cache holds; a few for the smoke run.
+        args.fresh_tokens = (min(args.callgrind, JWT_CALLGRIND_MAX_REQUESTS) + 50 if args.callgrind
+                             else 8 if args.smoke else JWT_FRESH_TOKENS)
 
     needs = [("Envoy", args.envoy, "make envoy"), ("the filter", args.wasm, "make build"),
              ("the noop filter", args.noop_wasm, "make bench-build"),

@@ -190,6 +190,8 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
             "unknown_kid",
         ),
         ("over max_token_bytes", format!("{rsa_header}.{}.c2ln", "A".repeat(20 * 1024)), "too_large"),
+        // A tab is a control character: the token is invalid, nothing is injected.
+        ("tab in a claim", keys.es.sign(claims("alice\tadmin")).expect("sign"), "claim_header"),
     ];
     for (case, token, reason) in &cases {
         let before = counter(&env, &format!("rejected.{reason}"));
@@ -235,6 +237,113 @@ fn local_mode_allows_valid_tokens_without_a_callout_and_rejects_the_rest() {
     env.check(resp.status == 401, "sanity: the expired token is still rejected", &resp);
     let resp = env.send(&RawRequest::get("/api/health").header("authorization", format!("Bearer {}", cases[0].1)));
     env.check(resp.status == 200 && resp.proxied(), "a public path skips the JWT check", &resp);
+}
+
+/// HS256 by hand, so the header can carry anything and still be signed.
+fn hs256_token(secret: &str, header: &str, payload: &Value) -> String {
+    let signed = format!("{}.{}", b64(header.as_bytes()), b64(payload.to_string().as_bytes()));
+    format!("{signed}.{}", b64(&hmac_sha256::HMAC::mac(signed.as_bytes(), secret.as_bytes())))
+}
+
+#[test]
+fn a_crit_header_is_rejected_even_empty_and_even_signed() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"providers": [{"issuer": ISS, "secret": secret, "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let payload = json!({"iss": ISS, "sub": "hs-user", "exp": exp});
+    let resp = get_with_token(&env, &hs256_token(secret, r#"{"alg":"HS256"}"#, &payload));
+    env.check(resp.status == 200 && resp.proxied(), "HS256 without crit: expected 200 from the upstream", &resp);
+    env.check(env.upstream.last().header_all("x-nebula-actor-id") == ["hs-user"], "its claim header", &resp);
+    for crit in ["[]", r#"["exp"]"#] {
+        let before = counter(&env, "rejected.malformed");
+        let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+        let token = hs256_token(secret, &format!(r#"{{"alg":"HS256","crit":{crit}}}"#), &payload);
+        let resp = get_with_token(&env, &token);
+        assert_invalid_token(&env, &format!("crit: {crit}"), &resp, auth_before, upstream_before);
+        env.check(counter(&env, "rejected.malformed") == before + 1, "counted as malformed", &resp);
+    }
+}
+
+#[test]
+fn require_and_path_rules_answer_403_insufficient_scope() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"providers": [{"issuer": ISS, "secret": secret, "require": {"email": "*@example.com"},
+                                       "claims_to_headers": {"sub": "x-nebula-actor-id"}}],
+                        "rules": [{"path": "/api/admin", "require": {"scope": "admin"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let token = |email: &str, scope: &str| {
+        hs256_token(
+            secret,
+            r#"{"alg":"HS256"}"#,
+            &json!({"iss": ISS, "sub": "u", "exp": exp, "email": email, "scope": scope}),
+        )
+    };
+    let send =
+        |path: &str, token: &str| env.send(&RawRequest::get(path).header("authorization", format!("Bearer {token}")));
+    let reader = token("alice@example.com", "flows:read");
+    let admin = token("root@example.com", "flows:read admin");
+    let outsider = token("eve@example.org", "admin");
+    let cases = [
+        ("/api/flows", &reader, 200),
+        ("/api/admin/users", &reader, 403),
+        ("/api/admin/users", &admin, 200),
+        ("/api//admin/users", &reader, 403),
+        ("/api/flows", &outsider, 403),
+        ("/api/admin", &outsider, 403),
+    ];
+    for (path, token, want) in cases {
+        let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+        let resp = send(path, token);
+        env.check(resp.status == want, &format!("{path}: expected {want}"), &resp);
+        env.check(env.auth.count() == auth_before, &format!("{path}: no callout"), &resp);
+        if want == 403 {
+            env.check(!resp.proxied() && env.upstream.count() == upstream_before, &format!("{path}: upstream"), &resp);
+            env.check(
+                resp.header_all("www-authenticate") == [r#"Bearer error="insufficient_scope""#],
+                &format!("{path}: RFC 6750 insufficient_scope"),
+                &resp,
+            );
+        }
+    }
+    assert!(counter(&env, "insufficient") >= 4, "insufficient counter");
+}
+
+#[test]
+fn forward_false_removes_the_verified_token_before_the_upstream() {
+    let secret = "an HS256 secret of at least 32 bytes";
+    let env = Env::start(
+        &json!({"auth": {"cluster": "auth", "authority": "auth:4300"},
+                "jwt": {"forward": false, "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                        "from_cookies": ["jwt"],
+                        "providers": [{"issuer": ISS, "secret": secret, "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}})
+        .to_string(),
+    );
+    let exp = Clock::now_since_epoch().as_secs() + 600;
+    let token = hs256_token(secret, r#"{"alg":"HS256"}"#, &json!({"iss": ISS, "sub": "u", "exp": exp}));
+    let resp = get_with_token(&env, &token);
+    env.check(resp.status == 200 && resp.proxied(), "header token: 200", &resp);
+    let up = env.upstream.last();
+    env.check(up.header_all("authorization").is_empty(), "the authorization header was removed", &resp);
+    env.check(up.header_all("x-nebula-actor-id") == ["u"], "the claim header is set", &resp);
+    let resp = env.send(&RawRequest::get("/api/flows").header("cookie", format!("a=1; jwt={token}; b=2")));
+    env.check(resp.status == 200 && resp.proxied(), "cookie token: 200", &resp);
+    env.check(env.upstream.last().header_all("cookie") == ["a=1; b=2"], "only the token's cookie was removed", &resp);
+    // Not a JWT of ours: forwarded untouched to the callout and the upstream.
+    let resp = env.get_as("/api/flows", "allow:api-key-user");
+    env.assert_allowed_as("API key", &resp, "api-key-user");
+    env.check(
+        env.upstream.last().header("authorization").as_deref() == Some("Bearer allow:api-key-user"),
+        "an API key is not removed",
+        &resp,
+    );
 }
 
 #[test]

@@ -78,6 +78,7 @@ pub struct JwtMetrics {
     keys_unavailable: Option<usize>,
     jwks_refreshes: Option<usize>,
     jwks_failures: Option<usize>,
+    insufficient: Option<usize>,
     rejected: Vec<Option<usize>>,
 }
 
@@ -89,6 +90,8 @@ pub enum Counter {
     KeysUnavailable,
     JwksRefresh,
     JwksFailure,
+    /// A valid token that failed a `require` check (403).
+    Insufficient,
     Rejected(Reason),
 }
 
@@ -102,6 +105,7 @@ impl JwtMetrics {
             keys_unavailable: define("keys_unavailable"),
             jwks_refreshes: define("jwks_refreshes"),
             jwks_failures: define("jwks_failures"),
+            insufficient: define("insufficient"),
             rejected: Reason::ALL.iter().map(|r| define(&format!("rejected.{}", r.as_str()))).collect(),
         }
     }
@@ -114,6 +118,7 @@ impl JwtMetrics {
             Counter::KeysUnavailable => self.keys_unavailable,
             Counter::JwksRefresh => self.jwks_refreshes,
             Counter::JwksFailure => self.jwks_failures,
+            Counter::Insufficient => self.insufficient,
             Counter::Rejected(r) => {
                 Reason::ALL.iter().position(|x| *x == r).and_then(|i| self.rejected.get(i).copied().flatten())
             }

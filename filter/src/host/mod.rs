@@ -10,6 +10,8 @@ pub mod header_map;
 #[cfg(target_family = "wasm")]
 mod clock;
 #[cfg(target_family = "wasm")]
+mod crypto;
+#[cfg(target_family = "wasm")]
 mod http;
 #[cfg(target_family = "wasm")]
 mod jwks;

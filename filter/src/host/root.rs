@@ -14,6 +14,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 
 use crate::cache::shared::Lookup;
 use crate::config::Settings;
+use crate::host::crypto;
 use crate::host::http::Authz;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{self, JwtMetrics};
@@ -142,7 +143,11 @@ impl RootContext for Root {
                     for warning in &jwt.warnings {
                         warn!("{warning}");
                     }
-                    let state = JwtState { verifier: JwtVerifier::new(jwt), metrics: JwtMetrics::define() };
+                    let mut verifier = JwtVerifier::new(jwt);
+                    if let Some(crypto) = crypto::probe() {
+                        verifier = verifier.with_host_crypto(crypto);
+                    }
+                    let state = JwtState { verifier, metrics: JwtMetrics::define() };
                     self.jwt = Some(Rc::new(RefCell::new(state)));
                 }
                 self.settings = Some(Rc::new(settings));

@@ -1,12 +1,19 @@
-//! Tokens this worker has already verified, so a client repeating its token (as real
-//! clients do) costs a SHA-256 and a map lookup instead of a signature check.
+//! Tokens this worker has already judged, by the token's SHA-256 (a collision would be
+//! needed to reuse another token's entry):
+//! - verified ones, so a client repeating its token (as real clients do) costs a hash
+//!   and a lookup instead of a signature check; an entry never outlives the token's
+//!   `exp` (+ leeway) nor the key set it was verified with;
+//! - recent rejects, so the same invalid token sent again and again costs the same.
 //!
-//! Keyed by the token's SHA-256 (a collision would be needed to reuse another token's
-//! entry), bounded, and an entry never outlives the token's `exp` (+ leeway) nor the
-//! key set it was verified with.
+//! Both are bounded and evict the oldest entry first, in O(1): a flood of distinct
+//! forged tokens holds at most `capacity` entries and never scans the map.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use crate::jwt::reason::Reason;
 
 pub type TokenHash = [u8; 32];
 
@@ -23,17 +30,18 @@ pub struct Entry {
     pub valid_until_ms: u64,
     /// The claim headers to inject.
     pub headers: Rc<[(String, String)]>,
+    /// The verified claims, for `require` and `rules` (which depend on the path).
+    pub claims: Rc<Map<String, Value>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VerifiedCache {
-    entries: HashMap<TokenHash, Entry>,
-    capacity: usize,
+    entries: Recent<Entry>,
 }
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
-        VerifiedCache { entries: HashMap::new(), capacity }
+        VerifiedCache { entries: Recent::new(capacity) }
     }
 
     pub fn len(&self) -> usize {
@@ -50,20 +58,95 @@ impl VerifiedCache {
         self.entries.get(hash).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
     }
 
-    /// Remembers a verified token; when full, expired entries go first, then any one.
-    pub fn insert(&mut self, hash: TokenHash, entry: Entry, now_ms: u64) {
+    /// Remembers a verified token; when full, the oldest entry goes.
+    pub fn insert(&mut self, hash: TokenHash, entry: Entry) {
+        self.entries.insert(hash, entry);
+    }
+}
+
+/// A token found invalid, for the key generation it was judged with (`None`: before
+/// any provider was chosen, so no key can change the verdict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: Reason,
+    pub provider: Option<(usize, u64)>,
+}
+
+#[derive(Debug)]
+pub struct RejectCache {
+    entries: Recent<Rejected>,
+}
+
+impl RejectCache {
+    pub fn new(capacity: usize) -> RejectCache {
+        RejectCache { entries: Recent::new(capacity) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The earlier verdict on `hash`, unless its provider's keys changed since.
+    pub fn get(&self, hash: &TokenHash, generation: impl Fn(usize) -> u64) -> Option<Reason> {
+        let r = self.entries.get(hash)?;
+        match r.provider {
+            Some((provider, g)) if generation(provider) != g => None,
+            _ => Some(r.reason),
+        }
+    }
+
+    /// Remembers a verdict that stays true for the token: not `not_yet_valid` (time
+    /// fixes it).
+    pub fn insert(&mut self, hash: TokenHash, rejected: Rejected) {
+        if rejected.reason != Reason::NotYetValid {
+            self.entries.insert(hash, rejected);
+        }
+    }
+}
+
+/// A bounded map, oldest entry out first.
+#[derive(Debug)]
+struct Recent<V> {
+    entries: HashMap<TokenHash, V>,
+    /// Insertion order; evicting the front keeps the map at `capacity`.
+    order: VecDeque<TokenHash>,
+    capacity: usize,
+}
+
+impl<V> Recent<V> {
+    fn new(capacity: usize) -> Recent<V> {
+        Recent { entries: HashMap::new(), order: VecDeque::new(), capacity }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn get(&self, hash: &TokenHash) -> Option<&V> {
+        self.entries.get(hash)
+    }
+
+    /// Replaces an entry for the same hash in place; a capacity of 0 keeps nothing.
+    fn insert(&mut self, hash: TokenHash, value: V) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&hash) {
-            self.entries.retain(|_, e| now_ms <= e.valid_until_ms);
-            if self.entries.len() >= self.capacity {
-                if let Some(victim) = self.entries.keys().next().copied() {
-                    self.entries.remove(&victim);
+        if self.entries.insert(hash, value).is_none() {
+            self.order.push_back(hash);
+            while self.order.len() > self.capacity {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.entries.remove(&oldest);
                 }
             }
         }
-        self.entries.insert(hash, entry);
     }
 }
 
@@ -73,14 +156,15 @@ mod tests {
     use super::*;
 
     fn entry(provider: usize, generation: u64, valid_until_ms: u64) -> Entry {
-        Entry { provider, generation, valid_until_ms, headers: Rc::from(vec![("x-a".to_owned(), "1".to_owned())]) }
+        let headers = Rc::from(vec![("x-a".to_owned(), "1".to_owned())]);
+        Entry { provider, generation, valid_until_ms, headers, claims: Rc::new(Map::new()) }
     }
 
     #[test]
     fn entries_expire_and_follow_the_key_generation() {
         let mut c = VerifiedCache::new(4);
         let h = token_hash("a.b.c");
-        c.insert(h, entry(0, 7, 1_000), 0);
+        c.insert(h, entry(0, 7, 1_000));
         assert!(c.get(&h, 1_000, |_| 7).is_some());
         assert!(c.get(&h, 1_001, |_| 7).is_none(), "expired");
         assert!(c.get(&h, 10, |_| 8).is_none(), "keys changed since");
@@ -88,18 +172,36 @@ mod tests {
     }
 
     #[test]
-    fn bounded_expired_first() {
+    fn bounded_oldest_first() {
         let mut c = VerifiedCache::new(2);
-        c.insert(token_hash("1"), entry(0, 0, 10), 0);
-        c.insert(token_hash("2"), entry(0, 0, 1_000), 0);
-        c.insert(token_hash("3"), entry(0, 0, 1_000), 500);
+        c.insert(token_hash("1"), entry(0, 0, 10));
+        c.insert(token_hash("2"), entry(0, 0, 1_000));
+        c.insert(token_hash("1"), entry(0, 0, 20));
+        assert_eq!(c.len(), 2, "a replaced entry is not a new one");
+        c.insert(token_hash("3"), entry(0, 0, 1_000));
         assert_eq!(c.len(), 2);
-        assert!(c.get(&token_hash("2"), 500, |_| 0).is_some(), "the expired entry was evicted, not this one");
-        c.insert(token_hash("4"), entry(0, 0, 1_000), 500);
-        assert_eq!(c.len(), 2, "still bounded when nothing has expired");
-        assert!(c.get(&token_hash("4"), 500, |_| 0).is_some());
+        assert!(c.get(&token_hash("1"), 5, |_| 0).is_none(), "the oldest went");
+        assert!(c.get(&token_hash("2"), 500, |_| 0).is_some());
+        assert!(c.get(&token_hash("3"), 500, |_| 0).is_some());
         let mut off = VerifiedCache::new(0);
-        off.insert(token_hash("1"), entry(0, 0, 10), 0);
+        off.insert(token_hash("1"), entry(0, 0, 10));
         assert!(off.is_empty(), "cache_entries 0 disables the cache");
+    }
+
+    #[test]
+    fn rejects_are_remembered_bounded_and_follow_the_keys() {
+        let mut r = RejectCache::new(64);
+        for i in 0..10_000 {
+            let provider = Some((0, 1));
+            r.insert(token_hash(&i.to_string()), Rejected { reason: Reason::Signature, provider });
+        }
+        assert_eq!((r.len(), r.entries.order.len()), (64, 64), "a flood of distinct tokens stays bounded");
+        assert_eq!(r.get(&token_hash("9999"), |_| 1), Some(Reason::Signature));
+        assert_eq!(r.get(&token_hash("9999"), |_| 2), None, "new keys: judge again");
+        assert_eq!(r.get(&token_hash("0"), |_| 1), None, "evicted");
+        r.insert(token_hash("m"), Rejected { reason: Reason::Malformed, provider: None });
+        assert_eq!(r.get(&token_hash("m"), |_| 9), Some(Reason::Malformed));
+        r.insert(token_hash("n"), Rejected { reason: Reason::NotYetValid, provider: Some((0, 1)) });
+        assert_eq!(r.get(&token_hash("n"), |_| 1), None, "not yet valid is not remembered");
     }
 }

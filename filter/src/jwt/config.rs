@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
 use crate::jwt::keys::{Alg, KeySet};
+use crate::jwt::require::Requirements;
 use crate::policy::headers::HeaderNames;
+use crate::policy::route::PublicPaths;
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -37,6 +39,15 @@ pub(crate) struct RawJwt {
     max_token_bytes: Option<usize>,
     cache_entries: Option<usize>,
     unknown_issuer: Option<UnknownIssuer>,
+    rules: Option<Vec<RawRule>>,
+    forward: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: String,
+    require: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +72,7 @@ struct RawProvider {
     leeway_s: Option<u64>,
     claims_to_headers: Option<std::collections::BTreeMap<String, String>>,
     mode: Option<Mode>,
+    require: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +132,31 @@ pub struct JwtSettings {
     pub injected: HeaderNames,
     /// Keys skipped in inline JWKS, for the log.
     pub warnings: Vec<String>,
+    /// Claim checks by path (`rules`), on top of each provider's `require`.
+    pub rules: Option<Rules>,
+    /// `false`: a verified token is removed from the request before the upstream.
+    pub forward: bool,
+}
+
+/// `rules`: path templates (the public-path syntax and matcher) with a `require` each.
+#[derive(Debug)]
+pub struct Rules {
+    paths: PublicPaths,
+    /// By template, as the matcher returns it.
+    requirements: Vec<(String, Requirements)>,
+}
+
+impl Rules {
+    /// The requirements for a request target: the rule whose path matches it. A target
+    /// that is not in canonical form (`%2F`, `//`, `;`…) could be read as any path
+    /// downstream, so every rule applies to it.
+    pub fn for_target(&self, target: &[u8]) -> Vec<&Requirements> {
+        if crate::policy::route::canonical_path(target).is_none() {
+            return self.requirements.iter().map(|(_, r)| r).collect();
+        }
+        let Some(template) = self.paths.find(target) else { return Vec::new() };
+        self.requirements.iter().filter(|(t, _)| t == template).map(|(_, r)| r).collect()
+    }
 }
 
 #[derive(Debug)]
@@ -135,6 +172,8 @@ pub struct Provider {
     /// Claim (top-level name, or a `.` path into objects) → header name.
     pub claims_to_headers: Vec<(String, String)>,
     pub mode: Mode,
+    /// Claim checks every token of this provider must pass (403 otherwise).
+    pub require: Requirements,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,8 +225,40 @@ impl TryFrom<RawJwt> for JwtSettings {
         let cache_entries =
             bounded("jwt.cache_entries", raw.cache_entries, DEFAULT_CACHE_ENTRIES, 0, MAX_CACHE_ENTRIES)?;
         let unknown_issuer = raw.unknown_issuer.unwrap_or(UnknownIssuer::Callout);
-        Ok(JwtSettings { providers, sources, max_token_bytes, cache_entries, unknown_issuer, injected, warnings })
+        let rules = raw.rules.map(rules).transpose()?;
+        Ok(JwtSettings {
+            providers,
+            sources,
+            max_token_bytes,
+            cache_entries,
+            unknown_issuer,
+            injected,
+            warnings,
+            rules,
+            forward: raw.forward.unwrap_or(true),
+        })
     }
+}
+
+fn rules(raw: Vec<RawRule>) -> Result<Rules, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new("jwt.rules", "must list at least one rule (or leave it out)"));
+    }
+    let templates: Vec<String> = raw.iter().map(|r| r.path.clone()).collect();
+    let fields: Vec<String> = (0..raw.len()).map(|i| format!("jwt.rules[{i}].path")).collect();
+    let paths = PublicPaths::compile(&templates, &fields)?;
+    let mut requirements = Vec::with_capacity(raw.len());
+    for (i, rule) in raw.into_iter().enumerate() {
+        let field = format!("jwt.rules[{i}].require");
+        if requirements.iter().any(|(t, _): &(String, Requirements)| *t == rule.path) {
+            return Err(ConfigError::new(
+                format!("jwt.rules[{i}].path"),
+                format!("{:?} has a rule already", rule.path),
+            ));
+        }
+        requirements.push((rule.path, Requirements::parse(&field, &rule.require)?));
+    }
+    Ok(Rules { paths, requirements })
 }
 
 fn bounded(field: &str, value: Option<usize>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
@@ -306,6 +377,7 @@ impl Provider {
             leeway: Duration::from_secs(leeway_s),
             claims_to_headers,
             mode: raw.mode.unwrap_or(default_mode),
+            require: Requirements::parse(&format!("{at}.require"), &raw.require.unwrap_or_default())?,
         })
     }
 }
@@ -432,6 +504,11 @@ mod tests {
             ("[]".into(), "jwt: expected a JSON object, got an array"),
             ("{}".into(), "jwt: missing field `providers`"),
             (r#"{"providers": []}"#.into(), "jwt.providers: must list at least one provider"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "require": {{"groups": []}}}}]}}"#), "jwt.providers[0].require.groups: an empty list can never be met"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": []}}"#), "jwt.rules: must list at least one rule (or leave it out)"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "api", "require": {{}}}}]}}"#), "jwt.rules[0].path: \"api\" must start with '/'"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "/a", "require": {{"x": 1}}}}, {{"path": "/a", "require": {{}}}}]}}"#), "jwt.rules[1].path: \"/a\" has a rule already"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "/a", "require": {{"x": {{}}}}}}]}}"#), "jwt.rules[0].require.x: must be a string, number or boolean, or a list of them"),
             (r#"{"providers": [{"issuer": "i"}]}"#.into(), "jwt.providers[0]: needs keys: jwks, pem, remote_jwks, or secret (HS256)"),
             (r#"{"providers": [{"issuer": " ", "secret": "x"}]}"#.into(), "jwt.providers[0].issuer: must be the tokens' `iss`"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "algorithms": ["RS256"]}}]}}"#), "jwt.providers[0].algorithms[0]: RS256 cannot be used with a secret: a provider with `secret` verifies HS256 only"),
@@ -453,7 +530,7 @@ mod tests {
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "claims_to_headers": {{"sub": 1}}}}]}}"#), "jwt.providers[0].claims_to_headers.sub: invalid type: integer `1`, expected a string"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}}}, {{"issuer": "i", "secret": "{secret}"}}]}}"#), "jwt.providers[1].issuer: \"i\" is already a provider's issuer"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "mode": "remote"}}]}}"#), "jwt.providers[0].mode: unknown variant `remote`, expected `local` or `local_then_callout`"),
-            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `secret`, `leeway_s`, `claims_to_headers`, `mode`"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `secret`, `leeway_s`, `claims_to_headers`, `mode`, `require`"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {}}]}"#.into(), "jwt.providers[0].remote_jwks: name the JWKS endpoint: jwt.providers[0].remote_jwks.cluster (an Envoy cluster) or jwt.providers[0].remote_jwks.host and jwt.providers[0].remote_jwks.port (Istio)"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"host": "idp"}}]}"#.into(), "jwt.providers[0].remote_jwks.port: is required with jwt.providers[0].remote_jwks.host"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "path": "jwks"}}]}"#.into(), "jwt.providers[0].remote_jwks.path: must start with '/' and contain no spaces or control characters"),

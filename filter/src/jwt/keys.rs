@@ -1,15 +1,23 @@
 //! Verification keys for local JWT checks, typed by algorithm.
 //!
 //! Every key is bound to exactly one algorithm when it is loaded (an RSA key becomes
-//! one `RS256`, `PS256`, ... key per allowed algorithm), and jwt-simple refuses a token
-//! whose `alg` is not the key's. So a public key can never be used as an HMAC secret
-//! (algorithm confusion), and `alg: none` has no key at all. Symmetric keys come only
-//! from an explicit `secret`, never from a JWKS.
+//! one `RS256`, `PS256`, ... key per allowed algorithm), and a token is only tried with
+//! keys of its `alg`. So a public key can never be used as an HMAC secret (algorithm
+//! confusion), and `alg: none` has no key at all. Symmetric keys come only from an
+//! explicit `secret`, never from a JWKS.
+//!
+//! Everything that can be computed once per key is, when the key loads: the RSA
+//! modulus and its Montgomery parameters (rsa 0.10, crypto-bigint), the decoded curve
+//! points, and the SubjectPublicKeyInfo DER the host's crypto takes (jwt/signature.rs).
 
 use std::fmt;
+use std::rc::Rc;
 
-use jwt_simple::prelude::*;
-use jwt_simple::Error;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use rsa::pkcs8::EncodePublicKey as _;
+use rsa::sha2::{Sha256, Sha384, Sha512};
+use rsa::{pkcs1v15, pss, BoxedUint};
 use serde_json::{Map, Value};
 
 /// The algorithms the filter verifies.
@@ -64,21 +72,32 @@ impl Alg {
     pub fn from_name(name: &str) -> Option<Alg> {
         Alg::ALL.into_iter().find(|a| a.name() == name)
     }
+
+    /// The hash the host's `verify_signature` takes for this algorithm, where the host
+    /// can verify it (RSA PKCS#1 v1.5 and ECDSA; not PSS, EdDSA or HMAC).
+    pub fn host_hash(self) -> Option<&'static str> {
+        match self {
+            Alg::RS256 | Alg::ES256 => Some("sha256"),
+            Alg::RS384 | Alg::ES384 => Some("sha384"),
+            Alg::RS512 => Some("sha512"),
+            _ => None,
+        }
+    }
 }
 
 /// One public key (or the HS256 secret), usable for exactly one algorithm.
 #[derive(Clone)]
 enum Verifier {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
-    HS256(HS256Key),
+    RS256(pkcs1v15::VerifyingKey<Sha256>),
+    RS384(pkcs1v15::VerifyingKey<Sha384>),
+    RS512(pkcs1v15::VerifyingKey<Sha512>),
+    PS256(pss::VerifyingKey<Sha256>),
+    PS384(pss::VerifyingKey<Sha384>),
+    PS512(pss::VerifyingKey<Sha512>),
+    ES256(p256::ecdsa::VerifyingKey),
+    ES384(p384::ecdsa::VerifyingKey),
+    EdDSA(ed25519_dalek::VerifyingKey),
+    HS256(Rc<[u8]>),
 }
 
 /// A key with its `kid` (if any) and its one algorithm.
@@ -87,6 +106,8 @@ pub struct Key {
     pub kid: Option<String>,
     pub alg: Alg,
     verifier: Verifier,
+    /// The public key as SubjectPublicKeyInfo DER, for the host's crypto (RSA, EC).
+    spki: Option<Rc<[u8]>>,
 }
 
 impl fmt::Debug for Key {
@@ -97,23 +118,46 @@ impl fmt::Debug for Key {
 }
 
 impl Key {
-    /// Verifies the signature and the registered claims; the custom claims are read by
-    /// the caller from the payload it already decoded.
-    pub fn verify(&self, token: &str, options: VerificationOptions) -> Result<JWTClaims<NoCustomClaims>, Error> {
-        let o = Some(options);
+    /// The key's SubjectPublicKeyInfo DER, where the host can verify with it.
+    pub fn spki(&self) -> Option<&[u8]> {
+        self.spki.as_deref()
+    }
+
+    /// Checks `signature` (the JWS signature bytes) over `signed` (`header.payload`) in
+    /// this module.
+    pub fn verify(&self, signed: &[u8], signature: &[u8]) -> bool {
+        use rsa::signature::Verifier as _;
         match &self.verifier {
-            Verifier::RS256(k) => k.verify_token(token, o),
-            Verifier::RS384(k) => k.verify_token(token, o),
-            Verifier::RS512(k) => k.verify_token(token, o),
-            Verifier::PS256(k) => k.verify_token(token, o),
-            Verifier::PS384(k) => k.verify_token(token, o),
-            Verifier::PS512(k) => k.verify_token(token, o),
-            Verifier::ES256(k) => k.verify_token(token, o),
-            Verifier::ES384(k) => k.verify_token(token, o),
-            Verifier::EdDSA(k) => k.verify_token(token, o),
-            Verifier::HS256(k) => k.verify_token(token, o),
+            Verifier::RS256(k) => pkcs1(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::RS384(k) => pkcs1(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::RS512(k) => pkcs1(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::PS256(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::PS384(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::PS512(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
+            Verifier::ES256(k) => {
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
+            }
+            Verifier::ES384(k) => {
+                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
+            }
+            Verifier::EdDSA(k) => {
+                ed25519_dalek::Signature::from_slice(signature).is_ok_and(|s| k.verify_strict(signed, &s).is_ok())
+            }
+            Verifier::HS256(secret) => {
+                let mac = hmac_sha256::HMAC::mac(signed, secret);
+                // Constant time: the comparison must not tell how many bytes matched.
+                signature.len() == mac.len() && signature.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            }
         }
     }
+}
+
+fn pkcs1(signature: &[u8]) -> Option<pkcs1v15::Signature> {
+    pkcs1v15::Signature::try_from(signature).ok()
+}
+
+fn pss_sig(signature: &[u8]) -> Option<pss::Signature> {
+    pss::Signature::try_from(signature).ok()
 }
 
 /// The keys of one provider.
@@ -121,6 +165,18 @@ impl Key {
 pub struct KeySet {
     pub keys: Vec<Key>,
 }
+
+// SubjectPublicKeyInfo DER prefixes of the uncompressed point forms (RFC 5480, RFC 8410):
+// the key bytes follow.
+pub const P256_SPKI: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
+    0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+const P384_SPKI: &[u8] = &[
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
+    0x22, 0x03, 0x62, 0x00,
+];
+const ED25519_SPKI: &[u8] = &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 impl KeySet {
     pub fn is_empty(&self) -> bool {
@@ -146,7 +202,7 @@ impl KeySet {
     /// The HS256 key from an explicit shared secret.
     pub fn from_secret(secret: &[u8]) -> KeySet {
         KeySet {
-            keys: vec![Key { kid: None, alg: Alg::HS256, verifier: Verifier::HS256(HS256Key::from_bytes(secret)) }],
+            keys: vec![Key { kid: None, alg: Alg::HS256, verifier: Verifier::HS256(Rc::from(secret)), spki: None }],
         }
     }
 
@@ -154,31 +210,25 @@ impl KeySet {
     /// algorithm of its type.
     pub fn from_pem(pem: &str, kid: Option<&str>, allowed: &[Alg]) -> Result<KeySet, String> {
         let kid = kid.map(str::to_owned);
-        // jwt-go (seed 004's jwt-middleware) also reads SPKI under the non-standard
-        // `EC PUBLIC KEY` label; so do we.
-        let relabelled = pem
-            .replace("-----BEGIN EC PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----")
-            .replace("-----END EC PUBLIC KEY-----", "-----END PUBLIC KEY-----");
-        let pem = relabelled.as_str();
-        // No RSA PEM: its PKCS#1/PKCS#8 decoders cost ~33 KB of wasm, which the 1 MiB
-        // module cannot spare; RSA keys come as JWK (`jwks`, `remote_jwks`).
-        let keys: Vec<Key> = if let Ok(k) = ES256PublicKey::from_pem(pem) {
-            one(kid, Alg::ES256, Verifier::ES256(k), allowed)
-        } else if let Ok(k) = ES384PublicKey::from_pem(pem) {
-            one(kid, Alg::ES384, Verifier::ES384(k), allowed)
-        } else if let Ok(k) = Ed25519PublicKey::from_pem(pem) {
-            one(kid, Alg::EdDSA, Verifier::EdDSA(k), allowed)
+        let not_ours = || "is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)".to_owned();
+        let der = pem_body(pem).ok_or_else(not_ours)?;
+        let key = if let Some(point) = der.strip_prefix(P256_SPKI) {
+            ec_key(Alg::ES256, point, kid).map_err(|_| not_ours())?
+        } else if let Some(point) = der.strip_prefix(P384_SPKI) {
+            ec_key(Alg::ES384, point, kid).map_err(|_| not_ours())?
+        } else if let Some(raw) = der.strip_prefix(ED25519_SPKI) {
+            ed25519_key(raw, kid).map_err(|_| not_ours())?
         } else {
-            return Err("is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)".into());
+            return Err(not_ours());
         };
-        if keys.is_empty() {
+        if !allowed.contains(&key.alg) {
             return Err("is a key for none of the provider's algorithms".into());
         }
-        Ok(KeySet { keys })
+        Ok(KeySet { keys: vec![key] })
     }
 
     /// A JWKS document (`{"keys": [...]}`). Keys of unsupported types or algorithms,
-    /// private or symmetric (`oct`) keys and keys jwt-simple refuses are skipped and
+    /// private or symmetric (`oct`) keys and keys that do not decode are skipped and
     /// reported; the set must keep at least one key.
     pub fn from_jwks(jwks: &Value, allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
         let list =
@@ -200,27 +250,61 @@ impl KeySet {
     }
 }
 
-fn one(kid: Option<String>, alg: Alg, verifier: Verifier, allowed: &[Alg]) -> Vec<Key> {
-    if allowed.contains(&alg) {
-        vec![Key { kid, alg, verifier }]
-    } else {
-        Vec::new()
+/// The DER inside a `PUBLIC KEY` PEM (seed 004's jwt-middleware, like jwt-go, also
+/// writes SPKI under the non-standard `EC PUBLIC KEY` label; both are read).
+fn pem_body(pem: &str) -> Option<Vec<u8>> {
+    let pem = pem.trim();
+    let (label, rest) = pem.strip_prefix("-----BEGIN ")?.split_once("-----")?;
+    if label != "PUBLIC KEY" && label != "EC PUBLIC KEY" {
+        return None;
     }
+    let body = rest.trim_end().strip_suffix(&format!("-----END {label}-----"))?;
+    let text: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD.decode(text).ok()
+}
+
+/// A P-256 or P-384 key from its uncompressed SEC1 point (`04 || x || y`).
+fn ec_key(alg: Alg, point: &[u8], kid: Option<String>) -> Result<Key, String> {
+    let refused = |_| "key refused: not a point on the curve".to_owned();
+    let (verifier, prefix) = match alg {
+        Alg::ES256 => (Verifier::ES256(p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(refused)?), P256_SPKI),
+        _ => (Verifier::ES384(p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(refused)?), P384_SPKI),
+    };
+    if point.first() != Some(&0x04) {
+        return Err("key refused: only uncompressed points are read".into());
+    }
+    Ok(Key { kid, alg, verifier, spki: Some([prefix, point].concat().into()) })
+}
+
+fn ed25519_key(raw: &[u8], kid: Option<String>) -> Result<Key, String> {
+    let bytes: &[u8; 32] = raw.try_into().map_err(|_| "key refused: an Ed25519 key is 32 bytes".to_owned())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| "key refused: not a valid Ed25519 key")?;
+    Ok(Key { kid, alg: Alg::EdDSA, verifier: Verifier::EdDSA(key), spki: None })
 }
 
 fn rsa_keys(n: &[u8], e: &[u8], kid: Option<String>, algs: &[Alg]) -> Result<Vec<Key>, String> {
+    let bad = |e: rsa::Error| format!("RSA key refused: {e}");
+    let uint = |bytes: &[u8]| {
+        let bytes = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
+        let bits = u32::try_from(bytes.len().max(1) * 8).map_err(|_| "RSA key refused: too large".to_owned())?;
+        BoxedUint::from_be_slice(bytes, bits).map_err(|_| "RSA key refused: not an integer".to_owned())
+    };
+    // Checks the modulus size (1024 to 8192 bits) and the exponent; precomputes the
+    // Montgomery parameters once for every verification.
+    let public = rsa::PublicKey::new(uint(n)?, uint(e)?).map_err(bad)?;
+    let spki: Rc<[u8]> = public.to_public_key_der().map_err(|e| format!("RSA key refused: {e}"))?.as_bytes().into();
     let mut keys = Vec::new();
     for &alg in algs.iter().filter(|a| Alg::RSA.contains(a)) {
-        let bad = |e: Error| format!("RSA key refused: {e}");
+        let p = public.clone();
         let verifier = match alg {
-            Alg::RS256 => Verifier::RS256(RS256PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::RS384 => Verifier::RS384(RS384PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::RS512 => Verifier::RS512(RS512PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::PS256 => Verifier::PS256(PS256PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::PS384 => Verifier::PS384(PS384PublicKey::from_components(n, e).map_err(bad)?),
-            _ => Verifier::PS512(PS512PublicKey::from_components(n, e).map_err(bad)?),
+            Alg::RS256 => Verifier::RS256(pkcs1v15::VerifyingKey::new(p)),
+            Alg::RS384 => Verifier::RS384(pkcs1v15::VerifyingKey::new(p)),
+            Alg::RS512 => Verifier::RS512(pkcs1v15::VerifyingKey::new(p)),
+            Alg::PS256 => Verifier::PS256(pss::VerifyingKey::new(p)),
+            Alg::PS384 => Verifier::PS384(pss::VerifyingKey::new(p)),
+            _ => Verifier::PS512(pss::VerifyingKey::new(p)),
         };
-        keys.push(Key { kid: kid.clone(), alg, verifier });
+        keys.push(Key { kid: kid.clone(), alg, verifier, spki: Some(spki.clone()) });
     }
     Ok(keys)
 }
@@ -248,32 +332,32 @@ fn jwk_keys(jwk: &Value, allowed: &[Alg]) -> Result<Vec<Key>, String> {
     };
     let decode = |name: &str| -> Result<Vec<u8>, String> {
         let v = text(name).ok_or_else(|| format!("missing {name:?}"))?;
-        Base64UrlSafeNoPadding::decode_to_vec(v, None).map_err(|_| format!("{name:?} is not base64url"))
+        URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).map_err(|_| format!("{name:?} is not base64url"))
     };
     let want = |alg: Alg| algs.contains(&alg);
-    let refused = |e: Error| format!("key refused: {e}");
-    let json = jwk.to_string();
-    let (alg, verifier) = match (text("kty"), text("crv")) {
+    let coordinates = |len: usize| -> Result<Vec<u8>, String> {
+        let (x, y) = (decode("x")?, decode("y")?);
+        if x.len() != len || y.len() != len {
+            return Err(format!("key refused: x and y must be {len} bytes"));
+        }
+        Ok([&[0x04][..], &x, &y].concat())
+    };
+    let key = match (text("kty"), text("crv")) {
         (Some("RSA"), _) => return rsa_keys(&decode("n")?, &decode("e")?, kid, &algs),
-        (Some("EC"), Some("P-256")) if want(Alg::ES256) => {
-            (Alg::ES256, Verifier::ES256(ES256PublicKey::from_jwk(&json).map_err(refused)?))
-        }
-        (Some("EC"), Some("P-384")) if want(Alg::ES384) => {
-            (Alg::ES384, Verifier::ES384(ES384PublicKey::from_jwk(&json).map_err(refused)?))
-        }
-        (Some("OKP"), Some("Ed25519")) if want(Alg::EdDSA) => {
-            (Alg::EdDSA, Verifier::EdDSA(Ed25519PublicKey::from_jwk(&json).map_err(refused)?))
-        }
+        (Some("EC"), Some("P-256")) if want(Alg::ES256) => ec_key(Alg::ES256, &coordinates(32)?, kid)?,
+        (Some("EC"), Some("P-384")) if want(Alg::ES384) => ec_key(Alg::ES384, &coordinates(48)?, kid)?,
+        (Some("OKP"), Some("Ed25519")) if want(Alg::EdDSA) => ed25519_key(&decode("x")?, kid)?,
         (Some("EC"), Some("P-256" | "P-384")) | (Some("OKP"), Some("Ed25519")) => return Ok(Vec::new()),
         (kty, crv) => return Err(format!("unsupported key type {kty:?} / curve {crv:?}")),
     };
-    Ok(vec![Key { kid, alg, verifier }])
+    Ok(vec![key])
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use jwt_simple::prelude::{ES256KeyPair, ES384KeyPair, Ed25519KeyPair};
 
     #[test]
     fn names_round_trip_and_none_is_not_an_algorithm() {

@@ -8,4 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod jwks;
 pub mod keys;
+pub mod reason;
+pub mod require;
+pub mod signature;
 pub mod verifier;

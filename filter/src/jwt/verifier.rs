@@ -1,21 +1,27 @@
 //! Local JWT verification: find the credential, decide whether it is a JWT of a known
-//! issuer, verify it (jwt-simple), and turn its claims into headers.
+//! issuer, check it, and turn its claims into headers.
 //!
 //! Only JWT-shaped credentials (`eyJ….….…`) of a configured issuer are decided here.
 //! Anything else (a Prefect API key, a cookie, a JWT from an issuer no provider names)
 //! goes to the callout unchanged. A JWT of a known issuer that fails any check is
 //! rejected without a callout, whatever the mode.
+//!
+//! Cheapest first: a token already verified or already rejected costs a SHA-256 and a
+//! lookup; then shape, issuer, algorithm, `exp`/`nbf`/`iat`/`aud` and `kid`, so a forged
+//! token that fails any of them costs no public-key operation; the signature last.
 
 use std::rc::Rc;
 
-use jwt_simple::prelude::{UnixTimeStamp, VerificationOptions, MAX_HEADER_LENGTH};
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
-use jwt_simple::JWTError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::jwt::cache::{token_hash, Entry, VerifiedCache};
+use crate::jwt::cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache};
 use crate::jwt::config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
+pub use crate::jwt::reason::Reason;
+use crate::jwt::require::lookup;
+use crate::jwt::signature::{self, HostCrypto, ModuleOnly};
 use crate::policy::headers::Header;
 
 /// RFC 6750 §3.1: the challenge of a 401 for a token that failed verification.
@@ -23,79 +29,20 @@ pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
 /// The body of that 401 (the reason goes to the log and metrics, not to the client).
 pub const INVALID_TOKEN_BODY: &[u8] = b"nebula-authz: invalid token\n";
 
+/// RFC 6750 §3.1: the challenge of a 403 for a valid token that fails a `require`.
+pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = r#"Bearer error="insufficient_scope""#;
+pub const INSUFFICIENT_SCOPE_BODY: &[u8] = b"nebula-authz: insufficient scope\n";
+
 /// Longest claim header value the filter sets.
 const MAX_CLAIM_HEADER_BYTES: usize = 8 * 1024;
+/// Longest JOSE header decoded (jwt-simple's bound, kept).
+const MAX_HEADER_BYTES: usize = 8192;
+/// Invalid tokens remembered per worker (about 60 bytes each): the same invalid token
+/// repeated costs a lookup, a flood of distinct ones evicts the oldest.
+const RECENT_REJECTS: usize = 1024;
 
 /// The headers a valid token's claims become (shared with the cache).
 pub type ClaimHeaders = Rc<[(String, String)]>;
-
-/// Why a JWT was rejected; `as_str` names the metric and the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Not decodable: base64, JSON, segments, critical headers.
-    Malformed,
-    TooLarge,
-    /// `alg` is not one of the provider's (`none`, HS256 against public keys, ...).
-    Algorithm,
-    UnknownKid,
-    Signature,
-    Expired,
-    NotYetValid,
-    Issuer,
-    Audience,
-    MissingExp,
-    /// No provider has the token's `iss` (with `unknown_issuer: reject`).
-    UnknownIssuer,
-    /// A mapped claim cannot be a header value (control characters, too long).
-    ClaimHeader,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 12] = [
-        Reason::Malformed,
-        Reason::TooLarge,
-        Reason::Algorithm,
-        Reason::UnknownKid,
-        Reason::Signature,
-        Reason::Expired,
-        Reason::NotYetValid,
-        Reason::Issuer,
-        Reason::Audience,
-        Reason::MissingExp,
-        Reason::UnknownIssuer,
-        Reason::ClaimHeader,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::TooLarge => "too_large",
-            Reason::Algorithm => "algorithm",
-            Reason::UnknownKid => "unknown_kid",
-            Reason::Signature => "signature",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::Issuer => "issuer",
-            Reason::Audience => "audience",
-            Reason::MissingExp => "missing_exp",
-            Reason::UnknownIssuer => "unknown_issuer",
-            Reason::ClaimHeader => "claim_header",
-        }
-    }
-
-    fn from_error(e: &jwt_simple::Error) -> Reason {
-        match e.downcast_ref::<JWTError>() {
-            Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => Reason::Signature,
-            Some(JWTError::TokenHasExpired) => Reason::Expired,
-            Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => Reason::NotYetValid,
-            Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => Reason::Issuer,
-            Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => Reason::Audience,
-            Some(JWTError::AlgorithmMismatch) => Reason::Algorithm,
-            Some(JWTError::TokenTooLong) => Reason::TooLarge,
-            _ => Reason::Malformed,
-        }
-    }
-}
 
 /// Why a request goes to the callout without a local decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +63,9 @@ pub enum Outcome {
     Valid { mode: Mode, headers: ClaimHeaders, cached: bool },
     /// 401 `invalid_token`, no callout.
     Invalid(Reason),
+    /// A valid token that fails a `require` check (the provider's or a rule's): 403
+    /// `insufficient_scope`, no callout.
+    Insufficient,
     /// The provider (with a `remote_jwks`) has no key for this token yet: refresh the
     /// keys and check again, or [`JwtVerifier::without_refresh`].
     NoKey { provider: usize },
@@ -129,13 +79,29 @@ struct Remote {
     version: Option<u64>,
 }
 
-/// The per-worker state: remote keys and the verified-token cache.
+/// The per-worker state: remote keys, the verified-token cache, recent rejects and
+/// where signatures are checked.
 #[derive(Debug)]
 pub struct JwtVerifier {
     remote: Vec<Remote>,
     /// Bumped per provider whenever its keys change; cached entries carry it.
     generations: Vec<u64>,
     cache: VerifiedCache,
+    rejects: RejectCache,
+    crypto: Box<dyn HostCrypto>,
+}
+
+/// What judging a token not seen before found.
+enum Verdict {
+    /// Not remembered: the callout decides, or keys are missing.
+    Pass(Outcome),
+    Invalid(Reason, Option<usize>),
+    Valid {
+        provider: usize,
+        headers: ClaimHeaders,
+        claims: Rc<Map<String, Value>>,
+        valid_until_ms: u64,
+    },
 }
 
 impl JwtVerifier {
@@ -145,7 +111,15 @@ impl JwtVerifier {
             remote: (0..n).map(|_| Remote::default()).collect(),
             generations: vec![0; n],
             cache: VerifiedCache::new(settings.cache_entries),
+            rejects: RejectCache::new(RECENT_REJECTS),
+            crypto: Box::new(ModuleOnly),
         }
+    }
+
+    /// Checks RSA PKCS#1 and ECDSA signatures with the host's crypto (jwt/signature.rs).
+    pub fn with_host_crypto(mut self, crypto: Box<dyn HostCrypto>) -> JwtVerifier {
+        self.crypto = crypto;
+        self
     }
 
     /// The shared-data version the provider's remote keys came from.
@@ -180,53 +154,83 @@ impl JwtVerifier {
         }
         let hash = token_hash(token);
         let generations = &self.generations;
-        if let Some(e) = self.cache.get(&hash, now_ms, |p| generations.get(p).copied().unwrap_or(u64::MAX)) {
-            let mode = settings.providers.get(e.provider).map_or(Mode::Local, |p| p.mode);
-            return Outcome::Valid { mode, headers: e.headers.clone(), cached: true };
+        let generation = |p: usize| generations.get(p).copied().unwrap_or(u64::MAX);
+        if let Some(e) = self.cache.get(&hash, now_ms, generation) {
+            return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
         }
+        if let Some(reason) = self.rejects.get(&hash, generation) {
+            return Outcome::Invalid(reason);
+        }
+        match self.judge(settings, token, now_ms) {
+            Verdict::Pass(outcome) => outcome,
+            Verdict::Invalid(reason, provider) => {
+                let provider = provider.map(|p| (p, self.generations.get(p).copied().unwrap_or(0)));
+                self.rejects.insert(hash, Rejected { reason, provider });
+                Outcome::Invalid(reason)
+            }
+            Verdict::Valid { provider, headers: claim_headers, claims, valid_until_ms } => {
+                let generation = self.generations.get(provider).copied().unwrap_or(0);
+                let entry = Entry {
+                    provider,
+                    generation,
+                    valid_until_ms,
+                    headers: claim_headers.clone(),
+                    claims: claims.clone(),
+                };
+                self.cache.insert(hash, entry);
+                valid(settings, provider, &claims, headers, claim_headers, false)
+            }
+        }
+    }
+
+    fn judge(&self, settings: &JwtSettings, token: &str, now_ms: u64) -> Verdict {
         let unverified = match Unverified::decode(token) {
             Ok(u) => u,
-            Err(reason) => return Outcome::Invalid(reason),
+            Err(reason) => return Verdict::Invalid(reason, None),
         };
         let Some((index, provider)) =
             settings.providers.iter().enumerate().find(|(_, p)| Some(p.issuer.as_str()) == unverified.issuer())
         else {
             return match settings.unknown_issuer {
-                UnknownIssuer::Callout => Outcome::Callout(Pass::UnknownIssuer),
-                UnknownIssuer::Reject => Outcome::Invalid(Reason::UnknownIssuer),
+                UnknownIssuer::Callout => Verdict::Pass(Outcome::Callout(Pass::UnknownIssuer)),
+                UnknownIssuer::Reject => Verdict::Invalid(Reason::UnknownIssuer, None),
             };
         };
+        let invalid = |reason| Verdict::Invalid(reason, Some(index));
         let Some(alg) = Alg::from_name(&unverified.alg).filter(|a| provider.algorithms.contains(a)) else {
-            return Outcome::Invalid(Reason::Algorithm);
+            return invalid(Reason::Algorithm);
         };
-        let Some(exp) = unverified.claims.get("exp").and_then(Value::as_u64) else {
-            return Outcome::Invalid(Reason::MissingExp);
+        let exp = match registered_claims(provider, &unverified.claims, now_ms) {
+            Ok(exp) => exp,
+            Err(reason) => return invalid(reason),
         };
         let remote = self.remote.get(index).map(|r| &r.keys);
         let kid = unverified.kid.as_deref();
-        let candidates: Vec<&Key> =
-            provider.keys.candidates(alg, kid).chain(remote.into_iter().flat_map(|k| k.candidates(alg, kid))).collect();
-        if candidates.is_empty() {
+        let mut candidates = provider
+            .keys
+            .candidates(alg, kid)
+            .chain(remote.into_iter().flat_map(|k| k.candidates(alg, kid)))
+            .peekable();
+        if candidates.peek().is_none() {
             return match provider.remote {
-                Some(_) => Outcome::NoKey { provider: index },
-                None => Outcome::Invalid(Reason::UnknownKid),
+                Some(_) => Verdict::Pass(Outcome::NoKey { provider: index }),
+                None => invalid(Reason::UnknownKid),
             };
         }
-        if let Err(reason) = verify(provider, &candidates, token, settings.max_token_bytes, now_ms) {
-            return Outcome::Invalid(reason);
+        let signed = unverified.signed.as_bytes();
+        let crypto = self.crypto.as_ref();
+        if !candidates.any(|key: &Key| signature::verify(crypto, key, signed, &unverified.signature)) {
+            return invalid(Reason::Signature);
         }
-        let headers: Rc<[(String, String)]> = match claim_headers(provider, &unverified.claims) {
-            Ok(h) => Rc::from(h),
-            Err(reason) => return Outcome::Invalid(reason),
-        };
-        let valid_until_ms = exp.saturating_add(provider.leeway.as_secs()).saturating_mul(1000);
-        let generation = self.generations.get(index).copied().unwrap_or(0);
-        self.cache.insert(
-            hash,
-            Entry { provider: index, generation, valid_until_ms, headers: headers.clone() },
-            now_ms,
-        );
-        Outcome::Valid { mode: provider.mode, headers, cached: false }
+        match claim_headers(provider, &unverified.claims) {
+            Ok(headers) => Verdict::Valid {
+                provider: index,
+                headers: Rc::from(headers),
+                claims: Rc::new(unverified.claims),
+                valid_until_ms: exp.saturating_add(provider.leeway.as_secs()).saturating_mul(1000),
+            },
+            Err(reason) => invalid(reason),
+        }
     }
 
     /// The verdict when no key could be found or fetched for a [`Outcome::NoKey`]:
@@ -242,15 +246,73 @@ impl JwtVerifier {
     }
 }
 
+/// A valid token's outcome: `Valid`, unless a `require` of its provider or of the
+/// request path's rule fails.
+fn valid<H: Header>(
+    settings: &JwtSettings,
+    provider: usize,
+    claims: &Map<String, Value>,
+    request: &[H],
+    headers: ClaimHeaders,
+    cached: bool,
+) -> Outcome {
+    let Some(p) = settings.providers.get(provider) else { return Outcome::Insufficient };
+    let path = request.iter().find(|h| h.name() == ":path").map_or(&b""[..], |h| h.value());
+    let by_path = settings.rules.as_ref().map(|r| r.for_target(path)).unwrap_or_default();
+    if !p.require.met_by(claims) || !by_path.iter().all(|r| r.met_by(claims)) {
+        return Outcome::Insufficient;
+    }
+    Outcome::Valid { mode: p.mode, headers, cached }
+}
+
+/// `exp` (required), `nbf` and `iat` against the clock with the provider's leeway, and
+/// `aud` against its audiences (RFC 7519 §4.1). Returns `exp`.
+fn registered_claims(provider: &Provider, claims: &Map<String, Value>, now_ms: u64) -> Result<u64, Reason> {
+    let now = now_ms / 1000;
+    let leeway = provider.leeway.as_secs();
+    let time = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or(Reason::Malformed),
+    };
+    let exp = time("exp")?.ok_or(Reason::MissingExp)?;
+    if now > exp.saturating_add(leeway) {
+        return Err(Reason::Expired);
+    }
+    for name in ["nbf", "iat"] {
+        if time(name)?.is_some_and(|t| t > now.saturating_add(leeway)) {
+            return Err(Reason::NotYetValid);
+        }
+    }
+    if let Some(audiences) = &provider.audiences {
+        let ok = match claims.get("aud") {
+            Some(Value::String(aud)) => audiences.contains(aud),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(|a| audiences.contains(a)),
+            _ => false,
+        };
+        if !ok {
+            return Err(Reason::Audience);
+        }
+    }
+    Ok(exp)
+}
+
 /// The first configured source present in the request. `Some(None)`: a source is present
 /// but holds no usable credential (another scheme, not text).
 fn credential<'h, H: Header>(sources: &[Source], headers: &'h [H]) -> Option<Option<&'h str>> {
+    credential_source(sources, headers).map(|(_, value)| value)
+}
+
+/// [`credential`] with the source it came from (`forward: false` removes it).
+pub fn credential_source<'s, 'h, H: Header>(
+    sources: &'s [Source],
+    headers: &'h [H],
+) -> Option<(&'s Source, Option<&'h str>)> {
     for source in sources {
         match source {
             Source::Header { name, prefix } => {
                 if let Some(header) = headers.iter().find(|h| h.name() == name) {
                     let value = std::str::from_utf8(header.value()).ok();
-                    return Some(value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim));
+                    return Some((source, value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim)));
                 }
             }
             Source::Cookie(cookie) => {
@@ -261,12 +323,26 @@ fn credential<'h, H: Header>(sources: &[Source], headers: &'h [H]) -> Option<Opt
                     .flat_map(|v| v.split(';'))
                     .find_map(|pair| pair.trim().strip_prefix(cookie.as_str())?.strip_prefix('='));
                 if let Some(value) = found {
-                    return Some(Some(value.trim()));
+                    return Some((source, Some(value.trim())));
                 }
             }
         }
     }
     None
+}
+
+/// The `cookie` header without the named cookie (`forward: false`); `None` when no
+/// other cookie is left.
+pub fn without_cookie<H: Header>(headers: &[H], cookie: &str) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name() == "cookie")
+        .filter_map(|h| std::str::from_utf8(h.value()).ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(name, _)| name) != cookie)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
@@ -280,57 +356,49 @@ pub fn looks_like_jwt(credential: &str) -> bool {
     credential.starts_with("eyJ") && credential.bytes().filter(|&b| b == b'.').count() == 2
 }
 
-/// The header and claims of a token before its signature is checked: used only to pick
-/// the provider and key, and (after verification) to read claims for headers.
-struct Unverified {
+/// The parts of a token before its signature is checked: used only to pick the
+/// provider and key, and (after verification) to read claims for headers.
+struct Unverified<'t> {
     alg: String,
     kid: Option<String>,
     claims: Map<String, Value>,
+    /// `header.payload`: the bytes the signature covers.
+    signed: &'t str,
+    signature: Vec<u8>,
 }
 
-impl Unverified {
-    fn decode(token: &str) -> Result<Unverified, Reason> {
-        let mut segments = token.split('.');
-        let mut object = |max: usize| -> Result<Map<String, Value>, Reason> {
-            let segment = segments.next().filter(|s| s.len() <= max).ok_or(Reason::Malformed)?;
-            let bytes = Base64UrlSafeNoPadding::decode_to_vec(segment, None).map_err(|_| Reason::Malformed)?;
+impl<'t> Unverified<'t> {
+    fn decode(token: &'t str) -> Result<Unverified<'t>, Reason> {
+        let (signed, signature) = token.rsplit_once('.').ok_or(Reason::Malformed)?;
+        let (header, payload) = signed.split_once('.').ok_or(Reason::Malformed)?;
+        if header.len() > MAX_HEADER_BYTES {
+            return Err(Reason::Malformed);
+        }
+        let object = |segment: &str| -> Result<Map<String, Value>, Reason> {
+            let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| Reason::Malformed)?;
             serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
         };
-        let header = object(MAX_HEADER_LENGTH)?;
-        let claims = object(usize::MAX)?;
-        let text = |name: &str| header.get(name).and_then(Value::as_str).map(str::to_owned);
-        // jwt-simple checks `alg` and the rest of the header again when verifying.
-        Ok(Unverified { alg: text("alg").unwrap_or_default(), kid: text("kid"), claims })
+        let header = object(header)?;
+        // RFC 7515 §4.1.11: `crit` lists extensions the recipient must understand. This
+        // filter understands none, so a token with `crit` (even `[]`, which the RFC
+        // forbids) is refused.
+        if header.contains_key("crit") {
+            return Err(Reason::Malformed);
+        }
+        let text = |name: &str| match header.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Reason::Malformed),
+        };
+        let (alg, kid) = (text("alg")?.unwrap_or_default(), text("kid")?);
+        let claims = object(payload)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::Malformed)?;
+        Ok(Unverified { alg, kid, claims, signed, signature })
     }
 
     fn issuer(&self) -> Option<&str> {
         self.claims.get("iss").and_then(Value::as_str)
     }
-}
-
-/// Signature and registered claims with each candidate key; the most telling failure
-/// wins (a claim error means a key did verify the signature).
-fn verify(provider: &Provider, keys: &[&Key], token: &str, max_token_bytes: usize, now_ms: u64) -> Result<(), Reason> {
-    let mut failure = Reason::Signature;
-    for key in keys {
-        let options = VerificationOptions {
-            allowed_issuers: Some(std::iter::once(provider.issuer.clone()).collect()),
-            allowed_audiences: provider.audiences.clone(),
-            time_tolerance: Some(provider.leeway.into()),
-            max_token_length: Some(max_token_bytes),
-            // The host's clock (Envoy's), not the VM's: one time source for the filter.
-            artificial_time: Some(UnixTimeStamp::from_millis(now_ms)),
-            ..Default::default()
-        };
-        match key.verify(token, options) {
-            Ok(_) => return Ok(()),
-            Err(e) => match Reason::from_error(&e) {
-                Reason::Signature => {}
-                other => failure = other,
-            },
-        }
-    }
-    Err(failure)
 }
 
 /// `claims_to_headers` (ordered by claim name). Missing or null claims set nothing.
@@ -339,26 +407,12 @@ fn claim_headers(provider: &Provider, claims: &Map<String, Value>) -> Result<Vec
     for (claim, header) in &provider.claims_to_headers {
         let Some(value) = lookup(claims, claim) else { continue };
         let Some(text) = header_value(value) else { continue };
-        if text.len() > MAX_CLAIM_HEADER_BYTES || text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if text.len() > MAX_CLAIM_HEADER_BYTES || text.bytes().any(|b| b < 0x20 || b == 0x7f) {
             return Err(Reason::ClaimHeader);
         }
         out.push((header.clone(), text));
     }
     Ok(out)
-}
-
-/// A top-level claim by name (names may contain dots: `https://example.com/roles`), else
-/// a `.` path into nested objects (`realm_access.roles`).
-fn lookup<'c>(claims: &'c Map<String, Value>, name: &str) -> Option<&'c Value> {
-    if let Some(v) = claims.get(name) {
-        return Some(v);
-    }
-    let mut parts = name.split('.');
-    let mut value = claims.get(parts.next()?)?;
-    for part in parts {
-        value = value.as_object()?.get(part)?;
-    }
-    Some(value)
 }
 
 /// Strings as they are, arrays joined with commas, objects as JSON.
@@ -545,6 +599,12 @@ mod tests {
                 with(&|c| c.subject = Some("a\r\nx-evil: 1".into())),
                 Outcome::Invalid(Reason::ClaimHeader),
             ),
+            // A tab is a control character too (the rule in docs/jwt.md has no exception).
+            (
+                "tab in a claim",
+                with(&|c| c.subject = Some("alice\tadmin".into())),
+                Outcome::Invalid(Reason::ClaimHeader),
+            ),
         ];
         for (case, token, want) in cases {
             let got = check(&s, &mut v, &token);
@@ -664,6 +724,19 @@ mod tests {
     }
 
     #[test]
+    fn the_token_source_and_the_cookie_header_without_it() {
+        let sources =
+            vec![Source::Header { name: "x-token".into(), prefix: String::new() }, Source::Cookie("jwt".into())];
+        let h = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect::<Vec<_>>();
+        let by_cookie = h(&[("cookie", "a=1; jwt=eyJx.y.z"), ("cookie", "jwt2=3;b=2")]);
+        assert_eq!(credential_source(&sources, &by_cookie), Some((&sources[1], Some("eyJx.y.z"))));
+        assert_eq!(without_cookie(&by_cookie, "jwt").as_deref(), Some("a=1; jwt2=3; b=2"));
+        assert_eq!(without_cookie(&h(&[("cookie", "jwt=eyJx.y.z")]), "jwt"), None);
+        let by_header = h(&[("x-token", "eyJx.y.z"), ("cookie", "jwt=other")]);
+        assert_eq!(credential_source(&sources, &by_header), Some((&sources[0], Some("eyJx.y.z"))));
+    }
+
+    #[test]
     fn remote_keys_arrive_later_and_rotate() {
         let f = fixture();
         let json = format!(
@@ -728,6 +801,146 @@ mod tests {
         {
             let forged = HS256Key::from_bytes(&secret).with_key_id("rsa-1").authenticate(plain_claims()).unwrap();
             assert_eq!(check(&s, &mut v, &forged), Outcome::Invalid(Reason::Algorithm));
+        }
+    }
+
+    /// HS256 tokens built by hand, so the header can say anything and still be signed.
+    fn hs256_token(secret: &str, header: &str, payload: &str) -> String {
+        let e = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).unwrap();
+        let signed = format!("{}.{}", e(header.as_bytes()), e(payload.as_bytes()));
+        let mac = hmac_sha256::HMAC::mac(signed.as_bytes(), secret.as_bytes());
+        format!("{signed}.{}", e(&mac))
+    }
+
+    fn hs256_settings(secret: &str) -> Settings {
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{ISS}", "secret": "{secret}"}}]}}}}"#
+        );
+        Settings::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn any_crit_header_is_refused_even_when_signed() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let s = hs256_settings(secret);
+        let mut v = verifier(&s);
+        let payload = format!(r#"{{"iss":"{ISS}","sub":"x","exp":{}}}"#, NOW_S + 600);
+        let plain = hs256_token(secret, r#"{"alg":"HS256"}"#, &payload);
+        assert!(matches!(check(&s, &mut v, &plain), Outcome::Valid { .. }), "the same token without crit is valid");
+        for crit in [r#"[]"#, r#"["exp"]"#, r#""b64""#] {
+            let token = hs256_token(secret, &format!(r#"{{"alg":"HS256","crit":{crit}}}"#), &payload);
+            assert_eq!(check(&s, &mut v, &token), Outcome::Invalid(Reason::Malformed), "crit: {crit}");
+        }
+    }
+
+    /// A host crypto that checks ES256 with the module's crates and counts its calls.
+    #[derive(Debug, Default)]
+    struct CountingHost {
+        calls: Rc<std::cell::Cell<usize>>,
+        answer: Option<bool>,
+    }
+
+    impl HostCrypto for CountingHost {
+        fn verify(&self, hash: &str, _spki: &[u8], _signature: &[u8], _signed: &[u8]) -> Option<bool> {
+            assert_eq!(hash, "sha256");
+            self.calls.set(self.calls.get() + 1);
+            self.answer
+        }
+    }
+
+    #[test]
+    fn the_host_checks_ecdsa_and_its_verdict_is_final() {
+        let f = fixture();
+        let s = settings(&f, "");
+        let calls = Rc::new(std::cell::Cell::new(0));
+        let host = CountingHost { calls: calls.clone(), answer: Some(false) };
+        let mut v = verifier(&s).with_host_crypto(Box::new(host));
+        let token = f.es.sign(claims()).unwrap();
+        assert_eq!(check(&s, &mut v, &token), Outcome::Invalid(Reason::Signature), "the host said no");
+        assert_eq!(calls.get(), 1);
+        // EdDSA is never the host's: the module checks it.
+        assert!(matches!(check(&s, &mut v, &f.ed.sign(claims()).unwrap()), Outcome::Valid { .. }));
+        assert_eq!(calls.get(), 1);
+        // A host that cannot answer (None): the module decides.
+        let host = CountingHost { calls: calls.clone(), answer: None };
+        let mut v = verifier(&s).with_host_crypto(Box::new(host));
+        assert!(matches!(check(&s, &mut v, &token), Outcome::Valid { cached: false, .. }));
+        assert_eq!(calls.get(), 2);
+    }
+
+    #[test]
+    fn the_same_invalid_token_is_judged_once_and_forged_floods_stay_bounded() {
+        let f = fixture();
+        let s = settings(&f, "");
+        let calls = Rc::new(std::cell::Cell::new(0));
+        // The host says no without work (a debug build verifies slowly).
+        let mut v = verifier(&s).with_host_crypto(Box::new(CountingHost { calls: calls.clone(), answer: Some(false) }));
+        let payload =
+            |n: usize| format!(r#"{{"iss":"{ISS}","aud":"prefect","sub":"x","n":{n},"exp":{}}}"#, NOW_S + 600);
+        let forged = forge(r#"{"alg":"ES256","kid":"es-1"}"#, &payload(0), &[7u8; 64]);
+        for _ in 0..5 {
+            assert_eq!(check(&s, &mut v, &forged), Outcome::Invalid(Reason::Signature));
+        }
+        assert_eq!(calls.get(), 1, "one signature check for five requests");
+        for n in 1..=3000 {
+            let token = forge(r#"{"alg":"ES256","kid":"es-1"}"#, &payload(n), &[7u8; 64]);
+            assert_eq!(check(&s, &mut v, &token), Outcome::Invalid(Reason::Signature));
+        }
+        assert_eq!(v.rejects.len(), RECENT_REJECTS, "bounded under a flood of distinct forgeries");
+        // Cheap checks first: an expired forgery never reaches a signature check.
+        let before = calls.get();
+        let expired = forge(r#"{"alg":"ES256","kid":"es-1"}"#, &format!(r#"{{"iss":"{ISS}","exp":1}}"#), &[7u8; 64]);
+        assert_eq!(check(&s, &mut v, &expired), Outcome::Invalid(Reason::Expired));
+        assert_eq!(calls.get(), before);
+    }
+
+    #[test]
+    fn require_and_rules_refuse_valid_tokens_that_lack_a_claim() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{ISS}", "secret": "{secret}",
+                "require": {{"aud": "vminsert.*"}}}}],
+                "rules": [{{"path": "/api/admin", "require": {{"groups": "admin"}}}},
+                          {{"path": "/api/flows", "require": {{"scope": ["flows:read", "flows:admin"]}}}}]}}}}"#
+        );
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        let jwt = s.jwt.as_ref().unwrap();
+        let mut v = verifier(&s);
+        let token = |claims: serde_json::Value| {
+            let mut c = claims.as_object().unwrap().clone();
+            c.insert("iss".into(), ISS.into());
+            c.insert("exp".into(), (NOW_S + 600).into());
+            hs256_token(secret, r#"{"alg":"HS256"}"#, &serde_json::Value::Object(c).to_string())
+        };
+        let at = |path: &str, token: &str| {
+            let headers = vec![
+                (":path".to_owned(), path.as_bytes().to_vec()),
+                ("authorization".to_owned(), format!("Bearer {token}").into_bytes()),
+            ];
+            headers
+        };
+        let ops = token(serde_json::json!({"aud": "vminsert.example", "groups": ["ops"], "scope": "flows:read"}));
+        let admin = token(serde_json::json!({"aud": "vminsert.example", "groups": ["admin"]}));
+        let other_aud = token(serde_json::json!({"aud": "grafana", "groups": ["admin"], "scope": "flows:read"}));
+        let cases = [
+            ("/api/other", &ops, true),
+            ("/api/flows/1", &ops, true),
+            ("/api/admin/users", &ops, false),
+            ("/api/admin/users", &admin, true),
+            ("/api/flows", &admin, false),
+            ("/api/other", &other_aud, false),
+            // Not canonical: every rule applies (a `//` could reach /api/admin downstream).
+            ("/api//admin", &ops, false),
+            ("/api%2Fadmin", &admin, false),
+        ];
+        for round in ["first", "cached"] {
+            for (path, token, allowed) in &cases {
+                let got = v.check(jwt, &at(path, token), NOW_MS);
+                match (allowed, &got) {
+                    (true, Outcome::Valid { .. }) | (false, Outcome::Insufficient) => {}
+                    _ => panic!("{round}: {path}: {got:?}"),
+                }
+            }
         }
     }
 

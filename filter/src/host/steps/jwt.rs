@@ -16,13 +16,27 @@ use crate::host::metrics::{count, Counter};
 use crate::host::reply::{fail_closed, reply};
 use crate::host::request_log;
 use crate::host::steps::inject;
-use crate::jwt::config::Mode;
+use crate::jwt::config::{JwtSettings, Mode, Source};
 use crate::jwt::jwks::Why;
-use crate::jwt::verifier::{self, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE};
+use crate::jwt::verifier::{
+    self, INSUFFICIENT_SCOPE_BODY, INSUFFICIENT_SCOPE_CHALLENGE, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE,
+};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
 /// What is left to do after the JWT step.
+/// `forward: false`: the verified token's header, or its cookie, leaves the request.
+fn remove_token(jwt: &JwtSettings, request: &[(&str, &[u8])]) -> Result<(), proxy_wasm::types::Status> {
+    match verifier::credential_source(&jwt.sources, request) {
+        Some((Source::Header { name, .. }, _)) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+        Some((Source::Cookie(cookie), _)) => {
+            let rest = verifier::without_cookie(request, cookie);
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", rest.as_deref())
+        }
+        None => Ok(()),
+    }
+}
+
 pub enum JwtStep {
     /// A valid token in `local` mode: on to the upstream, no callout.
     Allow,
@@ -47,7 +61,8 @@ pub fn check(
         fail_closed(id, settings, Failure::HostError);
         return JwtStep::Wait;
     };
-    let mut outcome = state.verifier.check(jwt, headers, now_ms());
+    let request = headers;
+    let mut outcome = state.verifier.check(jwt, request, now_ms());
     if let verifier::Outcome::NoKey { provider } = outcome {
         // Another worker may have fetched the keys already; else fetch them (once
         // per Envoy, rate-limited) while this request waits.
@@ -95,6 +110,10 @@ pub fn check(
                 inject::keep_claims(id, headers);
                 return JwtStep::Callout;
             }
+            if !jwt.forward && remove_token(jwt, request).is_err() {
+                fail_closed(id, settings, Failure::HostError);
+                return JwtStep::Wait;
+            }
             // Added, not replaced: every claim header was stripped from the request.
             for (name, value) in headers.iter() {
                 if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
@@ -109,6 +128,13 @@ pub fn check(
             request_log::denied_because(id, 401, format_args!("invalid JWT: {}", reason.as_str()));
             let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
             reply(id, 401, headers, Some(INVALID_TOKEN_BODY));
+            JwtStep::Wait
+        }
+        verifier::Outcome::Insufficient => {
+            state.metrics.inc(Counter::Insufficient);
+            debug!("[{id}] valid JWT that fails a require check");
+            let headers = vec![("www-authenticate", INSUFFICIENT_SCOPE_CHALLENGE), ("content-type", "text/plain")];
+            reply(id, 403, headers, Some(INSUFFICIENT_SCOPE_BODY));
             JwtStep::Wait
         }
         verifier::Outcome::NoKey { .. } => {
