@@ -79,7 +79,12 @@ pub fn dispatch(auth: &AuthSettings, headers: Vec<(&str, &str)>) -> Result<u32, 
 /// its backoff (policy/envoy_reply.rs), on this attempt and on the filter's retry.
 pub fn dispatch_within(auth: &AuthSettings, mut headers: Vec<(&str, &str)>, timeout: Duration) -> Result<u32, Status> {
     if auth.retry_on_reset {
-        headers.extend(ENVOY_RETRY_HEADERS);
+        // The ext_authz shape already says `content-length: 0`: one copy only.
+        for (name, value) in ENVOY_RETRY_HEADERS {
+            if !headers.iter().any(|(present, _)| present.eq_ignore_ascii_case(name)) {
+                headers.push((name, value));
+            }
+        }
     }
     let token = hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], timeout)?;
     count(Metric::Callouts);
