@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::ConfigError;
 use crate::jwt::keys::{Alg, KeySet};
+use crate::jwt::source::{RawHeaderSource, Sources};
 use crate::policy::headers::HeaderNames;
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -34,16 +35,11 @@ pub(crate) struct RawJwt {
     mode: Option<Mode>,
     from_headers: Option<Vec<RawHeaderSource>>,
     from_cookies: Option<Vec<String>>,
+    from_params: Option<Vec<String>>,
+    forward: Option<bool>,
     max_token_bytes: Option<usize>,
     cache_entries: Option<usize>,
     unknown_issuer: Option<UnknownIssuer>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHeaderSource {
-    name: String,
-    value_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,21 +92,11 @@ pub enum UnknownIssuer {
     Reject,
 }
 
-/// Where a credential is read from, in order; the first one present is the credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A header (lower-case name), with a case-insensitive prefix to remove (`Bearer `).
-    Header {
-        name: String,
-        prefix: String,
-    },
-    Cookie(String),
-}
-
 #[derive(Debug)]
 pub struct JwtSettings {
     pub providers: Vec<Provider>,
-    pub sources: Vec<Source>,
+    /// Where tokens are read from, and whether a verified one stays in the request.
+    pub sources: Sources,
     /// Longer JWT-shaped credentials are rejected without being decoded.
     pub max_token_bytes: usize,
     /// Verified tokens remembered per worker.
@@ -180,7 +166,7 @@ impl TryFrom<RawJwt> for JwtSettings {
             injected.extend(&HeaderNames::parse_injectable(&format!("{at}.claims_to_headers"), &names)?);
             providers.push(provider);
         }
-        let sources = sources(raw.from_headers, raw.from_cookies)?;
+        let sources = Sources::parse(raw.from_headers, raw.from_cookies, raw.from_params, raw.forward)?;
         let max_token_bytes =
             bounded("jwt.max_token_bytes", raw.max_token_bytes, DEFAULT_MAX_TOKEN_BYTES, 16, MAX_MAX_TOKEN_BYTES)?;
         let cache_entries =
@@ -196,30 +182,6 @@ fn bounded(field: &str, value: Option<usize>, default: usize, min: usize, max: u
         return Err(ConfigError::new(field, format!("must be between {min} and {max}, got {v}")));
     }
     Ok(v)
-}
-
-fn sources(headers: Option<Vec<RawHeaderSource>>, cookies: Option<Vec<String>>) -> Result<Vec<Source>, ConfigError> {
-    let headers = match (&headers, &cookies) {
-        // Istio's and jwt_authn's default: `Authorization: Bearer <token>`.
-        (None, None) => vec![RawHeaderSource { name: "authorization".into(), value_prefix: Some("Bearer ".into()) }],
-        _ => headers.unwrap_or_default(),
-    };
-    let mut out = Vec::new();
-    for (i, h) in headers.into_iter().enumerate() {
-        let field = format!("jwt.from_headers[{i}].name");
-        HeaderNames::parse(&field, std::slice::from_ref(&h.name), false).map_err(|e| ConfigError { field, ..e })?;
-        out.push(Source::Header { name: h.name.to_ascii_lowercase(), prefix: h.value_prefix.unwrap_or_default() });
-    }
-    for (i, c) in cookies.unwrap_or_default().into_iter().enumerate() {
-        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"=;,\"\\".contains(&b)) {
-            return Err(ConfigError::new(format!("jwt.from_cookies[{i}]"), format!("{c:?} is not a cookie name")));
-        }
-        out.push(Source::Cookie(c));
-    }
-    if out.is_empty() {
-        return Err(ConfigError::new("jwt", "from_headers and from_cookies are both empty: no token can be found"));
-    }
-    Ok(out)
 }
 
 impl Provider {
@@ -409,7 +371,8 @@ mod tests {
         );
         let s = Settings::from_json(json.as_bytes()).unwrap();
         let jwt = s.jwt.unwrap();
-        assert_eq!(jwt.sources, vec![super::Source::Header { name: "authorization".into(), prefix: "Bearer ".into() }]);
+        let bearer = crate::jwt::source::Source::Header { name: "authorization".into(), prefix: "Bearer ".into() };
+        assert_eq!((jwt.sources.list, jwt.sources.forward), (vec![bearer], true));
         assert_eq!((jwt.max_token_bytes, jwt.cache_entries), (16384, 1024));
         let p = &jwt.providers[0];
         assert_eq!((p.mode, p.leeway.as_secs(), p.audiences.is_none()), (super::Mode::Local, 60, true));
@@ -460,7 +423,7 @@ mod tests {
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 10}}]}"#.into(), "jwt.providers[0].remote_jwks.refresh_interval_ms: must be between 1000 and 86400000, got 10"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 1000, "min_refresh_interval_ms": 5000}}]}"#.into(), "jwt.providers[0].remote_jwks.min_refresh_interval_ms: must be at most refresh_interval_ms (1000), got 5000"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "timeout_ms": 0}}]}"#.into(), "jwt.providers[0].remote_jwks.timeout_ms: must be between 1 and 60000, got 0"),
-            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [], "from_cookies": []}}"#), "jwt: from_headers and from_cookies are both empty: no token can be found"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [], "from_cookies": []}}"#), "jwt: from_headers, from_cookies and from_params are all empty: no token can be found"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [{{"name": ":path"}}]}}"#), "jwt.from_headers[0].name: \":path\" is not a valid header name"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_cookies": ["a=b"]}}"#), "jwt.from_cookies[0]: \"a=b\" is not a cookie name"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "max_token_bytes": 1000000}}"#), "jwt.max_token_bytes: must be between 16 and 65536, got 1000000"),

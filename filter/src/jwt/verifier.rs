@@ -14,7 +14,7 @@ use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
 use crate::jwt::cache::{token_hash, Entry, VerifiedCache};
-use crate::jwt::config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
+use crate::jwt::config::{JwtSettings, Mode, Provider, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 use crate::policy::headers::Header;
 
@@ -169,7 +169,7 @@ impl JwtVerifier {
 
     /// The verdict for a request's headers at `now_ms` (Unix time).
     pub fn check<H: Header>(&mut self, settings: &JwtSettings, headers: &[H], now_ms: u64) -> Outcome {
-        let Some(credential) = credential(&settings.sources, headers) else {
+        let Some(credential) = settings.sources.credential(headers) else {
             return Outcome::Callout(Pass::NoCredential);
         };
         let Some(token) = credential.filter(|c| looks_like_jwt(c)) else {
@@ -240,38 +240,6 @@ impl JwtVerifier {
             None
         }
     }
-}
-
-/// The first configured source present in the request. `Some(None)`: a source is present
-/// but holds no usable credential (another scheme, not text).
-fn credential<'h, H: Header>(sources: &[Source], headers: &'h [H]) -> Option<Option<&'h str>> {
-    for source in sources {
-        match source {
-            Source::Header { name, prefix } => {
-                if let Some(header) = headers.iter().find(|h| h.name() == name) {
-                    let value = std::str::from_utf8(header.value()).ok();
-                    return Some(value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim));
-                }
-            }
-            Source::Cookie(cookie) => {
-                let found = headers
-                    .iter()
-                    .filter(|h| h.name() == "cookie")
-                    .filter_map(|h| std::str::from_utf8(h.value()).ok())
-                    .flat_map(|v| v.split(';'))
-                    .find_map(|pair| pair.trim().strip_prefix(cookie.as_str())?.strip_prefix('='));
-                if let Some(value) = found {
-                    return Some(Some(value.trim()));
-                }
-            }
-        }
-    }
-    None
-}
-
-fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
-    let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }
 
 /// A compact JWS: three dot-separated segments, the header a base64url JSON object
