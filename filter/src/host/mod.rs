@@ -1,6 +1,6 @@
 //! The proxy-wasm host side, thin: the root context ([`root`]: configuration, timers),
 //! the http context ([`http`]: one request's steps in order, each in [`steps`]), the
-//! JWKS fetches through shared data ([`jwks`]), counters ([`metrics`]), local replies
+//! JWKS fetches through shared data ([`jwks`], OIDC discovery in [`discovery`]), counters ([`metrics`]), local replies
 //! ([`reply`]) and the host clock ([`clock`]). Only [`header_map`], the host's header
 //! wire format, is pure and also built natively (unit tests, benchmarks); the rest
 //! exists only in the wasm build.
@@ -9,6 +9,8 @@ pub mod header_map;
 
 #[cfg(target_family = "wasm")]
 mod clock;
+#[cfg(target_family = "wasm")]
+mod discovery;
 #[cfg(target_family = "wasm")]
 mod http;
 #[cfg(target_family = "wasm")]
