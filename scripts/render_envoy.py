@@ -74,6 +74,66 @@ def add_cluster(config, name, address):
     set_endpoint(config, name, address)
 
 
+def serve_tls(listener, cert, key):
+    """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO)."""
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": str(Path(cert).resolve())},
+                    "private_key": {"filename": str(Path(key).resolve())},
+                }],
+            },
+        },
+    }
+
+
+FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def ecds_resource(wasm_config, version):
+    """The discovery response a path-based ECDS source reads: one TypedExtensionConfig."""
+    return {
+        "version_info": str(version),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "nebula-authz",
+            "typed_config": {"@type": FILTER_TYPE, "config": wasm_config},
+        }],
+    }
+
+
+def serve_filter_by_ecds(config, directory):
+    """Take the wasm filter from a watched file (ECDS), as istiod delivers WasmPlugins.
+
+    Writes DIRECTORY/nebula-authz.json (version 1) and points the http filter at it;
+    a new version is written elsewhere in DIRECTORY and renamed over it (Envoy reloads
+    on the move into the watched directory). Without a valid config the filter is
+    missing and Envoy answers 500 (no default_config: nothing ever runs unfiltered).
+    """
+    # Any xDS subscription needs a node identity (istiod's sidecars have one).
+    config.setdefault("node", {"id": "nebula-authz", "cluster": "nebula-authz"})
+    listener = config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == "nebula-authz":
+            wasm_config = http_filter.pop("typed_config")["config"]
+            directory = Path(directory).resolve()
+            path = directory / "nebula-authz.json"
+            path.write_text(json.dumps(ecds_resource(wasm_config, 1), indent=2))
+            http_filter["config_discovery"] = {
+                "config_source": {
+                    "path_config_source": {"path": str(path), "watched_directory": {"path": str(directory)}},
+                },
+                "type_urls": [FILTER_TYPE],
+            }
+            return
+    raise SystemExit("envoy.yaml has no http filter named nebula-authz")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--source", default=str(ROOT / "envoy" / "envoy.yaml"))
@@ -90,6 +150,12 @@ def main():
     p.add_argument("--auth-cluster", metavar="NAME", help="rename the auth cluster (Istio's naming)")
     p.add_argument("--cluster", type=named_endpoint, action="append", default=[], metavar="NAME=HOST:PORT",
                    help="add a cluster (repeatable), e.g. a JWKS endpoint")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                   help="serve the listener over TLS with this PEM certificate chain and key")
+    p.add_argument("--ecds", metavar="DIR",
+                   help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
+    p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
+                   help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
 
     config = yaml.safe_load(Path(args.source).read_text())
@@ -114,6 +180,13 @@ def main():
         set_endpoint(config, "upstream", args.upstream)
     for name, address in args.cluster:
         add_cluster(config, name, address)
+    if args.failure_policy:
+        plugin.pop("fail_open", None)
+        plugin["failure_policy"] = args.failure_policy
+    if args.tls:
+        serve_tls(listener, *args.tls)
+    if args.ecds:
+        serve_filter_by_ecds(config, args.ecds)
 
     # JSON is YAML too: Envoy reads it under either extension, and it round-trips exactly.
     json.dump(config, sys.stdout, indent=2)

@@ -78,7 +78,10 @@ class Handler(BaseHTTPRequestHandler):
             self.echo()
 
     def auth(self):
-        if self.headers.get("authorization") == f"Bearer {DEMO_TOKEN}":
+        # The scheme is case-insensitive (RFC 9110 11.1): Prefect's Cloud events client
+        # sends `bearer <key>`.
+        scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and token == DEMO_TOKEN:
             self.reply(200, ALLOW_HEADERS)
         else:
             self.reply(401, {

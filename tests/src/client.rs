@@ -39,7 +39,17 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-enum Body {
+/// Which HTTP version a test speaks to Envoy's listener (`codec_type: AUTO` takes both
+/// HTTP/1.1 and HTTP/2 with prior knowledge on one port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1, the request's bytes exactly as built.
+    H1,
+    /// HTTP/2 through the `h2` crate ([`crate::h2_client`]).
+    H2,
+}
+
+pub(crate) enum Body {
     None,
     Full(Vec<u8>),
     Chunked(Vec<Vec<u8>>),
@@ -107,6 +117,28 @@ impl RawRequest {
         self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
     }
 
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    pub fn target(&self) -> &[u8] {
+        &self.target
+    }
+
+    /// The headers as added, in order (no `host`/`connection` defaults).
+    pub fn header_list(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
+    }
+
+    /// The first value of `name` (case-insensitive) as added.
+    pub fn header_value(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_slice())
+    }
+
+    pub(crate) fn body_ref(&self) -> &Body {
+        &self.body
+    }
+
     /// The request as it goes on the wire. `host: localhost` and `connection: close`
     /// are added unless already present.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -157,6 +189,14 @@ impl RawRequest {
 
     pub fn try_send(&self, port: u16) -> io::Result<Response> {
         send_raw(port, &self.to_bytes())
+    }
+
+    /// Sends the request over `proto` (h2c for [`Proto::H2`]).
+    pub fn try_send_over(&self, proto: Proto, port: u16) -> io::Result<Response> {
+        match proto {
+            Proto::H1 => self.try_send(port),
+            Proto::H2 => crate::h2_client::send(port, None, self),
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use crate::client::{RawRequest, Response};
+use crate::client::{Proto, RawRequest, Response};
+use crate::h2_client::TlsClient;
 use crate::mock_auth::MockAuth;
 use crate::upstream::Upstream;
 use crate::{repo_root, TempDir};
@@ -68,12 +69,19 @@ impl Tools {
 pub struct EnvBuilder {
     plugin_config: Option<String>,
     concurrency: u32,
+    /// `--component-log-level` (e.g. `wasm:debug`), for the tests of the filter's log lines.
+    component_log_level: Option<String>,
     auth_addr: Option<SocketAddr>,
     wasm: bool,
     wasmplugin: Option<String>,
     auth_cluster: Option<String>,
     /// Extra clusters (name, address), e.g. a JWKS endpoint.
     clusters: Vec<(String, SocketAddr)>,
+    proto: Proto,
+    tls: bool,
+    ecds: bool,
+    wasm_file: Option<PathBuf>,
+    failure_policy: Option<String>,
 }
 
 impl Default for EnvBuilder {
@@ -81,11 +89,17 @@ impl Default for EnvBuilder {
         EnvBuilder {
             plugin_config: None,
             concurrency: 1,
+            component_log_level: None,
             auth_addr: None,
             wasm: true,
             wasmplugin: None,
             auth_cluster: None,
             clusters: Vec::new(),
+            proto: Proto::H1,
+            tls: false,
+            ecds: false,
+            wasm_file: None,
+            failure_policy: None,
         }
     }
 }
@@ -120,6 +134,12 @@ impl EnvBuilder {
         self
     }
 
+    /// Envoy's `--component-log-level` (e.g. `wasm:debug`); Envoy's own level stays info.
+    pub fn component_log_level(mut self, levels: &str) -> Self {
+        self.component_log_level = Some(levels.to_owned());
+        self
+    }
+
     /// Points the `auth` cluster somewhere else than the mock (e.g. a closed port).
     pub fn auth_addr(mut self, addr: SocketAddr) -> Self {
         self.auth_addr = Some(addr);
@@ -141,6 +161,40 @@ impl EnvBuilder {
     /// Adds a cluster `name` whose one endpoint is `addr` (e.g. a JWKS server).
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
         self.clusters.push((name.to_owned(), addr));
+        self
+    }
+
+    /// The protocol [`Env::send`] speaks (default HTTP/1.1).
+    pub fn proto(mut self, proto: Proto) -> Self {
+        self.proto = proto;
+        self
+    }
+
+    /// Serves the listener over TLS (a CA and a `localhost` certificate made for this
+    /// run, ALPN `h2` and `http/1.1`); [`Env::send`] then speaks HTTP/2 over TLS.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self.proto = Proto::H2;
+        self
+    }
+
+    /// Delivers the wasm filter by ECDS from a watched file, as istiod does for a
+    /// WasmPlugin; [`Env::push_filter`] then changes it while Envoy runs.
+    pub fn ecds(mut self) -> Self {
+        self.ecds = true;
+        self
+    }
+
+    /// Sets the wasm filter's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`,
+    /// `FAIL_RELOAD`) instead of envoy.yaml's `fail_open: false`.
+    pub fn failure_policy(mut self, policy: &str) -> Self {
+        self.failure_policy = Some(policy.to_owned());
+        self
+    }
+
+    /// Loads this module file instead of the release build.
+    pub fn wasm_file(mut self, path: &Path) -> Self {
+        self.wasm_file = Some(path.to_path_buf());
         self
     }
 
@@ -169,12 +223,16 @@ impl EnvBuilder {
     }
 
     pub fn try_start(self) -> Result<Env, Box<StartFailure>> {
-        let tools = Tools::locate(self.wasm);
+        let mut tools = Tools::locate(self.wasm && self.wasm_file.is_none());
+        if let Some(path) = &self.wasm_file {
+            tools.wasm = path.clone();
+        }
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let auth = crate::mock_auth::start(&rt);
         let upstream = crate::upstream::start(&rt);
         let dir = TempDir::new("nebula-authz-envoy");
+        let tls = self.tls.then(|| make_certificates(dir.path()));
         let config_path = self.render(&tools, &dir, &auth, &upstream);
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
@@ -188,6 +246,7 @@ impl EnvBuilder {
             .arg("--concurrency")
             .arg(self.concurrency.to_string())
             .args(["-l", "info"])
+            .args(self.component_log_level.iter().flat_map(|l| ["--component-log-level", l.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -195,7 +254,9 @@ impl EnvBuilder {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.envoy.display()));
         let mut process = EnvoyProcess { child, log_path, exited: None };
         match wait_ready(&mut process, &admin_path) {
-            Ok((admin_port, port)) => Ok(Env { process, port, admin_port, auth, upstream, _rt: rt, dir }),
+            Ok((admin_port, port)) => {
+                Ok(Env { process, port, admin_port, auth, upstream, proto: self.proto, tls, _rt: rt, dir })
+            }
             Err(status) => {
                 process.kill();
                 Err(Box::new(StartFailure { status, log: process.log(), auth, upstream, _rt: rt }))
@@ -228,6 +289,17 @@ impl EnvBuilder {
         for (name, addr) in &self.clusters {
             cmd.arg("--cluster").arg(format!("{name}={addr}"));
         }
+        if let Some(policy) = &self.failure_policy {
+            cmd.arg("--failure-policy").arg(policy);
+        }
+        if self.ecds {
+            let ecds = dir.path().join("ecds");
+            fs::create_dir_all(&ecds).expect("create the ECDS directory");
+            cmd.arg("--ecds").arg(ecds);
+        }
+        if self.tls {
+            cmd.arg("--tls").arg(dir.path().join("server.pem")).arg(dir.path().join("server.key"));
+        }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(
             out.status.success(),
@@ -243,6 +315,24 @@ impl EnvBuilder {
         fs::write(&path, rendered).expect("write envoy.json");
         path
     }
+}
+
+/// A CA and a server certificate for `localhost` signed by it, new for each run: writes
+/// `server.pem` and `server.key` into `dir` and returns a client trusting the CA.
+fn make_certificates(dir: &Path) -> TlsClient {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "nebula-authz test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    fs::write(dir.join("server.pem"), cert.pem()).expect("write server.pem");
+    fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
+    TlsClient::new(&ca_cert.pem())
 }
 
 /// Drops the `nebula-authz` http filter from a rendered config.
@@ -355,6 +445,10 @@ pub struct Env {
     pub admin_port: u16,
     pub auth: MockAuth,
     pub upstream: Upstream,
+    /// What [`Env::send`] speaks.
+    pub proto: Proto,
+    /// Set when the listener serves TLS: trusts this run's CA.
+    pub tls: Option<TlsClient>,
     /// Runs the mocks; dropped after Envoy.
     _rt: Runtime,
     dir: TempDir,
@@ -373,6 +467,16 @@ impl Env {
     /// Envoy with the plugin configuration envoy/envoy.yaml ships.
     pub fn start_default() -> Env {
         Env::builder().start()
+    }
+
+    /// [`Env::start`], with [`Env::send`] speaking `proto`.
+    pub fn start_over(proto: Proto, plugin_config: &str) -> Env {
+        Env::builder().proto(proto).plugin_config(plugin_config).start()
+    }
+
+    /// [`Env::start_default`], with [`Env::send`] speaking `proto`.
+    pub fn start_default_over(proto: Proto) -> Env {
+        Env::builder().proto(proto).start()
     }
 
     /// Everything Envoy has logged so far.
@@ -399,11 +503,91 @@ impl Env {
         self.process.try_wait().is_none()
     }
 
-    /// Sends `req` to the listener; panics with the log tail if no response arrives.
+    /// Sends `req` to the listener over [`Env::proto`]; panics with the log tail if no
+    /// response arrives.
     pub fn send(&self, req: &RawRequest) -> Response {
-        req.try_send(self.port).unwrap_or_else(|e| {
-            panic!("no response from Envoy on port {}: {e}\nEnvoy log tail:\n{}", self.port, self.log_tail())
+        self.try_send(req).unwrap_or_else(|e| {
+            panic!(
+                "no response from Envoy on port {} ({:?}): {e}\nEnvoy log tail:\n{}",
+                self.port,
+                self.proto,
+                self.log_tail()
+            )
         })
+    }
+
+    /// Envoy's `/stats` lines matching the regex `filter`.
+    pub fn stats(&self, filter: &str) -> String {
+        RawRequest::get(format!("/stats?filter={filter}"))
+            .try_send(self.admin_port)
+            .map(|r| r.text())
+            .unwrap_or_default()
+    }
+
+    /// Envoy's counter or gauge `name` from `/stats` (`None` if it has none such).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let resp = RawRequest::get(format!("/stats?filter={name}")).try_send(self.admin_port).ok()?;
+        resp.text().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    }
+
+    /// Pushes a new version of the ECDS resource (an [`EnvBuilder::ecds`] Env): the
+    /// plugin configuration `plugin_config` and the module `wasm`, written next to the
+    /// watched file and renamed over it (atomic, as Envoy's file watch requires). Returns
+    /// the version pushed; [`Env::wait_ecds`] waits for Envoy's verdict.
+    pub fn push_filter(&self, plugin_config: &str, wasm: &Path) -> u64 {
+        let path = self.dir().join("ecds").join("nebula-authz.json");
+        let text = fs::read_to_string(&path).expect("read the ECDS resource");
+        let mut resource: serde_json::Value = serde_json::from_str(&text).expect("ECDS resource JSON");
+        let version = resource["version_info"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(1) + 1;
+        resource["version_info"] = version.to_string().into();
+        let config = &mut resource["resources"][0]["typed_config"]["config"];
+        config["configuration"]["value"] = plugin_config.into();
+        config["vm_config"]["code"]["local"]["filename"] = wasm.display().to_string().into();
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&resource).expect("serialize")).expect("write ECDS resource");
+        fs::rename(&tmp, &path).expect("rename the ECDS resource into place");
+        version
+    }
+
+    /// The filter's ECDS subscription counters: (`update_success`, `update_rejected`).
+    /// (`config_reload` is no use here: Envoy 1.40 counts a rejected update in it too.)
+    pub fn ecds_counts(&self) -> (u64, u64) {
+        let prefix = "extension_config_discovery.http_filter.nebula-authz";
+        (
+            self.stat(&format!("{prefix}.update_success")).unwrap_or(0),
+            self.stat(&format!("{prefix}.update_rejected")).unwrap_or(0),
+        )
+    }
+
+    /// Waits (up to 60 s: a new module is compiled by V8 on Envoy's main thread, which
+    /// takes seconds on a loaded machine) until Envoy has accepted or rejected one more
+    /// ECDS update than `before` (from [`Env::ecds_counts`]); returns whether it was
+    /// accepted.
+    pub fn wait_ecds(&self, before: (u64, u64)) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.ecds_counts();
+            if now.0 > before.0 {
+                return true;
+            }
+            if now.1 > before.1 {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy neither accepted nor rejected the ECDS update (counts {now:?}); log tail:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `req` over [`Env::proto`] (TLS when the listener serves it).
+    pub fn try_send(&self, req: &RawRequest) -> std::io::Result<Response> {
+        match (&self.tls, self.proto) {
+            (Some(tls), _) => crate::h2_client::send(self.port, Some(tls), req),
+            (None, proto) => req.try_send_over(proto, self.port),
+        }
     }
 
     /// `GET path` with extra headers.

@@ -7,11 +7,13 @@
 
 pub mod client;
 pub mod envoy;
+pub mod h2_client;
 pub mod mock_auth;
 pub mod mock_jwks;
 pub mod mock_server;
 pub mod outposts;
 pub mod paths;
+pub mod soak;
 pub mod traefik;
 pub mod upstream;
 mod ws_accept;
@@ -19,12 +21,26 @@ mod ws_accept;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use client::{websocket_echo, RawRequest, Response, WsOutcome};
+pub use client::{websocket_echo, Proto, RawRequest, Response, WsOutcome};
 pub use envoy::{Env, EnvBuilder, StartFailure};
 pub use mock_auth::{AuthRequest, MockAuth};
 pub use mock_jwks::MockJwks;
 pub use upstream::{Upstream, UpstreamRequest};
 pub use ws_accept::websocket_accept;
+
+/// Runs each named `fn(Proto)` of a test file once per protocol, as the tests
+/// `h1::<name>` and `h2::<name>`, so every assertion holds over HTTP/1.1 and HTTP/2.
+#[macro_export]
+macro_rules! over_h1_and_h2 {
+    ($($name:ident),+ $(,)?) => {
+        mod h1 {
+            $( #[test] fn $name() { super::$name($crate::Proto::H1) } )+
+        }
+        mod h2 {
+            $( #[test] fn $name() { super::$name($crate::Proto::H2) } )+
+        }
+    };
+}
 
 /// The body of the filter's fail-closed reply.
 pub const FILTER_ERROR_BODY: &str = "nebula-authz: authorization check failed\n";

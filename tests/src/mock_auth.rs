@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 use crate::client::{self, Header};
-use crate::mock_server::{MockServer, Records};
+use crate::mock_server::{Fault, MockServer, Records};
 
 /// The actor-id value the `latin1` script sends.
 pub const LATIN1_ACTOR: &[u8] = b"caf\xe9";
@@ -99,22 +99,34 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let close = req.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close"));
         // Only `once:` needs the history (the memory test sends 100 000 tokens).
-        let seen_before = script.contains("once:")
-            && recorded
-                .lock()
-                .expect("auth records")
-                .iter()
-                .any(|r| r.header("authorization") == req.header("authorization"));
+        let seen_before =
+            script.contains("once:") && recorded.any(|r| r.header("authorization") == req.header("authorization"));
         // The presets' services (Authentik, oauth2-proxy) answer on their own paths.
         let outpost = crate::outposts::respond(&req);
-        recorded.lock().expect("auth records").push(req);
+        let fault = recorded.fault();
+        if fault == Fault::None {
+            // The observer sees what the script answers, never a faulted request.
+            recorded.push(req);
+        }
 
-        let reply = match outpost {
-            Some((status, headers, body)) => {
+        let reply = match fault {
+            Fault::None => None,
+            // A connection accepted just as the listener closes: not answered either.
+            Fault::Refuse => Some(Reply::Close),
+            Fault::Status500 => Some(Reply::Bytes(response(500, &[("content-type", b"text/plain")], b"fault"))),
+            Fault::Garbage => Some(Reply::BytesThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec())),
+            Fault::Hang => {
+                recorded.fault_ends(Fault::Hang).await;
+                Some(Reply::Close)
+            }
+        };
+        let reply = match (reply, outpost) {
+            (Some(reply), _) => reply,
+            (None, Some((status, headers, body))) => {
                 let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
                 Reply::Bytes(response(status, &headers, &body))
             }
-            None => respond(&script, seen_before).await,
+            (None, None) => respond(&script, seen_before).await,
         };
         match reply {
             Reply::Bytes(bytes) if close => {

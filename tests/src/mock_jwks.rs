@@ -46,7 +46,7 @@ impl MockJwks {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let headers: Vec<Header> =
                         req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
-                    recorded.lock().expect("records").push(RecordedRequest {
+                    recorded.push(RecordedRequest {
                         method: req.method().to_string(),
                         path: req.uri().path().to_owned(),
                         headers,

@@ -40,6 +40,35 @@ pub fn tsv_path() -> PathBuf {
     crate::repo_root().join("tests").join("data").join("paths.tsv")
 }
 
+/// Which public templates a table's expectation is for (tests/data/paths_prefix.tsv).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Templates {
+    /// Seed 000's `/{prefix}/events/out` and `/{prefix}/task_runs/subscriptions/scheduled`.
+    Seed000,
+    /// The Prefect preset's exact shapes (`=/api/events/out`, ...).
+    Tight,
+}
+
+/// The rows of paths_prefix.tsv, with the expectation for `templates`.
+pub fn load_prefix(templates: Templates) -> Vec<PathCase> {
+    let path = crate::repo_root().join("tests").join("data").join("paths_prefix.tsv");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut cases = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (seed, rest) = line.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
+        let (tight, rest) = rest.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
+        let chosen = if templates == Templates::Seed000 { seed } else { tight };
+        let mut case =
+            parse(&format!("{chosen}\t{rest}")).pop().unwrap_or_else(|| panic!("paths_prefix.tsv:{}", i + 1));
+        case.line = i + 1;
+        cases.push(case);
+    }
+    cases
+}
+
 /// Every row of paths.tsv.
 pub fn load() -> Vec<PathCase> {
     let path = tsv_path();
@@ -74,20 +103,34 @@ pub fn parse(text: &str) -> Vec<PathCase> {
 /// Sends every row of paths.tsv through `env` with `Bearer deny` (the mock answers 401):
 /// `public` rows must reach the upstream unchanged without a callout; `protected` rows
 /// must never reach the upstream, and be either sent to the auth service (401) or
-/// rejected by Envoy itself (a 4xx without callout). Returns the report (one line per
-/// row) and the failing lines; empty failures mean no bypass.
+/// rejected by Envoy itself (a 4xx without callout, or over HTTP/2 a stream reset by its
+/// codec). Over [`crate::Proto::H2`] each target goes out byte for byte as `:path`.
+/// Returns the report (one line per row) and the failing lines; empty failures mean no
+/// bypass.
 pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
+    replay_cases(env, &load())
+}
+
+/// [`replay`] over `cases` (e.g. [`load_prefix`]'s).
+pub fn replay_cases(env: &crate::Env, cases: &[PathCase]) -> (Vec<String>, Vec<String>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    for case in &load() {
+    for case in cases {
         let auth_before = env.auth.count();
         let up_before = env.upstream.count();
-        let result = crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port);
+        let result = match env.proto {
+            crate::Proto::H1 => crate::RawRequest::get(&case.target).bearer("deny").try_send(env.port),
+            crate::Proto::H2 => {
+                crate::h2_client::send_raw_path(env.port, &case.target, &[("authorization", "Bearer deny")])
+            }
+        };
         let called_out = env.auth.count() > auth_before;
         let reached = env.upstream.count() > up_before;
         let (outcome, ok) = match (&result, case.expected) {
             (Err(e), Expected::Public) => (format!("no response: {e}"), false),
-            (Err(e), Expected::Protected) => (format!("connection closed without a response ({e})"), !reached),
+            (Err(e), Expected::Protected) => {
+                (format!("connection closed or stream reset without a response ({e})"), !reached)
+            }
             (Ok(resp), Expected::Public) => {
                 let got_path = reached.then(|| env.upstream.last().path);
                 let ok = resp.status == 200
@@ -110,7 +153,7 @@ pub fn replay(env: &crate::Env) -> (Vec<String>, Vec<String>) {
         let line =
             format!("{:<9} {:<62} {}", format!("{:?}", case.expected), crate::client::escape(&case.target), outcome);
         if !ok {
-            failures.push(format!("{line}  (paths.tsv:{}, {}; reached upstream: {reached})", case.line, case.note));
+            failures.push(format!("{line}  (line {}, {}; reached upstream: {reached})", case.line, case.note));
         }
         report.push(line);
     }
@@ -147,6 +190,18 @@ mod tests {
         assert_eq!(unescape(r"/hooks\..\api"), br"/hooks\..\api");
         assert_eq!(unescape(r"/\xc3\xa9"), b"/\xc3\xa9");
         assert_eq!(unescape("%2e"), b"%2e");
+    }
+
+    #[test]
+    fn prefix_table_loads_with_both_expectations() {
+        let seed = load_prefix(Templates::Seed000);
+        let tight = load_prefix(Templates::Tight);
+        assert_eq!(seed.len(), tight.len());
+        let differ = seed.iter().zip(&tight).filter(|(a, b)| a.expected != b.expected).count();
+        assert!(differ >= 10, "the table exists to show where the templates differ ({differ} rows)");
+        assert!(tight
+            .iter()
+            .any(|c| c.target == b"/api/admin/settings/events/out" && c.expected == Expected::Protected));
     }
 
     #[test]

@@ -96,7 +96,7 @@ async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Respons
     let key = client::values(&headers, "sec-websocket-key").first().map(|k| k.to_vec()).unwrap_or_default();
     let set_cookies: Vec<Vec<u8>> =
         client::values(&headers, "x-echo-set-cookie").into_iter().map(<[u8]>::to_vec).collect();
-    recorded.lock().expect("upstream records").push(UpstreamRequest { method, path: path.clone(), headers, body });
+    recorded.push(UpstreamRequest { method, path: path.clone(), headers, body });
 
     if websocket {
         let upgrade = hyper::upgrade::on(&mut req);

@@ -2,7 +2,9 @@
 //!    configured request headers, with all their values, byte for byte.
 
 use nebula_authz_tests::client::RawRequest;
-use nebula_authz_tests::{AuthRequest, Env};
+use nebula_authz_tests::{over_h1_and_h2, AuthRequest, Env, Proto};
+
+over_h1_and_h2!(callout_carries_only_the_configured_headers, callout_honours_path_authority_timeout_and_header_list);
 
 /// Headers Envoy's async client adds on its own.
 fn added_by_envoy(name: &str) -> bool {
@@ -31,9 +33,8 @@ const DEFAULT_REQUEST_HEADERS: [&str; 8] = [
     "x-forwarded-for",
 ];
 
-#[test]
-fn callout_carries_only_the_configured_headers() {
-    let env = Env::start_default();
+fn callout_carries_only_the_configured_headers(proto: Proto) {
+    let env = Env::start_default_over(proto);
 
     let resp = env.send(
         &RawRequest::get("/api/flows?limit=5")
@@ -84,9 +85,9 @@ fn callout_carries_only_the_configured_headers() {
     assert_eq!(env.auth.count(), 2);
 }
 
-#[test]
-fn callout_honours_path_authority_timeout_and_header_list() {
-    let env = Env::start(
+fn callout_honours_path_authority_timeout_and_header_list(proto: Proto) {
+    let env = Env::start_over(
+        proto,
         r#"{"auth": {"cluster": "auth", "authority": "authz.internal:9000", "path": "/check",
                       "timeout_ms": 1234, "request_headers": ["authorization", "x-custom"]}}"#,
     );

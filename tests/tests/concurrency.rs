@@ -5,13 +5,14 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use nebula_authz_tests::client::RawRequest;
-use nebula_authz_tests::Env;
+use nebula_authz_tests::{over_h1_and_h2, Env, Proto};
 
 const REQUESTS: usize = 64;
 
-#[test]
-fn concurrent_requests_keep_their_own_identity() {
-    let env = Env::builder().concurrency(2).start();
+over_h1_and_h2!(concurrent_requests_keep_their_own_identity);
+
+fn concurrent_requests_keep_their_own_identity(proto: Proto) {
+    let env = Env::builder().proto(proto).concurrency(2).start();
     let port = env.port;
     let barrier = Arc::new(Barrier::new(REQUESTS));
     let handles: Vec<_> = (0..REQUESTS)
@@ -22,7 +23,7 @@ fn concurrent_requests_keep_their_own_identity() {
                 let delay = i * 37 % 61;
                 let req = RawRequest::get(format!("/api/flows/{i}")).bearer(&format!("slow:{delay}:allow:actor-{i}"));
                 barrier.wait();
-                req.try_send(port)
+                req.try_send_over(proto, port)
             })
         })
         .collect();

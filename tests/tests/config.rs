@@ -3,11 +3,12 @@
 //!    static listener with `fail_open: false`).
 
 use nebula_authz_tests::client::RawRequest;
-use nebula_authz_tests::Env;
+use nebula_authz_tests::{over_h1_and_h2, Env, Proto};
 
-#[test]
-fn minimal_config_uses_the_defaults() {
-    let env = Env::start(r#"{ "auth": { "cluster": "auth" } }"#);
+over_h1_and_h2!(minimal_config_uses_the_defaults, frontend_prefix_and_custom_strip_headers);
+
+fn minimal_config_uses_the_defaults(proto: Proto) {
+    let env = Env::start_over(proto, r#"{ "auth": { "cluster": "auth" } }"#);
     env.assert_allowed_as("minimal config, allow", &env.get_as("/api/flows", "allow:alice"), "alice");
     let req = env.auth.last();
     assert_eq!(req.header_all("host"), ["auth"], "authority defaults to the cluster name: {req:?}");
@@ -21,9 +22,9 @@ fn minimal_config_uses_the_defaults() {
     assert_eq!(env.auth.count(), 2, "public paths must not call the auth service");
 }
 
-#[test]
-fn frontend_prefix_and_custom_strip_headers() {
-    let env = Env::start(
+fn frontend_prefix_and_custom_strip_headers(proto: Proto) {
+    let env = Env::start_over(
+        proto,
         r#"{"auth": {"cluster": "auth"}, "frontend_prefix": "/ui",
             "strip_headers": ["x-nebula-actor-id", "x-nebula-actor-permissions", "x-nebula-ratelimit-config",
                               "x-nebula-log-limit-config", "x-evil"]}"#,

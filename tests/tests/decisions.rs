@@ -2,11 +2,12 @@
 //!    else), deny and redirect (status, body and the allowed headers to the client).
 
 use nebula_authz_tests::mock_auth::REDIRECT_LOCATION;
-use nebula_authz_tests::{Env, NEBULA_HEADERS};
+use nebula_authz_tests::{over_h1_and_h2, Env, Proto, NEBULA_HEADERS};
 
-#[test]
-fn allow_deny_and_redirect() {
-    let env = Env::start_default();
+over_h1_and_h2!(allow_deny_and_redirect, configured_allow_statuses_and_header_lists);
+
+fn allow_deny_and_redirect(proto: Proto) {
+    let env = Env::start_default_over(proto);
 
     let resp = env.get_as("/api/flows/1", "allow:alice");
     env.assert_allowed_as("allow", &resp, "alice");
@@ -41,9 +42,9 @@ fn allow_deny_and_redirect() {
     assert_eq!(env.upstream.count(), 1, "only the allowed request may reach the upstream");
 }
 
-#[test]
-fn configured_allow_statuses_and_header_lists() {
-    let env = Env::start(
+fn configured_allow_statuses_and_header_lists(proto: Proto) {
+    let env = Env::start_over(
+        proto,
         r#"{"auth": {"cluster": "auth", "allow_statuses": [200, 204],
                       "upstream_headers": ["x-nebula-actor-id", "x-other"],
                       "client_headers": ["www-authenticate"]}}"#,

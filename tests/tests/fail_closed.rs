@@ -4,11 +4,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nebula_authz_tests::{closed_port, Env};
+use nebula_authz_tests::{closed_port, over_h1_and_h2, Env, Proto};
 
-#[test]
-fn broken_auth_answers_fail_closed() {
-    let env = Env::start(r#"{"auth": {"cluster": "auth", "timeout_ms": 300}}"#);
+over_h1_and_h2!(
+    broken_auth_answers_fail_closed,
+    oversized_allow_body_fails_closed,
+    auth_service_down_fails_closed,
+    status_on_error_and_max_response_bytes_are_honoured,
+    unknown_auth_cluster_fails_closed,
+);
+
+fn broken_auth_answers_fail_closed(proto: Proto) {
+    let env = Env::start_over(proto, r#"{"auth": {"cluster": "auth", "timeout_ms": 300}}"#);
 
     let resp = env.get_as("/api/flows", "slow:3000");
     env.assert_fail_closed("timeout (300 ms, auth answers after 3 s)", &resp, 403);
@@ -27,26 +34,24 @@ fn broken_auth_answers_fail_closed() {
     env.assert_allowed_as("allow after failures", &env.get_as("/api/flows", "allow:alice"), "alice");
 }
 
-#[test]
-fn oversized_allow_body_fails_closed() {
+fn oversized_allow_body_fails_closed(proto: Proto) {
     // The 1 MiB default limit applies to every answer, allowing ones included.
-    let env = Env::start_default();
+    let env = Env::start_default_over(proto);
     env.assert_fail_closed("auth allows with a 2 MiB body", &env.get_as("/api/flows", "bigallow"), 403);
 }
 
-#[test]
-fn auth_service_down_fails_closed() {
+fn auth_service_down_fails_closed(proto: Proto) {
     let down = SocketAddr::from(([127, 0, 0, 1], closed_port()));
-    let env = Env::builder().auth_addr(down).start();
+    let env = Env::builder().proto(proto).auth_addr(down).start();
     env.assert_fail_closed("auth down (connection refused)", &env.get_as("/api/flows", "allow:alice"), 403);
     env.assert_fail_closed("auth down, POST", &env.post_as("/api/flows", "allow:alice", b"{}"), 403);
     let resp = env.get_as("/api/health", "allow:alice");
     env.check(resp.status == 200 && resp.proxied(), "public paths work without the auth service", &resp);
 }
 
-#[test]
-fn status_on_error_and_max_response_bytes_are_honoured() {
-    let env = Env::start(r#"{"auth": {"cluster": "auth", "max_response_bytes": 16}, "status_on_error": 503}"#);
+fn status_on_error_and_max_response_bytes_are_honoured(proto: Proto) {
+    let env =
+        Env::start_over(proto, r#"{"auth": {"cluster": "auth", "max_response_bytes": 16}, "status_on_error": 503}"#);
     env.assert_fail_closed("auth 500 with status_on_error 503", &env.get_as("/api/flows", "status:500"), 503);
     env.assert_fail_closed("auth closes with status_on_error 503", &env.get_as("/api/flows", "close"), 503);
     // The deny body (25 bytes) exceeds max_response_bytes (16).
@@ -55,9 +60,8 @@ fn status_on_error_and_max_response_bytes_are_honoured() {
     env.assert_allowed_as("allow body within max_response_bytes", &env.get_as("/api/flows", "allow:alice"), "alice");
 }
 
-#[test]
-fn unknown_auth_cluster_fails_closed() {
-    let env = Env::start(r#"{"auth": {"cluster": "nope"}}"#);
+fn unknown_auth_cluster_fails_closed(proto: Proto) {
+    let env = Env::start_over(proto, r#"{"auth": {"cluster": "nope"}}"#);
     env.assert_fail_closed("unknown cluster", &env.get_as("/api/flows", "allow:alice"), 403);
     assert_eq!(env.auth.count(), 0, "nothing can reach the mock through an unknown cluster");
     let resp = env.get_as("/api/version", "");

@@ -3,11 +3,12 @@
 
 use nebula_authz_tests::client::RawRequest;
 use nebula_authz_tests::mock_auth::LATIN1_ACTOR;
-use nebula_authz_tests::{Env, FILTER_ERROR_BODY};
+use nebula_authz_tests::{over_h1_and_h2, Env, Proto, FILTER_ERROR_BODY};
 
-#[test]
-fn non_utf8_header_values_do_not_break_the_filter() {
-    let mut env = Env::start_default();
+over_h1_and_h2!(non_utf8_header_values_do_not_break_the_filter);
+
+fn non_utf8_header_values_do_not_break_the_filter(proto: Proto) {
+    let mut env = Env::start_default_over(proto);
 
     // A non-UTF-8 value in a header the filter ignores, and in one it strips.
     let resp = env.send(

@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use nebula_authz_tests::client::RawRequest;
 use nebula_authz_tests::upstream::STREAM_BODY;
-use nebula_authz_tests::{websocket_echo, Env};
+use nebula_authz_tests::{over_h1_and_h2, websocket_echo, Env, Proto};
+
+over_h1_and_h2!(request_bodies_and_streamed_responses);
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-#[test]
-fn request_bodies_and_streamed_responses() {
-    let env = Env::start_default();
+/// Over h2 a "chunked" body is one DATA frame per chunk (Envoy re-frames it upstream).
+fn request_bodies_and_streamed_responses(proto: Proto) {
+    let env = Env::start_default_over(proto);
 
     let body = pattern(256 * 1024);
     let resp = env.post_as("/api/flows", "allow:alice", &body);

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use log::{error, warn};
+use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -20,6 +20,7 @@ use crate::host::header_map;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, resume, Applied};
+use crate::host::request_log::{self, Via};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::jwt::{self, JwtStep};
@@ -95,7 +96,7 @@ impl Authz {
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         let lookup = match cache::probe(settings, &callout) {
             Probe::Hit(decision) => {
-                return match inject::apply_decision(self.id, settings, &decision) {
+                return match inject::apply_decision(self.id, settings, &decision, Via::Cache) {
                     Applied::Allowed => Action::Continue,
                     Applied::Replied => Action::Pause,
                 }
@@ -208,7 +209,7 @@ impl HttpContext for Authz {
         match self.settings.clone() {
             Some(settings) => self.on_headers(&settings),
             None => {
-                error!("[{}] nebula-authz has no configuration; failing closed", self.id);
+                request_log::failed_closed(self.id, 500, "nebula-authz has no configuration");
                 count(Metric::Errors);
                 reply(self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
                 Action::Pause

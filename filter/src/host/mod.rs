@@ -1,7 +1,8 @@
 //! The proxy-wasm host side, thin: the root context ([`root`]: configuration, timers),
 //! the http context ([`http`]: one request's steps in order, each in [`steps`]), the
-//! JWKS fetches through shared data ([`jwks`], OIDC discovery in [`discovery`]), counters ([`metrics`]), local replies
-//! ([`reply`]) and the host clock ([`clock`]). Only [`header_map`], the host's header
+//! JWKS fetches through shared data ([`jwks`], OIDC discovery in [`discovery`]), counters
+//! ([`metrics`]), local replies ([`reply`]), the per-request log lines ([`request_log`])
+//! and the host clock ([`clock`]). Only [`header_map`], the host's header
 //! wire format, is pure and also built natively (unit tests, benchmarks); the rest
 //! exists only in the wasm build.
 
@@ -19,6 +20,8 @@ mod jwks;
 mod metrics;
 #[cfg(target_family = "wasm")]
 mod reply;
+#[cfg(target_family = "wasm")]
+mod request_log;
 #[cfg(target_family = "wasm")]
 mod root;
 #[cfg(target_family = "wasm")]

@@ -1,11 +1,12 @@
 //! Ending the request's pause: resume it, or answer the client locally (a denial, or
 //! failing closed with `status_on_error`).
 
-use log::{error, warn};
+use log::error;
 use proxy_wasm::hostcalls;
 
 use crate::config::Settings;
 use crate::host::metrics::count;
+use crate::host::request_log;
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
@@ -24,7 +25,7 @@ pub fn resume(id: u32) {
 }
 
 pub fn fail_closed(id: u32, settings: &Settings, failure: Failure) -> Applied {
-    warn!("[{id}] failing closed with {}: {failure}", settings.status_on_error);
+    request_log::failed_closed(id, settings.status_on_error, failure);
     count(Metric::Errors);
     reply(id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
     Applied::Replied

@@ -2,7 +2,7 @@
 //! once, shares it with every http context, and on its tick sends orphaned callouts
 //! again and refreshes remote JWKS.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::host::http::Authz;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{self, JwtMetrics};
+use crate::host::request_log;
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::decide::{answer, failed};
 use crate::jwt::jwks::Why;
@@ -24,10 +25,18 @@ use crate::jwt::verifier::JwtVerifier;
 use crate::policy::decision::Failure;
 
 proxy_wasm::main! {{
-    // Also installs the SDK's panic hook, which logs the panic at critical level.
+    // Also installs the SDK's panic hook, which logs the panic at critical level. The
+    // host's own level replaces Info in on_vm_start (host/request_log.rs).
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, settings: None, resends: HashMap::new(), jwt: None, jwks_fetches: Vec::new() })
+        Box::new(Root {
+            id,
+            settings: None,
+            resends: HashMap::new(),
+            jwt: None,
+            jwks_fetches: Vec::new(),
+            streams: Cell::new(0),
+        })
     });
 }}
 
@@ -40,6 +49,8 @@ struct Root {
     jwt: Option<Rc<RefCell<JwtState>>>,
     /// JWKS fetches this root context started on its timer: (call token, provider).
     jwks_fetches: Vec<(u32, usize)>,
+    /// Streams since the host's log level was last read.
+    streams: Cell<u32>,
 }
 
 impl Root {
@@ -99,12 +110,14 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        request_log::follow_host_level();
         info!("nebula-authz {} starting", env!("CARGO_PKG_VERSION"));
         metrics::define();
         true
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        request_log::follow_host_level();
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
@@ -148,6 +161,12 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Envoy's admin may change the wasm log level at any time: look again now and then.
+        let streams = self.streams.get().wrapping_add(1);
+        self.streams.set(streams % request_log::REFRESH_EVERY);
+        if streams == request_log::REFRESH_EVERY {
+            request_log::follow_host_level();
+        }
         // Never None: the SDK panics on it. Without settings the context fails closed.
         Some(Box::new(Authz::new(context_id, self.settings.clone(), self.jwt.clone())))
     }

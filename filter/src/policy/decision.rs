@@ -35,6 +35,11 @@ pub enum Failure {
     BadStatus,
     /// The auth service answered 5xx: an error, not a decision.
     AuthServerError(u32),
+    /// Envoy's own 503 for the callout: no connection to the auth service, or it went
+    /// away before answering (the reply has no `x-envoy-upstream-service-time`).
+    Unreachable(Unreachable),
+    /// Envoy's own 504 for the callout: `auth.timeout_ms` passed without an answer.
+    TimedOut { ms: u128 },
     /// The response body is over `auth.max_response_bytes`.
     BodyTooLarge(usize),
     /// A header to relay to the client is not text.
@@ -53,6 +58,8 @@ impl fmt::Display for Failure {
             Failure::NoResponse => write!(f, "no response from the auth service (timeout, reset or unreachable)"),
             Failure::BadStatus => write!(f, "auth response has no valid final :status"),
             Failure::AuthServerError(status) => write!(f, "auth service answered {status}"),
+            Failure::Unreachable(why) => write!(f, "{why} (Envoy's 503, not the auth service's)"),
+            Failure::TimedOut { ms } => write!(f, "auth service timed out after {ms} ms (Envoy's 504)"),
             Failure::BodyTooLarge(size) => {
                 write!(f, "auth response body of {size} bytes is over auth.max_response_bytes")
             }
@@ -64,6 +71,51 @@ impl fmt::Display for Failure {
     }
 }
 
+/// What Envoy's 503 for a callout says happened (its body names the reset reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// `reset reason: remote connection failure` / `connection failure`: nothing listens.
+    Refused,
+    /// `connection termination`, `remote reset`...: the connection closed before an answer.
+    Reset,
+    /// The cluster has no usable endpoint (DNS, health checks).
+    NoHealthyUpstream,
+    /// A 503 without Envoy's usual body.
+    Other,
+}
+
+impl Unreachable {
+    /// Reads Envoy's local reply body (`upstream connect error or disconnect/reset before
+    /// headers. reset reason: ...`, `no healthy upstream`).
+    pub fn from_body(body: &[u8]) -> Unreachable {
+        let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        if has(b"no healthy upstream") {
+            Unreachable::NoHealthyUpstream
+        } else if has(b"connection failure") {
+            Unreachable::Refused
+        } else if has(b"reset reason:") {
+            Unreachable::Reset
+        } else {
+            Unreachable::Other
+        }
+    }
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unreachable::Refused => "connection refused by the auth service",
+            Unreachable::Reset => "connection reset/closed by the auth service before an answer",
+            Unreachable::NoHealthyUpstream => "no healthy endpoint in the auth cluster",
+            Unreachable::Other => "connection refused/reset",
+        })
+    }
+}
+
+/// The header Envoy's router adds to every response that came from an upstream; its
+/// absence on a 503/504 marks the reply as Envoy's own (connect failure, reset, timeout).
+const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+
 /// Decides on the auth response; `headers` include `:status` (empty when Envoy got no
 /// response), `body_size` is the size of its body.
 pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: usize) -> Verdict<'r> {
@@ -74,7 +126,13 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
         return Verdict::Fail(Failure::BadStatus);
     };
     if status >= 500 {
-        return Verdict::Fail(Failure::AuthServerError(status));
+        let envoys = matches!(status, 503 | 504) && headers::first(headers, UPSTREAM_SERVICE_TIME).is_none();
+        return Verdict::Fail(match (envoys, status) {
+            (true, 504) => Failure::TimedOut { ms: auth.timeout.as_millis() },
+            // The body (read only in this case) tells refused from reset: host/steps/decide.rs.
+            (true, _) => Failure::Unreachable(Unreachable::Other),
+            _ => Failure::AuthServerError(status),
+        });
     }
     // An oversized answer is malformed whatever its status: allow included.
     if body_size > auth.max_response_bytes {
@@ -191,7 +249,11 @@ mod tests {
             (&[(":status", b"100")], 0, Failure::BadStatus),
             (&[(":status", b"600")], 0, Failure::BadStatus),
             (&[(":status", b"500")], 0, Failure::AuthServerError(500)),
-            (&[(":status", b"503")], 10, Failure::AuthServerError(503)),
+            (&[(":status", b"503"), ("x-envoy-upstream-service-time", b"3")], 10, Failure::AuthServerError(503)),
+            (&[(":status", b"504"), ("x-envoy-upstream-service-time", b"3")], 0, Failure::AuthServerError(504)),
+            (&[(":status", b"503")], 10, Failure::Unreachable(Unreachable::Other)),
+            (&[(":status", b"504")], 0, Failure::TimedOut { ms: 5000 }),
+            (&[(":status", b"502")], 0, Failure::AuthServerError(502)),
             (&[(":status", b"401")], 101, Failure::BodyTooLarge(101)),
             (&[(":status", b"200")], 101, Failure::BodyTooLarge(101)),
             (&[(":status", b"401"), ("www-authenticate", b"\xff")], 0, Failure::ResponseHeaderNotText),
@@ -199,6 +261,20 @@ mod tests {
         for (headers, body, failure) in cases {
             assert_eq!(s.decide(&h(headers), *body), Verdict::Fail(*failure), "{headers:?}");
         }
+    }
+
+    /// Envoy 1.40's local reply bodies for a callout (seen with a refused port, a server
+    /// that closes the connection, and a cluster without endpoints).
+    #[test]
+    fn envoy_local_reply_bodies() {
+        let refused = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+        assert_eq!(Unreachable::from_body(refused), Unreachable::Refused);
+        let closed = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+        assert_eq!(Unreachable::from_body(closed), Unreachable::Reset);
+        assert_eq!(Unreachable::from_body(b"no healthy upstream"), Unreachable::NoHealthyUpstream);
+        assert_eq!(Unreachable::from_body(b"busy"), Unreachable::Other);
+        assert_eq!(Failure::TimedOut { ms: 300 }.to_string(), "auth service timed out after 300 ms (Envoy's 504)");
+        assert!(Failure::Unreachable(Unreachable::Refused).to_string().starts_with("connection refused"));
     }
 
     #[test]

@@ -12,9 +12,13 @@
 //! Templates follow Traefik `PathPrefix` on segment boundaries (`/hooks` covers `/hooks`
 //! and `/hooks/...`, not `/hooksx`); `{name}` matches one segment. A leading `{prefix}`
 //! matches one or more segments and the rest must end the path (an optional trailing `/`
-//! aside): `/{prefix}/events/out`. matchit handles both: prefix templates in a forward
-//! router, `{prefix}` templates in a router over the path's segments reversed, so the
-//! cost per request does not grow with the number of templates.
+//! aside): `/{prefix}/events/out`. A template starting with `=` is exact: that path (one
+//! trailing `/` aside) and nothing below it, `=/api/events/out`; the Prefect preset uses
+//! it for the WebSocket endpoints, which seed 000's `{prefix}` would open under any route
+//! that ends the same way (`/api/admin/settings/events/out`). matchit handles all three:
+//! prefix and exact templates in a forward router, `{prefix}` templates in a router over
+//! the path's segments reversed, so the cost per request does not grow with the number
+//! of templates.
 
 use std::collections::HashSet;
 
@@ -82,6 +86,7 @@ impl PublicPaths {
                     let routes = vec![format!("{route}/"), format!("{route}/{{*rest}}"), route];
                     (&mut paths.forward, routes)
                 }
+                Template::Exact(route) => (&mut paths.forward, vec![format!("{route}/"), route]),
                 Template::Suffix(reversed) => {
                     paths.has_reverse = true;
                     (&mut paths.reverse, vec![format!("{reversed}/{{*prefix}}")])
@@ -116,8 +121,10 @@ impl PublicPaths {
 /// `/a/{x}` and `/a/{y}` are the same route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Template {
-    /// Route for the forward router (`/hooks`, `/api/{p1}/x`).
+    /// Route for the forward router (`/hooks`, `/api/{p1}/x`), and everything below it.
     Prefix(String),
+    /// Route for the forward router, only itself (`=/api/events/out`).
+    Exact(String),
     /// Segments after a leading `{prefix}`, reversed (`/out/events`).
     Suffix(String),
 }
@@ -125,6 +132,13 @@ enum Template {
 impl Template {
     /// On error, the message follows the quoted template.
     fn parse(template: &str) -> Result<Template, String> {
+        if let Some(exact) = template.strip_prefix('=') {
+            return match Template::parse(exact)? {
+                Template::Prefix(route) => Ok(Template::Exact(route)),
+                Template::Suffix(_) => Err(": '=' (exact) and {prefix} (any prefix) exclude each other".into()),
+                Template::Exact(_) => Err(": one '=' is enough".into()),
+            };
+        }
         let Some(body) = template.strip_prefix('/') else {
             return Err(" must start with '/'".into());
         };
@@ -251,6 +265,81 @@ mod tests {
         }
         assert!(protected >= 30, "the table must keep at least 30 protected rows, has {protected}");
         assert!(rows >= 60, "{rows}");
+    }
+
+    /// The Prefect preset's public paths, as shipped.
+    fn preset_paths() -> PublicPaths {
+        let preset: serde_json::Value =
+            serde_json::from_str(include_str!("../../../envoy/presets/prefect.json")).unwrap();
+        let templates: Vec<String> =
+            preset["public_paths"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+        PublicPaths::compile(&templates, &[]).unwrap()
+    }
+
+    /// tests/data/paths_prefix.tsv: seed 000 (column 0) and the preset (column 1).
+    #[test]
+    fn prefix_table_against_both_templates() {
+        let seed = compile(&DEFAULT_PUBLIC_PATHS);
+        let tight = preset_paths();
+        let table = include_str!("../../../tests/data/paths_prefix.tsv");
+        let mut differ = 0;
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            assert!(cols.len() >= 3, "bad row: {line:?}");
+            let target = unescape(cols[2]);
+            for (paths, expected, which) in [(&seed, cols[0], "seed 000"), (&tight, cols[1], "preset")] {
+                assert!(expected == "public" || expected == "protected", "bad expectation in {line:?}");
+                assert_eq!(paths.is_public(&target), expected == "public", "{which}: {}", cols[2]);
+            }
+            differ += usize::from(cols[0] != cols[1]);
+        }
+        assert!(differ >= 10, "{differ}");
+    }
+
+    /// tests/data/paths.tsv holds for the preset's templates too.
+    #[test]
+    fn path_table_against_the_preset() {
+        let tight = preset_paths();
+        let table = include_str!("../../../tests/data/paths.tsv");
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            assert_eq!(tight.is_public(&unescape(cols[1])), cols[0] == "public", "{}", cols[1]);
+        }
+    }
+
+    #[test]
+    fn exact_templates() {
+        let paths = compile(&["=/api/events/out", "=/api/accounts/{a}/workspaces/{w}/events/out", "/hooks"]);
+        assert!(paths.is_public(b"/api/events/out"));
+        assert!(paths.is_public(b"/api/events/out/"));
+        assert!(paths.is_public(b"/api/events/out?x=1"));
+        assert!(!paths.is_public(b"/api/events/out/x"));
+        assert!(!paths.is_public(b"/api/events/outx"));
+        assert!(paths.is_public(b"/api/accounts/1/workspaces/2/events/out"));
+        assert!(!paths.is_public(b"/api/accounts/1/workspaces/2/events/out/x"));
+        assert!(!paths.is_public(b"/api/admin/settings/events/out"));
+        assert_eq!(paths.find(b"/api/events/out"), Some("=/api/events/out"));
+        assert!(paths.is_public(b"/hooks/x"), "prefix templates still cover what is below them");
+        // An exact template below a prefix one adds nothing, and is allowed.
+        assert!(compile(&["/hooks", "=/hooks/a"]).is_public(b"/hooks/a/b"));
+    }
+
+    #[test]
+    fn exact_template_errors() {
+        for (template, message) in [
+            (
+                "=/{prefix}/events/out",
+                "\"=/{prefix}/events/out\": '=' (exact) and {prefix} (any prefix) exclude each other",
+            ),
+            ("==/a", "\"==/a\": one '=' is enough"),
+            ("=api", "\"=api\" must start with '/'"),
+            ("=/", "\"=/\" would make every path public"),
+        ] {
+            let err = PublicPaths::compile(&[template.to_string()], &[]).unwrap_err();
+            assert_eq!(err.message, message, "{template}");
+        }
+        let err = PublicPaths::compile(&["/a".into(), "=/a".into()], &[]).unwrap_err();
+        assert!(err.message.contains("overlaps another public path"), "{}", err.message);
     }
 
     #[test]

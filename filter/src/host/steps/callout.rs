@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use log::{debug, error, warn};
+use log::{debug, error};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
@@ -59,7 +59,7 @@ pub fn send(
     match dispatch(&settings.auth, callout) {
         Ok(token) => Some((token, resend)),
         Err(status) => {
-            warn!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
+            debug!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
             let lookup = resend.map(|r| r.lookup);
             let outcome = failed(settings, lookup.as_ref(), Failure::DispatchFailed);
             settle(id, settings, lookup.as_ref(), &outcome);

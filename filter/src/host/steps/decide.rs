@@ -10,7 +10,7 @@ use crate::cache::shared::{Decision, Lookup};
 use crate::config::Settings;
 use crate::host::header_map;
 use crate::host::steps::cache;
-use crate::policy::decision::{Failure, Verdict};
+use crate::policy::decision::{Failure, Unreachable, Verdict};
 
 /// What happened to a request that needed the auth service.
 pub enum Outcome {
@@ -40,6 +40,14 @@ pub fn answer(settings: &Settings, lookup: Option<&Lookup>, body_size: usize) ->
                 cache::store(cache, lookup, &decision, &headers);
             }
             Outcome::Decided(decision)
+        }
+        // Envoy's own 503: its body says whether the connection was refused or reset.
+        (None, Verdict::Fail(Failure::Unreachable(_))) => {
+            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(512))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            failed(settings, lookup, Failure::Unreachable(Unreachable::from_body(&body)))
         }
         (None, Verdict::Fail(failure)) => failed(settings, lookup, failure),
         (None, _) => Outcome::Failed(Failure::HostError),

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use log::debug;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 
@@ -15,6 +14,7 @@ use crate::config::Settings;
 use crate::host::header_map;
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, Applied};
+use crate::host::request_log::{self, Via};
 use crate::host::steps::decide::Outcome;
 use crate::jwt::verifier::ClaimHeaders;
 use crate::metrics::Metric;
@@ -44,19 +44,19 @@ pub fn forget(id: u32) {
 
 /// Applies `outcome` to the effective context's request (`id` is for the logs).
 pub fn apply(id: u32, settings: &Settings, outcome: &Outcome) -> Applied {
-    let decision = match outcome {
-        Outcome::Decided(decision) => decision,
+    let (decision, via) = match outcome {
+        Outcome::Decided(decision) => (decision, Via::AuthService),
         Outcome::Stale(decision) => {
             count(Metric::CacheStaleServed);
-            decision
+            (decision, Via::StaleIfError)
         }
         Outcome::Failed(failure) => return fail_closed(id, settings, *failure),
     };
-    apply_decision(id, settings, decision)
+    apply_decision(id, settings, decision, via)
 }
 
 /// Injects an allow's headers, or replies with a denial.
-pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision) -> Applied {
+pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Via) -> Applied {
     match decision {
         Decision::Allow { inject, cookies } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
@@ -80,12 +80,12 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision) -> Appl
             if !cookies.is_empty() {
                 AUTH_COOKIES.with(|c| c.borrow_mut().insert(id, cookies.clone()));
             }
-            debug!("[{id}] allowed");
+            request_log::allowed(id, via);
             count(Metric::Allows);
             Applied::Allowed
         }
         Decision::Deny { status, headers, body } => {
-            debug!("[{id}] denied with {status}");
+            request_log::denied(id, *status, via);
             count(Metric::Denies);
             let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             reply(id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));

@@ -14,6 +14,7 @@ use crate::host::clock::now_ms;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{count, Counter};
 use crate::host::reply::{fail_closed, reply};
+use crate::host::request_log;
 use crate::host::steps::inject;
 use crate::jwt::config::Mode;
 use crate::jwt::jwks::Why;
@@ -68,10 +69,15 @@ pub fn check(
                 // can in local_then_callout; in local mode, fail closed.
                 state.metrics.inc(Counter::KeysUnavailable);
                 let mode = jwt.providers.get(provider).map_or(Mode::Local, |p| p.mode);
-                warn!("[{id}] no JWKS keys yet for provider {provider} ({mode:?})");
                 if mode == Mode::LocalThenCallout {
+                    warn!("[{id}] no JWKS keys yet for provider {provider} ({mode:?}); asking the auth service");
                     return JwtStep::Callout;
                 }
+                request_log::failed_closed(
+                    id,
+                    settings.status_on_error,
+                    format_args!("no JWKS keys yet for provider {provider} ({mode:?})"),
+                );
                 count(Metric::Errors);
                 reply(id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
                 return JwtStep::Wait;
@@ -107,7 +113,7 @@ pub fn check(
         }
         verifier::Outcome::Invalid(reason) => {
             state.metrics.inc(Counter::Rejected(reason));
-            debug!("[{id}] invalid JWT: {}", reason.as_str());
+            request_log::denied_because(id, 401, format_args!("invalid JWT: {}", reason.as_str()));
             let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
             reply(id, 401, headers, Some(INVALID_TOKEN_BODY));
             JwtStep::Wait
