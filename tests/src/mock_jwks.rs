@@ -1,8 +1,10 @@
 //! A JWKS endpoint for the JWT tests: serves whatever document the test sets (keys can
 //! change between requests, as an identity provider rotating keys), or fails with 503
-//! while "down", and records every fetch. It runs on its own runtime so that a test
+//! while "down", and records every fetch. [`MockJwks::set_at`] serves another document
+//! at one path (an OIDC openid-configuration beside the keys). It runs on its own runtime so that a test
 //! can start it before Envoy and hand its address to [`crate::EnvBuilder::cluster`].
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,10 +22,13 @@ use crate::mock_server::MockServer;
 
 /// `Some(document)` to serve, `None` to answer 503.
 type Document = Arc<Mutex<Option<String>>>;
+/// Documents served at one path each, before the default one.
+type Routes = Arc<Mutex<HashMap<String, String>>>;
 
 pub struct MockJwks {
     server: MockServer,
     document: Document,
+    routes: Routes,
     _rt: Runtime,
 }
 
@@ -33,8 +38,10 @@ impl MockJwks {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let doc: Document = Arc::new(Mutex::new(Some(document.to_owned())));
         let served = doc.clone();
+        let routes: Routes = Arc::default();
+        let by_path = routes.clone();
         let server = MockServer::start(&rt, "the JWKS endpoint", move |stream, recorded| {
-            let served = served.clone();
+            let (served, by_path) = (served.clone(), by_path.clone());
             async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let headers: Vec<Header> =
@@ -45,7 +52,9 @@ impl MockJwks {
                         headers,
                         body: Vec::new(),
                     });
-                    let answer = match served.lock().expect("document").clone() {
+                    let routed = by_path.lock().expect("routes").get(req.uri().path()).cloned();
+                    let down = served.lock().expect("document").is_none();
+                    let answer = match routed.filter(|_| !down).or_else(|| served.lock().expect("document").clone()) {
                         Some(doc) => Response::builder()
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from(doc))),
@@ -56,7 +65,7 @@ impl MockJwks {
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             }
         });
-        MockJwks { server, document: doc, _rt: rt }
+        MockJwks { server, document: doc, routes, _rt: rt }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -66,6 +75,11 @@ impl MockJwks {
     /// Serves `document` from now on.
     pub fn set(&self, document: &str) {
         *self.document.lock().expect("document") = Some(document.to_owned());
+    }
+
+    /// Serves `document` at `path` (and the default document everywhere else).
+    pub fn set_at(&self, path: &str, document: &str) {
+        self.routes.lock().expect("routes").insert(path.to_owned(), document.to_owned());
     }
 
     /// Answers 503 from now on.

@@ -217,7 +217,11 @@ impl Context for Authz {
                 if let Some(settings) = self.settings.clone() {
                     if let (Some(jwt), Some(state)) = (&settings.jwt, &self.jwt) {
                         if let Ok(mut state) = state.try_borrow_mut() {
-                            jwks::finish_fetch(jwt, &mut state, provider, body_size);
+                            // OIDC discovery: the openid-configuration came; wait for its JWKS.
+                            if let Some(next) = jwks::finish_fetch(jwt, &mut state, provider, token, body_size) {
+                                self.pending = Some(Pending::Jwks { token: next, provider });
+                                return;
+                            }
                         }
                     }
                     self.after_jwks(&settings);

@@ -1,16 +1,20 @@
 //! The host side of local JWT verification: the per-worker verifier state, and remote
 //! JWKS fetched once per Envoy through shared data. The decisions themselves are in
-//! jwt/verifier.rs and jwt/jwks.rs; the request step is host/steps/jwt.rs.
+//! jwt/verifier.rs and jwt/jwks.rs; the request step is host/steps/jwt.rs. A provider
+//! with `discovery` first fetches its openid-configuration, under the same lease
+//! (host/discovery.rs).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, Status};
 
 use crate::host::clock::now_ms;
+use crate::host::discovery;
 use crate::host::metrics::{Counter, JwtMetrics};
-use crate::jwt::config::{JwtSettings, Provider};
+use crate::jwt::config::{JwtSettings, Provider, RemoteJwks};
 use crate::jwt::jwks::{self, FetchState, Why};
 use crate::jwt::verifier::JwtVerifier;
 
@@ -78,15 +82,18 @@ pub fn start_fetch(settings: &JwtSettings, provider: usize, why: Why) -> Option<
     }
     let leased = current.leased(now, remote);
     hostcalls::set_shared_data(&state_key, Some(&leased.encode()), cas).ok()?;
-    let headers = vec![
-        (":method", "GET"),
-        (":path", remote.path.as_str()),
-        (":authority", remote.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], remote.timeout) {
+    // OIDC discovery: the openid-configuration first, until a VM has found its jwks_uri.
+    let (path, discovering) = match remote.discovery.then(|| discovery::known_path(remote)) {
+        Some(Some(path)) => (Cow::Owned(path), false),
+        Some(None) => (Cow::Borrowed(remote.path.as_str()), true),
+        None => (Cow::Borrowed(remote.path.as_str()), false),
+    };
+    match dispatch(remote, &path) {
         Ok(token) => {
-            info!("fetching JWKS of {:?} from cluster {:?} {:?}", p.issuer, remote.cluster, remote.path);
+            info!("fetching JWKS of {:?} from cluster {:?} {path:?}", p.issuer, remote.cluster);
+            if discovering {
+                discovery::mark(token);
+            }
             Some(token)
         }
         Err(status) => {
@@ -98,22 +105,59 @@ pub fn start_fetch(settings: &JwtSettings, provider: usize, why: Why) -> Option<
     }
 }
 
-/// Handles the fetch response: a usable JWKS is published to every VM and loaded here;
-/// otherwise the old keys stay. Returns whether new keys were loaded.
-pub fn finish_fetch(settings: &JwtSettings, state: &mut JwtState, provider: usize, body_size: usize) -> bool {
-    let Some(p) = settings.providers.get(provider) else { return false };
-    let Some((state_key, jwks_key)) = state_key(p) else { return false };
+fn dispatch(remote: &RemoteJwks, path: &str) -> Result<u32, Status> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", remote.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], remote.timeout)
+}
+
+/// Handles the fetch response (call `token`): a usable JWKS is published to every VM and
+/// loaded here; otherwise the old keys stay. An openid-configuration's answer is the
+/// JWKS fetch it leads to: its call token is returned, to wait for in turn.
+pub fn finish_fetch(
+    settings: &JwtSettings,
+    state: &mut JwtState,
+    provider: usize,
+    token: u32,
+    body_size: usize,
+) -> Option<u32> {
+    let p = settings.providers.get(provider)?;
+    let remote = p.remote.as_ref()?;
+    let (state_key, jwks_key) = state_key(p)?;
+    let discovering = discovery::take(token);
     let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_slice());
-    let result = if body_size > jwks::MAX_JWKS_BYTES {
+    let body = if body_size > jwks::MAX_JWKS_BYTES {
         Err(format!("body of {body_size} bytes is over {}", jwks::MAX_JWKS_BYTES))
     } else {
-        let body =
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        jwks::parse_response(status, &body, &p.algorithms).map(|keys| (keys, body))
+        Ok(hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default())
     };
     let now = now_ms();
     let (current, _) = read_state(&state_key);
+    if discovering {
+        let next = body.and_then(|body| crate::jwt::discovery::jwks_path(status, &body, &p.issuer, &remote.authority));
+        let next = next.and_then(|path| {
+            discovery::remember(remote, &path);
+            info!("OIDC discovery of {:?}: its JWKS is at {path:?}", p.issuer);
+            // Still this VM's lease: it runs on for the JWKS fetch.
+            let _ = hostcalls::set_shared_data(&state_key, Some(&current.leased(now, remote).encode()), None);
+            dispatch(remote, &path).map_err(|s| format!("cluster {:?} refused the JWKS fetch: {s:?}", remote.cluster))
+        });
+        match next {
+            Ok(next) => return Some(next),
+            Err(e) => {
+                let _ = hostcalls::set_shared_data(&state_key, Some(&current.finished(now, false).encode()), None);
+                warn!("OIDC discovery of {:?} failed: {e}; keeping the previous keys", p.issuer);
+                state.metrics.inc(Counter::JwksFailure);
+                return None;
+            }
+        }
+    }
+    let result = body.and_then(|body| jwks::parse_response(status, &body, &p.algorithms).map(|keys| (keys, body)));
     match result {
         Ok((keys, body)) => {
             let next = current.finished(now, true);
@@ -122,13 +166,17 @@ pub fn finish_fetch(settings: &JwtSettings, state: &mut JwtState, provider: usiz
             info!("JWKS of {:?}: {} keys (version {})", p.issuer, keys.keys.len(), next.version);
             state.verifier.set_remote_keys(provider, keys, next.version);
             state.metrics.inc(Counter::JwksRefresh);
-            true
+            None
         }
         Err(e) => {
+            if remote.discovery {
+                // Discover again on the next attempt: the provider may have moved its keys.
+                discovery::forget(remote);
+            }
             let _ = hostcalls::set_shared_data(&state_key, Some(&current.finished(now, false).encode()), None);
             warn!("JWKS fetch for {:?} failed: {e}; keeping the previous keys", p.issuer);
             state.metrics.inc(Counter::JwksFailure);
-            false
+            None
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The proxy-wasm host side, thin: the root context ([`root`]: configuration, timers),
 //! the http context ([`http`]: one request's steps in order, each in [`steps`]), the
-//! JWKS fetches through shared data ([`jwks`]), counters ([`metrics`]), local replies
-//! ([`reply`]), the per-request log lines ([`request_log`]) and the host clock ([`clock`]). Only [`header_map`], the host's header
+//! JWKS fetches through shared data ([`jwks`], OIDC discovery in [`discovery`]), Envoy's
+//! signature check ([`crypto`]), counters
+//! ([`metrics`]), local replies ([`reply`]), the per-request log lines ([`request_log`])
+//! and the host clock ([`clock`]). Only [`header_map`], the host's header
 //! wire format, is pure and also built natively (unit tests, benchmarks); the rest
 //! exists only in the wasm build.
 
@@ -11,6 +13,8 @@ pub mod header_map;
 mod clock;
 #[cfg(target_family = "wasm")]
 mod crypto;
+#[cfg(target_family = "wasm")]
+mod discovery;
 #[cfg(target_family = "wasm")]
 mod http;
 #[cfg(target_family = "wasm")]

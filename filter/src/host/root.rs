@@ -100,7 +100,10 @@ impl Context for Root {
             let (_, provider) = self.jwks_fetches.swap_remove(i);
             if let (Some(settings), Some(state)) = (&self.settings, &self.jwt) {
                 if let (Some(jwt), Ok(mut state)) = (&settings.jwt, state.try_borrow_mut()) {
-                    jwks::finish_fetch(jwt, &mut state, provider, body_size);
+                    // OIDC discovery: the openid-configuration leads to the JWKS fetch.
+                    if let Some(next) = jwks::finish_fetch(jwt, &mut state, provider, token, body_size) {
+                        self.jwks_fetches.push((next, provider));
+                    }
                 }
             }
             return;

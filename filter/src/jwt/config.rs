@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::error::ConfigError;
 use crate::jwt::keys::{Alg, KeySet};
 use crate::jwt::require::Requirements;
+use crate::jwt::source::{RawHeaderSource, Sources};
 use crate::policy::headers::HeaderNames;
 use crate::policy::route::PublicPaths;
 
@@ -36,11 +37,12 @@ pub(crate) struct RawJwt {
     mode: Option<Mode>,
     from_headers: Option<Vec<RawHeaderSource>>,
     from_cookies: Option<Vec<String>>,
+    from_params: Option<Vec<String>>,
+    forward: Option<bool>,
     max_token_bytes: Option<usize>,
     cache_entries: Option<usize>,
     unknown_issuer: Option<UnknownIssuer>,
     rules: Option<Vec<RawRule>>,
-    forward: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,13 +50,6 @@ pub(crate) struct RawJwt {
 struct RawRule {
     path: String,
     require: Map<String, Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHeaderSource {
-    name: String,
-    value_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +63,9 @@ struct RawProvider {
     /// A P-256/P-384/Ed25519 PEM public key, or an object of `kid` → PEM (seed 004's `secrets`).
     pem: Option<Value>,
     remote_jwks: Option<RawRemoteJwks>,
+    /// OIDC discovery: `remote_jwks` whose JWKS path comes from the issuer's
+    /// openid-configuration (jwt/discovery.rs); `path` is that document's.
+    discovery: Option<RawRemoteJwks>,
     secret: Option<String>,
     leeway_s: Option<u64>,
     claims_to_headers: Option<std::collections::BTreeMap<String, String>>,
@@ -108,21 +106,11 @@ pub enum UnknownIssuer {
     Reject,
 }
 
-/// Where a credential is read from, in order; the first one present is the credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A header (lower-case name), with a case-insensitive prefix to remove (`Bearer `).
-    Header {
-        name: String,
-        prefix: String,
-    },
-    Cookie(String),
-}
-
 #[derive(Debug)]
 pub struct JwtSettings {
     pub providers: Vec<Provider>,
-    pub sources: Vec<Source>,
+    /// Where tokens are read from, and whether a verified one stays in the request.
+    pub sources: Sources,
     /// Longer JWT-shaped credentials are rejected without being decoded.
     pub max_token_bytes: usize,
     /// Verified tokens remembered per worker.
@@ -134,8 +122,6 @@ pub struct JwtSettings {
     pub warnings: Vec<String>,
     /// Claim checks by path (`rules`), on top of each provider's `require`.
     pub rules: Option<Rules>,
-    /// `false`: a verified token is removed from the request before the upstream.
-    pub forward: bool,
 }
 
 /// `rules`: path templates (the public-path syntax and matcher) with a `require` each.
@@ -185,6 +171,9 @@ pub struct RemoteJwks {
     pub refresh_interval: Duration,
     /// Refetches on an unknown `kid` or after a failure are at most this frequent.
     pub min_refresh_interval: Duration,
+    /// OIDC discovery: `path` is the openid-configuration, whose `jwks_uri` (on the same
+    /// host) is fetched next through the same cluster.
+    pub discovery: bool,
 }
 
 impl RemoteJwks {
@@ -219,7 +208,7 @@ impl TryFrom<RawJwt> for JwtSettings {
             injected.extend(&HeaderNames::parse_injectable(&format!("{at}.claims_to_headers"), &names)?);
             providers.push(provider);
         }
-        let sources = sources(raw.from_headers, raw.from_cookies)?;
+        let sources = Sources::parse(raw.from_headers, raw.from_cookies, raw.from_params, raw.forward)?;
         let max_token_bytes =
             bounded("jwt.max_token_bytes", raw.max_token_bytes, DEFAULT_MAX_TOKEN_BYTES, 16, MAX_MAX_TOKEN_BYTES)?;
         let cache_entries =
@@ -235,7 +224,6 @@ impl TryFrom<RawJwt> for JwtSettings {
             injected,
             warnings,
             rules,
-            forward: raw.forward.unwrap_or(true),
         })
     }
 }
@@ -269,30 +257,6 @@ fn bounded(field: &str, value: Option<usize>, default: usize, min: usize, max: u
     Ok(v)
 }
 
-fn sources(headers: Option<Vec<RawHeaderSource>>, cookies: Option<Vec<String>>) -> Result<Vec<Source>, ConfigError> {
-    let headers = match (&headers, &cookies) {
-        // Istio's and jwt_authn's default: `Authorization: Bearer <token>`.
-        (None, None) => vec![RawHeaderSource { name: "authorization".into(), value_prefix: Some("Bearer ".into()) }],
-        _ => headers.unwrap_or_default(),
-    };
-    let mut out = Vec::new();
-    for (i, h) in headers.into_iter().enumerate() {
-        let field = format!("jwt.from_headers[{i}].name");
-        HeaderNames::parse(&field, std::slice::from_ref(&h.name), false).map_err(|e| ConfigError { field, ..e })?;
-        out.push(Source::Header { name: h.name.to_ascii_lowercase(), prefix: h.value_prefix.unwrap_or_default() });
-    }
-    for (i, c) in cookies.unwrap_or_default().into_iter().enumerate() {
-        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"=;,\"\\".contains(&b)) {
-            return Err(ConfigError::new(format!("jwt.from_cookies[{i}]"), format!("{c:?} is not a cookie name")));
-        }
-        out.push(Source::Cookie(c));
-    }
-    if out.is_empty() {
-        return Err(ConfigError::new("jwt", "from_headers and from_cookies are both empty: no token can be found"));
-    }
-    Ok(out)
-}
-
 impl Provider {
     fn parse(
         at: &str,
@@ -308,10 +272,11 @@ impl Provider {
 
         let mut keys = KeySet::default();
         if let Some(secret) = &raw.secret {
-            if raw.jwks.is_some() || raw.pem.is_some() || raw.remote_jwks.is_some() {
+            if raw.jwks.is_some() || raw.pem.is_some() || raw.remote_jwks.is_some() || raw.discovery.is_some() {
                 return Err(err(
                     "secret",
-                    "cannot be combined with jwks, pem or remote_jwks (HS256 keys are never public keys)".into(),
+                    "cannot be combined with jwks, pem, remote_jwks or discovery (HS256 keys are never public keys)"
+                        .into(),
                 ));
             }
             if secret.len() < MIN_SECRET_BYTES {
@@ -345,9 +310,16 @@ impl Provider {
             }
             Some(_) => return Err(err("pem", "must be a PEM string or an object of kid → PEM".into())),
         }
-        let remote = raw.remote_jwks.map(|r| remote_jwks(&format!("{at}.remote_jwks"), r)).transpose()?;
+        let remote = match (raw.remote_jwks, raw.discovery) {
+            (Some(_), Some(_)) => {
+                return Err(err("discovery", "cannot be combined with remote_jwks (discovery finds the JWKS)".into()))
+            }
+            (Some(r), None) => Some(remote_jwks(&format!("{at}.remote_jwks"), r)?),
+            (None, Some(d)) => Some(discovery(&format!("{at}.discovery"), &raw.issuer, d)?),
+            (None, None) => None,
+        };
         if keys.is_empty() && remote.is_none() {
-            return Err(ConfigError::new(at, "needs keys: jwks, pem, remote_jwks, or secret (HS256)"));
+            return Err(ConfigError::new(at, "needs keys: jwks, pem, remote_jwks, discovery, or secret (HS256)"));
         }
 
         let audiences = match raw.audiences {
@@ -459,7 +431,21 @@ fn remote_jwks(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> 
         timeout: Duration::from_millis(timeout_ms),
         refresh_interval: Duration::from_millis(refresh_ms),
         min_refresh_interval: Duration::from_millis(min_ms),
+        discovery: false,
     })
+}
+
+/// `discovery`: a `remote_jwks` for the issuer's openid-configuration, asked for with
+/// the issuer's host as `:authority` unless told otherwise.
+fn discovery(at: &str, issuer: &str, mut raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
+    let Some((path, authority)) = crate::jwt::discovery::endpoint(issuer) else {
+        return Err(ConfigError::new(at, format!("needs an http(s) issuer URL without a query, got {issuer:?}")));
+    };
+    raw.path.get_or_insert(path);
+    if raw.host.is_none() {
+        raw.authority.get_or_insert(authority);
+    }
+    Ok(RemoteJwks { discovery: true, ..remote_jwks(at, raw)? })
 }
 
 #[cfg(test)]
@@ -481,7 +467,8 @@ mod tests {
         );
         let s = Settings::from_json(json.as_bytes()).unwrap();
         let jwt = s.jwt.unwrap();
-        assert_eq!(jwt.sources, vec![super::Source::Header { name: "authorization".into(), prefix: "Bearer ".into() }]);
+        let bearer = crate::jwt::source::Source::Header { name: "authorization".into(), prefix: "Bearer ".into() };
+        assert_eq!((jwt.sources.list, jwt.sources.forward), (vec![bearer], true));
         assert_eq!((jwt.max_token_bytes, jwt.cache_entries), (16384, 1024));
         let p = &jwt.providers[0];
         assert_eq!((p.mode, p.leeway.as_secs(), p.audiences.is_none()), (super::Mode::Local, 60, true));
@@ -495,6 +482,39 @@ mod tests {
             ("idp.example.com:443", "/.well-known/jwks.json")
         );
         assert_eq!((remote.refresh_interval.as_secs(), remote.min_refresh_interval.as_secs()), (300, 10));
+        assert!(!remote.discovery);
+    }
+
+    #[test]
+    fn discovery_is_a_remote_jwks_for_the_issuers_openid_configuration() {
+        let remote = |provider: &str| {
+            let json = format!(r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{provider}]}}}}"#);
+            Settings::from_json(json.as_bytes()).unwrap().jwt.unwrap().providers.remove(0).remote.unwrap()
+        };
+        let r = remote(r#"{"issuer": "https://login.example.com/realms/prefect", "discovery": {"cluster": "idp"}}"#);
+        assert!(r.discovery);
+        assert_eq!(
+            (r.cluster.as_str(), r.authority.as_str(), r.path.as_str()),
+            ("idp", "login.example.com", "/realms/prefect/.well-known/openid-configuration")
+        );
+        assert_eq!((r.refresh_interval.as_secs(), r.min_refresh_interval.as_secs()), (300, 10));
+        // Istio's naming, and every override.
+        let r = remote(
+            r#"{"issuer": "https://login.example.com", "discovery": {"host": "login.example.com", "port": 443}}"#,
+        );
+        assert_eq!(
+            (r.cluster.as_str(), r.authority.as_str(), r.path.as_str()),
+            ("outbound|443||login.example.com", "login.example.com:443", "/.well-known/openid-configuration")
+        );
+        let r = remote(
+            r#"{"issuer": "https://login.example.com", "discovery": {"cluster": "idp", "authority": "kc.idp.svc:8080", "path": "/oidc", "refresh_interval_ms": 60000}}"#,
+        );
+        assert_eq!(
+            (r.authority.as_str(), r.path.as_str(), r.refresh_interval.as_secs()),
+            ("kc.idp.svc:8080", "/oidc", 60)
+        );
+        // The shared-data record differs from a remote_jwks on the same cluster.
+        assert_ne!(r.shared_key(), remote(r#"{"issuer": "i", "remote_jwks": {"cluster": "idp"}}"#).shared_key());
     }
 
     #[test]
@@ -509,12 +529,12 @@ mod tests {
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "api", "require": {{}}}}]}}"#), "jwt.rules[0].path: \"api\" must start with '/'"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "/a", "require": {{"x": 1}}}}, {{"path": "/a", "require": {{}}}}]}}"#), "jwt.rules[1].path: \"/a\" has a rule already"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "rules": [{{"path": "/a", "require": {{"x": {{}}}}}}]}}"#), "jwt.rules[0].require.x: must be a string, number or boolean, or a list of them"),
-            (r#"{"providers": [{"issuer": "i"}]}"#.into(), "jwt.providers[0]: needs keys: jwks, pem, remote_jwks, or secret (HS256)"),
+            (r#"{"providers": [{"issuer": "i"}]}"#.into(), "jwt.providers[0]: needs keys: jwks, pem, remote_jwks, discovery, or secret (HS256)"),
             (r#"{"providers": [{"issuer": " ", "secret": "x"}]}"#.into(), "jwt.providers[0].issuer: must be the tokens' `iss`"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "algorithms": ["RS256"]}}]}}"#), "jwt.providers[0].algorithms[0]: RS256 cannot be used with a secret: a provider with `secret` verifies HS256 only"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["ES256", "HS256"]}}]}}"#), "jwt.providers[0].algorithms[1]: HS256 needs an explicit `secret` (it is never verified with a public key)"),
             (r#"{"providers": [{"issuer": "i", "secret": "short"}]}"#.into(), "jwt.providers[0].secret: must be at least 32 bytes, got 5"),
-            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "jwks": {{"keys": []}}}}]}}"#), "jwt.providers[0].secret: cannot be combined with jwks, pem or remote_jwks (HS256 keys are never public keys)"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}", "jwks": {{"keys": []}}}}]}}"#), "jwt.providers[0].secret: cannot be combined with jwks, pem, remote_jwks or discovery (HS256 keys are never public keys)"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["none"]}}]}}"#), "jwt.providers[0].algorithms[0]: \"none\" (unsigned tokens) is never accepted"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": ["ES512"]}}]}}"#), "jwt.providers[0].algorithms[0]: \"ES512\" is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "algorithms": []}}]}}"#), "jwt.providers[0].algorithms: must list at least one algorithm"),
@@ -530,14 +550,18 @@ mod tests {
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "claims_to_headers": {{"sub": 1}}}}]}}"#), "jwt.providers[0].claims_to_headers.sub: invalid type: integer `1`, expected a string"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}}}, {{"issuer": "i", "secret": "{secret}"}}]}}"#), "jwt.providers[1].issuer: \"i\" is already a provider's issuer"),
             (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "mode": "remote"}}]}}"#), "jwt.providers[0].mode: unknown variant `remote`, expected `local` or `local_then_callout`"),
-            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `secret`, `leeway_s`, `claims_to_headers`, `mode`, `require`"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "jwks": {{"keys": [{EC_JWK}]}}, "issuers": []}}]}}"#), "jwt.providers[0].issuers: unknown field `issuers`, expected one of `issuer`, `audiences`, `algorithms`, `jwks`, `pem`, `remote_jwks`, `discovery`, `secret`, `leeway_s`, `claims_to_headers`, `mode`, `require`"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {}}]}"#.into(), "jwt.providers[0].remote_jwks: name the JWKS endpoint: jwt.providers[0].remote_jwks.cluster (an Envoy cluster) or jwt.providers[0].remote_jwks.host and jwt.providers[0].remote_jwks.port (Istio)"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"host": "idp"}}]}"#.into(), "jwt.providers[0].remote_jwks.port: is required with jwt.providers[0].remote_jwks.host"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "path": "jwks"}}]}"#.into(), "jwt.providers[0].remote_jwks.path: must start with '/' and contain no spaces or control characters"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 10}}]}"#.into(), "jwt.providers[0].remote_jwks.refresh_interval_ms: must be between 1000 and 86400000, got 10"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "refresh_interval_ms": 1000, "min_refresh_interval_ms": 5000}}]}"#.into(), "jwt.providers[0].remote_jwks.min_refresh_interval_ms: must be at most refresh_interval_ms (1000), got 5000"),
             (r#"{"providers": [{"issuer": "i", "remote_jwks": {"cluster": "idp", "timeout_ms": 0}}]}"#.into(), "jwt.providers[0].remote_jwks.timeout_ms: must be between 1 and 60000, got 0"),
-            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [], "from_cookies": []}}"#), "jwt: from_headers and from_cookies are both empty: no token can be found"),
+            (r#"{"providers": [{"issuer": "i", "discovery": {"cluster": "idp"}}]}"#.into(), "jwt.providers[0].discovery: needs an http(s) issuer URL without a query, got \"i\""),
+            (r#"{"providers": [{"issuer": "https://a.example.com", "discovery": {}}]}"#.into(), "jwt.providers[0].discovery: name the JWKS endpoint: jwt.providers[0].discovery.cluster (an Envoy cluster) or jwt.providers[0].discovery.host and jwt.providers[0].discovery.port (Istio)"),
+            (r#"{"providers": [{"issuer": "https://a.example.com", "discovery": {"cluster": "idp"}, "remote_jwks": {"cluster": "idp"}}]}"#.into(), "jwt.providers[0].discovery: cannot be combined with remote_jwks (discovery finds the JWKS)"),
+            (format!(r#"{{"providers": [{{"issuer": "https://a.example.com", "secret": "{secret}", "discovery": {{"cluster": "idp"}}}}]}}"#), "jwt.providers[0].secret: cannot be combined with jwks, pem, remote_jwks or discovery (HS256 keys are never public keys)"),
+            (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [], "from_cookies": []}}"#), "jwt: from_headers, from_cookies and from_params are all empty: no token can be found"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_headers": [{{"name": ":path"}}]}}"#), "jwt.from_headers[0].name: \":path\" is not a valid header name"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "from_cookies": ["a=b"]}}"#), "jwt.from_cookies[0]: \"a=b\" is not a cookie name"),
             (format!(r#"{{"providers": [{{"issuer": "i", "secret": "{secret}"}}], "max_token_bytes": 1000000}}"#), "jwt.max_token_bytes: must be between 16 and 65536, got 1000000"),

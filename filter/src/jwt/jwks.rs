@@ -115,6 +115,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             refresh_interval: Duration::from_secs(300),
             min_refresh_interval: Duration::from_secs(10),
+            discovery: false,
         }
     }
 

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use crate::jwt::cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache};
-use crate::jwt::config::{JwtSettings, Mode, Provider, Source, UnknownIssuer};
+use crate::jwt::config::{JwtSettings, Mode, Provider, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 pub use crate::jwt::reason::Reason;
 use crate::jwt::require::lookup;
@@ -143,7 +143,7 @@ impl JwtVerifier {
 
     /// The verdict for a request's headers at `now_ms` (Unix time).
     pub fn check<H: Header>(&mut self, settings: &JwtSettings, headers: &[H], now_ms: u64) -> Outcome {
-        let Some(credential) = credential(&settings.sources, headers) else {
+        let Some(credential) = settings.sources.credential(headers) else {
             return Outcome::Callout(Pass::NoCredential);
         };
         let Some(token) = credential.filter(|c| looks_like_jwt(c)) else {
@@ -294,60 +294,6 @@ fn registered_claims(provider: &Provider, claims: &Map<String, Value>, now_ms: u
         }
     }
     Ok(exp)
-}
-
-/// The first configured source present in the request. `Some(None)`: a source is present
-/// but holds no usable credential (another scheme, not text).
-fn credential<'h, H: Header>(sources: &[Source], headers: &'h [H]) -> Option<Option<&'h str>> {
-    credential_source(sources, headers).map(|(_, value)| value)
-}
-
-/// [`credential`] with the source it came from (`forward: false` removes it).
-pub fn credential_source<'s, 'h, H: Header>(
-    sources: &'s [Source],
-    headers: &'h [H],
-) -> Option<(&'s Source, Option<&'h str>)> {
-    for source in sources {
-        match source {
-            Source::Header { name, prefix } => {
-                if let Some(header) = headers.iter().find(|h| h.name() == name) {
-                    let value = std::str::from_utf8(header.value()).ok();
-                    return Some((source, value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim)));
-                }
-            }
-            Source::Cookie(cookie) => {
-                let found = headers
-                    .iter()
-                    .filter(|h| h.name() == "cookie")
-                    .filter_map(|h| std::str::from_utf8(h.value()).ok())
-                    .flat_map(|v| v.split(';'))
-                    .find_map(|pair| pair.trim().strip_prefix(cookie.as_str())?.strip_prefix('='));
-                if let Some(value) = found {
-                    return Some((source, Some(value.trim())));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The `cookie` header without the named cookie (`forward: false`); `None` when no
-/// other cookie is left.
-pub fn without_cookie<H: Header>(headers: &[H], cookie: &str) -> Option<String> {
-    let kept: Vec<&str> = headers
-        .iter()
-        .filter(|h| h.name() == "cookie")
-        .filter_map(|h| std::str::from_utf8(h.value()).ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(name, _)| name) != cookie)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
-}
-
-fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
-    let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }
 
 /// A compact JWS: three dot-separated segments, the header a base64url JSON object
@@ -721,19 +667,6 @@ mod tests {
             Outcome::Callout(Pass::NoCredential),
             "authorization is no longer a source"
         );
-    }
-
-    #[test]
-    fn the_token_source_and_the_cookie_header_without_it() {
-        let sources =
-            vec![Source::Header { name: "x-token".into(), prefix: String::new() }, Source::Cookie("jwt".into())];
-        let h = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect::<Vec<_>>();
-        let by_cookie = h(&[("cookie", "a=1; jwt=eyJx.y.z"), ("cookie", "jwt2=3;b=2")]);
-        assert_eq!(credential_source(&sources, &by_cookie), Some((&sources[1], Some("eyJx.y.z"))));
-        assert_eq!(without_cookie(&by_cookie, "jwt").as_deref(), Some("a=1; jwt2=3; b=2"));
-        assert_eq!(without_cookie(&h(&[("cookie", "jwt=eyJx.y.z")]), "jwt"), None);
-        let by_header = h(&[("x-token", "eyJx.y.z"), ("cookie", "jwt=other")]);
-        assert_eq!(credential_source(&sources, &by_header), Some((&sources[0], Some("eyJx.y.z"))));
     }
 
     #[test]

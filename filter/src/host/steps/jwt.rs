@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use log::{debug, warn};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use proxy_wasm::types::{MapType, Status};
 
 use crate::config::Settings;
 use crate::host::clock::now_ms;
@@ -16,8 +16,9 @@ use crate::host::metrics::{count, Counter};
 use crate::host::reply::{fail_closed, reply};
 use crate::host::request_log;
 use crate::host::steps::inject;
-use crate::jwt::config::{JwtSettings, Mode, Source};
+use crate::jwt::config::Mode;
 use crate::jwt::jwks::Why;
+use crate::jwt::source::{Removal, Sources};
 use crate::jwt::verifier::{
     self, INSUFFICIENT_SCOPE_BODY, INSUFFICIENT_SCOPE_CHALLENGE, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE,
 };
@@ -25,18 +26,6 @@ use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
 /// What is left to do after the JWT step.
-/// `forward: false`: the verified token's header, or its cookie, leaves the request.
-fn remove_token(jwt: &JwtSettings, request: &[(&str, &[u8])]) -> Result<(), proxy_wasm::types::Status> {
-    match verifier::credential_source(&jwt.sources, request) {
-        Some((Source::Header { name, .. }, _)) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
-        Some((Source::Cookie(cookie), _)) => {
-            let rest = verifier::without_cookie(request, cookie);
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", rest.as_deref())
-        }
-        None => Ok(()),
-    }
-}
-
 pub enum JwtStep {
     /// A valid token in `local` mode: on to the upstream, no callout.
     Allow,
@@ -103,19 +92,21 @@ pub fn check(
             state.metrics.inc(Counter::Passthrough);
             JwtStep::Callout
         }
-        verifier::Outcome::Valid { mode, headers, cached } => {
+        verifier::Outcome::Valid { mode, headers: claims, cached } => {
             state.metrics.inc(if cached { Counter::CacheHit } else { Counter::Verified });
             debug!("[{id}] valid JWT ({mode:?})");
-            if mode == Mode::LocalThenCallout {
-                inject::keep_claims(id, headers);
-                return JwtStep::Callout;
-            }
-            if !jwt.forward && remove_token(jwt, request).is_err() {
+            // Before the callout too: the callout's headers are already taken, and only
+            // an allow lets the request (without the token) go on.
+            if jwt.sources.may_remove() && remove_token(&jwt.sources, headers).is_err() {
                 fail_closed(id, settings, Failure::HostError);
                 return JwtStep::Wait;
             }
+            if mode == Mode::LocalThenCallout {
+                inject::keep_claims(id, claims);
+                return JwtStep::Callout;
+            }
             // Added, not replaced: every claim header was stripped from the request.
-            for (name, value) in headers.iter() {
+            for (name, value) in claims.iter() {
                 if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
                     fail_closed(id, settings, Failure::HostError);
                     return JwtStep::Wait;
@@ -141,5 +132,15 @@ pub fn check(
             fail_closed(id, settings, Failure::HostError);
             JwtStep::Wait
         }
+    }
+}
+
+/// Takes the verified token out of the request (`forward: false`, or a query parameter).
+fn remove_token(sources: &Sources, headers: &[(&str, &[u8])]) -> Result<(), Status> {
+    match sources.removal(headers) {
+        None => Ok(()),
+        Some(Removal::Header(name)) => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+        Some(Removal::Cookie(rest)) => hostcalls::set_map_value(MapType::HttpRequestHeaders, "cookie", rest.as_deref()),
+        Some(Removal::Path(path)) => hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&path)),
     }
 }
