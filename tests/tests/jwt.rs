@@ -258,12 +258,14 @@ fn a_crit_header_is_rejected_even_empty_and_even_signed() {
     let resp = get_with_token(&env, &hs256_token(secret, r#"{"alg":"HS256"}"#, &payload));
     env.check(resp.status == 200 && resp.proxied(), "HS256 without crit: expected 200 from the upstream", &resp);
     env.check(env.upstream.last().header_all("x-nebula-actor-id") == ["hs-user"], "its claim header", &resp);
-    for crit in ["[]", r#"["exp"]"#] {
-        let before = counter(&env, "rejected.malformed");
+    // Counters reach Envoy once a second (host/metrics.rs): none was malformed before.
+    for (before, crit) in ["[]", r#"["exp"]"#].into_iter().enumerate() {
+        let before = before as u64;
         let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
         let token = hs256_token(secret, &format!(r#"{{"alg":"HS256","crit":{crit}}}"#), &payload);
         let resp = get_with_token(&env, &token);
         assert_invalid_token(&env, &format!("crit: {crit}"), &resp, auth_before, upstream_before);
+        wait_for_counter(&env, "rejected.malformed", before + 1);
         env.check(counter(&env, "rejected.malformed") == before + 1, "counted as malformed", &resp);
     }
 }
@@ -313,6 +315,7 @@ fn require_and_path_rules_answer_403_insufficient_scope() {
             );
         }
     }
+    wait_for_counter(&env, "insufficient", 4);
     assert!(counter(&env, "insufficient") >= 4, "insufficient counter");
 }
 

@@ -94,6 +94,7 @@ fn discovery_finds_the_jwks_once_per_envoy_and_then_refreshes_only_the_keys() {
     let es3 = ES256KeyPair::generate().with_key_id("es-3");
     let resp = get_with(&env, &es3, ISS, "x");
     env.check(resp.status == 401 && !resp.proxied(), "an unknown kid while the provider is down", &resp);
+    wait_for_counter(&env, "jwks_failures", 1); // counters reach Envoy once a second
     assert!(counter(&env, "jwks_failures") >= 1);
     let resp = get_with(&env, &es1, ISS, "still-here");
     env.check(resp.status == 200 && resp.proxied(), "the keys survive a failed refresh", &resp);
