@@ -224,7 +224,10 @@ fn observe(port: u16, env: &Env, req: &RawRequest) -> Seen {
     }
     // Whether, not how often (a retried callout depends on connection reuse).
     seen.insert("auth.called".into(), if auth.is_empty() { "no" } else { "yes" }.into());
-    if let Some(call) = auth.last() {
+    seen.insert("auth.retried".into(), if auth.len() > 1 { "yes" } else { "no" }.into());
+    // The first attempt: a retry's x-envoy-expected-rq-timeout-ms is the time left, which
+    // depends on the retry back-off's jitter.
+    if let Some(call) = auth.first() {
         seen.insert("auth.method".into(), call.method.clone());
         seen.insert("auth.path".into(), escape(call.path.as_bytes()));
         seen.insert("auth.body".into(), escape(&call.body));
