@@ -31,6 +31,14 @@ def wasm_filter(config):
     raise SystemExit("envoy.yaml has no http filter named nebula-authz")
 
 
+def wants_body(plugin_json):
+    try:
+        auth = json.loads(plugin_json).get("auth")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(auth, dict) and auth.get("with_request_body") is not None
+
+
 def rename_cluster(config, old, new):
     """Give a cluster another name (e.g. Istio's outbound|4300||auth.<ns>.svc.cluster.local)."""
     for cluster in config["static_resources"]["clusters"]:
@@ -174,6 +182,9 @@ def main():
                    help="use_remote_address: false (Envoy then takes the client from X-Forwarded-For)")
     p.add_argument("--ecds", metavar="DIR",
                    help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
+    p.add_argument("--without-body-stop-iteration", action="store_true",
+                   help="do not set allow_on_headers_stop_iteration even with auth.with_request_body "
+                        "(tests the filter's guard for an Envoy without it)")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
                    help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
@@ -200,6 +211,10 @@ def main():
         plugin["configuration"]["value"] = text
     if args.plugin_config_from:
         plugin["configuration"]["value"] = wasmplugin_config(args.plugin_config_from)
+    # auth.with_request_body needs the headers' StopIteration to reach Envoy as it is, so
+    # the filter sees the body before the callout (docs/istio.md, "Request body").
+    if wants_body(plugin["configuration"]["value"]) and not args.without_body_stop_iteration:
+        plugin["allow_on_headers_stop_iteration"] = True
     if args.auth:
         set_endpoint(config, "auth", args.auth)
     if args.auth_cluster:

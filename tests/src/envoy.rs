@@ -95,6 +95,7 @@ pub struct EnvBuilder {
     xff_trusted_hops: Option<u32>,
     /// `use_remote_address: false` instead of envoy.yaml's `true`.
     no_remote_address: bool,
+    without_body_stop_iteration: bool,
 }
 
 impl Default for EnvBuilder {
@@ -119,6 +120,7 @@ impl Default for EnvBuilder {
             mtls: None,
             xff_trusted_hops: None,
             no_remote_address: false,
+            without_body_stop_iteration: false,
         }
     }
 }
@@ -259,6 +261,12 @@ impl EnvBuilder {
         self
     }
 
+    /// Leaves `allow_on_headers_stop_iteration` out even with `auth.with_request_body`.
+    pub fn without_body_stop_iteration(mut self) -> Self {
+        self.without_body_stop_iteration = true;
+        self
+    }
+
     /// Removes the wasm filter from the chain (checks the fixture itself only).
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
@@ -376,6 +384,9 @@ impl EnvBuilder {
         }
         if self.no_remote_address {
             cmd.arg("--no-remote-address");
+        }
+        if self.without_body_stop_iteration {
+            cmd.arg("--without-body-stop-iteration");
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

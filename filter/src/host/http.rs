@@ -23,6 +23,7 @@ use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, resume, Applied};
 use crate::host::request_log::{self, Via};
+use crate::host::steps::body::{self, BodyWait};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::jwt::{self, JwtStep};
@@ -31,6 +32,7 @@ use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 use crate::policy::forward::CalloutHeader;
 use crate::policy::request::Route;
+use crate::policy::request_body::{self, BodyStep, TOO_LARGE_BODY, TOO_LARGE_STATUS};
 
 pub struct Authz {
     id: u32,
@@ -38,6 +40,8 @@ pub struct Authz {
     jwt: Option<Rc<RefCell<JwtState>>>,
     /// What the request (and its body) waits for.
     pending: Option<Pending>,
+    /// With `auth.with_request_body`, a protected request that has a body.
+    body: Option<BodyWait>,
 }
 
 enum Pending {
@@ -49,16 +53,18 @@ enum Pending {
     Coalesced { lookup: Lookup },
     /// A JWKS fetch for a token whose key is not known yet.
     Jwks { token: u32, provider: usize },
+    /// The client's body, before the callout (`auth.with_request_body`): its headers.
+    Body { callout: Vec<(String, String)> },
 }
 
 impl Authz {
     pub fn new(id: u32, settings: Option<Rc<Settings>>, jwt: Option<Rc<RefCell<JwtState>>>) -> Authz {
-        Authz { id, settings, jwt, pending: None }
+        Authz { id, settings, jwt, pending: None, body: None }
     }
 
     /// The request's steps: strip → public → JWT → cache → callout, then (when the
     /// answer arrives, [`Context::on_http_call_response`]) decide → inject.
-    fn on_headers(&mut self, settings: &Settings) -> Action {
+    fn on_headers(&mut self, settings: &Settings, end_of_stream: bool) -> Action {
         // One host call for the whole map; then only the headers actually present are removed.
         let Some(buffer) = header_map::read(MapType::HttpRequestHeaders) else {
             return self.fail(settings, Failure::HostError);
@@ -79,7 +85,12 @@ impl Authz {
         };
         match route {
             Route::Public { template } => public::pass(self.id, template),
-            Route::Callout { headers: callout } => self.protected(settings, &headers, callout, true),
+            Route::Callout { headers: callout } => {
+                if !end_of_stream && settings.auth.with_request_body.is_some() {
+                    self.body = Some(BodyWait { since_ms: now_ms(), received: 0, complete: false, seen: false });
+                }
+                self.protected(settings, &headers, callout, true)
+            }
             Route::Reject(failure) => self.fail(settings, failure),
         }
     }
@@ -103,6 +114,13 @@ impl Authz {
             JwtStep::Callout => {}
         }
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        if self.body.is_some() {
+            // The body is not part of the cache key: such a decision is neither looked up,
+            // stored nor shared with an identical callout.
+            let callout = callout.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            self.pending = Some(Pending::Body { callout });
+            return self.body_step(settings);
+        }
         let lookup = match cache::probe(settings, &callout) {
             Probe::Hit(decision) => {
                 return match inject::apply_decision(self.id, settings, &decision, Via::Cache) {
@@ -124,6 +142,65 @@ impl Authz {
         Action::Pause
     }
 
+    /// The body seen so far against `with_request_body`: wait for more, answer 413, or
+    /// send the callout with it. Only called while [`Pending::Body`].
+    fn body_step(&mut self, settings: &Settings) -> Action {
+        let (Some(rules), Some(wait)) = (&settings.auth.with_request_body, self.body.as_ref()) else {
+            return self.fail(settings, Failure::HostError);
+        };
+        match rules.step(wait.received, wait.complete) {
+            BodyStep::Wait => {
+                if !wait.seen {
+                    body::wait(self.id, wait.since_ms);
+                }
+                Action::Pause
+            }
+            BodyStep::TooLarge => {
+                self.pending = None;
+                request_log::failed_closed(self.id, TOO_LARGE_STATUS, "request body over auth.with_request_body");
+                reply(self.id, TOO_LARGE_STATUS, vec![("content-type", "text/plain")], Some(TOO_LARGE_BODY));
+                Action::Pause
+            }
+            BodyStep::Send { len, partial } => {
+                let Some(Pending::Body { callout }) = self.pending.take() else { return Action::Pause };
+                let callout: Vec<(&str, &str)> = callout.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let Some(sent) = self.send_with_body(settings, callout, len, partial, settings.auth.timeout) else {
+                    return Action::Pause;
+                };
+                let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
+                self.pending = Some(Pending::Callout { token: sent, cached: None, sent_ms, retried: false });
+                Action::Pause
+            }
+        }
+    }
+
+    /// The callout with the first `len` bytes of the body; a refusal is settled here.
+    fn send_with_body(
+        &self,
+        settings: &Settings,
+        callout: Vec<(&str, &str)>,
+        len: usize,
+        partial: bool,
+        timeout: Duration,
+    ) -> Option<u32> {
+        let Some(bytes) = body::read(len) else {
+            self.fail(settings, Failure::HostError);
+            return None;
+        };
+        let length = bytes.len().to_string();
+        let mut headers = callout;
+        request_body::describe_body(&mut headers, &length, partial);
+        match callout::dispatch_within(&settings.auth, headers, Some(&bytes), timeout) {
+            Ok(token) => Some(token),
+            Err(status) => {
+                warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, settings.auth.cluster);
+                let outcome = decide::failed(settings, None, Failure::DispatchFailed);
+                callout::settle(self.id, settings, None, &outcome);
+                None
+            }
+        }
+    }
+
     /// Sends the callout once more, with what is left of `auth.timeout` since `sent_ms`:
     /// its connection was reset or refused before any answer. The callout is rebuilt from
     /// the request (already stripped, which changes nothing it sends). `None` when no
@@ -138,7 +215,17 @@ impl Authz {
         let headers = header_map::parse(&buffer)?;
         let Route::Callout { headers: callout } = settings.plan(&headers, peer_address).route else { return None };
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
-        let token = callout::dispatch_within(&settings.auth, callout, left).ok()?;
+        let token = match (&settings.auth.with_request_body, &self.body) {
+            (Some(rules), Some(wait)) => {
+                let BodyStep::Send { len, partial } = rules.step(wait.received, wait.complete) else { return None };
+                let bytes = body::read(len)?;
+                let length = bytes.len().to_string();
+                let mut headers = callout;
+                request_body::describe_body(&mut headers, &length, partial);
+                callout::dispatch_within(&settings.auth, headers, Some(&bytes), left).ok()?
+            }
+            _ => callout::dispatch_within(&settings.auth, callout, None, left).ok()?,
+        };
         count(Metric::CalloutRetries);
         warn!(
             "[{}] callout connection reset or refused before an answer: sent again ({} ms left)",
@@ -185,6 +272,9 @@ impl Authz {
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
     fn release(&mut self) {
         inject::forget(self.id);
+        if self.body.as_ref().is_some_and(|b| !b.seen) {
+            body::arrived(self.id);
+        }
         match self.pending.take() {
             Some(Pending::Coalesced { lookup }) => callout::leave(&lookup.key, self.id),
             Some(Pending::Callout { cached: Some(resend), .. }) => callout::abandon(self.id, resend),
@@ -195,7 +285,7 @@ impl Authz {
     fn waiting(&self) -> bool {
         match &self.pending {
             None => false,
-            Some(Pending::Callout { .. } | Pending::Jwks { .. }) => true,
+            Some(Pending::Callout { .. } | Pending::Jwks { .. } | Pending::Body { .. }) => true,
             Some(Pending::Coalesced { lookup }) => callout::is_waiting(&lookup.key, self.id),
         }
     }
@@ -258,9 +348,9 @@ impl Context for Authz {
 }
 
 impl HttpContext for Authz {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         match self.settings.clone() {
-            Some(settings) => self.on_headers(&settings),
+            Some(settings) => self.on_headers(&settings, end_of_stream),
             None => {
                 request_log::failed_closed(self.id, 500, "nebula-authz has no configuration");
                 count(Metric::Errors);
@@ -270,9 +360,22 @@ impl HttpContext for Authz {
         }
     }
 
-    // Defence in depth: Envoy 1.40 already holds the body once the headers pause, but a
-    // body callback answering Continue must never be what lets a request through early.
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    // With `allow_on_headers_stop_iteration`, Envoy calls this while the headers are held:
+    // Pause buffers the chunk (StopIterationAndBuffer) and `body_size` is all buffered so
+    // far. Without it Envoy holds the body itself; either way a body callback answering
+    // Continue must never be what lets a request through early.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(wait) = self.body.as_mut() {
+            if !wait.seen {
+                wait.seen = true;
+                body::arrived(self.id);
+            }
+            wait.received = body_size;
+            wait.complete = end_of_stream;
+            if let (Some(Pending::Body { .. }), Some(settings)) = (&self.pending, self.settings.clone()) {
+                return self.body_step(&settings);
+            }
+        }
         self.hold_while_pending()
     }
 

@@ -14,11 +14,13 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 
 use crate::cache::shared::Lookup;
 use crate::config::Settings;
+use crate::host::clock::now_ms;
 use crate::host::crypto;
 use crate::host::http::Authz;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{self, JwtMetrics};
 use crate::host::request_log;
+use crate::host::steps::body;
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::decide::{answer, failed};
 use crate::jwt::jwks::Why;
@@ -192,6 +194,9 @@ impl RootContext for Root {
         let _ = hostcalls::set_tick_period(self.idle_tick());
         self.refresh_jwks();
         let Some(settings) = self.settings.clone() else { return };
+        if settings.auth.with_request_body.is_some() {
+            body::fail_overdue(&settings, now_ms(), self.id);
+        }
         let auth = &settings.auth;
         for Resend { lookup, headers } in callout::take_orphans() {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();

@@ -11,6 +11,7 @@ use crate::error::ConfigError;
 use crate::policy::ext_authz::{self, ExtAuthzSettings, Protocol};
 use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
+use crate::policy::request_body::{RawRequestBody, RequestBodySettings};
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
 pub const IDENTITY_HEADERS: [&str; 4] =
@@ -49,6 +50,7 @@ pub(crate) struct RawAuth {
     headers_to_add: Option<std::collections::BTreeMap<String, String>>,
     upstream_headers_to_append: Option<Vec<String>>,
     client_headers_on_success: Option<Vec<String>>,
+    with_request_body: Option<RawRequestBody>,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,8 @@ pub struct AuthSettings {
     /// `client_headers` was not set with ext_authz: every auth response header goes to
     /// the client on deny (ext_authz's default).
     pub client_headers_all: bool,
+    /// The client's body in the callout (ext_authz `with_request_body`; policy/request_body.rs).
+    pub with_request_body: Option<RequestBodySettings>,
 }
 
 impl TryFrom<RawAuth> for AuthSettings {
@@ -109,6 +113,7 @@ impl TryFrom<RawAuth> for AuthSettings {
             ("auth.path_prefix", raw.path_prefix.is_some()),
             ("auth.path_override", raw.path_override.is_some()),
             ("auth.headers_to_add", raw.headers_to_add.is_some()),
+            ("auth.with_request_body", raw.with_request_body.is_some()),
         ] {
             if set && !ext {
                 return Err(ConfigError::new(field, "only applies with \"protocol\": \"ext_authz\""));
@@ -219,6 +224,7 @@ impl TryFrom<RawAuth> for AuthSettings {
             upstream_headers_to_append,
             client_headers_on_success,
             client_headers_all,
+            with_request_body: raw.with_request_body.map(RequestBodySettings::try_from).transpose()?,
         })
     }
 }

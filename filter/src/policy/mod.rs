@@ -5,7 +5,7 @@
 //! ([`envoy_reply`]: what is worth retrying). [`headers`] are the header-name sets and
 //! lookups everything shares; [`forward`] is Traefik's forwardAuth contract
 //! (X-Forwarded-*, cookies), [`ext_authz`] Envoy ext_authz's (the client's method and
-//! path, headers on allow); [`request_line`] is how a request is named in a log line.
+//! path, headers on allow; [`request_body`]: the body in its callout); [`request_line`] is how a request is named in a log line.
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
@@ -15,5 +15,6 @@ pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod request;
+pub mod request_body;
 pub mod request_line;
 pub mod route;

@@ -71,13 +71,18 @@ pub fn send(
 
 /// One callout to the auth service, counted.
 pub fn dispatch(auth: &AuthSettings, headers: Vec<(&str, &str)>) -> Result<u32, Status> {
-    dispatch_within(auth, headers, auth.timeout)
+    dispatch_within(auth, headers, None, auth.timeout)
 }
 
-/// [`dispatch`] with `timeout` (a retry: what is left of `auth.timeout`). With
+/// [`dispatch`] with a body (`auth.with_request_body`) and `timeout` (a retry: what is left of `auth.timeout`). With
 /// `retry_on_reset`, Envoy is asked to retry a reset or refused connection itself, after
 /// its backoff (policy/envoy_reply.rs), on this attempt and on the filter's retry.
-pub fn dispatch_within(auth: &AuthSettings, mut headers: Vec<(&str, &str)>, timeout: Duration) -> Result<u32, Status> {
+pub fn dispatch_within(
+    auth: &AuthSettings,
+    mut headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, Status> {
     if auth.retry_on_reset {
         // The ext_authz shape already says `content-length: 0`: one copy only.
         for (name, value) in ENVOY_RETRY_HEADERS {
@@ -86,7 +91,7 @@ pub fn dispatch_within(auth: &AuthSettings, mut headers: Vec<(&str, &str)>, time
             }
         }
     }
-    let token = hostcalls::dispatch_http_call(&auth.cluster, headers, None, vec![], timeout)?;
+    let token = hostcalls::dispatch_http_call(&auth.cluster, headers, body, vec![], timeout)?;
     count(Metric::Callouts);
     Ok(token)
 }

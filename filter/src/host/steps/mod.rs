@@ -1,9 +1,10 @@
 //! The request's steps, one file each, in the order host/http.rs calls them:
-//! [`strip`] → [`access`] → [`public`] → [`jwt`] → [`cache`] → [`callout`] → [`decide`] → [`inject`].
+//! [`strip`] → [`access`] → [`public`] → [`jwt`] → [`cache`] → [`callout`] (after the request's [`body`] with `auth.with_request_body`) → [`decide`] → [`inject`].
 //! Each is a function over the compiled [`Settings`](crate::config::Settings) and the
 //! host; none keeps the request's state (the http context does).
 
 pub mod access;
+pub mod body;
 pub mod cache;
 pub mod callout;
 pub mod decide;

@@ -1,0 +1,83 @@
+//! Step 5 with `auth.with_request_body`: the callout waits for the client's body (up to
+//! `max_request_bytes`, policy/request_body.rs), which Envoy buffers for us while
+//! on_request_body answers Pause (StopIterationAndBuffer), as native ext_authz does.
+//!
+//! That needs Envoy's `allow_on_headers_stop_iteration: true` on the wasm filter: without
+//! it Envoy turns the headers' Pause into StopAllIterationAndWatermark and no body
+//! callback ever comes. Such a stream would hang; [`overdue`] lets the root context's
+//! tick fail it closed instead, with a log line naming the setting.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use log::error;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::BufferType;
+
+use crate::config::Settings;
+use crate::host::metrics::count;
+use crate::host::reply::reply;
+use crate::metrics::Metric;
+
+thread_local! {
+    /// Streams waiting for their first body callback: (context id, since, Unix ms).
+    static AWAITING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A deployment error, not the auth service's: 500 whatever `status_on_error` says.
+const GUARD_STATUS: u32 = 500;
+
+/// A request whose body goes to the auth service.
+pub struct BodyWait {
+    pub since_ms: u64,
+    /// Bytes Envoy holds for us so far, and whether the client has sent them all.
+    pub received: usize,
+    pub complete: bool,
+    /// A body callback came (so Envoy has the setting).
+    pub seen: bool,
+}
+
+/// `id` waits for its first body callback since `since_ms`.
+pub fn wait(id: u32, since_ms: u64) {
+    AWAITING.with(|a| a.borrow_mut().push((id, since_ms)));
+}
+
+/// `id` got a body callback, or its stream is over.
+pub fn arrived(id: u32) {
+    AWAITING.with(|a| a.borrow_mut().retain(|(waiting, _)| *waiting != id));
+}
+
+/// The first `len` bytes of the body Envoy buffered (empty for none).
+pub fn read(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len).ok().map(Option::unwrap_or_default)
+}
+
+/// Root context, on its tick: the streams that waited for their first body callback for
+/// longer than `auth.timeout` get 500, no callout.
+pub fn fail_overdue(settings: &Settings, now_ms: u64, root: u32) {
+    let timeout = settings.auth.timeout;
+    let overdue: Vec<u32> = AWAITING.with(|a| {
+        let mut a = a.borrow_mut();
+        let late = |since: u64| Duration::from_millis(now_ms.saturating_sub(since)) > timeout;
+        let ids = a.iter().filter(|(_, since)| late(*since)).map(|(id, _)| *id).collect();
+        a.retain(|(_, since)| !late(*since));
+        ids
+    });
+    for id in overdue {
+        if hostcalls::set_effective_context(id).is_err() {
+            continue;
+        }
+        error!(
+            "[{id}] failed closed {GUARD_STATUS}: auth.with_request_body is set but Envoy delivered no request body within \
+             {} ms; set allow_on_headers_stop_iteration: true on the wasm filter's plugin config \
+             (Envoy >= 1.35; docs/istio.md, \"Request body\")",
+            timeout.as_millis()
+        );
+        count(Metric::Errors);
+        reply(id, GUARD_STATUS, vec![], None);
+    }
+    let _ = hostcalls::set_effective_context(root);
+}

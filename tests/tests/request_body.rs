@@ -1,0 +1,120 @@
+//! `auth.with_request_body` under Envoy 1.40 (ext_authz `with_request_body`): the body
+//! reaches the auth service byte-exact, 413 over the limit, `allow_partial_message`, a
+//! client sending its body in pieces, requests without a body unchanged, identity headers
+//! still injected after a body callout, no decision cache for body requests, and the
+//! guard for an Envoy without `allow_on_headers_stop_iteration`.
+
+use std::time::Duration;
+
+use nebula_authz_tests::client::{send_in_parts, RawRequest};
+use nebula_authz_tests::Env;
+
+const CONFIG: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 2000,
+    "with_request_body": {"max_request_bytes": 64}}}"#;
+const PARTIAL: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz",
+    "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true, "pack_as_bytes": true}}}"#;
+
+#[test]
+fn the_body_reaches_the_auth_service_and_the_upstream_byte_exact() {
+    let env = Env::start(CONFIG);
+    let body: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37)).collect();
+    let resp = env.send(&RawRequest::post("/api/flows", body.clone()).bearer("allow:alice"));
+    let up = env.assert_allowed_as("body", &resp, "alice");
+    let call = env.auth.last();
+    assert_eq!(call.body, body, "the auth service gets the body byte for byte");
+    assert_eq!(call.header("content-length").as_deref(), Some("64"));
+    assert_eq!(call.header("x-envoy-auth-partial-body").as_deref(), Some("false"), "as ext_authz: complete");
+    assert_eq!(up.body, body, "the upstream still gets the body unchanged");
+
+    // Without a body: the callout is as before (content-length 0, no partial header).
+    let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:bob"));
+    env.assert_allowed_as("no body", &resp, "bob");
+    let call = env.auth.last();
+    assert_eq!(call.header("content-length").as_deref(), Some("0"));
+    assert!(call.header("x-envoy-auth-partial-body").is_none(), "{:?}", call.headers);
+
+    // A denial after a body callout: the auth service's answer, nothing upstream.
+    let before = env.upstream.count();
+    let resp = env.send(&RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny"));
+    env.check(resp.status == 401 && resp.text().contains("unauthorized"), "body deny: the auth service's 401", &resp);
+    assert_eq!(env.upstream.count(), before, "a denied body request never reaches the upstream");
+    assert_eq!(env.auth.last().body, b"secret");
+}
+
+#[test]
+fn over_the_limit_is_413_and_no_callout() {
+    let env = Env::start(CONFIG);
+    for (case, req) in [
+        ("content-length", RawRequest::post("/api/flows", vec![b'c'; 65]).bearer("allow:alice")),
+        ("chunked", RawRequest::new("POST", "/api/flows").chunked(vec![vec![b'x'; 40], vec![b'y'; 40]])),
+    ] {
+        let before = env.auth.count();
+        let resp = env.send(&req.bearer("allow:alice"));
+        env.check(resp.status == 413 && !resp.proxied(), &format!("{case}: expected Envoy's 413"), &resp);
+        assert_eq!(resp.text(), "Payload Too Large", "{case}");
+        assert_eq!(env.auth.count(), before, "{case}: no callout for a body over the limit");
+    }
+    assert_eq!(env.upstream.count(), 0);
+}
+
+#[test]
+fn allow_partial_message_sends_the_first_max_bytes() {
+    let env = Env::start(PARTIAL);
+    let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = env.send(&RawRequest::post("/api/flows", body.clone()).bearer("allow:alice"));
+    let up = env.assert_allowed_as("partial", &resp, "alice");
+    let call = env.auth.last();
+    assert_eq!(call.body, body[..16], "the first max_request_bytes");
+    assert_eq!(call.header("content-length").as_deref(), Some("16"));
+    assert_eq!(call.header("x-envoy-auth-partial-body").as_deref(), Some("true"));
+    assert_eq!(up.body.len(), body.len(), "the upstream gets the whole body");
+    assert!(up.body == body, "the upstream's body is unchanged");
+
+    let resp = env.send(&RawRequest::post("/api/flows", b"0123456789abcdef".to_vec()).bearer("allow:bob"));
+    env.assert_allowed_as("exactly max", &resp, "bob");
+    assert_eq!(env.auth.last().header("x-envoy-auth-partial-body").as_deref(), Some("false"));
+}
+
+#[test]
+fn a_slow_client_sending_its_body_in_pieces() {
+    let env = Env::start(CONFIG);
+    let head = "POST /api/flows HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer allow:alice\r\n\
+                content-length: 30\r\nconnection: close\r\n\r\n";
+    let parts: [&[u8]; 4] = [head.as_bytes(), b"0123456789", b"abcdefghij", b"ABCDEFGHIJ"];
+    let resp = send_in_parts(env.port, &parts, Duration::from_millis(300)).expect("send in parts");
+    let up = env.assert_allowed_as("slow body", &resp, "alice");
+    assert_eq!(env.auth.count(), 1, "one callout, after the whole body");
+    assert_eq!(env.auth.last().body, b"0123456789abcdefghijABCDEFGHIJ");
+    assert_eq!(up.body, b"0123456789abcdefghijABCDEFGHIJ");
+}
+
+#[test]
+fn body_requests_bypass_the_decision_cache() {
+    let env = Env::start(
+        r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 64}},
+            "cache": {"entries": 100, "default_ttl": 60}}"#,
+    );
+    for _ in 0..2 {
+        let resp = env.send(&RawRequest::post("/api/flows", b"{}".to_vec()).bearer("allow:alice"));
+        env.assert_allowed_as("cached?", &resp, "alice");
+    }
+    assert_eq!(env.auth.count(), 2, "each body request asks the auth service");
+    for _ in 0..2 {
+        let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:alice"));
+        env.assert_allowed_as("no body", &resp, "alice");
+    }
+    assert_eq!(env.auth.count(), 3, "requests without a body still use the cache");
+}
+
+#[test]
+fn without_allow_on_headers_stop_iteration_a_body_request_fails_closed() {
+    let env = Env::builder().plugin_config(CONFIG).without_body_stop_iteration().start();
+    let resp = env.send(&RawRequest::post("/api/flows", b"{}".to_vec()).bearer("allow:alice"));
+    env.check(resp.status == 500 && !resp.proxied(), "expected the guard's 500", &resp);
+    assert_eq!(env.auth.count(), 0);
+    assert_eq!(env.upstream.count(), 0);
+    assert!(env.log().contains("allow_on_headers_stop_iteration"), "the log names the setting");
+    // Requests without a body are unaffected.
+    let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:alice"));
+    env.assert_allowed_as("no body", &resp, "alice");
+}
