@@ -147,7 +147,7 @@ istio-check: envoy
 	cargo build -q -p nebula-authz-tests --bin check-config
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
 		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml \
-		istio/examples/access-wasmplugin.yaml
+		istio/examples/access-wasmplugin.yaml istio/examples/request-body-envoyfilter.yaml
 
 # --- OCI artifact (Istio WasmPlugin url: oci://...) -----------------------------------
 # Python standard library only (no venv, no container engine). The tag is the crate

@@ -5,7 +5,8 @@ Each YAML document's apiVersion and kind pick a served CRD version from
 third_party/istio/; the document is checked against that version's openAPIV3Schema
 with a JSON Schema validator (draft 4, which OpenAPI 3.0 schemas follow), and each
 WasmPlugin's pluginConfig is loaded through the filter's own config parser
-(tests/src/bin/check-config.rs). The Kubernetes-only parts of those schemas
+(tests/src/bin/check-config.rs), as is the Wasm configuration an EnvoyFilter adds
+(istio/examples/request-body-envoyfilter.yaml). The Kubernetes-only parts of those schemas
 (x-kubernetes-*, including CEL rules) are not evaluated: an API server would also
 check those. Extra manifest files (e.g. test fixtures) can be named on the command line.
 
@@ -73,18 +74,54 @@ def fail_open_problems(doc):
     return found
 
 
+def config_problems(where, config_json):
+    """The filter's own config parser on one plugin configuration (JSON text)."""
+    checker = os.environ.get("NEBULA_CHECK_CONFIG", str(ROOT / "target" / "debug" / "check-config"))
+    run = subprocess.run([checker, "-"], input=config_json, capture_output=True, text=True)
+    return [f"{where}: {run.stdout.strip() or run.stderr.strip()}"] if run.returncode != 0 else []
+
+
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def envoyfilter_problems(doc):
+    """An EnvoyFilter that adds the filter as a Wasm extension config (istio/examples/
+    request-body-envoyfilter.yaml): its configuration loads, it fails closed, and with
+    auth.with_request_body it sets allow_on_headers_stop_iteration."""
+    found = []
+    for i, patch in enumerate((doc.get("spec") or {}).get("configPatches") or []):
+        typed = ((patch.get("patch") or {}).get("value") or {}).get("typed_config") or {}
+        if patch.get("applyTo") != "EXTENSION_CONFIG" or typed.get("@type") != WASM_TYPE:
+            continue
+        where = f"spec.configPatches[{i}].patch.value.typed_config.config"
+        wasm = typed.get("config") or {}
+        if wasm.get("fail_open") is not False and wasm.get("failure_policy") != "FAIL_CLOSED":
+            found.append(f"{where}.fail_open must be false: a module that cannot start would let requests through")
+        text = (wasm.get("configuration") or {}).get("value")
+        if not isinstance(text, str):
+            found.append(f"{where}.configuration.value is missing")
+            continue
+        found += config_problems(f"{where}.configuration", text)
+        try:
+            body = (json.loads(text).get("auth") or {}).get("with_request_body")
+        except (ValueError, AttributeError):
+            body = None
+        if body is not None and wasm.get("allow_on_headers_stop_iteration") is not True:
+            found.append(f"{where}: auth.with_request_body needs allow_on_headers_stop_iteration: true")
+    return found
+
+
 def plugin_config_problems(doc):
-    """A WasmPlugin's pluginConfig must load through the filter's own config parser."""
+    """A WasmPlugin's pluginConfig (or an EnvoyFilter's Wasm configuration) must load
+    through the filter's own config parser."""
+    if doc.get("kind") == "EnvoyFilter":
+        return envoyfilter_problems(doc)
     if doc.get("kind") != "WasmPlugin":
         return fail_open_problems(doc)
     config = (doc.get("spec") or {}).get("pluginConfig")
     if config is None:
         return ["spec.pluginConfig is missing: the filter needs at least auth.cluster or auth.host"]
-    checker = os.environ.get("NEBULA_CHECK_CONFIG", str(ROOT / "target" / "debug" / "check-config"))
-    run = subprocess.run([checker, "-"], input=json.dumps(config), capture_output=True, text=True)
-    if run.returncode != 0:
-        return [f"spec.pluginConfig: {run.stdout.strip() or run.stderr.strip()}"] + fail_open_problems(doc)
-    return fail_open_problems(doc)
+    return config_problems("spec.pluginConfig", json.dumps(config)) + fail_open_problems(doc)
 
 
 KUSTOMIZATION = "kustomization.yaml"
@@ -209,6 +246,18 @@ def self_test(schemas, counts):
         ("an invalid pluginConfig", "port: 4300", "port: 4300\n      timeout_ms: 0", "auth.timeout_ms"),
     ]:
         doc = yaml.safe_load(plugin.replace(old, new))
+        found = problems(doc, schemas) + plugin_config_problems(doc)
+        caught = any(expected in problem for problem in found)
+        report(f"self-test: {label} is caught", [] if caught else [f"not caught: {found}"], counts)
+    envoyfilter = (ROOT / "istio" / "examples" / "request-body-envoyfilter.yaml").read_text()
+    for label, old, new, expected in [
+        ("an EnvoyFilter without allow_on_headers_stop_iteration", "allow_on_headers_stop_iteration: true",
+         "allow_on_headers_stop_iteration: false", "needs allow_on_headers_stop_iteration"),
+        ("an EnvoyFilter that fails open", "fail_open: false", "fail_open: true", "fail_open must be false"),
+        ("an invalid EnvoyFilter configuration", '"max_request_bytes": 8192', '"max_request_bytes": 0',
+         "max_request_bytes"),
+    ]:
+        doc = yaml.safe_load(envoyfilter.replace(old, new))
         found = problems(doc, schemas) + plugin_config_problems(doc)
         caught = any(expected in problem for problem in found)
         report(f"self-test: {label} is caught", [] if caught else [f"not caught: {found}"], counts)

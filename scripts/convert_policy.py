@@ -104,10 +104,14 @@ def convert_provider(ext, notes):
         auth["client_headers"] = [str(h) for h in ext["headersToDownstreamOnDeny"]]
     if ext.get("headersToDownstreamOnAllow"):
         auth["client_headers_on_success"] = [str(h) for h in ext["headersToDownstreamOnAllow"]]
-    if ext.get("includeRequestBodyInCheck") is not None:
-        notes.append("includeRequestBodyInCheck: the callout carries no body (a proxy-wasm filter cannot read "
-                     "the body before Envoy sends the headers upstream); the auth service decides on the "
-                     "headers, and no 413 is sent for a large body")
+    body = ext.get("includeRequestBodyInCheck")
+    if body is not None:
+        auth["with_request_body"] = request_body(body)
+        notes.append("includeRequestBodyInCheck -> auth.with_request_body: Envoy must run the filter with "
+                     "allow_on_headers_stop_iteration: true, which Istio's WasmPlugin does not expose; load "
+                     "the module with istio/examples/request-body-envoyfilter.yaml instead (docs/istio.md, "
+                     "\"Request body\"). Under a WasmPlugin a request with a body fails closed (500) after the "
+                     "auth timeout")
     status = None
     if "statusOnError" in ext:
         status = ext["statusOnError"]
@@ -115,6 +119,25 @@ def convert_provider(ext, notes):
             raise Refused(f"statusOnError {status!r}: expected a status code such as \"403\"")
         status = int(status)
     return auth, status
+
+
+def request_body(body):
+    """includeRequestBodyInCheck -> auth.with_request_body (ext_authz's with_request_body)."""
+    if not isinstance(body, dict):
+        raise Refused("includeRequestBodyInCheck: expected maxRequestBytes, allowPartialMessage, packAsBytes")
+    unknown = sorted(set(body) - {"maxRequestBytes", "allowPartialMessage", "packAsBytes"})
+    if unknown:
+        raise Refused(f"includeRequestBodyInCheck fields {unknown} are not known to this converter")
+    max_bytes = body.get("maxRequestBytes")
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise Refused(f"includeRequestBodyInCheck.maxRequestBytes {max_bytes!r}: Envoy requires a positive "
+                      "number of bytes")
+    out = {"max_request_bytes": max_bytes}
+    if body.get("allowPartialMessage"):
+        out["allow_partial_message"] = True
+    if body.get("packAsBytes"):
+        out["pack_as_bytes"] = True  # gRPC only: the HTTP callout always carries the raw bytes
+    return out
 
 
 def dedupe(items):

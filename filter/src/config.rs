@@ -285,7 +285,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,
@@ -389,6 +389,18 @@ mod tests {
             (
                 r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/x{id}"]}"#,
                 "invalid plugin configuration: public_paths[0]: \"/a/x{id}\": a {parameter} must be a whole segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "with_request_body": {"max_request_bytes": 8}}}"#,
+                "invalid plugin configuration: auth.with_request_body: only applies with \"protocol\": \"ext_authz\"",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 0}}}"#,
+                "invalid plugin configuration: auth.with_request_body.max_request_bytes: must be between 1 and 16777216, got 0",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {}}}"#,
+                "invalid plugin configuration: auth.with_request_body: missing field `max_request_bytes`",
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/{*rest}"]}"#,

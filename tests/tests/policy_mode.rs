@@ -235,7 +235,15 @@ fn bare_mesh_config_with_path_prefix_converts() {
     assert_eq!(auth["client_headers_on_success"], serde_json::json!(["set-cookie"]));
     assert_eq!(auth["upstream_headers"], serde_json::json!([]), "unset: ext_authz copies nothing upstream");
     assert!(config.get("status_on_error").is_none() && auth.get("client_headers").is_none());
-    assert!(stderr.contains("note: includeRequestBodyInCheck: the callout carries no body"), "{stderr}");
+    assert_eq!(
+        auth["with_request_body"],
+        serde_json::json!({"max_request_bytes": 1024, "allow_partial_message": true, "pack_as_bytes": true})
+    );
+    assert!(
+        stderr.contains("note: includeRequestBodyInCheck -> auth.with_request_body")
+            && stderr.contains("allow_on_headers_stop_iteration"),
+        "the note says the WasmPlugin cannot set what Envoy needs: {stderr}"
+    );
     nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
 }
 

@@ -380,6 +380,13 @@ impl HttpContext for Authz {
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        // Trailers end a body whose last data callback did not.
+        if let Some(wait) = self.body.as_mut() {
+            wait.complete = true;
+            if let (Some(Pending::Body { .. }), Some(settings)) = (&self.pending, self.settings.clone()) {
+                return self.body_step(&settings);
+            }
+        }
         self.hold_while_pending()
     }
 

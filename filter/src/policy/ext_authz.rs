@@ -6,9 +6,8 @@
 //!   included) or a fixed `path_override`, and the client's `:authority`;
 //! - of the client's headers, `authorization` and those `request_headers` matches;
 //!   `headers_to_add` overwrite; `content-length: 0` (Envoy adds `x-envoy-internal` and
-//!   `x-envoy-expected-rq-timeout-ms` to every callout itself). The request body is not
-//!   sent: a proxy-wasm filter cannot read it before the headers go upstream (see
-//!   docs/istio.md, "Where we differ from ext_authz", `no-request-body`);
+//!   `x-envoy-expected-rq-timeout-ms` to every callout itself). With
+//!   `with_request_body` the callout carries the body instead (policy/request_body.rs);
 //! - on allow, `upstream_headers` replace, `upstream_headers_to_append` append,
 //!   `x-envoy-auth-headers-to-remove` removes request headers, and
 //!   `client_headers_on_success` go to the client's response; on deny, `client_headers`
@@ -112,7 +111,7 @@ pub fn callout<'h, H: Header>(
     for (name, value) in &settings.headers_to_add {
         out.push((name.as_str(), value.as_str().into()));
     }
-    // Always, as ext_authz (the callout carries no body).
+    // As ext_authz without a body; policy/request_body.rs replaces it when one is sent.
     out.push(("content-length", "0".into()));
     Some(out)
 }

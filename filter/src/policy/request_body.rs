@@ -123,12 +123,7 @@ mod tests {
         describe_body(&mut headers, "11", false);
         assert_eq!(
             headers,
-            vec![
-                (":method", "POST"),
-                ("authorization", "x"),
-                ("content-length", "11"),
-                (PARTIAL_BODY_HEADER, "false")
-            ]
+            vec![(":method", "POST"), ("authorization", "x"), ("content-length", "11"), (PARTIAL_BODY_HEADER, "false")]
         );
         describe_body(&mut headers, "16", true);
         assert_eq!(headers.iter().filter(|(n, _)| *n == "content-length").count(), 1);
