@@ -118,3 +118,19 @@ fn without_allow_on_headers_stop_iteration_a_body_request_fails_closed() {
     let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:alice"));
     env.assert_allowed_as("no body", &resp, "alice");
 }
+
+#[test]
+fn the_filters_retry_of_a_reset_callout_carries_the_body_again() {
+    let env = Env::start(CONFIG);
+    // Reset twice: Envoy's own retry, then the filter's, which rebuilds the callout.
+    let token = "seq:close|close|allow:carol";
+    let resp = env.send(&RawRequest::post("/api/flows", b"retry me".to_vec()).bearer(token));
+    env.assert_allowed_as("retried with body", &resp, "carol");
+    let calls = env.auth.requests();
+    assert_eq!(calls.len(), 3, "the callout, Envoy's retry, the filter's retry");
+    for call in &calls {
+        assert_eq!(call.body, b"retry me", "every attempt carries the body");
+        assert_eq!(call.header("x-envoy-auth-partial-body").as_deref(), Some("false"));
+    }
+    assert_eq!(env.upstream.last().body, b"retry me");
+}
