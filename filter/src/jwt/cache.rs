@@ -1,14 +1,18 @@
-//! Tokens this worker has already judged, by the token's SHA-256 (a collision would be
-//! needed to reuse another token's entry):
-//! - verified ones, so a client repeating its token (as real clients do) costs a hash
-//!   and a lookup instead of a signature check; an entry never outlives the token's
-//!   `exp` (+ leeway) nor the key set it was verified with;
-//! - recent rejects, so the same invalid token sent again and again costs the same.
+//! Tokens this worker has already judged:
+//! - verified ones, by the token's exact bytes, so a client repeating its token (as real
+//!   clients do) costs a SipHash and a compare instead of a signature check (a SHA-256
+//!   of the token cost more than the rest of a repeated token's request in the module;
+//!   issue 16). The tokens stay in this worker's memory only, as the request itself; an
+//!   entry never outlives the token's `exp` (+ leeway) nor the key set it was verified with;
+//! - recent rejects, by the token's SHA-256 (a collision would be needed to reuse another
+//!   token's entry), so the same invalid token sent again and again costs the same, and a
+//!   flood of large forged tokens holds 32 bytes each, not the tokens.
 //!
 //! Both are bounded and evict the oldest entry first, in O(1): a flood of distinct
 //! forged tokens holds at most `capacity` entries and never scans the map.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
@@ -36,7 +40,7 @@ pub struct Entry {
 
 #[derive(Debug)]
 pub struct VerifiedCache {
-    entries: Recent<Entry>,
+    entries: Recent<Rc<str>, Entry>,
 }
 
 impl VerifiedCache {
@@ -52,15 +56,15 @@ impl VerifiedCache {
         self.entries.is_empty()
     }
 
-    /// The entry for `hash` if it is still valid at `now_ms` for `generation` (`generation`
-    /// is asked per provider, hence the closure).
-    pub fn get(&self, hash: &TokenHash, now_ms: u64, generation: impl Fn(usize) -> u64) -> Option<&Entry> {
-        self.entries.get(hash).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
+    /// The entry for `token` if it is still valid at `now_ms` for `generation`
+    /// (`generation` is asked per provider, hence the closure).
+    pub fn get(&self, token: &str, now_ms: u64, generation: impl Fn(usize) -> u64) -> Option<&Entry> {
+        self.entries.get(token).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
     }
 
     /// Remembers a verified token; when full, the oldest entry goes.
-    pub fn insert(&mut self, hash: TokenHash, entry: Entry) {
-        self.entries.insert(hash, entry);
+    pub fn insert(&mut self, token: &str, entry: Entry) {
+        self.entries.insert(Rc::from(token), entry);
     }
 }
 
@@ -74,7 +78,7 @@ pub struct Rejected {
 
 #[derive(Debug)]
 pub struct RejectCache {
-    entries: Recent<Rejected>,
+    entries: Recent<TokenHash, Rejected>,
 }
 
 impl RejectCache {
@@ -108,17 +112,17 @@ impl RejectCache {
     }
 }
 
-/// A bounded map, oldest entry out first.
+/// A bounded map, oldest entry out first. `K` is cheap to clone (a hash, or an `Rc`).
 #[derive(Debug)]
-struct Recent<V> {
-    entries: HashMap<TokenHash, V>,
+struct Recent<K, V> {
+    entries: HashMap<K, V>,
     /// Insertion order; evicting the front keeps the map at `capacity`.
-    order: VecDeque<TokenHash>,
+    order: VecDeque<K>,
     capacity: usize,
 }
 
-impl<V> Recent<V> {
-    fn new(capacity: usize) -> Recent<V> {
+impl<K: Hash + Eq + Clone, V> Recent<K, V> {
+    fn new(capacity: usize) -> Recent<K, V> {
         Recent { entries: HashMap::new(), order: VecDeque::new(), capacity }
     }
 
@@ -130,17 +134,20 @@ impl<V> Recent<V> {
         self.entries.is_empty()
     }
 
-    fn get(&self, hash: &TokenHash) -> Option<&V> {
-        self.entries.get(hash)
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.get(key)
     }
 
-    /// Replaces an entry for the same hash in place; a capacity of 0 keeps nothing.
-    fn insert(&mut self, hash: TokenHash, value: V) {
+    /// Replaces an entry for the same key in place; a capacity of 0 keeps nothing.
+    fn insert(&mut self, key: K, value: V) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.insert(hash, value).is_none() {
-            self.order.push_back(hash);
+        if self.entries.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
             while self.order.len() > self.capacity {
                 if let Some(oldest) = self.order.pop_front() {
                     self.entries.remove(&oldest);
@@ -163,28 +170,28 @@ mod tests {
     #[test]
     fn entries_expire_and_follow_the_key_generation() {
         let mut c = VerifiedCache::new(4);
-        let h = token_hash("a.b.c");
+        let h = "a.b.c";
         c.insert(h, entry(0, 7, 1_000));
-        assert!(c.get(&h, 1_000, |_| 7).is_some());
-        assert!(c.get(&h, 1_001, |_| 7).is_none(), "expired");
-        assert!(c.get(&h, 10, |_| 8).is_none(), "keys changed since");
-        assert!(c.get(&token_hash("a.b.d"), 10, |_| 7).is_none());
+        assert!(c.get(h, 1_000, |_| 7).is_some());
+        assert!(c.get(h, 1_001, |_| 7).is_none(), "expired");
+        assert!(c.get(h, 10, |_| 8).is_none(), "keys changed since");
+        assert!(c.get("a.b.d", 10, |_| 7).is_none());
     }
 
     #[test]
     fn bounded_oldest_first() {
         let mut c = VerifiedCache::new(2);
-        c.insert(token_hash("1"), entry(0, 0, 10));
-        c.insert(token_hash("2"), entry(0, 0, 1_000));
-        c.insert(token_hash("1"), entry(0, 0, 20));
+        c.insert("1", entry(0, 0, 10));
+        c.insert("2", entry(0, 0, 1_000));
+        c.insert("1", entry(0, 0, 20));
         assert_eq!(c.len(), 2, "a replaced entry is not a new one");
-        c.insert(token_hash("3"), entry(0, 0, 1_000));
+        c.insert("3", entry(0, 0, 1_000));
         assert_eq!(c.len(), 2);
-        assert!(c.get(&token_hash("1"), 5, |_| 0).is_none(), "the oldest went");
-        assert!(c.get(&token_hash("2"), 500, |_| 0).is_some());
-        assert!(c.get(&token_hash("3"), 500, |_| 0).is_some());
+        assert!(c.get("1", 5, |_| 0).is_none(), "the oldest went");
+        assert!(c.get("2", 500, |_| 0).is_some());
+        assert!(c.get("3", 500, |_| 0).is_some());
         let mut off = VerifiedCache::new(0);
-        off.insert(token_hash("1"), entry(0, 0, 10));
+        off.insert("1", entry(0, 0, 10));
         assert!(off.is_empty(), "cache_entries 0 disables the cache");
     }
 

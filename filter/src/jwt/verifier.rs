@@ -152,12 +152,12 @@ impl JwtVerifier {
         if token.len() > settings.max_token_bytes {
             return Outcome::Invalid(Reason::TooLarge);
         }
-        let hash = token_hash(token);
         let generations = &self.generations;
         let generation = |p: usize| generations.get(p).copied().unwrap_or(u64::MAX);
-        if let Some(e) = self.cache.get(&hash, now_ms, generation) {
+        if let Some(e) = self.cache.get(token, now_ms, generation) {
             return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
         }
+        let hash = token_hash(token);
         if let Some(reason) = self.rejects.get(&hash, generation) {
             return Outcome::Invalid(reason);
         }
@@ -177,7 +177,7 @@ impl JwtVerifier {
                     headers: claim_headers.clone(),
                     claims: claims.clone(),
                 };
-                self.cache.insert(hash, entry);
+                self.cache.insert(token, entry);
                 valid(settings, provider, &claims, headers, claim_headers, false)
             }
         }
