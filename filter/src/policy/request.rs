@@ -96,11 +96,14 @@ pub fn callout<'h, H: Header>(
             None => Err(Failure::RequestHeaderNotText),
         };
     }
-    let mut out: Vec<CalloutHeader<'h>> = vec![
+    // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
+    // allocation instead of growing it (issue 13).
+    let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(16);
+    out.extend([
         (":method", "GET".into()),
         (":path", auth.path.as_str().into()),
         (":authority", auth.authority.as_str().into()),
-    ];
+    ]);
     // Forwarding headers: generated with forward_auth (a client's copy never doubles
     // them) and, untrusted, never taken from the client even if a pattern matches.
     let skip = |name: &str| {
