@@ -14,9 +14,10 @@ use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
 use crate::jwt::config::{JwtSettings, RawJwt};
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
-use crate::policy::decision::{self, Verdict};
+use crate::policy::decision::{self, Failure, Verdict};
+use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{Header, HeaderNames};
-use crate::policy::request::{self, Plan, Route};
+use crate::policy::request::{self, Plan, Routed};
 use crate::policy::route::PublicPaths;
 
 /// Like Envoy ext_authz's `status_on_error` default.
@@ -88,15 +89,20 @@ impl Settings {
         request::plan(&self.auth, &self.strip, &self.public, headers, peer)
     }
 
-    /// A request planned as protected although its path is public (its access rules
-    /// did not match): the callout route [`Settings::plan`] would give a protected path.
-    pub fn plan_protected<'h, H: Header>(
+    /// [`Settings::plan`] without building the callout (the host builds it only when
+    /// one is needed, with [`Settings::callout`]).
+    pub fn route<'h, H: Header>(&'h self, headers: &'h [H]) -> Routed<'h> {
+        request::route(&self.auth, &self.strip, &self.public, headers)
+    }
+
+    /// The callout's headers for a protected request (also one whose public path did
+    /// not match its access rules); `Err`: fail closed.
+    pub fn callout<'h, H: Header>(
         &'h self,
-        access: &'h AccessSettings,
         headers: &'h [H],
         peer: impl FnOnce() -> Option<String>,
-    ) -> Route<'h> {
-        request::plan(&self.auth, &self.strip, &access.no_public, headers, peer).route
+    ) -> Result<Vec<CalloutHeader<'h>>, Failure> {
+        request::callout(&self.auth, &self.strip, headers, peer)
     }
 
     /// Decides on the auth response (policy/decision.rs); `headers` include `:status`

@@ -137,14 +137,12 @@ pub fn compile(
     if source_ranges.is_none() && principals.is_none() && principal_header.is_none() && !has_paths {
         return Ok(None);
     }
-    let no_public = PublicPaths::compile(&[], &[])?;
     Ok(Some(AccessSettings {
         source_ranges,
         principals,
         trusted_proxies,
         principal_header,
         paths: if has_paths { paths } else { Vec::new() },
-        no_public,
     }))
 }
 

@@ -16,7 +16,6 @@ use std::net::IpAddr;
 use crate::access::cidr::Ranges;
 use crate::access::principal::Principals;
 use crate::policy::headers::Header;
-use crate::policy::route::PublicPaths;
 
 /// Body of the access rules' local reply: short, and says nothing about the rule.
 pub const DENIED_BODY: &[u8] = b"nebula-authz: access denied\n";
@@ -36,8 +35,6 @@ pub struct AccessSettings {
     pub principal_header: Option<String>,
     /// Rules of the public-path entries, by entry index (empty when none has rules).
     pub paths: Vec<Option<PathRule>>,
-    /// An empty public-path list: plans a public request as a protected one.
-    pub no_public: PublicPaths,
 }
 
 /// The rules of one public-path entry: public only when every given rule matches.

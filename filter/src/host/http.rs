@@ -23,15 +23,14 @@ use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, resume, Applied};
 use crate::host::request_log::{self, Via};
+use crate::host::steps::access::{self, Principal};
 use crate::host::steps::body::{self, BodyWait};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::jwt::{self, JwtStep};
-use crate::host::steps::{access, decide, inject, public, strip};
+use crate::host::steps::{decide, inject, public, strip};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
-use crate::policy::forward::CalloutHeader;
-use crate::policy::request::Route;
 use crate::policy::request_body::{self, BodyStep, TOO_LARGE_BODY, TOO_LARGE_STATUS};
 
 pub struct Authz {
@@ -72,36 +71,37 @@ impl Authz {
         let Some(headers) = header_map::parse(&buffer) else {
             return self.fail(settings, Failure::HostError);
         };
-        let plan = settings.plan(&headers, peer_address);
-        if strip::strip(&plan.strip).is_err() {
+        let routed = settings.route(&headers);
+        if strip::strip(&routed.strip).is_err() {
             return self.fail(settings, Failure::HostError);
         }
-        let route = match &settings.access {
-            None => plan.route,
-            Some(rules) => match access::apply(self.id, settings, rules, &headers, plan.route, peer_address) {
-                Ok(route) => route,
+        let (public, principal) = match &settings.access {
+            None => (routed.public, None),
+            Some(rules) => match access::apply(self.id, settings, rules, &headers, routed.public) {
+                Ok(checked) => checked,
                 Err(replied) => return replied,
             },
         };
-        match route {
-            Route::Public { template } => public::pass(self.id, template),
-            Route::Callout { headers: callout } => {
+        match public {
+            Some(template) => public::pass(self.id, template),
+            None => {
                 if !end_of_stream && settings.auth.with_request_body.is_some() {
                     self.body = Some(BodyWait { since_ms: now_ms(), received: 0, complete: false, seen: false });
                 }
-                self.protected(settings, &headers, callout, true)
+                self.protected(settings, &headers, principal, true)
             }
-            Route::Reject(failure) => self.fail(settings, failure),
         }
     }
 
-    /// A protected request: JWT → cache → (wait for an identical callout, or send one).
+    /// A protected request: JWT → callout headers → cache → (wait for an identical
+    /// callout, or send one). The callout's headers are built only past the JWT step (a
+    /// locally verified token needs neither them nor the peer address they may read).
     /// `may_fetch` is false on the second pass, after a JWKS fetch.
     fn protected(
         &mut self,
         settings: &Settings,
         headers: &[(&str, &[u8])],
-        callout: Vec<CalloutHeader>,
+        principal: Option<Principal>,
         may_fetch: bool,
     ) -> Action {
         match jwt::check(self.id, settings, self.jwt.as_ref(), headers, may_fetch) {
@@ -112,6 +112,13 @@ impl Authz {
                 return Action::Pause;
             }
             JwtStep::Callout => {}
+        }
+        let mut callout = match settings.callout(headers, peer_address) {
+            Ok(callout) => callout,
+            Err(failure) => return self.fail(settings, failure),
+        };
+        if let Some((name, principal)) = principal {
+            callout.push((name, principal.into()));
         }
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         if self.body.is_some() {
@@ -213,7 +220,7 @@ impl Authz {
         }
         let buffer = header_map::read(MapType::HttpRequestHeaders)?;
         let headers = header_map::parse(&buffer)?;
-        let Route::Callout { headers: callout } = settings.plan(&headers, peer_address).route else { return None };
+        let callout = settings.callout(&headers, peer_address).ok()?;
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         let token = match (&settings.auth.with_request_body, &self.body) {
             (Some(rules), Some(wait)) => {
@@ -246,19 +253,20 @@ impl Authz {
             self.fail(settings, Failure::HostError);
             return;
         };
-        let mut route = settings.plan(&headers, peer_address).route;
+        let mut public = settings.route(&headers).public;
+        let mut principal = None;
         if let Some(rules) = &settings.access {
             // The same rules again: a public path outside them was checked as protected.
-            match access::apply(self.id, settings, rules, &headers, route, peer_address) {
-                Ok(checked) => route = checked,
+            match access::apply(self.id, settings, rules, &headers, public) {
+                Ok(checked) => (public, principal) = checked,
                 Err(_) => return,
             }
         }
-        let Route::Callout { headers: callout } = route else {
+        if public.is_some() {
             self.fail(settings, Failure::HostError);
             return;
-        };
-        if let Action::Continue = self.protected(settings, &headers, callout, false) {
+        }
+        if let Action::Continue = self.protected(settings, &headers, principal, false) {
             resume(self.id);
         }
     }

@@ -9,7 +9,7 @@
 //! (policy/request_body.rs; docs/traefik.md).
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::error::ConfigError;
 use crate::policy::headers::Header;
@@ -102,10 +102,33 @@ pub fn forwarded_headers<'h, H: Header>(
 /// The IP of `ip:port` / `[v6]:port` (Envoy's `source.address`); `None` for anything
 /// else (a pipe, an empty property), and then no X-Forwarded-For is built.
 pub fn peer_ip(address: &str) -> Option<String> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Some(addr.ip().to_string());
+    let ip = match address.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip(),
+        Err(_) => address.parse::<IpAddr>().ok()?,
+    };
+    Some(match ip {
+        IpAddr::V4(v4) => ipv4_text(v4),
+        IpAddr::V6(v6) => v6.to_string(),
+    })
+}
+
+/// `Ipv4Addr`'s `Display` text without `core::fmt`, which cost more than the rest of the
+/// X-Forwarded-* headers on every callout (issue 13).
+fn ipv4_text(ip: Ipv4Addr) -> String {
+    let mut text = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
     }
-    address.parse::<IpAddr>().ok().map(|ip| ip.to_string())
+    text
 }
 
 /// `authResponseHeadersRegex`: auth response headers copied upstream by pattern. Matched
@@ -274,6 +297,16 @@ mod tests {
         assert_eq!(peer_ip("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(peer_ip("/tmp/envoy.sock"), None);
         assert_eq!(peer_ip(""), None);
+    }
+
+    #[test]
+    fn ipv4_text_is_the_display_text() {
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 199, 200, 255] {
+            for b in [0u8, 7, 10, 100, 255] {
+                let ip = Ipv4Addr::new(a, b, 255 - b, a / 2);
+                assert_eq!(ipv4_text(ip), ip.to_string());
+            }
+        }
     }
 
     #[test]

@@ -26,9 +26,20 @@ pub enum Route<'h> {
     Reject(Failure),
 }
 
+/// A request before its callout is built: the host builds the callout ([`callout`])
+/// only when a callout is needed, after the JWT step (a locally verified token needs no
+/// callout, nor the `source.address` read its X-Forwarded-For costs).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Routed<'h> {
+    /// Header names to remove from the client request, every path, before anything else.
+    pub strip: Vec<&'h str>,
+    /// The public path template it matched; `None`: protected.
+    pub public: Option<&'h str>,
+}
+
 /// `headers` is the client request header map as Envoy hands it over (`:path` included);
 /// `peer` gives the client's address (`ip:port`), asked for only when a callout sends
-/// X-Forwarded-For.
+/// X-Forwarded-For. [`route`], then [`callout`] for a protected path.
 pub fn plan<'h, H: Header>(
     auth: &'h AuthSettings,
     strip_names: &HeaderNames,
@@ -36,6 +47,24 @@ pub fn plan<'h, H: Header>(
     headers: &'h [H],
     peer: impl FnOnce() -> Option<String>,
 ) -> Plan<'h> {
+    let Routed { strip, public } = route(auth, strip_names, public, headers);
+    let route = match public {
+        Some(template) => Route::Public { template },
+        None => match callout(auth, strip_names, headers, peer) {
+            Ok(headers) => Route::Callout { headers },
+            Err(failure) => Route::Reject(failure),
+        },
+    };
+    Plan { strip, route }
+}
+
+/// What to strip, and whether the path is public.
+pub fn route<'h, H: Header>(
+    auth: &'h AuthSettings,
+    strip_names: &HeaderNames,
+    public: &'h PublicPaths,
+    headers: &'h [H],
+) -> Routed<'h> {
     let mut strip = headers::present(headers, strip_names);
     if let Some(regex) = &auth.upstream_headers_regex {
         for name in headers.iter().map(Header::name) {
@@ -45,34 +74,36 @@ pub fn plan<'h, H: Header>(
         }
     }
     let path = headers::first(headers, ":path");
-    if let Some(template) = path.and_then(|p| public.find(p)) {
-        return Plan { strip, route: Route::Public { template } };
-    }
-    Plan { strip, route: callout(auth, strip_names, headers, peer) }
+    Routed { strip, public: path.and_then(|p| public.find(p)) }
 }
 
-fn callout<'h, H: Header>(
+/// The callout's headers for a protected request (pseudo-headers first); `Err` when the
+/// request cannot be checked faithfully (fail closed).
+pub fn callout<'h, H: Header>(
     auth: &'h AuthSettings,
     strip: &HeaderNames,
     headers: &'h [H],
     peer: impl FnOnce() -> Option<String>,
-) -> Route<'h> {
+) -> Result<Vec<CalloutHeader<'h>>, Failure> {
     if auth.protocol == Protocol::ExtAuthz {
         return match ext_authz::callout(&auth.ext_authz, &auth.request_headers, strip, headers) {
             Some(mut out) => {
                 if !out.iter().any(|(n, _)| *n == ":authority") {
                     out.insert(2, (":authority", auth.authority.as_str().into()));
                 }
-                Route::Callout { headers: out }
+                Ok(out)
             }
-            None => Route::Reject(Failure::RequestHeaderNotText),
+            None => Err(Failure::RequestHeaderNotText),
         };
     }
-    let mut out: Vec<CalloutHeader<'h>> = vec![
+    // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
+    // allocation instead of growing it (issue 13).
+    let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(16);
+    out.extend([
         (":method", "GET".into()),
         (":path", auth.path.as_str().into()),
         (":authority", auth.authority.as_str().into()),
-    ];
+    ]);
     // Forwarding headers: generated with forward_auth (a client's copy never doubles
     // them) and, untrusted, never taken from the client even if a pattern matches.
     let skip = |name: &str| {
@@ -87,16 +118,16 @@ fn callout<'h, H: Header>(
         // The host ABI takes text; a credential we cannot pass unchanged is not passed.
         match std::str::from_utf8(value) {
             Ok(value) => out.push((name, value.into())),
-            Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
+            Err(_) => return Err(Failure::RequestHeaderNotText),
         }
     }
     if auth.forward_auth {
         match forward::forwarded_headers(headers, peer().as_deref(), auth.trust_forward_header) {
             Ok(forwarded) => out.extend(forwarded),
-            Err(_) => return Route::Reject(Failure::RequestHeaderNotText),
+            Err(_) => return Err(Failure::RequestHeaderNotText),
         }
     }
-    Route::Callout { headers: out }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use crate::host::metrics::count;
 use crate::host::reply::reply;
 use crate::metrics::Metric;
 use crate::policy::headers;
-use crate::policy::request::Route;
 
 /// The proxy-wasm properties behind [`Peer`].
 struct HostPeer;
@@ -39,29 +38,29 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
-/// The route after the access rules (a public path whose rules did not match becomes a
-/// callout), with the verified identity added to a callout when `principal_header` is
-/// set; `Err` when the request was answered locally.
+/// What the access rules leave of a request: still public (`Some(template)`; a public
+/// path whose rules did not match is checked as protected: `None`), and the verified
+/// identity to add to its callout when `principal_header` is set; `Err` when the
+/// request was answered locally.
 pub fn apply<'h>(
     id: u32,
     settings: &'h Settings,
     access: &'h AccessSettings,
     request: &'h [(&'h str, &'h [u8])],
-    route: Route<'h>,
-    peer_address: fn() -> Option<String>,
-) -> Result<Route<'h>, Action> {
+    public: Option<&'h str>,
+) -> Result<(Option<&'h str>, Option<Principal<'h>>), Action> {
     let mut facts = Facts::new(access, HostPeer, request);
-    let entry = match &route {
-        Route::Public { .. } if access.has_path_rules() => {
+    let entry = match public {
+        Some(_) if access.has_path_rules() => {
             headers::first(request, ":path").and_then(|path| settings.public.find_index(path))
         }
         _ => None,
     };
-    let mut route = match access.gate(entry, &mut facts) {
-        Gate::Pass => route,
+    let public = match access.gate(entry, &mut facts) {
+        Gate::Pass => public,
         Gate::Protect => {
             debug!("[{id}] public path outside its access rules: checked as protected");
-            settings.plan_protected(access, request, peer_address)
+            None
         }
         Gate::Deny { status, why } => {
             debug!("[{id}] denied by the {why:?} access rule");
@@ -73,10 +72,12 @@ pub fn apply<'h>(
             return Err(Action::Pause);
         }
     };
-    if let (Route::Callout { headers }, Some(name)) = (&mut route, &access.principal_header) {
-        if let Some(principal) = facts.principal() {
-            headers.push((name.as_str(), principal.to_owned().into()));
-        }
-    }
-    Ok(route)
+    let principal = match (public, &access.principal_header) {
+        (None, Some(name)) => facts.principal().map(|principal| (name.as_str(), principal.to_owned())),
+        _ => None,
+    };
+    Ok((public, principal))
 }
+
+/// A header for the callout: the verified peer identity (`principal_header`).
+pub type Principal<'h> = (&'h str, String);
