@@ -89,6 +89,25 @@ fn a_slow_client_sending_its_body_in_pieces() {
 }
 
 #[test]
+fn once_envoy_delivers_bodies_a_client_slow_to_start_its_body_still_waits() {
+    // timeout_ms 500: the guard would answer 500 after 0.5-1.5 s without a body callback.
+    let env = Env::start(
+        r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 500,
+            "with_request_body": {"max_request_bytes": 64}}}"#,
+    );
+    let resp = env.send(&RawRequest::post("/api/flows", b"first".to_vec()).bearer("allow:alice"));
+    env.assert_allowed_as("first body request", &resp, "alice");
+    // Same worker (one): its first body byte comes 2.2 s after the headers.
+    let head = "POST /api/flows HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer allow:bob\r\n\
+                content-length: 4\r\nconnection: close\r\n\r\n";
+    let parts: [&[u8]; 2] = [head.as_bytes(), b"late"];
+    let resp = send_in_parts(env.port, &parts, Duration::from_millis(2200)).expect("send in parts");
+    let up = env.assert_allowed_as("slow first byte", &resp, "bob");
+    assert_eq!(up.body, b"late");
+    assert_eq!(env.auth.last().body, b"late");
+}
+
+#[test]
 fn body_requests_bypass_the_decision_cache() {
     let env = Env::start(
         r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 64}},

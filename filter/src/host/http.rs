@@ -376,7 +376,7 @@ impl HttpContext for Authz {
         if let Some(wait) = self.body.as_mut() {
             if !wait.seen {
                 wait.seen = true;
-                body::arrived(self.id);
+                body::delivered();
             }
             wait.received = body_size;
             wait.complete = end_of_stream;

@@ -7,7 +7,7 @@
 //! callback ever comes. Such a stream would hang; [`overdue`] lets the root context's
 //! tick fail it closed instead, with a log line naming the setting.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use log::error;
@@ -22,6 +22,12 @@ use crate::metrics::Metric;
 thread_local! {
     /// Streams waiting for their first body callback: (context id, since, Unix ms).
     static AWAITING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+    /// A body callback came on this worker: Envoy has the setting, so the guard is off
+    /// for good and a client that is merely slow to send its body waits, as under
+    /// ext_authz. (Two plugin configs sharing one VM with different settings would keep
+    /// the guard off for both: the one without the setting then waits for Envoy's own
+    /// stream timeouts, still closed.)
+    static DELIVERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A deployment error, not the auth service's: 500 whatever `status_on_error` says.
@@ -37,12 +43,21 @@ pub struct BodyWait {
     pub seen: bool,
 }
 
-/// `id` waits for its first body callback since `since_ms`.
+/// `id` waits for its first body callback since `since_ms` (watched only until this
+/// worker has seen one body callback).
 pub fn wait(id: u32, since_ms: u64) {
-    AWAITING.with(|a| a.borrow_mut().push((id, since_ms)));
+    if !DELIVERED.with(Cell::get) {
+        AWAITING.with(|a| a.borrow_mut().push((id, since_ms)));
+    }
 }
 
-/// `id` got a body callback, or its stream is over.
+/// A body callback came: Envoy delivers bodies, the guard is no longer needed.
+pub fn delivered() {
+    DELIVERED.with(|d| d.set(true));
+    AWAITING.with(|a| a.borrow_mut().clear());
+}
+
+/// `id`'s stream is over.
 pub fn arrived(id: u32) {
     AWAITING.with(|a| a.borrow_mut().retain(|(waiting, _)| *waiting != id));
 }
