@@ -87,7 +87,7 @@ WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 def envoyfilter_problems(doc):
     """An EnvoyFilter that adds the filter as a Wasm extension config (istio/examples/
     request-body-envoyfilter.yaml): its configuration loads, it fails closed, and with
-    auth.with_request_body it sets allow_on_headers_stop_iteration."""
+    auth.with_request_body or auth.forward_body it sets allow_on_headers_stop_iteration."""
     found = []
     for i, patch in enumerate((doc.get("spec") or {}).get("configPatches") or []):
         typed = ((patch.get("patch") or {}).get("value") or {}).get("typed_config") or {}
@@ -103,11 +103,13 @@ def envoyfilter_problems(doc):
             continue
         found += config_problems(f"{where}.configuration", text)
         try:
-            body = (json.loads(text).get("auth") or {}).get("with_request_body")
+            auth = json.loads(text).get("auth") or {}
+            body = "auth.with_request_body" if auth.get("with_request_body") is not None else None
+            body = body or ("auth.forward_body" if auth.get("forward_body") is True else None)
         except (ValueError, AttributeError):
             body = None
         if body is not None and wasm.get("allow_on_headers_stop_iteration") is not True:
-            found.append(f"{where}: auth.with_request_body needs allow_on_headers_stop_iteration: true")
+            found.append(f"{where}: {body} needs allow_on_headers_stop_iteration: true")
     return found
 
 

@@ -36,7 +36,8 @@ def wants_body(plugin_json):
         auth = json.loads(plugin_json).get("auth")
     except (ValueError, AttributeError):
         return False
-    return isinstance(auth, dict) and auth.get("with_request_body") is not None
+    # ext_authz's with_request_body, or forwardAuth's forward_body.
+    return isinstance(auth, dict) and (auth.get("with_request_body") is not None or auth.get("forward_body") is True)
 
 
 def rename_cluster(config, old, new):
@@ -183,7 +184,7 @@ def main():
     p.add_argument("--ecds", metavar="DIR",
                    help="deliver the wasm filter by ECDS from DIR/nebula-authz.json (a watched file)")
     p.add_argument("--without-body-stop-iteration", action="store_true",
-                   help="do not set allow_on_headers_stop_iteration even with auth.with_request_body "
+                   help="do not set allow_on_headers_stop_iteration even with auth.with_request_body or forward_body "
                         "(tests the filter's guard for an Envoy without it)")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
                    help="the wasm filter's failure_policy (replaces fail_open)")
@@ -211,7 +212,7 @@ def main():
         plugin["configuration"]["value"] = text
     if args.plugin_config_from:
         plugin["configuration"]["value"] = wasmplugin_config(args.plugin_config_from)
-    # auth.with_request_body needs the headers' StopIteration to reach Envoy as it is, so
+    # auth.with_request_body / forward_body need the headers' StopIteration to reach Envoy as it is, so
     # the filter sees the body before the callout (docs/istio.md, "Request body").
     if wants_body(plugin["configuration"]["value"]) and not args.without_body_stop_iteration:
         plugin["allow_on_headers_stop_iteration"] = True

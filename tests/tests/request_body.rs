@@ -2,7 +2,9 @@
 //! reaches the auth service byte-exact, 413 over the limit, `allow_partial_message`, a
 //! client sending its body in pieces, requests without a body unchanged, identity headers
 //! still injected after a body callout, no decision cache for body requests, and the
-//! guard for an Envoy without `allow_on_headers_stop_iteration`.
+//! guard for an Envoy without `allow_on_headers_stop_iteration`. Then `auth.forward_body`
+//! (Traefik `forwardBody` + `maxBodySize`) in the forward-auth shape; tests/tests/
+//! traefik_diff.rs compares it with the real Traefik.
 
 use std::time::Duration;
 
@@ -152,4 +154,61 @@ fn the_filters_retry_of_a_reset_callout_carries_the_body_again() {
         assert_eq!(call.header("x-envoy-auth-partial-body").as_deref(), Some("false"));
     }
     assert_eq!(env.upstream.last().body, b"retry me");
+}
+
+const FORWARD: &str = r#"{"auth": {"cluster": "auth", "timeout_ms": 2000, "forward_body": true, "max_body_size": 64}}"#;
+
+#[test]
+fn forward_body_sends_the_body_with_the_forward_auth_get() {
+    let env = Env::start(FORWARD);
+    let body: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(41)).collect();
+    let resp = env.send(&RawRequest::post("/api/flows?x=1", body.clone()).bearer("allow:alice"));
+    let up = env.assert_allowed_as("forward body", &resp, "alice");
+    let call = env.auth.last();
+    assert_eq!(call.method, "GET", "Traefik's GET, whatever the client's method");
+    assert_eq!(call.body, body, "the auth service gets the body byte for byte");
+    assert_eq!(call.header("content-length").as_deref(), Some("64"));
+    assert_eq!(call.header("x-forwarded-method").as_deref(), Some("POST"));
+    assert_eq!(call.header("x-forwarded-uri").as_deref(), Some("/api/flows?x=1"));
+    assert!(call.header("x-envoy-auth-partial-body").is_none(), "not ext_authz's header: {:?}", call.headers);
+    assert_eq!(up.body, body, "the upstream still gets the body unchanged");
+
+    // Chunked, in pieces: the whole body, once.
+    let before = env.auth.count();
+    let req = RawRequest::post("/api/flows", Vec::new()).chunked(vec![b"0123".to_vec(), b"4567".to_vec()]);
+    let up = env.assert_allowed_as("chunked", &env.send(&req.bearer("allow:bob")), "bob");
+    assert_eq!(env.auth.count(), before + 1);
+    assert_eq!(env.auth.last().body, b"01234567");
+    assert_eq!(up.body, b"01234567");
+
+    // Without a body: the callout carries none, as before.
+    let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:carol"));
+    env.assert_allowed_as("no body", &resp, "carol");
+    let call = env.auth.last();
+    assert!(call.body.is_empty());
+    assert!(call.header("x-envoy-auth-partial-body").is_none());
+
+    // A denial after a body callout: the auth service's answer, nothing upstream.
+    let before = env.upstream.count();
+    let resp = env.send(&RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny"));
+    env.check(resp.status == 401 && resp.text().contains("unauthorized"), "body deny: the auth service's 401", &resp);
+    assert_eq!(env.upstream.count(), before, "a denied body request never reaches the upstream");
+    assert_eq!(env.auth.last().body, b"secret");
+}
+
+#[test]
+fn forward_body_over_max_body_size_is_an_empty_401_and_no_callout() {
+    let env = Env::start(FORWARD);
+    for (case, req) in [
+        ("content-length", RawRequest::post("/api/flows", vec![b'c'; 65])),
+        ("chunked", RawRequest::new("POST", "/api/flows").chunked(vec![vec![b'x'; 40], vec![b'y'; 40]])),
+    ] {
+        let before = env.auth.count();
+        let resp = env.send(&req.bearer("allow:alice"));
+        env.check(resp.status == 401 && !resp.proxied(), &format!("{case}: expected Traefik's 401"), &resp);
+        assert!(resp.body.is_empty(), "{case}: an empty 401, as Traefik's");
+        assert!(resp.header("content-type").is_none(), "{case}: {:?}", resp.headers);
+        assert_eq!(env.auth.count(), before, "{case}: no callout for a body over the limit");
+    }
+    assert_eq!(env.upstream.count(), 0);
 }

@@ -1,6 +1,7 @@
 //! Differential tests: the same requests through real Traefik 3.6.13 and through the
 //! filter under Envoy (envoy/envoy.yaml), against the same recording auth service and echo
-//! upstream. Three setups: seed 000's proxy mode (default plugin configuration), seeds
+//! upstream. Four setups: seed 000's proxy mode (default plugin configuration), the same
+//! with `forwardBody`/`maxBodySize` (`auth.forward_body`/`auth.max_body_size`), seeds
 //! 001/002's Authentik middleware (envoy/presets/authentik.json) and oauth2-proxy
 //! (envoy/presets/oauth2-proxy.json).
 //!
@@ -23,6 +24,8 @@ use nebula_authz_tests::{paths, repo_root, Env};
 const SEED_000_TSV: &str = "tests/data/traefik_differences.tsv";
 const AUTHENTIK_TSV: &str = "tests/data/traefik_differences_authentik.tsv";
 const OAUTH2_PROXY_TSV: &str = "tests/data/traefik_differences_oauth2_proxy.tsv";
+const FORWARD_BODY_TSV: &str = "tests/data/traefik_differences_forward_body.tsv";
+const ALL_TSVS: [&str; 4] = [SEED_000_TSV, FORWARD_BODY_TSV, AUTHENTIK_TSV, OAUTH2_PROXY_TSV];
 const DOCS_PAGE: &str = "docs/traefik.md";
 const DOCS_SECTION: &str = "## Where we differ from Traefik and why";
 
@@ -313,8 +316,7 @@ fn assert_differences(
     let documented = documented_categories();
     let mine: BTreeSet<String> = known.values().cloned().collect();
     let undocumented: Vec<&String> = mine.difference(&documented).collect();
-    let all: BTreeSet<String> =
-        [SEED_000_TSV, AUTHENTIK_TSV, OAUTH2_PROXY_TSV].iter().flat_map(|t| load_known(t).into_values()).collect();
+    let all: BTreeSet<String> = ALL_TSVS.iter().flat_map(|t| load_known(t).into_values()).collect();
     let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
@@ -330,6 +332,75 @@ fn seed_000_matches_traefik_except_the_documented_differences() {
     let corpus = corpus();
     assert!(corpus.len() >= 60, "the corpus must have at least 60 requests, has {}", corpus.len());
     assert_differences(&env, &traefik, &corpus, SEED_000_TSV, &UPSTREAM_HEADERS);
+}
+
+/// `maxBodySize` of the forward-body setup.
+const MAX_BODY_SIZE: usize = 64;
+
+/// Seed 000 with `forwardBody`: bodies below, at and over `maxBodySize`, chunked, empty,
+/// binary, denied, on a public path; and requests without a body.
+fn forward_body_corpus() -> Vec<(String, RawRequest)> {
+    let get = RawRequest::get;
+    let post = |path: &str, body: Vec<u8>| RawRequest::post(path, body);
+    let binary: Vec<u8> = (0u8..=255).step_by(5).collect();
+    let cases: Vec<(&str, RawRequest)> = vec![
+        ("allow-get", get("/api/flows?limit=5").bearer("allow:alice")),
+        ("allow-delete", RawRequest::new("DELETE", "/api/flows/1").bearer("allow:alice")),
+        ("allow-post-body", post("/api/flows/filter", b"{\"limit\":1}".to_vec()).bearer("allow:alice")),
+        ("allow-binary-body", post("/api/flows", binary).bearer("allow:alice")),
+        ("allow-put-body", RawRequest::new("PUT", "/api/flows/1").body(b"{\"name\":\"x\"}".to_vec()).bearer("allow:a")),
+        ("allow-empty-body", post("/api/flows", Vec::new()).bearer("allow:alice")),
+        ("allow-at-limit", post("/api/flows", vec![b'a'; MAX_BODY_SIZE]).bearer("allow:alice")),
+        (
+            "allow-chunked-body",
+            post("/api/flows", Vec::new()).chunked(vec![b"ab".to_vec(), b"cd".to_vec()]).bearer("allow:c"),
+        ),
+        (
+            "allow-chunked-at-limit",
+            post("/api/flows", Vec::new()).chunked(vec![vec![b'x'; 32], vec![b'y'; 32]]).bearer("allow:c"),
+        ),
+        ("over-limit", post("/api/flows", vec![b'o'; MAX_BODY_SIZE + 1]).bearer("allow:alice")),
+        ("over-limit-1k", post("/api/flows", vec![b'k'; 1000]).bearer("allow:alice")),
+        (
+            "over-limit-chunked",
+            post("/api/flows", Vec::new()).chunked(vec![vec![b'x'; 40], vec![b'y'; 40]]).bearer("allow:alice"),
+        ),
+        ("over-limit-no-credentials", post("/api/flows", vec![b'n'; 100])),
+        ("deny-post-body", post("/api/flows", b"secret".to_vec()).bearer("deny")),
+        ("deny-no-credentials-body", post("/api/flows", b"x=1".to_vec())),
+        ("redirect-post-body", post("/api/flows", b"x=1".to_vec()).bearer("redirect")),
+        ("status-500-body", post("/api/flows", b"x=1".to_vec()).bearer("status:500")),
+        ("public-post-body", post("/hooks/abc", vec![b'p'; 200])),
+    ];
+    cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect()
+}
+
+#[test]
+fn forward_body_matches_traefik_except_the_documented_differences() {
+    let config = format!(
+        r#"{{"auth": {{"cluster": "auth", "authority": "auth:4300", "forward_body": true,
+            "max_body_size": {MAX_BODY_SIZE}}}}}"#
+    );
+    let env = Env::start(&config);
+    let traefik = Traefik::start(
+        &traefik::seed_000_forward_body(env.auth.port(), env.upstream.port(), MAX_BODY_SIZE),
+        "/api/health",
+    );
+    // Not vacuous: both send the body with a GET, and both refuse one over the limit
+    // with an empty 401 and no callout.
+    for (who, port) in [("ours", env.port), ("traefik", traefik.port)] {
+        let body = b"{\"a\":[1,2]}\x00\xff";
+        let seen = observe(port, &env, &RawRequest::post("/api/flows", body.to_vec()).bearer("allow:alice"), &[]);
+        assert_eq!(seen.get("auth.body"), Some(&escape(body)), "{who}: {seen:?}");
+        assert_eq!(seen.get("auth.method").map(String::as_str), Some("GET"), "{who}: {seen:?}");
+        assert_eq!(seen.get("upstream.body"), Some(&escape(body)), "{who}: {seen:?}");
+        let over = RawRequest::post("/api/flows", vec![b'o'; MAX_BODY_SIZE + 1]).bearer("allow:alice");
+        let seen = observe(port, &env, &over, &[]);
+        assert_eq!(seen.get("client.status").map(String::as_str), Some("401"), "{who}: {seen:?}");
+        assert_eq!(seen.get("client.body").map(String::as_str), Some(""), "{who}: {seen:?}");
+        assert_eq!(seen.get("auth.called").map(String::as_str), Some("no"), "{who}: {seen:?}");
+    }
+    assert_differences(&env, &traefik, &forward_body_corpus(), FORWARD_BODY_TSV, &UPSTREAM_HEADERS);
 }
 
 /// Seeds 001/002: the Authentik outpost behind Traefik's middleware, against the preset.

@@ -31,7 +31,7 @@ use crate::host::steps::jwt::{self, JwtStep};
 use crate::host::steps::{decide, inject, public, strip};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
-use crate::policy::request_body::{self, BodyStep, TOO_LARGE_BODY, TOO_LARGE_STATUS};
+use crate::policy::request_body::BodyStep;
 
 pub struct Authz {
     id: u32,
@@ -39,7 +39,7 @@ pub struct Authz {
     jwt: Option<Rc<RefCell<JwtState>>>,
     /// What the request (and its body) waits for.
     pending: Option<Pending>,
-    /// With `auth.with_request_body`, a protected request that has a body.
+    /// With `auth.with_request_body` or `auth.forward_body`, a protected request that has a body.
     body: Option<BodyWait>,
 }
 
@@ -52,7 +52,7 @@ enum Pending {
     Coalesced { lookup: Lookup },
     /// A JWKS fetch for a token whose key is not known yet.
     Jwks { token: u32, provider: usize },
-    /// The client's body, before the callout (`auth.with_request_body`): its headers.
+    /// The client's body, before the callout (`with_request_body`/`forward_body`): its headers.
     Body { callout: Vec<(String, String)> },
 }
 
@@ -149,7 +149,7 @@ impl Authz {
         Action::Pause
     }
 
-    /// The body seen so far against `with_request_body`: wait for more, answer 413, or
+    /// The body seen so far against its limit: wait for more, answer 413 (401 forward-auth), or
     /// send the callout with it. Only called while [`Pending::Body`].
     fn body_step(&mut self, settings: &Settings) -> Action {
         let (Some(rules), Some(wait)) = (&settings.auth.with_request_body, self.body.as_ref()) else {
@@ -164,8 +164,9 @@ impl Authz {
             }
             BodyStep::TooLarge => {
                 self.pending = None;
-                request_log::failed_closed(self.id, TOO_LARGE_STATUS, "request body over auth.with_request_body");
-                reply(self.id, TOO_LARGE_STATUS, vec![("content-type", "text/plain")], Some(TOO_LARGE_BODY));
+                let (status, headers, body) = rules.too_large();
+                request_log::failed_closed(self.id, status, format_args!("request body over {}", rules.field()));
+                reply(self.id, status, headers, body);
                 Action::Pause
             }
             BodyStep::Send { len, partial } => {
@@ -190,13 +191,13 @@ impl Authz {
         partial: bool,
         timeout: Duration,
     ) -> Option<u32> {
-        let Some(bytes) = body::read(len) else {
+        let (Some(rules), Some(bytes)) = (&settings.auth.with_request_body, body::read(len)) else {
             self.fail(settings, Failure::HostError);
             return None;
         };
         let length = bytes.len().to_string();
         let mut headers = callout;
-        request_body::describe_body(&mut headers, &length, partial);
+        rules.describe_body(&mut headers, &length, partial);
         match callout::dispatch_within(&settings.auth, headers, Some(&bytes), timeout) {
             Ok(token) => Some(token),
             Err(status) => {
@@ -228,7 +229,7 @@ impl Authz {
                 let bytes = body::read(len)?;
                 let length = bytes.len().to_string();
                 let mut headers = callout;
-                request_body::describe_body(&mut headers, &length, partial);
+                rules.describe_body(&mut headers, &length, partial);
                 callout::dispatch_within(&settings.auth, headers, Some(&bytes), left).ok()?
             }
             _ => callout::dispatch_within(&settings.auth, callout, None, left).ok()?,

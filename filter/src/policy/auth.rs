@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 use crate::policy::ext_authz::{self, ExtAuthzSettings, Protocol};
 use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
-use crate::policy::request_body::{RawRequestBody, RequestBodySettings};
+use crate::policy::request_body::{self, RawRequestBody, RequestBodySettings};
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
 pub const IDENTITY_HEADERS: [&str; 4] =
@@ -43,6 +43,8 @@ pub(crate) struct RawAuth {
     trust_forward_header: Option<bool>,
     upstream_headers_regex: Option<String>,
     add_auth_cookies_to_response: Option<Vec<String>>,
+    forward_body: Option<bool>,
+    max_body_size: Option<i64>,
     // Envoy ext_authz contract (see policy/ext_authz.rs).
     protocol: Option<Protocol>,
     path_prefix: Option<String>,
@@ -91,7 +93,8 @@ pub struct AuthSettings {
     /// `client_headers` was not set with ext_authz: every auth response header goes to
     /// the client on deny (ext_authz's default).
     pub client_headers_all: bool,
-    /// The client's body in the callout (ext_authz `with_request_body`; policy/request_body.rs).
+    /// The client's body in the callout: ext_authz `with_request_body`, or forwardAuth
+    /// `forward_body` + `max_body_size` (policy/request_body.rs).
     pub with_request_body: Option<RequestBodySettings>,
 }
 
@@ -118,6 +121,13 @@ impl TryFrom<RawAuth> for AuthSettings {
             if set && !ext {
                 return Err(ConfigError::new(field, "only applies with \"protocol\": \"ext_authz\""));
             }
+        }
+        if ext && (raw.forward_body.is_some() || raw.max_body_size.is_some()) {
+            return Err(ConfigError::new(
+                "auth.forward_body",
+                "forward_body and max_body_size are the forward-auth shape's; with \"protocol\": \"ext_authz\" \
+                 use with_request_body",
+            ));
         }
         if ext && (raw.forward_auth == Some(true) || raw.trust_forward_header == Some(true)) {
             return Err(ConfigError::new(
@@ -224,7 +234,10 @@ impl TryFrom<RawAuth> for AuthSettings {
             upstream_headers_to_append,
             client_headers_on_success,
             client_headers_all,
-            with_request_body: raw.with_request_body.map(RequestBodySettings::try_from).transpose()?,
+            with_request_body: match raw.with_request_body {
+                Some(body) => Some(RequestBodySettings::try_from(body)?),
+                None => request_body::forward_body(raw.forward_body, raw.max_body_size)?,
+            },
         })
     }
 }

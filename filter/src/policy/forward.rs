@@ -5,7 +5,7 @@
 //!
 //! Modelled on Traefik 3.6.13 `pkg/middlewares/auth/forward.go` (`writeHeader`,
 //! `buildModifier`) and the entry point's `forwardedheaders` middleware.
-//! `forwardBody`/`maxBodySize` are not offered: the body goes only in ext_authz's shape
+//! `forwardBody`/`maxBodySize` are `auth.forward_body`/`auth.max_body_size`
 //! (policy/request_body.rs; docs/traefik.md).
 
 use std::borrow::Cow;

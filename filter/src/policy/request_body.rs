@@ -1,8 +1,13 @@
-//! `auth.with_request_body`: the client's request body in the callout, as Envoy ext_authz's
-//! `with_request_body` (Istio `includeRequestBodyInCheck`). The body is buffered up to
-//! `max_request_bytes`; over it the request gets 413, or with `allow_partial_message` the
-//! callout carries the first `max_request_bytes` and `x-envoy-auth-partial-body: true`.
-//! Needs Envoy's `allow_on_headers_stop_iteration` (docs/istio.md, "Request body").
+//! The client's request body in the callout, in one of two contracts:
+//! - `auth.with_request_body` (ext_authz shape), as Envoy ext_authz's `with_request_body`
+//!   (Istio `includeRequestBodyInCheck`): buffered up to `max_request_bytes`; over it the
+//!   request gets 413, or with `allow_partial_message` the callout carries the first
+//!   `max_request_bytes` and `x-envoy-auth-partial-body: true`.
+//! - `auth.forward_body` + `auth.max_body_size` (forward-auth shape), as Traefik 3.6's
+//!   `forwardBody` + `maxBodySize`: the whole body, and over the limit an empty 401 with
+//!   no callout. Traefik's default is unlimited; the filter caps it at 16 MiB.
+//!
+//! Both need Envoy's `allow_on_headers_stop_iteration` (docs/istio.md, "Request body").
 
 use serde::Deserialize;
 
@@ -13,8 +18,20 @@ pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 /// Envoy's own reply to a body over its buffer limit (what ext_authz's clients get).
 pub const TOO_LARGE_STATUS: u32 = 413;
 pub const TOO_LARGE_BODY: &[u8] = b"Payload Too Large";
-/// The largest `max_request_bytes`: the whole body sits in Envoy's buffer meanwhile.
+/// Traefik's reply to a body over `maxBodySize`: `rw.WriteHeader(401)`, no body.
+pub const FORWARD_TOO_LARGE_STATUS: u32 = 401;
+/// The largest `max_request_bytes` / `max_body_size`: the whole body sits in Envoy's
+/// buffer meanwhile. Also the forward-auth limit when `max_body_size` is unset or -1.
 const MAX_MAX_REQUEST_BYTES: u32 = 16 << 20;
+
+/// Whose rules a body callout follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyContract {
+    /// Envoy ext_authz `with_request_body`: 413 over the limit, `x-envoy-auth-partial-body`.
+    ExtAuthz,
+    /// Traefik forwardAuth `forwardBody`: an empty 401 over the limit, no extra header.
+    ForwardAuth,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +47,7 @@ pub struct RequestBodySettings {
     pub allow_partial_message: bool,
     /// Accepted for ext_authz parity: it only changes gRPC's encoding; HTTP sends raw bytes.
     pub pack_as_bytes: bool,
+    pub contract: BodyContract,
 }
 
 impl TryFrom<RawRequestBody> for RequestBodySettings {
@@ -46,8 +64,40 @@ impl TryFrom<RawRequestBody> for RequestBodySettings {
             max_request_bytes: raw.max_request_bytes as usize,
             allow_partial_message: raw.allow_partial_message.unwrap_or(false),
             pack_as_bytes: raw.pack_as_bytes.unwrap_or(false),
+            contract: BodyContract::ExtAuthz,
         })
     }
+}
+
+/// `auth.forward_body` + `auth.max_body_size` (Traefik `forwardBody` + `maxBodySize`).
+/// `None` when the body is not forwarded; `max_body_size` without `forward_body` is an error.
+pub fn forward_body(
+    forward_body: Option<bool>,
+    max_body_size: Option<i64>,
+) -> Result<Option<RequestBodySettings>, ConfigError> {
+    let max = MAX_MAX_REQUEST_BYTES as i64;
+    if forward_body != Some(true) {
+        return match max_body_size {
+            Some(_) => Err(ConfigError::new("auth.max_body_size", "only applies with \"forward_body\": true")),
+            None => Ok(None),
+        };
+    }
+    let limit = match max_body_size.unwrap_or(-1) {
+        -1 => max,
+        size if (0..=max).contains(&size) => size,
+        size => {
+            return Err(ConfigError::new(
+                "auth.max_body_size",
+                format!("must be -1 (the filter's cap, {max} bytes) or between 0 and {max}, got {size}"),
+            ))
+        }
+    };
+    Ok(Some(RequestBodySettings {
+        max_request_bytes: limit as usize,
+        allow_partial_message: false,
+        pack_as_bytes: false,
+        contract: BodyContract::ForwardAuth,
+    }))
 }
 
 /// What to do with the body seen so far (`received` bytes, `complete` at end of stream).
@@ -77,14 +127,34 @@ impl RequestBodySettings {
     }
 }
 
-/// Sets the callout's `content-length` to the body's and adds `x-envoy-auth-partial-body`
-/// (ext_authz sends it on every callout with a body, `false` when complete).
-pub fn describe_body<'a>(headers: &mut Vec<(&'a str, &'a str)>, content_length: &'a str, partial: bool) {
-    headers.retain(|(name, _)| {
-        !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case(PARTIAL_BODY_HEADER)
-    });
-    headers.push(("content-length", content_length));
-    headers.push((PARTIAL_BODY_HEADER, if partial { "true" } else { "false" }));
+impl RequestBodySettings {
+    /// The reply to a body over the limit: (status, headers, body).
+    pub fn too_large(&self) -> (u32, Vec<(&'static str, &'static str)>, Option<&'static [u8]>) {
+        match self.contract {
+            BodyContract::ExtAuthz => (TOO_LARGE_STATUS, vec![("content-type", "text/plain")], Some(TOO_LARGE_BODY)),
+            BodyContract::ForwardAuth => (FORWARD_TOO_LARGE_STATUS, vec![], None),
+        }
+    }
+
+    /// The setting a body over the limit broke, for the log line.
+    pub fn field(&self) -> &'static str {
+        match self.contract {
+            BodyContract::ExtAuthz => "auth.with_request_body.max_request_bytes",
+            BodyContract::ForwardAuth => "auth.max_body_size",
+        }
+    }
+
+    /// Sets the callout's `content-length` to the body's; ext_authz also adds
+    /// `x-envoy-auth-partial-body` (on every callout with a body, `false` when complete).
+    pub fn describe_body<'a>(&self, headers: &mut Vec<(&'a str, &'a str)>, content_length: &'a str, partial: bool) {
+        headers.retain(|(name, _)| {
+            !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case(PARTIAL_BODY_HEADER)
+        });
+        headers.push(("content-length", content_length));
+        if self.contract == BodyContract::ExtAuthz {
+            headers.push((PARTIAL_BODY_HEADER, if partial { "true" } else { "false" }));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +162,12 @@ mod tests {
     use super::*;
 
     fn settings(max: usize, partial: bool) -> RequestBodySettings {
-        RequestBodySettings { max_request_bytes: max, allow_partial_message: partial, pack_as_bytes: false }
+        RequestBodySettings {
+            max_request_bytes: max,
+            allow_partial_message: partial,
+            pack_as_bytes: false,
+            contract: BodyContract::ExtAuthz,
+        }
     }
 
     #[test]
@@ -120,14 +195,51 @@ mod tests {
     #[test]
     fn the_callout_describes_its_body() {
         let mut headers = vec![(":method", "POST"), ("content-length", "0"), ("authorization", "x")];
-        describe_body(&mut headers, "11", false);
+        settings(64, false).describe_body(&mut headers, "11", false);
         assert_eq!(
             headers,
             vec![(":method", "POST"), ("authorization", "x"), ("content-length", "11"), (PARTIAL_BODY_HEADER, "false")]
         );
-        describe_body(&mut headers, "16", true);
+        settings(64, false).describe_body(&mut headers, "16", true);
         assert_eq!(headers.iter().filter(|(n, _)| *n == "content-length").count(), 1);
         assert!(headers.contains(&(PARTIAL_BODY_HEADER, "true")));
+    }
+
+    #[test]
+    fn the_forward_auth_callout_has_no_partial_header() {
+        let Ok(Some(forward)) = forward_body(Some(true), Some(10)) else { panic!("forward_body 10") };
+        let mut headers = vec![(":method", "GET"), ("content-length", "0"), (PARTIAL_BODY_HEADER, "x")];
+        forward.describe_body(&mut headers, "7", false);
+        assert_eq!(headers, vec![(":method", "GET"), ("content-length", "7")]);
+    }
+
+    #[test]
+    fn forward_body_follows_traefik() {
+        let Ok(Some(forward)) = forward_body(Some(true), Some(10)) else { panic!("forward_body 10") };
+        assert_eq!(forward.contract, BodyContract::ForwardAuth);
+        // Traefik reads maxBodySize + 1 bytes: exactly the limit passes, one more is 401.
+        assert_eq!(forward.step(10, true), BodyStep::Send { len: 10, partial: false });
+        assert_eq!(forward.step(11, false), BodyStep::TooLarge);
+        assert_eq!(forward.too_large(), (401, vec![], None));
+        // 0: only an empty body passes.
+        let Ok(Some(zero)) = forward_body(Some(true), Some(0)) else { panic!("forward_body 0") };
+        assert_eq!(zero.step(0, true), BodyStep::Send { len: 0, partial: false });
+        assert_eq!(zero.step(1, false), BodyStep::TooLarge);
+        // Unset and -1 (Traefik's unlimited): the filter's cap.
+        for unset in [None, Some(-1)] {
+            let Ok(Some(capped)) = forward_body(Some(true), unset) else { panic!("forward_body {unset:?}") };
+            assert_eq!(capped.max_request_bytes, MAX_MAX_REQUEST_BYTES as usize);
+        }
+    }
+
+    #[test]
+    fn max_body_size_is_bounded_and_needs_forward_body() {
+        assert_eq!(forward_body(None, None).map_err(|e| e.to_string()), Ok(None));
+        assert_eq!(forward_body(Some(false), None).map_err(|e| e.to_string()), Ok(None));
+        assert!(forward_body(None, Some(10)).is_err());
+        assert!(forward_body(Some(false), Some(10)).is_err());
+        assert!(forward_body(Some(true), Some(-2)).is_err());
+        assert!(forward_body(Some(true), Some(MAX_MAX_REQUEST_BYTES as i64 + 1)).is_err());
     }
 
     #[test]

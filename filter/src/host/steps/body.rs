@@ -1,5 +1,5 @@
-//! Step 5 with `auth.with_request_body`: the callout waits for the client's body (up to
-//! `max_request_bytes`, policy/request_body.rs), which Envoy buffers for us while
+//! Step 5 with `auth.with_request_body` or `auth.forward_body`: the callout waits for the
+//! client's body (up to its limit, policy/request_body.rs), which Envoy buffers for us while
 //! on_request_body answers Pause (StopIterationAndBuffer), as native ext_authz does.
 //!
 //! That needs Envoy's `allow_on_headers_stop_iteration: true` on the wasm filter: without
@@ -86,7 +86,7 @@ pub fn fail_overdue(settings: &Settings, now_ms: u64, root: u32) {
             continue;
         }
         error!(
-            "[{id}] failed closed {GUARD_STATUS}: auth.with_request_body is set but Envoy delivered no request body within \
+            "[{id}] failed closed {GUARD_STATUS}: auth.with_request_body or auth.forward_body is set but Envoy delivered no request body within \
              {} ms; set allow_on_headers_stop_iteration: true on the wasm filter's plugin config \
              (Envoy >= 1.35; docs/istio.md, \"Request body\")",
             timeout.as_millis()
