@@ -86,16 +86,27 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        while buf.len() < head_len + content_length {
+        // A chunked body (Traefik's Go client sends a `forwardBody` GET so), else content-length.
+        let chunked = req.header_all("transfer-encoding").iter().any(|v| v.eq_ignore_ascii_case("chunked"));
+        let (body, used) = loop {
+            if chunked {
+                match dechunk(&buf[head_len..]) {
+                    Ok(Some(done)) => break done,
+                    Ok(None) => {}
+                    Err(()) => return Ok(()),
+                }
+            } else if buf.len() >= head_len + content_length {
+                break (buf[head_len..head_len + content_length].to_vec(), content_length);
+            }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(());
             }
             buf.extend_from_slice(&chunk[..n]);
-        }
+        };
         let mut req = req;
-        req.body = buf[head_len..head_len + content_length].to_vec();
-        buf.drain(..head_len + content_length);
+        req.body = body;
+        buf.drain(..head_len + used);
 
         let script =
             req.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
@@ -154,6 +165,32 @@ enum Reply {
     Bytes(Vec<u8>),
     Close,
     BytesThenClose(Vec<u8>),
+}
+
+/// A whole chunked body at the start of `buf` (no trailers): (body, bytes used), `None`
+/// while incomplete, `Err` when malformed.
+fn dechunk(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ()> {
+    let (mut pos, mut body) = (0, Vec::new());
+    loop {
+        let (n, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(done)) => done,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        pos += n;
+        let size = usize::try_from(size).map_err(|_| ())?;
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(());
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size + 2;
+        if size == 0 {
+            return Ok(Some((body, pos)));
+        }
+    }
 }
 
 fn response(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
