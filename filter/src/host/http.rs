@@ -164,9 +164,9 @@ impl Authz {
             }
             BodyStep::TooLarge => {
                 self.pending = None;
-                let (status, headers, body) = rules.too_large();
-                request_log::failed_closed(self.id, status, format_args!("request body over {}", rules.field()));
-                reply(self.id, status, headers, body);
+                let answer = rules.too_large();
+                request_log::failed_closed(self.id, answer.status, format_args!("request body over {}", rules.field()));
+                reply(self.id, answer.status, answer.headers.to_vec(), answer.body);
                 Action::Pause
             }
             BodyStep::Send { len, partial } => {

@@ -127,12 +127,24 @@ impl RequestBodySettings {
     }
 }
 
+/// The local reply to a body over the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooLarge {
+    pub status: u32,
+    pub headers: &'static [(&'static str, &'static str)],
+    pub body: Option<&'static [u8]>,
+}
+
 impl RequestBodySettings {
-    /// The reply to a body over the limit: (status, headers, body).
-    pub fn too_large(&self) -> (u32, Vec<(&'static str, &'static str)>, Option<&'static [u8]>) {
+    /// The reply to a body over the limit.
+    pub fn too_large(&self) -> TooLarge {
         match self.contract {
-            BodyContract::ExtAuthz => (TOO_LARGE_STATUS, vec![("content-type", "text/plain")], Some(TOO_LARGE_BODY)),
-            BodyContract::ForwardAuth => (FORWARD_TOO_LARGE_STATUS, vec![], None),
+            BodyContract::ExtAuthz => TooLarge {
+                status: TOO_LARGE_STATUS,
+                headers: &[("content-type", "text/plain")],
+                body: Some(TOO_LARGE_BODY),
+            },
+            BodyContract::ForwardAuth => TooLarge { status: FORWARD_TOO_LARGE_STATUS, headers: &[], body: None },
         }
     }
 
@@ -159,6 +171,7 @@ impl RequestBodySettings {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn settings(max: usize, partial: bool) -> RequestBodySettings {
@@ -220,7 +233,7 @@ mod tests {
         // Traefik reads maxBodySize + 1 bytes: exactly the limit passes, one more is 401.
         assert_eq!(forward.step(10, true), BodyStep::Send { len: 10, partial: false });
         assert_eq!(forward.step(11, false), BodyStep::TooLarge);
-        assert_eq!(forward.too_large(), (401, vec![], None));
+        assert_eq!(forward.too_large(), TooLarge { status: 401, headers: &[], body: None });
         // 0: only an empty body passes.
         let Ok(Some(zero)) = forward_body(Some(true), Some(0)) else { panic!("forward_body 0") };
         assert_eq!(zero.step(0, true), BodyStep::Send { len: 0, partial: false });
