@@ -141,7 +141,7 @@ impl Authz {
             self.pending = Some(Pending::Coalesced { lookup: lookup.clone() });
             return Action::Pause;
         }
-        if let Some((token, cached)) = callout::send(self.id, settings, callout, lookup) {
+        if let Some((token, cached)) = callout::send(self.id, settings, callout, lookup, None) {
             // Read only when a retry may need it: one host call per callout.
             let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
             self.pending = Some(Pending::Callout { token, cached, sent_ms, retried: false });
@@ -172,39 +172,20 @@ impl Authz {
             BodyStep::Send { len, partial } => {
                 let Some(Pending::Body { callout }) = self.pending.take() else { return Action::Pause };
                 let callout: Vec<(&str, &str)> = callout.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                let Some(sent) = self.send_with_body(settings, callout, len, partial, settings.auth.timeout) else {
-                    return Action::Pause;
-                };
-                let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
-                self.pending = Some(Pending::Callout { token: sent, cached: None, sent_ms, retried: false });
-                Action::Pause
-            }
-        }
-    }
-
-    /// The callout with the first `len` bytes of the body; a refusal is settled here.
-    fn send_with_body(
-        &self,
-        settings: &Settings,
-        callout: Vec<(&str, &str)>,
-        len: usize,
-        partial: bool,
-        timeout: Duration,
-    ) -> Option<u32> {
-        let (Some(rules), Some(bytes)) = (&settings.auth.with_request_body, body::read(len)) else {
-            self.fail(settings, Failure::HostError);
-            return None;
-        };
-        let length = bytes.len().to_string();
-        let mut headers = callout;
-        rules.describe_body(&mut headers, &length, partial);
-        match callout::dispatch_within(&settings.auth, headers, Some(&bytes), timeout) {
-            Ok(token) => Some(token),
-            Err(status) => {
-                warn!("[{}] callout to cluster {:?} refused: {status:?}", self.id, settings.auth.cluster);
-                let outcome = decide::failed(settings, None, Failure::DispatchFailed);
-                callout::settle(self.id, settings, None, &outcome);
-                None
+                let id = self.id;
+                let sent = body::with_body(rules, callout, len, partial, |headers, bytes| {
+                    callout::send(id, settings, headers, None, Some(bytes))
+                });
+                match sent {
+                    None => self.fail(settings, Failure::HostError),
+                    // Refused: settled by `send`.
+                    Some(None) => Action::Pause,
+                    Some(Some((token, _))) => {
+                        let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
+                        self.pending = Some(Pending::Callout { token, cached: None, sent_ms, retried: false });
+                        Action::Pause
+                    }
+                }
             }
         }
     }
@@ -226,11 +207,10 @@ impl Authz {
         let token = match (&settings.auth.with_request_body, &self.body) {
             (Some(rules), Some(wait)) => {
                 let BodyStep::Send { len, partial } = rules.step(wait.received, wait.complete) else { return None };
-                let bytes = body::read(len)?;
-                let length = bytes.len().to_string();
-                let mut headers = callout;
-                rules.describe_body(&mut headers, &length, partial);
-                callout::dispatch_within(&settings.auth, headers, Some(&bytes), left).ok()?
+                body::with_body(rules, callout, len, partial, |headers, bytes| {
+                    callout::dispatch_within(&settings.auth, headers, Some(bytes), left)
+                })?
+                .ok()?
             }
             _ => callout::dispatch_within(&settings.auth, callout, None, left).ok()?,
         };

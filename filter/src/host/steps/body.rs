@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::host::metrics::count;
 use crate::host::reply::reply;
 use crate::metrics::Metric;
+use crate::policy::request_body::RequestBodySettings;
 
 thread_local! {
     /// Streams waiting for their first body callback: (context id, since, Unix ms).
@@ -62,8 +63,25 @@ pub fn arrived(id: u32) {
     AWAITING.with(|a| a.borrow_mut().retain(|(waiting, _)| *waiting != id));
 }
 
+/// Runs `send` with the callout's headers describing the first `len` bytes of the body
+/// Envoy buffered, and those bytes; `None` if they cannot be read.
+pub fn with_body<T>(
+    rules: &RequestBodySettings,
+    callout: Vec<(&str, &str)>,
+    len: usize,
+    partial: bool,
+    send: impl FnOnce(Vec<(&str, &str)>, &[u8]) -> T,
+) -> Option<T> {
+    let bytes = read(len)?;
+    let length = bytes.len().to_string();
+    // Moved into a list that lives only as long as `length`, which it borrows.
+    let mut headers = callout;
+    rules.describe_body(&mut headers, &length, partial);
+    Some(send(headers, &bytes))
+}
+
 /// The first `len` bytes of the body Envoy buffered (empty for none).
-pub fn read(len: usize) -> Option<Vec<u8>> {
+fn read(len: usize) -> Option<Vec<u8>> {
     if len == 0 {
         return Some(Vec::new());
     }

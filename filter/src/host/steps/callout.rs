@@ -44,20 +44,23 @@ pub fn join(lookup: &Lookup, context: u32) -> bool {
     joined
 }
 
-/// Sends the callout; returns its token and, when caching, what to resend it with.
-/// A refused dispatch is settled here (failed, or a stale allow) and returns `None`.
+/// Sends the callout (with the client's `body` under `with_request_body`/`forward_body`;
+/// such a callout is never cached: no `lookup`); returns its token and, when caching,
+/// what to resend it with. A refused dispatch is settled here (failed, or a stale allow)
+/// and returns `None`.
 pub fn send(
     id: u32,
     settings: &Settings,
     callout: Vec<(&str, &str)>,
     lookup: Option<Lookup>,
+    body: Option<&[u8]>,
 ) -> Option<(u32, Option<Resend>)> {
     let resend = lookup.map(|lookup| Resend {
         // A miss: the token's `exp` bounds the lifetime of what will be stored.
         lookup: lookup.with_bearer_expiry(&callout),
         headers: callout.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
     });
-    match dispatch(&settings.auth, callout) {
+    match dispatch_within(&settings.auth, callout, body, settings.auth.timeout) {
         Ok(token) => Some((token, resend)),
         Err(status) => {
             debug!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
