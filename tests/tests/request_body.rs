@@ -11,6 +11,15 @@ use std::time::Duration;
 use nebula_authz_tests::client::{send_in_parts, RawRequest};
 use nebula_authz_tests::Env;
 
+/// A denial after a body callout: the auth service's answer, nothing upstream.
+fn assert_denied_after_a_body_callout(env: &Env) {
+    let before = env.upstream.count();
+    let resp = env.send(&RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny"));
+    env.check(resp.status == 401 && resp.text().contains("unauthorized"), "body deny: the auth service's 401", &resp);
+    assert_eq!(env.upstream.count(), before, "a denied body request never reaches the upstream");
+    assert_eq!(env.auth.last().body, b"secret");
+}
+
 const CONFIG: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 2000,
     "with_request_body": {"max_request_bytes": 64}}}"#;
 const PARTIAL: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz",
@@ -35,12 +44,7 @@ fn the_body_reaches_the_auth_service_and_the_upstream_byte_exact() {
     assert_eq!(call.header("content-length").as_deref(), Some("0"));
     assert!(call.header("x-envoy-auth-partial-body").is_none(), "{:?}", call.headers);
 
-    // A denial after a body callout: the auth service's answer, nothing upstream.
-    let before = env.upstream.count();
-    let resp = env.send(&RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny"));
-    env.check(resp.status == 401 && resp.text().contains("unauthorized"), "body deny: the auth service's 401", &resp);
-    assert_eq!(env.upstream.count(), before, "a denied body request never reaches the upstream");
-    assert_eq!(env.auth.last().body, b"secret");
+    assert_denied_after_a_body_callout(&env);
 }
 
 #[test]
@@ -188,12 +192,7 @@ fn forward_body_sends_the_body_with_the_forward_auth_get() {
     assert!(call.body.is_empty());
     assert!(call.header("x-envoy-auth-partial-body").is_none());
 
-    // A denial after a body callout: the auth service's answer, nothing upstream.
-    let before = env.upstream.count();
-    let resp = env.send(&RawRequest::post("/api/flows", b"secret".to_vec()).bearer("deny"));
-    env.check(resp.status == 401 && resp.text().contains("unauthorized"), "body deny: the auth service's 401", &resp);
-    assert_eq!(env.upstream.count(), before, "a denied body request never reaches the upstream");
-    assert_eq!(env.auth.last().body, b"secret");
+    assert_denied_after_a_body_callout(&env);
 }
 
 #[test]
