@@ -6,6 +6,7 @@
 //!
 //! Modules, bottom up (each imports only those above it in this list):
 //! - [`error`]: the `ConfigError` every compile step returns.
+//! - [`bytes`]: byte-string equality a word at a time (the module's `memcmp` is bytewise).
 //! - [`cluster`]: the Envoy cluster and authority of a service the filter calls.
 //! - [`metrics`]: the filter's counters and their names.
 //! - [`policy`]: the request policy, pure: the `auth` block, public paths, header sets,
@@ -19,6 +20,7 @@
 //! Everything but `host` is plain Rust, unit-tested natively.
 
 pub mod access;
+pub mod bytes;
 pub mod cache;
 pub mod cluster;
 pub mod config;

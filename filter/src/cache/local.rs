@@ -11,9 +11,10 @@
 //!
 //! [`CacheSettings::key_input`]: crate::cache::shared::CacheSettings::key_input
 
-use std::hash::Hasher;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
+use crate::bytes::same_bytes;
 use crate::cache::shared::{Decision, Key};
 
 /// Slots per worker.
@@ -44,7 +45,7 @@ impl LocalCache {
     /// The decision for exactly `input`, if it is still fresh at `now_ms` (Unix ms).
     pub fn get(&self, input: &[u8], now_ms: u64) -> Option<Rc<Decision>> {
         match &self.slots[index(input)] {
-            Some(slot) if now_ms < slot.expires_ms && *slot.input == *input => Some(slot.decision.clone()),
+            Some(slot) if now_ms < slot.expires_ms && same_bytes(&slot.input, input) => Some(slot.decision.clone()),
             _ => None,
         }
     }
@@ -69,10 +70,9 @@ impl LocalCache {
 }
 
 fn index(input: &[u8]) -> usize {
-    // std's SipHash with its fixed keys: deterministic, cheap, and only a slot number.
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(input);
-    (hasher.finish() % LOCAL_SLOTS as u64) as usize
+    // foldhash with its fixed seed: deterministic, and only a slot number (SipHash cost
+    // several times as much in the module, issue 13).
+    (foldhash::fast::FixedState::default().hash_one(input) % LOCAL_SLOTS as u64) as usize
 }
 
 #[cfg(test)]

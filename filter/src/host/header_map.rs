@@ -34,7 +34,7 @@ pub fn parse(buffer: &[u8]) -> Option<Vec<(&str, &[u8])>> {
     let mut headers = Vec::with_capacity(count);
     for i in 0..count {
         let (name_len, value_len) = (word(4 + i * 8)?, word(8 + i * 8)?);
-        let name = std::str::from_utf8(take(name_len)?).ok()?;
+        let name = crate::policy::headers::text(take(name_len)?)?;
         headers.push((name, take(value_len)?));
     }
     Some(headers)

@@ -2,8 +2,9 @@
 //!
 //! A request counts in this worker's memory only (no host call); the root context hands
 //! the counts to Envoy every [`FLUSH_PERIOD`] from its tick, and when the VM shuts down
-//! (`on_done` of the root). Envoy's `/stats` therefore lags by at most one period. A
-//! metric is never worth failing a request for, so a refused call is ignored.
+//! (the host deletes the root context: its `Drop`). Envoy's `/stats` therefore lags by
+//! at most one period. A metric is never worth failing a request for, so a refused call
+//! is ignored.
 
 use std::cell::RefCell;
 use std::time::Duration;

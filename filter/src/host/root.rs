@@ -90,13 +90,15 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    /// The VM shuts down: no count is lost.
-    fn on_done(&mut self) -> bool {
+/// The VM shuts down (the host deletes the root context once `on_done`, not exported,
+/// has answered done): no count is lost.
+impl Drop for Root {
+    fn drop(&mut self) {
         metrics::flush();
-        true
     }
+}
 
+impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let Some(i) = self.jwks_fetches.iter().position(|(t, _)| *t == token) {
             let (_, provider) = self.jwks_fetches.swap_remove(i);

@@ -1,8 +1,8 @@
 //! Tokens this worker has already judged:
 //! - verified ones, by the token's exact bytes, so a client repeating its token (as real
-//!   clients do) costs a SipHash and a compare instead of a signature check (a SHA-256
-//!   of the token cost more than the rest of a repeated token's request in the module;
-//!   issue 16). The tokens stay in this worker's memory only, as the request itself; an
+//!   clients do) costs a hash of the token's end and a word-wise compare instead of a
+//!   signature check (a SHA-256 of the token cost more than the rest of a repeated
+//!   token's request in the module; issue 16). The tokens stay in this worker's memory only, as the request itself; an
 //!   entry never outlives the token's `exp` (+ leeway) nor the key set it was verified with;
 //! - recent rejects, by the token's SHA-256 (a collision would be needed to reuse another
 //!   token's entry), so the same invalid token sent again and again costs the same, and a
@@ -12,8 +12,12 @@
 //! forged tokens holds at most `capacity` entries and never scans the map.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
+
+use hashbrown::HashTable;
+
+use crate::bytes::same_bytes;
 
 use serde_json::{Map, Value};
 
@@ -40,32 +44,66 @@ pub struct Entry {
 
 #[derive(Debug)]
 pub struct VerifiedCache {
-    entries: Recent<Rc<str>, Entry>,
+    table: HashTable<(Rc<str>, Entry)>,
+    /// Insertion order (with each key's hash); evicting the front keeps `capacity`.
+    order: VecDeque<(u64, Rc<str>)>,
+    capacity: usize,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
-        VerifiedCache { entries: Recent::new(capacity) }
+        VerifiedCache { table: HashTable::new(), order: VecDeque::new(), capacity, hasher: Default::default() }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.is_empty()
     }
 
     /// The entry for `token` if it is still valid at `now_ms` for `generation`
     /// (`generation` is asked per provider, hence the closure).
-    pub fn get(&self, token: &str, now_ms: u64, generation: impl Fn(usize) -> u64) -> Option<&Entry> {
-        self.entries.get(token).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
+    pub fn get(&self, token: impl AsRef<[u8]>, now_ms: u64, generation: impl Fn(usize) -> u64) -> Option<&Entry> {
+        let token = token.as_ref();
+        let hash = hash_token(&self.hasher, token);
+        let (_, entry) = self.table.find(hash, |(key, _)| same_bytes(key.as_bytes(), token))?;
+        Some(entry).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
     }
 
-    /// Remembers a verified token; when full, the oldest entry goes.
+    /// Remembers a verified token (replacing its entry in place); when full, the oldest
+    /// entry goes. A capacity of 0 keeps nothing.
     pub fn insert(&mut self, token: &str, entry: Entry) {
-        self.entries.insert(Rc::from(token), entry);
+        if self.capacity == 0 {
+            return;
+        }
+        let hash = hash_token(&self.hasher, token.as_bytes());
+        if let Some((_, slot)) = self.table.find_mut(hash, |(key, _)| same_bytes(key.as_bytes(), token.as_bytes())) {
+            *slot = entry;
+            return;
+        }
+        let key: Rc<str> = Rc::from(token);
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, (key.clone(), entry), |(k, _)| hash_token(hasher, k.as_bytes()));
+        self.order.push_back((hash, key));
+        while self.order.len() > self.capacity {
+            let Some((hash, oldest)) = self.order.pop_front() else { break };
+            if let Ok(found) = self.table.find_entry(hash, |(key, _)| Rc::ptr_eq(key, &oldest)) {
+                found.remove();
+            }
+        }
     }
+}
+
+/// The token's length and its last 32 bytes (the signature's end): enough to spread
+/// verified tokens, which differ there, and O(1) whatever the token's size. Only
+/// verified tokens are inserted, so a client cannot crowd a bucket; a forged token that
+/// shares a bucket costs one compare ([`same_bytes`]).
+fn hash_token(hasher: &foldhash::fast::RandomState, bytes: &[u8]) -> u64 {
+    let tail = &bytes[bytes.len().saturating_sub(32)..];
+    hasher.hash_one((bytes.len(), tail))
 }
 
 /// A token found invalid, for the key generation it was judged with (`None`: before
@@ -112,7 +150,7 @@ impl RejectCache {
     }
 }
 
-/// A bounded map, oldest entry out first. `K` is cheap to clone (a hash, or an `Rc`).
+/// A bounded map, oldest entry out first. `K` is cheap to clone (a hash).
 #[derive(Debug)]
 struct Recent<K, V> {
     entries: HashMap<K, V>,
@@ -176,6 +214,22 @@ mod tests {
         assert!(c.get(h, 1_001, |_| 7).is_none(), "expired");
         assert!(c.get(h, 10, |_| 8).is_none(), "keys changed since");
         assert!(c.get("a.b.d", 10, |_| 7).is_none());
+    }
+
+    #[test]
+    fn tokens_sharing_their_end_stay_apart() {
+        // Same length and last 32 bytes: the same hash, told apart by the compare.
+        let tail = "x".repeat(40);
+        let (a, b) = (format!("aaaa.{tail}"), format!("bbbb.{tail}"));
+        let mut c = VerifiedCache::new(4);
+        c.insert(&a, entry(0, 0, 1_000));
+        assert!(c.get(&b, 10, |_| 0).is_none(), "another token with the same end is not this one");
+        c.insert(&b, entry(1, 0, 1_000));
+        assert_eq!(
+            (c.get(&a, 10, |_| 0).map(|e| e.provider), c.get(&b, 10, |_| 0).map(|e| e.provider)),
+            (Some(0), Some(1))
+        );
+        assert!(c.get(&a[..a.len() - 1], 10, |_| 0).is_none(), "a prefix of a token is not the token");
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn lookup<'h, H: Header>(source: &Source, headers: &'h [H]) -> Option<Option<&'h
     match source {
         Source::Header { name, prefix } => {
             let header = headers.iter().find(|h| h.name() == name)?;
-            let value = std::str::from_utf8(header.value()).ok();
+            let value = crate::policy::headers::text(header.value());
             Some(value.and_then(|v| strip_prefix_ignore_case(v, prefix)).map(str::trim))
         }
         Source::Cookie(cookie) => {

@@ -146,16 +146,18 @@ impl JwtVerifier {
         let Some(credential) = settings.sources.credential(headers) else {
             return Outcome::Callout(Pass::NoCredential);
         };
+        let generations = &self.generations;
+        let generation = |p: usize| generations.get(p).copied().unwrap_or(u64::MAX);
+        // A token verified before (the common case: clients repeat theirs) is known to
+        // be a JWT of the right size: the cache first, the shape checks only for others.
+        if let Some(e) = credential.and_then(|token| self.cache.get(token, now_ms, generation)) {
+            return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
+        }
         let Some(token) = credential.filter(|c| looks_like_jwt(c)) else {
             return Outcome::Callout(Pass::NotJwt);
         };
         if token.len() > settings.max_token_bytes {
             return Outcome::Invalid(Reason::TooLarge);
-        }
-        let generations = &self.generations;
-        let generation = |p: usize| generations.get(p).copied().unwrap_or(u64::MAX);
-        if let Some(e) = self.cache.get(token, now_ms, generation) {
-            return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
         }
         let hash = token_hash(token);
         if let Some(reason) = self.rejects.get(&hash, generation) {
@@ -474,6 +476,28 @@ mod tests {
             assert_eq!(got, want);
             assert!(matches!(check(&s, &mut v, &token), Outcome::Valid { cached: true, .. }));
         }
+    }
+
+    #[test]
+    fn a_cached_token_is_found_however_its_header_is_written() {
+        let f = fixture();
+        let s = settings(&f, "");
+        let mut v = verifier(&s);
+        let token = f.es.sign(claims()).unwrap();
+        assert!(matches!(check(&s, &mut v, &token), Outcome::Valid { cached: false, .. }));
+        let jwt = s.jwt.as_ref().unwrap();
+        // Found whatever the scheme's case and the spaces around the token.
+        for value in [format!("bearer {token}"), format!("Bearer   {token} \t"), format!("Bearer {token}\u{b}")] {
+            let headers = vec![("authorization".to_owned(), value.clone().into_bytes())];
+            assert!(matches!(v.check(jwt, &headers, NOW_MS), Outcome::Valid { cached: true, .. }), "{value:?}");
+        }
+        // Bytes that only start like the token, or are not text, are not it.
+        let prefix = vec![("authorization".to_owned(), format!("Bearer {}", &token[..token.len() - 1]).into_bytes())];
+        assert!(!matches!(v.check(jwt, &prefix, NOW_MS), Outcome::Valid { .. }));
+        let mut binary = format!("Bearer {token}").into_bytes();
+        binary.push(0xff);
+        let binary = vec![("authorization".to_owned(), binary)];
+        assert!(!matches!(v.check(jwt, &binary, NOW_MS), Outcome::Valid { .. }));
     }
 
     #[test]

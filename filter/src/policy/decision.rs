@@ -176,9 +176,9 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
         }
     };
     for (name, value) in headers.iter().map(|h| (h.name(), h.value())).filter(|(n, _)| relayed(n)) {
-        match std::str::from_utf8(value) {
-            Ok(value) => relay.push((name, value)),
-            Err(_) => return Verdict::Fail(Failure::ResponseHeaderNotText),
+        match headers::text(value) {
+            Some(value) => relay.push((name, value)),
+            None => return Verdict::Fail(Failure::ResponseHeaderNotText),
         }
     }
     Verdict::Deny { status, headers: relay }

@@ -85,7 +85,7 @@ pub fn callout<'h, H: Header>(
     strip: &HeaderNames,
     headers: &'h [H],
 ) -> Option<Vec<CalloutHeader<'h>>> {
-    let text = |value: &'h [u8]| std::str::from_utf8(value).ok();
+    let text = headers::text;
     let method = text(headers::first(headers, ":method").unwrap_or(b"GET"))?;
     let client_path = text(headers::first(headers, ":path").unwrap_or(b"/"))?;
     let path: Cow<'h, str> = match &settings.path_override {

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::error::ConfigError;
-use crate::policy::headers::Header;
+use crate::policy::headers::{self, Header};
 
 /// Every header Traefik's entry point treats as a forwarding header (its `xHeaders`):
 /// without trust, a client's values for these never reach the auth service.
@@ -69,7 +69,7 @@ pub fn forwarded_headers<'h, H: Header>(
     let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(6);
     let mut push = |name: &'static str, value: Option<&'h [u8]>| -> Result<(), &'static str> {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
-            out.push((name, Cow::Borrowed(std::str::from_utf8(value).map_err(|_| name)?)));
+            out.push((name, Cow::Borrowed(headers::text(value).ok_or(name)?)));
         }
         Ok(())
     };
@@ -83,7 +83,7 @@ pub fn forwarded_headers<'h, H: Header>(
     let client_ip = peer.and_then(peer_ip);
     let prior: Vec<&str> = if trust {
         let values = headers.iter().filter(|h| h.name().eq_ignore_ascii_case("x-forwarded-for"));
-        values.map(|h| std::str::from_utf8(h.value()).map_err(|_| "x-forwarded-for")).collect::<Result<_, _>>()?
+        values.map(|h| headers::text(h.value()).ok_or("x-forwarded-for")).collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };

@@ -116,9 +116,9 @@ pub fn callout<'h, H: Header>(
         headers::select(headers, &auth.request_headers).into_iter().filter(|(n, _)| !strip.contains(n) && !skip(n))
     {
         // The host ABI takes text; a credential we cannot pass unchanged is not passed.
-        match std::str::from_utf8(value) {
-            Ok(value) => out.push((name, value.into())),
-            Err(_) => return Err(Failure::RequestHeaderNotText),
+        match headers::text(value) {
+            Some(value) => out.push((name, value.into())),
+            None => return Err(Failure::RequestHeaderNotText),
         }
     }
     if auth.forward_auth {

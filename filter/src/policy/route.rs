@@ -42,6 +42,10 @@ pub struct PublicPaths {
     forward: matchit::Router<usize>,
     reverse: matchit::Router<usize>,
     has_reverse: bool,
+    /// The last segments a `{prefix}` template can end with (`None`: any, one ends with a
+    /// parameter): a path ending otherwise skips the reverse router and the reversed copy
+    /// of its segments (every protected request, issue 13).
+    suffix_ends: Option<Vec<String>>,
     templates: Vec<String>,
     /// For each template, the first one that compiles the same (itself if none).
     owners: Vec<usize>,
@@ -73,6 +77,7 @@ impl PublicPaths {
             forward: matchit::Router::new(),
             reverse: matchit::Router::new(),
             has_reverse: false,
+            suffix_ends: Some(Vec::new()),
             templates: templates.to_vec(),
             owners: Vec::with_capacity(templates.len()),
         };
@@ -94,6 +99,12 @@ impl PublicPaths {
                 Template::Exact(route) => (&mut paths.forward, vec![format!("{route}/"), route]),
                 Template::Suffix(reversed) => {
                     paths.has_reverse = true;
+                    let end = reversed.trim_start_matches('/').split('/').next().unwrap_or_default();
+                    match (&mut paths.suffix_ends, end.starts_with('{')) {
+                        (_, true) => paths.suffix_ends = None,
+                        (Some(ends), false) if !ends.iter().any(|e| e == end) => ends.push(end.to_string()),
+                        _ => {}
+                    }
                     (&mut paths.reverse, vec![format!("{reversed}/{{*prefix}}")])
                 }
             };
@@ -116,9 +127,21 @@ impl PublicPaths {
         let path = canonical_path(target)?;
         match self.forward.at(path) {
             Ok(found) => Some(*found.value),
-            Err(_) if self.has_reverse => Some(*self.reverse.at(&reversed_segments(path)).ok()?.value),
+            Err(_) if self.may_end_a_suffix(path) => Some(*self.reverse.at(&reversed_segments(path)).ok()?.value),
             Err(_) => None,
         }
+    }
+
+    /// Whether a `{prefix}` template could match `path` (canonical), judged by its last
+    /// segment (one trailing `/` aside, as [`reversed_segments`] does).
+    fn may_end_a_suffix(&self, path: &str) -> bool {
+        if !self.has_reverse {
+            return false;
+        }
+        let Some(ends) = &self.suffix_ends else { return true };
+        let body = path.strip_suffix('/').unwrap_or(path);
+        let last = body.rsplit('/').next().unwrap_or_default();
+        ends.iter().any(|end| end == last)
     }
 
     /// Another template that compiles the same as template `index` (`/hooks` and
@@ -204,8 +227,26 @@ impl Template {
 
 /// RFC 3986 `pchar` without `%` (escapes) and `;` (path parameters), plus `/`.
 fn is_canonical_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b)
+    CANONICAL[b as usize]
 }
+
+/// [`is_canonical_byte`] as a table: every byte of every path is looked up (issue 13).
+const CANONICAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,=:@/";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// The path of `target` if it is canonical (see the module docs), else `None`.
 pub fn canonical_path(target: &[u8]) -> Option<&str> {
@@ -214,7 +255,8 @@ pub fn canonical_path(target: &[u8]) -> Option<&str> {
     if path.first() != Some(&b'/') || !path.iter().all(|&b| is_canonical_byte(b)) {
         return None;
     }
-    let path = std::str::from_utf8(path).ok()?;
+    // Only canonical bytes, all ASCII: text.
+    let path = crate::policy::headers::text(path)?;
     let body = &path[1..];
     let body = body.strip_suffix('/').unwrap_or(body);
     if !body.is_empty() && body.split('/').any(|s| s.is_empty() || s.bytes().all(|b| b == b'.')) {
@@ -379,6 +421,23 @@ mod tests {
         assert!(paths.is_public(b"/api/x/flows/123/graph"));
         assert!(!paths.is_public(b"/api/x/flows/123/graph/more"));
         assert!(!paths.is_public(b"/flows/123/graph"));
+    }
+
+    #[test]
+    fn suffix_templates_are_skipped_only_by_their_last_segment() {
+        let literal = compile(&["/{prefix}/events/out", "/{prefix}/task_runs/subscriptions/scheduled"]);
+        assert_eq!(literal.suffix_ends, Some(vec!["out".to_string(), "scheduled".to_string()]));
+        assert!(!literal.may_end_a_suffix("/api/flows"));
+        assert!(literal.may_end_a_suffix("/api/events/out/"), "one trailing slash aside");
+        assert!(literal.is_public(b"/api/events/out/"));
+        assert!(literal.is_public(b"/a/b/task_runs/subscriptions/scheduled"));
+        assert!(!literal.is_public(b"/api/events/outx"));
+        // A template ending with a parameter can end with any segment.
+        let any = compile(&["/{prefix}/events/out", "/{prefix}/flows/{id}"]);
+        assert_eq!(any.suffix_ends, None);
+        assert!(any.is_public(b"/api/flows/123"));
+        assert!(any.is_public(b"/api/events/out"));
+        assert!(!compile(&["/hooks"]).may_end_a_suffix("/hooks/out"), "no suffix template at all");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::thread::LocalKey;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
@@ -44,9 +45,22 @@ pub fn keep_claims(id: u32, claims: ClaimHeaders) {
 
 /// The stream is over: drop what was kept for it.
 pub fn forget(id: u32) {
-    AUTH_COOKIES.with(|c| c.borrow_mut().remove(&id));
-    JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id));
-    CLIENT_HEADERS.with(|c| c.borrow_mut().remove(&id));
+    take(&AUTH_COOKIES, id);
+    take(&JWT_CLAIMS, id);
+    take(&CLIENT_HEADERS, id);
+}
+
+/// What `map` keeps for `id`, removed. Most requests keep nothing: an empty map is not
+/// hashed into (every request ends here, issue 13).
+fn take<T>(map: &'static LocalKey<RefCell<HashMap<u32, T>>>, id: u32) -> Option<T> {
+    map.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.is_empty() {
+            None
+        } else {
+            m.remove(&id)
+        }
+    })
 }
 
 /// Applies `outcome` to the effective context's request (`id` is for the logs).
@@ -68,7 +82,7 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Vi
         Decision::Allow { inject, cookies, extra } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
             // the same header (it has the last word).
-            let claims = JWT_CLAIMS.with(|c| c.borrow_mut().remove(&id));
+            let claims = take(&JWT_CLAIMS, id);
             let claims = claims.as_deref().unwrap_or_default();
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
@@ -125,7 +139,7 @@ fn apply_extra(id: u32, extra: &AllowExtra) -> Result<(), Status> {
 /// ext_authz `client_headers_on_success`: added to the client's response of an allowed
 /// request (next to the upstream's own, as Envoy does).
 pub fn add_client_headers(id: u32) -> Result<(), Status> {
-    let Some(headers) = CLIENT_HEADERS.with(|c| c.borrow_mut().remove(&id)) else { return Ok(()) };
+    let Some(headers) = take(&CLIENT_HEADERS, id) else { return Ok(()) };
     for (name, value) in headers {
         hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, &name, &value)?;
     }
@@ -134,7 +148,7 @@ pub fn add_client_headers(id: u32) -> Result<(), Status> {
 
 /// The client's response of an allowed request: the auth service's cookies, if it set any.
 pub fn response_cookies(id: u32) -> Option<Vec<Vec<u8>>> {
-    AUTH_COOKIES.with(|c| c.borrow_mut().remove(&id))
+    take(&AUTH_COOKIES, id)
 }
 
 /// `addAuthCookiesToResponse`: the auth service's cookies replace the upstream's
