@@ -48,7 +48,21 @@ fn the_module_exports_exactly_the_callbacks_it_implements() {
     let expected: BTreeSet<String> = EXPECTED.iter().map(|s| s.to_string()).collect();
     assert_eq!(callbacks, expected, "exported callbacks of {}", tools.wasm.display());
     // Not exported: the SDK defaults Envoy would otherwise enter the VM for per request.
-    for absent in ["proxy_on_log", "proxy_on_response_body", "proxy_on_response_trailers"] {
+    for absent in ["proxy_on_done", "proxy_on_log", "proxy_on_response_body", "proxy_on_response_trailers"] {
         assert!(!callbacks.contains(absent), "{absent} is exported");
     }
+}
+
+/// The vendored SDK's host calls hand a refused call back as `Err(status)`; upstream they
+/// panic on any status they do not expect, which in a wasm VM traps and takes every
+/// request of the worker with it (third_party/proxy-wasm/README.md). The filter fails
+/// such a request closed instead.
+#[test]
+fn the_vendored_host_calls_return_errors_instead_of_panicking() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../third_party/proxy-wasm/src/hostcalls.rs");
+    let source = std::fs::read_to_string(path).expect("the vendored SDK is readable");
+    let functions = source.matches("\npub fn ").count();
+    let refused = source.matches("status => Err(status),").count();
+    assert!(functions >= 50 && refused >= 52, "{functions} host calls, {refused} returning the refusal");
+    assert!(!source.contains("unexpected status"), "a host call still panics on an unexpected status");
 }
