@@ -252,17 +252,32 @@ const CANONICAL: [bool; 256] = {
 pub fn canonical_path(target: &[u8]) -> Option<&str> {
     let end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
     let path = &target[..end];
-    if path.first() != Some(&b'/') || !path.iter().all(|&b| is_canonical_byte(b)) {
-        return None;
+    let body = path.strip_prefix(b"/")?;
+    let body = body.strip_suffix(b"/").unwrap_or(body);
+    // One pass over the segments (every request's path): canonical bytes only, no empty
+    // and no dot-only segment. `/` and the two slashes around `body` are canonical.
+    if !body.is_empty() {
+        let (mut len, mut dots) = (0, true);
+        for &b in body {
+            if b == b'/' {
+                if len == 0 || dots {
+                    return None;
+                }
+                (len, dots) = (0, true);
+            } else if is_canonical_byte(b) {
+                (len, dots) = (len + 1, dots && b == b'.');
+            } else {
+                return None;
+            }
+        }
+        if len == 0 || dots {
+            return None;
+        }
     }
-    // Only canonical bytes, all ASCII: text.
-    let path = crate::policy::headers::text(path)?;
-    let body = &path[1..];
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if !body.is_empty() && body.split('/').any(|s| s.is_empty() || s.bytes().all(|b| b == b'.')) {
-        return None;
-    }
-    Some(path)
+    debug_assert!(path.iter().all(|&b| is_canonical_byte(b)));
+    // SAFETY: `path` is `/`, `body` (checked above: canonical bytes only) and maybe `/`:
+    // ASCII, hence UTF-8, without a second pass over it.
+    Some(unsafe { std::str::from_utf8_unchecked(path) })
 }
 
 /// `/a/b/c/` -> `/c/b/a`: the form `{prefix}` templates are routed in.
@@ -465,6 +480,11 @@ mod tests {
         assert_eq!(canonical_path(b"/a/.b"), Some("/a/.b"));
         assert_eq!(canonical_path(b""), None);
         assert_eq!(canonical_path(b"?/hooks"), None);
+        assert_eq!(canonical_path(b"//"), Some("//"), "one trailing slash after the root");
+        for path in [&b"///"[..], b"/a//b", b"/a/./b", b"/a/..", b"/a/../", b"/a%2fb", b"/a b", b"a/b", b"/a/\xff"] {
+            assert_eq!(canonical_path(path), None, "{}", String::from_utf8_lossy(path));
+        }
+        assert_eq!(canonical_path(b"/a/b./c/"), Some("/a/b./c/"));
     }
 
     #[test]
