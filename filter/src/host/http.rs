@@ -142,11 +142,16 @@ impl Authz {
             return Action::Pause;
         }
         if let Some((token, cached)) = callout::send(self.id, settings, callout, lookup, None) {
-            // Read only when a retry may need it: one host call per callout.
-            let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
-            self.pending = Some(Pending::Callout { token, cached, sent_ms, retried: false });
+            self.awaiting(settings, token, cached);
         }
         Action::Pause
+    }
+
+    /// The request waits for its first callout `token`.
+    fn awaiting(&mut self, settings: &Settings, token: u32, cached: Option<Resend>) {
+        // Read only when a retry may need it: one host call per callout.
+        let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
+        self.pending = Some(Pending::Callout { token, cached, sent_ms, retried: false });
     }
 
     /// The body seen so far against its limit: wait for more, answer 413 (401 forward-auth), or
@@ -181,8 +186,7 @@ impl Authz {
                     // Refused: settled by `send`.
                     Some(None) => Action::Pause,
                     Some(Some((token, _))) => {
-                        let sent_ms = if settings.auth.retry_on_reset { now_ms() } else { 0 };
-                        self.pending = Some(Pending::Callout { token, cached: None, sent_ms, retried: false });
+                        self.awaiting(settings, token, None);
                         Action::Pause
                     }
                 }

@@ -2,8 +2,9 @@
 //! - verified ones, by the token's exact bytes, so a client repeating its token (as real
 //!   clients do) costs a hash of the token's end and a word-wise compare instead of a
 //!   signature check (a SHA-256 of the token cost more than the rest of a repeated
-//!   token's request in the module; issue 16). The tokens stay in this worker's memory only, as the request itself; an
-//!   entry never outlives the token's `exp` (+ leeway) nor the key set it was verified with;
+//!   token's request in the module; issue 16). The tokens stay in this worker's memory
+//!   only, as the request itself; an entry never outlives the token's `exp` (+ leeway)
+//!   nor the key set it was verified with;
 //! - recent rejects, by the token's SHA-256 (a collision would be needed to reuse another
 //!   token's entry), so the same invalid token sent again and again costs the same, and a
 //!   flood of large forged tokens holds 32 bytes each, not the tokens.
@@ -11,16 +12,15 @@
 //! Both are bounded and evict the oldest entry first, in O(1): a flood of distinct
 //! forged tokens holds at most `capacity` entries and never scans the map.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash};
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use hashbrown::HashTable;
-
-use crate::bytes::same_bytes;
-
 use serde_json::{Map, Value};
 
+use crate::bytes::same_bytes;
 use crate::jwt::reason::Reason;
 
 pub type TokenHash = [u8; 32];
@@ -44,56 +44,35 @@ pub struct Entry {
 
 #[derive(Debug)]
 pub struct VerifiedCache {
-    table: HashTable<(Rc<str>, Entry)>,
-    /// Insertion order (with each key's hash); evicting the front keeps `capacity`.
-    order: VecDeque<(u64, Rc<str>)>,
-    capacity: usize,
+    entries: Recent<Rc<str>, Entry>,
     hasher: foldhash::fast::RandomState,
 }
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
-        VerifiedCache { table: HashTable::new(), order: VecDeque::new(), capacity, hasher: Default::default() }
+        VerifiedCache { entries: Recent::new(capacity), hasher: Default::default() }
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.entries.is_empty()
     }
 
     /// The entry for `token` if it is still valid at `now_ms` for `generation`
     /// (`generation` is asked per provider, hence the closure).
     pub fn get(&self, token: impl AsRef<[u8]>, now_ms: u64, generation: impl Fn(usize) -> u64) -> Option<&Entry> {
         let token = token.as_ref();
-        let hash = hash_token(&self.hasher, token);
-        let (_, entry) = self.table.find(hash, |(key, _)| same_bytes(key.as_bytes(), token))?;
+        let entry = self.entries.get(hash_token(&self.hasher, token), |key| same_bytes(key.as_bytes(), token))?;
         Some(entry).filter(|e| now_ms <= e.valid_until_ms && e.generation == generation(e.provider))
     }
 
-    /// Remembers a verified token (replacing its entry in place); when full, the oldest
-    /// entry goes. A capacity of 0 keeps nothing.
+    /// Remembers a verified token; when full, the oldest entry goes.
     pub fn insert(&mut self, token: &str, entry: Entry) {
-        if self.capacity == 0 {
-            return;
-        }
         let hash = hash_token(&self.hasher, token.as_bytes());
-        if let Some((_, slot)) = self.table.find_mut(hash, |(key, _)| same_bytes(key.as_bytes(), token.as_bytes())) {
-            *slot = entry;
-            return;
-        }
-        let key: Rc<str> = Rc::from(token);
-        let hasher = &self.hasher;
-        self.table.insert_unique(hash, (key.clone(), entry), |(k, _)| hash_token(hasher, k.as_bytes()));
-        self.order.push_back((hash, key));
-        while self.order.len() > self.capacity {
-            let Some((hash, oldest)) = self.order.pop_front() else { break };
-            if let Ok(found) = self.table.find_entry(hash, |(key, _)| Rc::ptr_eq(key, &oldest)) {
-                found.remove();
-            }
-        }
+        self.entries.insert(hash, |key| same_bytes(key.as_bytes(), token.as_bytes()), || Rc::from(token), entry);
     }
 }
 
@@ -117,11 +96,13 @@ pub struct Rejected {
 #[derive(Debug)]
 pub struct RejectCache {
     entries: Recent<TokenHash, Rejected>,
+    /// SipHash with random keys: rejects are inserted for any token a client sends.
+    hasher: RandomState,
 }
 
 impl RejectCache {
     pub fn new(capacity: usize) -> RejectCache {
-        RejectCache { entries: Recent::new(capacity) }
+        RejectCache { entries: Recent::new(capacity), hasher: RandomState::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -134,7 +115,7 @@ impl RejectCache {
 
     /// The earlier verdict on `hash`, unless its provider's keys changed since.
     pub fn get(&self, hash: &TokenHash, generation: impl Fn(usize) -> u64) -> Option<Reason> {
-        let r = self.entries.get(hash)?;
+        let r = self.entries.get(self.hasher.hash_one(hash), |key| key == hash)?;
         match r.provider {
             Some((provider, g)) if generation(provider) != g => None,
             _ => Some(r.reason),
@@ -145,51 +126,58 @@ impl RejectCache {
     /// fixes it).
     pub fn insert(&mut self, hash: TokenHash, rejected: Rejected) {
         if rejected.reason != Reason::NotYetValid {
-            self.entries.insert(hash, rejected);
+            self.entries.insert(self.hasher.hash_one(hash), |key| *key == hash, || hash, rejected);
         }
     }
 }
 
-/// A bounded map, oldest entry out first. `K` is cheap to clone (a hash).
+/// A bounded map, oldest entry out first, in O(1). Its owner hashes and recognises the
+/// keys (a token by its end and word-wise, a SHA-256 by SipHash), so one structure
+/// serves both caches.
 #[derive(Debug)]
 struct Recent<K, V> {
-    entries: HashMap<K, V>,
-    /// Insertion order; evicting the front keeps the map at `capacity`.
-    order: VecDeque<K>,
+    /// (hash, key, value): the hash kept for the table's growth and for eviction.
+    table: HashTable<(u64, K, V)>,
+    /// Insertion order; evicting the front keeps the table at `capacity`.
+    order: VecDeque<(u64, K)>,
     capacity: usize,
 }
 
-impl<K: Hash + Eq + Clone, V> Recent<K, V> {
+impl<K: Clone + PartialEq, V> Recent<K, V> {
     fn new(capacity: usize) -> Recent<K, V> {
-        Recent { entries: HashMap::new(), order: VecDeque::new(), capacity }
+        Recent { table: HashTable::new(), order: VecDeque::new(), capacity }
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.is_empty()
     }
 
-    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-    {
-        self.entries.get(key)
+    /// The value of the key that hashes to `hash` and `is_key` recognises.
+    fn get(&self, hash: u64, is_key: impl Fn(&K) -> bool) -> Option<&V> {
+        self.table.find(hash, |(h, k, _)| *h == hash && is_key(k)).map(|(_, _, v)| v)
     }
 
-    /// Replaces an entry for the same key in place; a capacity of 0 keeps nothing.
-    fn insert(&mut self, key: K, value: V) {
+    /// Replaces the value of an existing key in place, else inserts `key()` (the oldest
+    /// entry goes when full); a capacity of 0 keeps nothing.
+    fn insert(&mut self, hash: u64, is_key: impl Fn(&K) -> bool, key: impl FnOnce() -> K, value: V) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > self.capacity {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.entries.remove(&oldest);
-                }
+        if let Some((_, _, slot)) = self.table.find_mut(hash, |(h, k, _)| *h == hash && is_key(k)) {
+            *slot = value;
+            return;
+        }
+        let key = key();
+        self.table.insert_unique(hash, (hash, key.clone(), value), |(h, _, _)| *h);
+        self.order.push_back((hash, key));
+        while self.order.len() > self.capacity {
+            let Some((hash, oldest)) = self.order.pop_front() else { break };
+            if let Ok(found) = self.table.find_entry(hash, |(h, k, _)| *h == hash && *k == oldest) {
+                found.remove();
             }
         }
     }
