@@ -33,8 +33,12 @@ thread_local! {
         r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{JWT_ISSUER}", "secret": "{JWT_SECRET}",
             "claims_to_headers": {{"sub": "x-nebula-actor-id", "scope": "x-nebula-actor-permissions", "org.team": "x-team"}}}}]}}}}"#
     ).into_bytes());
-    static FORWARD_SETTINGS: [Settings; 2] = [false, true].map(|trust| {
-        fixed(format!(r#"{{"auth": {{"cluster": "auth", "trust_forward_header": {trust}}}}}"#).into_bytes())
+    // Indexed by the input's flags: bit 0 trust_forward_header, bit 1 preserve_request_method.
+    static FORWARD_SETTINGS: [Settings; 4] = [0u8, 1, 2, 3].map(|flags| {
+        let (trust, preserve) = (flags & 1 == 1, flags & 2 == 2);
+        fixed(format!(
+            r#"{{"auth": {{"cluster": "auth", "trust_forward_header": {trust}, "preserve_request_method": {preserve}}}}}"#
+        ).into_bytes())
     });
 }
 
@@ -254,16 +258,17 @@ pub fn jwks(data: &[u8]) {
 }
 
 /// The callout a request becomes (strip, public route, forward-auth headers). Input: a
-/// first byte (bit 0: trust_forward_header), then header lines. No stripped (identity)
-/// header reaches the auth service, each X-Forwarded-* is sent once, and without trust
-/// they describe the request Envoy received, not what the client claims.
+/// first byte (bit 0: trust_forward_header, bit 1: preserve_request_method), then header
+/// lines. No stripped (identity) header reaches the auth service, each X-Forwarded-* is
+/// sent once, without trust they describe the request Envoy received, not what the
+/// client claims, and the callout is a GET unless the client's method is preserved.
 pub fn forward_auth(data: &[u8]) {
     let Some((&flags, lines)) = data.split_first() else { return };
-    let trust = flags & 1 == 1;
-    FORWARD_SETTINGS.with(|both| forward_auth_with(&both[usize::from(trust)], trust, lines));
+    let (trust, preserve) = (flags & 1 == 1, flags & 2 == 2);
+    FORWARD_SETTINGS.with(|all| forward_auth_with(&all[usize::from(flags & 3)], trust, preserve, lines));
 }
 
-fn forward_auth_with(settings: &Settings, trust: bool, lines: &[u8]) {
+fn forward_auth_with(settings: &Settings, trust: bool, preserve: bool, lines: &[u8]) {
     let headers = header_lines(lines);
     let peer = "10.1.2.3:4567";
     let plan = settings.plan(&headers, || Some(peer.to_owned()));
@@ -279,7 +284,11 @@ fn forward_auth_with(settings: &Settings, trust: bool, lines: &[u8]) {
         Route::Reject(_) => {}
         Route::Callout { headers: callout } => {
             let callout: Vec<(&str, &str)> = callout.iter().map(|(n, v)| (*n, Cow::as_ref(v))).collect();
-            assert_eq!(&callout[..3], &[(":method", "GET"), (":path", "/"), (":authority", "auth")][..]);
+            let method = match preserve {
+                true => std::str::from_utf8(first(":method").unwrap_or(b"GET")).unwrap_or("not text"),
+                false => "GET",
+            };
+            assert_eq!(&callout[..3], &[(":method", method), (":path", "/"), (":authority", "auth")][..]);
             for (name, _) in &callout[3..] {
                 assert!(!settings.strip.contains(name), "stripped header {name} sent to the auth service");
                 assert!(!name.starts_with(':'), "pseudo-header {name} sent as a header");

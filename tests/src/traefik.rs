@@ -159,11 +159,20 @@ pub fn seed_000(auth_port: u16, upstream_port: u16) -> String {
 /// [`seed_000`] with `forwardBody: true` and `maxBodySize` (the filter's `auth.forward_body`
 /// and `auth.max_body_size`).
 pub fn seed_000_forward_body(auth_port: u16, upstream_port: u16, max_body_size: usize) -> String {
-    let forward_auth = format!(
-        "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]\n        forwardBody: true\n        maxBodySize: {max_body_size}",
+    seed_000_with(auth_port, upstream_port, &["forwardBody: true".into(), format!("maxBodySize: {max_body_size}")])
+}
+
+/// [`seed_000`] with more forwardAuth options, one `key: value` line each.
+pub fn seed_000_with(auth_port: u16, upstream_port: u16, options: &[String]) -> String {
+    let mut forward_auth = format!(
+        "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]",
         yaml_list(&AUTH_REQUEST_HEADERS),
         yaml_list(&AUTH_RESPONSE_HEADERS)
     );
+    for option in options {
+        forward_auth.push_str("\n        ");
+        forward_auth.push_str(option);
+    }
     routers(PUBLIC_RULE, &forward_auth, upstream_port)
 }
 

@@ -51,6 +51,8 @@ fn top_level_source_ranges_deny_outside_before_the_callout() {
         &from(&env, INSIDE, RawRequest::get("/api/flows").bearer("allow:alice")),
         "alice",
     );
+    // The address the rule read is the callout's X-Forwarded-For (one property read).
+    assert_eq!(env.auth.last().header("x-forwarded-for").as_deref(), Some(INSIDE), "{:?}", env.auth.last());
     let resp = from(&env, INSIDE, RawRequest::get("/api/health"));
     env.check(resp.status == 200 && resp.proxied(), "inside, public path", &resp);
 
@@ -225,6 +227,17 @@ fn principals_over_mtls_with_and_without_a_certificate() {
     let sent = env.auth.last();
     assert_eq!(sent.header_all(PEER_HEADER), [WEBHOOK], "the auth service gets the verified identity, only it");
     assert!(env.upstream.last().header_all(PEER_HEADER).is_empty(), "a client's copy never reaches the upstream");
+    // Reset twice (the callout and Envoy's retry of it): the filter's own retry carries
+    // the identity too.
+    let token = "seq:close|close|allow:erin";
+    let before = env.auth.count();
+    let resp = get("/api/flows", &[("authorization", &format!("Bearer {token}")), spoof], Some("webhook"));
+    env.assert_allowed_as("webhook: allowed on the filter's retry", &resp, "erin");
+    let sent = env.auth.requests();
+    assert_eq!(sent.len() - before, 3, "the callout, Envoy's retry, the filter's retry");
+    for (i, request) in sent[before..].iter().enumerate() {
+        assert_eq!(request.header_all(PEER_HEADER), [WEBHOOK], "attempt {i}: {request:?}");
+    }
 
     // The admin service account.
     let resp = get("/api/admin/users", &[spoof], Some("admin"));
@@ -269,4 +282,19 @@ fn required_client_certificates_and_top_level_principals() {
     assert!(refused.is_err(), "a client without a certificate must not get through: {refused:?}");
     assert_eq!(env.auth.count(), auth, "no callout without a handshake");
     assert_eq!(counter(&env, "principal_denied"), 1);
+}
+
+/// The address a source rule read is the callout's X-Forwarded-For too: one
+/// `source.address` read per request (each is a ~10 k-instruction host call).
+#[test]
+fn the_peer_address_is_read_once_per_request() {
+    let env = Env::builder()
+        .plugin_config(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.2/32"]}"#)
+        .component_log_level("wasm:trace")
+        .start();
+    let reads = || env.log().matches("[vm->host] env.proxy_get_property(").count();
+    let before = reads();
+    env.assert_allowed_as("inside", &from(&env, INSIDE, RawRequest::get("/api/flows").bearer("allow:alice")), "alice");
+    assert_eq!(env.auth.last().header("x-forwarded-for").as_deref(), Some(INSIDE));
+    assert_eq!(reads() - before, 1, "one property read: {}", env.log_tail());
 }

@@ -403,6 +403,29 @@ fn forward_body_matches_traefik_except_the_documented_differences() {
     assert_differences(&env, &traefik, &forward_body_corpus(), FORWARD_BODY_TSV, &UPSTREAM_HEADERS);
 }
 
+/// `preserveRequestMethod: true` (`auth.preserve_request_method`): both ask the auth
+/// service with the client's method, and allow or deny alike.
+#[test]
+fn preserve_request_method_matches_traefik() {
+    let config = r#"{"auth": {"cluster": "auth", "authority": "auth:4300", "preserve_request_method": true}}"#;
+    let env = Env::start(config);
+    let options = ["preserveRequestMethod: true".to_string()];
+    let traefik =
+        Traefik::start(&traefik::seed_000_with(env.auth.port(), env.upstream.port(), &options), "/api/health");
+    let same = ["client.status", "upstream.reached", "auth.method", "auth.path", "auth.x-forwarded-method"];
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        for token in ["allow:alice", "deny"] {
+            let req = RawRequest::new(method, "/api/flows/1").bearer(token);
+            let ours = observe(env.port, &env, &req, &[]);
+            let theirs = observe(traefik.port, &env, &req, &[]);
+            assert_eq!(ours.get("auth.method").map(String::as_str), Some(method), "{method} {token}: {ours:?}");
+            for aspect in same {
+                assert_eq!(ours.get(aspect), theirs.get(aspect), "{method} {token}: {aspect}: {ours:?} / {theirs:?}");
+            }
+        }
+    }
+}
+
 /// Seeds 001/002: the Authentik outpost behind Traefik's middleware, against the preset.
 fn authentik_corpus() -> Vec<(String, RawRequest)> {
     let app = |r: RawRequest| r.header("host", "app.example.com");

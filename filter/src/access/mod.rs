@@ -93,6 +93,11 @@ impl<'a, P: Peer, H: Header> Facts<'a, P, H> {
         Facts { peer, headers, trusted: access.trusted_proxies.as_ref(), client: None, principal: None }
     }
 
+    /// The peer, with whatever it read.
+    pub fn into_peer(self) -> P {
+        self.peer
+    }
+
     pub fn client(&mut self) -> Option<IpAddr> {
         if self.client.is_none() {
             let peer = self.peer.address().as_deref().and_then(cidr::peer_ip);

@@ -11,7 +11,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use log::warn;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
@@ -23,7 +22,7 @@ use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, resume, Applied};
 use crate::host::request_log::{self, Via};
-use crate::host::steps::access::{self, Principal};
+use crate::host::steps::access::{self, PeerFacts};
 use crate::host::steps::body::{self, BodyWait};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
@@ -75,8 +74,8 @@ impl Authz {
         if strip::strip(&routed.strip).is_err() {
             return self.fail(settings, Failure::HostError);
         }
-        let (public, principal) = match &settings.access {
-            None => (routed.public, None),
+        let (public, peer) = match &settings.access {
+            None => (routed.public, PeerFacts::default()),
             Some(rules) => match access::apply(self.id, settings, rules, &headers, routed.public) {
                 Ok(checked) => checked,
                 Err(replied) => return replied,
@@ -88,7 +87,7 @@ impl Authz {
                 if !end_of_stream && settings.auth.with_request_body.is_some() {
                     self.body = Some(BodyWait { since_ms: now_ms(), received: 0, complete: false, seen: false });
                 }
-                self.protected(settings, &headers, principal, true)
+                self.protected(settings, &headers, peer, true)
             }
         }
     }
@@ -101,7 +100,7 @@ impl Authz {
         &mut self,
         settings: &Settings,
         headers: &[(&str, &[u8])],
-        principal: Option<Principal>,
+        peer: PeerFacts,
         may_fetch: bool,
     ) -> Action {
         match jwt::check(self.id, settings, self.jwt.as_ref(), headers, may_fetch) {
@@ -113,7 +112,9 @@ impl Authz {
             }
             JwtStep::Callout => {}
         }
-        let mut callout = match settings.callout(headers, peer_address) {
+        let PeerFacts { principal, address } = peer;
+        // X-Forwarded-For reuses the address an access rule read: one property read.
+        let mut callout = match settings.callout(headers, || address.unwrap_or_else(access::address)) {
             Ok(callout) => callout,
             Err(failure) => return self.fail(settings, failure),
         };
@@ -206,7 +207,11 @@ impl Authz {
         }
         let buffer = header_map::read(MapType::HttpRequestHeaders)?;
         let headers = header_map::parse(&buffer)?;
-        let callout = settings.callout(&headers, peer_address).ok()?;
+        let mut callout = settings.callout(&headers, access::address).ok()?;
+        // Only a protected request sends a callout: it carried the principal if there was one.
+        if let Some((name, principal)) = access::principal_again(settings) {
+            callout.push((name, principal.into()));
+        }
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         let token = match (&settings.auth.with_request_body, &self.body) {
             (Some(rules), Some(wait)) => {
@@ -239,11 +244,11 @@ impl Authz {
             return;
         };
         let mut public = settings.route(&headers).public;
-        let mut principal = None;
+        let mut peer = PeerFacts::default();
         if let Some(rules) = &settings.access {
             // The same rules again: a public path outside them was checked as protected.
             match access::apply(self.id, settings, rules, &headers, public) {
-                Ok(checked) => (public, principal) = checked,
+                Ok(checked) => (public, peer) = checked,
                 Err(_) => return,
             }
         }
@@ -251,7 +256,7 @@ impl Authz {
             self.fail(settings, Failure::HostError);
             return;
         }
-        if let Action::Continue = self.protected(settings, &headers, principal, false) {
+        if let Action::Continue = self.protected(settings, &headers, peer, false) {
             resume(self.id);
         }
     }
@@ -400,10 +405,4 @@ impl HttpContext for Authz {
         }
         Action::Continue
     }
-}
-
-/// The client's address (`ip:port`) for X-Forwarded-For; `None` if the host has none.
-fn peer_address() -> Option<String> {
-    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
-    String::from_utf8(bytes).ok()
 }

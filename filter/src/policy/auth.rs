@@ -41,6 +41,7 @@ pub(crate) struct RawAuth {
     // Traefik forwardAuth contract (see policy/forward.rs).
     forward_auth: Option<bool>,
     trust_forward_header: Option<bool>,
+    preserve_request_method: Option<bool>,
     upstream_headers_regex: Option<String>,
     add_auth_cookies_to_response: Option<Vec<String>>,
     forward_body: Option<bool>,
@@ -77,6 +78,8 @@ pub struct AuthSettings {
     pub forward_auth: bool,
     /// Take the client's `X-Forwarded-*` as true (Traefik `trustForwardHeader`).
     pub trust_forward_header: bool,
+    /// The callout uses the client's method instead of `GET` (Traefik `preserveRequestMethod`).
+    pub preserve_request_method: bool,
     /// Auth response headers copied upstream by pattern (`authResponseHeadersRegex`);
     /// client-sent headers it matches are stripped on every path.
     pub upstream_headers_regex: Option<HeaderRegex>,
@@ -127,6 +130,12 @@ impl TryFrom<RawAuth> for AuthSettings {
                 "auth.forward_body",
                 "forward_body and max_body_size are the forward-auth shape's; with \"protocol\": \"ext_authz\" \
                  use with_request_body",
+            ));
+        }
+        if ext && raw.preserve_request_method.is_some() {
+            return Err(ConfigError::new(
+                "auth.preserve_request_method",
+                "the forward-auth shape's; with \"protocol\": \"ext_authz\" the callout always has the client's method",
             ));
         }
         if ext && (raw.forward_auth == Some(true) || raw.trust_forward_header == Some(true)) {
@@ -227,6 +236,7 @@ impl TryFrom<RawAuth> for AuthSettings {
             max_response_bytes,
             forward_auth,
             trust_forward_header,
+            preserve_request_method: raw.preserve_request_method.unwrap_or(false),
             upstream_headers_regex,
             add_auth_cookies_to_response,
             protocol,

@@ -98,9 +98,16 @@ pub fn callout<'h, H: Header>(
     }
     // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
     // allocation instead of growing it (issue 13).
+    // Traefik's forwardAuth asks with GET unless `preserveRequestMethod`.
+    let method = match auth.preserve_request_method {
+        false => "GET",
+        true => {
+            headers::text(headers::first(headers, ":method").unwrap_or(b"GET")).ok_or(Failure::RequestHeaderNotText)?
+        }
+    };
     let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(16);
     out.extend([
-        (":method", "GET".into()),
+        (":method", method.into()),
         (":path", auth.path.as_str().into()),
         (":authority", auth.authority.as_str().into()),
     ]);
@@ -190,6 +197,25 @@ mod tests {
                 ("x-forwarded-for", "10.0.0.7"),
             ]
         );
+    }
+
+    #[test]
+    fn preserve_request_method_sends_the_clients_method() {
+        let headers = h(&[(":path", b"/api/flows/1"), (":method", b"DELETE"), ("authorization", b"Bearer t")]);
+        let s = settings(r#"{"auth": {"cluster": "auth", "preserve_request_method": true}}"#);
+        let plan = s.plan(&headers, || Some("10.0.0.7:1".into()));
+        let sent = callout(&plan);
+        assert_eq!(sent[0], (":method", "DELETE"));
+        assert!(sent.contains(&("x-forwarded-method", "DELETE")), "{sent:?}");
+        // Off (the default, as Traefik's): GET.
+        let s = settings(r#"{"auth": {"cluster": "auth"}}"#);
+        assert_eq!(callout(&s.plan(&headers, || None))[0], (":method", "GET"));
+        // The ext_authz shape always sends the client's method: the option is refused there.
+        let err = Settings::from_json(
+            br#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "preserve_request_method": true}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.preserve_request_method"), "{err}");
     }
 
     fn callout<'p>(plan: &'p Plan<'p>) -> Vec<(&'p str, &'p str)> {

@@ -14,12 +14,16 @@ use crate::host::reply::reply;
 use crate::metrics::Metric;
 use crate::policy::headers;
 
-/// The proxy-wasm properties behind [`Peer`].
-struct HostPeer;
+/// The proxy-wasm properties behind [`Peer`]. The address it read is kept for the
+/// callout's X-Forwarded-For ([`PeerFacts::address`]): one `source.address` read per request.
+#[derive(Default)]
+struct HostPeer {
+    address: Option<Option<String>>,
+}
 
 impl Peer for HostPeer {
     fn address(&mut self) -> Option<String> {
-        property(&["source", "address"]).and_then(|bytes| String::from_utf8(bytes).ok())
+        self.address.get_or_insert_with(address).clone()
     }
 
     /// Envoy's `connection.mtls` is true when the downstream connection is TLS and the
@@ -34,22 +38,35 @@ impl Peer for HostPeer {
     }
 }
 
+/// proxy-wasm `source.address` (`ip:port`).
+pub fn address() -> Option<String> {
+    property(&["source", "address"]).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
+/// What the access step learnt that a protected request's callout needs again.
+#[derive(Default)]
+pub struct PeerFacts<'h> {
+    /// The verified identity for the callout when `principal_header` is set.
+    pub principal: Option<Principal<'h>>,
+    /// `source.address` when a rule read it (`None`: not read).
+    pub address: Option<Option<String>>,
+}
+
 /// What the access rules leave of a request: still public (`Some(template)`; a public
-/// path whose rules did not match is checked as protected: `None`), and the verified
-/// identity to add to its callout when `principal_header` is set; `Err` when the
-/// request was answered locally.
+/// path whose rules did not match is checked as protected: `None`), and what they read
+/// that its callout needs ([`PeerFacts`]); `Err` when the request was answered locally.
 pub fn apply<'h>(
     id: u32,
     settings: &'h Settings,
     access: &'h AccessSettings,
     request: &'h [(&'h str, &'h [u8])],
     public: Option<&'h str>,
-) -> Result<(Option<&'h str>, Option<Principal<'h>>), Action> {
-    let mut facts = Facts::new(access, HostPeer, request);
+) -> Result<(Option<&'h str>, PeerFacts<'h>), Action> {
+    let mut facts = Facts::new(access, HostPeer::default(), request);
     let entry = match public {
         Some(_) if access.has_path_rules() => {
             headers::first(request, ":path").and_then(|path| settings.public.find_index(path))
@@ -76,7 +93,16 @@ pub fn apply<'h>(
         (None, Some(name)) => facts.principal().map(|principal| (name.as_str(), principal.to_owned())),
         _ => None,
     };
-    Ok((public, principal))
+    Ok((public, PeerFacts { principal, address: facts.into_peer().address }))
+}
+
+/// The `principal_header` of a callout sent again (host/http.rs `retry`): read once more
+/// from the same connection, so the identity the first callout carried.
+pub fn principal_again(settings: &Settings) -> Option<Principal<'_>> {
+    let access = settings.access.as_ref()?;
+    let name = access.principal_header.as_ref()?;
+    let none: &[(&str, &[u8])] = &[];
+    Facts::new(access, HostPeer::default(), none).principal().map(|principal| (name.as_str(), principal.to_owned()))
 }
 
 /// A header for the callout: the verified peer identity (`principal_header`).
