@@ -17,6 +17,8 @@ single-threaded process):
   filter-callout  Envoy + nebula-authz, protected path: one callout per request
   filter-callout-noxf  the same with forward_auth: false (no X-Forwarded-* on the
                   callout: ext_authz's contract, the like-for-like comparison)
+  filter-callout-noretry  filter-callout with retry_on_reset: false (no Envoy retry asked
+                  for: what the default's reliability costs; callgrind only)
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
   filter-cached   Envoy + nebula-authz with the decision cache on: every measured
@@ -88,6 +90,8 @@ SCENARIOS = {
     # The same without the forwardAuth X-Forwarded-* headers on the callout (forward_auth:
     # false): the contract ext_authz (Istio CUSTOM) has, so the like-for-like comparison.
     "filter-callout-noxf": ("envoy-filter-noxf", PROTECTED, ALLOW, 200, 1),
+    # retry_on_reset off: no x-envoy-retry-on on the callout (what the default costs).
+    "filter-callout-noretry": ("envoy-filter-noretry", PROTECTED, ALLOW, 200, 1),
     "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
     # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
@@ -116,7 +120,7 @@ JWT_ROWS["jwt_authn-invalid"] = ("envoy-jwtauthn", PROTECTED, "<invalid>", 401, 
 SCENARIOS.update(JWT_ROWS)
 LOCAL_IDENTITY |= {s for s, row in JWT_ROWS.items() if row[3] == 200}
 # EdDSA is reported, not targeted: `--callgrind` measures it, the load run leaves it out.
-CALLGRIND_ONLY = {s for s in JWT_ROWS if s.endswith("-eddsa")}
+CALLGRIND_ONLY = {s for s in JWT_ROWS if s.endswith("-eddsa")} | {"filter-callout-noretry"}
 # (what, numerator, denominator, bound or None): CPU/request in the load run,
 # instructions/request under callgrind.
 JWT_TARGETS = [
@@ -159,6 +163,7 @@ def jwt_callgrind_targets(counts):
 # --------------------------------------------------------------------------------------
 BASELINES = ["no-auth", "noop-wasm", "ext_authz"]
 NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_auth": False}}
+NORETRY_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "retry_on_reset": False}}
 CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
 
 # (what, numerator, denominator, metric, bound): issue 4's targets.
@@ -496,6 +501,8 @@ class Bench:
             return ext_authz(render_envoy(py, self.args.wasm, self.ports))
         if proxy == "envoy-filter-noxf":
             return render_envoy(py, self.args.wasm, self.ports, NOXF_CONFIG)
+        if proxy == "envoy-filter-noretry":
+            return render_envoy(py, self.args.wasm, self.ports, NORETRY_CONFIG)
         if proxy == "envoy-filter-cached":
             return render_envoy(py, self.args.wasm, self.ports, CACHED_CONFIG)
         if proxy == "envoy-filter-jwt":
