@@ -680,6 +680,9 @@ class Bench:
         cmd = [self.args.wrk, "-t1", f"-c{self.args.connections}", f"-d{duration}s", "--latency",
                *credential, f"http://127.0.0.1:{port}{path}"]
         pids = [child.pid, *self.also_measured.get(proxy, [])]
+        # The previous run stopped mid-flight too: let its last callouts reach the backend
+        # before this window's count starts (Traefik's forwardAuth ones land late).
+        time.sleep(0.3)
         before_stats, before_cpu = self.stats(), sum(cpu_ticks(pid) for pid in pids)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         after_cpu, after_stats = sum(cpu_ticks(pid) for pid in pids), self.stats()
