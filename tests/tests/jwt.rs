@@ -76,6 +76,15 @@ fn counter(env: &Env, name: &str) -> u64 {
 }
 
 /// Polls until the counter reaches `at_least` (bounded: fails after 10 s).
+/// The newest JWKS version any VM stored (host/jwks.rs logs `... keys (version N)`).
+fn stored_jwks_version(env: &Env) -> u64 {
+    env.log()
+        .lines()
+        .filter_map(|line| line.split("keys (version ").nth(1)?.strip_suffix(')')?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 fn wait_for_counter(env: &Env, name: &str, at_least: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while counter(env, name) < at_least {
@@ -498,8 +507,18 @@ fn remote_jwks_is_refreshed_on_the_timer() {
     assert!(config.contains("refresh_interval_ms\":1000"), "{config}");
     let env = Env::builder().plugin_config(&config).cluster("jwks", jwks.addr()).start();
     wait_for_counter(&env, "jwks_refreshes", 1);
-    // The provider rotates; no request is sent, so only the timer can fetch again.
+    // The provider rotates; no request is sent, so only the timer can fetch again. Waited
+    // for by the stored JWKS versions in Envoy's log, not the counter: counters are
+    // flushed once a second, so `jwks_refreshes` reaching 2 may be a refresh from before
+    // the rotation. Two versions past the rotation: the first may be a fetch that was
+    // already in flight (the old keys); fetches take turns, so the next began after it.
+    let rotated = stored_jwks_version(&env);
     jwks.set(&json!({"keys": [jwk(&es2.public_key().to_jwk(), "es-2")]}).to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored_jwks_version(&env) < rotated + 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh after the rotation; log:\n{}", env.log_tail());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     wait_for_counter(&env, "jwks_refreshes", 2);
     assert_eq!(env.auth.count() + env.upstream.count(), 0, "no request was sent meanwhile");
     let resp = get_with_token(&env, &es2.sign(claims("after-timer")).expect("sign"));
