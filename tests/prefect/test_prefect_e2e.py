@@ -40,9 +40,13 @@ def upgrades(reached):
     return {r["path"]: r for r in reached if r["type"] == "websocket" and r.get("event") == "first_message"}
 
 
-def wait_accesses(envoy, mark, predicate, what):
-    """Envoy flushes its access log about once a second: wait for the matching line."""
-    return wait_until(what, lambda: [a for a in envoy.accesses()[mark[1]:] if predicate(a)], timeout=15)
+def wait_accesses(envoy, mark, predicate, what, count=1):
+    """Envoy flushes its access log about once a second: wait until `count` lines match
+    (two requests' lines may land in different flushes)."""
+    def found():
+        lines = [a for a in envoy.accesses()[mark[1]:] if predicate(a)]
+        return lines if len(lines) >= count else None
+    return wait_until(what, found, timeout=15)
 
 
 def task_runs_of(server, flow_run_id):
@@ -233,7 +237,7 @@ def test_without_the_setting_the_in_band_websockets_get_401(workdir, envoy, pref
     for path in PUBLIC_WEBSOCKETS:
         assert report[path] == "ok", report
     denied = wait_accesses(envoy, mark, lambda a: a["upgrade"] == "websocket" and a["status"] == 401,
-                           "the 401 upgrades in Envoy's access log")
+                           "the two 401 upgrades in Envoy's access log", count=2)
     assert sorted(a["path"] for a in denied) == ["/api/events/in", "/api/logs/out"], denied
     assert all(a["authorization"] is None for a in denied), denied
     # Plain HTTP calls carry the key (PREFECT_API_KEY) and pass: only the sockets fail.
