@@ -75,7 +75,6 @@ fn counter(env: &Env, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {stat} in /stats:\n{text}"))
 }
 
-/// Polls until the counter reaches `at_least` (bounded: fails after 10 s).
 /// The newest JWKS version any VM stored (host/jwks.rs logs `... keys (version N)`).
 fn stored_jwks_version(env: &Env) -> u64 {
     env.log()
@@ -85,12 +84,18 @@ fn stored_jwks_version(env: &Env) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_for_counter(env: &Env, name: &str, at_least: u64) {
+/// Polls until `done` (bounded: fails after 10 s with `failure` and the log's tail).
+fn wait_until(env: &Env, failure: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while counter(env, name) < at_least {
-        assert!(std::time::Instant::now() < deadline, "{name} never reached {at_least}; log:\n{}", env.log_tail());
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{failure}; log:\n{}", env.log_tail());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Polls until the counter reaches `at_least`.
+fn wait_for_counter(env: &Env, name: &str, at_least: u64) {
+    wait_until(env, &format!("{name} never reached {at_least}"), || counter(env, name) >= at_least);
 }
 
 /// The filter's own 401 for a JWT that failed verification, with no callout.
@@ -514,11 +519,7 @@ fn remote_jwks_is_refreshed_on_the_timer() {
     // already in flight (the old keys); fetches take turns, so the next began after it.
     let rotated = stored_jwks_version(&env);
     jwks.set(&json!({"keys": [jwk(&es2.public_key().to_jwk(), "es-2")]}).to_string());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while stored_jwks_version(&env) < rotated + 2 {
-        assert!(std::time::Instant::now() < deadline, "no refresh after the rotation; log:\n{}", env.log_tail());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(&env, "no refresh after the rotation", || stored_jwks_version(&env) >= rotated + 2);
     wait_for_counter(&env, "jwks_refreshes", 2);
     assert_eq!(env.auth.count() + env.upstream.count(), 0, "no request was sent meanwhile");
     let resp = get_with_token(&env, &es2.sign(claims("after-timer")).expect("sign"));

@@ -96,8 +96,6 @@ pub fn callout<'h, H: Header>(
             None => Err(Failure::RequestHeaderNotText),
         };
     }
-    // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
-    // allocation instead of growing it (issue 13).
     // Traefik's forwardAuth asks with GET unless `preserveRequestMethod`.
     let method = match auth.preserve_request_method {
         false => "GET",
@@ -105,6 +103,8 @@ pub fn callout<'h, H: Header>(
             headers::text(headers::first(headers, ":method").unwrap_or(b"GET")).ok_or(Failure::RequestHeaderNotText)?
         }
     };
+    // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
+    // allocation instead of growing it (issue 13).
     let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(16);
     out.extend([
         (":method", method.into()),
