@@ -94,6 +94,7 @@ lint: wasm-target
 	# The proxy-wasm adapter only compiles for wasm: lint that build too.
 	cargo clippy -p nebula-authz --target $(TARGET) -- -D warnings
 	cargo clippy -p noop-wasm --target $(TARGET) -- -D warnings
+	cargo clippy -p floor-wasm --target $(TARGET) -- -D warnings
 
 unit:
 	cargo test -p nebula-authz
@@ -182,6 +183,7 @@ define build-noop
 	cargo build $(1) --release --target $(TARGET) -p noop-wasm --no-default-features
 	cp $(NOOP_WASM) $(NOOP_MIN_WASM)
 	cargo build $(1) --release --target $(TARGET) -p noop-wasm
+	cargo build $(1) --release --target $(TARGET) -p floor-wasm
 endef
 
 bench-build: build

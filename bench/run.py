@@ -26,6 +26,9 @@ single-threaded process):
   filter-jwt      Envoy + nebula-authz, `jwt` in local mode (ES256, inline JWKS): the same
                   valid token on every request, no callout, `sub` -> x-nebula-actor-id (issue 8)
   jwt_authn       Envoy's native jwt_authn, same issuer/audience/key/claim header
+  floor-*         bench/floor-wasm: per path of issue 13, only the host calls it cannot do
+                  without, nothing else: the least any proxy-wasm filter can cost on this
+                  Envoy (callgrind only; the report puts each target's bound next to it)
 
 The proxy runs alone on CPU 0 (Envoy `--concurrency 1`); wrk, the backend and this
 script on CPU 1. Scenarios are interleaved over several rounds and medians reported.
@@ -118,9 +121,20 @@ for _alg, _suffix in [("ES256", ""), ("RS256", "-rs256"), ("EdDSA", "-eddsa")]:
 JWT_ROWS["filter-jwt-invalid"] = ("envoy-filter-jwt", PROTECTED, "<invalid>", 401, 0)
 JWT_ROWS["jwt_authn-invalid"] = ("envoy-jwtauthn", PROTECTED, "<invalid>", 401, 0)
 SCENARIOS.update(JWT_ROWS)
+# bench/floor-wasm, one row per filter row of issue 13's targets (same request).
+FLOOR_ROWS = {
+    "floor-public": ("envoy-floor-public", PUBLIC, ALLOW, 200, 0, "filter-public"),
+    "floor-jwt": ("envoy-floor-jwt", PROTECTED, JWT, 200, 0, "filter-jwt"),
+    "floor-hit": ("envoy-floor-hit", PROTECTED, ALLOW, 200, 0, "filter-cached"),
+    "floor-callout": ("envoy-floor-callout", PROTECTED, ALLOW, 200, 1, "filter-callout"),
+    "floor-callout-noxf": ("envoy-floor-callout-noxf", PROTECTED, ALLOW, 200, 1, "filter-callout-noxf"),
+}
+SCENARIOS.update({name: row[:5] for name, row in FLOOR_ROWS.items()})
+FLOOR_OF = {row[5]: name for name, row in FLOOR_ROWS.items()}
+LOCAL_IDENTITY |= {"floor-hit", "floor-jwt"}
 LOCAL_IDENTITY |= {s for s, row in JWT_ROWS.items() if row[3] == 200}
 # EdDSA is reported, not targeted: `--callgrind` measures it, the load run leaves it out.
-CALLGRIND_ONLY = {s for s in JWT_ROWS if s.endswith("-eddsa")} | {"filter-callout-noretry"}
+CALLGRIND_ONLY = {s for s in JWT_ROWS if s.endswith("-eddsa")} | {"filter-callout-noretry"} | set(FLOOR_ROWS)
 # (what, numerator, denominator, bound or None): CPU/request in the load run,
 # instructions/request under callgrind.
 JWT_TARGETS = [
@@ -497,6 +511,8 @@ class Bench:
             return render_envoy(py, self.args.noop_wasm, self.ports)
         if proxy == "envoy-noop-min":
             return render_envoy(py, self.args.noop_min_wasm, self.ports)
+        if proxy.startswith("envoy-floor-"):
+            return render_envoy(py, self.args.floor_wasm, self.ports, {"floor": proxy.removeprefix("envoy-floor-")})
         if proxy == "envoy-extauthz":
             return ext_authz(render_envoy(py, self.args.wasm, self.ports))
         if proxy == "envoy-filter-noxf":
@@ -619,7 +635,10 @@ class Bench:
     def request(self, scenario):
         proxy, path, token, _, _ = SCENARIOS[scenario]
         port = self.proxies[proxy][0]
-        return http_get(port, path, {"authorization": self.token(token), "x-nebula-actor-id": "spoofed"})
+        headers = {"authorization": self.token(token)}
+        if scenario not in FLOOR_ROWS:  # a floor strips nothing: only filters and peers are tried
+            headers["x-nebula-actor-id"] = "spoofed"
+        return http_get(port, path, headers)
 
     # --- smoke: correctness only ----------------------------------------------------------
     def smoke(self, scenarios, n=3):
@@ -826,8 +845,24 @@ def callgrind_targets_table(counts):
     for what, num, den, (op, bound) in CALLGRIND_TARGETS:
         r = counts[num] / counts[den] if num in counts and den in counts and counts[den] else None
         met = "-" if r is None else ("yes" if (r <= bound if op == "<=" else r >= bound) else "**no**")
-        lines.append(f"| {what} | {fmt(r, '.2f')} | {op} {bound:.2f} | {met} |")
+        # Three decimals: a ratio at its bound must not print as equal to it and fail.
+        lines.append(f"| {what} | {fmt(r, '.3f')} | {op} {bound:.2f} | {met} |")
     return "\n".join(lines)
+
+
+def floor_table(counts):
+    """Issue 13's targets against bench/floor-wasm: the bound, what the floor row costs in
+    the same ratio, the filter's, and the filter's instructions above its floor."""
+    lines = ["| target (instructions/request) | bound | floor (bench/floor-wasm) | filter | filter over its floor |",
+             "|---|---|---:|---:|---:|"]
+    for what, num, den, (op, bound) in CALLGRIND_TARGETS:
+        floor = FLOOR_OF.get(num)
+        if not floor or not {num, den, floor} <= set(counts):
+            continue
+        below = " (the bound is below the floor)" if counts[floor] / counts[den] > bound else ""
+        lines.append(f"| {what} | {op} {bound:.2f} | {counts[floor] / counts[den]:.3f}{below} | "
+                     f"{counts[num] / counts[den]:.3f} | {counts[num] - counts[floor]:,.0f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def callgrind_report(bench, scenarios, n):
@@ -842,6 +877,10 @@ def callgrind_report(bench, scenarios, n):
         print(f"| {scenario} | {ir:.0f} | {requests[scenario]} | " + " | ".join(ratios) + " |")
     print()
     print(callgrind_targets_table(counts))
+    floors = floor_table(counts)
+    if floors:
+        print()
+        print(floors)
     jwt_callgrind_targets(counts)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "callgrind.json").write_text(json.dumps(
@@ -884,13 +923,14 @@ def wasm_exports(path):
 
 def check_noop_exports(args):
     """The patched SDK both ways (third_party/proxy-wasm): noop-wasm (default features)
-    exports every callback, noop-wasm-min only the SDK's own. Returns (checks, failures)."""
+    exports every callback, noop-wasm-min only the SDK's own, floor-wasm those plus its
+    three. Returns (checks, failures)."""
     callbacks = {
         path: sorted(n for n in wasm_exports(path) if n.startswith("proxy_on_"))
-        for path in (args.noop_wasm, args.noop_min_wasm)
+        for path in (args.noop_wasm, args.noop_min_wasm, args.floor_wasm)
     }
     # 23 callbacks with a feature, plus context create and delete and the allocator.
-    expected = {args.noop_wasm: 26, args.noop_min_wasm: 3}
+    expected = {args.noop_wasm: 26, args.noop_min_wasm: 3, args.floor_wasm: 6}
     failures = []
     for path, names in callbacks.items():
         ok = len(names) == expected[path] and {"proxy_on_context_create", "proxy_on_delete"} <= set(names)
@@ -931,6 +971,8 @@ def main():
     p.add_argument("--noop-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm.wasm")
     p.add_argument("--noop-min-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/noop_wasm_min.wasm",
                    help="bench/noop-wasm built --no-default-features (make bench-build)")
+    p.add_argument("--floor-wasm", type=Path, default=ROOT / "target/wasm32-wasip1/release/floor_wasm.wasm",
+                   help="bench/floor-wasm (make bench-build): the floor-* rows")
     p.add_argument("--backend", type=Path, default=ROOT / "target/release/bench-backend")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     # Release (make bench-build) signs thousands of RS256 tokens in seconds; the debug
@@ -946,7 +988,9 @@ def main():
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
     if not args.scenarios:
-        args.scenarios = ",".join(s for s in SCENARIOS if args.callgrind or s not in CALLGRIND_ONLY)
+        # The smoke run starts the floor rows too: their module is checked like the rest.
+        args.scenarios = ",".join(s for s in SCENARIOS if args.callgrind or s not in CALLGRIND_ONLY
+                                  or (args.smoke and s in FLOOR_ROWS))
     variants = {}
     for spec in args.variant:
         label, _, path = spec.partition("=")
@@ -969,6 +1013,7 @@ def main():
     needs = [("Envoy", args.envoy, "make envoy"), ("the filter", args.wasm, "make build"),
              ("the noop filter", args.noop_wasm, "make bench-build"),
              ("the minimal noop filter", args.noop_min_wasm, "make bench-build"),
+             ("the floor filter", args.floor_wasm, "make bench-build"),
              ("the bench backend", args.backend, "make bench-build"),
              ("the JWT minter", args.jwt_minter, "make bench-build")]
     if {"traefik", "proxy-mode"} & set(scenarios):
