@@ -1,13 +1,15 @@
 //! A JWKS endpoint for the JWT tests: serves whatever document the test sets (keys can
 //! change between requests, as an identity provider rotating keys), or fails with 503
 //! while "down", and records every fetch. [`MockJwks::set_at`] serves another document
-//! at one path (an OIDC openid-configuration beside the keys). It runs on its own runtime so that a test
+//! at one path (an OIDC openid-configuration beside the keys); [`MockJwks::delay`] makes
+//! every answer late (a slow identity provider). It runs on its own runtime so that a test
 //! can start it before Envoy and hand its address to [`crate::EnvBuilder::cluster`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,6 +31,7 @@ pub struct MockJwks {
     server: MockServer,
     document: Document,
     routes: Routes,
+    delay: Arc<Mutex<Duration>>,
     _rt: Runtime,
 }
 
@@ -40,8 +43,10 @@ impl MockJwks {
         let served = doc.clone();
         let routes: Routes = Arc::default();
         let by_path = routes.clone();
+        let delay: Arc<Mutex<Duration>> = Arc::default();
+        let late = delay.clone();
         let server = MockServer::start(&rt, "the JWKS endpoint", move |stream, recorded| {
-            let (served, by_path) = (served.clone(), by_path.clone());
+            let (served, by_path, late) = (served.clone(), by_path.clone(), late.clone());
             async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let headers: Vec<Header> =
@@ -60,12 +65,16 @@ impl MockJwks {
                             .body(Full::new(Bytes::from(doc))),
                         None => Response::builder().status(503).body(Full::new(Bytes::from_static(b"down"))),
                     };
-                    async move { Ok::<_, Infallible>(answer.expect("response")) }
+                    let wait = *late.lock().expect("delay");
+                    async move {
+                        tokio::time::sleep(wait).await;
+                        Ok::<_, Infallible>(answer.expect("response"))
+                    }
                 });
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             }
         });
-        MockJwks { server, document: doc, routes, _rt: rt }
+        MockJwks { server, document: doc, routes, delay, _rt: rt }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -80,6 +89,11 @@ impl MockJwks {
     /// Serves `document` at `path` (and the default document everywhere else).
     pub fn set_at(&self, path: &str, document: &str) {
         self.routes.lock().expect("routes").insert(path.to_owned(), document.to_owned());
+    }
+
+    /// Answers every later fetch `delay` after it arrives.
+    pub fn delay(&self, delay: Duration) {
+        *self.delay.lock().expect("delay") = delay;
     }
 
     /// Answers 503 from now on.

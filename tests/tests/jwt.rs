@@ -466,6 +466,62 @@ fn remote_jwks_is_fetched_once_per_envoy_refreshed_on_unknown_kid_and_kept_when_
     wait_for_counter(&env, "jwks_refreshes", 2);
 }
 
+/// A rotated key reaching both workers at once, while the JWKS endpoint is slow: the
+/// worker without the fetch lease waits for the fetch in flight (host/steps/jwks_wait.rs)
+/// instead of judging the token on its old keys (an unknown kid: 401); still one fetch
+/// for the whole Envoy.
+#[test]
+fn a_new_kid_waits_for_the_fetch_another_worker_has_in_flight() {
+    let es1 = ES256KeyPair::generate().with_key_id("es-1");
+    let es2 = ES256KeyPair::generate().with_key_id("es-2");
+    let jwks = MockJwks::start(&json!({"keys": [jwk(&es1.public_key().to_jwk(), "es-1")]}).to_string());
+    let env = Env::builder().plugin_config(&remote_config("")).cluster("jwks", jwks.addr()).concurrency(2).start();
+    wait_for_counter(&env, "jwks_refreshes", 1);
+    assert_eq!(jwks.count(), 1, "one JWKS fetch at start");
+    jwks.set(
+        &json!({"keys": [jwk(&es1.public_key().to_jwk(), "es-1"), jwk(&es2.public_key().to_jwk(), "es-2")]})
+            .to_string(),
+    );
+    jwks.delay(std::time::Duration::from_millis(1500));
+    // Eight connections at once: the kernel spreads them over the two workers (one
+    // socket each), so both see the new kid while the first fetch is still in flight.
+    let tokens: Vec<String> = (0..8).map(|i| es2.sign(claims(&format!("rotated-{i}"))).expect("sign")).collect();
+    let responses: Vec<Response> = std::thread::scope(|s| {
+        let sent: Vec<_> = tokens.iter().map(|token| s.spawn(|| get_with_token(&env, token))).collect();
+        sent.into_iter().map(|request| request.join().expect("request thread")).collect()
+    });
+    for (i, resp) in responses.iter().enumerate() {
+        env.check(resp.status == 200 && resp.proxied(), &format!("new kid {i}: expected 200 after the fetch"), resp);
+    }
+    let mut subs: Vec<String> = env.upstream.requests().iter().filter_map(|r| r.header("x-nebula-actor-id")).collect();
+    subs.sort();
+    let mut expected: Vec<String> = (0..8).map(|i| format!("rotated-{i}")).collect();
+    expected.sort();
+    assert_eq!(subs, expected, "each request reached the upstream once, with its own claim header");
+    assert_eq!(jwks.count(), 2, "the new kid caused one fetch for the whole Envoy, whichever worker it reached");
+
+    // The endpoint fails, slowly: the waiters are answered as before, the filter's 401
+    // (the old keys stay, the kid is still unknown), not left hanging.
+    jwks.down();
+    let es3 = ES256KeyPair::generate().with_key_id("es-3");
+    let tokens: Vec<String> = (0..8).map(|i| es3.sign(claims(&format!("unknown-{i}"))).expect("sign")).collect();
+    let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
+    let responses: Vec<Response> = std::thread::scope(|s| {
+        let sent: Vec<_> = tokens.iter().map(|token| s.spawn(|| get_with_token(&env, token))).collect();
+        sent.into_iter().map(|request| request.join().expect("request thread")).collect()
+    });
+    for (i, resp) in responses.iter().enumerate() {
+        assert_invalid_token(
+            &env,
+            &format!("unknown kid {i} after a failed fetch"),
+            resp,
+            auth_before,
+            upstream_before,
+        );
+    }
+    assert_eq!(jwks.count(), 3, "one failed fetch for all of them");
+}
+
 #[test]
 fn without_any_keys_local_fails_closed_and_local_then_callout_asks_the_auth_service() {
     let es = ES256KeyPair::generate().with_key_id("es-1");

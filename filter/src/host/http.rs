@@ -27,7 +27,7 @@ use crate::host::steps::body::{self, BodyWait};
 use crate::host::steps::cache::{self, Probe};
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::jwt::{self, JwtStep};
-use crate::host::steps::{decide, inject, public, strip};
+use crate::host::steps::{decide, inject, jwks_wait, public, strip};
 use crate::metrics::Metric;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 use crate::policy::request_body::BodyStep;
@@ -51,6 +51,9 @@ enum Pending {
     Coalesced { lookup: Lookup },
     /// A JWKS fetch for a token whose key is not known yet.
     Jwks { token: u32, provider: usize },
+    /// Another context's JWKS fetch: the root context checks the token again when it is
+    /// over (host/steps/jwks_wait.rs).
+    JwksElsewhere,
     /// The client's body, before the callout (`with_request_body`/`forward_body`): its headers.
     Body { callout: Vec<(String, String)> },
 }
@@ -108,6 +111,13 @@ impl Authz {
             JwtStep::Wait => return Action::Pause,
             JwtStep::Fetching { token, provider } => {
                 self.pending = Some(Pending::Jwks { token, provider });
+                return Action::Pause;
+            }
+            JwtStep::Waiting { provider, until_ms } => {
+                if jwks_wait::wait(self.id, provider, until_ms).is_err() {
+                    return self.fail(settings, Failure::HostError);
+                }
+                self.pending = Some(Pending::JwksElsewhere);
                 return Action::Pause;
             }
             JwtStep::Callout => {}
@@ -276,6 +286,7 @@ impl Authz {
         match self.pending.take() {
             Some(Pending::Coalesced { lookup }) => callout::leave(&lookup.key, self.id),
             Some(Pending::Callout { cached: Some(resend), .. }) => callout::abandon(self.id, resend),
+            Some(Pending::JwksElsewhere) => jwks_wait::leave(self.id),
             _ => {}
         }
     }
@@ -285,6 +296,7 @@ impl Authz {
             None => false,
             Some(Pending::Callout { .. } | Pending::Jwks { .. } | Pending::Body { .. }) => true,
             Some(Pending::Coalesced { lookup }) => callout::is_waiting(&lookup.key, self.id),
+            Some(Pending::JwksElsewhere) => jwks_wait::is_waiting(self.id),
         }
     }
 

@@ -63,6 +63,14 @@ pub fn sync(settings: &JwtSettings, state: &mut JwtState, provider: usize) -> bo
     }
 }
 
+/// When a fetch of the provider's keys (by any VM) is in flight at `now_ms`: until when
+/// its lease runs (`None`: no fetch in flight).
+pub fn in_flight(settings: &JwtSettings, provider: usize, now_ms: u64) -> Option<u64> {
+    let (state_key, _) = state_key(settings.providers.get(provider)?)?;
+    let (current, _) = read_state(&state_key);
+    (now_ms < current.lease_until_ms).then_some(current.lease_until_ms)
+}
+
 /// Takes the provider's fetch lease if a fetch is due, and dispatches the fetch.
 /// Returns the call's token; `None` when another VM fetches or nothing is due.
 pub fn start_fetch(settings: &JwtSettings, provider: usize, why: Why) -> Option<u32> {

@@ -20,9 +20,9 @@ use crate::host::http::Authz;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::{self, JwtMetrics};
 use crate::host::request_log;
-use crate::host::steps::body;
 use crate::host::steps::callout::{self, Resend};
 use crate::host::steps::decide::{answer, failed};
+use crate::host::steps::{body, jwks_wait};
 use crate::jwt::jwks::Why;
 use crate::jwt::verifier::JwtVerifier;
 use crate::policy::decision::Failure;
@@ -77,6 +77,9 @@ impl Root {
     /// The tick period when no orphan is waiting: the counters' flush, and the JWKS
     /// timer when a provider has remote keys.
     fn idle_tick(&self) -> Duration {
+        if jwks_wait::any() {
+            return jwks_wait::WAIT_TICK;
+        }
         let remote = self
             .settings
             .as_ref()
@@ -193,8 +196,13 @@ impl RootContext for Root {
     /// context, which outlives streams; refreshes remote JWKS when due.
     fn on_tick(&mut self) {
         metrics::flush();
-        let _ = hostcalls::set_tick_period(self.idle_tick());
         self.refresh_jwks();
+        if let (Some(settings), Some(state)) = (&self.settings, &self.jwt) {
+            if jwks_wait::any() {
+                jwks_wait::wake_due(settings, state, self.id, now_ms());
+            }
+        }
+        let _ = hostcalls::set_tick_period(self.idle_tick());
         let Some(settings) = self.settings.clone() else { return };
         if settings.auth.with_request_body.is_some() {
             body::fail_overdue(&settings, now_ms(), self.id);

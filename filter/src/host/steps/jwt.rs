@@ -35,6 +35,9 @@ pub enum JwtStep {
     Wait,
     /// The provider's keys are being fetched (call `token`): check again when they arrive.
     Fetching { token: u32, provider: usize },
+    /// Another fetch of the provider's keys is in flight, its lease running until
+    /// `until_ms`: wait for it (host/steps/jwks_wait.rs), then check again.
+    Waiting { provider: usize, until_ms: u64 },
 }
 
 /// `may_fetch` is false on the second pass, after a JWKS fetch (no second fetch).
@@ -63,6 +66,11 @@ pub fn check(
         if may_fetch {
             if let Some(token) = jwks::start_fetch(jwt, provider, Why::MissingKey) {
                 return JwtStep::Fetching { token, provider };
+            }
+            // Someone else's fetch may bring the key: wait for it (`local` providers).
+            let local = jwt.providers.get(provider).is_some_and(|p| p.mode == Mode::Local);
+            if let Some(until_ms) = jwks::in_flight(jwt, provider, now_ms()).filter(|_| local) {
+                return JwtStep::Waiting { provider, until_ms };
             }
         }
         match state.verifier.without_refresh(jwt, provider) {

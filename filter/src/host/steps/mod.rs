@@ -1,5 +1,5 @@
 //! The request's steps, one file each, in the order host/http.rs calls them:
-//! [`strip`] → [`access`] → [`public`] → [`jwt`] → [`cache`] → [`callout`] (after the request's [`body`] with `auth.with_request_body`) → [`decide`] → [`inject`].
+//! [`strip`] → [`access`] → [`public`] → [`jwt`] (waiting for a JWKS fetch in flight: [`jwks_wait`]) → [`cache`] → [`callout`] (after the request's [`body`] with `auth.with_request_body`) → [`decide`] → [`inject`].
 //! Each is a function over the compiled [`Settings`](crate::config::Settings) and the
 //! host; none keeps the request's state (the http context does).
 
@@ -9,6 +9,7 @@ pub mod cache;
 pub mod callout;
 pub mod decide;
 pub mod inject;
+pub mod jwks_wait;
 pub mod jwt;
 pub mod public;
 pub mod strip;
