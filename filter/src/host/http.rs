@@ -114,7 +114,7 @@ impl Authz {
                 return Action::Pause;
             }
             JwtStep::Waiting { provider, until_ms } => {
-                if jwks_wait::wait(self.id, provider, until_ms).is_err() {
+                if jwks_wait::wait(self.id, settings, provider, until_ms).is_err() {
                     return self.fail(settings, Failure::HostError);
                 }
                 self.pending = Some(Pending::JwksElsewhere);

@@ -77,7 +77,7 @@ impl Root {
     /// The tick period when no orphan is waiting: the counters' flush, and the JWKS
     /// timer when a provider has remote keys.
     fn idle_tick(&self) -> Duration {
-        if jwks_wait::any() {
+        if self.settings.as_deref().is_some_and(jwks_wait::any) {
             return jwks_wait::WAIT_TICK;
         }
         let remote = self
@@ -198,7 +198,7 @@ impl RootContext for Root {
         metrics::flush();
         self.refresh_jwks();
         if let (Some(settings), Some(state)) = (&self.settings, &self.jwt) {
-            if jwks_wait::any() {
+            if jwks_wait::any(settings) {
                 jwks_wait::wake_due(settings, state, self.id, now_ms());
             }
         }

@@ -31,6 +31,9 @@ pub const WAIT_TICK: Duration = Duration::from_millis(10);
 
 struct Waiter {
     id: u32,
+    /// The configuration the request runs under (its root context's): only that root
+    /// checks it again, with that provider list (two plugin configs may share a VM).
+    config: *const Settings,
     provider: usize,
     /// The lease's end when the wait began: checked again by then whatever the lease says.
     until_ms: u64,
@@ -40,10 +43,12 @@ thread_local! {
     static WAITING: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `id` waits for the fetch of `provider`'s JWKS, in flight until `until_ms` at the latest.
-pub fn wait(id: u32, provider: usize, until_ms: u64) -> Result<(), Status> {
+/// `id`, under `settings`, waits for the fetch of `provider`'s JWKS, in flight until
+/// `until_ms` at the latest.
+pub fn wait(id: u32, settings: &Settings, provider: usize, until_ms: u64) -> Result<(), Status> {
     hostcalls::set_tick_period(WAIT_TICK)?;
-    WAITING.with(|w| w.borrow_mut().push(Waiter { id, provider, until_ms }));
+    let config: *const Settings = settings;
+    WAITING.with(|w| w.borrow_mut().push(Waiter { id, config, provider, until_ms }));
     debug!("[{id}] waits for the JWKS fetch of provider {provider} in flight");
     Ok(())
 }
@@ -53,9 +58,10 @@ pub fn is_waiting(id: u32) -> bool {
     WAITING.with(|w| w.borrow().iter().any(|waiter| waiter.id == id))
 }
 
-/// Whether any request of this VM waits.
-pub fn any() -> bool {
-    WAITING.with(|w| !w.borrow().is_empty())
+/// Whether a request under `settings` waits.
+pub fn any(settings: &Settings) -> bool {
+    let config: *const Settings = settings;
+    WAITING.with(|w| w.borrow().iter().any(|waiter| waiter.config == config))
 }
 
 /// `id`'s stream is over.
@@ -63,15 +69,19 @@ pub fn leave(id: u32) {
     WAITING.with(|w| w.borrow_mut().retain(|waiter| waiter.id != id));
 }
 
-/// Root context, on its tick: the waiters whose fetch is over, checked again on their
-/// streams; then `root` is the effective context again.
+/// Root context (of `settings`), on its tick: its waiters whose fetch is over, checked
+/// again on their streams; then `root` is the effective context again.
 pub fn wake_due(settings: &Settings, state: &Rc<RefCell<JwtState>>, root: u32, now_ms: u64) {
     let Some(jwt) = &settings.jwt else { return };
+    let config: *const Settings = settings;
     // One read of the shared lease per provider that has waiters.
     let mut in_flight: Vec<(usize, bool)> = Vec::new();
     let due: Vec<u32> = WAITING.with(|w| {
         let mut due = Vec::new();
         w.borrow_mut().retain(|waiter| {
+            if waiter.config != config {
+                return true; // another root's
+            }
             let fetching = match in_flight.iter().find(|(p, _)| *p == waiter.provider) {
                 Some((_, fetching)) => *fetching,
                 None => {
