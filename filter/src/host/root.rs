@@ -74,7 +74,8 @@ impl Root {
         }
     }
 
-    /// The tick period when no orphan is waiting: the counters' flush, and the JWKS
+    /// The tick period when no orphan is waiting: short while a request waits for a
+    /// JWKS fetch (host/steps/jwks_wait.rs), else the counters' flush, and the JWKS
     /// timer when a provider has remote keys.
     fn idle_tick(&self) -> Duration {
         if self.settings.as_deref().is_some_and(jwks_wait::any) {
