@@ -466,6 +466,14 @@ fn remote_jwks_is_fetched_once_per_envoy_refreshed_on_unknown_kid_and_kept_when_
     wait_for_counter(&env, "jwks_refreshes", 2);
 }
 
+/// One request per token, each on its own connection, all at once.
+fn all_at_once(env: &Env, tokens: &[String]) -> Vec<Response> {
+    std::thread::scope(|s| {
+        let sent: Vec<_> = tokens.iter().map(|token| s.spawn(|| get_with_token(env, token))).collect();
+        sent.into_iter().map(|request| request.join().expect("request thread")).collect()
+    })
+}
+
 /// A rotated key reaching both workers at once, while the JWKS endpoint is slow: the
 /// worker without the fetch lease waits for the fetch in flight (host/steps/jwks_wait.rs)
 /// instead of judging the token on its old keys (an unknown kid: 401); still one fetch
@@ -486,10 +494,7 @@ fn a_new_kid_waits_for_the_fetch_another_worker_has_in_flight() {
     // Eight connections at once: the kernel spreads them over the two workers (one
     // socket each), so both see the new kid while the first fetch is still in flight.
     let tokens: Vec<String> = (0..8).map(|i| es2.sign(claims(&format!("rotated-{i}"))).expect("sign")).collect();
-    let responses: Vec<Response> = std::thread::scope(|s| {
-        let sent: Vec<_> = tokens.iter().map(|token| s.spawn(|| get_with_token(&env, token))).collect();
-        sent.into_iter().map(|request| request.join().expect("request thread")).collect()
-    });
+    let responses = all_at_once(&env, &tokens);
     for (i, resp) in responses.iter().enumerate() {
         env.check(resp.status == 200 && resp.proxied(), &format!("new kid {i}: expected 200 after the fetch"), resp);
     }
@@ -506,10 +511,7 @@ fn a_new_kid_waits_for_the_fetch_another_worker_has_in_flight() {
     let es3 = ES256KeyPair::generate().with_key_id("es-3");
     let tokens: Vec<String> = (0..8).map(|i| es3.sign(claims(&format!("unknown-{i}"))).expect("sign")).collect();
     let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
-    let responses: Vec<Response> = std::thread::scope(|s| {
-        let sent: Vec<_> = tokens.iter().map(|token| s.spawn(|| get_with_token(&env, token))).collect();
-        sent.into_iter().map(|request| request.join().expect("request thread")).collect()
-    });
+    let responses = all_at_once(&env, &tokens);
     for (i, resp) in responses.iter().enumerate() {
         assert_invalid_token(
             &env,
