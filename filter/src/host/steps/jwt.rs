@@ -68,8 +68,9 @@ pub fn check(
                 return JwtStep::Fetching { token, provider };
             }
             // Someone else's fetch may bring the key: wait for it (`local` providers).
+            // (The lease is read from shared data only for them.)
             let local = jwt.providers.get(provider).is_some_and(|p| p.mode == Mode::Local);
-            if let Some(until_ms) = jwks::in_flight(jwt, provider, now_ms()).filter(|_| local) {
+            if let Some(until_ms) = local.then(|| jwks::in_flight(jwt, provider, now_ms())).flatten() {
                 return JwtStep::Waiting { provider, until_ms };
             }
         }
