@@ -71,7 +71,10 @@ for name, data in [("health", "/api/health"), ("health-query", "/api/health?x=/.
                    ("dotdot", "/api/health/../flows"), ("double-slash", "//api/health"), ("escaped", "/api%2Fhealth"),
                    ("events", "/v1/events/out"), ("events-trailing", "/a/b/events/out/"), ("hooks", "/hooks/x"),
                    ("hooksx", "/hooksx"), ("templates", "/api/{id}/x\n/{prefix}/events/out\n/hooks/\n/api/7/x/y"),
-                   ("templates-miss", "/a/{x}\n/a/b/c\n/a/bc/d")]:
+                   ("templates-miss", "/a/{x}\n/a/b/c\n/a/bc/d"),
+                   ("templates-exact", "=/api/events/out\n=/a/{x}/b\n/hooks\n/api/events/out/"),
+                   ("templates-strict", "==/api/health\n==/x/\n/x/{any}\n==/{prefix}/events/out\n/api/health/"),
+                   ("templates-strict-suffix", "==/{prefix}/events/out/\n==/\n/a/events/out/")]:
     write("public_path", name + ".txt", data)
 
 # cache_control: header lines

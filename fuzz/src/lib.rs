@@ -355,8 +355,24 @@ fn assert_unambiguous(path: &str) {
 
 /// The template semantics written out plainly (route.rs docs): `/a/{x}` covers `/a/<one
 /// segment>` and everything below it; `/{prefix}/a/b` covers paths of at least one more
-/// segment ending in `a/b`; one trailing `/` aside.
+/// segment ending in `a/b`; one trailing `/` aside. `=` covers nothing below the
+/// template; `==` nothing below it either, and its trailing `/` must be the path's.
 fn naive_match(template: &str, path: &str) -> bool {
+    let trailing = |s: &str| s.len() > 1 && s.ends_with('/');
+    let (exact, template) = match template.strip_prefix('=') {
+        Some(rest) => (true, rest),
+        None => (false, template),
+    };
+    let (strict, template) = match template.strip_prefix('=') {
+        Some(rest) if exact => (true, rest),
+        _ => (false, template),
+    };
+    if strict && template == "/" {
+        return path == "/";
+    }
+    if strict && trailing(template) != trailing(path) {
+        return false;
+    }
     let segments = |s: &str| -> Vec<String> {
         let body = s.strip_prefix('/').unwrap_or(s);
         let body = body.strip_suffix('/').unwrap_or(body);
@@ -374,6 +390,7 @@ fn naive_match(template: &str, path: &str) -> bool {
             let rest = &t[1..];
             p.len() > rest.len() && rest.iter().zip(&p[p.len() - rest.len()..]).all(|(t, p)| same(t, p))
         }
+        Some(_) if exact => p.len() == t.len() && t.iter().zip(&p).all(|(t, p)| same(t, p)),
         Some(_) => p.len() >= t.len() && t.iter().zip(&p).all(|(t, p)| same(t, p)),
     }
 }

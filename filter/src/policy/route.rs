@@ -15,10 +15,15 @@
 //! aside): `/{prefix}/events/out`. A template starting with `=` is exact: that path (one
 //! trailing `/` aside) and nothing below it, `=/api/events/out`; the Prefect preset uses
 //! it for the WebSocket endpoints, which seed 000's `{prefix}` would open under any route
-//! that ends the same way (`/api/admin/settings/events/out`). matchit handles all three:
-//! prefix and exact templates in a forward router, `{prefix}` templates in a router over
-//! the path's segments reversed, so the cost per request does not grow with the number
-//! of templates.
+//! that ends the same way (`/api/admin/settings/events/out`). A template starting with `==`
+//! is strict: its trailing `/` counts, so `==/api/health` is `/api/health` alone (not
+//! `/api/health/`), `==/api/` is `/api/` alone, and `==/{prefix}/events/out` ends the path
+//! exactly so; Istio's exact and suffix path matches are byte comparisons, and
+//! `make convert` emits this form so that a migrated policy makes no more public than
+//! before. matchit handles them all: prefix, exact and strict templates in a forward
+//! router, `{prefix}` templates in a router over the path's segments reversed (a trailing
+//! `/` reversed into a leading one), so the cost per request does not grow with the
+//! number of templates.
 
 use std::collections::HashMap;
 
@@ -97,7 +102,8 @@ impl PublicPaths {
                     (&mut paths.forward, routes)
                 }
                 Template::Exact(route) => (&mut paths.forward, vec![format!("{route}/"), route]),
-                Template::Suffix(reversed) => {
+                Template::Strict(route) => (&mut paths.forward, vec![route]),
+                Template::Suffix(reversed, ending) => {
                     paths.has_reverse = true;
                     let end = reversed.trim_start_matches('/').split('/').next().unwrap_or_default();
                     match (&mut paths.suffix_ends, end.starts_with('{')) {
@@ -105,7 +111,14 @@ impl PublicPaths {
                         (Some(ends), false) if !ends.iter().any(|e| e == end) => ends.push(end.to_string()),
                         _ => {}
                     }
-                    (&mut paths.reverse, vec![format!("{reversed}/{{*prefix}}")])
+                    // reversed_segments turns a trailing `/` into a leading one.
+                    let bare = format!("{reversed}/{{*prefix}}");
+                    let routes = match ending {
+                        Ending::Either => vec![format!("/{bare}"), bare],
+                        Ending::Bare => vec![bare],
+                        Ending::Slash => vec![format!("/{bare}")],
+                    };
+                    (&mut paths.reverse, routes)
                 }
             };
             for route in routes {
@@ -165,20 +178,51 @@ impl PublicPaths {
 enum Template {
     /// Route for the forward router (`/hooks`, `/api/{p1}/x`), and everything below it.
     Prefix(String),
-    /// Route for the forward router, only itself (`=/api/events/out`).
+    /// Route for the forward router, only itself (`=/api/events/out`), one trailing `/`
+    /// aside.
     Exact(String),
-    /// Segments after a leading `{prefix}`, reversed (`/out/events`).
-    Suffix(String),
+    /// Route for the forward router, byte for byte: `==/api/health` (not `/api/health/`).
+    Strict(String),
+    /// Segments after a leading `{prefix}`, reversed (`/out/events`), and how the path
+    /// may end.
+    Suffix(String, Ending),
+}
+
+/// How a path matched by a `{prefix}` template may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Ending {
+    /// With or without one trailing `/` (`/{prefix}/events/out`).
+    Either,
+    /// Without (`==/{prefix}/events/out`).
+    Bare,
+    /// With (`==/{prefix}/events/out/`).
+    Slash,
 }
 
 impl Template {
     /// On error, the message follows the quoted template.
     fn parse(template: &str) -> Result<Template, String> {
+        if let Some(strict) = template.strip_prefix("==") {
+            if strict == "/" {
+                return Ok(Template::Strict(strict.to_string()));
+            }
+            let slash = strict.ends_with('/');
+            return match Template::parse(strict)? {
+                Template::Prefix(route) if slash => Ok(Template::Strict(format!("{route}/"))),
+                Template::Prefix(route) => Ok(Template::Strict(route)),
+                Template::Suffix(reversed, _) => {
+                    Ok(Template::Suffix(reversed, if slash { Ending::Slash } else { Ending::Bare }))
+                }
+                Template::Exact(_) | Template::Strict(_) => Err(": '=' (exact) or '==' (strict), not more".into()),
+            };
+        }
         if let Some(exact) = template.strip_prefix('=') {
             return match Template::parse(exact)? {
                 Template::Prefix(route) => Ok(Template::Exact(route)),
-                Template::Suffix(_) => Err(": '=' (exact) and {prefix} (any prefix) exclude each other".into()),
-                Template::Exact(_) => Err(": one '=' is enough".into()),
+                Template::Suffix(..) => {
+                    Err(": '=' (exact) and {prefix} (any prefix) exclude each other; '==' takes both".into())
+                }
+                Template::Exact(_) | Template::Strict(_) => Err(": '=' (exact) or '==' (strict), not more".into()),
             };
         }
         let Some(body) = template.strip_prefix('/') else {
@@ -218,7 +262,7 @@ impl Template {
                 return Err(": {prefix} must be followed by at least one segment".into());
             }
             let rest: Vec<&str> = segments[1..].iter().rev().map(String::as_str).collect();
-            Ok(Template::Suffix(format!("/{}", rest.join("/"))))
+            Ok(Template::Suffix(format!("/{}", rest.join("/")), Ending::Either))
         } else {
             Ok(Template::Prefix(format!("/{}", segments.join("/"))))
         }
@@ -280,11 +324,18 @@ pub fn canonical_path(target: &[u8]) -> Option<&str> {
     Some(unsafe { std::str::from_utf8_unchecked(path) })
 }
 
-/// `/a/b/c/` -> `/c/b/a`: the form `{prefix}` templates are routed in.
+/// `/a/b/c` -> `/c/b/a`, `/a/b/c/` -> `//c/b/a`: the form `{prefix}` templates are routed
+/// in; the trailing `/`, kept as a leading one, tells `==` templates' endings apart.
 fn reversed_segments(path: &str) -> String {
     let body = path.trim_start_matches('/');
-    let body = body.strip_suffix('/').unwrap_or(body);
-    let mut out = String::with_capacity(path.len() + 1);
+    let mut out = String::with_capacity(path.len() + 2);
+    let body = match body.strip_suffix('/') {
+        Some(body) => {
+            out.push('/');
+            body
+        }
+        None => body,
+    };
     for segment in body.rsplit('/') {
         out.push('/');
         out.push_str(segment);
@@ -405,9 +456,14 @@ mod tests {
         for (template, message) in [
             (
                 "=/{prefix}/events/out",
-                "\"=/{prefix}/events/out\": '=' (exact) and {prefix} (any prefix) exclude each other",
+                "\"=/{prefix}/events/out\": '=' (exact) and {prefix} (any prefix) exclude each other; '==' takes both",
             ),
-            ("==/a", "\"==/a\": one '=' is enough"),
+            ("===/a", "\"===/a\": '=' (exact) or '==' (strict), not more"),
+            ("====/a", "\"====/a\": '=' (exact) or '==' (strict), not more"),
+            ("==api", "\"==api\" must start with '/'"),
+            ("==//", "\"==//\" would make every path public"),
+            ("==/a//", "\"==/a//\" has an empty, '.' or '..' segment"),
+            ("==/{prefix}", "\"==/{prefix}\": {prefix} must be followed by at least one segment"),
             ("=api", "\"=api\" must start with '/'"),
             ("=/", "\"=/\" would make every path public"),
         ] {
@@ -416,6 +472,63 @@ mod tests {
         }
         let err = PublicPaths::compile(&["/a".into(), "=/a".into()], &[]).unwrap_err();
         assert!(err.message.contains("overlaps another public path"), "{}", err.message);
+    }
+
+    #[test]
+    fn strict_templates_count_the_trailing_slash() {
+        let paths = compile(&["==/api/health", "==/api/", "==/", "==/a/{id}/b", "/hooks"]);
+        for (target, public) in [
+            (&b"/api/health"[..], true),
+            (b"/api/health?probe=1", true),
+            (b"/api/health/", false),
+            (b"/api/health/x", false),
+            (b"/api/healthz", false),
+            (b"/api/", true),
+            (b"/api", false),
+            (b"/api/x", false),
+            (b"/", true),
+            (b"//", false),
+            (b"/a/1/b", true),
+            (b"/a/1/b/", false),
+            (b"/a/1/b/c", false),
+            (b"/hooks/x", true),
+        ] {
+            assert_eq!(paths.is_public(target), public, "{}", String::from_utf8_lossy(target));
+        }
+        assert_eq!(paths.find(b"/api/health"), Some("==/api/health"));
+        // A strict and an exact template of one path are not the same route set.
+        assert!(compile(&["==/x", "==/x/", "/x/{any}"]).is_public(b"/x/y/z"));
+        let err = PublicPaths::compile(&["=/x".into(), "==/x".into()], &[]).unwrap_err();
+        assert!(err.message.contains("overlaps another public path"), "{}", err.message);
+    }
+
+    #[test]
+    fn strict_suffix_templates_count_the_trailing_slash() {
+        let bare = compile(&["==/{prefix}/events/out", "==/{prefix}/flows/{id}"]);
+        let slash = compile(&["==/{prefix}/events/out/"]);
+        let either = compile(&["/{prefix}/events/out"]);
+        for (target, bare_public, slash_public, either_public) in [
+            (&b"/api/events/out"[..], true, false, true),
+            (b"/api/events/out/", false, true, true),
+            (b"/a/b/c/events/out", true, false, true),
+            (b"/a/b/c/events/out/", false, true, true),
+            (b"/events/out", false, false, false),
+            (b"/api/events/out/x", false, false, false),
+            (b"/api/events/outx", false, false, false),
+            (b"/api/events/out//", false, false, false),
+        ] {
+            let name = String::from_utf8_lossy(target);
+            assert_eq!(bare.is_public(target), bare_public, "bare {name}");
+            assert_eq!(slash.is_public(target), slash_public, "slash {name}");
+            assert_eq!(either.is_public(target), either_public, "either {name}");
+        }
+        // An empty segment never stands for a parameter, so `//` (a trailing slash,
+        // reversed) cannot pass for `{id}`.
+        assert!(bare.is_public(b"/api/flows/1"));
+        assert!(!bare.is_public(b"/api/flows/1/"));
+        let err = PublicPaths::compile(&["/{prefix}/out".into(), "==/{prefix}/out".into()], &[]).unwrap_err();
+        assert!(err.message.contains("overlaps another public path"), "{}", err.message);
+        assert!(compile(&["==/{prefix}/out", "==/{prefix}/out/"]).is_public(b"/a/out/"));
     }
 
     #[test]
@@ -490,7 +603,7 @@ mod tests {
     #[test]
     fn reversal() {
         assert_eq!(reversed_segments("/a/b/c"), "/c/b/a");
-        assert_eq!(reversed_segments("/a/b/c/"), "/c/b/a");
+        assert_eq!(reversed_segments("/a/b/c/"), "//c/b/a");
         assert_eq!(reversed_segments("/a"), "/a");
     }
 }
