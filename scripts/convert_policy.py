@@ -13,7 +13,11 @@ plugin JSON. Notes on behaviour differences go to stderr.
 Every field of the `envoyExtAuthzHttp` provider maps (the filter's `protocol: ext_authz`
 sends what Envoy's ext_authz sends); the provider is refused only for failOpen: true (the
 filter fails closed). Fails (exit 1, one `error:` line) also for gRPC providers, rules
-other than one `notPaths` list, and path globs with no segment-safe equivalent.
+other than one `notPaths` list, and notPaths the filter cannot make public without
+opening more than Istio did (`*`, `/*`, `{*}` templates, suffixes starting inside a
+segment, paths that are not canonical). The public paths never cover a path Istio's
+notPaths did not, and on canonical paths cover the same ones but where a note says
+which are now checked (a string prefix `/x*` becomes the segment prefix `/x`).
 """
 import argparse
 import json
@@ -140,38 +144,112 @@ def request_body(body):
     return out
 
 
-def dedupe(items):
-    seen = []
+# RFC 3986 pchar without `%` and `;`: the bytes a canonical path is made of
+# (filter/src/policy/route.rs); only a canonical path is ever public.
+CANONICAL_BYTES = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@")
+
+
+def canonical(path):
+    """Whether `path` is in the filter's canonical form: it starts with `/`, has only
+    canonical bytes, no empty segment (one trailing `/` aside) and no dot-only segment."""
+    if not path.startswith("/"):
+        return False
+    body = path[1:]
+    body = body[:-1] if body.endswith("/") else body
+    if not body:
+        return path == "/"
+    return all(seg and set(seg) <= CANONICAL_BYTES and set(seg) != {"."} for seg in body.split("/"))
+
+
+# A converted glob is a list of path sets, each one of:
+#   ("strict", P)  exactly the path P (template `==P`)
+#   ("below", B)   B/ and every path below it, not B itself (`==B/` and `B/{any}`)
+#   ("prefix", B)  B, B/ and every path below it (template `B`)
+#   ("suffix", S)  one or more segments, then exactly S (`==/{prefix}S`)
+def covers(by, item):
+    """Whether path set `by` holds every path of `item` (so `item` adds nothing)."""
+    kind, base = by
+    if item[0] == "suffix" or kind not in ("prefix", "below"):
+        return False
+    if kind == "prefix":
+        return item[1] == base or item[1].startswith(base + "/")
+    return item[1].startswith(base + "/") or item == ("below", base)
+
+
+def simplify(items):
+    """Drops duplicates and sets another one holds, and joins `/x` with `/x/*` into the
+    prefix `/x`: overlapping templates are a configuration error in the filter."""
+    out = []
     for item in items:
-        if item.lower() not in [s.lower() for s in seen]:
-            seen.append(item)
-    return seen
+        if item not in out:
+            out.append(item)
+    for i, item in enumerate(out):
+        if item[0] == "strict" and ("below", item[1]) in out:
+            out[i] = ("prefix", item[1])
+    kept = []
+    for i, item in enumerate(out):
+        if item in kept:
+            continue
+        if any(j != i and other != item and covers(other, item) for j, other in enumerate(out)):
+            continue
+        kept.append(item)
+    return kept
+
+
+def templates(item):
+    kind, base = item
+    return {"strict": [f"=={base}"], "below": [f"=={base}/", f"{base}/{{any}}"], "prefix": [base],
+            "suffix": [f"==/{{prefix}}{base}"]}[kind]
 
 
 def convert_path(glob, notes):
-    """One Istio notPaths glob -> a public-path template of the filter."""
-    if glob == "*" or "{" in glob or glob.count("*") > 1:
-        raise Refused(f"notPaths {glob!r}: no safe equivalent (a presence match or path template)")
+    """One Istio notPaths glob -> the path sets (see above) that make public what Istio's
+    match does on canonical paths, and never a path it does not.
+
+    istiod (pilot/pkg/security/authz/matcher/string.go, StringMatcherWithPrefix) turns a
+    path into an Envoy StringMatcher on the path without its query: `*` alone is a
+    presence match, a leading `*` a suffix match, a trailing `*` a string prefix match,
+    anything else an exact match; a `*` elsewhere is a literal byte. `{*}` and `{**}`
+    make it a URI template (model/generator.go)."""
+    if glob == "*":
+        raise Refused(f"notPaths {glob!r}: a presence match makes every path public")
+    if "{" in glob or "}" in glob:
+        raise Refused(f"notPaths {glob!r}: a path template ({{*}}, {{**}}) has no equivalent here; list its "
+                      "paths as globs")
+    literal = glob[1:] if glob.startswith("*") else glob[:-1] if glob.endswith("*") else glob
+    if "*" in literal:
+        notes.append(f"{glob}: Istio matches the inner '*' as a literal byte, and so does the converted template")
     if glob.startswith("*"):
-        suffix = glob[1:]
-        if not suffix.startswith("/") or suffix.endswith("/") or len(suffix) < 2:
+        suffix = literal
+        if not suffix.startswith("/") or suffix == "/":
             raise Refused(f"notPaths {glob!r}: a suffix glob must be */<segments> to convert; the filter matches "
                           "whole segments only")
-        notes.append(f"{glob} -> /{{prefix}}{suffix}: only canonical paths with at least one segment before "
-                     f"{suffix} (Istio's suffix glob matched any path ending so)")
-        return "/{prefix}" + suffix
+        if not canonical(suffix):
+            raise Refused(f"notPaths {glob!r}: {suffix!r} is not a canonical path (no %-escapes, ';', '\\', "
+                          "empty or dot segments); the filter never makes such a path public")
+        return [("strict", suffix), ("suffix", suffix)]
     if not glob.startswith("/"):
         raise Refused(f"notPaths {glob!r}: must start with / or *")
     if glob.endswith("*"):
-        stem = glob[:-1].rstrip("/")
-        if not stem:
+        stem = literal
+        if stem == "/":
             raise Refused(f"notPaths {glob!r}: would make every path public")
-        if not glob.endswith("/*"):
-            notes.append(f"{glob} -> {stem}: {stem} and below it, on segment boundaries "
-                         f"(Istio's glob also matched {stem}x...)")
-        return stem
-    notes.append(f"{glob} -> {glob}: also covers paths below it (segment prefix)")
-    return glob
+        if stem.endswith("/"):
+            if stem == "//" or not canonical(stem):
+                raise Refused(f"notPaths {glob!r}: {stem!r} is not a canonical path; the filter never makes "
+                              "such a path public")
+            return [("below", stem[:-1])]
+        if not canonical(stem):
+            raise Refused(f"notPaths {glob!r}: {stem!r} does not end a canonical segment; no path it covers can "
+                          "be made public on segment boundaries")
+        notes.append(f"{glob} -> {stem}: {stem}, {stem}/ and below; the canonical paths that continue its last "
+                     f"segment ({stem}z, {stem}.json, ...), public under Istio's string prefix, are now checked "
+                     "by the auth service")
+        return [("prefix", stem)]
+    if not canonical(glob):
+        raise Refused(f"notPaths {glob!r}: not a canonical path (no %-escapes, ';', '\\', empty or dot "
+                      "segments); the filter never makes such a path public")
+    return [("strict", glob)]
 
 
 def convert_rules(spec):
@@ -208,8 +286,8 @@ def convert(mesh_doc, policy_doc):
         raise Refused("the AuthorizationPolicy names no provider")
     auth, status = convert_provider(provider_block(mesh_config(mesh_doc), provider), notes)
     config = {"auth": auth}
-    public = dedupe([convert_path(str(g), notes) for g in convert_rules(spec)])
-    config["public_paths"] = public
+    sets = simplify([item for g in convert_rules(spec) for item in convert_path(str(g), notes)])
+    config["public_paths"] = [template for item in sets for template in templates(item)]
     if status is not None:
         config["status_on_error"] = status
 

@@ -169,6 +169,12 @@ fn corpus() -> Vec<(String, RawRequest)> {
         ("public-with-credentials", get("/api/version").bearer("allow:alice")),
         ("public-events-out", spoof(get("/api/accounts/a/workspaces/w/events/out"))),
         ("public-string-prefix", get("/api/healthcheck")),
+        // Istio's exact notPath `/api/openapi.json` and suffix `*/events/out` admit
+        // neither a path below nor a trailing slash.
+        ("public-exact-child", get("/api/openapi.json/anything")),
+        ("public-exact-trailing-slash", get("/api/openapi.json/")),
+        ("public-suffix-trailing-slash", get("/api/events/out/")),
+        ("public-suffix-itself", get("/events/out")),
     ];
     let mut out: Vec<(String, RawRequest)> = cases.into_iter().map(|(id, r)| (id.to_owned(), r)).collect();
     for case in paths::load() {

@@ -2,13 +2,20 @@
 //! policy-mode setup (tests/data/policy-mode/: the mesh config's `authz-http-redirect`
 //! ext_authz provider and the AuthorizationPolicy CUSTOM with seed 000's public paths as
 //! Istio globs) into a WasmPlugin; the converted config then runs under real Envoy,
-//! behind Istio's cluster name, against the hostile path table.
+//! behind Istio's cluster name, against the hostile path table. The public paths of every
+//! conversion are compared with Istio's own notPaths match (an oracle written after
+//! istiod's source) over that table and paths generated around each glob: never wider,
+//! and equal on canonical paths but where a note says which are now checked.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
+use nebula_authz::config::Settings;
+use nebula_authz::policy::route::canonical_path;
 use nebula_authz_tests::client::RawRequest;
 use nebula_authz_tests::envoy::Tools;
+use nebula_authz_tests::paths::{Expected, PathCase};
 use nebula_authz_tests::{paths, repo_root, Env, TempDir, NEBULA_HEADERS};
 
 const MESH: &str = "tests/data/policy-mode/meshconfig.yaml";
@@ -46,7 +53,11 @@ fn conversion_of_the_policy_mode_fixture_matches_the_golden_wasmplugin() {
         golden,
         "converter output differs from {GOLDEN} (regenerate it only for an intended change)"
     );
-    assert!(stderr.contains("note: */events/out -> /{prefix}/events/out"), "suffix glob note missing: {stderr}");
+    assert!(
+        stderr.contains("note: /api/health* -> /api/health: ") && stderr.contains("/api/healthz"),
+        "the string-prefix glob's note must name what is now checked: {stderr}"
+    );
+    assert!(!stderr.contains("*/events/out"), "a suffix glob converts exactly, without a note: {stderr}");
 
     let config = converted_config();
     let auth = &config["auth"];
@@ -63,15 +74,38 @@ fn conversion_of_the_policy_mode_fixture_matches_the_golden_wasmplugin() {
     );
     let public: Vec<&str> =
         config["public_paths"].as_array().expect("public_paths").iter().filter_map(|v| v.as_str()).collect();
-    assert_eq!(public, nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS, "notPaths become seed 000's public paths");
+    assert_eq!(
+        public,
+        [
+            "/auth",
+            "/api/docs",
+            "==/api/openapi.json",
+            "/api/health",
+            "/api/version",
+            "/hooks",
+            "==/task_runs/subscriptions/scheduled",
+            "==/{prefix}/task_runs/subscriptions/scheduled",
+            "==/events/out",
+            "==/{prefix}/events/out",
+        ],
+        "notPaths: `/x` + `/x/*` join into the prefix `/x`, an exact path stays exact (`==`), `*/x` is `/x` \
+         and `==/{{prefix}}/x`"
+    );
 }
 
 #[test]
 fn converted_policy_runs_under_envoy_without_bypass() {
     let config = converted_config().to_string();
+    let settings = Settings::from_json(config.as_bytes()).expect("the filter accepts the converted config");
     let env = Env::builder().plugin_config(&config).auth_cluster_name(ISTIO_CLUSTER).start();
 
-    let (report, failures) = paths::replay(&env);
+    // Every row of paths.tsv behaves in Envoy as the converted config decides natively
+    // (which converted_public_paths_never_widen_istio_notpaths holds against Istio's match).
+    let natively = |case: &PathCase| match settings.public.is_public(&case.target) {
+        true => Expected::Public,
+        false => Expected::Protected,
+    };
+    let (report, failures) = paths::replay_with(&env, &paths::load(), None, natively);
     assert!(
         failures.is_empty(),
         "converted policy: {} of {} paths.tsv rows misbehaved:\n{}\n\nEnvoy log tail:\n{}",
@@ -79,6 +113,34 @@ fn converted_policy_runs_under_envoy_without_bypass() {
         report.len(),
         failures.join("\n"),
         env.log_tail()
+    );
+
+    // Where the converted paths follow Istio's notPaths and not seed 000's templates:
+    // `/api/openapi.json` is an exact match (nothing below it, no trailing slash),
+    // `*/events/out` a suffix match (`/events/out` itself, no trailing slash); and where
+    // they narrow it: `/api/health*` is a string prefix, `/api/health` a segment prefix.
+    let istio: Vec<PathCase> = [
+        ("/api/openapi.json", Expected::Public, "exact notPath"),
+        ("/api/openapi.json?x=1", Expected::Public, "exact notPath, query"),
+        ("/api/openapi.json/anything", Expected::Protected, "below an exact notPath"),
+        ("/api/openapi.json/", Expected::Protected, "exact notPath, trailing slash"),
+        ("/api/openapi.jsonx", Expected::Protected, "exact notPath, string-prefix sibling"),
+        ("/events/out", Expected::Public, "suffix notPath itself"),
+        ("/api/events/out/", Expected::Protected, "suffix notPath, trailing slash"),
+        ("/api/events/out/x", Expected::Protected, "below a suffix notPath"),
+        ("/auth/", Expected::Public, "/auth and /auth/* joined"),
+        ("/api/healthz", Expected::Protected, "string prefix narrowed to a segment prefix"),
+    ]
+    .into_iter()
+    .map(|(target, expected, note)| PathCase { expected, target: target.into(), note: note.into(), line: 0 })
+    .collect();
+    let (report, failures) = paths::replay_cases(&env, &istio);
+    assert!(
+        failures.is_empty(),
+        "converted policy: {} of {} targets differ from Istio's notPaths:\n{}",
+        failures.len(),
+        report.len(),
+        failures.join("\n")
     );
 
     // Paths Istio's `*/events/out` notPaths glob would have left public (they end with
@@ -274,4 +336,248 @@ fn gateway_policies_do_not_keep_the_sidecar_match_mode() {
     assert!(out.status.success(), "targetRefs: {}", String::from_utf8_lossy(&out.stderr));
     assert!(yaml.contains("targetRefs:") && yaml.contains("name: prefect-gateway"), "targetRefs kept:\n{yaml}");
     assert!(!yaml.contains("match:") && !yaml.contains("selector:"), "targetRefs: no match, no selector:\n{yaml}");
+}
+
+/// Istio's match of one AuthorizationPolicy `paths`/`notPaths` value: the oracle of the
+/// conversion. istiod (pilot/pkg/security/authz/model/generator.go, pathGenerator) builds
+/// an Envoy PathMatcher from matcher.StringMatcherWithPrefix(value, "")
+/// (pilot/pkg/security/authz/matcher/string.go): `*` alone is the regex `.+`, a leading
+/// `*` a suffix match, a trailing `*` a prefix match, anything else an exact match, all
+/// case-sensitive; a `*` anywhere else is a literal byte. Envoy's PathMatcher compares the
+/// path without its query and fragment (Http::PathUtil::removeQueryAndFragment).
+fn istio_path_match(glob: &str, target: &[u8]) -> bool {
+    let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
+    let path = &target[..end];
+    if glob == "*" {
+        return !path.is_empty() && !path.contains(&b'\n');
+    }
+    match (glob.strip_prefix('*'), glob.strip_suffix('*')) {
+        (Some(suffix), _) => path.ends_with(suffix.as_bytes()),
+        (None, Some(prefix)) => path.starts_with(prefix.as_bytes()),
+        (None, None) => path == glob.as_bytes(),
+    }
+}
+
+/// The one narrowing a conversion may make on canonical paths: a string-prefix glob
+/// (`/api/health*`) becomes a segment prefix, so a path that continues its last segment
+/// (`/api/healthz`) is checked.
+fn continues_the_last_segment(glob: &str, path: &str) -> bool {
+    match glob.strip_suffix('*') {
+        Some(stem) if !glob.starts_with('*') && !stem.ends_with('/') => {
+            path.len() > stem.len() && path.starts_with(stem) && path.as_bytes()[stem.len()] != b'/'
+        }
+        _ => false,
+    }
+}
+
+/// Request targets around `globs`: paths.tsv's, and for each glob's literal part, its
+/// children, siblings, string-prefix siblings (`/api/healthz`), trailing slashes, dot
+/// segments, encodings, parameters, queries and fragments, with segments before it.
+fn probe_targets(globs: &[&str]) -> BTreeSet<Vec<u8>> {
+    const TAILS: [&[u8]; 30] = [
+        b"",
+        b"/",
+        b"//",
+        b"/x",
+        b"/x/",
+        b"/x/y",
+        b"/x//",
+        b"z",
+        b"z/",
+        b"z/x",
+        b".json",
+        b"-v2",
+        b"/.",
+        b"/..",
+        b"/./x",
+        b"/../flows",
+        b"/%2e%2e/flows",
+        b"%2f..%2fflows",
+        b"%2F",
+        b";x",
+        b";/x",
+        b"/;x",
+        b"?q=1",
+        b"?x=/../flows",
+        b"#frag",
+        b"\\..\\flows",
+        b"%00",
+        b"\0",
+        b"/\xc3\xa9",
+        b"/x?y=/",
+    ];
+    const HEADS: [&[u8]; 10] = [b"/a", b"/a/b", b"//", b"/a/", b"/.", b"/a/..", b"/%2e", b"/a;x", b"/a%2f", b"x"];
+    let mut out: BTreeSet<Vec<u8>> = paths::load().into_iter().map(|case| case.target).collect();
+    out.extend([&b"/"[..], b"//", b"", b"*", b"/x", b"/api", b"/api/"].map(<[u8]>::to_vec));
+    for glob in globs {
+        let literal = glob.strip_prefix('*').or_else(|| glob.strip_suffix('*')).unwrap_or(glob);
+        let stem = literal.trim_end_matches('/');
+        let mut bases = vec![literal.to_string(), stem.to_string(), format!("{stem}/"), literal.to_uppercase()];
+        if let Some(at) = stem.rfind('/') {
+            bases.extend([stem[..at].to_string(), stem[..=at].to_string()]);
+        }
+        if let Some((at, _)) = stem.char_indices().last() {
+            bases.push(stem[..at].to_string());
+        }
+        for base in bases {
+            for tail in TAILS {
+                out.insert([base.as_bytes(), tail].concat());
+            }
+            for head in HEADS {
+                out.insert([head, base.as_bytes()].concat());
+                out.insert([head, base.as_bytes(), b"/"].concat());
+            }
+        }
+    }
+    out
+}
+
+/// A policy-mode AuthorizationPolicy (the fixture's) with `globs` as its notPaths.
+fn policy_with(globs: &[&str]) -> String {
+    let fixture = std::fs::read_to_string(fixture(POLICY)).expect("read policy fixture");
+    let at = fixture.find("            notPaths:\n").expect("the fixture lists notPaths");
+    let items: String = globs.iter().map(|g| format!("              - {g:?}\n")).collect();
+    format!("{}            notPaths:\n{items}", &fixture[..at])
+}
+
+/// The fixture's notPaths, read back from its YAML list.
+fn fixture_globs() -> Vec<String> {
+    let fixture = std::fs::read_to_string(fixture(POLICY)).expect("read policy fixture");
+    let list = fixture.split("notPaths:\n").nth(1).expect("the fixture lists notPaths");
+    list.lines().filter_map(|l| l.trim().strip_prefix("- ")).map(|g| g.trim_matches('"').to_string()).collect()
+}
+
+/// Every conversion makes public a subset of what Istio's notPaths did, on every target,
+/// and the same set on canonical paths (the only ones the filter ever makes public) but
+/// for the string-prefix narrowing a note names. What has no such conversion is refused,
+/// naming the notPath.
+#[test]
+fn converted_public_paths_never_widen_istio_notpaths() {
+    let fixture_globs = fixture_globs();
+    let mut policies: Vec<Vec<&str>> = vec![fixture_globs.iter().map(String::as_str).collect()];
+    let generated: &[&[&str]] = &[
+        // Exact, nested, with a trailing slash, the root.
+        &["/api/health"],
+        &["/api/v1/health"],
+        &["/api/health/"],
+        &["/"],
+        // `/x/*`: the string prefix `/x/`.
+        &["/hooks/*"],
+        &["/api/v1/*"],
+        // `/x*`: the string prefix `/x`, also `/xyz`.
+        &["/api/health*"],
+        &["/api/v1/health*"],
+        &["/api/health/x*"],
+        // `*/x`: the suffix `/x`, also `/x` itself.
+        &["*/events/out"],
+        &["*/out"],
+        &["*/events/out/"],
+        &["*/task_runs/subscriptions/scheduled"],
+        // Several globs over the same paths: joined, or one holding the other.
+        &["/hooks", "/hooks/*"],
+        &["/hooks/*", "/hooks*"],
+        &["/hooks*", "/hooks", "/hooks/x"],
+        &["/a", "/a/", "/a/*"],
+        &["/a/", "/a/*", "/a/b/*", "/a/b"],
+        &["*/out", "/out", "*/b/out", "*/out/"],
+        &["/api/*", "/api/health", "/api/health*", "*/health"],
+        &["/api/v*", "/api/version", "/api/version/*"],
+        &["/api/health", "/api/health/", "/api/health/*"],
+        // A `*` inside is a literal byte for Istio.
+        &["/a*b", "*/x*"],
+    ];
+    policies.extend(generated.iter().map(|globs| globs.to_vec()));
+    let refused: &[&str] = &[
+        "*",
+        "/*",
+        "//*",
+        "*.js",
+        "*x/out",
+        "*/",
+        "/api/{*}/x",
+        "/api/{**}",
+        "/api/%2F",
+        "/a//b",
+        "/a/./b",
+        "/api/./*",
+        "/api/.*",
+        "/api/%7E*",
+        "*/a;b",
+        "api/x",
+    ];
+
+    // One converter process per policy, all at once.
+    let dir = TempDir::new("nebula-authz-convert-oracle");
+    let run = |i: usize, globs: &[&str]| {
+        let path = dir.path().join(format!("policy-{i}.yaml"));
+        std::fs::write(&path, policy_with(globs)).expect("write policy");
+        let mut cmd = Command::new(Tools::locate(false).python);
+        cmd.arg(repo_root().join("scripts/convert_policy.py")).arg(fixture(MESH)).arg(&path).arg("--config-only");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run scripts/convert_policy.py")
+    };
+    let converting: Vec<_> = policies.iter().enumerate().map(|(i, globs)| run(i, globs)).collect();
+    let refusing: Vec<_> =
+        refused.iter().enumerate().map(|(i, glob)| run(policies.len() + i, &["/hooks", glob])).collect();
+
+    let mut failures = Vec::new();
+    let (mut equal, mut narrowed, mut public) = (0usize, 0usize, 0usize);
+    for (globs, child) in policies.iter().zip(converting) {
+        let out = child.wait_with_output().expect("wait for the converter");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            failures.push(format!("{globs:?}: conversion failed: {stderr}"));
+            continue;
+        }
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--config-only prints JSON");
+        let settings = match Settings::from_json(config.to_string().as_bytes()) {
+            Ok(settings) => settings,
+            Err(e) => {
+                failures.push(format!("{globs:?}: the filter refuses the converted {}: {e}", config["public_paths"]));
+                continue;
+            }
+        };
+        for target in probe_targets(globs) {
+            let istio = globs.iter().any(|g| istio_path_match(g, &target));
+            let filter = settings.public.is_public(&target);
+            let shown = escape(&target);
+            if filter && !istio {
+                failures.push(format!(
+                    "{globs:?} -> {}: {shown} WIDENED (public, Istio checks it)",
+                    config["public_paths"]
+                ));
+            }
+            let Some(path) = canonical_path(&target).filter(|_| istio && !filter) else {
+                equal += usize::from(canonical_path(&target).is_some());
+                public += usize::from(filter);
+                continue;
+            };
+            // Istio made it public; the filter checks it: only a string prefix's narrowing,
+            // and the converter said so.
+            let matching: Vec<&&str> = globs.iter().filter(|g| istio_path_match(g, &target)).collect();
+            let noted = |g: &&&str| stderr.contains(&format!("note: {g} -> "));
+            if matching.iter().all(|g| continues_the_last_segment(g, path) && noted(g)) {
+                narrowed += 1;
+            } else {
+                failures.push(format!(
+                    "{globs:?} -> {}: {shown} canonical, public under Istio ({matching:?}) but checked, without a note",
+                    config["public_paths"]
+                ));
+            }
+        }
+    }
+    for (glob, child) in refused.iter().zip(refusing) {
+        let out = child.wait_with_output().expect("wait for the converter");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let named = format!("error: cannot convert: notPaths {glob:?}").replace('"', "'");
+        if out.status.code() != Some(1) || !out.stdout.is_empty() || !stderr.starts_with(&named) {
+            failures.push(format!("{glob:?}: expected exit 1 and {named:?}..., got {:?}: {stderr}", out.status));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    // The probes reach into every shape: public paths, canonical agreement, narrowing.
+    assert!(public > 300 && equal > 2_000 && narrowed > 30, "public {public}, equal {equal}, narrowed {narrowed}");
+}
+
+fn escape(target: &[u8]) -> String {
+    nebula_authz_tests::client::escape(target)
 }
