@@ -108,10 +108,8 @@ impl HeaderNames {
 
     /// Whether `name` (any case; `_` as `-` if the set reads them so) is in the set.
     pub fn contains(&self, name: &str) -> bool {
-        let same: fn(&[u8], &[u8]) -> bool = match self.underscores_as_dashes {
-            false => <[u8]>::eq_ignore_ascii_case,
-            true => eq_folded,
-        };
+        let fold = self.underscores_as_dashes;
+        let same = |a: &[u8], b: &[u8]| if fold { eq_folded(a, b) } else { a.eq_ignore_ascii_case(b) };
         let bytes = name.as_bytes();
         let starts = |p: &String| bytes.len() >= p.len() && same(&bytes[..p.len()], p.as_bytes());
         let ends = |s: &String| bytes.len() >= s.len() && same(&bytes[bytes.len() - s.len()..], s.as_bytes());
