@@ -132,3 +132,5 @@ write("forward_auth", "spoofed.txt", "\x00" + req + spoof)
 write("forward_auth", "trusted.txt", "\x01" + req + spoof + "x-forwarded-port: 8443\n")
 write("forward_auth", "public.txt", "\x00:method: GET\n:path: /api/health\n" + spoof)
 write("forward_auth", "no-path.txt", "\x00authorization: Bearer t\n")
+write("forward_auth", "underscores.txt", "\x00" + req + "x_nebula_actor_id: evil\nx-nebula_actor_permissions: admin\n"
+      "x_nebula_ratelimit_config: none\nx_nebula_actor_idx: kept\nx_forwarded_host: evil.example\n")

@@ -83,6 +83,20 @@ def add_cluster(config, name, address):
     set_endpoint(config, name, address)
 
 
+def upstream_protocol(config, h2, http1_trailers):
+    """The upstream cluster's protocol: HTTP/2 (a gRPC backend's, trailers always
+    carried), or HTTP/1.1 with `enable_trailers` (Envoy's HTTP/1 codec drops trailers
+    by default)."""
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "upstream")
+    explicit = {"http2_protocol_options": {}} if h2 else {"http_protocol_options": {"enable_trailers": http1_trailers}}
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": explicit,
+        },
+    }
+
+
 def serve_tls(listener, cert, key, client_ca=None, require_client_certificate=True):
     """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO). With
     `client_ca`, client certificates are verified against it (the mTLS of seed 003; in
@@ -186,6 +200,11 @@ def main():
     p.add_argument("--without-body-stop-iteration", action="store_true",
                    help="do not set allow_on_headers_stop_iteration even with auth.with_request_body or forward_body "
                         "(tests the filter's guard for an Envoy without it)")
+    p.add_argument("--upstream-h2", action="store_true",
+                   help="speak HTTP/2 (h2c, prior knowledge) to the upstream, as to a gRPC backend")
+    p.add_argument("--http1-trailers", action="store_true",
+                   help="HTTP/1.1 trailers: accepted from clients (the connection manager's enable_trailers) "
+                        "and sent to an HTTP/1.1 upstream (the cluster's)")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
                    help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
@@ -222,6 +241,10 @@ def main():
         rename_cluster(config, "auth", args.auth_cluster)
     if args.upstream:
         set_endpoint(config, "upstream", args.upstream)
+    if args.upstream_h2 or args.http1_trailers:
+        upstream_protocol(config, args.upstream_h2, args.http1_trailers)
+    if args.http1_trailers:
+        hcm.setdefault("http_protocol_options", {})["enable_trailers"] = True
     for name, address in args.cluster:
         add_cluster(config, name, address)
     if args.failure_policy:

@@ -95,6 +95,12 @@ impl Settings {
         request::route(&self.auth, &self.strip, &self.public, headers)
     }
 
+    /// The names among `fields` (the request's headers or trailers) to remove: see
+    /// [`request::strip_list`].
+    pub fn strip_list<'h, H: Header>(&self, fields: &'h [H]) -> Vec<&'h str> {
+        request::strip_list(&self.auth, &self.strip, fields)
+    }
+
     /// The callout's headers for a protected request (also one whose public path did
     /// not match its access rules); `Err`: fail closed.
     pub fn callout<'h, H: Header>(
@@ -130,7 +136,8 @@ impl TryFrom<RawConfig> for Settings {
         let auth = AuthSettings::try_from(raw.auth)?;
 
         let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
-        let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?;
+        // `_` reads as `-` in every name the strip list holds or gains below.
+        let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?.reading_underscores_as_dashes();
         strip.extend(&auth.upstream_headers);
 
         let (public_paths, entries) = access_config::split(raw.public_paths);

@@ -19,6 +19,7 @@ use nebula_authz::config::Settings;
 use nebula_authz::host::header_map;
 use nebula_authz::jwt::keys::{Alg, KeySet};
 use nebula_authz::jwt::verifier::{JwtVerifier, Outcome};
+use nebula_authz::policy::auth::IDENTITY_HEADERS;
 use nebula_authz::policy::request::Route;
 use nebula_authz::policy::route::{canonical_path, PublicPaths, DEFAULT_PUBLIC_PATHS};
 
@@ -259,7 +260,8 @@ pub fn jwks(data: &[u8]) {
 
 /// The callout a request becomes (strip, public route, forward-auth headers). Input: a
 /// first byte (bit 0: trust_forward_header, bit 1: preserve_request_method), then header
-/// lines. No stripped (identity) header reaches the auth service, each X-Forwarded-* is
+/// lines. Every spelling of an identity header (any case, `_` or `-`) and only those are
+/// stripped from headers and trailers; no stripped header reaches the auth service, each X-Forwarded-* is
 /// sent once, without trust they describe the request Envoy received, not what the
 /// client claims, and the callout is a GET unless the client's method is preserved.
 pub fn forward_auth(data: &[u8]) {
@@ -274,6 +276,21 @@ fn forward_auth_with(settings: &Settings, trust: bool, preserve: bool, lines: &[
     let plan = settings.plan(&headers, || Some(peer.to_owned()));
     for name in &plan.strip {
         assert!(settings.strip.contains(name), "{name} stripped but not in the strip set");
+    }
+    // Every spelling of an identity header is stripped, from the headers and from the
+    // trailers alike (the same list): `_` read as `-`, as CGI/WSGI-style applications do.
+    let trailers = settings.strip_list(&headers);
+    for (name, _) in &headers {
+        let folded = name.replace('_', "-");
+        let identity = IDENTITY_HEADERS.contains(&folded.as_str());
+        for (list, what) in [(&plan.strip, "headers"), (&trailers, "trailers")] {
+            let listed = list.iter().any(|s| s.eq_ignore_ascii_case(name));
+            assert_eq!(listed, identity, "{name}: stripped from the {what}: {listed}, an identity header: {identity}");
+        }
+        // The strip set cannot tell `_` from `-`.
+        let dashes = settings.strip.contains(&folded);
+        assert_eq!(settings.strip.contains(name), dashes, "{name} and {folded} differ");
+        assert_eq!(settings.strip.contains(&name.replace('-', "_")), dashes, "{name} with underscores differs");
     }
     let first = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
     match plan.route {

@@ -61,6 +61,8 @@ pub struct RawRequest {
     target: Vec<u8>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     body: Body,
+    /// Sent after a chunked body (RFC 9112 §7.1.2) or as the h2 trailers HEADERS frame.
+    trailers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RawRequest {
@@ -70,6 +72,7 @@ impl RawRequest {
             target: target.as_ref().to_vec(),
             headers: Vec::new(),
             body: Body::None,
+            trailers: Vec::new(),
         }
     }
 
@@ -111,6 +114,18 @@ impl RawRequest {
     pub fn chunked(mut self, chunks: Vec<Vec<u8>>) -> Self {
         self.body = Body::Chunked(chunks);
         self
+    }
+
+    /// Adds a trailer field exactly as given; sent only after a [`RawRequest::chunked`] body
+    /// over HTTP/1.1 (the h2 client lower-cases the name, as HTTP/2 requires).
+    pub fn trailer(mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.trailers.push((name.as_ref().to_vec(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// The trailers as added, in order.
+    pub fn trailer_list(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.trailers.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
     }
 
     fn has_header(&self, name: &str) -> bool {
@@ -175,7 +190,14 @@ impl RawRequest {
                     out.extend_from_slice(c);
                     out.extend_from_slice(b"\r\n");
                 }
-                out.extend_from_slice(b"0\r\n\r\n");
+                out.extend_from_slice(b"0\r\n");
+                for (n, v) in &self.trailers {
+                    out.extend_from_slice(n);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
             }
         }
         out
@@ -535,6 +557,8 @@ pub struct RecordedRequest {
     /// In wire order: (lower-cased name, raw value).
     pub headers: Vec<Header>,
     pub body: Vec<u8>,
+    /// The request's trailers, in wire order (only the echo upstream records them).
+    pub trailers: Vec<Header>,
 }
 
 impl RecordedRequest {

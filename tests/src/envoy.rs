@@ -96,6 +96,10 @@ pub struct EnvBuilder {
     /// `use_remote_address: false` instead of envoy.yaml's `true`.
     no_remote_address: bool,
     without_body_stop_iteration: bool,
+    /// The echo upstream speaks HTTP/2 (h2c) and its cluster too.
+    upstream_h2: bool,
+    /// HTTP/1.1 trailers enabled on the connection manager and the upstream cluster.
+    http1_trailers: bool,
 }
 
 impl Default for EnvBuilder {
@@ -121,6 +125,8 @@ impl Default for EnvBuilder {
             xff_trusted_hops: None,
             no_remote_address: false,
             without_body_stop_iteration: false,
+            upstream_h2: false,
+            http1_trailers: false,
         }
     }
 }
@@ -268,6 +274,20 @@ impl EnvBuilder {
     }
 
     /// Removes the wasm filter from the chain (checks the fixture itself only).
+    /// An HTTP/2 (h2c) echo upstream behind a cluster that speaks HTTP/2 to it, as a gRPC
+    /// backend's: request trailers reach it (`render_envoy.py --upstream-h2`).
+    pub fn upstream_h2(mut self) -> Self {
+        self.upstream_h2 = true;
+        self
+    }
+
+    /// HTTP/1.1 trailers accepted from clients and sent to an HTTP/1.1 upstream
+    /// (`enable_trailers`, `render_envoy.py --http1-trailers`).
+    pub fn http1_trailers(mut self) -> Self {
+        self.http1_trailers = true;
+        self
+    }
+
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
         self
@@ -300,6 +320,7 @@ impl EnvBuilder {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let (auth, upstream) = match &self.mocks {
             Some((auth, upstream)) => (auth.clone(), upstream.clone()),
+            None if self.upstream_h2 => (crate::mock_auth::start(&rt), crate::upstream::start_h2(&rt)),
             None => (crate::mock_auth::start(&rt), crate::upstream::start(&rt)),
         };
         let dir = TempDir::new("nebula-authz-envoy");
@@ -387,6 +408,12 @@ impl EnvBuilder {
         }
         if self.without_body_stop_iteration {
             cmd.arg("--without-body-stop-iteration");
+        }
+        if self.upstream_h2 {
+            cmd.arg("--upstream-h2");
+        }
+        if self.http1_trailers {
+            cmd.arg("--http1-trailers");
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

@@ -110,6 +110,18 @@ fn build(scheme: &str, req: &RawRequest) -> io::Result<http::Request<()>> {
     builder.body(()).map_err(|e| invalid(e.to_string()))
 }
 
+/// The request's trailers as an h2 trailer block (names lower-cased); `None` without any.
+fn trailer_map(req: &RawRequest) -> io::Result<Option<http::HeaderMap>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let mut map = http::HeaderMap::new();
+    for (name, value) in req.trailer_list() {
+        let name = HeaderName::from_bytes(name).map_err(|e| invalid(format!("trailer name {name:?}: {e}")))?;
+        let value = HeaderValue::from_bytes(value).map_err(|e| invalid(format!("trailer {name} value: {e}")))?;
+        map.append(name, value);
+    }
+    Ok((!map.is_empty()).then_some(map))
+}
+
 async fn exchange<T>(io: T, scheme: &str, req: &RawRequest, start: Instant) -> io::Result<Response>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -128,14 +140,22 @@ where
         Body::Full(b) => vec![b.clone()],
         Body::Chunked(chunks) => chunks.iter().filter(|c| !c.is_empty()).cloned().collect(),
     };
-    let (response, mut stream) = client.send_request(request, chunks.is_empty()).map_err(h2_error)?;
+    let trailers = trailer_map(req)?;
+    let (response, mut stream) =
+        client.send_request(request, chunks.is_empty() && trailers.is_none()).map_err(h2_error)?;
     let last = chunks.len().saturating_sub(1);
+    let mut sent = true;
     for (i, chunk) in chunks.into_iter().enumerate() {
         // The h2 crate queues what exceeds the window. An error here means Envoy answered
         // (and reset the stream) before taking the body: the response is still read.
-        if stream.send_data(Bytes::from(chunk), i == last).is_err() {
+        if stream.send_data(Bytes::from(chunk), i == last && trailers.is_none()).is_err() {
+            sent = false;
             break;
         }
+    }
+    if let (Some(trailers), true) = (trailers, sent) {
+        // A HEADERS frame with END_STREAM after the data (RFC 9113 §8.1).
+        let _ = stream.send_trailers(trailers);
     }
     let response = response.await.map_err(h2_error)?;
     let first_byte = start.elapsed();

@@ -74,6 +74,7 @@ async fn serve(mut stream: TcpStream, recorded: Records) -> std::io::Result<()> 
                         path: parsed.path.unwrap_or("").to_owned(),
                         headers,
                         body: Vec::new(),
+                        trailers: Vec::new(),
                     };
                     break (req, n, content_length);
                 }

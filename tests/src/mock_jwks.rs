@@ -56,6 +56,7 @@ impl MockJwks {
                         path: req.uri().path().to_owned(),
                         headers,
                         body: Vec::new(),
+                        trailers: Vec::new(),
                     });
                     let routed = by_path.lock().expect("routes").get(req.uri().path()).cloned();
                     let down = served.lock().expect("document").is_none();

@@ -1,6 +1,7 @@
 //! The echo upstream: a hyper 1 HTTP/1.1 server that records every request and answers
 //! `200 application/json` describing what arrived:
-//! `{"method", "path", "headers": {name: [values]}, "body_len"}`.
+//! `{"method", "path", "headers": {name: [values]}, "body_len"}`; the request's trailers
+//! are recorded too. [`start_h2`] serves the same over HTTP/2 (h2c).
 //!
 //! * a path containing `/stream` gets a chunked body of three chunks 100 ms apart
 //!   ([`STREAM_BODY`] in total);
@@ -16,10 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -42,6 +43,16 @@ pub fn start(rt: &Runtime) -> Upstream {
     MockServer::start(rt, "the upstream", |stream, recorded| async move {
         let service = service_fn(move |req| handle(req, recorded.clone()));
         let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+    })
+}
+
+/// Starts the echo upstream on `rt` speaking HTTP/2 with prior knowledge (h2c), as a gRPC
+/// backend does: Envoy's cluster then needs `http2_protocol_options`, and request trailers
+/// reach it (HTTP/1.1 drops them unless the cluster enables them).
+pub fn start_h2(rt: &Runtime) -> Upstream {
+    MockServer::start(rt, "the upstream", |stream, recorded| async move {
+        let service = service_fn(move |req| handle(req, recorded.clone()));
+        let _ = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
     })
 }
 
@@ -70,12 +81,18 @@ async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Respons
         req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let websocket = client::values(&headers, "upgrade").iter().any(|v| v.eq_ignore_ascii_case(b"websocket"));
 
-    let body = if websocket {
-        Vec::new()
+    let (body, trailers) = if websocket {
+        (Vec::new(), Vec::new())
     } else {
         match req.body_mut().collect().await {
-            Ok(collected) => collected.to_bytes().to_vec(),
-            Err(_) => Vec::new(),
+            Ok(collected) => {
+                let trailers: Vec<Header> = collected
+                    .trailers()
+                    .map(|t| t.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect())
+                    .unwrap_or_default();
+                (collected.to_bytes().to_vec(), trailers)
+            }
+            Err(_) => (Vec::new(), Vec::new()),
         }
     };
     let mut headers_json = serde_json::Map::new();
@@ -96,7 +113,7 @@ async fn handle(mut req: Request<Incoming>, recorded: Records) -> Result<Respons
     let key = client::values(&headers, "sec-websocket-key").first().map(|k| k.to_vec()).unwrap_or_default();
     let set_cookies: Vec<Vec<u8>> =
         client::values(&headers, "x-echo-set-cookie").into_iter().map(<[u8]>::to_vec).collect();
-    recorded.push(UpstreamRequest { method, path: path.clone(), headers, body });
+    recorded.push(UpstreamRequest { method, path: path.clone(), headers, body, trailers });
 
     if websocket {
         let upgrade = hyper::upgrade::on(&mut req);

@@ -392,10 +392,18 @@ impl HttpContext for Authz {
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        let Some(settings) = self.settings.clone() else { return self.hold_while_pending() };
+        // On every path, whether the headers were held or already went upstream: the
+        // trailers are not forwarded before this returns. Failing here answers the client
+        // locally (Envoy resets the stream instead if the response has begun); either
+        // way the upstream request ends without them.
+        if strip::trailers(&settings).is_err() {
+            return self.fail(&settings, Failure::HostError);
+        }
         // Trailers end a body whose last data callback did not.
         if let Some(wait) = self.body.as_mut() {
             wait.complete = true;
-            if let (Some(Pending::Body { .. }), Some(settings)) = (&self.pending, self.settings.clone()) {
+            if let Some(Pending::Body { .. }) = &self.pending {
                 return self.body_step(&settings);
             }
         }

@@ -20,6 +20,8 @@ pub struct HeaderNames {
     /// Bit `n` (63: 63 and longer) set when an exact name has `n` bytes: most names of a
     /// request are told apart by their length alone (every header, every request).
     lengths: u64,
+    /// `_` and `-` compare equal (see [`HeaderNames::reading_underscores_as_dashes`]).
+    underscores_as_dashes: bool,
 }
 
 fn length_bit(len: usize) -> u64 {
@@ -60,6 +62,15 @@ impl HeaderNames {
         Ok(set)
     }
 
+    /// The set, with `_` and `-` read as the same byte in every name and pattern: the strip
+    /// list. Envoy keeps `x_nebula_actor_id` apart from `x-nebula-actor-id`, but CGI/WSGI
+    /// servers (RFC 3875 §4.1.18: both become `HTTP_X_NEBULA_ACTOR_ID`), frameworks built
+    /// on them and proxies that map `_` to `-` hand the application one header for both.
+    pub fn reading_underscores_as_dashes(mut self) -> Self {
+        self.underscores_as_dashes = true;
+        self
+    }
+
     /// Like [`HeaderNames::parse`], for headers the filter writes (upstream or to the client).
     pub fn parse_injectable(field: &str, names: &[String]) -> Result<Self, ConfigError> {
         let set = HeaderNames::parse(field, names, true)?;
@@ -95,29 +106,31 @@ impl HeaderNames {
         self.exact.is_empty() && self.prefixes.is_empty() && self.suffixes.is_empty()
     }
 
-    /// Whether `name` (any case) is in the set.
+    /// Whether `name` (any case; `_` as `-` if the set reads them so) is in the set.
     pub fn contains(&self, name: &str) -> bool {
+        let fold = self.underscores_as_dashes;
+        let same = |a: &[u8], b: &[u8]| if fold { eq_folded(a, b) } else { a.eq_ignore_ascii_case(b) };
+        let bytes = name.as_bytes();
+        let starts = |p: &String| bytes.len() >= p.len() && same(&bytes[..p.len()], p.as_bytes());
+        let ends = |s: &String| bytes.len() >= s.len() && same(&bytes[bytes.len() - s.len()..], s.as_bytes());
         // The pattern match first: it rules out nearly every name before the list of
         // connection headers is scanned (every header of every request goes through here).
-        (self.lengths & length_bit(name.len()) != 0 && self.exact.iter().any(|n| n.eq_ignore_ascii_case(name)))
-            || ((self.prefixes.iter().any(|p| starts_with_ignore_case(name, p))
-                || self.suffixes.iter().any(|s| ends_with_ignore_case(name, s)))
+        (self.lengths & length_bit(name.len()) != 0 && self.exact.iter().any(|n| same(n.as_bytes(), bytes)))
+            || ((self.prefixes.iter().any(starts) || self.suffixes.iter().any(ends))
                 && !name.starts_with(':')
                 && !is_connection_header(name))
     }
 }
 
+/// `a` and `b` are the same name once letters are lower-cased and `_` is read as `-`.
+fn eq_folded(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
 /// Whether `name` (any case) is a connection-level header the filter must never write.
 pub fn is_connection_header(name: &str) -> bool {
     CONNECTION_HEADERS.iter().any(|c| c.eq_ignore_ascii_case(name))
-}
-
-fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
-    name.len() >= suffix.len() && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// RFC 9110 `token`: what a header field name may be. Rejects pseudo-headers (`:path`).
@@ -290,6 +303,110 @@ mod tests {
         assert_eq!(err(&["*:path"], true), "invalid plugin configuration: f[0]: \"*:path\" is not a valid header name");
         let conn = HeaderNames::parse_injectable("f", &list(&["x-*", "TE"])).unwrap_err().to_string();
         assert_eq!(conn, "invalid plugin configuration: f[1]: \"te\" is a connection-level header Envoy manages; it cannot be copied");
+    }
+
+    /// Every spelling of `name`: each `-` as `-` or `_`, each letter in either case
+    /// (names up to 16 bytes: all 2^n choices; longer ones: 4096 of them, every separator
+    /// choice among them).
+    fn spellings(name: &str) -> Vec<String> {
+        let flippable: Vec<usize> =
+            name.bytes().enumerate().filter(|(_, b)| b.is_ascii_alphabetic() || *b == b'-').map(|(i, _)| i).collect();
+        let dashes: Vec<usize> = flippable.iter().copied().filter(|&i| name.as_bytes()[i] == b'-').collect();
+        let all = 1u64 << flippable.len().min(12);
+        (0..all)
+            .map(|mask| {
+                // Long names: a multiplicative hash spreads `mask` over every position,
+                // and the low bits always pick the separators.
+                let bits = if flippable.len() > 12 { mask.wrapping_mul(0x9e37_79b9_7f4a_7c15) } else { mask };
+                let mut out = name.as_bytes().to_vec();
+                for (bit, &at) in flippable.iter().enumerate() {
+                    if bits >> (bit % 64) & 1 == 1 {
+                        out[at] = if out[at] == b'-' { b'_' } else { out[at].to_ascii_uppercase() };
+                    }
+                }
+                for (bit, &at) in dashes.iter().enumerate() {
+                    out[at] = if mask >> bit & 1 == 1 { b'_' } else { b'-' };
+                }
+                String::from_utf8(out).unwrap()
+            })
+            .collect()
+    }
+
+    fn strip_set(list: &[&str]) -> HeaderNames {
+        names(list, true).reading_underscores_as_dashes()
+    }
+
+    /// The strip list reads `_` as `-`: every case and separator spelling of every identity
+    /// header is in it; a set that does not fold (what is copied, not stripped) keeps only
+    /// the case-insensitive matches.
+    #[test]
+    fn the_strip_list_matches_every_spelling_with_underscores_or_dashes() {
+        let identity = crate::policy::auth::IDENTITY_HEADERS;
+        let strip = strip_set(&identity);
+        let copied = names(&identity, true);
+        for name in identity {
+            let all = spellings(name);
+            assert!(all.len() >= 4096, "{name}: {} spellings", all.len());
+            assert!(all.iter().any(|s| s.contains('_')) && all.iter().any(|s| s.contains('-')));
+            for spelling in &all {
+                assert!(strip.contains(spelling), "{spelling} not stripped");
+                assert_eq!(copied.contains(spelling), !spelling.contains('_'), "{spelling} in the copied set");
+            }
+        }
+    }
+
+    /// Prefix and suffix patterns fold too, both ways (a pattern written with `_` matches
+    /// `-`), and folding never widens a name: near-misses of every length stay out.
+    #[test]
+    fn patterns_fold_underscores_and_near_misses_stay_out() {
+        let strip = strip_set(&["x-nebula-*", "*-token", "x_custom"]);
+        for name in spellings("x-nebula-team").iter().chain(&spellings("x-nebula-")).chain(&spellings("x-auth-token")) {
+            assert!(strip.contains(name), "{name} not stripped");
+        }
+        for name in ["x-custom", "X_CUSTOM", "x_Custom"] {
+            assert!(strip.contains(name), "{name} not stripped");
+        }
+        for name in [
+            "x-nebula",
+            "x_nebula",
+            "x-nebul_",
+            "xxnebula-team",
+            "x.nebula-team",
+            "x-tokens",
+            "-tokenx",
+            "x-customs",
+            "x-custo",
+        ] {
+            assert!(!strip.contains(name), "{name} stripped");
+        }
+        let exact = strip_set(&crate::policy::auth::IDENTITY_HEADERS);
+        for name in crate::policy::auth::IDENTITY_HEADERS {
+            let (shorter, longer) = (&name[..name.len() - 1], format!("{name}_"));
+            for near in [shorter.to_string(), longer, name.replace('-', "."), name.replacen('x', "y", 1)] {
+                assert!(!exact.contains(&near), "{near} stripped");
+            }
+        }
+        // Pseudo and connection headers are still never matched by a pattern.
+        let encoding = strip_set(&["*-encoding", "*path"]);
+        assert!(!encoding.contains("transfer-encoding") && !encoding.contains(":path"));
+        assert!(encoding.contains("accept_encoding"));
+        // Extending keeps the folding (the injected headers join the strip list so).
+        let mut extended = strip_set(&["x-a"]);
+        extended.extend(&names(&["x-user"], false));
+        assert!(extended.contains("X_USER"));
+    }
+
+    /// Each spelling Envoy keeps apart is removed by its own name.
+    #[test]
+    fn present_lists_underscore_and_dash_spellings_apart() {
+        let strip = strip_set(&["x-nebula-actor-id"]);
+        let headers = h(&[
+            ("x-nebula-actor-id", "a"),
+            ("x_nebula_actor_id", "b"),
+            ("X_Nebula_Actor_Id", "c"),
+            ("x-nebula_actor-id", "d"),
+        ]);
+        assert_eq!(present(&headers, &strip), vec!["x-nebula-actor-id", "x_nebula_actor_id", "x-nebula_actor-id"]);
     }
 
     #[test]

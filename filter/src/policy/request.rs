@@ -4,7 +4,7 @@
 use crate::policy::auth::AuthSettings;
 use crate::policy::decision::Failure;
 use crate::policy::ext_authz::{self, Protocol};
-use crate::policy::forward::{self, CalloutHeader};
+use crate::policy::forward::{self, CalloutHeader, HeaderRegex};
 use crate::policy::headers::{self, Header, HeaderNames};
 use crate::policy::route::PublicPaths;
 
@@ -65,16 +65,30 @@ pub fn route<'h, H: Header>(
     public: &'h PublicPaths,
     headers: &'h [H],
 ) -> Routed<'h> {
-    let mut strip = headers::present(headers, strip_names);
+    let strip = strip_list(auth, strip_names, headers);
+    let path = headers::first(headers, ":path");
+    Routed { strip, public: path.and_then(|p| public.find(p)) }
+}
+
+/// The distinct names among `fields` (a request's headers, or its trailers, which an
+/// HTTP/2 or gRPC upstream receives too) that the client may not send: the strip list and
+/// what `auth.upstream_headers_regex` matches, `_` read as `-` in both.
+pub fn strip_list<'h, H: Header>(auth: &AuthSettings, strip_names: &HeaderNames, fields: &'h [H]) -> Vec<&'h str> {
+    let mut strip = headers::present(fields, strip_names);
     if let Some(regex) = &auth.upstream_headers_regex {
-        for name in headers.iter().map(Header::name) {
-            if regex.matches(name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        for name in fields.iter().map(Header::name) {
+            if regex_strips(regex, name) && !strip.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                 strip.push(name);
             }
         }
     }
-    let path = headers::first(headers, ":path");
-    Routed { strip, public: path.and_then(|p| public.find(p)) }
+    strip
+}
+
+/// Whether `regex` matches the client header `name`, or `name` with `_` read as `-` (what
+/// CGI/WSGI-style applications see, as for the strip list).
+fn regex_strips(regex: &HeaderRegex, name: &str) -> bool {
+    regex.matches(name) || (name.contains('_') && regex.matches(&name.replace('_', "-")))
 }
 
 /// The callout's headers for a protected request (pseudo-headers first); `Err` when the
@@ -116,7 +130,7 @@ pub fn callout<'h, H: Header>(
     let skip = |name: &str| {
         (auth.forward_auth && forward::is_written(name))
             || (!auth.trust_forward_header && forward::is_x_forwarded(name))
-            || auth.upstream_headers_regex.as_ref().is_some_and(|r| r.matches(name))
+            || auth.upstream_headers_regex.as_ref().is_some_and(|r| regex_strips(r, name))
     };
     // A stripped header is never forwarded, even if a request_headers pattern matches it.
     for (name, value) in
@@ -275,6 +289,36 @@ mod tests {
         let plan = s.plan(&headers, || None);
         let sent = callout(&plan);
         assert!(sent.contains(&("x-team", "t")) && !sent.iter().any(|(n, _)| n.starts_with("X-Auth")), "{sent:?}");
+    }
+
+    /// Trailers get the same list as headers: any case, `_` as `-`, the regex's names
+    /// too, each distinct spelling once; other trailers stay.
+    #[test]
+    fn trailers_strip_every_spelling_of_the_list_and_the_regex() {
+        let s = settings(r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-"}}"#);
+        let trailers = h(&[
+            ("grpc-timeout", b"1S"),
+            ("x_nebula_actor_id", b"evil"),
+            ("x-nebula_actor-id", b"evil"),
+            ("x_nebula_actor_id", b"again"),
+            ("x_auth_request_user", b"evil"),
+            ("x-nebula-actor-idx", b"kept"),
+        ]);
+        assert_eq!(s.strip_list(&trailers), vec!["x_nebula_actor_id", "x-nebula_actor-id", "x_auth_request_user"]);
+        // Not sent to the auth service either, even when request_headers would match them.
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-auth-request-", "request_headers": ["x*"]}}"#,
+        );
+        let headers = h(&[
+            (":path", b"/api/flows"),
+            ("x_auth_request_user", b"e"),
+            ("x_nebula_actor_id", b"e"),
+            ("x-team", b"t"),
+        ]);
+        let plan = s.plan(&headers, || None);
+        assert_eq!(plan.strip, vec!["x_nebula_actor_id", "x_auth_request_user"]);
+        let sent = callout(&plan);
+        assert!(sent.contains(&("x-team", "t")) && !sent.iter().any(|(n, _)| n.contains('_')), "{sent:?}");
     }
 
     /// Istio-style patterns in request_headers forward matching headers, never stripped ones.
