@@ -276,6 +276,45 @@ mod tests {
         assert_eq!(callout(&settings, &names(&["cookie"]), &names(&[]), &bad), None);
     }
 
+    /// Over generated requests (names from a small pool, so they repeat, in any case):
+    /// each header goes at most once, as the join of all its values in order; a stripped
+    /// or added one never carries the client's value; nothing unlisted is sent.
+    #[test]
+    fn every_callout_header_is_one_line_of_all_its_values() {
+        let pool = ["authorization", "Cookie", "cookie", "x-tenant-id", "X-Tenant-Region", "x-nebula-actor-id", "x-a"];
+        let settings = ExtAuthzSettings { headers_to_add: vec![("x-a".into(), "fixed".into())], ..Default::default() };
+        let (wanted, strip) = (names(&["cookie", "x-tenant-*", "x-nebula-*", "x-a"]), names(&["x-nebula-*"]));
+        let mut state: u32 = 7;
+        let mut next = |n: u32| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (state >> 16) % n
+        };
+        for _ in 0..500 {
+            let mut request = vec![(":path".to_string(), b"/".to_vec())];
+            for i in 0..next(8) {
+                let name = pool[next(pool.len() as u32) as usize];
+                request.push((name.to_string(), format!("v{i}").into_bytes()));
+            }
+            let out = callout(&settings, &wanted, &strip, &request).unwrap();
+            for (k, (name, value)) in out.iter().enumerate().skip(2) {
+                assert!(!out[k + 1..].iter().any(|(n, _)| n.eq_ignore_ascii_case(name)), "{name} twice: {out:?}");
+                let values: Vec<String> = request
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                    .collect();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => assert_eq!(value, "0"),
+                    "x-a" => assert_eq!(value, "fixed"),
+                    n => {
+                        assert!(!strip.contains(n) && (n == "authorization" || wanted.contains(n)), "{n} sent");
+                        assert_eq!(value.as_ref(), values.join(","), "{request:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// ext_authz sets each allowed upstream header in turn (Envoy's `setCopy`): a repeated
     /// one ends with its last value; forward_auth copies every value.
     #[test]
