@@ -29,6 +29,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "istio" / "wasmplugin.yaml"
+# Client headers removed from every request (the filter's strip_headers).
+IDENTITY_STRIP = ("x-nebula-*",)
 
 
 class Refused(Exception):
@@ -102,8 +104,18 @@ def convert_provider(ext, notes):
         if any("%" in str(v) for v in additional.values()):
             notes.append("includeAdditionalHeadersInCheck: values are sent as written; Envoy's %COMMAND% "
                          "substitutions are not evaluated")
-    # Without the list ext_authz copies nothing upstream (the identity headers are still stripped).
-    auth["upstream_headers"] = [str(h) for h in ext.get("headersToUpstreamOnAllow") or []]
+    # Without the list ext_authz copies nothing upstream. As under ext_authz, the auth
+    # service's value of a listed header replaces the client's, and a client's copy it does
+    # not set stays (a token exchange's `authorization`, Envoy's `x-request-id` under `*-id`);
+    # only strip_headers (IDENTITY_STRIP) are removed from every request.
+    upstream = [str(h) for h in ext.get("headersToUpstreamOnAllow") or []]
+    auth["upstream_headers"] = upstream
+    kept = [h for h in upstream if not h.lower().startswith("x-nebula-")]
+    if kept:
+        notes.append(f"headersToUpstreamOnAllow {kept}: the auth service's value replaces the client's, as "
+                     "under ext_authz; a client's copy it does not set reaches the upstream. To remove a "
+                     "client's copy on every request (public paths too), add the name or pattern to "
+                     "strip_headers (docs/istio.md)")
     if ext.get("headersToDownstreamOnDeny"):
         auth["client_headers"] = [str(h) for h in ext["headersToDownstreamOnDeny"]]
     if ext.get("headersToDownstreamOnAllow"):
@@ -285,7 +297,9 @@ def convert(mesh_doc, policy_doc):
     if not provider:
         raise Refused("the AuthorizationPolicy names no provider")
     auth, status = convert_provider(provider_block(mesh_config(mesh_doc), provider), notes)
-    config = {"auth": auth}
+    # The identity headers come only from the auth service: every client copy is removed,
+    # on every path, whatever the provider lists (ext_authz would pass them on).
+    config = {"auth": auth, "strip_headers": list(IDENTITY_STRIP)}
     sets = simplify([item for g in convert_rules(spec) for item in convert_path(str(g), notes)])
     config["public_paths"] = [template for item in sets for template in templates(item)]
     if status is not None:

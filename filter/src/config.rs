@@ -15,6 +15,7 @@ use crate::error::ConfigError;
 use crate::jwt::config::{JwtSettings, RawJwt};
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Failure, Verdict};
+use crate::policy::ext_authz::Protocol;
 use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{Header, HeaderNames};
 use crate::policy::request::{self, Plan, Routed};
@@ -48,7 +49,8 @@ struct RawConfig {
 #[derive(Debug)]
 pub struct Settings {
     pub auth: AuthSettings,
-    /// Removed from every client request; always includes `auth.upstream_headers`.
+    /// Removed from every client request; includes `auth.upstream_headers` with the
+    /// forward-auth protocol (not with ext_authz, which replaces only what it sets).
     pub strip: HeaderNames,
     pub public: PublicPaths,
     pub status_on_error: u32,
@@ -138,7 +140,14 @@ impl TryFrom<RawConfig> for Settings {
         let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
         // `_` reads as `-` in every name the strip list holds or gains below.
         let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?.reading_underscores_as_dashes();
-        strip.extend(&auth.upstream_headers);
+        // forwardAuth (Traefik) removes every `authResponseHeaders` name from the request
+        // before it copies the auth service's; ext_authz replaces only what the auth service
+        // sets, so a listed header it does not set (`authorization` in a token exchange,
+        // Envoy's `x-request-id` under `*-id`) keeps the client's value, and reaches the
+        // auth service.
+        if auth.protocol != Protocol::ExtAuthz {
+            strip.extend(&auth.upstream_headers);
+        }
 
         let (public_paths, entries) = access_config::split(raw.public_paths);
         let public = PublicPaths::from_config(public_paths, raw.frontend_prefix)?;
@@ -283,11 +292,19 @@ mod tests {
     }
 
     #[test]
-    fn upstream_headers_are_always_stripped() {
+    fn upstream_headers_are_stripped_with_forward_auth_only() {
         let s =
             Settings::from_json(br#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"]}, "strip_headers": []}"#)
                 .unwrap();
         assert!(s.strip.contains("x-user"));
+        // ext_authz replaces what the auth service sets; the strip list alone is removed.
+        let s = Settings::from_json(
+            br#"{"auth": {"cluster": "a", "protocol": "ext_authz", "upstream_headers": ["authorization", "*-id"]},
+                "strip_headers": ["x-nebula-*"]}"#,
+        )
+        .unwrap();
+        assert!(!s.strip.contains("authorization") && !s.strip.contains("x-request-id"));
+        assert!(s.strip.contains("x-nebula-actor-id"));
     }
 
     /// Bad input gets one clear line naming the field: the exact texts users will see.

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod ext_authz_pair;
 pub mod h2_client;
 pub mod mock_auth;
 pub mod mock_jwks;

@@ -76,6 +76,19 @@ fn ext_authz_with_every_provider_field() {
         "GET with every kind of header",
     );
 
+    // A repeated header goes as one line, its values joined with a comma in their order
+    // (cookie too, when listed: not RFC 6265's "; ").
+    let resp = env.send(
+        &RawRequest::get("/api/flows")
+            .bearer("allow:alice")
+            .header("x-tenant-region", "eu")
+            .header("origin", "https://a.example.com")
+            .header("x-tenant-region", "us"),
+    );
+    assert_eq!(resp.status, 200, "allowed: {resp:?}");
+    let call = env.auth.last();
+    assert_eq!(call.header_all("x-tenant-region"), ["eu,us"], "{:?}", call.headers);
+
     // A body up to maxRequestBytes goes along, with content-length and
     // x-envoy-auth-partial-body: false; the upstream gets it unchanged.
     let body = b"{\"name\":\"flow\"}".to_vec();

@@ -67,6 +67,7 @@ fn conversion_of_the_policy_mode_fixture_matches_the_golden_wasmplugin() {
     assert_eq!(auth["protocol"], "ext_authz", "convert emits ext_authz's callout shape");
     assert_eq!(config["status_on_error"], 503, "statusOnError: \"503\"");
     assert_eq!(auth["upstream_headers"], serde_json::json!(["x-nebula-*"]), "headersToUpstreamOnAllow");
+    assert_eq!(config["strip_headers"], serde_json::json!(["x-nebula-*"]), "the identity headers, on every path");
     assert_eq!(
         auth["client_headers"],
         serde_json::json!(["www-authenticate", "location", "set-cookie", "content-type"]),

@@ -13,7 +13,8 @@ pub const FAILURE_BODY: &[u8] = b"nebula-authz: authorization check failed\n";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict<'r> {
-    /// Resume the request with these auth response headers set (each name replaced), and
+    /// Resume the request with these auth response headers set (each name replaced; with
+    /// ext_authz one value per name, the last), and
     /// add `cookies` (`Set-Cookie` values) to the client's response.
     Allow {
         inject: Vec<(&'r str, &'r [u8])>,
@@ -155,6 +156,9 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
         let cookies = forward::auth_cookies(headers, &auth.add_auth_cookies_to_response);
         // Nothing to look for in forward_auth's common case: no allocation.
         let ext = auth.protocol == Protocol::ExtAuthz;
+        // ext_authz sets each allowed header in turn, each replacing the one before
+        // (Envoy's `setCopy`): a repeated one reaches the upstream once, with its last value.
+        let inject = if ext { last_values(inject) } else { inject };
         let extra = if ext || !auth.upstream_headers_to_append.is_empty() || !auth.client_headers_on_success.is_empty()
         {
             ext_authz::allow_extra(&auth.upstream_headers_to_append, &auth.client_headers_on_success, ext, headers)
@@ -182,6 +186,15 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
         }
     }
     Verdict::Deny { status, headers: relay }
+}
+
+/// `headers` with only the last value of each name, in their order.
+fn last_values<'r>(headers: Vec<(&'r str, &'r [u8])>) -> Vec<(&'r str, &'r [u8])> {
+    let later = |i: usize, name: &str| headers[i + 1..].iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !headers.iter().enumerate().any(|(i, (name, _))| later(i, name)) {
+        return headers; // Nothing repeated, the common case: no allocation.
+    }
+    headers.iter().enumerate().filter(|(i, (name, _))| !later(*i, name)).map(|(_, h)| *h).collect()
 }
 
 /// Whether the auth service answered a final status that refuses the credential: below

@@ -4,11 +4,12 @@
 //!
 //! - the callout is the client's method, `path_prefix` + the client's `:path` (query
 //!   included) or a fixed `path_override`, and the client's `:authority`;
-//! - of the client's headers, `authorization` and those `request_headers` matches;
-//!   `headers_to_add` overwrite; `content-length: 0` (Envoy adds `x-envoy-internal` and
+//! - of the client's headers, `authorization` and those `request_headers` matches, a
+//!   repeated one as one line of its values joined with `,`; `headers_to_add` overwrite; `content-length: 0` (Envoy adds `x-envoy-internal` and
 //!   `x-envoy-expected-rq-timeout-ms` to every callout itself). With
 //!   `with_request_body` the callout carries the body instead (policy/request_body.rs);
-//! - on allow, `upstream_headers` replace, `upstream_headers_to_append` append,
+//! - on allow, `upstream_headers` replace (a repeated one: its last value; a client's
+//!   copy the auth service does not set stays), `upstream_headers_to_append` append,
 //!   `x-envoy-auth-headers-to-remove` removes request headers, and
 //!   `client_headers_on_success` go to the client's response; on deny, `client_headers`
 //!   (plus `www-authenticate` and `location`), or every header when it is not set.
@@ -98,14 +99,18 @@ pub fn callout<'h, H: Header>(
         out.push((":authority", text(authority)?.into()));
     }
     let added = |name: &str| settings.headers_to_add.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    for h in headers {
+    for (i, h) in headers.iter().enumerate() {
         let name = h.name();
         let wanted = name.eq_ignore_ascii_case("authorization") || request_headers.contains(name);
         if wanted && !name.starts_with(':') && !strip.contains(name) && !added(name) {
             if name.eq_ignore_ascii_case("content-length") {
                 continue; // Envoy writes the callout's own.
             }
-            out.push((name, text(h.value())?.into()));
+            let same = |other: &H| other.name().eq_ignore_ascii_case(name);
+            if headers[..i].iter().any(same) {
+                continue; // Joined into its first line below.
+            }
+            out.push((name, joined(&headers[i..], name)?));
         }
     }
     for (name, value) in &settings.headers_to_add {
@@ -114,6 +119,22 @@ pub fn callout<'h, H: Header>(
     // As ext_authz without a body; policy/request_body.rs replaces it when one is sent.
     out.push(("content-length", "0".into()));
     Some(out)
+}
+
+/// Every value of `name` in `headers` (the first of them first) as one line, as ext_authz
+/// sends a repeated header: the values joined with `,` in their order (RFC 9110 §5.3),
+/// `cookie` too (Envoy's check request keeps one value per name, recorded in
+/// tests/tests/ext_authz_headers.rs). `None` if a value is not text.
+fn joined<'h, H: Header>(headers: &'h [H], name: &str) -> Option<Cow<'h, str>> {
+    let mut values = headers.iter().filter(|h| h.name().eq_ignore_ascii_case(name)).map(|h| headers::text(h.value()));
+    let first = values.next().flatten()?;
+    let mut line: Cow<'h, str> = first.into();
+    for value in values {
+        let line = line.to_mut();
+        line.push(',');
+        line.push_str(value?);
+    }
+    Some(line)
 }
 
 /// What an allow does besides setting `upstream_headers` (ext_authz only; `None` in
@@ -223,6 +244,90 @@ mod tests {
         let bad: Vec<(String, Vec<u8>)> =
             bad.into_iter().map(|(n, v)| if n == "authorization" { (n, vec![0xe9]) } else { (n, v) }).collect();
         assert_eq!(callout(&fixed, &names(&[]), &names(&[]), &bad), None);
+    }
+
+    /// ext_authz sends a repeated header as one line, its values joined with `,` in their
+    /// order, `cookie` included; a value that is not text fails the whole callout.
+    #[test]
+    fn repeated_headers_are_sent_as_one_joined_line() {
+        let request = h(&[
+            (":path", "/api"),
+            ("cookie", "a=1"),
+            ("x-tenant-id", "t1"),
+            ("authorization", "Bearer t"),
+            ("cookie", "b=2; c=3"),
+            ("x-tenant-id", "t2"),
+            ("x-other", "o"),
+        ]);
+        let settings = ExtAuthzSettings::default();
+        let out = callout(&settings, &names(&["cookie", "x-tenant-*"]), &names(&[]), &request).unwrap();
+        let out: Vec<(&str, &str)> = out.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+        assert_eq!(
+            &out[2..],
+            [
+                ("cookie", "a=1,b=2; c=3"),
+                ("x-tenant-id", "t1,t2"),
+                ("authorization", "Bearer t"),
+                ("content-length", "0")
+            ]
+        );
+        let mut bad = request.clone();
+        bad.push(("cookie".into(), vec![0xff]));
+        assert_eq!(callout(&settings, &names(&["cookie"]), &names(&[]), &bad), None);
+    }
+
+    /// Over generated requests (names from a small pool, so they repeat, in any case):
+    /// each header goes at most once, as the join of all its values in order; a stripped
+    /// or added one never carries the client's value; nothing unlisted is sent.
+    #[test]
+    fn every_callout_header_is_one_line_of_all_its_values() {
+        let pool = ["authorization", "Cookie", "cookie", "x-tenant-id", "X-Tenant-Region", "x-nebula-actor-id", "x-a"];
+        let settings = ExtAuthzSettings { headers_to_add: vec![("x-a".into(), "fixed".into())], ..Default::default() };
+        let (wanted, strip) = (names(&["cookie", "x-tenant-*", "x-nebula-*", "x-a"]), names(&["x-nebula-*"]));
+        let mut state: u32 = 7;
+        let mut next = |n: u32| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (state >> 16) % n
+        };
+        for _ in 0..500 {
+            let mut request = vec![(":path".to_string(), b"/".to_vec())];
+            for i in 0..next(8) {
+                let name = pool[next(pool.len() as u32) as usize];
+                request.push((name.to_string(), format!("v{i}").into_bytes()));
+            }
+            let out = callout(&settings, &wanted, &strip, &request).unwrap();
+            for (k, (name, value)) in out.iter().enumerate().skip(2) {
+                assert!(!out[k + 1..].iter().any(|(n, _)| n.eq_ignore_ascii_case(name)), "{name} twice: {out:?}");
+                let values: Vec<String> = request
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                    .collect();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => assert_eq!(value, "0"),
+                    "x-a" => assert_eq!(value, "fixed"),
+                    n => {
+                        assert!(!strip.contains(n) && (n == "authorization" || wanted.contains(n)), "{n} sent");
+                        assert_eq!(value.as_ref(), values.join(","), "{request:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// ext_authz sets each allowed upstream header in turn (Envoy's `setCopy`): a repeated
+    /// one ends with its last value; forward_auth copies every value.
+    #[test]
+    fn a_repeated_upstream_header_keeps_its_last_value() {
+        use crate::policy::decision::Verdict;
+        let resp = h(&[(":status", "200"), ("x-user", "one"), ("x-a", "1"), ("X-User", "two"), ("x-user", "three")]);
+        let ext =
+            settings(r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "upstream_headers": ["x-user", "x-a"]}}"#);
+        let Verdict::Allow { inject, .. } = ext.decide(&resp, 0) else { panic!("an allow") };
+        assert_eq!(inject, [("x-a", &b"1"[..]), ("x-user", &b"three"[..])]);
+        let plain = settings(r#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"]}}"#);
+        let Verdict::Allow { inject, .. } = plain.decide(&resp, 0) else { panic!("an allow") };
+        assert_eq!(inject.len(), 3, "forward_auth: every value: {inject:?}");
     }
 
     fn settings(json: &str) -> crate::config::Settings {

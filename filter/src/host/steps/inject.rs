@@ -19,7 +19,7 @@ use crate::host::steps::decide::Outcome;
 use crate::jwt::verifier::ClaimHeaders;
 use crate::metrics::Metric;
 use crate::policy::decision::Failure;
-use crate::policy::ext_authz::AllowExtra;
+use crate::policy::ext_authz::{AllowExtra, Protocol};
 use crate::policy::forward;
 
 /// Owned (name, value) pairs.
@@ -89,13 +89,20 @@ pub fn apply_decision(id: u32, settings: &Settings, decision: &Decision, via: Vi
                     return fail_closed(id, settings, Failure::HostError);
                 }
             }
+            // forward_auth: added, not replaced: the strip step removed every name that can
+            // be injected (`upstream_headers` are in the strip set, and request headers
+            // matching `upstream_headers_regex` are stripped too), so none is there to
+            // replace, and an add spares the host its search for an existing value. Waiters
+            // and cache hits went through the strip step too. ext_authz: replaced, as
+            // Envoy's `setCopy`, since the client's copy of a listed header the auth service
+            // does not set stays (one value per name: policy/decision.rs).
+            let replace = settings.auth.protocol == Protocol::ExtAuthz;
             for (name, value) in inject {
-                // Added, not replaced: the strip step removed every name that can be
-                // injected (`upstream_headers` are always in the strip set, and request
-                // headers matching `upstream_headers_regex` are stripped too), so none is
-                // there to replace, and an add spares the host its search for an existing
-                // value. Waiters and cache hits went through the strip step too.
-                if hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_err() {
+                let done = match replace {
+                    true => hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)),
+                    false => hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value),
+                };
+                if done.is_err() {
                     return fail_closed(id, settings, Failure::HostError);
                 }
             }
