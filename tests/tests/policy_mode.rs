@@ -190,6 +190,26 @@ fn unsafe_or_inexpressible_policies_are_refused() {
             "2 rules",
         ),
         ("a non-CUSTOM action", mesh.clone(), policy.replace("action: CUSTOM", "action: ALLOW"), "only CUSTOM"),
+        (
+            "a command operator the filter cannot print",
+            mesh.replace(
+                "          headersToUpstreamOnAllow:\n",
+                "          includeAdditionalHeadersInCheck:\n            x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\"\n            \
+                 x-node: \"node=%HOSTNAME%\"\n          headersToUpstreamOnAllow:\n",
+            ),
+            policy.clone(),
+            "includeAdditionalHeadersInCheck.x-node: %HOSTNAME% is not supported",
+        ),
+        (
+            "a stray %",
+            mesh.replace(
+                "          headersToUpstreamOnAllow:\n",
+                "          includeAdditionalHeadersInCheck:\n            x-off: \"50% off\"\n          \
+                 headersToUpstreamOnAllow:\n",
+            ),
+            policy.clone(),
+            "includeAdditionalHeadersInCheck.x-off: '% off' is not an Envoy command operator",
+        ),
     ];
     let dir = TempDir::new("nebula-authz-convert");
     for (what, mesh, policy, expected) in cases {
@@ -219,7 +239,8 @@ fn bare_mesh_config_with_path_prefix_converts() {
         "extensionProviders:\n  - name: authz-http-redirect\n    envoyExtAuthzHttp:\n      \
          service: auth.prefect.svc.cluster.local\n      port: 4300\n      pathPrefix: /check\n      \
          timeout: 250ms\n      includeRequestHeadersInCheck: [origin, x-tenant-*]\n      \
-         includeAdditionalHeadersInCheck: {x-b: two, x-a: one}\n      headersToDownstreamOnAllow: [set-cookie]\n      \
+         includeAdditionalHeadersInCheck: {x-b: two, x-a: one, x-c: \"%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/100%%\"}\n      \
+         headersToDownstreamOnAllow: [set-cookie]\n      \
          includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true, packAsBytes: true}\n",
     )
     .expect("write mesh");
@@ -231,7 +252,11 @@ fn bare_mesh_config_with_path_prefix_converts() {
     assert_eq!((auth["protocol"].as_str(), auth["path_prefix"].as_str()), (Some("ext_authz"), Some("/check")));
     assert_eq!(auth["timeout_ms"], 250);
     assert_eq!(auth["request_headers"], serde_json::json!(["origin", "x-tenant-*"]), "authorization is implicit");
-    assert_eq!(auth["headers_to_add"], serde_json::json!({"x-a": "one", "x-b": "two"}));
+    assert_eq!(
+        auth["headers_to_add"],
+        serde_json::json!({"x-a": "one", "x-b": "two", "x-c": "%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/100%%"}),
+        "operators the filter prints are kept"
+    );
     assert_eq!(auth["client_headers_on_success"], serde_json::json!(["set-cookie"]));
     assert_eq!(auth["upstream_headers"], serde_json::json!([]), "unset: ext_authz copies nothing upstream");
     assert!(config.get("status_on_error").is_none() && auth.get("client_headers").is_none());
@@ -244,6 +269,7 @@ fn bare_mesh_config_with_path_prefix_converts() {
             && stderr.contains("allow_on_headers_stop_iteration"),
         "the note says the WasmPlugin cannot set what Envoy needs: {stderr}"
     );
+    assert!(stderr.contains("note: includeAdditionalHeadersInCheck: %REQ(...)% prints"), "{stderr}");
     nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
 }
 
