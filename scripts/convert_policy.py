@@ -13,7 +13,8 @@ plugin JSON. Notes on behaviour differences go to stderr.
 Every field of the `envoyExtAuthzHttp` provider maps (the filter's `protocol: ext_authz`
 sends what Envoy's ext_authz sends); the provider is refused only for failOpen: true (the
 filter fails closed) and for includeAdditionalHeadersInCheck command operators the filter
-cannot print (%HOSTNAME%, %UPSTREAM_HOST%, ...: it would refuse them at load). Fails (exit
+cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...: it would refuse them
+at load). Fails (exit
 1, one `error:` line) also for gRPC providers, rules other than one `notPaths` list, and
 path globs with no segment-safe equivalent.
 """
@@ -100,6 +101,10 @@ def convert_provider(ext, notes):
         auth["headers_to_add"] = {str(k): str(additional[k]) for k in sorted(additional)}
         for name, value in auth["headers_to_add"].items():
             check_operators(name, value)
+        if uses_hostname(auth):
+            notes.append("includeAdditionalHeadersInCheck: %HOSTNAME% prints the proxy's HOSTNAME variable (the "
+                         "pod's host name): the WasmPlugin gets vmConfig.env HOSTNAME from the host; with "
+                         "--config-only, give the VM that variable yourself (docs/configuration.md)")
         if any("%REQ(" in v.replace("%%", "") for v in auth["headers_to_add"].values()):
             notes.append("includeAdditionalHeadersInCheck: %REQ(...)% prints the client's header as ext_authz "
                          "does, except a header the filter strips (strip_headers, upstream_headers), which "
@@ -131,16 +136,21 @@ def convert_provider(ext, notes):
 OPERATOR = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
 # What the filter prints (filter/src/policy/substitution.rs), and why the others cannot be.
 ADDRESSES = {"DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_ADDRESS",
-             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "PROTOCOL"}
+             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "PROTOCOL", "HOSTNAME"}
 WHY_NOT = {
-    "HOSTNAME": "proxy-wasm exposes no host name",
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": "proxy-wasm exposes only the remote address Envoy settled on "
                                         "(%DOWNSTREAM_REMOTE_ADDRESS%), not the direct peer behind X-Forwarded-For",
 }
 WHY_NOT["DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT"] = WHY_NOT["DOWNSTREAM_DIRECT_REMOTE_ADDRESS"]
 SUPPORTED_OPERATORS = ("%DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]%, %DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT]%, "
-                       "%REQ(name)%, %PROTOCOL%, %START_TIME%, %%")
+                       "%REQ(name)%, %PROTOCOL%, %START_TIME%, %HOSTNAME%, %%")
+# The Wasm VM's view of the host name (filter/src/policy/substitution.rs resolve_hostname).
+HOSTNAME_ENV = {"env": [{"name": "HOSTNAME", "valueFrom": "HOST"}]}
 TIME_SPECIFIERS = re.compile(r"%(?:[1-9]?f|[YmdHMSsz%])")
+
+
+def uses_hostname(auth):
+    return any("%HOSTNAME%" in v.replace("%%", "") for v in (auth.get("headers_to_add") or {}).values())
 
 
 def check_operators(name, value):
@@ -291,6 +301,8 @@ def convert(mesh_doc, policy_doc):
         notes.append("match mode SERVER (sidecar inbound); if the selector names gateway pods, use CLIENT, "
                      "or the plugin never runs there")
     plugin["spec"] = {**target, **plugin["spec"]}
+    if uses_hostname(auth):
+        plugin["spec"]["vmConfig"] = HOSTNAME_ENV
     plugin["spec"]["pluginConfig"] = config
     return plugin, config, notes
 

@@ -19,7 +19,7 @@ use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{Header, HeaderNames};
 use crate::policy::request::{self, Plan, Routed};
 use crate::policy::route::PublicPaths;
-use crate::policy::substitution::RequestInfo;
+use crate::policy::substitution::{self, RequestInfo};
 
 /// Like Envoy ext_authz's `status_on_error` default.
 const DEFAULT_STATUS_ON_ERROR: u32 = 403;
@@ -81,6 +81,13 @@ impl Settings {
             cache.fingerprint = shared::fingerprint(bytes);
         }
         Ok(settings)
+    }
+
+    /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
+    /// environment variable (the host reads it once, at configure;
+    /// policy/substitution.rs `resolve_hostname`).
+    pub fn resolve_hostname(&mut self, hostname: Option<&str>) -> Result<(), ConfigError> {
+        substitution::resolve_hostname("auth.headers_to_add", &mut self.auth.ext_authz.headers_to_add, hostname)
     }
 
     /// What to do with a client request (policy/request.rs): `headers` is the request

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use nebula_authz_tests::client::{RawRequest, RecordedRequest};
+use nebula_authz_tests::envoy::host_name;
 use nebula_authz_tests::{repo_root, Env};
 
 const POLICY: &str = "tests/data/policy-mode/authorizationpolicy.yaml";
@@ -89,6 +90,7 @@ fn ext_authz_with_every_provider_field() {
             &format!("x-op-local: 127.0.0.1:{}", env.port),
             "x-op-local-ip: 127.0.0.1",
             "x-op-proto: HTTP/1.1",
+            &format!("x-op-host: {}", host_name()),
             "x-op-req: https://app.|DELETE|api.example.com:8443|100%",
             "x-op-start: NNNN-NN-NNTNN:NN:NN.NNNZ",
             "x-op-epoch: NNNNNNNNNN.NNN NNNN/NN/NN NN:NN:NN+NNNN",

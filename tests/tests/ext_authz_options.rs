@@ -7,6 +7,7 @@
 //! and HTTP/2.
 
 use nebula_authz_tests::client::RawRequest;
+use nebula_authz_tests::envoy::host_name;
 use nebula_authz_tests::{over_h1_and_h2, Env, Proto};
 
 over_h1_and_h2!(headers_to_add_print_envoys_command_operators);
@@ -18,6 +19,7 @@ fn headers_to_add_print_envoys_command_operators(proto: Proto) {
             "headers_to_add": {"x-client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
                                "x-client-port": "%DOWNSTREAM_REMOTE_ADDRESS%",
                                "x-local": "%DOWNSTREAM_LOCAL_ADDRESS%", "x-proto": "%PROTOCOL%",
+                               "x-host": "on %HOSTNAME%",
                                "x-start": "%START_TIME(%s)%", "x-tenant": "%REQ(x-absent)%",
                                "x-who": "user=%REQ(x-nebula-actor-id?x-user):4% (100%%)"}}}"#,
     );
@@ -42,6 +44,7 @@ fn headers_to_add_print_envoys_command_operators(proto: Proto) {
     assert!(port.is_some_and(|p| p != 0), "the client's address and port: {client:?}");
     assert_eq!(call.header("x-local"), Some(format!("127.0.0.1:{}", env.port)), "the listener's address");
     assert_eq!(call.header("x-proto").as_deref(), Some(proto_text));
+    assert_eq!(call.header("x-host"), Some(format!("on {}", host_name())), "the VM's HOSTNAME, read at load");
     let start: u64 = call.header("x-start").and_then(|s| s.parse().ok()).expect("%START_TIME(%s)% prints seconds");
     assert!(start.abs_diff(started) < 60, "the request's start {start}, sent at {started}");
     // Printed empty: neither added nor replacing the client's copy; a stripped identity

@@ -195,10 +195,10 @@ fn unsafe_or_inexpressible_policies_are_refused() {
             mesh.replace(
                 "          headersToUpstreamOnAllow:\n",
                 "          includeAdditionalHeadersInCheck:\n            x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\"\n            \
-                 x-node: \"node=%HOSTNAME%\"\n          headersToUpstreamOnAllow:\n",
+                 x-node: \"node=%UPSTREAM_HOST%\"\n          headersToUpstreamOnAllow:\n",
             ),
             policy.clone(),
-            "includeAdditionalHeadersInCheck.x-node: %HOSTNAME% is not supported",
+            "includeAdditionalHeadersInCheck.x-node: %UPSTREAM_HOST% is not supported",
         ),
         (
             "a stray %",
@@ -239,7 +239,7 @@ fn bare_mesh_config_with_path_prefix_converts() {
         "extensionProviders:\n  - name: authz-http-redirect\n    envoyExtAuthzHttp:\n      \
          service: auth.prefect.svc.cluster.local\n      port: 4300\n      pathPrefix: /check\n      \
          timeout: 250ms\n      includeRequestHeadersInCheck: [origin, x-tenant-*]\n      \
-         includeAdditionalHeadersInCheck: {x-b: two, x-a: one, x-c: \"%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/100%%\"}\n      \
+         includeAdditionalHeadersInCheck: {x-b: two, x-a: one, x-c: \"%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/%HOSTNAME%/100%%\"}\n      \
          headersToDownstreamOnAllow: [set-cookie]\n      \
          includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true, packAsBytes: true}\n",
     )
@@ -254,7 +254,9 @@ fn bare_mesh_config_with_path_prefix_converts() {
     assert_eq!(auth["request_headers"], serde_json::json!(["origin", "x-tenant-*"]), "authorization is implicit");
     assert_eq!(
         auth["headers_to_add"],
-        serde_json::json!({"x-a": "one", "x-b": "two", "x-c": "%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/100%%"}),
+        serde_json::json!({
+            "x-a": "one", "x-b": "two", "x-c": "%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/%HOSTNAME%/100%%"
+        }),
         "operators the filter prints are kept"
     );
     assert_eq!(auth["client_headers_on_success"], serde_json::json!(["set-cookie"]));
@@ -270,7 +272,13 @@ fn bare_mesh_config_with_path_prefix_converts() {
         "the note says the WasmPlugin cannot set what Envoy needs: {stderr}"
     );
     assert!(stderr.contains("note: includeAdditionalHeadersInCheck: %REQ(...)% prints"), "{stderr}");
-    nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
+    let mut settings =
+        nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
+    settings.resolve_hostname(Some("prefect-server-0")).expect("with the VM's HOSTNAME");
+    // %HOSTNAME% is the VM's HOSTNAME variable: the WasmPlugin hands it the proxy's.
+    let out = convert(&mesh, &fixture(POLICY), false);
+    let manifest = String::from_utf8_lossy(&out.stdout);
+    assert!(manifest.contains("  vmConfig:\n    env:\n    - name: HOSTNAME\n      valueFrom: HOST\n"), "{manifest}");
 }
 
 /// Istio counts gateway traffic as CLIENT: a plugin converted for gateway pods must not keep

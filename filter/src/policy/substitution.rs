@@ -9,9 +9,11 @@
 //! The operators proxy-wasm can print exactly as Envoy 1.40 does (recorded against its
 //! ext_authz in tests/tests/ext_authz_diff.rs): `%DOWNSTREAM_REMOTE_ADDRESS%` and
 //! `%DOWNSTREAM_LOCAL_ADDRESS%` with or without `_WITHOUT_PORT`, `%REQ(name)%` (with
-//! `?fallback` and `:max_len`), `%PROTOCOL%`, `%START_TIME%` (with a format) and `%%`.
-//! Every other operator is refused at load: proxy-wasm exposes nothing to print it from,
-//! and its text must never reach the auth service as if it were a value.
+//! `?fallback` and `:max_len`), `%PROTOCOL%`, `%START_TIME%` (with a format),
+//! `%HOSTNAME%` (the VM's `HOSTNAME` environment variable, filled in once at load by
+//! [`resolve_hostname`]) and `%%`. Every other operator is refused at load: proxy-wasm
+//! exposes nothing to print it from, and its text must never reach the auth service as
+//! if it were a value.
 
 use std::borrow::Cow;
 
@@ -70,6 +72,8 @@ enum Part {
     },
     Protocol,
     StartTime(Vec<TimePart>),
+    /// `%HOSTNAME%` until [`resolve_hostname`] replaces it with text.
+    Hostname,
 }
 
 /// A piece of a `%START_TIME(...)%` format (strftime in UTC, as Envoy's absl::FormatTime).
@@ -103,7 +107,7 @@ pub enum Rendered<'h> {
 
 const SUPPORTED: &str = "supported: %DOWNSTREAM_REMOTE_ADDRESS%, %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, \
      %DOWNSTREAM_LOCAL_ADDRESS%, %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%, %REQ(name)%, %PROTOCOL%, \
-     %START_TIME%, and %% for a literal %";
+     %START_TIME%, %HOSTNAME%, and %% for a literal %";
 
 /// Envoy's default `%START_TIME%`: `%Y-%m-%dT%H:%M:%E3SZ`.
 fn default_time() -> Vec<TimePart> {
@@ -193,6 +197,8 @@ impl HeaderTemplate {
                 Part::RemoteAddress { port } => push_address(&mut out, info.source_address(), *port),
                 Part::LocalAddress { port } => push_address(&mut out, info.destination_address(), *port),
                 Part::Protocol => out.push_str(info.protocol().as_deref().unwrap_or("")),
+                // Unresolved only outside the host (a configuration never resolved).
+                Part::Hostname => {}
                 Part::StartTime(format) => {
                     if let Some(ns) = info.start_time_ns() {
                         push_time(&mut out, ns, format);
@@ -259,6 +265,42 @@ fn split_operator(s: &str) -> Option<(&str, &str)> {
     Some((&body[..i], &body[i + 1..]))
 }
 
+/// Fills in `%HOSTNAME%` in every value of `templates` (the `(name, value)` pairs of
+/// `auth.headers_to_add`): `hostname` is the Wasm VM's `HOSTNAME` environment variable.
+/// Envoy prints the machine's host name (`gethostname`); proxy-wasm has no property for
+/// it, but a container's `HOSTNAME` is that name (Kubernetes: the pod's), and Envoy
+/// hands the VM the host's variables named in `vm_config.environment_variables`. Without
+/// it, a value that prints `%HOSTNAME%` is refused rather than sent without it.
+pub fn resolve_hostname(
+    field: &str,
+    templates: &mut [(String, HeaderTemplate)],
+    hostname: Option<&str>,
+) -> Result<(), ConfigError> {
+    for (name, template) in templates.iter_mut() {
+        if !template.parts.contains(&Part::Hostname) {
+            continue;
+        }
+        let Some(hostname) = hostname.filter(|h| !h.is_empty() && !h.bytes().any(|b| b.is_ascii_control())) else {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "%HOSTNAME% prints the HOSTNAME environment variable, which the Wasm VM does not have: expose the \
+                 host's (Envoy: vm_config.environment_variables.host_env_keys: [HOSTNAME]; Istio WasmPlugin: \
+                 vmConfig.env: [{name: HOSTNAME, valueFrom: HOST}], which make convert writes)",
+            ));
+        };
+        let mut parts: Vec<Part> = Vec::with_capacity(template.parts.len());
+        for part in std::mem::take(&mut template.parts) {
+            let part = if part == Part::Hostname { Part::Text(hostname.to_owned()) } else { part };
+            match (parts.last_mut(), part) {
+                (Some(Part::Text(before)), Part::Text(text)) => before.push_str(&text),
+                (_, part) => parts.push(part),
+            }
+        }
+        template.parts = parts;
+    }
+    Ok(())
+}
+
 /// At most 40 characters of what follows a stray `%`, for the error.
 fn excerpt(s: &str) -> &str {
     match s.char_indices().nth(40) {
@@ -294,6 +336,7 @@ fn compile(operator: &str) -> Result<Part, String> {
         "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Part::LocalAddress { port: true }),
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_arg(Part::LocalAddress { port: false }),
         "PROTOCOL" => no_arg(Part::Protocol),
+        "HOSTNAME" => no_arg(Part::Hostname),
         "REQ" => {
             let arg = arg.ok_or_else(|| format!("{shown}: %REQ% needs a header name, %REQ(name)%"))?;
             let max_len = match max_len {
@@ -321,7 +364,6 @@ fn compile(operator: &str) -> Result<Part, String> {
             "{shown} is not supported: proxy-wasm exposes only the remote address Envoy settled on \
              (%DOWNSTREAM_REMOTE_ADDRESS%), not the direct peer behind X-Forwarded-For; {SUPPORTED}"
         )),
-        "HOSTNAME" => Err(format!("{shown} is not supported: proxy-wasm exposes no host name; {SUPPORTED}")),
         _ => Err(format!("{shown} is not supported; {SUPPORTED}")),
     }
 }
@@ -653,13 +695,15 @@ mod tests {
     fn bad_values_are_refused_with_the_operator_named() {
         for (value, error) in [
             (
-                "%HOSTNAME%",
-                "invalid plugin configuration: f: %HOSTNAME% is not supported: proxy-wasm exposes no host name; \
-                 supported: %DOWNSTREAM_REMOTE_ADDRESS%, %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, \
-                 %DOWNSTREAM_LOCAL_ADDRESS%, %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%, %REQ(name)%, %PROTOCOL%, \
-                 %START_TIME%, and %% for a literal %",
+                "%UPSTREAM_HOST%",
+                "invalid plugin configuration: f: %UPSTREAM_HOST% is not supported; supported: \
+                 %DOWNSTREAM_REMOTE_ADDRESS%, %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_LOCAL_ADDRESS%, \
+                 %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%, %REQ(name)%, %PROTOCOL%, %START_TIME%, %HOSTNAME%, and %% \
+                 for a literal %",
             ),
+            ("%HOSTNAME(x)%", "invalid plugin configuration: f: %HOSTNAME(x)%: %HOSTNAME% takes no argument"),
             ("ip=%UPSTREAM_HOST%", "invalid plugin configuration: f: %UPSTREAM_HOST% is not supported; supported:"),
+            ("%BYTES_RECEIVED%", "invalid plugin configuration: f: %BYTES_RECEIVED% is not supported; supported:"),
             (
                 "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
                 "invalid plugin configuration: f: %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% is not supported: \
@@ -705,12 +749,14 @@ mod tests {
     fn the_plugin_config_refuses_what_it_cannot_print_and_prints_the_rest() {
         use crate::config::Settings;
         let err = Settings::from_json(
-            br#"{"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x-node": "n=%HOSTNAME%"}}}"#,
+            br#"{"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x-node": "n=%UPSTREAM_HOST%"}}}"#,
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with("invalid plugin configuration: auth.headers_to_add.x-node: %HOSTNAME% is not supported"),
+            err.starts_with(
+                "invalid plugin configuration: auth.headers_to_add.x-node: %UPSTREAM_HOST% is not supported"
+            ),
             "{err}"
         );
         let s = Settings::from_json(
@@ -736,6 +782,38 @@ mod tests {
         .unwrap();
         let headers: &[(&str, &[u8])] = &[(":path", b"/api/flows"), ("x-user", b"\xff")];
         assert!(s.callout(headers, Facts::default()).is_err());
+    }
+
+    #[test]
+    fn hostname_is_filled_in_once_or_refused() {
+        let parse = |v: &str| HeaderTemplate::parse("f", v).unwrap();
+        let mut templates = vec![
+            ("x-a".to_owned(), parse("node=%HOSTNAME%:%PROTOCOL%")),
+            ("x-b".to_owned(), parse("%HOSTNAME%")),
+            ("x-c".to_owned(), parse("static")),
+        ];
+        let mut unresolved = templates.clone();
+        resolve_hostname("auth.headers_to_add", &mut templates, Some("prefect-server-7d9f")).unwrap();
+        assert_eq!(templates[1].1.as_static(), Some("prefect-server-7d9f"), "now a static value");
+        let mut facts = Facts { protocol: Some("HTTP/2"), ..Default::default() };
+        let out = templates[0].1.render::<(&str, &[u8])>(&[], &names(&[]), &mut facts);
+        assert_eq!(out, value("node=prefect-server-7d9f:HTTP/2"));
+        // Without the variable (or an empty one) a value that prints it is refused; the
+        // others need none.
+        for hostname in [None, Some(""), Some("a\nb")] {
+            let err = resolve_hostname("auth.headers_to_add", &mut unresolved.clone(), hostname).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "invalid plugin configuration: auth.headers_to_add.x-a: %HOSTNAME% prints the HOSTNAME environment \
+                 variable, which the Wasm VM does not have: expose the host's (Envoy: \
+                 vm_config.environment_variables.host_env_keys: [HOSTNAME]; Istio WasmPlugin: vmConfig.env: [{name: \
+                 HOSTNAME, valueFrom: HOST}], which make convert writes)"
+            );
+        }
+        resolve_hostname("auth.headers_to_add", &mut unresolved[2..], None).unwrap();
+        // Never resolved (outside the host): it prints nothing, never its text.
+        let out = unresolved[1].1.render::<(&str, &[u8])>(&[], &names(&[]), &mut Facts::default());
+        assert_eq!(out, Rendered::Empty);
     }
 
     #[test]
