@@ -174,6 +174,8 @@ def check_operators(name, value):
             raise Refused(f"{field}: {shown} is not supported; supported: {SUPPORTED_OPERATORS}")
         if length is not None and command != "REQ":
             raise Refused(f"{field}: {shown}: a length limit (:N) applies only to %REQ(...)% in the filter")
+        if length is not None and int(length) > 2**32 - 1:
+            raise Refused(f"{field}: {shown}: the length is too large (at most {2**32 - 1})")
         if command in ADDRESSES and arg is not None:
             raise Refused(f"{field}: {shown}: %{command}% takes no argument")
         if command == "REQ":

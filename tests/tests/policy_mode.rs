@@ -227,6 +227,86 @@ fn unsafe_or_inexpressible_policies_are_refused() {
     }
 }
 
+/// `make convert` refuses exactly the includeAdditionalHeadersInCheck values the filter
+/// refuses at load (its command operators), so a conversion never yields a config the
+/// filter rejects, nor refuses one it would print.
+#[test]
+fn convert_and_the_filter_agree_on_command_operators() {
+    let values = [
+        "static",
+        "100%% sure",
+        "",
+        "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%;",
+        "%DOWNSTREAM_LOCAL_ADDRESS%",
+        "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
+        "%PROTOCOL%%PROTOCOL%",
+        "%HOSTNAME%",
+        "%REQ(x-a)%",
+        "%REQ(X-A?:authority):12%",
+        "%REQ(host):0%",
+        "%START_TIME%",
+        "%START_TIME()%",
+        "%START_TIME(%s.%3f %Y-%m-%dT%H:%M:%S%z %f %9f %%)%",
+        "%START_TIME(%c)%",
+        "%START_TIME(%E3S)%",
+        "%START_TIME(%)%",
+        "%START_TIME(%%%)%",
+        "%START_TIME:3%",
+        "%PROTOCOL:3%",
+        "%PROTOCOL(x)%",
+        "%HOSTNAME(x)%",
+        "%REQ%",
+        "%REQ()%",
+        "%REQ(a b)%",
+        "%REQ(a?b?c)%",
+        "%REQ(a):4294967295%",
+        "%REQ(a):4294967296%",
+        "100%",
+        "50% off",
+        "%protocol%",
+        "%PROTOCOL",
+        "%REQ(x-a%",
+        "%REQ(x):%",
+        "%UPSTREAM_HOST%",
+        "%RESP(x)%",
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "%DYNAMIC_METADATA(a:b)%",
+        "%%%",
+        "%%%%",
+        "%1%",
+    ];
+    let script =
+        "import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom convert_policy import Refused, check_operators\n\
+                  out = []\nfor value in json.load(sys.stdin):\n    try:\n        check_operators('x', value)\n        \
+                  out.append(None)\n    except Refused as refused:\n        out.append(str(refused))\n\
+                  print(json.dumps(out))\n";
+    let mut child = Command::new(Tools::locate(false).python)
+        .args(["-c", script])
+        .arg(repo_root().join("scripts"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    serde_json::to_writer(child.stdin.take().expect("stdin"), &values[..]).expect("write the values");
+    let out = child.wait_with_output().expect("python's answer");
+    let refusals: Vec<Option<String>> = serde_json::from_slice(&out.stdout).expect("a JSON list");
+    assert_eq!(refusals.len(), values.len());
+    for (value, refusal) in values.iter().zip(refusals) {
+        let config =
+            serde_json::json!({"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x": value}}});
+        let filter = nebula_authz::config::Settings::from_json(config.to_string().as_bytes());
+        assert_eq!(
+            refusal.is_none(),
+            filter.is_ok(),
+            "{value:?}: convert {:?}, the filter {:?}",
+            refusal,
+            filter.err().map(|e| e.to_string())
+        );
+    }
+}
+
 /// Other shapes of the same data: a bare MeshConfig, pathPrefix, a millisecond timeout,
 /// static check headers, headers to the client on allow, a body; no other lists
 /// (ext_authz's defaults).

@@ -340,7 +340,13 @@ fn compile(operator: &str) -> Result<Part, String> {
         "REQ" => {
             let arg = arg.ok_or_else(|| format!("{shown}: %REQ% needs a header name, %REQ(name)%"))?;
             let max_len = match max_len {
-                Some(len) => Some(len.parse::<usize>().map_err(|_| format!("{shown}: the length is too large"))?),
+                // u32: the same limit in the wasm32 module as in a native check of the config.
+                Some(len) => Some(
+                    len.parse::<u32>()
+                        .ok()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| format!("{shown}: the length is too large (at most {})", u32::MAX))?,
+                ),
                 None => None,
             };
             let mut names = arg.split('?');
@@ -356,7 +362,7 @@ fn compile(operator: &str) -> Result<Part, String> {
                 return Err(format!("{shown}: a length limit (:N) applies only to %REQ(...)% here"));
             }
             match arg {
-                None => Ok(Part::StartTime(default_time())),
+                None | Some("") => Ok(Part::StartTime(default_time())),
                 Some(format) => Ok(Part::StartTime(time_format(&shown, format)?)),
             }
         }
@@ -637,6 +643,7 @@ mod tests {
         let mut facts = Facts { time: Some(ns), ..Default::default() };
         for (template, expected) in [
             ("%START_TIME%", "2026-12-07T01:34:59.364Z"),
+            ("%START_TIME()%", "2026-12-07T01:34:59.364Z"),
             ("%START_TIME(%s)%", "1796607299"),
             ("%START_TIME(%Y/%m/%dT%H:%M:%S.%3f%z)%", "2026/12/07T01:34:59.364+0000"),
             ("%START_TIME(%9f|%6f|%f|%1f|%%)%", "364054123|364054|364054123|3|%"),
@@ -672,6 +679,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every value of up to five characters over the grammar's own characters: parsing
+    /// never panics; an accepted value without operators is its text with `%%` as `%`;
+    /// an accepted one prints without panicking and never prints an operator's name.
+    #[test]
+    fn every_short_value_parses_without_panic_and_prints_no_operator_text() {
+        let alphabet = ['%', 'R', 'E', 'Q', '(', ')', ':', '1', '?', 'x', '\u{e9}'];
+        let headers: &[(&str, &[u8])] = &[("x", b"v"), ("r", b"w")];
+        let mut facts = Facts::default();
+        let mut value = Vec::new();
+        let mut accepted = 0;
+        for len in 0..=5u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                value.clear();
+                for _ in 0..len {
+                    value.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let text: String = value.iter().collect();
+                let Ok(template) = HeaderTemplate::parse("f", &text) else { continue };
+                accepted += 1;
+                if let Some(literal) = template.as_static() {
+                    assert_eq!(literal, text.replace("%%", "%"), "{text:?}");
+                }
+                if let Rendered::Value(out) = template.render(headers, &names(&[]), &mut facts) {
+                    let unescaped = text.replace("%%", "");
+                    assert!(!out.contains("REQ(") || unescaped.contains("REQ("), "{text:?} printed {out:?}");
+                }
+            }
+        }
+        assert!(accepted > 1000, "the grammar accepts literal text: {accepted}");
     }
 
     #[test]
@@ -726,6 +765,7 @@ mod tests {
             ("%REQ(a b)%", "f: %REQ(a b)%: \"a b\" is not a header name"),
             ("%REQ(a?b?c)%", "invalid plugin configuration: f: %REQ(a?b?c)%: at most one fallback header"),
             ("%REQ(a):99999999999999999999999%", "f: %REQ(a):99999999999999999999999%: the length is too large"),
+            ("%REQ(a):4294967296%", "f: %REQ(a):4294967296%: the length is too large (at most 4294967295)"),
             ("%PROTOCOL(x)%", "invalid plugin configuration: f: %PROTOCOL(x)%: %PROTOCOL% takes no argument"),
             (
                 "%PROTOCOL:3%",
