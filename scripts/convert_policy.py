@@ -12,7 +12,9 @@ plugin JSON. Notes on behaviour differences go to stderr.
 
 Every field of the `envoyExtAuthzHttp` provider maps (the filter's `protocol: ext_authz`
 sends what Envoy's ext_authz sends); the provider is refused only for failOpen: true (the
-filter fails closed). Fails (exit 1, one `error:` line) also for gRPC providers, rules
+filter fails closed) and for includeAdditionalHeadersInCheck command operators the filter
+cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...: it would refuse them
+at load). Fails (exit 1, one `error:` line) also for gRPC providers, rules
 other than one `notPaths` list, and notPaths the filter cannot make public without
 opening more than Istio did (`*`, `/*`, `{*}` templates, suffixes starting inside a
 segment, paths that are not canonical). The public paths never cover a path Istio's
@@ -73,7 +75,8 @@ def timeout_ms(value):
 def convert_provider(ext, notes):
     """MeshConfig envoyExtAuthzHttp -> the filter's `auth` block (protocol ext_authz: the
     callout Envoy's ext_authz sends) and status_on_error. Every field Istio has maps;
-    only failOpen: true is refused (the filter always fails closed)."""
+    only failOpen: true is refused (the filter always fails closed), and command
+    operators the filter cannot print."""
     if ext.get("failOpen"):
         raise Refused("failOpen: true: the filter always fails closed (an unreachable auth service denies); "
                       "remove failOpen or set it to false to convert")
@@ -101,9 +104,16 @@ def convert_provider(ext, notes):
     additional = ext.get("includeAdditionalHeadersInCheck") or {}
     if additional:
         auth["headers_to_add"] = {str(k): str(additional[k]) for k in sorted(additional)}
-        if any("%" in str(v) for v in additional.values()):
-            notes.append("includeAdditionalHeadersInCheck: values are sent as written; Envoy's %COMMAND% "
-                         "substitutions are not evaluated")
+        for name, value in auth["headers_to_add"].items():
+            check_operators(name, value)
+        if uses_hostname(auth):
+            notes.append("includeAdditionalHeadersInCheck: %HOSTNAME% prints the proxy's HOSTNAME variable (the "
+                         "pod's host name): the WasmPlugin gets vmConfig.env HOSTNAME from the host; with "
+                         "--config-only, give the VM that variable yourself (docs/configuration.md)")
+        if any("%REQ(" in v.replace("%%", "") for v in auth["headers_to_add"].values()):
+            notes.append("includeAdditionalHeadersInCheck: %REQ(...)% prints the client's header as ext_authz "
+                         "does, except a header the filter strips (strip_headers), which "
+                         "prints nothing")
     # Without the list ext_authz copies nothing upstream. As under ext_authz, the auth
     # service's value of a listed header replaces the client's, and a client's copy it does
     # not set stays (a token exchange's `authorization`, Envoy's `x-request-id` under `*-id`);
@@ -135,6 +145,65 @@ def convert_provider(ext, notes):
             raise Refused(f"statusOnError {status!r}: expected a status code such as \"403\"")
         status = int(status)
     return auth, status
+
+
+# Envoy's command operator grammar (source/common/formatter/substitution_formatter.cc).
+OPERATOR = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
+# What the filter prints (filter/src/policy/substitution.rs), and why the others cannot be.
+ADDRESSES = {"DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_ADDRESS",
+             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "PROTOCOL", "HOSTNAME"}
+WHY_NOT = {
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": "proxy-wasm exposes only the remote address Envoy settled on "
+                                        "(%DOWNSTREAM_REMOTE_ADDRESS%), not the direct peer behind X-Forwarded-For",
+}
+WHY_NOT["DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT"] = WHY_NOT["DOWNSTREAM_DIRECT_REMOTE_ADDRESS"]
+SUPPORTED_OPERATORS = ("%DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]%, %DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT]%, "
+                       "%REQ(name)%, %PROTOCOL%, %START_TIME%, %HOSTNAME%, %%")
+# The Wasm VM's view of the host name (filter/src/policy/substitution.rs resolve_hostname).
+HOSTNAME_ENV = {"env": [{"name": "HOSTNAME", "valueFrom": "HOST"}]}
+TIME_SPECIFIERS = re.compile(r"%(?:[1-9]?f|[YmdHMSsz%])")
+
+
+def uses_hostname(auth):
+    return any("%HOSTNAME%" in v.replace("%%", "") for v in (auth.get("headers_to_add") or {}).values())
+
+
+def check_operators(name, value):
+    """An includeAdditionalHeadersInCheck value: refused unless every command operator in it
+    is one the filter prints (it refuses the others at load, as Envoy refuses a bad one)."""
+    field = f"includeAdditionalHeadersInCheck.{name}"
+    at = value.find("%")
+    while at >= 0:
+        if value.startswith("%%", at):
+            at = value.find("%", at + 2)
+            continue
+        match = OPERATOR.match(value, at)
+        if not match:
+            raise Refused(f"{field}: {value[at:at + 40]!r} is not an Envoy command operator (write %% for a "
+                          "literal %)")
+        command, arg, length = match.groups()
+        shown = match.group(0)
+        if command in WHY_NOT:
+            raise Refused(f"{field}: {shown} is not supported: {WHY_NOT[command]}; supported: {SUPPORTED_OPERATORS}")
+        if command not in ADDRESSES | {"REQ", "START_TIME"}:
+            raise Refused(f"{field}: {shown} is not supported; supported: {SUPPORTED_OPERATORS}")
+        if length is not None and command != "REQ":
+            raise Refused(f"{field}: {shown}: a length limit (:N) applies only to %REQ(...)% in the filter")
+        if length is not None and int(length) > 2**32 - 1:
+            raise Refused(f"{field}: {shown}: the length is too large (at most {2**32 - 1})")
+        if command in ADDRESSES and arg is not None:
+            raise Refused(f"{field}: {shown}: %{command}% takes no argument")
+        if command == "REQ":
+            names = (arg or "").split("?")
+            if arg is None or len(names) > 2 or not all(re.fullmatch(r":?[A-Za-z0-9._-]+", n) for n in names):
+                raise Refused(f"{field}: {shown}: expected %REQ(name)% or %REQ(name?fallback)%")
+        if command == "START_TIME" and arg is not None:
+            rest = TIME_SPECIFIERS.sub("", arg)
+            if "%" in rest:
+                spec = rest[rest.index("%"):][:2]
+                raise Refused(f"{field}: {shown}: the time format {spec} is not supported by the filter "
+                              "(supported: %Y %m %d %H %M %S %s %z %f %1f..%9f %%)")
+        at = value.find("%", match.end())
 
 
 def request_body(body):
@@ -325,6 +394,8 @@ def convert(mesh_doc, policy_doc):
         notes.append("match mode SERVER (sidecar inbound); if the selector names gateway pods, use CLIENT, "
                      "or the plugin never runs there")
     plugin["spec"] = {**target, **plugin["spec"]}
+    if uses_hostname(auth):
+        plugin["spec"]["vmConfig"] = HOSTNAME_ENV
     plugin["spec"]["pluginConfig"] = config
     return plugin, config, notes
 

@@ -20,6 +20,7 @@ use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{Header, HeaderNames};
 use crate::policy::request::{self, Plan, Routed};
 use crate::policy::route::PublicPaths;
+use crate::policy::substitution::{self, RequestInfo};
 
 /// Like Envoy ext_authz's `status_on_error` default.
 const DEFAULT_STATUS_ON_ERROR: u32 = 403;
@@ -84,11 +85,19 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
+    /// environment variable (the host reads it once, at configure;
+    /// policy/substitution.rs `resolve_hostname`).
+    pub fn resolve_hostname(&mut self, hostname: Option<&str>) -> Result<(), ConfigError> {
+        substitution::resolve_hostname("auth.headers_to_add", &mut self.auth.ext_authz.headers_to_add, hostname)
+    }
+
     /// What to do with a client request (policy/request.rs): `headers` is the request
-    /// header map as Envoy hands it over (`:path` included); `peer` gives the client's
-    /// address (`ip:port`), asked for only when a callout sends X-Forwarded-For.
-    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], peer: impl FnOnce() -> Option<String>) -> Plan<'h> {
-        request::plan(&self.auth, &self.strip, &self.public, headers, peer)
+    /// header map as Envoy hands it over (`:path` included); `info` gives the client's
+    /// address (`ip:port`), asked for only when a callout sends X-Forwarded-For, and the
+    /// other request facts `auth.headers_to_add` may print.
+    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], info: impl RequestInfo) -> Plan<'h> {
+        request::plan(&self.auth, &self.strip, &self.public, headers, info)
     }
 
     /// [`Settings::plan`] without building the callout (the host builds it only when
@@ -108,9 +117,9 @@ impl Settings {
     pub fn callout<'h, H: Header>(
         &'h self,
         headers: &'h [H],
-        peer: impl FnOnce() -> Option<String>,
+        info: impl RequestInfo,
     ) -> Result<Vec<CalloutHeader<'h>>, Failure> {
-        request::callout(&self.auth, &self.strip, headers, peer)
+        request::callout(&self.auth, &self.strip, headers, info)
     }
 
     /// Decides on the auth response (policy/decision.rs); `headers` include `:status`

@@ -339,6 +339,9 @@ impl EnvBuilder {
             .arg(self.concurrency.to_string())
             .args(["-l", "info"])
             .args(self.component_log_level.iter().flat_map(|l| ["--component-log-level", l.as_str()]))
+            // As a container runtime sets it: the host name Envoy's %HOSTNAME% prints
+            // (gethostname), for the filter's %HOSTNAME% (envoy.yaml's host_env_keys).
+            .env("HOSTNAME", host_name())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -510,6 +513,11 @@ impl Drop for EnvoyProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The machine's host name, as `gethostname` returns it (Linux: the UTS node name).
+pub fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).expect("read the host name")
 }
 
 /// Waits for the admin address file, admin `/ready` = LIVE, then reads the listener port.

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use nebula_authz_tests::client::{RawRequest, RecordedRequest};
+use nebula_authz_tests::envoy::host_name;
 use nebula_authz_tests::{repo_root, Env};
 
 const POLICY: &str = "tests/data/policy-mode/authorizationpolicy.yaml";
@@ -19,9 +20,21 @@ fn ext_authz(mesh: &str) -> Env {
     Env::builder().ext_authz(&mesh, &policy).auth_cluster_name(ISTIO_CLUSTER).istio_sidecar().start()
 }
 
-/// The callout's headers in wire order, as `name: value` lines.
+/// The callout's headers in wire order, as `name: value` lines; of the every-field
+/// setup's command operators, the client's port and the start time's digits masked.
 fn lines(call: &RecordedRequest) -> Vec<String> {
-    call.headers.iter().map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v))).collect()
+    call.headers
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v);
+            let v = match n.as_str() {
+                "x-op-client" => v.rsplit_once(':').map_or(v.to_string(), |(ip, _)| format!("{ip}:<port>")),
+                "x-op-start" | "x-op-epoch" => v.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect(),
+                _ => v.to_string(),
+            };
+            format!("{n}: {v}")
+        })
+        .collect()
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -29,8 +42,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn expect_headers(call: &RecordedRequest, expected: &[&str], what: &str) {
-    let want = sorted(expected.iter().map(|s| s.to_string()).collect());
+fn expect_headers(call: &RecordedRequest, expected: &[impl AsRef<str>], what: &str) {
+    let want = sorted(expected.iter().map(|s| s.as_ref().to_string()).collect());
     assert_eq!(sorted(lines(call)), want, "{what}: the auth service received other headers");
 }
 
@@ -41,7 +54,9 @@ fn ext_authz_with_every_provider_field() {
     // The client's method, pathPrefix + the client's path with its query, the client's
     // :authority as host; of the client's headers only authorization and the listed
     // patterns (exact, prefix, suffix; any case); includeAdditionalHeadersInCheck
-    // overwrites a client value; and two headers of Envoy's own.
+    // overwrites a client value, its command operators printed (a value that prints
+    // empty adds nothing and keeps the client's: x-tenant-region); and two headers of
+    // Envoy's own.
     let resp = env.send(
         &RawRequest::new("DELETE", "/api/flows/1?x=%2F&y")
             .header("host", "api.example.com:8443")
@@ -70,11 +85,27 @@ fn ext_authz_with_every_provider_field() {
             "x-tenant-region: eu",
             "b3-trace: abc",
             "x-auth-static: from-mesh-config",
+            "x-op-client: 127.0.0.1:<port>",
+            "x-op-client-ip: 127.0.0.1",
+            &format!("x-op-local: 127.0.0.1:{}", env.port),
+            "x-op-local-ip: 127.0.0.1",
+            "x-op-proto: HTTP/1.1",
+            &format!("x-op-host: {}", host_name()),
+            "x-op-req: https://app.|DELETE|api.example.com:8443|100%",
+            "x-op-start: NNNN-NN-NNTNN:NN:NN.NNNZ",
+            "x-op-epoch: NNNNNNNNNN.NNN NNNN/NN/NN NN:NN:NN+NNNN",
             "x-envoy-internal: true",
             "x-envoy-expected-rq-timeout-ms: 2500",
         ],
         "GET with every kind of header",
     );
+    // %START_TIME% is the request's start, in UTC: now, give or take the test's pace.
+    let epoch = call.header("x-op-epoch").unwrap_or_default();
+    let secs: u64 = epoch.split('.').next().and_then(|s| s.parse().ok()).expect("%s prints seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    assert!(secs.abs_diff(now) < 60, "START_TIME {epoch:?} is not now ({now})");
+    let start = call.header("x-op-start").unwrap_or_default();
+    assert_eq!(start[..10].replace('-', "/"), epoch[15..25], "one instant in both formats: {start} / {epoch}");
 
     // A repeated header goes as one line, its values joined with a comma in their order
     // (cookie too, when listed: not RFC 6265's "; ").

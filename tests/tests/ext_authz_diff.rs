@@ -170,13 +170,29 @@ fn volatile(name: &str) -> bool {
     matches!(name, "date" | "x-request-id" | "x-envoy-upstream-service-time")
 }
 
+/// The run-to-run part of the command operators' values in the every-field setup's
+/// `includeAdditionalHeadersInCheck` masked (the client's port, each proxy's own
+/// listener port, the request's start time); the rest compared as it is.
+fn masked(name: &str, value: String) -> String {
+    match name {
+        "x-op-client" | "x-op-local" => match value.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("{host}:<port>")
+            }
+            _ => value,
+        },
+        "x-op-start" | "x-op-epoch" => value.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect(),
+        _ => value,
+    }
+}
+
 fn put_headers(seen: &mut Seen, prefix: &str, headers: &[(String, Vec<u8>)], skip: &[&str]) {
     let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, value) in headers {
         if skip.contains(&name.as_str()) {
             continue;
         }
-        let value = if volatile(name) { "<set>".to_owned() } else { escape(value) };
+        let value = if volatile(name) { "<set>".to_owned() } else { masked(name, escape(value)) };
         by_name.entry(name.as_str()).or_default().push(value);
     }
     for (name, values) in by_name {

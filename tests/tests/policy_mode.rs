@@ -253,6 +253,26 @@ fn unsafe_or_inexpressible_policies_are_refused() {
             "2 rules",
         ),
         ("a non-CUSTOM action", mesh.clone(), policy.replace("action: CUSTOM", "action: ALLOW"), "only CUSTOM"),
+        (
+            "a command operator the filter cannot print",
+            mesh.replace(
+                "          headersToUpstreamOnAllow:\n",
+                "          includeAdditionalHeadersInCheck:\n            x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\"\n            \
+                 x-node: \"node=%UPSTREAM_HOST%\"\n          headersToUpstreamOnAllow:\n",
+            ),
+            policy.clone(),
+            "includeAdditionalHeadersInCheck.x-node: %UPSTREAM_HOST% is not supported",
+        ),
+        (
+            "a stray %",
+            mesh.replace(
+                "          headersToUpstreamOnAllow:\n",
+                "          includeAdditionalHeadersInCheck:\n            x-off: \"50% off\"\n          \
+                 headersToUpstreamOnAllow:\n",
+            ),
+            policy.clone(),
+            "includeAdditionalHeadersInCheck.x-off: '% off' is not an Envoy command operator",
+        ),
     ];
     let dir = TempDir::new("nebula-authz-convert");
     for (what, mesh, policy, expected) in cases {
@@ -270,6 +290,86 @@ fn unsafe_or_inexpressible_policies_are_refused() {
     }
 }
 
+/// `make convert` refuses exactly the includeAdditionalHeadersInCheck values the filter
+/// refuses at load (its command operators), so a conversion never yields a config the
+/// filter rejects, nor refuses one it would print.
+#[test]
+fn convert_and_the_filter_agree_on_command_operators() {
+    let values = [
+        "static",
+        "100%% sure",
+        "",
+        "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%;",
+        "%DOWNSTREAM_LOCAL_ADDRESS%",
+        "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
+        "%PROTOCOL%%PROTOCOL%",
+        "%HOSTNAME%",
+        "%REQ(x-a)%",
+        "%REQ(X-A?:authority):12%",
+        "%REQ(host):0%",
+        "%START_TIME%",
+        "%START_TIME()%",
+        "%START_TIME(%s.%3f %Y-%m-%dT%H:%M:%S%z %f %9f %%)%",
+        "%START_TIME(%c)%",
+        "%START_TIME(%E3S)%",
+        "%START_TIME(%)%",
+        "%START_TIME(%%%)%",
+        "%START_TIME:3%",
+        "%PROTOCOL:3%",
+        "%PROTOCOL(x)%",
+        "%HOSTNAME(x)%",
+        "%REQ%",
+        "%REQ()%",
+        "%REQ(a b)%",
+        "%REQ(a?b?c)%",
+        "%REQ(a):4294967295%",
+        "%REQ(a):4294967296%",
+        "100%",
+        "50% off",
+        "%protocol%",
+        "%PROTOCOL",
+        "%REQ(x-a%",
+        "%REQ(x):%",
+        "%UPSTREAM_HOST%",
+        "%RESP(x)%",
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "%DYNAMIC_METADATA(a:b)%",
+        "%%%",
+        "%%%%",
+        "%1%",
+    ];
+    let script =
+        "import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom convert_policy import Refused, check_operators\n\
+                  out = []\nfor value in json.load(sys.stdin):\n    try:\n        check_operators('x', value)\n        \
+                  out.append(None)\n    except Refused as refused:\n        out.append(str(refused))\n\
+                  print(json.dumps(out))\n";
+    let mut child = Command::new(Tools::locate(false).python)
+        .args(["-c", script])
+        .arg(repo_root().join("scripts"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    serde_json::to_writer(child.stdin.take().expect("stdin"), &values[..]).expect("write the values");
+    let out = child.wait_with_output().expect("python's answer");
+    let refusals: Vec<Option<String>> = serde_json::from_slice(&out.stdout).expect("a JSON list");
+    assert_eq!(refusals.len(), values.len());
+    for (value, refusal) in values.iter().zip(refusals) {
+        let config =
+            serde_json::json!({"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x": value}}});
+        let filter = nebula_authz::config::Settings::from_json(config.to_string().as_bytes());
+        assert_eq!(
+            refusal.is_none(),
+            filter.is_ok(),
+            "{value:?}: convert {:?}, the filter {:?}",
+            refusal,
+            filter.err().map(|e| e.to_string())
+        );
+    }
+}
+
 /// Other shapes of the same data: a bare MeshConfig, pathPrefix, a millisecond timeout,
 /// static check headers, headers to the client on allow, a body; no other lists
 /// (ext_authz's defaults).
@@ -282,7 +382,8 @@ fn bare_mesh_config_with_path_prefix_converts() {
         "extensionProviders:\n  - name: authz-http-redirect\n    envoyExtAuthzHttp:\n      \
          service: auth.prefect.svc.cluster.local\n      port: 4300\n      pathPrefix: /check\n      \
          timeout: 250ms\n      includeRequestHeadersInCheck: [origin, x-tenant-*]\n      \
-         includeAdditionalHeadersInCheck: {x-b: two, x-a: one}\n      headersToDownstreamOnAllow: [set-cookie]\n      \
+         includeAdditionalHeadersInCheck: {x-b: two, x-a: one, x-c: \"%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/%HOSTNAME%/100%%\"}\n      \
+         headersToDownstreamOnAllow: [set-cookie]\n      \
          includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true, packAsBytes: true}\n",
     )
     .expect("write mesh");
@@ -294,7 +395,13 @@ fn bare_mesh_config_with_path_prefix_converts() {
     assert_eq!((auth["protocol"].as_str(), auth["path_prefix"].as_str()), (Some("ext_authz"), Some("/check")));
     assert_eq!(auth["timeout_ms"], 250);
     assert_eq!(auth["request_headers"], serde_json::json!(["origin", "x-tenant-*"]), "authorization is implicit");
-    assert_eq!(auth["headers_to_add"], serde_json::json!({"x-a": "one", "x-b": "two"}));
+    assert_eq!(
+        auth["headers_to_add"],
+        serde_json::json!({
+            "x-a": "one", "x-b": "two", "x-c": "%REQ(x-in?host):8%/%START_TIME(%s.%3f)%/%HOSTNAME%/100%%"
+        }),
+        "operators the filter prints are kept"
+    );
     assert_eq!(auth["client_headers_on_success"], serde_json::json!(["set-cookie"]));
     assert_eq!(auth["upstream_headers"], serde_json::json!([]), "unset: ext_authz copies nothing upstream");
     assert!(config.get("status_on_error").is_none() && auth.get("client_headers").is_none());
@@ -307,7 +414,14 @@ fn bare_mesh_config_with_path_prefix_converts() {
             && stderr.contains("allow_on_headers_stop_iteration"),
         "the note says the WasmPlugin cannot set what Envoy needs: {stderr}"
     );
-    nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
+    assert!(stderr.contains("note: includeAdditionalHeadersInCheck: %REQ(...)% prints"), "{stderr}");
+    let mut settings =
+        nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
+    settings.resolve_hostname(Some("prefect-server-0")).expect("with the VM's HOSTNAME");
+    // %HOSTNAME% is the VM's HOSTNAME variable: the WasmPlugin hands it the proxy's.
+    let out = convert(&mesh, &fixture(POLICY), false);
+    let manifest = String::from_utf8_lossy(&out.stdout);
+    assert!(manifest.contains("  vmConfig:\n    env:\n    - name: HOSTNAME\n      valueFrom: HOST\n"), "{manifest}");
 }
 
 /// Istio counts gateway traffic as CLIENT: a plugin converted for gateway pods must not keep

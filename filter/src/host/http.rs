@@ -21,6 +21,7 @@ use crate::host::header_map;
 use crate::host::jwks::{self, JwtState};
 use crate::host::metrics::count;
 use crate::host::reply::{fail_closed, reply, resume, Applied};
+use crate::host::request_info::HostRequestInfo;
 use crate::host::request_log::{self, Via};
 use crate::host::steps::access::{self, PeerFacts};
 use crate::host::steps::body::{self, BodyWait};
@@ -123,8 +124,9 @@ impl Authz {
             JwtStep::Callout => {}
         }
         let PeerFacts { principal, address } = peer;
-        // X-Forwarded-For reuses the address an access rule read: one property read.
-        let mut callout = match settings.callout(headers, || address.unwrap_or_else(access::address)) {
+        // X-Forwarded-For and the operators of headers_to_add reuse the address an access
+        // rule read: one property read.
+        let mut callout = match settings.callout(headers, HostRequestInfo::with_source(address)) {
             Ok(callout) => callout,
             Err(failure) => return self.fail(settings, failure),
         };
@@ -217,7 +219,7 @@ impl Authz {
         }
         let buffer = header_map::read(MapType::HttpRequestHeaders)?;
         let headers = header_map::parse(&buffer)?;
-        let mut callout = settings.callout(&headers, access::address).ok()?;
+        let mut callout = settings.callout(&headers, HostRequestInfo::default()).ok()?;
         // Only a protected request sends a callout: it carried the principal if there was one.
         if let Some((name, principal)) = access::principal_again(settings) {
             callout.push((name, principal.into()));

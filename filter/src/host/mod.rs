@@ -2,7 +2,8 @@
 //! the http context ([`http`]: one request's steps in order, each in [`steps`]), the
 //! JWKS fetches through shared data ([`jwks`], OIDC discovery in [`discovery`]), Envoy's
 //! signature check ([`crypto`]), counters
-//! ([`metrics`]), local replies ([`reply`]), the per-request log lines ([`request_log`])
+//! ([`metrics`]), local replies ([`reply`]), the request facts `auth.headers_to_add` prints
+//! ([`request_info`]), the per-request log lines ([`request_log`])
 //! and the host clock ([`clock`]). Only [`header_map`], the host's header
 //! wire format, is pure and also built natively (unit tests, benchmarks); the rest
 //! exists only in the wasm build.
@@ -23,6 +24,8 @@ mod jwks;
 mod metrics;
 #[cfg(target_family = "wasm")]
 mod reply;
+#[cfg(target_family = "wasm")]
+mod request_info;
 #[cfg(target_family = "wasm")]
 mod request_log;
 #[cfg(target_family = "wasm")]

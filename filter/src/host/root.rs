@@ -141,7 +141,12 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Settings::from_json(&bytes) {
+        // %HOSTNAME% in auth.headers_to_add: the VM's HOSTNAME variable, read once here.
+        let parsed = Settings::from_json(&bytes).and_then(|mut settings| {
+            settings.resolve_hostname(std::env::var("HOSTNAME").ok().as_deref())?;
+            Ok(settings)
+        });
+        match parsed {
             Ok(settings) => {
                 info!(
                     "configured: auth cluster {:?}, path {:?}, timeout {:?}, cache {:?}",

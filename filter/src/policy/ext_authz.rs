@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{self, Header, HeaderNames};
+use crate::policy::substitution::{HeaderTemplate, Rendered, RequestInfo};
 
 /// The header an allowing auth service names request headers to remove in.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -45,9 +46,10 @@ pub struct ExtAuthzSettings {
     pub path_prefix: String,
     /// A fixed callout path instead of `path_prefix` + the client's path.
     pub path_override: Option<String>,
-    /// Static headers set on the callout, replacing a client value (Istio
-    /// `includeAdditionalHeadersInCheck`).
-    pub headers_to_add: Vec<(String, String)>,
+    /// Headers set on the callout, replacing a client value (Istio
+    /// `includeAdditionalHeadersInCheck`): text, or Envoy's command operators
+    /// (policy/substitution.rs).
+    pub headers_to_add: Vec<(String, HeaderTemplate)>,
 }
 
 /// Validates a callout path (`auth.path`, `auth.path_prefix`, `auth.path_override`).
@@ -58,10 +60,11 @@ pub(crate) fn check_path(field: &str, path: &str, may_be_empty: bool) -> Result<
     Err(ConfigError::new(field, "must start with '/' and contain no spaces or control characters"))
 }
 
-/// `auth.headers_to_add`: names are header names the filter may write, values text.
+/// `auth.headers_to_add`: names are header names the filter may write, values text
+/// with Envoy's command operators, compiled here once.
 pub(crate) fn compile_headers_to_add(
     raw: Option<std::collections::BTreeMap<String, String>>,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<Vec<(String, HeaderTemplate)>, ConfigError> {
     let mut out = Vec::new();
     for (name, value) in raw.unwrap_or_default() {
         let field = format!("auth.headers_to_add.{name}");
@@ -72,6 +75,7 @@ pub(crate) fn compile_headers_to_add(
         if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
             return Err(ConfigError::new(field, "the value must not contain control characters"));
         }
+        let value = HeaderTemplate::parse(&field, &value)?;
         out.push((name.to_ascii_lowercase(), value));
     }
     Ok(out)
@@ -79,12 +83,14 @@ pub(crate) fn compile_headers_to_add(
 
 /// The callout of `protocol: ext_authz` (pseudo-headers first). `request_headers` and
 /// `strip` as in forward_auth: a stripped header is never sent, whatever matches it.
-/// `None` if a header to send is not text (the host ABI takes text).
+/// `info` is read only for the operators of `headers_to_add`. `None` if a header to
+/// send is not text (the host ABI takes text).
 pub fn callout<'h, H: Header>(
     settings: &'h ExtAuthzSettings,
     request_headers: &HeaderNames,
     strip: &HeaderNames,
     headers: &'h [H],
+    info: &mut impl RequestInfo,
 ) -> Option<Vec<CalloutHeader<'h>>> {
     let text = headers::text;
     let method = text(headers::first(headers, ":method").unwrap_or(b"GET"))?;
@@ -98,7 +104,17 @@ pub fn callout<'h, H: Header>(
     if let Some(authority) = headers::first(headers, ":authority") {
         out.push((":authority", text(authority)?.into()));
     }
-    let added = |name: &str| settings.headers_to_add.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    // Printed before the client's headers are picked: as in Envoy's header parser, a
+    // value that prints empty adds nothing and replaces nothing.
+    let mut to_add: Vec<CalloutHeader<'h>> = Vec::with_capacity(settings.headers_to_add.len());
+    for (name, template) in &settings.headers_to_add {
+        match template.render(headers, strip, info) {
+            Rendered::Value(value) => to_add.push((name.as_str(), value)),
+            Rendered::Empty => {}
+            Rendered::NotText => return None,
+        }
+    }
+    let added = |name: &str| to_add.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     for (i, h) in headers.iter().enumerate() {
         let name = h.name();
         let wanted = name.eq_ignore_ascii_case("authorization") || request_headers.contains(name);
@@ -113,9 +129,7 @@ pub fn callout<'h, H: Header>(
             out.push((name, joined(&headers[i..], name)?));
         }
     }
-    for (name, value) in &settings.headers_to_add {
-        out.push((name.as_str(), value.as_str().into()));
-    }
+    out.extend(to_add);
     // As ext_authz without a body; policy/request_body.rs replaces it when one is sent.
     out.push(("content-length", "0".into()));
     Some(out)
@@ -202,7 +216,10 @@ mod tests {
     fn callout_is_the_clients_method_prefixed_path_and_authority() {
         let settings = ExtAuthzSettings {
             path_prefix: "/check".into(),
-            headers_to_add: vec![("x-static".into(), "v".into()), ("x-tenant-id".into(), "fixed".into())],
+            headers_to_add: vec![
+                ("x-static".into(), HeaderTemplate::parse("f", "v").unwrap()),
+                ("x-tenant-id".into(), HeaderTemplate::parse("f", "fixed").unwrap()),
+            ],
             ..Default::default()
         };
         let request = h(&[
@@ -218,9 +235,14 @@ mod tests {
             ("x-nebula-actor-id", "evil"),
             ("content-length", "3"),
         ]);
-        let out =
-            callout(&settings, &names(&["x-tenant-*", "*-trace", "x-nebula-*"]), &names(&["x-nebula-*"]), &request)
-                .unwrap();
+        let out = callout(
+            &settings,
+            &names(&["x-tenant-*", "*-trace", "x-nebula-*"]),
+            &names(&["x-nebula-*"]),
+            &request,
+            &mut || None,
+        )
+        .unwrap();
         let out: Vec<(&str, &str)> = out.iter().map(|(n, v)| (*n, v.as_ref())).collect();
         assert_eq!(
             out,
@@ -237,13 +259,13 @@ mod tests {
             ]
         );
         let fixed = ExtAuthzSettings { path_override: Some("/verify".into()), ..Default::default() };
-        let out = callout(&fixed, &names(&[]), &names(&[]), &request).unwrap();
+        let out = callout(&fixed, &names(&[]), &names(&[]), &request, &mut || None).unwrap();
         assert_eq!(out[1], (":path", "/verify".into()));
         assert_eq!(out.len(), 5, "only authorization without request_headers: {out:?}");
         let bad = h(&[(":path", "/x"), ("authorization", "\u{e9}")]);
         let bad: Vec<(String, Vec<u8>)> =
             bad.into_iter().map(|(n, v)| if n == "authorization" { (n, vec![0xe9]) } else { (n, v) }).collect();
-        assert_eq!(callout(&fixed, &names(&[]), &names(&[]), &bad), None);
+        assert_eq!(callout(&fixed, &names(&[]), &names(&[]), &bad, &mut || None), None);
     }
 
     /// ext_authz sends a repeated header as one line, its values joined with `,` in their
@@ -260,7 +282,7 @@ mod tests {
             ("x-other", "o"),
         ]);
         let settings = ExtAuthzSettings::default();
-        let out = callout(&settings, &names(&["cookie", "x-tenant-*"]), &names(&[]), &request).unwrap();
+        let out = callout(&settings, &names(&["cookie", "x-tenant-*"]), &names(&[]), &request, &mut || None).unwrap();
         let out: Vec<(&str, &str)> = out.iter().map(|(n, v)| (*n, v.as_ref())).collect();
         assert_eq!(
             &out[2..],
@@ -273,7 +295,7 @@ mod tests {
         );
         let mut bad = request.clone();
         bad.push(("cookie".into(), vec![0xff]));
-        assert_eq!(callout(&settings, &names(&["cookie"]), &names(&[]), &bad), None);
+        assert_eq!(callout(&settings, &names(&["cookie"]), &names(&[]), &bad, &mut || None), None);
     }
 
     /// Over generated requests (names from a small pool, so they repeat, in any case):
@@ -282,7 +304,10 @@ mod tests {
     #[test]
     fn every_callout_header_is_one_line_of_all_its_values() {
         let pool = ["authorization", "Cookie", "cookie", "x-tenant-id", "X-Tenant-Region", "x-nebula-actor-id", "x-a"];
-        let settings = ExtAuthzSettings { headers_to_add: vec![("x-a".into(), "fixed".into())], ..Default::default() };
+        let settings = ExtAuthzSettings {
+            headers_to_add: vec![("x-a".into(), HeaderTemplate::parse("f", "fixed").unwrap())],
+            ..Default::default()
+        };
         let (wanted, strip) = (names(&["cookie", "x-tenant-*", "x-nebula-*", "x-a"]), names(&["x-nebula-*"]));
         let mut state: u32 = 7;
         let mut next = |n: u32| {
@@ -295,7 +320,7 @@ mod tests {
                 let name = pool[next(pool.len() as u32) as usize];
                 request.push((name.to_string(), format!("v{i}").into_bytes()));
             }
-            let out = callout(&settings, &wanted, &strip, &request).unwrap();
+            let out = callout(&settings, &wanted, &strip, &request, &mut || None).unwrap();
             for (k, (name, value)) in out.iter().enumerate().skip(2) {
                 assert!(!out[k + 1..].iter().any(|(n, _)| n.eq_ignore_ascii_case(name)), "{name} twice: {out:?}");
                 let values: Vec<String> = request

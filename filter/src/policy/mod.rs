@@ -18,3 +18,4 @@ pub mod request;
 pub mod request_body;
 pub mod request_line;
 pub mod route;
+pub mod substitution;

@@ -7,6 +7,7 @@ use crate::policy::ext_authz::{self, Protocol};
 use crate::policy::forward::{self, CalloutHeader, HeaderRegex};
 use crate::policy::headers::{self, Header, HeaderNames};
 use crate::policy::route::PublicPaths;
+use crate::policy::substitution::RequestInfo;
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,19 +39,20 @@ pub struct Routed<'h> {
 }
 
 /// `headers` is the client request header map as Envoy hands it over (`:path` included);
-/// `peer` gives the client's address (`ip:port`), asked for only when a callout sends
-/// X-Forwarded-For. [`route`], then [`callout`] for a protected path.
+/// `info` gives the client's address (`ip:port`), asked for only when a callout sends
+/// X-Forwarded-For, and the other request facts `auth.headers_to_add` may print.
+/// [`route`], then [`callout`] for a protected path.
 pub fn plan<'h, H: Header>(
     auth: &'h AuthSettings,
     strip_names: &HeaderNames,
     public: &'h PublicPaths,
     headers: &'h [H],
-    peer: impl FnOnce() -> Option<String>,
+    info: impl RequestInfo,
 ) -> Plan<'h> {
     let Routed { strip, public } = route(auth, strip_names, public, headers);
     let route = match public {
         Some(template) => Route::Public { template },
-        None => match callout(auth, strip_names, headers, peer) {
+        None => match callout(auth, strip_names, headers, info) {
             Ok(headers) => Route::Callout { headers },
             Err(failure) => Route::Reject(failure),
         },
@@ -97,10 +99,10 @@ pub fn callout<'h, H: Header>(
     auth: &'h AuthSettings,
     strip: &HeaderNames,
     headers: &'h [H],
-    peer: impl FnOnce() -> Option<String>,
+    mut info: impl RequestInfo,
 ) -> Result<Vec<CalloutHeader<'h>>, Failure> {
     if auth.protocol == Protocol::ExtAuthz {
-        return match ext_authz::callout(&auth.ext_authz, &auth.request_headers, strip, headers) {
+        return match ext_authz::callout(&auth.ext_authz, &auth.request_headers, strip, headers, &mut info) {
             Some(mut out) => {
                 if !out.iter().any(|(n, _)| *n == ":authority") {
                     out.insert(2, (":authority", auth.authority.as_str().into()));
@@ -143,7 +145,7 @@ pub fn callout<'h, H: Header>(
         }
     }
     if auth.forward_auth {
-        match forward::forwarded_headers(headers, peer().as_deref(), auth.trust_forward_header) {
+        match forward::forwarded_headers(headers, info.source_address().as_deref(), auth.trust_forward_header) {
             Ok(forwarded) => out.extend(forwarded),
             Err(_) => return Err(Failure::RequestHeaderNotText),
         }
