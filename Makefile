@@ -121,6 +121,7 @@ demo-check: build envoy
 docs-check:
 	cargo build -q -p nebula-authz-tests --bin check-config
 	$(PYTHON) scripts/check_docs.py --check-config $(abspath target/debug/check-config)
+	$(PYTHON) scripts/check_layout.py
 
 # docker-compose (Debian) validates envoy/docker-compose.yml; no Docker engine is needed.
 compose-check: envoy

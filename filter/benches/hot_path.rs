@@ -12,8 +12,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nebula_authz::config::Settings;
-use nebula_authz::host::header_map;
+use nebula_authz::flow::header_map;
+use nebula_authz::plugin_config::Settings;
 use nebula_authz::policy::route::PublicPaths;
 use nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS;
 
@@ -129,7 +129,7 @@ fn main() {
     record("plan: public prefix", measure(budget, || drop(black_box(settings.plan(black_box(&public), || None)))));
     record("plan: public {prefix}", measure(budget, || drop(black_box(settings.plan(black_box(&prefixed), || None)))));
 
-    // What the http context does per request (host/http.rs): read the host's buffer in place, then plan.
+    // What the http context does per request (flow/request.rs): read the host's buffer in place, then plan.
     let wire = serialize(&protected);
     record(
         "parse + plan: protected (as the adapter runs it)",

@@ -111,7 +111,7 @@ impl Env {
     }
 
     /// `/stats/prometheus` once the filter's counters have settled. The filter counts in
-    /// worker memory and hands the counts to Envoy once a second (filter/src/host/metrics.rs
+    /// worker memory and hands the counts to Envoy once a second (filter/src/flow/counters.rs
     /// `FLUSH_PERIOD`), so a read right after a request may miss it: this reads until the
     /// `nebula_authz_*` lines stay the same for longer than one flush period (bounded:
     /// 15 s), and returns that text.

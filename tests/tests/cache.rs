@@ -25,7 +25,7 @@ fn calls(env: &Env, token: &str) -> usize {
 }
 
 /// `/stats/prometheus` once every `(name, value)` shows: the filter counts in worker memory
-/// and hands the counts to Envoy every second (host/metrics.rs FLUSH_PERIOD), so this
+/// and hands the counts to Envoy every second (flow/counters.rs FLUSH_PERIOD), so this
 /// polls (bounded: 10 s) and returns the last text either way; the caller asserts on it.
 fn flushed(env: &Env, expected: &[(&str, u64)]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

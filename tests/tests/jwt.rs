@@ -65,7 +65,7 @@ fn get_with_token(env: &Env, token: &str) -> Response {
 }
 
 /// A counter of the filter (`nebula_authz.jwt.<name>`) from Envoy's admin stats. The filter
-/// hands its counts to Envoy once a second (host/metrics.rs FLUSH_PERIOD): after a request,
+/// hands its counts to Envoy once a second (flow/counters.rs FLUSH_PERIOD): after a request,
 /// [`wait_for_counter`] polls for the count it made.
 fn counter(env: &Env, name: &str) -> u64 {
     let stat = format!("wasmcustom.nebula_authz.jwt.{name}");
@@ -75,7 +75,7 @@ fn counter(env: &Env, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {stat} in /stats:\n{text}"))
 }
 
-/// The newest JWKS version any VM stored (host/jwks.rs logs `... keys (version N)`).
+/// The newest JWKS version any VM stored (flow/jwks_fetch.rs logs `... keys (version N)`).
 fn stored_jwks_version(env: &Env) -> u64 {
     env.log()
         .lines()
@@ -272,7 +272,7 @@ fn a_crit_header_is_rejected_even_empty_and_even_signed() {
     let resp = get_with_token(&env, &hs256_token(secret, r#"{"alg":"HS256"}"#, &payload));
     env.check(resp.status == 200 && resp.proxied(), "HS256 without crit: expected 200 from the upstream", &resp);
     env.check(env.upstream.last().header_all("x-nebula-actor-id") == ["hs-user"], "its claim header", &resp);
-    // Counters reach Envoy once a second (host/metrics.rs): none was malformed before.
+    // Counters reach Envoy once a second (flow/counters.rs): none was malformed before.
     for (before, crit) in ["[]", r#"["exp"]"#].into_iter().enumerate() {
         let before = before as u64;
         let (auth_before, upstream_before) = (env.auth.count(), env.upstream.count());
@@ -475,7 +475,7 @@ fn all_at_once(env: &Env, tokens: &[String]) -> Vec<Response> {
 }
 
 /// A rotated key reaching both workers at once, while the JWKS endpoint is slow: the
-/// worker without the fetch lease waits for the fetch in flight (host/steps/jwks_wait.rs)
+/// worker without the fetch lease waits for the fetch in flight (flow/steps/jwks_wait.rs)
 /// instead of judging the token on its old keys (an unknown kid: 401); still one fetch
 /// for the whole Envoy.
 #[test]

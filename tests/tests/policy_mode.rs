@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use nebula_authz::config::Settings;
+use nebula_authz::plugin_config::Settings;
 use nebula_authz::policy::route::canonical_path;
 use nebula_authz_tests::client::RawRequest;
 use nebula_authz_tests::envoy::Tools;
@@ -359,7 +359,7 @@ fn convert_and_the_filter_agree_on_command_operators() {
     for (value, refusal) in values.iter().zip(refusals) {
         let config =
             serde_json::json!({"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x": value}}});
-        let filter = nebula_authz::config::Settings::from_json(config.to_string().as_bytes());
+        let filter = nebula_authz::plugin_config::Settings::from_json(config.to_string().as_bytes());
         assert_eq!(
             refusal.is_none(),
             filter.is_ok(),
@@ -416,7 +416,7 @@ fn bare_mesh_config_with_path_prefix_converts() {
     );
     assert!(stderr.contains("note: includeAdditionalHeadersInCheck: %REQ(...)% prints"), "{stderr}");
     let mut settings =
-        nebula_authz::config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
+        nebula_authz::plugin_config::Settings::from_json(config.to_string().as_bytes()).expect("the filter accepts it");
     settings.resolve_hostname(Some("prefect-server-0")).expect("with the VM's HOSTNAME");
     // %HOSTNAME% is the VM's HOSTNAME variable: the WasmPlugin hands it the proxy's.
     let out = convert(&mesh, &fixture(POLICY), false);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use nebula_authz_tests::envoy::Tools;
 
-/// What host/http.rs and host/root.rs implement, plus what the SDK always needs
+/// What wasm/http_context.rs and wasm/root_context.rs implement, plus what the SDK always needs
 /// (context create/delete, the allocator). Not `proxy_on_done`: the http and root contexts
 /// release on delete (their `Drop`).
 const EXPECTED: [&str; 11] = [

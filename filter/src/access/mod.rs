@@ -1,4 +1,4 @@
-//! Who may ask at all (issue 17, seed 003): the client's address (`source_ranges`,
+//! Who may ask at all: the client's address (`source_ranges`,
 //! behind `trusted_proxies`) and its verified mTLS identity (`principals`), globally and
 //! per public path, on the same canonical-path match as the public paths, so a rule
 //! keyed to a path cannot be sidestepped by spelling the path differently.
@@ -6,9 +6,9 @@
 //! Pure: the host hands over what it knows through [`Peer`], read lazily, so a rule
 //! that does not need the address or the certificate never asks for it.
 
+pub mod access_config;
 pub mod cidr;
 pub mod client;
-pub mod config;
 pub mod principal;
 
 use std::net::IpAddr;
@@ -158,7 +158,7 @@ impl AccessSettings {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::Settings;
+    use crate::plugin_config::Settings;
 
     /// A host that counts the property reads.
     #[derive(Default)]

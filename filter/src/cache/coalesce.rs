@@ -1,6 +1,6 @@
 //! Request coalescing on one worker: while a callout for a key is in flight, further
 //! requests with the same key wait for its answer instead of sending their own.
-//! Plain data; host/steps/callout.rs keeps one table per VM (one VM per worker thread).
+//! Plain data; flow/worker.rs keeps one table per worker (one VM per worker thread).
 
 use std::collections::HashMap;
 

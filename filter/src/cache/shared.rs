@@ -1,6 +1,6 @@
 //! The shared decision cache, host-independent: its configuration, the key (a SHA-256
 //! of everything the auth service sees), how long an answer may be reused, and the
-//! binary format of a slot. The host side (host/steps/cache.rs) keeps the encoded slots
+//! binary format of a slot. The host side (flow/steps/cache.rs) keeps the encoded slots
 //! in proxy-wasm shared data, which every worker VM of one Envoy (same `vm_id`) sees.
 //!
 //! Shared data cannot be deleted, so the cache is a fixed array of `entries` slots
@@ -167,7 +167,7 @@ impl CacheSettings {
     }
 
     /// Whether `stored` holds an allow for exactly `lookup`'s key, fresh or stale: what a
-    /// denial of that key must end, whether or not the denial itself is stored (issue 15).
+    /// denial of that key must end, whether or not the denial itself is stored (a refused credential is never served again).
     pub fn holds_allow(&self, stored: &[u8], lookup: &Lookup) -> bool {
         Entry::decode(stored).is_some_and(|e| e.key == lookup.key && matches!(e.decision, Decision::Allow { .. }))
     }
@@ -446,7 +446,7 @@ impl<'a> Reader<'a> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::Settings;
+    use crate::plugin_config::Settings;
 
     const NOW: u64 = 1_700_000_000_000;
     /// An auth response without caching headers.

@@ -2,7 +2,7 @@
 //! - verified ones, by the token's exact bytes, so a client repeating its token (as real
 //!   clients do) costs a hash of the token's end and a word-wise compare instead of a
 //!   signature check (a SHA-256 of the token cost more than the rest of a repeated
-//!   token's request in the module; issue 16). The tokens stay in this worker's memory
+//!   token's request in the module; docs/jwt.md, "Performance"). The tokens stay in this worker's memory
 //!   only, as the request itself; an entry never outlives the token's `exp` (+ leeway)
 //!   nor the key set it was verified with;
 //! - recent rejects, by the token's SHA-256 (a collision would be needed to reuse another

@@ -250,7 +250,7 @@ impl KeySet {
     }
 }
 
-/// The DER inside a `PUBLIC KEY` PEM (seed 004's jwt-middleware, like jwt-go, also
+/// The DER inside a `PUBLIC KEY` PEM (Traefik's jwt-middleware plugin, like jwt-go, also
 /// writes SPKI under the non-standard `EC PUBLIC KEY` label; both are read).
 fn pem_body(pem: &str) -> Option<Vec<u8>> {
     let pem = pem.trim();
@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(err, "a JWKS must be an object with a \"keys\" array");
     }
 
-    /// The key of seed 004's jwt-middleware example, as written there.
+    /// The key of the Traefik jwt-middleware plugin's example, as written there.
     #[test]
     fn seed_004_ec_public_key_label_is_read() {
         let pem = "-----BEGIN EC PUBLIC KEY-----

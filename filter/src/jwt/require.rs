@@ -1,4 +1,4 @@
-//! `require`: claim checks beyond `iss`/`aud`/time, as seed 004's jwt-middleware and
+//! `require`: claim checks beyond `iss`/`aud`/time, as Traefik's jwt-middleware plugin and
 //! Istio's `AuthorizationPolicy` (`request.auth.claims`) have them. A valid token that
 //! fails one is refused with 403 `insufficient_scope` (RFC 6750 §3.1), not 401.
 //!

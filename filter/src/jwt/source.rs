@@ -5,7 +5,7 @@
 //! Only the configured sources are looked at, in order: with the default (the
 //! `Authorization` header) no cookie or query string is ever parsed, and nothing is
 //! removed, so the request path does no extra work. Pure: the host side applies the
-//! [`Removal`] (host/steps/jwt.rs).
+//! [`Removal`] (flow/steps/jwt.rs).
 
 use serde::Deserialize;
 

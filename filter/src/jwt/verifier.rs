@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use crate::jwt::cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache};
-use crate::jwt::config::{JwtSettings, Mode, Provider, UnknownIssuer};
+use crate::jwt::jwt_config::{JwtSettings, Mode, Provider, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 pub use crate::jwt::reason::Reason;
 use crate::jwt::require::lookup;
@@ -386,7 +386,7 @@ fn header_value(value: &Value) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::Settings;
+    use crate::plugin_config::Settings;
     use jwt_simple::prelude::*;
 
     const NOW_S: u64 = 1_900_000_000;

@@ -133,7 +133,7 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
         let envoys = matches!(status, 503 | 504) && headers::first(headers, UPSTREAM_SERVICE_TIME).is_none();
         return Verdict::Fail(match (envoys, status) {
             (true, 504) => Failure::TimedOut { ms: auth.timeout.as_millis() },
-            // The body (read only in this case) tells refused from reset: host/steps/decide.rs.
+            // The body (read only in this case) tells refused from reset: flow/steps/decide.rs.
             (true, _) => Failure::Unreachable(Unreachable::Other),
             _ => Failure::AuthServerError(status),
         });
@@ -219,7 +219,7 @@ fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::Settings;
+    use crate::plugin_config::Settings;
 
     fn settings() -> Settings {
         Settings::from_json(br#"{"auth": {"cluster": "auth", "max_response_bytes": 100}}"#).unwrap()

@@ -355,8 +355,8 @@ mod tests {
         assert_eq!(inject.len(), 3, "forward_auth: every value: {inject:?}");
     }
 
-    fn settings(json: &str) -> crate::config::Settings {
-        crate::config::Settings::from_json(json.as_bytes()).unwrap()
+    fn settings(json: &str) -> crate::plugin_config::Settings {
+        crate::plugin_config::Settings::from_json(json.as_bytes()).unwrap()
     }
 
     #[test]
@@ -416,7 +416,7 @@ mod tests {
                 "connection-level",
             ),
         ] {
-            let err = crate::config::Settings::from_json(json.as_bytes()).unwrap_err().to_string();
+            let err = crate::plugin_config::Settings::from_json(json.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(error), "{json}: {err}");
         }
     }

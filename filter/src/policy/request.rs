@@ -120,7 +120,7 @@ pub fn callout<'h, H: Header>(
         }
     };
     // Room for the pseudo-headers, a few forwarded ones and the six X-Forwarded-*: one
-    // allocation instead of growing it (issue 13).
+    // allocation instead of growing it (measured with `make bench-callgrind`).
     let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(16);
     out.extend([
         (":method", method.into()),
@@ -157,7 +157,7 @@ pub fn callout<'h, H: Header>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::Settings;
+    use crate::plugin_config::Settings;
 
     fn settings(json: &str) -> Settings {
         Settings::from_json(json.as_bytes()).unwrap()

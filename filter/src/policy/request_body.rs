@@ -102,7 +102,7 @@ pub fn forward_body(
 
 /// What to do with the body seen so far (`received` bytes, `complete` at end of stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyStep {
+pub enum BodyVerdict {
     /// Keep buffering.
     Wait,
     /// Send the callout with the first `len` bytes; `partial` when the body is longer.
@@ -114,16 +114,16 @@ pub enum BodyStep {
 impl RequestBodySettings {
     /// ext_authz's rule: a full buffer is 413 unless partial messages are allowed, in
     /// which case the callout goes as soon as `max_request_bytes` are there.
-    pub fn step(&self, received: usize, complete: bool) -> BodyStep {
+    pub fn step(&self, received: usize, complete: bool) -> BodyVerdict {
         let max = self.max_request_bytes;
         if received > max && !self.allow_partial_message {
-            return BodyStep::TooLarge;
+            return BodyVerdict::TooLarge;
         }
         if complete || (self.allow_partial_message && received >= max) {
             let len = received.min(max);
-            return BodyStep::Send { len, partial: received > max };
+            return BodyVerdict::Send { len, partial: received > max };
         }
-        BodyStep::Wait
+        BodyVerdict::Wait
     }
 }
 
@@ -185,24 +185,24 @@ mod tests {
 
     #[test]
     fn waits_until_the_end_of_the_stream() {
-        assert_eq!(settings(64, false).step(10, false), BodyStep::Wait);
-        assert_eq!(settings(64, false).step(64, false), BodyStep::Wait);
-        assert_eq!(settings(64, false).step(64, true), BodyStep::Send { len: 64, partial: false });
-        assert_eq!(settings(64, false).step(0, true), BodyStep::Send { len: 0, partial: false });
+        assert_eq!(settings(64, false).step(10, false), BodyVerdict::Wait);
+        assert_eq!(settings(64, false).step(64, false), BodyVerdict::Wait);
+        assert_eq!(settings(64, false).step(64, true), BodyVerdict::Send { len: 64, partial: false });
+        assert_eq!(settings(64, false).step(0, true), BodyVerdict::Send { len: 0, partial: false });
     }
 
     #[test]
     fn over_the_limit_is_413_without_partial_messages() {
-        assert_eq!(settings(64, false).step(65, false), BodyStep::TooLarge);
-        assert_eq!(settings(64, false).step(65, true), BodyStep::TooLarge);
+        assert_eq!(settings(64, false).step(65, false), BodyVerdict::TooLarge);
+        assert_eq!(settings(64, false).step(65, true), BodyVerdict::TooLarge);
     }
 
     #[test]
     fn partial_messages_send_the_first_max_bytes_once_there() {
-        assert_eq!(settings(16, true).step(15, false), BodyStep::Wait);
-        assert_eq!(settings(16, true).step(16, false), BodyStep::Send { len: 16, partial: false });
-        assert_eq!(settings(16, true).step(70_000, false), BodyStep::Send { len: 16, partial: true });
-        assert_eq!(settings(16, true).step(17, true), BodyStep::Send { len: 16, partial: true });
+        assert_eq!(settings(16, true).step(15, false), BodyVerdict::Wait);
+        assert_eq!(settings(16, true).step(16, false), BodyVerdict::Send { len: 16, partial: false });
+        assert_eq!(settings(16, true).step(70_000, false), BodyVerdict::Send { len: 16, partial: true });
+        assert_eq!(settings(16, true).step(17, true), BodyVerdict::Send { len: 16, partial: true });
     }
 
     #[test]
@@ -231,13 +231,13 @@ mod tests {
         let Ok(Some(forward)) = forward_body(Some(true), Some(10)) else { panic!("forward_body 10") };
         assert_eq!(forward.contract, BodyContract::ForwardAuth);
         // Traefik reads maxBodySize + 1 bytes: exactly the limit passes, one more is 401.
-        assert_eq!(forward.step(10, true), BodyStep::Send { len: 10, partial: false });
-        assert_eq!(forward.step(11, false), BodyStep::TooLarge);
+        assert_eq!(forward.step(10, true), BodyVerdict::Send { len: 10, partial: false });
+        assert_eq!(forward.step(11, false), BodyVerdict::TooLarge);
         assert_eq!(forward.too_large(), TooLarge { status: 401, headers: &[], body: None });
         // 0: only an empty body passes.
         let Ok(Some(zero)) = forward_body(Some(true), Some(0)) else { panic!("forward_body 0") };
-        assert_eq!(zero.step(0, true), BodyStep::Send { len: 0, partial: false });
-        assert_eq!(zero.step(1, false), BodyStep::TooLarge);
+        assert_eq!(zero.step(0, true), BodyVerdict::Send { len: 0, partial: false });
+        assert_eq!(zero.step(1, false), BodyVerdict::TooLarge);
         // Unset and -1 (Traefik's unlimited): the filter's cap.
         for unset in [None, Some(-1)] {
             let Ok(Some(capped)) = forward_body(Some(true), unset) else { panic!("forward_body {unset:?}") };

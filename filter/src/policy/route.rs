@@ -14,7 +14,7 @@
 //! matches one or more segments and the rest must end the path (an optional trailing `/`
 //! aside): `/{prefix}/events/out`. A template starting with `=` is exact: that path (one
 //! trailing `/` aside) and nothing below it, `=/api/events/out`; the Prefect preset uses
-//! it for the WebSocket endpoints, which seed 000's `{prefix}` would open under any route
+//! it for the WebSocket endpoints, which the Prefect defaults' `{prefix}` would open under any route
 //! that ends the same way (`/api/admin/settings/events/out`). A template starting with `==`
 //! is strict: its trailing `/` counts, so `==/api/health` is `/api/health` alone (not
 //! `/api/health/`), `==/api/` is `/api/` alone, and `==/{prefix}/events/out` ends the path
@@ -29,7 +29,8 @@ use std::collections::HashMap;
 
 use crate::error::ConfigError;
 
-/// Seed 000's public routes (Traefik router `public`).
+/// The Prefect defaults' public routes (Prefect's Traefik router `public`; docs/configuration.md,
+/// "The Prefect defaults").
 pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
     "/auth",
     "/api/docs",
@@ -49,7 +50,7 @@ pub struct PublicPaths {
     has_reverse: bool,
     /// The last segments a `{prefix}` template can end with (`None`: any, one ends with a
     /// parameter): a path ending otherwise skips the reverse router and the reversed copy
-    /// of its segments (every protected request, issue 13).
+    /// of its segments (every protected request; measured with `make bench-callgrind`).
     suffix_ends: Option<Vec<String>>,
     templates: Vec<String>,
     /// For each template, the first one that compiles the same (itself if none).
@@ -57,7 +58,7 @@ pub struct PublicPaths {
 }
 
 impl PublicPaths {
-    /// The `public_paths` list (seed 000's when absent) plus the `frontend_prefix`, as
+    /// The `public_paths` list (the Prefect defaults when absent) plus the `frontend_prefix`, as
     /// users write them, compiled.
     pub(crate) fn from_config(
         public_paths: Option<Vec<String>>,
@@ -274,7 +275,8 @@ fn is_canonical_byte(b: u8) -> bool {
     CANONICAL[b as usize]
 }
 
-/// [`is_canonical_byte`] as a table: every byte of every path is looked up (issue 13).
+/// [`is_canonical_byte`] as a table: every byte of every path is looked up (a table beats the branches, measured with
+/// `make bench-callgrind`).
 const CANONICAL: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
@@ -403,7 +405,7 @@ mod tests {
         PublicPaths::compile(&templates, &[]).unwrap()
     }
 
-    /// tests/data/paths_prefix.tsv: seed 000 (column 0) and the preset (column 1).
+    /// tests/data/paths_prefix.tsv: the Prefect defaults (column 0) and the preset (column 1).
     #[test]
     fn prefix_table_against_both_templates() {
         let seed = compile(&DEFAULT_PUBLIC_PATHS);
@@ -414,7 +416,7 @@ mod tests {
             let cols: Vec<&str> = line.split('\t').collect();
             assert!(cols.len() >= 3, "bad row: {line:?}");
             let target = unescape(cols[2]);
-            for (paths, expected, which) in [(&seed, cols[0], "seed 000"), (&tight, cols[1], "preset")] {
+            for (paths, expected, which) in [(&seed, cols[0], "the Prefect defaults"), (&tight, cols[1], "preset")] {
                 assert!(expected == "public" || expected == "protected", "bad expectation in {line:?}");
                 assert_eq!(paths.is_public(&target), expected == "public", "{which}: {}", cols[2]);
             }

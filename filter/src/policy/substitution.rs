@@ -787,7 +787,7 @@ mod tests {
 
     #[test]
     fn the_plugin_config_refuses_what_it_cannot_print_and_prints_the_rest() {
-        use crate::config::Settings;
+        use crate::plugin_config::Settings;
         let err = Settings::from_json(
             br#"{"auth": {"cluster": "a", "protocol": "ext_authz", "headers_to_add": {"x-node": "n=%UPSTREAM_HOST%"}}}"#,
         )

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use nebula_authz::config::Settings;
+use nebula_authz::plugin_config::Settings;
 
 fn main() -> ExitCode {
     let mut failed = false;

@@ -1,0 +1,132 @@
+//! The auth service's answers the tests script, and the configurations they run under.
+
+use crate::flow::mock_host::Pairs;
+
+use super::pairs;
+
+/// One kind of answer to a callout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 with identity headers and a cookie.
+    Allow,
+    /// 401 with a challenge and a body.
+    Deny,
+    /// 302 to the login page.
+    Redirect,
+    /// 500 from the auth service itself.
+    ServerError,
+    /// Envoy's own 504 for a callout past its timeout.
+    Timeout,
+    /// No headers at all: Envoy reset the call.
+    Reset,
+    /// Envoy's own 503 for a connection refused.
+    Refused,
+    /// No `:status`, or one that is not a number.
+    Garbage,
+}
+
+pub const ALL: [Answer; 8] = [
+    Answer::Allow,
+    Answer::Deny,
+    Answer::Redirect,
+    Answer::ServerError,
+    Answer::Timeout,
+    Answer::Reset,
+    Answer::Refused,
+    Answer::Garbage,
+];
+
+impl Answer {
+    pub fn reply(self) -> Option<(Pairs, Vec<u8>)> {
+        let with = |headers: &[(&str, &str)], body: &str| Some((pairs(headers), body.as_bytes().to_vec()));
+        match self {
+            Answer::Allow => with(
+                &[
+                    (":status", "200"),
+                    ("x-nebula-actor-id", "alice"),
+                    ("x-nebula-actor-permissions", "read"),
+                    ("set-cookie", "session=abc; Path=/"),
+                    ("cache-control", "max-age=60"),
+                ],
+                "",
+            ),
+            Answer::Deny => {
+                with(&[(":status", "401"), ("www-authenticate", "Bearer"), ("content-type", "text/plain")], "no")
+            }
+            Answer::Redirect => with(&[(":status", "302"), ("location", "/auth/login")], ""),
+            Answer::ServerError => with(&[(":status", "500"), ("x-envoy-upstream-service-time", "1")], "oops"),
+            Answer::Timeout => with(&[(":status", "504"), ("content-type", "text/plain")], "upstream request timeout"),
+            Answer::Reset => None,
+            Answer::Refused => with(
+                &[(":status", "503"), ("content-type", "text/plain")],
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            Answer::Garbage => with(&[(":status", "abc"), ("x-nebula-actor-id", "mallory")], "<html>"),
+        }
+    }
+
+    /// Whether the request goes upstream after this answer.
+    pub fn allows(self) -> bool {
+        self == Answer::Allow
+    }
+}
+
+/// The Prefect preset (forwardAuth, the Prefect public paths).
+pub const PREFECT: &str = include_str!("../../../../envoy/presets/prefect.json");
+
+/// Configuration shapes: (name, JSON). Each keeps the Prefect identity headers, so the
+/// spoofing checks apply to all.
+pub fn configs() -> Vec<(&'static str, String)> {
+    let prefect: serde_json::Value = serde_json::from_str(PREFECT).unwrap();
+    let with = |patch: serde_json::Value| {
+        let mut config = prefect.clone();
+        merge(&mut config, &patch);
+        config.to_string()
+    };
+    vec![
+        ("prefect", prefect.to_string()),
+        (
+            "prefect+cache",
+            with(serde_json::json!({"cache": {"entries": 64, "default_ttl": 30, "stale_if_error": 300}})),
+        ),
+        ("prefect+retry", with(serde_json::json!({"auth": {"retry_on_reset": true}}))),
+        (
+            "prefect+access",
+            with(serde_json::json!({"source_ranges": ["10.0.0.0/8"],
+                "public_paths": ["/auth", {"path": "/hooks", "source_ranges": ["192.168.0.0/16"]}]})),
+        ),
+        (
+            "ext_authz",
+            serde_json::json!({"auth": {"cluster": "auth", "protocol": "ext_authz",
+                "upstream_headers": ["x-nebula-actor-id", "x-nebula-actor-permissions",
+                    "x-nebula-ratelimit-config", "x-nebula-log-limit-config"]},
+                "public_paths": prefect["public_paths"].clone()})
+            .to_string(),
+        ),
+        (
+            "ext_authz+cache",
+            serde_json::json!({"auth": {"cluster": "auth", "protocol": "ext_authz",
+                "upstream_headers": ["x-nebula-actor-id", "x-nebula-actor-permissions",
+                    "x-nebula-ratelimit-config", "x-nebula-log-limit-config"]},
+                "cache": {"entries": 64},
+                "public_paths": prefect["public_paths"].clone()})
+            .to_string(),
+        ),
+    ]
+}
+
+fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(into), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                match into.get_mut(key) {
+                    Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+                    _ => {
+                        into.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
+}

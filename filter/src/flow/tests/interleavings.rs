@@ -1,0 +1,273 @@
+//! Interleavings only several streams or workers produce: identical callouts coalescing,
+//! a stream going away while others wait for its callout, a JWKS fetch finishing on
+//! another worker, a lost compare-and-swap, a decision shared through the cache, bodies
+//! that come late or never.
+
+use jwt_simple::prelude::*;
+
+use super::answers::{configs, Answer, PREFECT};
+use super::{pairs, request, spoofing, Sim, NOW_MS};
+use crate::flow::mock_host::End;
+use crate::flow::Flow;
+use crate::metric_names::Metric;
+
+fn config(name: &str) -> String {
+    configs().into_iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+#[test]
+fn identical_requests_share_one_callout() {
+    for answer in [Answer::Allow, Answer::Deny, Answer::Reset] {
+        let mut sim = Sim::new(&config("prefect+cache"), 1);
+        let a = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+        let b = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+        let c = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer other")]));
+        assert_eq!(sim.pending().len(), 2, "b waits for a's callout");
+        sim.settle(|_, _| answer.reply());
+        sim.check();
+        assert_eq!(sim.counter(Metric::Coalesced), 1);
+        assert_eq!(sim.outcome(a), sim.outcome(b), "{answer:?}: a waiter gets the leader's decision");
+        assert!(sim.outcome(c).is_some());
+    }
+}
+
+#[test]
+fn a_leader_going_away_hands_its_callout_to_the_root() {
+    let mut sim = Sim::new(&config("prefect+cache"), 1);
+    let leader = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+    let waiter = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+    let (first, _) = sim.pending()[0].clone();
+    sim.end(leader);
+    // Envoy cancels the deleted context's call; the root sends it again on its tick.
+    sim.answer(first, None);
+    assert_eq!(sim.host.stream(waiter).ends, vec![], "the cancelled call settles nobody");
+    assert_eq!(sim.host.tick_period(), Some(std::time::Duration::from_millis(1)));
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.check();
+    assert_eq!(sim.host.stream(waiter).ends, vec![End::Resume]);
+    assert_eq!(sim.host.dispatched().len(), 2);
+    assert_eq!(sim.host.dispatched()[1].context, super::root(0), "sent again by the root context");
+}
+
+#[test]
+fn a_waiter_going_away_is_not_settled() {
+    let mut sim = Sim::new(&config("prefect+cache"), 1);
+    let leader = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+    let waiter = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer same")]));
+    sim.end(waiter);
+    sim.settle(|_, _| Answer::Deny.reply());
+    sim.check();
+    assert_eq!(sim.outcome(leader), Some(401));
+    assert_eq!(sim.host.stream(waiter).ends, vec![]);
+    assert!(!sim.host.calls_in(waiter).contains(&"reply"));
+}
+
+#[test]
+fn a_decision_is_shared_between_workers_through_the_cache() {
+    let mut sim = Sim::new(&config("prefect+cache"), 2);
+    let first = sim.send_on(0, request(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    sim.settle(|_, _| Answer::Allow.reply());
+    let second = sim.send_on(1, spoofing(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    assert_eq!(sim.streams[&second].first, Flow::Continue, "worker 1 read worker 0's decision");
+    assert_eq!(sim.host.dispatched().len(), 1);
+    sim.check();
+    assert_eq!(sim.outcome(first), Some(0));
+    assert_eq!(sim.counter(Metric::CacheHits), 1);
+    // A denial for the same key on another worker ends the shared allow.
+    sim.host.advance(61_000);
+    let third = sim.send_on(1, request(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    sim.settle(|_, _| Answer::Deny.reply());
+    assert_eq!(sim.outcome(third), Some(401));
+    let fourth = sim.send_on(0, request(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    assert_eq!(sim.streams[&fourth].first, crate::flow::Flow::Pause, "no allow served after the denial");
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.check();
+}
+
+#[test]
+fn stale_if_error_serves_an_expired_allow_only_on_failure() {
+    let mut sim = Sim::new(&config("prefect+cache"), 1);
+    sim.send(request(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.host.advance(61_000);
+    let failing = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Reset.reply());
+    assert_eq!(sim.outcome(failing), Some(0));
+    let denied = sim.send(request(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Deny.reply());
+    assert_eq!(sim.outcome(denied), Some(401));
+    let after = sim.send(request(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Reset.reply());
+    assert_ne!(sim.outcome(after), Some(0), "a denial ends what stale_if_error may serve");
+    sim.check();
+    assert_eq!(sim.counter(Metric::CacheStaleServed), 1);
+}
+
+#[test]
+fn a_refused_dispatch_fails_closed_at_once() {
+    for (name, config) in configs() {
+        let mut sim = Sim::new(&config, 1);
+        sim.host.fail(crate::flow::mock_host::Fails::Dispatch);
+        let id = sim.next_id_for_test();
+        sim.host.set_property(id, "source.address", b"10.0.0.1:1");
+        sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+        assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "{name}");
+        sim.check();
+    }
+}
+
+#[test]
+fn a_reset_callout_is_retried_once_within_the_timeout() {
+    let mut sim = Sim::new(&config("prefect+retry"), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let mut answers = vec![Answer::Refused, Answer::Allow].into_iter();
+    sim.settle(|_, _| answers.next().unwrap().reply());
+    sim.check();
+    assert_eq!(sim.outcome(id), Some(0));
+    assert_eq!(sim.counter(Metric::CalloutRetries), 1);
+    // Twice refused: the second failure stands.
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Refused.reply());
+    sim.check();
+    assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error));
+    assert_eq!(sim.counter(Metric::CalloutRetries), 2);
+}
+
+const BODY: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 2000,
+    "with_request_body": {"max_request_bytes": 8}}}"#;
+
+#[test]
+fn a_body_goes_with_the_callout_once_complete() {
+    let mut sim = Sim::new(BODY, 1);
+    let id = sim.send_on(0, request(b"/api/flows", &[("content-length", "6")]), false);
+    assert!(sim.pending().is_empty(), "the callout waits for the body");
+    assert_eq!(sim.body(id, b"abc", false), Flow::Pause);
+    assert_eq!(sim.body(id, b"def", true), Flow::Pause);
+    let call = sim.host.dispatched()[0].clone();
+    assert_eq!(call.body.as_deref(), Some(&b"abcdef"[..]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.check();
+    assert_eq!(sim.outcome(id), Some(0));
+    // Over the limit: 413, no callout.
+    let big = sim.send_on(0, request(b"/api/flows", &[]), false);
+    sim.body(big, b"0123456789", true);
+    assert_eq!(sim.outcome(big), Some(413));
+    assert_eq!(sim.host.dispatched().len(), 1);
+    // Trailers end a body whose last chunk did not.
+    let trailing = sim.send_on(0, request(b"/api/flows", &[]), false);
+    sim.body(trailing, b"ab", false);
+    sim.trailers(trailing, pairs(&[("x-t", "1")]));
+    assert_eq!(sim.host.dispatched().len(), 2);
+    sim.settle(|_, _| Answer::Deny.reply());
+    sim.check();
+}
+
+#[test]
+fn a_body_that_never_comes_fails_closed_after_the_timeout() {
+    let mut sim = Sim::new(BODY, 1);
+    let id = sim.send_on(0, request(b"/api/flows", &[]), false);
+    sim.tick(0);
+    assert_eq!(sim.outcome(id), None);
+    sim.host.advance(2_001);
+    sim.tick(0);
+    assert_eq!(sim.outcome(id), Some(500));
+    sim.check();
+    // Once a body callback came on this worker, the guard is off for good.
+    let slow = sim.send_on(0, request(b"/api/flows", &[]), false);
+    sim.body(slow, b"a", false);
+    let later = sim.send_on(0, request(b"/api/flows", &[]), false);
+    sim.host.advance(10_000);
+    sim.tick(0);
+    assert_eq!(sim.outcome(later), None);
+    sim.end(slow);
+    sim.end(later);
+    sim.check();
+}
+
+/// A JWT configuration with remote keys, and a token for them.
+fn remote_jwks() -> (String, ES256KeyPair, serde_json::Value) {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+    jwk["kid"] = "k1".into();
+    let config = serde_json::json!({"auth": {"cluster": "auth"},
+        "jwt": {"providers": [{"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "path": "/keys"},
+            "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}})
+    .to_string();
+    (config, key, serde_json::json!({"keys": [jwk]}))
+}
+
+fn es_token(key: &ES256KeyPair) -> String {
+    let mut claims = Claims::create(Duration::from_secs(600)).with_issuer("https://idp").with_subject("carol");
+    claims.issued_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000));
+    claims.expires_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000 + 600));
+    key.sign(claims).unwrap()
+}
+
+#[test]
+fn a_jwks_fetch_finishing_on_another_worker_wakes_the_waiter() {
+    let (config, key, jwks) = remote_jwks();
+    let mut sim = Sim::new(&config, 2);
+    let bearer = format!("Bearer {}", es_token(&key));
+    let fetching = sim.send_on(0, spoofing(b"/api/flows", &[("authorization", &bearer)]), true);
+    let waiting = sim.send_on(1, spoofing(b"/api/flows", &[("authorization", &bearer)]), true);
+    assert_eq!(sim.pending().len(), 1, "one fetch per Envoy: worker 1 waits for worker 0's");
+    assert_eq!(sim.host.tick_period(), Some(crate::flow::steps::jwks_wait::WAIT_TICK));
+    let body = jwks.to_string();
+    sim.settle(|cluster, _| {
+        assert_eq!(cluster, "idp");
+        Some((pairs(&[(":status", "200")]), body.clone().into_bytes()))
+    });
+    sim.check();
+    for id in [fetching, waiting] {
+        assert_eq!(sim.outcome(id), Some(0), "{id}");
+        let upstream = sim.streams[&id].upstream.clone().unwrap();
+        assert!(upstream.contains(&("x-nebula-actor-id".into(), b"carol".to_vec())), "{upstream:?}");
+    }
+}
+
+#[test]
+fn a_waiter_whose_stream_went_away_is_not_woken() {
+    let (config, key, jwks) = remote_jwks();
+    let mut sim = Sim::new(&config, 2);
+    let bearer = format!("Bearer {}", es_token(&key));
+    sim.send_on(0, request(b"/api/flows", &[("authorization", &bearer)]), true);
+    let waiting = sim.send_on(1, request(b"/api/flows", &[("authorization", &bearer)]), true);
+    sim.end(waiting);
+    let body = jwks.to_string();
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), body.clone().into_bytes())));
+    sim.check();
+    assert_eq!(sim.host.stream(waiting).ends, vec![]);
+}
+
+#[test]
+fn a_lost_lease_race_neither_fetches_nor_allows() {
+    let (config, key, _) = remote_jwks();
+    let mut sim = Sim::new(&config, 1);
+    // Another worker wins the compare-and-swap on the fetch lease.
+    sim.host.cas_conflicts(1);
+    let id = sim.send(request(b"/api/flows", &[("authorization", &format!("Bearer {}", es_token(&key)))]));
+    assert!(sim.pending().is_empty(), "the loser does not fetch");
+    assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "no keys, local mode: fails closed");
+    sim.check();
+}
+
+#[test]
+fn a_failed_jwks_fetch_keeps_failing_closed() {
+    let (config, key, _) = remote_jwks();
+    let mut sim = Sim::new(&config, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", &format!("Bearer {}", es_token(&key)))]));
+    sim.settle(|_, _| Answer::ServerError.reply());
+    sim.check();
+    assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error));
+}
+
+#[test]
+fn the_prefect_preset_under_two_workers_and_resets() {
+    let mut sim = Sim::new(PREFECT, 2);
+    let ids: Vec<u32> =
+        (0..6).map(|i| sim.send_on(i % 2, spoofing(b"/api/flows", &[("authorization", "Bearer t")]), true)).collect();
+    sim.end(ids[0]);
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.check();
+    assert_eq!(sim.counter(Metric::Allows), 5);
+}

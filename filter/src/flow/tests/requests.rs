@@ -1,0 +1,284 @@
+//! Whole requests over the input space: every configuration shape × the hostile path
+//! table × request shapes (identity headers in every spelling, repeated and odd headers,
+//! trailers) × every kind of auth answer. The invariants of [`Sim::check`] hold on every
+//! run; the outcome each answer must give is asserted too.
+
+use super::answers::{configs, Answer, ALL, PREFECT};
+use super::{pairs, request, spoofing, Sim, IDENTITY_SPELLINGS, SPOOF};
+use crate::flow::mock_host::{End, Pairs};
+use crate::flow::Flow;
+use crate::metric_names::Metric;
+
+/// tests/data/paths.tsv: (public?, raw request-target bytes, note).
+pub fn path_table() -> Vec<(bool, Vec<u8>, String)> {
+    let table = include_str!("../../../../tests/data/paths.tsv");
+    table
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            (cols[0] == "public", unescape(cols[1]), cols.get(2).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// `\xHH` is one raw byte; everything else is literal.
+fn unescape(target: &str) -> Vec<u8> {
+    let bytes = target.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') && i + 3 < bytes.len() + 1 {
+            if let Ok(b) = u8::from_str_radix(&target[i + 2..i + 4], 16) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Calls the stream `id` sent itself.
+fn sent_by(sim: &Sim, id: u32) -> usize {
+    sim.host.dispatched().iter().filter(|d| d.context == id).count()
+}
+
+/// Sends from a client address inside the access configuration's `source_ranges`.
+fn send_inside(sim: &mut Sim, headers: Pairs, end_of_stream: bool) -> u32 {
+    let id = sim.next_id_for_test();
+    sim.host.set_property(id, "source.address", b"10.1.2.3:5555");
+    sim.send_on(0, headers, end_of_stream)
+}
+
+/// Every row of the hostile path table, under every configuration and every answer:
+/// public exactly when the table says so (for the configurations with the Prefect
+/// public paths), and a protected row never reaches the upstream without the auth
+/// service's allow.
+#[test]
+fn hostile_paths_are_public_only_when_canonical() {
+    let table = path_table();
+    assert!(table.len() >= 60, "{}", table.len());
+    for (name, config) in configs() {
+        for answer in [Answer::Allow, Answer::Deny, Answer::Reset] {
+            let mut sim = Sim::new(&config, 1);
+            let mut sent = Vec::new();
+            for (public, path, note) in &table {
+                let id = sim.send(spoofing(path, &[("authorization", "Bearer t")]));
+                sent.push((id, *public, path.clone(), note.clone()));
+            }
+            sim.settle(|_, _| answer.reply());
+            sim.check();
+            for (id, public, path, note) in sent {
+                let went_public = sim.streams[&id].first == Flow::Continue && sent_by(&sim, id) == 0;
+                let shown = String::from_utf8_lossy(&path);
+                if !public {
+                    assert!(!went_public, "{name}: protected {shown:?} ({note}) went upstream unchecked");
+                    if !answer.allows() {
+                        assert_ne!(sim.outcome(id), Some(0), "{name}/{answer:?}: {shown:?} went upstream");
+                    }
+                } else if name != "prefect+access" {
+                    assert!(went_public, "{name}: public {shown:?} ({note}) was not public");
+                }
+            }
+        }
+    }
+}
+
+/// Each answer under each configuration: an allow goes upstream with the auth
+/// service's identity (once, not the client's), anything else is answered locally.
+#[test]
+fn every_answer_under_every_configuration() {
+    for (name, config) in configs() {
+        for answer in ALL {
+            let mut sim = Sim::new(&config, 1);
+            let headers = spoofing(b"/api/flows/filter", &[("authorization", "Bearer t"), ("cookie", "a=b")]);
+            let id = send_inside(&mut sim, headers, true);
+            sim.settle(|_, _| answer.reply());
+            sim.check();
+            let outcome = sim.outcome(id);
+            match answer {
+                Answer::Allow => {
+                    assert_eq!(outcome, Some(0), "{name}/{answer:?}");
+                    let upstream = sim.streams[&id].upstream.clone().unwrap();
+                    let ids: Vec<_> = upstream.iter().filter(|(n, _)| n == "x-nebula-actor-id").collect();
+                    assert_eq!(ids.len(), 1, "{name}: {upstream:?}");
+                    assert_eq!(ids[0].1, b"alice");
+                }
+                _ => {
+                    let status = outcome.unwrap_or_else(|| panic!("{name}/{answer:?}: never ended"));
+                    assert!(status >= 300, "{name}/{answer:?}: {status}");
+                    assert!(sim.streams[&id].upstream.is_none());
+                }
+            }
+        }
+    }
+}
+
+/// The access rules' source range: inside → the callout decides; outside or unknown → 403,
+/// no callout, counted.
+#[test]
+fn access_rules_deny_before_any_callout() {
+    let config = &configs().into_iter().find(|(n, _)| *n == "prefect+access").unwrap().1;
+    let mut sim = Sim::new(config, 1);
+    // The address is read from the host when the rule needs it: set before the headers.
+    for (address, expect_callout) in [(Some("10.9.9.9:1"), true), (Some("203.0.113.7:1"), false), (None, false)] {
+        let id = sim.next_id_for_test();
+        if let Some(address) = address {
+            sim.host.set_property(id, "source.address", address.as_bytes());
+        }
+        let sent = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+        assert_eq!(sent, id);
+        assert_eq!(sent_by(&sim, id), usize::from(expect_callout), "{address:?}");
+        if !expect_callout {
+            assert_eq!(sim.outcome(id), Some(403), "{address:?}");
+        }
+    }
+    sim.settle(|_, _| Answer::Allow.reply());
+    sim.check();
+    assert_eq!(sim.counter(Metric::SourceDenied), 2);
+}
+
+/// Trailers carry the identity headers in every spelling: none survives, whether the
+/// request is public, waits for its callout, or was already allowed.
+#[test]
+fn identity_trailers_are_stripped_on_every_path() {
+    for (name, config) in configs() {
+        for path in [&b"/api/health"[..], b"/api/flows"] {
+            let mut sim = Sim::new(&config, 1);
+            let id = send_inside(&mut sim, spoofing(path, &[("authorization", "Bearer t"), ("te", "trailers")]), false);
+            let spoofed: Pairs =
+                IDENTITY_SPELLINGS.iter().map(|n| (n.to_string(), SPOOF.as_bytes().to_vec())).collect();
+            let mut trailers = pairs(&[("grpc-status", "0")]);
+            trailers.extend(spoofed);
+            sim.trailers(id, trailers);
+            sim.settle(|_, _| Answer::Allow.reply());
+            sim.check();
+            let left = sim.host.stream(id).trailers;
+            assert!(left.iter().all(|(_, v)| v != SPOOF.as_bytes()), "{name}: {left:?}");
+            assert!(left.iter().any(|(n, _)| n == "grpc-status"), "{name}: other trailers stay");
+        }
+    }
+}
+
+/// A tiny deterministic generator (xorshift): the same cases every run, many of them.
+pub struct Gen(u64);
+
+impl Gen {
+    pub fn new(seed: u64) -> Gen {
+        Gen(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[(self.next() % from.len() as u64) as usize]
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Odd but legal request headers a client may send around the identity ones.
+const ODD: &[(&str, &str)] = &[
+    ("authorization", "Bearer t"),
+    ("authorization", "Bearer second"),
+    ("cookie", "a=1"),
+    ("cookie", "b=2; c=3"),
+    ("x-forwarded-for", "1.2.3.4"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-empty", ""),
+    ("x-long", "0123456789012345678901234567890123456789012345678901234567890123456789"),
+    ("origin", "https://app.example"),
+    ("x-envoy-auth-partial-body", "true"),
+];
+
+/// Generated runs: a configuration, a batch of requests (random paths from the table,
+/// identity spellings, odd and repeated headers), answers drawn per callout, streams
+/// going away at random. The invariants hold on every run.
+#[test]
+fn generated_runs_keep_every_invariant() {
+    let table = path_table();
+    let configs = configs();
+    let mut gen = Gen::new(0x5eed_f10e);
+    for run in 0..300 {
+        let (name, config) = gen.pick(&configs);
+        let mut sim = Sim::new(config, 1 + (gen.next() % 2) as usize);
+        let mut ids = Vec::new();
+        for _ in 0..1 + gen.next() % 6 {
+            let (_, path, _) = gen.pick(&table);
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            for _ in 0..gen.next() % 4 {
+                extra.push(*gen.pick(ODD));
+            }
+            let headers = if gen.chance(70) { spoofing(path, &extra) } else { request(path, &extra) };
+            let worker = (gen.next() % sim.workers.len() as u64) as usize;
+            let id = sim.next_id_for_test();
+            if gen.chance(80) {
+                sim.host.set_property(id, "source.address", b"10.0.0.1:1");
+            }
+            ids.push(sim.send_on(worker, headers, true));
+        }
+        for id in &ids {
+            if gen.chance(15) {
+                sim.end(*id);
+            }
+        }
+        let mut answers = gen;
+        sim.settle(|_, _| answers.pick(&ALL).reply());
+        gen = answers;
+        sim.check();
+        // A denied or failed request never resumes: its only end is the reply.
+        for id in &ids {
+            let ends = sim.host.stream(*id).ends;
+            if let Some(End::Reply { status, .. }) = ends.first() {
+                assert!(*status >= 300, "run {run} ({name}): {status}");
+            }
+        }
+    }
+}
+
+/// The preset itself: its public list as shipped (the Prefect defaults).
+#[test]
+fn the_preset_is_what_the_path_table_expects() {
+    let mut sim = Sim::new(PREFECT, 1);
+    let id = sim.send(request(b"/api/health", &[]));
+    assert_eq!(sim.streams[&id].first, Flow::Continue);
+    assert_eq!(sim.counter(Metric::Public), 1);
+}
+
+/// What an allow keeps for the client's response: the auth service's cookies replace
+/// the upstream's of the same name (`add_auth_cookies_to_response`), ext_authz's
+/// `client_headers_on_success` are added; a denied request's response gets neither, and
+/// nothing is kept once the stream is over.
+#[test]
+fn an_allow_keeps_cookies_and_client_headers_for_the_response() {
+    let cookies = r#"{"auth": {"cluster": "auth", "add_auth_cookies_to_response": ["session"]}}"#;
+    let client =
+        r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "client_headers_on_success": ["set-cookie"]}}"#;
+    for config in [cookies, client] {
+        let mut sim = Sim::new(config, 1);
+        let allowed = sim.send(request(b"/api/flows", &[("authorization", "Bearer t")]));
+        sim.settle(|_, _| Answer::Allow.reply());
+        let upstream = pairs(&[(":status", "200"), ("set-cookie", "session=upstream"), ("set-cookie", "other=1")]);
+        assert_eq!(sim.response(allowed, upstream.clone()), Flow::Continue);
+        let response = sim.host.stream(allowed).response;
+        assert!(response.contains(&("set-cookie".into(), b"session=abc; Path=/".to_vec())), "{config}: {response:?}");
+        assert!(response.contains(&("set-cookie".into(), b"other=1".to_vec())), "{config}: {response:?}");
+        // What was kept is used once: a second response callback gets nothing.
+        sim.response(allowed, upstream.clone());
+        let again = sim.host.stream(allowed).response;
+        assert_eq!(again, upstream, "{config}");
+        sim.end(allowed);
+        assert!(sim.workers[0].kept.cookies.is_empty() && sim.workers[0].kept.client_headers.is_empty());
+        sim.check();
+    }
+}

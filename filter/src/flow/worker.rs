@@ -1,0 +1,119 @@
+//! What one worker (one VM: one Envoy worker thread, or the main thread) keeps between
+//! requests, in one value owned by its root context and lent to each callback: the
+//! callouts in flight and their waiters, what a request keeps for its response, the JWT
+//! verifier and its fetches, the decoded cache front, and the counters. No thread-local:
+//! the tests run several workers side by side.
+
+use std::collections::HashMap;
+
+use crate::cache::coalesce::InFlight;
+use crate::cache::local::LocalCache;
+use crate::cache::shared::Lookup;
+use crate::flow::counters::Counters;
+use crate::jwt::jwt_config::JwtSettings;
+use crate::jwt::verifier::{ClaimHeaders, JwtVerifier};
+
+/// Owned (name, value) pairs.
+pub type OwnedHeaders = Vec<(String, Vec<u8>)>;
+
+/// A callout to send again for the requests that wait for it.
+#[derive(Debug)]
+pub struct Resend {
+    pub lookup: Lookup,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A request waiting for another context's JWKS fetch (flow/steps/jwks_wait.rs).
+#[derive(Debug)]
+pub struct JwksWaiter {
+    pub id: u32,
+    pub provider: usize,
+    /// The lease's end when the wait began: checked again by then whatever the lease says.
+    pub until_ms: u64,
+}
+
+#[derive(Default)]
+pub struct Worker {
+    pub counters: Counters,
+    /// The JWT verifier of the current configuration (with a `jwt` block): reach it
+    /// through [`Worker::verifier`].
+    jwt: Option<JwtVerifier>,
+    /// The address of the `jwt` block [`Worker::jwt`] was built for: a request still
+    /// running under an older configuration never meets the new one's keys (provider
+    /// indexes differ between them).
+    jwt_for: usize,
+    /// Callouts in flight, for coalescing (cache/coalesce.rs).
+    pub in_flight: InFlight,
+    /// Callouts whose sender went away while others waited for them: the root context
+    /// sends them again on its next tick (an http context cannot outlive its stream).
+    pub orphans: Vec<Resend>,
+    /// Decoded decisions recently read from the shared cache (cache/local.rs).
+    pub local_cache: LocalCache,
+    /// The key's input bytes of the request at hand (reused: no allocation per request).
+    pub key_input: Vec<u8>,
+    /// Streams waiting for their first body callback: (context id, since, Unix ms).
+    pub body_awaiting: Vec<(u32, u64)>,
+    /// A body callback came on this worker: Envoy has `allow_on_headers_stop_iteration`,
+    /// so the guard is off for good and a client that is merely slow to send its body
+    /// waits, as under ext_authz.
+    pub body_delivered: bool,
+    /// Requests waiting for a JWKS fetch in flight elsewhere.
+    pub jwks_waiters: Vec<JwksWaiter>,
+    /// Tokens of this worker's calls in flight for an openid-configuration.
+    pub discovery_calls: Vec<u32>,
+    /// Callouts the root context sent again for orphaned waiters, by token.
+    pub resends: HashMap<u32, Lookup>,
+    /// JWKS fetches the root context started on its timer: (call token, provider).
+    pub jwks_fetches: Vec<(u32, usize)>,
+    /// What an allowed request keeps for later, by context id (an allow may be applied
+    /// to a waiting request from another context's callback).
+    pub kept: Kept,
+}
+
+impl Worker {
+    /// A new configuration's verifier (`None`: no `jwt` block), for `jwt`, which must stay
+    /// where it is (inside the configuration's `Rc`) while requests run under it.
+    pub fn set_verifier(&mut self, verifier: Option<(JwtVerifier, &JwtSettings)>) {
+        self.jwt_for = verifier.as_ref().map_or(0, |(_, jwt)| std::ptr::from_ref(*jwt) as usize);
+        self.jwt = verifier.map(|(verifier, _)| verifier);
+    }
+
+    /// The verifier built for `jwt`, if that is the current configuration's.
+    pub fn verifier(&mut self, jwt: &JwtSettings) -> Option<&mut JwtVerifier> {
+        (self.jwt_for == std::ptr::from_ref(jwt) as usize).then_some(self.jwt.as_mut()).flatten()
+    }
+
+    pub fn has_verifier(&self) -> bool {
+        self.jwt.is_some()
+    }
+}
+
+#[derive(Default)]
+pub struct Kept {
+    /// `Set-Cookie` values of the allowing auth response, for the client's response
+    /// (`auth.add_auth_cookies_to_response`).
+    pub cookies: HashMap<u32, Vec<Vec<u8>>>,
+    /// Claim headers of a valid JWT in `local_then_callout`, added if the callout allows.
+    pub claims: HashMap<u32, ClaimHeaders>,
+    /// ext_authz `client_headers_on_success` of the allowing auth response.
+    pub client_headers: HashMap<u32, OwnedHeaders>,
+}
+
+impl Kept {
+    /// The stream is over: drop what was kept for it.
+    pub fn forget(&mut self, id: u32) {
+        take(&mut self.cookies, id);
+        take(&mut self.claims, id);
+        take(&mut self.client_headers, id);
+    }
+}
+
+/// What `map` keeps for `id`, removed. Most requests keep nothing: an empty map is not
+/// hashed into (every request ends here).
+pub fn take<T>(map: &mut HashMap<u32, T>, id: u32) -> Option<T> {
+    if map.is_empty() {
+        None
+    } else {
+        map.remove(&id)
+    }
+}

@@ -1,0 +1,479 @@
+//! The whole plugin configuration: the JSON users write (serde, unknown fields rejected),
+//! validated and compiled once into [`Settings`], which every request shares.
+//!
+//! Each feature owns its block's serde shape and compile step (`auth`: policy/auth.rs,
+//! `public_paths`: policy/route.rs, `jwt`: jwt/config.rs, `cache`: cache/shared.rs);
+//! this module only composes them, so it imports the features and none imports it.
+//! Defaults are the Prefect defaults (docs/configuration.md), so `{"auth": {"cluster": "auth"}}` is a full config.
+
+use serde::Deserialize;
+
+use crate::access::access_config::{self as access_config, RawAccess, RawPublicPath};
+use crate::access::AccessSettings;
+use crate::cache::shared::{self, CacheSettings, RawCache};
+use crate::error::ConfigError;
+use crate::jwt::jwt_config::{JwtSettings, RawJwt};
+use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
+use crate::policy::decision::{self, Failure, Verdict};
+use crate::policy::ext_authz::Protocol;
+use crate::policy::forward::CalloutHeader;
+use crate::policy::headers::{Header, HeaderNames};
+use crate::policy::request::{self, Plan, Routed};
+use crate::policy::route::PublicPaths;
+use crate::policy::substitution::{self, RequestInfo};
+
+/// Like Envoy ext_authz's `status_on_error` default.
+const DEFAULT_STATUS_ON_ERROR: u32 = 403;
+
+/// The configuration as users write it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    auth: RawAuth,
+    strip_headers: Option<Vec<String>>,
+    /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/config.rs).
+    public_paths: Option<Vec<RawPublicPath>>,
+    frontend_prefix: Option<String>,
+    status_on_error: Option<u32>,
+    /// Local JWT verification (jwt/config.rs).
+    jwt: Option<RawJwt>,
+    /// The shared decision cache; absent = off.
+    cache: Option<RawCache>,
+    /// Access rules (access/config.rs).
+    source_ranges: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    principals: Option<Vec<String>>,
+    principal_header: Option<String>,
+}
+
+/// The validated, compiled configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub auth: AuthSettings,
+    /// Removed from every client request; includes `auth.upstream_headers` with the
+    /// forward-auth protocol (not with ext_authz, which replaces only what it sets).
+    pub strip: HeaderNames,
+    pub public: PublicPaths,
+    pub status_on_error: u32,
+    /// Local JWT verification, when configured.
+    pub jwt: Option<JwtSettings>,
+    /// The shared decision cache, when configured.
+    pub cache: Option<CacheSettings>,
+    /// Source ranges and peer principals, when any is configured.
+    pub access: Option<AccessSettings>,
+}
+
+impl Settings {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        // serde would read a struct from a JSON array too; users must write objects.
+        for (field, object) in
+            [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt")), ("cache", value.get("cache"))]
+        {
+            if let Some(object) = object.filter(|v| !v.is_object()) {
+                return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
+            }
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value)
+            .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
+        let mut settings = Settings::try_from(raw)?;
+        if let Some(cache) = &mut settings.cache {
+            cache.fingerprint = shared::fingerprint(bytes);
+        }
+        Ok(settings)
+    }
+
+    /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
+    /// environment variable (the host reads it once, at configure;
+    /// policy/substitution.rs `resolve_hostname`).
+    pub fn resolve_hostname(&mut self, hostname: Option<&str>) -> Result<(), ConfigError> {
+        substitution::resolve_hostname("auth.headers_to_add", &mut self.auth.ext_authz.headers_to_add, hostname)
+    }
+
+    /// What to do with a client request (policy/request.rs): `headers` is the request
+    /// header map as Envoy hands it over (`:path` included); `info` gives the client's
+    /// address (`ip:port`), asked for only when a callout sends X-Forwarded-For, and the
+    /// other request facts `auth.headers_to_add` may print.
+    pub fn plan<'h, H: Header>(&'h self, headers: &'h [H], info: impl RequestInfo) -> Plan<'h> {
+        request::plan(&self.auth, &self.strip, &self.public, headers, info)
+    }
+
+    /// [`Settings::plan`] without building the callout (the host builds it only when
+    /// one is needed, with [`Settings::callout`]).
+    pub fn route<'h, H: Header>(&'h self, headers: &'h [H]) -> Routed<'h> {
+        request::route(&self.auth, &self.strip, &self.public, headers)
+    }
+
+    /// The names among `fields` (the request's headers or trailers) to remove: see
+    /// [`request::strip_list`].
+    pub fn strip_list<'h, H: Header>(&self, fields: &'h [H]) -> Vec<&'h str> {
+        request::strip_list(&self.auth, &self.strip, fields)
+    }
+
+    /// The callout's headers for a protected request (also one whose public path did
+    /// not match its access rules); `Err`: fail closed.
+    pub fn callout<'h, H: Header>(
+        &'h self,
+        headers: &'h [H],
+        info: impl RequestInfo,
+    ) -> Result<Vec<CalloutHeader<'h>>, Failure> {
+        request::callout(&self.auth, &self.strip, headers, info)
+    }
+
+    /// Decides on the auth response (policy/decision.rs); `headers` include `:status`
+    /// (empty when Envoy got no response), `body_size` is the size of its body.
+    pub fn decide<'r, H: Header>(&self, headers: &'r [H], body_size: usize) -> Verdict<'r> {
+        decision::decide(&self.auth, headers, body_size)
+    }
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl TryFrom<RawConfig> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Settings, ConfigError> {
+        let auth = AuthSettings::try_from(raw.auth)?;
+
+        let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
+        // `_` reads as `-` in every name the strip list holds or gains below.
+        let mut strip = HeaderNames::parse("strip_headers", &strip_names, true)?.reading_underscores_as_dashes();
+        // forwardAuth (Traefik) removes every `authResponseHeaders` name from the request
+        // before it copies the auth service's; ext_authz replaces only what the auth service
+        // sets, so a listed header it does not set (`authorization` in a token exchange,
+        // Envoy's `x-request-id` under `*-id`) keeps the client's value, and reaches the
+        // auth service.
+        if auth.protocol != Protocol::ExtAuthz {
+            strip.extend(&auth.upstream_headers);
+        }
+
+        let (public_paths, entries) = access_config::split(raw.public_paths);
+        let public = PublicPaths::from_config(public_paths, raw.frontend_prefix)?;
+        let access = RawAccess {
+            source_ranges: raw.source_ranges,
+            trusted_proxies: raw.trusted_proxies,
+            principals: raw.principals,
+            principal_header: raw.principal_header,
+        };
+        let access = access_config::compile(access, entries, &public, &auth.request_headers)?;
+        // The identity header comes only from the filter, never from the client.
+        if let Some(name) = access.as_ref().and_then(|a| a.principal_header.as_ref()) {
+            strip.extend(&HeaderNames::parse("principal_header", std::slice::from_ref(name), false)?);
+        }
+
+        let status_on_error = raw.status_on_error.unwrap_or(DEFAULT_STATUS_ON_ERROR);
+        if !(400..=599).contains(&status_on_error) {
+            return Err(ConfigError::new(
+                "status_on_error",
+                format!("must be a 4xx or 5xx status (fail closed), got {status_on_error}"),
+            ));
+        }
+
+        // Headers a valid JWT injects are stripped from every client request first.
+        let jwt = raw.jwt.map(JwtSettings::try_from).transpose()?;
+        if let Some(jwt) = &jwt {
+            strip.extend(&jwt.injected);
+        }
+
+        let cache = raw.cache.map(CacheSettings::parse).transpose()?;
+
+        Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
+    }
+}
+
+/// docs/configuration.md is checked against [`RawConfig`] (every field, both ways).
+#[cfg(test)]
+mod docs_reference;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::time::Duration;
+
+    fn err(json: &str) -> String {
+        Settings::from_json(json.as_bytes()).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn minimal_config_takes_seed_defaults() {
+        let s = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        assert_eq!(s.auth.cluster, "auth");
+        assert_eq!(s.auth.authority, "auth");
+        assert_eq!(s.auth.path, "/");
+        assert_eq!(s.auth.timeout, Duration::from_secs(5));
+        assert_eq!(s.auth.allow_statuses, vec![200]);
+        assert_eq!(s.status_on_error, 403);
+        assert!(s.auth.forward_auth, "X-Forwarded-* are sent by default");
+        assert!(!s.auth.trust_forward_header, "client X-Forwarded-* are not trusted by default");
+        assert!(s.auth.upstream_headers_regex.is_none());
+        assert!(s.auth.add_auth_cookies_to_response.is_empty());
+        for name in ["authorization", "origin", "access-control-request-method"] {
+            assert!(s.auth.request_headers.contains(name), "{name}");
+        }
+        for name in IDENTITY_HEADERS {
+            assert!(s.strip.contains(name), "{name}");
+            assert!(s.auth.upstream_headers.contains(name), "{name}");
+        }
+        for name in ["www-authenticate", "location", "set-cookie", "content-type"] {
+            assert!(s.auth.client_headers.contains(name), "{name}");
+        }
+        assert!(s.public.is_public(b"/api/health"));
+        assert!(s.public.is_public(b"/api/accounts/a/workspaces/w/events/out"));
+    }
+
+    #[test]
+    fn forward_body_takes_traefiks_contract() {
+        use crate::policy::request_body::BodyContract;
+        let s =
+            Settings::from_json(br#"{"auth": {"cluster": "a", "forward_body": true, "max_body_size": 100}}"#).unwrap();
+        let body = s.auth.with_request_body.as_ref().unwrap();
+        assert_eq!(
+            (body.contract, body.max_request_bytes, body.allow_partial_message),
+            (BodyContract::ForwardAuth, 100, false)
+        );
+        let s = Settings::from_json(br#"{"auth": {"cluster": "a", "forward_body": false}}"#).unwrap();
+        assert!(s.auth.with_request_body.is_none());
+    }
+
+    #[test]
+    fn full_config_is_accepted() {
+        let s = Settings::from_json(
+            br#"{
+              "auth": {
+                "cluster": "outbound|4300||auth.prefect.svc.cluster.local",
+                "authority": "auth.prefect.svc.cluster.local:4300",
+                "path": "/check",
+                "timeout_ms": 250,
+                "request_headers": ["Authorization", "X-Custom"],
+                "upstream_headers": ["x-nebula-actor-id"],
+                "client_headers": ["www-authenticate"],
+                "allow_statuses": [200, 204],
+                "max_response_bytes": 4096
+              },
+              "strip_headers": ["x-nebula-*"],
+              "public_paths": ["/healthz"],
+              "frontend_prefix": "/ui",
+              "status_on_error": 503
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(s.auth.path, "/check");
+        assert_eq!(s.auth.timeout, Duration::from_millis(250));
+        assert!(s.auth.request_headers.contains("x-custom"), "names are lower-cased");
+        assert!(s.strip.contains("x-nebula-anything"), "prefix pattern");
+        assert!(s.public.is_public(b"/ui/assets/app.js"));
+        assert!(s.public.is_public(b"/healthz"));
+        assert!(!s.public.is_public(b"/api/health"), "public_paths replaces the defaults");
+        assert_eq!(s.status_on_error, 503);
+    }
+
+    #[test]
+    fn istio_host_and_port_derive_the_cluster_name() {
+        let s = Settings::from_json(br#"{"auth": {"host": "auth.prefect.svc.cluster.local", "port": 4300}}"#).unwrap();
+        assert_eq!(s.auth.cluster, "outbound|4300||auth.prefect.svc.cluster.local");
+        assert_eq!(s.auth.authority, "auth.prefect.svc.cluster.local:4300");
+        let s = Settings::from_json(br#"{"auth": {"host": "auth", "port": 4300, "cluster": "authz"}}"#).unwrap();
+        assert_eq!((s.auth.cluster.as_str(), s.auth.authority.as_str()), ("authz", "auth:4300"), "cluster overrides");
+    }
+
+    #[test]
+    fn forwarding_headers_are_accepted_where_they_can_be_honoured() {
+        // Generated by forward_auth: listing them is redundant, not an error.
+        assert!(Settings::from_json(br#"{"auth": {"cluster": "a", "request_headers": ["x-forwarded-uri"]}}"#).is_ok());
+        // Trusted: any forwarding header may be passed on.
+        let s = Settings::from_json(
+            br#"{"auth": {"cluster": "a", "trust_forward_header": true, "request_headers": ["x-real-ip"]}}"#,
+        )
+        .unwrap();
+        assert!(s.auth.trust_forward_header);
+    }
+
+    #[test]
+    fn upstream_headers_are_stripped_with_forward_auth_only() {
+        let s =
+            Settings::from_json(br#"{"auth": {"cluster": "a", "upstream_headers": ["x-user"]}, "strip_headers": []}"#)
+                .unwrap();
+        assert!(s.strip.contains("x-user"));
+        // ext_authz replaces what the auth service sets; the strip list alone is removed.
+        let s = Settings::from_json(
+            br#"{"auth": {"cluster": "a", "protocol": "ext_authz", "upstream_headers": ["authorization", "*-id"]},
+                "strip_headers": ["x-nebula-*"]}"#,
+        )
+        .unwrap();
+        assert!(!s.strip.contains("authorization") && !s.strip.contains("x-request-id"));
+        assert!(s.strip.contains("x-nebula-actor-id"));
+    }
+
+    /// Bad input gets one clear line naming the field: the exact texts users will see.
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("", "invalid plugin configuration: not valid JSON: EOF while parsing a value at line 1 column 0"),
+            ("{}", "invalid plugin configuration: missing field `auth`"),
+            ("[1]", "invalid plugin configuration: expected a JSON object, got an array"),
+            (r#"{"auth": ["a"]}"#, "invalid plugin configuration: auth: expected a JSON object, got an array"),
+            (r#"{"auth": "auth"}"#, "invalid plugin configuration: auth: expected a JSON object, got a string"),
+            (
+                r#"{"auth": {}}"#,
+                "invalid plugin configuration: auth: name the auth service: auth.cluster (an Envoy cluster) or auth.host and auth.port (Istio)",
+            ),
+            (r#"{"auth": {"host": "auth"}}"#, "invalid plugin configuration: auth.port: is required with auth.host"),
+            (r#"{"auth": {"port": 4300}}"#, "invalid plugin configuration: auth.host: is required with auth.port"),
+            (r#"{"auth": {"host": "a b", "port": 1}}"#, "invalid plugin configuration: auth.host: \"a b\" is not a host name"),
+            (
+                r#"{"auth": {"host": "auth", "port": 70000}}"#,
+                "invalid plugin configuration: auth.port: invalid value: integer `70000`, expected u16",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `preserve_request_method`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,
+                "invalid plugin configuration: auth.request_headers[1]: \"X-Forwarded-Prefix\" is a forwarding header the client could forge; it is only sent with trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "forward_auth": false, "request_headers": ["x-forwarded-host"]}}"#,
+                "invalid plugin configuration: auth.request_headers[0]: \"x-forwarded-host\" is a forwarding header the client could forge; it is only sent with trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "upstream_headers_regex": "^x-(auth"}}"#,
+                "invalid plugin configuration: auth.upstream_headers_regex: invalid regex \"^x-(auth\": found open group without closing ')'",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "upstream_headers_regex": ""}}"#,
+                "invalid plugin configuration: auth.upstream_headers_regex: must not be empty (it would match every header)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "add_auth_cookies_to_response": ["ok", "bad name"]}}"#,
+                "invalid plugin configuration: auth.add_auth_cookies_to_response[1]: \"bad name\" is not a cookie name",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "trust_forward_header": "yes"}}"#,
+                "invalid plugin configuration: auth.trust_forward_header: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "timeout_ms": "5s"}}"#,
+                "invalid plugin configuration: auth.timeout_ms: invalid type: string \"5s\", expected u64",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
+            ),
+            (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
+            (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),
+            (
+                r#"{"auth": {"cluster": "a", "authority": "a b"}}"#,
+                "invalid plugin configuration: auth.authority: must be a non-empty host[:port] without spaces",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "path": "check"}}"#,
+                "invalid plugin configuration: auth.path: must start with '/' and contain no spaces or control characters",
+            ),
+            (r#"{"auth": {"cluster": "a", "timeout_ms": 0}}"#, "invalid plugin configuration: auth.timeout_ms: must be between 1 and 600000, got 0"),
+            (r#"{"auth": {"cluster": "a", "allow_statuses": []}}"#, "invalid plugin configuration: auth.allow_statuses: must list at least one status"),
+            (r#"{"auth": {"cluster": "a", "allow_statuses": [401]}}"#, "invalid plugin configuration: auth.allow_statuses: only 2xx statuses can allow, got 401"),
+            (
+                r#"{"auth": {"cluster": "a", "max_response_bytes": 999999999}}"#,
+                "invalid plugin configuration: auth.max_response_bytes: must be at most 16777216, got 999999999",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "bad header"]}}"#,
+                "invalid plugin configuration: auth.request_headers[1]: \"bad header\" is not a valid header name",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "request_headers": ["x-*-y"]}}"#,
+                "invalid plugin configuration: auth.request_headers[0]: \"x-*-y\": a * is only allowed once, at the start or at the end",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "upstream_headers": [":path"]}}"#,
+                "invalid plugin configuration: auth.upstream_headers[0]: \":path\" is not a valid header name",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "client_headers": ["Content-Length"]}}"#,
+                "invalid plugin configuration: auth.client_headers[0]: \"content-length\" is a connection-level header Envoy manages; it cannot be copied",
+            ),
+            (r#"{"auth": {"cluster": "a"}, "strip_headers": ["*"]}"#, "invalid plugin configuration: strip_headers[0]: \"*\" is not a valid header name"),
+            (r#"{"auth": {"cluster": "a"}, "status_on_error": 200}"#, "invalid plugin configuration: status_on_error: must be a 4xx or 5xx status (fail closed), got 200"),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["api/health"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"api/health\" must start with '/'",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/\" would make every path public",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "frontend_prefix": "/"}"#,
+                "invalid plugin configuration: frontend_prefix: \"/\" would make every path public",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "frontend_prefix": "/{x}"}"#,
+                "invalid plugin configuration: frontend_prefix: must be a plain path, without {parameters}",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/../health"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/../health\" has an empty, '.' or '..' segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/%2e"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/%2e\" has a character that is never public ('%', ';', '\\', spaces, controls or non-ASCII)",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/api/{prefix}/x"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/api/{prefix}/x\": {prefix} may only be the first segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/{prefix}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/{prefix}\": {prefix} must be followed by at least one segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/x{id}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/a/x{id}\": a {parameter} must be a whole segment",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "with_request_body": {"max_request_bytes": 8}}}"#,
+                "invalid plugin configuration: auth.with_request_body: only applies with \"protocol\": \"ext_authz\"",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 0}}}"#,
+                "invalid plugin configuration: auth.with_request_body.max_request_bytes: must be between 1 and 16777216, got 0",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "max_body_size": 10}}"#,
+                "invalid plugin configuration: auth.max_body_size: only applies with \"forward_body\": true",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "forward_body": true, "max_body_size": -5}}"#,
+                "invalid plugin configuration: auth.max_body_size: must be -1 (the filter's cap, 16777216 bytes) or between 0 and 16777216, got -5",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "forward_body": true}}"#,
+                "invalid plugin configuration: auth.forward_body: forward_body and max_body_size are the forward-auth shape's; with \"protocol\": \"ext_authz\" use with_request_body",
+            ),
+            (
+                r#"{"auth": {"cluster": "a", "protocol": "ext_authz", "with_request_body": {}}}"#,
+                "invalid plugin configuration: auth.with_request_body: missing field `max_request_bytes`",
+            ),
+            (
+                r#"{"auth": {"cluster": "a"}, "public_paths": ["/a/{*rest}"]}"#,
+                "invalid plugin configuration: public_paths[0]: \"/a/{*rest}\": {*catch-all} is implied (every public path covers what is below it)",
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(&err(json), expected, "config: {json}");
+        }
+    }
+}

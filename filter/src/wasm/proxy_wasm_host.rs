@@ -1,0 +1,206 @@
+//! The host over proxy-wasm's ABI: flow/host.rs's [`Host`] as `hostcalls` (never the
+//! SDK's trait helpers, which `unwrap()`: a refused call becomes an `Err` the flow turns
+//! into a fail-closed reply, not a trap that would take down every request on this
+//! worker), and what only the root context asks (plugin configuration, log level,
+//! Envoy's `verify_signature`). No decisions here.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::{info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+
+use crate::flow::host::{Body, Host, Map, Refused};
+use crate::jwt::signature::{self, HostCrypto};
+
+/// The host of the module's VM: every call acts on the effective context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyWasm;
+
+fn refused(status: Status) -> Refused {
+    match status {
+        Status::NotFound => Refused::NotFound,
+        Status::BadArgument => Refused::BadArgument,
+        Status::SerializationFailure => Refused::SerializationFailure,
+        Status::ParseFailure => Refused::ParseFailure,
+        Status::Empty => Refused::Empty,
+        Status::CasMismatch => Refused::CasMismatch,
+        Status::InternalFailure => Refused::InternalFailure,
+        _ => Refused::Unimplemented,
+    }
+}
+
+fn map_type(map: Map) -> MapType {
+    match map {
+        Map::RequestHeaders => MapType::HttpRequestHeaders,
+        Map::RequestTrailers => MapType::HttpRequestTrailers,
+        Map::ResponseHeaders => MapType::HttpResponseHeaders,
+        Map::CalloutAnswer => MapType::HttpCallResponseHeaders,
+    }
+}
+
+// The SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (and panics on
+// an unexpected status); `header_map` takes the host's buffer as it is, for
+// flow/header_map.rs's `parse`.
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+impl Host for ProxyWasm {
+    #[inline]
+    fn header_map(&self, map: Map) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer and size it allocated through the SDK's
+        // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) or leaves it null.
+        unsafe {
+            if proxy_get_header_map_pairs(map_type(map) as u32, &mut data, &mut size) != 0 {
+                return None;
+            }
+            if data.is_null() {
+                return Some(Vec::new());
+            }
+            Some(Vec::from_raw_parts(data, size, size))
+        }
+    }
+
+    #[inline]
+    fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(map_type(map), name).ok().flatten()
+    }
+
+    #[inline]
+    fn add_header(&self, map: Map, name: &str, value: &[u8]) -> Result<(), Refused> {
+        hostcalls::add_map_value_bytes(map_type(map), name, value).map_err(refused)
+    }
+
+    #[inline]
+    fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), Refused> {
+        hostcalls::set_map_value_bytes(map_type(map), name, value).map_err(refused)
+    }
+
+    #[inline]
+    fn remove_header(&self, map: Map, name: &str) -> Result<(), Refused> {
+        hostcalls::remove_map_value(map_type(map), name).map_err(refused)
+    }
+
+    #[inline]
+    fn body(&self, body: Body, len: usize) -> Result<Vec<u8>, Refused> {
+        let buffer = match body {
+            Body::Request => BufferType::HttpRequestBody,
+            Body::CalloutAnswer => BufferType::HttpCallResponseBody,
+        };
+        hostcalls::get_buffer(buffer, 0, len).map(Option::unwrap_or_default).map_err(refused)
+    }
+
+    #[inline]
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: Vec<(&str, &str)>,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, Refused> {
+        hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout).map_err(refused)
+    }
+
+    #[inline]
+    fn reply(&self, status: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) -> Result<(), Refused> {
+        hostcalls::send_http_response(status, headers, body).map_err(refused)
+    }
+
+    #[inline]
+    fn resume(&self) -> Result<(), Refused> {
+        hostcalls::resume_http_request().map_err(refused)
+    }
+
+    #[inline]
+    fn enter(&self, context: u32) -> Result<(), Refused> {
+        hostcalls::set_effective_context(context).map_err(refused)
+    }
+
+    #[inline]
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Refused> {
+        hostcalls::get_shared_data(key).map_err(refused)
+    }
+
+    #[inline]
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Refused> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(refused)
+    }
+
+    #[inline]
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    #[inline]
+    fn set_tick_period(&self, period: Duration) -> Result<(), Refused> {
+        hostcalls::set_tick_period(period).map_err(refused)
+    }
+
+    #[inline]
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Counter, name).ok()
+    }
+
+    #[inline]
+    fn add_to_counter(&self, id: u32, n: u64) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+impl ProxyWasm {
+    /// The plugin configuration's bytes (`on_configure`).
+    pub fn plugin_configuration(&self) -> Result<Vec<u8>, Refused> {
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .map(Option::unwrap_or_default)
+            .map_err(refused)
+    }
+
+    /// Sets the module's max log level to the host's (`proxy_get_log_level`: Envoy's
+    /// `wasm` component level); keeps the current one if the host has none.
+    pub fn follow_log_level(&self) {
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+    }
+}
+
+const FUNCTION: &str = "verify_signature";
+
+/// The host's signature check: Envoy's `verify_signature` foreign function (its
+/// BoringSSL, the code `jwt_authn` runs), used for RSA PKCS#1 and ECDSA once a probe
+/// shows it answers right (jwt/signature.rs).
+#[derive(Debug)]
+pub struct EnvoyCrypto;
+
+impl HostCrypto for EnvoyCrypto {
+    fn verify(&self, hash: &str, spki: &[u8], signature: &[u8], signed: &[u8]) -> Option<bool> {
+        let args = signature::verify_arguments(hash, spki, signature, signed);
+        match hostcalls::call_foreign_function(FUNCTION, Some(&args)) {
+            Ok(Some(result)) => signature::verify_result(&result),
+            _ => None,
+        }
+    }
+}
+
+/// The host crypto to use: Envoy's if it passes the probe, else none (the module's).
+pub fn probe_crypto() -> Option<Box<dyn HostCrypto>> {
+    if signature::host_is_sound(&EnvoyCrypto) {
+        info!("JWT: RSA and ECDSA signatures are checked by the host ({FUNCTION})");
+        Some(Box::new(EnvoyCrypto))
+    } else {
+        warn!("JWT: the host has no usable {FUNCTION}; every signature is checked in the module (slower)");
+        None
+    }
+}
