@@ -38,15 +38,3 @@ pub enum Waiting {
     /// callout's headers.
     Body { callout: Vec<(String, String)> },
 }
-
-impl<T> Step<T> {
-    /// The same answer for a step that hands on something else.
-    pub fn stop<U>(self) -> Step<U> {
-        match self {
-            Step::Next(_) | Step::Upstream => Step::Upstream,
-            Step::Replied => Step::Replied,
-            Step::Resumed => Step::Resumed,
-            Step::Paused(waiting) => Step::Paused(waiting),
-        }
-    }
-}

@@ -112,7 +112,38 @@ pub fn configs() -> Vec<(&'static str, String)> {
                 "public_paths": prefect["public_paths"].clone()})
             .to_string(),
         ),
+        (
+            "ext_authz+body",
+            serde_json::json!({"auth": {"cluster": "auth", "protocol": "ext_authz",
+                "upstream_headers": ["x-nebula-actor-id", "x-nebula-actor-permissions",
+                    "x-nebula-ratelimit-config", "x-nebula-log-limit-config"],
+                "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true}},
+                "public_paths": prefect["public_paths"].clone()})
+            .to_string(),
+        ),
+        ("prefect+jwt-local", with(jwt_block("local"))),
+        ("prefect+jwt-then-callout", with(jwt_block("local_then_callout"))),
     ]
+}
+
+/// The HS256 secret of the JWT shapes.
+pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn jwt_block(mode: &str) -> serde_json::Value {
+    serde_json::json!({"jwt": {"providers": [{"issuer": "https://idp",
+        "secret": String::from_utf8(SECRET.to_vec()).unwrap(), "mode": mode,
+        "claims_to_headers": {"sub": "x-jwt-sub"}}]}})
+}
+
+/// A token of the JWT shapes' provider, valid at [`NOW_MS`](super::NOW_MS) or expired.
+pub fn hs256_token(expired: bool) -> String {
+    use jwt_simple::prelude::*;
+    let key = HS256Key::from_bytes(SECRET);
+    let now = super::NOW_MS / 1000;
+    let mut claims = Claims::create(Duration::from_secs(600)).with_issuer("https://idp").with_subject("dave");
+    claims.issued_at = Some(UnixTimeStamp::from_secs(now - 1200));
+    claims.expires_at = Some(UnixTimeStamp::from_secs(if expired { now - 600 } else { now + 600 }));
+    key.authenticate(claims).unwrap()
 }
 
 fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {

@@ -3,7 +3,7 @@
 //! trailers) × every kind of auth answer. The invariants of [`Sim::check`] hold on every
 //! run; the outcome each answer must give is asserted too.
 
-use super::answers::{configs, Answer, ALL, PREFECT};
+use super::answers::{configs, hs256_token, Answer, ALL, PREFECT};
 use super::{pairs, request, spoofing, Sim, IDENTITY_SPELLINGS, SPOOF};
 use crate::flow::mock_host::{End, Pairs};
 use crate::flow::Flow;
@@ -202,22 +202,29 @@ const ODD: &[(&str, &str)] = &[
 ];
 
 /// Generated runs: a configuration, a batch of requests (random paths from the table,
-/// identity spellings, odd and repeated headers), answers drawn per callout, streams
-/// going away at random. The invariants hold on every run.
+/// identity spellings, odd and repeated headers, tokens valid, expired or garbage,
+/// bodies, trailers), answers drawn per callout, streams going away at random. The
+/// invariants hold on every run, and a protected path never goes upstream unchecked.
 #[test]
 fn generated_runs_keep_every_invariant() {
     let table = path_table();
     let configs = configs();
+    let valid = format!("Bearer {}", hs256_token(false));
+    let expired = format!("Bearer {}", hs256_token(true));
+    let tokens = [valid.as_str(), expired.as_str(), "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", "Bearer t"];
     let mut gen = Gen::new(0x5eed_f10e);
-    for run in 0..300 {
+    for run in 0..400 {
         let (name, config) = gen.pick(&configs);
         let mut sim = Sim::new(config, 1 + (gen.next() % 2) as usize);
-        let mut ids = Vec::new();
+        let mut sent = Vec::new();
         for _ in 0..1 + gen.next() % 6 {
-            let (_, path, _) = gen.pick(&table);
+            let (public, path, _) = gen.pick(&table);
             let mut extra: Vec<(&str, &str)> = Vec::new();
             for _ in 0..gen.next() % 4 {
                 extra.push(*gen.pick(ODD));
+            }
+            if gen.chance(50) {
+                extra.push(("authorization", *gen.pick(&tokens[..])));
             }
             let headers = if gen.chance(70) { spoofing(path, &extra) } else { request(path, &extra) };
             let worker = (gen.next() % sim.workers.len() as u64) as usize;
@@ -225,9 +232,24 @@ fn generated_runs_keep_every_invariant() {
             if gen.chance(80) {
                 sim.host.set_property(id, "source.address", b"10.0.0.1:1");
             }
-            ids.push(sim.send_on(worker, headers, true));
+            let with_body = gen.chance(30);
+            sim.send_on(worker, headers, !with_body);
+            if with_body {
+                let chunk = vec![b'x'; (gen.next() % 24) as usize];
+                if gen.chance(50) {
+                    sim.body(id, &chunk, true);
+                } else {
+                    sim.body(id, &chunk, false);
+                    let mut trailers = pairs(&[("x-checksum", "1")]);
+                    trailers.push((gen.pick(IDENTITY_SPELLINGS).to_string(), SPOOF.as_bytes().to_vec()));
+                    sim.trailers(id, trailers);
+                    let left = sim.host.stream(id).trailers;
+                    assert!(left.iter().all(|(_, v)| v != SPOOF.as_bytes()), "run {run} ({name}): {left:?}");
+                }
+            }
+            sent.push((id, *public));
         }
-        for id in &ids {
+        for (id, _) in &sent {
             if gen.chance(15) {
                 sim.end(*id);
             }
@@ -236,11 +258,19 @@ fn generated_runs_keep_every_invariant() {
         sim.settle(|_, _| answers.pick(&ALL).reply());
         gen = answers;
         sim.check();
-        // A denied or failed request never resumes: its only end is the reply.
-        for id in &ids {
-            let ends = sim.host.stream(*id).ends;
-            if let Some(End::Reply { status, .. }) = ends.first() {
+        for (id, public) in &sent {
+            // A denied or failed request never resumes: its only end is the reply.
+            if let Some(End::Reply { status, .. }) = sim.host.stream(*id).ends.first() {
                 assert!(*status >= 300, "run {run} ({name}): {status}");
+            }
+            // Nothing non-canonical is public: a protected path that went upstream was
+            // allowed by the auth service, or carried a valid token.
+            let unchecked = sim.streams[id].first == Flow::Continue && sent_by(&sim, *id) == 0;
+            if !public && unchecked {
+                let upstream = sim.streams[id].upstream.clone().unwrap_or_default();
+                let by_token = upstream.iter().any(|(n, v)| n == "x-jwt-sub" && v == b"dave");
+                let cached = sim.counter(Metric::CacheHits) > 0;
+                assert!(by_token || cached, "run {run} ({name}): a protected path went upstream unchecked");
             }
         }
     }
