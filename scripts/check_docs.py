@@ -14,7 +14,7 @@ and, with `#anchor`, an existing heading. With `--check-config BIN`
 (an object with `auth`) must load through the filter's own parser.
 
 The user-facing text (these pages, SECURITY.md, CHANGELOG.md, and the comments of the
-manifests under istio/ and envoy/) must not carry the project's internal history
+manifests under istio/, envoy/ and deploy/) must not carry the project's internal history
 (tracker numbers, work-log terms, commit hashes, paths outside the repository), and every
 host in a URL there must be a reserved example name (RFC 2606: example.com/.org/.net,
 *.example, *.test, *.invalid, localhost), a loopback address, a cluster-local service
@@ -68,7 +68,7 @@ def pages(root):
 
 def manifests(root):
     """The shipped manifests users copy: their comments are user docs too."""
-    return sorted(p for d in ("istio", "envoy") if (root / d).is_dir()
+    return sorted(p for d in ("istio", "envoy", "deploy") if (root / d).is_dir()
                   for p in (root / d).rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
