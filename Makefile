@@ -217,7 +217,7 @@ bench-callgrind: bench-build envoy
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(VENV_PY) bench/run.py --callgrind $(or $(REQUESTS),2000)
 
-# Where each scenario's instructions go (bench/profile.py; issue 13): host calls by name
+# Where each scenario's instructions go (bench/profile.py): host calls by name
 # (count, instructions each), the module's own code, V8's boundary, Envoy's ABI. Tables
 # into bench/results/profile.md. Calibrated by bench/probe-wasm (Envoy has no symbols).
 bench-profile: bench-build envoy
