@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: nebula-authz against its peers, side by side, in one run.
 
-Nine scenarios (the issue's seven, plus filter-callout-noxf and filter-cached), each behind the same load
+Nine scenarios (seven, plus filter-callout-noxf and filter-cached), each behind the same load
 generator (wrk), auth service and upstream (tests/src/bin/bench-backend.rs, one
 single-threaded process):
 
