@@ -52,7 +52,7 @@ help:
 	@echo "make bench-profile    per scenario: host calls, wasm code, V8 boundary, Envoy ABI (REQUESTS=300)"
 	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
 	@echo "make fuzz         every cargo-fuzz target for FUZZ_SECONDS each (default $(FUZZ_SECONDS)); FUZZ_TARGETS= to pick"
-	@echo "make clean        cargo clean, remove .run/ (distclean: also $(VENV))"
+	@echo "make clean        cargo clean, remove .run/ (distclean: also the venvs)"
 
 # Cheap when the target is already installed; needed on a fresh toolchain. (grep
 # without -q: reading all input avoids SIGPIPE, which pipefail would count as failure.)
@@ -167,10 +167,23 @@ oci-check: oci
 # --- Migration from Istio policy mode (docs/istio.md) --------------------------------
 # The mesh config holding the ext_authz provider and the AuthorizationPolicy CUSTOM in,
 # a WasmPlugin out (notes on stderr). Tested by tests/tests/policy_mode.rs.
-convert: envoy
+# Needs only Python 3 with PyYAML, not Envoy or Traefik: the system python3 when it has
+# PyYAML, else the project's .venv when there is one, else a venv of its own with only
+# pyyaml (.venv-convert, from PyPI). The rest of its output is on stderr.
+CONVERT_VENV := .venv-convert
+
+convert:
 	@test -n "$(MESHCONFIG)" -a -n "$(POLICY)" || \
 		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]" >&2; exit 2; }
-	@$(VENV_PY) scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
+	@py=$(PYTHON); \
+	if ! $$py -c 'import yaml' 2>/dev/null; then \
+		if test -x $(VENV_PY) && $(VENV_PY) -c 'import yaml' 2>/dev/null; then py=$(VENV_PY); else \
+			py=$(CONVERT_VENV)/bin/python; \
+			$$py -c 'import yaml' 2>/dev/null || { $(PYTHON) -m venv $(CONVERT_VENV) && \
+				$$py -m pip install --quiet pyyaml==$(PYYAML_VERSION); } >&2; \
+		fi; \
+	fi; \
+	$$py scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(URL),--url $(URL))
 # --------------------------------------------------------------------------------------
 
 # --- make bench (docs/performance.md) -------------------------------------------------
@@ -205,7 +218,7 @@ bench-callgrind: bench-build envoy
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(VENV_PY) bench/run.py --callgrind $(or $(REQUESTS),2000)
 
-# Where each scenario's instructions go (bench/profile.py; issue 13): host calls by name
+# Where each scenario's instructions go (bench/profile.py): host calls by name
 # (count, instructions each), the module's own code, V8's boundary, Envoy's ABI. Tables
 # into bench/results/profile.md. Calibrated by bench/probe-wasm (Envoy has no symbols).
 bench-profile: bench-build envoy
@@ -270,4 +283,4 @@ clean:
 	rm -rf .run
 
 distclean: clean
-	rm -rf $(VENV) $(PREFECT_VENV)
+	rm -rf $(VENV) $(PREFECT_VENV) $(CONVERT_VENV)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench-profile`: where each scenario's instructions per request go (issue 13).
+"""`make bench-profile`: where each scenario's instructions per request go.
 
 Per scenario, two runs of the same Envoy config (bench/run.py's):
   1. Envoy natively with `--component-log-level wasm:trace`: proxy-wasm-cpp-host logs every

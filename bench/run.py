@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """`make bench`: nebula-authz against its peers, side by side, in one run.
 
-Nine scenarios (the issue's seven, plus filter-callout-noxf and filter-cached), each behind the same load
+Nine scenarios (seven, plus filter-callout-noxf and filter-cached), each behind the same load
 generator (wrk), auth service and upstream (tests/src/bin/bench-backend.rs, one
 single-threaded process):
 
   no-auth         Envoy, router only (the ceiling)
   noop-wasm       Envoy + a proxy-wasm filter that only returns Continue (bench/noop-wasm)
   noop-wasm-min   the same built against the patched SDK exporting no callback but the
-                  SDK's own (third_party/proxy-wasm): the floor below the SDK (issue 13)
+                  SDK's own (third_party/proxy-wasm): the floor below the SDK
   ext_authz       Envoy + its native HTTP ext_authz filter, configured as Istio CUSTOM does
-  traefik         Traefik forwardAuth, routers as in seed 000's proxy mode
-  proxy-mode      seed 000's proxy mode as it really runs: that Traefik in front of an
+  traefik         Traefik forwardAuth, routers as in Prefect's proxy mode
+  proxy-mode      Prefect's proxy mode as it really runs: that Traefik in front of an
                   Envoy with only the router (the mesh's sidecar stays), in front of the
-                  upstream; CPU/req is both processes' CPU summed (issue 13)
+                  upstream; CPU/req is both processes' CPU summed
   filter-callout  Envoy + nebula-authz, protected path: one callout per request
   filter-callout-noxf  the same with forward_auth: false (no X-Forwarded-* on the
                   callout: ext_authz's contract, the like-for-like comparison)
@@ -22,11 +22,11 @@ single-threaded process):
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
   filter-cached   Envoy + nebula-authz with the decision cache on: every measured
-                  request is a cache hit (issue 7)
+                  request is a cache hit
   filter-jwt      Envoy + nebula-authz, `jwt` in local mode (ES256, inline JWKS): the same
-                  valid token on every request, no callout, `sub` -> x-nebula-actor-id (issue 8)
+                  valid token on every request, no callout, `sub` -> x-nebula-actor-id
   jwt_authn       Envoy's native jwt_authn, same issuer/audience/key/claim header
-  floor-*         bench/floor-wasm: per path of issue 13, only the host calls it cannot do
+  floor-*         bench/floor-wasm: per request path, only the host calls it cannot do
                   without, nothing else: the least any proxy-wasm filter can cost on this
                   Envoy (callgrind only; the report puts each target's bound next to it)
 
@@ -198,7 +198,7 @@ TARGETS = [
     # Issue 8's targets for a repeated JWT.
     ("filter-jwt req/s vs jwt_authn", "filter-jwt", "jwt_authn", "rps", (">=", 1.00)),
     ("filter-jwt req/s vs noop-wasm", "filter-jwt", "noop-wasm", "rps", (">=", 0.85)),
-] + [(f"{what} (issue 13)", *rest) for what, *rest in [
+] + [(f"{what} (revised)", *rest) for what, *rest in [
     # Issue 13: the callout at parity with ext_authz, a hit close to a public request.
     ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 1.00)),
     ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft4Validator
 
-from convert_policy import looks_like_gateway  # scripts/: one rule for "these labels are gateway pods"
+from convert_policy import gateway_label  # scripts/: one rule for "these labels are gateway pods"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def fail_open_problems(doc):
     if spec.get("failStrategy") != "FAIL_CLOSE":
         found.append("spec.failStrategy must be FAIL_CLOSE: with FAIL_OPEN a module that cannot be pulled "
                      "or started is skipped and requests go through unchecked")
-    gateway = looks_like_gateway((spec.get("selector") or {}).get("matchLabels") or {})
+    gateway = gateway_label((spec.get("selector") or {}).get("matchLabels") or {})
     modes = {m.get("mode") for m in spec.get("match") or []}
     if (gateway or spec.get("targetRefs") or spec.get("targetRef")) and modes == {"SERVER"}:
         found.append("spec.match: mode SERVER on a gateway: Istio counts gateway traffic as CLIENT, so the "

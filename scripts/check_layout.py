@@ -2,10 +2,13 @@
 """Check docs/layout.md against the tree.
 
 Every file of filter/src/ (recursively) and tests/tests/ must be named, in backticks, in
-the table row of its folder (the row whose first cell is that folder, e.g.
-`filter/src/flow/steps/`). Every path the page names in backticks must exist: a name
-with a `/` or a file extension is looked up from the repository root, then from the
-folder of its row; an absolute path (outside the repository) is an error.
+the table row of its folder. A row's folder is its first cell, relative to the folder a
+`## ...` heading names in backticks (`## The filter: `filter/src/``, so `flow/steps/`
+is filter/src/flow/steps/; `./` is the heading's folder), or to the repository root
+under a heading that names none (as scripts/check_docs.py reads the page). Every path
+the page names in backticks must exist: a name with a `/` or a file extension is looked
+up from the repository root, then from the folder of its row; an absolute path (outside
+the repository) is an error.
 Python standard library only. Broken pages are fed first and each must be caught
 (`self-test:` lines).
 """
@@ -22,24 +25,32 @@ PATHLIKE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
 def rows(text):
-    """Yields (folder or None, [backticked names]) per table row, and (None, names) per
-    other line."""
+    """Yields (the section's folder, the row's folder relative to the root or None,
+    [backticked names]) per line (None for a line that is not a table row)."""
+    base = ""
     for line in text.splitlines():
+        heading = re.match(r"^## .*`([\w./-]+/)`", line)
+        if heading:
+            base = heading[1]
+        elif line.startswith("## "):
+            base = ""
         if line.startswith("|") and not line.startswith("|---"):
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
             first = TICK.findall(cells[0]) if cells else []
-            folder = first[0] if first and first[0].endswith("/") else None
-            yield folder, TICK.findall(line)
+            folder = None
+            if first and first[0].endswith("/"):
+                folder = (Path(base) / first[0]).as_posix().rstrip("/") if first[0] != "./" else base.rstrip("/")
+            yield base, folder, TICK.findall(line)
         else:
-            yield None, TICK.findall(line)
+            yield base, None, TICK.findall(line)
 
 
 def check(text, root):
     errors = []
     named = {}
-    for folder, names in rows(text):
+    for base, folder, names in rows(text):
         if folder:
-            named.setdefault(folder.rstrip("/"), set()).update(names)
+            named.setdefault(folder, set()).update(names)
         for name in names:
             if name.startswith("/"):
                 errors.append(f"{name}: outside the repository")
@@ -48,7 +59,7 @@ def check(text, root):
                 continue
             if name.startswith(("http", "www.")):
                 continue
-            candidates = [root / name] + ([root / folder / name] if folder else [])
+            candidates = [root / name, root / base / name] + ([root / folder / name] if folder else [])
             if not any(c.exists() for c in candidates):
                 errors.append(f"{name}: no such file or folder" + (f" (row {folder})" if folder else ""))
     for top in COMPLETE:

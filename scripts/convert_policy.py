@@ -6,7 +6,9 @@ Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [--url oci://...] [--config
 MESHCONFIG is the mesh config holding `extensionProviders`: the `istio` ConfigMap
 (data.mesh), an IstioOperator (spec.meshConfig), istiod Helm values (meshConfig) or a
 bare MeshConfig. POLICY is the AuthorizationPolicy with `action: CUSTOM`; its
-`provider.name` picks the extension provider. Prints the WasmPlugin (istio/wasmplugin.yaml
+`provider.name` picks the extension provider. Either file may hold several YAML
+documents or a `kubectl get -o yaml` List: the mesh config is the one with
+`extensionProviders`, the policy the one CUSTOM AuthorizationPolicy (several are refused). Prints the WasmPlugin (istio/wasmplugin.yaml
 with the converted pluginConfig, namespace and selector), or with --config-only the
 plugin JSON. Notes on behaviour differences go to stderr.
 
@@ -98,6 +100,10 @@ def convert_provider(ext, notes):
     if ext.get("pathPrefix"):
         auth["path_prefix"] = str(ext["pathPrefix"])
     auth["timeout_ms"] = timeout_ms(ext.get("timeout") or "600s")  # Istio's default: 600 s
+    if not ext.get("timeout"):
+        notes.append("timeout unset: Istio's default, 600 s, written out (auth.timeout_ms: 600000): a request "
+                     "waits up to 10 minutes for an auth service that does not answer; set the provider's "
+                     "timeout (e.g. 5s) to bound it")
     # istiod reads includeHeadersInCheck (deprecated) only without includeRequestHeadersInCheck.
     request = ext.get("includeRequestHeadersInCheck") or ext.get("includeHeadersInCheck")
     auth["request_headers"] = [str(h) for h in request or []]
@@ -384,15 +390,23 @@ def convert(mesh_doc, policy_doc):
         target = {"targetRefs": [target.pop("targetRef")], **target}
     # Istio counts a gateway's listeners as CLIENT traffic: a SERVER-only plugin would not
     # run there at all (no check, no error). Sidecars keep SERVER (inbound only).
+    # The policy's target says what it is; a selector only names labels, so the note says
+    # how to check the pods it selects.
+    labels = (target.get("selector") or {}).get("matchLabels") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "(no selector: every workload of the namespace)"
+    check = (f"check a selected pod: `istioctl proxy-config listener <pod>.{plugin['metadata']['namespace']} "
+             "--port 15006` lists `virtualInbound` on a sidecar and nothing on a gateway")
     if "targetRefs" in target:
         plugin["spec"].pop("match", None)
-        notes.append("targetRefs: the WasmPlugin applies to every listener of the target; `match` removed")
-    elif looks_like_gateway((target.get("selector") or {}).get("matchLabels") or {}):
+        kinds = sorted({str(ref.get("kind")) for ref in target["targetRefs"] if isinstance(ref, dict)})
+        notes.append(f"targetRefs {kinds}: the WasmPlugin applies to every listener of the target; `match` removed")
+    elif gateway_label(labels):
         plugin["spec"]["match"] = [{"mode": "CLIENT"}]
-        notes.append("the selector names gateway pods: match mode CLIENT (Istio's mode for gateway traffic)")
+        notes.append(f"selector {shown}: {gateway_label(labels)} is an Istio gateway label, so match mode CLIENT "
+                     f"(Istio's mode for gateway listeners); {check}; on a sidecar set mode SERVER")
     else:
-        notes.append("match mode SERVER (sidecar inbound); if the selector names gateway pods, use CLIENT, "
-                     "or the plugin never runs there")
+        notes.append(f"selector {shown}: match mode SERVER (sidecar inbound); {check}; on a gateway set mode "
+                     "CLIENT (or use targetRefs), or the plugin never runs there")
     plugin["spec"] = {**target, **plugin["spec"]}
     if uses_hostname(auth):
         plugin["spec"]["vmConfig"] = HOSTNAME_ENV
@@ -400,10 +414,68 @@ def convert(mesh_doc, policy_doc):
     return plugin, config, notes
 
 
-def looks_like_gateway(labels):
-    """Labels of Istio gateway pods (classic ingress gateways, Gateway API deployments)."""
-    return any(key in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name")
-               or (key in ("istio", "app") and "gateway" in str(value)) for key, value in labels.items())
+def gateway_label(labels):
+    """The label that marks Istio gateway pods: the Gateway API deployment labels Istio
+    sets, or the `istio` and `app` labels of its Helm gateway chart; else None (a selector
+    names labels, not what the pods are: the note says how to check)."""
+    for key, value in labels.items():
+        if key in ("istio.io/gateway-name", "gateway.networking.k8s.io/gateway-name") or \
+                (key == "istio" and str(value) in ("ingressgateway", "egressgateway")) or \
+                (key == "app" and str(value) in ("istio-ingressgateway", "istio-egressgateway")):
+            return f"{key}={value}"
+    return None
+
+
+def documents(path):
+    """Every mapping in a YAML file: several documents, and the items of a `kubectl get
+    -o yaml` List, in order. Unreadable or malformed input is a refusal, not a traceback."""
+    try:
+        loaded = list(yaml.safe_load_all(path.read_text()))
+    except OSError as err:
+        raise Refused(f"{path}: {err.strerror or err}")
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise Refused(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}")
+    out = []
+    for doc in loaded:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise Refused(f"{path}: expected YAML mappings, found a {type(doc).__name__}")
+        if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
+            out += [item for item in doc["items"] if isinstance(item, dict)]
+        else:
+            out.append(doc)
+    if not out:
+        raise Refused(f"{path}: no YAML document")
+    return out
+
+
+def pick_mesh(path, docs):
+    """The document holding extensionProviders (the first one when none does: the
+    provider lookup then names what is missing)."""
+    return next((d for d in docs if isinstance(mesh_config(d), dict) and mesh_config(d).get("extensionProviders")),
+                docs[0])
+
+
+def pick_policy(path, docs, notes):
+    """The one CUSTOM AuthorizationPolicy; other policies beside it are noted."""
+    policies = [d for d in docs if d.get("kind", "AuthorizationPolicy") == "AuthorizationPolicy"]
+    custom = [d for d in policies if isinstance(d.get("spec"), dict) and d["spec"].get("action") == "CUSTOM"]
+    if len(custom) > 1:
+        names = ", ".join(f"{(d.get('metadata') or {}).get('namespace', '?')}/{(d.get('metadata') or {}).get('name', '?')}"
+                          for d in custom)
+        raise Refused(f"{path}: {len(custom)} CUSTOM AuthorizationPolicies ({names}): convert one at a time "
+                      "(kubectl get authorizationpolicy <name> -o yaml)")
+    chosen = custom[0] if custom else policies[0] if len(policies) == 1 else None
+    if chosen is None:
+        raise Refused(f"{path}: no AuthorizationPolicy with action: CUSTOM")
+    others = len(policies) - 1
+    if others:
+        notes.append(f"{path.name}: {others} other AuthorizationPolic{'y' if others == 1 else 'ies'} ignored "
+                     "(not CUSTOM); they keep applying")
+    return chosen
 
 
 def main():
@@ -413,13 +485,23 @@ def main():
     p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
     p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
     args = p.parse_args()
+    early = []
     try:
-        mesh_doc = yaml.safe_load(args.meshconfig.read_text()) or {}
-        policy_doc = yaml.safe_load(args.policy.read_text()) or {}
+        mesh_doc = pick_mesh(args.meshconfig, documents(args.meshconfig))
+        policy_doc = pick_policy(args.policy, documents(args.policy), early)
         plugin, config, notes = convert(mesh_doc, policy_doc)
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1
+    except yaml.YAMLError as err:  # the mesh config's own YAML, inside the ConfigMap's data.mesh
+        print(f"error: cannot convert: {args.meshconfig}: the mesh config is not valid YAML: {err}".replace("\n", " "),
+              file=sys.stderr)
+        return 1
+    except (AttributeError, TypeError, ValueError, KeyError) as err:
+        # A field of an unexpected type (a list where a mapping belongs, ...).
+        print(f"error: cannot convert: malformed input ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
+    notes = early + notes
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.url:

@@ -99,7 +99,7 @@ def upstream_protocol(config, h2, http1_trailers):
 
 def serve_tls(listener, cert, key, client_ca=None, require_client_certificate=True):
     """Downstream TLS on the listener, ALPN h2 then http/1.1 (the codec is AUTO). With
-    `client_ca`, client certificates are verified against it (the mTLS of seed 003; in
+    `client_ca`, client certificates are verified against it (the mTLS of Traefik's clientAuth setups; in
     Istio the sidecar does this), and required unless `require_client_certificate` is off."""
     tls_context = {
         "common_tls_context": {

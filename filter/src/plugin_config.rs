@@ -4,7 +4,7 @@
 //! Each feature owns its block's serde shape and compile step (`auth`: policy/auth.rs,
 //! `public_paths`: policy/route.rs, `jwt`: jwt/config.rs, `cache`: cache/shared.rs);
 //! this module only composes them, so it imports the features and none imports it.
-//! Defaults are the Prefect defaults (docs/configuration.md), so `{"auth": {"cluster": "auth"}}` is a full config.
+//! Defaults are Prefect's proxy mode (docs/configuration.md), so `{"auth": {"cluster": "auth"}}` is a full config.
 
 use serde::Deserialize;
 

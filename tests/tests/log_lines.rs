@@ -55,6 +55,10 @@ fn denies_and_fail_closed_are_logged_at_the_default_level_allows_are_not() {
     // Envoy's default: info. The mock treats `deny:<anything>` as a 401 denial.
     let env = Env::start(r#"{"auth": {"cluster": "auth", "timeout_ms": 300}}"#);
     // An unknown script denies: the bearer token itself is the secret here.
+    // The accepted configuration logs at warning: Istio's sidecars log at `warning`, and
+    // this line is how a rollout sees that the plugin attached and enforces.
+    let line = wait_line(&env, &["configured: auth cluster \"auth\""]);
+    assert!(line.contains("[warning]"), "the configured line shows at a sidecar's default level: {line}");
     let resp = env.send(&with_secrets("/api/flows?q=hidden-query", &format!("deny-{SECRET}")));
     assert_eq!(resp.status, 401, "{resp:?}");
     let line = wait_line(&env, &["GET /api/flows", "denied 401"]);

@@ -1,6 +1,6 @@
 //! Migration from Istio policy mode: scripts/convert_policy.py (`make convert`) turns a
 //! policy-mode setup (tests/data/policy-mode/: the mesh config's `authz-http-redirect`
-//! ext_authz provider and the AuthorizationPolicy CUSTOM with seed 000's public paths as
+//! ext_authz provider and the AuthorizationPolicy CUSTOM with Prefect's public paths as
 //! Istio globs) into a WasmPlugin; the converted config then runs under real Envoy,
 //! behind Istio's cluster name, against the hostile path table. The public paths of every
 //! conversion are compared with Istio's own notPaths match (an oracle written after
@@ -422,6 +422,122 @@ fn bare_mesh_config_with_path_prefix_converts() {
     let out = convert(&mesh, &fixture(POLICY), false);
     let manifest = String::from_utf8_lossy(&out.stdout);
     assert!(manifest.contains("  vmConfig:\n    env:\n    - name: HOSTNAME\n      valueFrom: HOST\n"), "{manifest}");
+}
+
+/// `make convert` as users run it: what `kubectl get -o yaml` prints (a List, with other
+/// objects beside the one that matters) and multi-document files convert to the same
+/// config as the single objects; every refusal, bad input included, is one `error:` line
+/// and exit 1, never a traceback; an unset timeout is Istio's 600 s, said in a note.
+#[test]
+fn convert_reads_lists_and_documents_and_refuses_in_one_line() {
+    let dir = TempDir::new("nebula-authz-convert");
+    let mesh = std::fs::read_to_string(fixture(MESH)).expect("read mesh fixture");
+    let policy = std::fs::read_to_string(fixture(POLICY)).expect("read policy fixture");
+    let indent = |text: &str| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let allow = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-all\n  \
+                 namespace: prefect\nspec:\n  action: ALLOW\n  rules:\n    - {}\n";
+    let other_cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio-sidecar-injector\n  \
+                    namespace: istio-system\ndata:\n  values: '{}'\n";
+    let list = |items: &[&str]| {
+        let body: String = items
+            .iter()
+            .map(|item| {
+                let mut lines = indent(item);
+                lines.replace_range(0..4, "  - ");
+                lines
+            })
+            .collect();
+        format!("apiVersion: v1\nkind: List\nitems:\n{body}metadata:\n  resourceVersion: \"\"\n")
+    };
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write input");
+        path
+    };
+    let expected = converted_config();
+    for (what, mesh_path, policy_path) in [
+        (
+            "two Lists",
+            write("mesh-list.yaml", &list(&[other_cm, mesh.as_str()])),
+            write("policy-list.yaml", &list(&[allow, policy.as_str()])),
+        ),
+        (
+            "multi-document files",
+            write("mesh-docs.yaml", &format!("{other_cm}---\n{mesh}")),
+            write("policy-docs.yaml", &format!("{allow}---\n{policy}\n---\n")),
+        ),
+    ] {
+        let out = convert(&mesh_path, &policy_path, true);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {stderr}");
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(config, expected, "{what}: the same config as from the single objects");
+        assert!(stderr.contains("1 other AuthorizationPolicy ignored (not CUSTOM)"), "{what}: {stderr}");
+    }
+
+    let second = policy.replace("name: prefect-auth", "name: prefect-auth-2");
+    let refusals = [
+        (
+            "two CUSTOM policies",
+            write("m1.yaml", &mesh),
+            write("p1.yaml", &format!("{policy}\n---\n{second}")),
+            "2 CUSTOM AuthorizationPolicies (prefect/prefect-auth, prefect/prefect-auth-2)",
+        ),
+        ("invalid YAML", write("m2.yaml", &mesh), write("p2.yaml", "spec: [unclosed\n"), "not valid YAML (line 2)"),
+        ("a missing file", write("m3.yaml", &mesh), dir.path().join("absent.yaml"), "absent.yaml"),
+        (
+            "a list where a mapping belongs",
+            write("m4.yaml", &mesh),
+            write("p4.yaml", &policy.replace("  provider:\n    name: authz-http-redirect\n", "  provider: [x]\n")),
+            "malformed input",
+        ),
+        (
+            "a mesh config that is not YAML",
+            write("m5.yaml", &mesh.replace("    accessLogFile: /dev/stdout\n", "    a: [\n")),
+            write("p5.yaml", &policy),
+            "the mesh config is not valid YAML",
+        ),
+        (
+            "no CUSTOM policy",
+            write("m6.yaml", &mesh),
+            write("p6.yaml", &format!("{allow}---\n{allow}")),
+            "no AuthorizationPolicy with action: CUSTOM",
+        ),
+    ];
+    for (what, mesh_path, policy_path, expected) in refusals {
+        let out = convert(&mesh_path, &policy_path, true);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: exit 1 expected: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: a refusal prints nothing on stdout");
+        assert_eq!(stderr.lines().count(), 1, "{what}: one line, not a traceback: {stderr}");
+        assert!(stderr.starts_with("error: cannot convert: ") && stderr.contains(expected), "{what}: {stderr}");
+    }
+
+    let untimed = write("m7.yaml", &mesh.replace("          timeout: 5s\n", ""));
+    let out = convert(&untimed, &fixture(POLICY), true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(config["auth"]["timeout_ms"], 600_000, "Istio's default, written out");
+    assert!(stderr.contains("note: timeout unset: Istio's default, 600 s"), "the note says so: {stderr}");
+    let timed = String::from_utf8_lossy(&convert(&fixture(MESH), &fixture(POLICY), true).stderr).into_owned();
+    assert!(!timed.contains("timeout unset"), "no such note with a timeout: {timed}");
+}
+
+/// `make convert` needs Python with PyYAML only: no Envoy, no Traefik, no project venv.
+#[test]
+fn make_convert_needs_no_envoy() {
+    let dir = TempDir::new("nebula-authz-convert");
+    let out = Command::new("make")
+        .current_dir(repo_root())
+        .args(["-s", "convert", &format!("MESHCONFIG={MESH}"), &format!("POLICY={POLICY}")])
+        .arg(format!("VENV={}", dir.path().join("no-venv").display()))
+        .arg(format!("CONVERT_VENV={}", dir.path().join("convert-venv").display()))
+        .output()
+        .expect("run make convert");
+    assert!(out.status.success(), "make convert: {}", String::from_utf8_lossy(&out.stderr));
+    let golden = std::fs::read_to_string(fixture(GOLDEN)).expect("read golden");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), golden, "the same WasmPlugin as the script prints");
+    assert!(!dir.path().join("no-venv").exists(), "the Envoy venv was not created");
 }
 
 /// Istio counts gateway traffic as CLIENT: a plugin converted for gateway pods must not keep

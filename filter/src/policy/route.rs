@@ -14,7 +14,7 @@
 //! matches one or more segments and the rest must end the path (an optional trailing `/`
 //! aside): `/{prefix}/events/out`. A template starting with `=` is exact: that path (one
 //! trailing `/` aside) and nothing below it, `=/api/events/out`; the Prefect preset uses
-//! it for the WebSocket endpoints, which the Prefect defaults' `{prefix}` would open under any route
+//! it for the WebSocket endpoints, which the `{prefix}` of Prefect's public-path list would open under any route
 //! that ends the same way (`/api/admin/settings/events/out`). A template starting with `==`
 //! is strict: its trailing `/` counts, so `==/api/health` is `/api/health` alone (not
 //! `/api/health/`), `==/api/` is `/api/` alone, and `==/{prefix}/events/out` ends the path
@@ -29,8 +29,8 @@ use std::collections::HashMap;
 
 use crate::error::ConfigError;
 
-/// The Prefect defaults' public routes (Prefect's Traefik router `public`; docs/configuration.md,
-/// "The Prefect defaults").
+/// Prefect's public-path list (its proxy mode's Traefik router `public`; docs/configuration.md,
+/// "Public paths"): the default `public_paths`.
 pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
     "/auth",
     "/api/docs",
@@ -58,7 +58,7 @@ pub struct PublicPaths {
 }
 
 impl PublicPaths {
-    /// The `public_paths` list (the Prefect defaults when absent) plus the `frontend_prefix`, as
+    /// The `public_paths` list (Prefect's public-path list when absent) plus the `frontend_prefix`, as
     /// users write them, compiled.
     pub(crate) fn from_config(
         public_paths: Option<Vec<String>>,
@@ -405,7 +405,7 @@ mod tests {
         PublicPaths::compile(&templates, &[]).unwrap()
     }
 
-    /// tests/data/paths_prefix.tsv: the Prefect defaults (column 0) and the preset (column 1).
+    /// tests/data/paths_prefix.tsv: Prefect's public-path list (column 0) and the preset (column 1).
     #[test]
     fn prefix_table_against_both_templates() {
         let seed = compile(&DEFAULT_PUBLIC_PATHS);
@@ -416,7 +416,7 @@ mod tests {
             let cols: Vec<&str> = line.split('\t').collect();
             assert!(cols.len() >= 3, "bad row: {line:?}");
             let target = unescape(cols[2]);
-            for (paths, expected, which) in [(&seed, cols[0], "the Prefect defaults"), (&tight, cols[1], "preset")] {
+            for (paths, expected, which) in [(&seed, cols[0], "Prefect's list"), (&tight, cols[1], "preset")] {
                 assert!(expected == "public" || expected == "protected", "bad expectation in {line:?}");
                 assert_eq!(paths.is_public(&target), expected == "public", "{which}: {}", cols[2]);
             }

@@ -84,7 +84,10 @@ impl RootContext for Root {
         let Ok(mut worker) = self.worker.try_borrow_mut() else { return false };
         match parsed {
             Ok(settings) => {
-                info!(
+                // Warning, not info: Istio sidecars log at `warning` (pilot-agent's
+                // --proxyLogLevel default), and this is the line that proves the plugin
+                // attached and enforces. Once per VM and configuration, never per request.
+                warn!(
                     "configured: auth cluster {:?}, path {:?}, timeout {:?}, cache {:?}",
                     settings.auth.cluster,
                     settings.auth.path,

@@ -276,7 +276,7 @@ fn generated_runs_keep_every_invariant() {
     }
 }
 
-/// The preset itself: its public list as shipped (the Prefect defaults).
+/// The preset itself: Prefect's public-path list as shipped.
 #[test]
 fn the_preset_is_what_the_path_table_expects() {
     let mut sim = Sim::new(PREFECT, 1);
