@@ -121,6 +121,7 @@ pub fn configs() -> Vec<(&'static str, String)> {
                 "public_paths": prefect["public_paths"].clone()})
             .to_string(),
         ),
+        ("prefect+forward_body", with(serde_json::json!({"auth": {"forward_body": true, "max_body_size": 16}}))),
         ("prefect+jwt-local", with(jwt_block("local"))),
         ("prefect+jwt-then-callout", with(jwt_block("local_then_callout"))),
     ]
