@@ -167,10 +167,6 @@ impl MockHost {
         self.state.borrow_mut().fails.insert(call);
     }
 
-    pub fn heal(&self, call: Fails) {
-        self.state.borrow_mut().fails.remove(&call);
-    }
-
     pub fn cas_conflicts(&self, n: u32) {
         self.state.borrow_mut().cas_conflicts = n;
     }
@@ -193,14 +189,6 @@ impl MockHost {
 
     pub fn tick_period(&self) -> Option<Duration> {
         self.state.borrow().tick_period
-    }
-
-    pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
-        self.state.borrow().shared.get(key).map(|(v, _)| v.clone())
-    }
-
-    pub fn shared_keys(&self) -> Vec<String> {
-        self.state.borrow().shared.keys().cloned().collect()
     }
 
     /// What the counters were handed (flushed), by name.

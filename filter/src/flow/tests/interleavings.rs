@@ -271,3 +271,64 @@ fn the_prefect_preset_under_two_workers_and_resets() {
     sim.check();
     assert_eq!(sim.counter(Metric::Allows), 5);
 }
+
+/// Every host call the flow makes can be refused: the request then fails closed (never
+/// goes upstream with a stripped header back, a claim missing, or an unread answer),
+/// and the invariants hold.
+#[test]
+fn a_refused_host_call_fails_closed() {
+    use crate::flow::host::Map;
+    use crate::flow::mock_host::Fails;
+    let refusals = [
+        Fails::HeaderMap(Map::RequestHeaders),
+        Fails::HeaderMap(Map::CalloutAnswer),
+        Fails::AddHeader,
+        Fails::SetHeader,
+        Fails::RemoveHeader(Map::RequestHeaders),
+        Fails::Body,
+        Fails::TickPeriod,
+    ];
+    for (name, config) in configs() {
+        for refused in refusals {
+            let mut sim = Sim::new(&config, 1);
+            sim.host.fail(refused);
+            let id = sim.next_id_for_test();
+            sim.host.set_property(id, "source.address", b"10.0.0.1:1");
+            let with_body = name.ends_with("body");
+            sim.send_on(0, spoofing(b"/api/flows", &[("authorization", "Bearer t")]), !with_body);
+            if with_body {
+                sim.body(id, b"abc", true);
+            }
+            sim.settle(|_, _| Answer::Allow.reply());
+            sim.check();
+            if let Some(upstream) = &sim.streams[&id].upstream {
+                // Let through only when the refused call was not needed on its way.
+                assert!(
+                    upstream.contains(&("x-nebula-actor-id".into(), b"alice".to_vec())),
+                    "{name}/{refused:?}: went upstream without its identity: {upstream:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Refused trailer calls: the client is answered locally (status_on_error), so the
+/// upstream request ends without the trailers it could not strip.
+#[test]
+fn a_refused_trailer_call_answers_the_client() {
+    use crate::flow::host::Map;
+    use crate::flow::mock_host::Fails;
+    for refused in [Fails::HeaderMap(Map::RequestTrailers), Fails::RemoveHeader(Map::RequestTrailers)] {
+        let mut sim = Sim::new(PREFECT, 1);
+        let id = sim.send_on(0, request(b"/api/health", &[]), false);
+        sim.host.fail(refused);
+        let mut trailers = pairs(&[("x-t", "1")]);
+        trailers.push(("x-nebula-actor-id".into(), super::SPOOF.as_bytes().to_vec()));
+        assert_eq!(sim.trailers(id, trailers), Flow::Pause, "{refused:?}");
+        assert!(
+            matches!(sim.host.stream(id).ends.as_slice(), [End::Reply { status: 403, .. }]),
+            "{refused:?}: {:?}",
+            sim.host.stream(id).ends
+        );
+    }
+}
