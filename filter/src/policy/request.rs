@@ -6,7 +6,7 @@ use crate::policy::decision::Failure;
 use crate::policy::ext_authz::{self, Protocol};
 use crate::policy::forward::{self, CalloutHeader};
 use crate::policy::headers::{self, Header, HeaderNames};
-use crate::policy::route::PublicPaths;
+use crate::policy::route::{PathMatch, PublicPaths};
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub struct Routed<'h> {
     pub strip: Vec<&'h str>,
     /// The public path template it matched; `None`: protected.
     pub public: Option<&'h str>,
+    /// Where its `:path` stands (the access rules need the template's position, and
+    /// whether the path is canonical); no `:path` is `Protected`.
+    pub path: PathMatch,
 }
 
 /// `headers` is the client request header map as Envoy hands it over (`:path` included);
@@ -47,7 +50,7 @@ pub fn plan<'h, H: Header>(
     headers: &'h [H],
     peer: impl FnOnce() -> Option<String>,
 ) -> Plan<'h> {
-    let Routed { strip, public } = route(auth, strip_names, public, headers);
+    let Routed { strip, public, .. } = route(auth, strip_names, public, headers);
     let route = match public {
         Some(template) => Route::Public { template },
         None => match callout(auth, strip_names, headers, peer) {
@@ -73,8 +76,12 @@ pub fn route<'h, H: Header>(
             }
         }
     }
-    let path = headers::first(headers, ":path");
-    Routed { strip, public: path.and_then(|p| public.find(p)) }
+    let path = headers::first(headers, ":path").map_or(PathMatch::Protected, |p| public.classify(p));
+    let template = match path {
+        PathMatch::Public(index) => public.template(index),
+        PathMatch::Protected | PathMatch::NotCanonical => None,
+    };
+    Routed { strip, public: template, path }
 }
 
 /// The callout's headers for a protected request (pseudo-headers first); `Err` when the
