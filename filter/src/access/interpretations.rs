@@ -7,21 +7,23 @@
 //! An interpretation is one combination of these choices, made in this order (each
 //! only when the path holds a byte it acts on, so a canonical path has one: itself):
 //!
-//! 1. The path: the target up to its first `?`. An absolute-form target
-//!    (`http://host/p`, RFC 9112 §3.2.2) is read from the `/` after its authority, a
-//!    target that does not start with `/` (`api/x`, `*`) as if it did.
+//! 1. The path: the target up to its first `?`. A target that does not start with `/`
+//!    (`api/x`, `*`) is read as if it did, and when it is in absolute form
+//!    (`http://host/p`, RFC 9112 §3.2.2) also from the `/` after its authority.
 //! 2. `#`: a byte, or the start of a fragment (the path ends there).
-//! 3. Percent-decoding (RFC 3986 §2.1): none; once; twice (double encoding, `%252e`);
+//! 3. `;`: a byte, or the start of a segment's parameters, dropped up to the next `/`
+//!    before anything is decoded (RFC 3986 §3.3; Tomcat, Jetty and Spring strip them
+//!    from the raw path).
+//! 4. Percent-decoding (RFC 3986 §2.1): none; once; twice (double encoding, `%252e`);
 //!    and once or twice with `%2F`/`%5C` left encoded, a byte inside a segment (Envoy's
 //!    default `path_with_escaped_slashes_action`, and routers that split before they
-//!    decode). Decoding also reads the two-byte overlong UTF-8 forms of ASCII
-//!    (`%c0%ae` is `.`, `%c0%af` is `/`), as decoders without UTF-8 validation do.
-//! 4. Controls: kept, or the path cut at its first NUL (C strings) with tab, CR and LF
-//!    removed (the WHATWG URL parser drops them).
-//! 5. `\`: a byte, or a separator like `/` (WHATWG for http URLs, IIS, Windows).
-//! 6. `;`: a byte, or the start of a segment's parameters, dropped up to the next `/`
-//!    (RFC 3986 §3.3; Tomcat, Jetty and Spring strip them).
-//! 7. Segments: empty segments merged (`//` is `/`) with dot segments kept (a router
+//!    decode).
+//! 5. Overlong UTF-8: bytes, or the two-byte overlong forms of ASCII read as that byte
+//!    (`%c0%ae` decoded is `.`, `%c0%af` is `/`), as decoders without UTF-8 validation do.
+//! 6. NUL: a byte, or the end of the path (C strings).
+//! 7. Tab, CR and LF: bytes, or dropped (the WHATWG URL parser drops them).
+//! 8. `\`: a byte, or a separator like `/` (WHATWG for http URLs, IIS, Windows).
+//! 9. Segments: empty segments merged (`//` is `/`) with dot segments kept (a router
 //!    that does not resolve them: Starlette mounts `/internal/../x` under
 //!    `/internal`); or dot segments resolved (RFC 3986 §5.2.4) after the merge (nginx,
 //!    Envoy `merge_slashes` + `normalize_path`) or before it (`normalize_path` alone,
@@ -30,7 +32,8 @@
 //! Work is bounded: each step costs the length of what it reads and writes, and a
 //! target whose interpretations would cost more than [`WORK_LIMIT`] bytes gets
 //! [`Interpretations::TooMany`] instead (the gate then treats it as under every deny
-//! rule). At most 240 interpretations exist (2 · 5 · 2 · 2 · 2 · 3); nothing here
+//! rule). At most 1920 interpretations exist (2 · 2 · 5 · 2 · 2 · 2 · 2 · 3), and each
+//! is only made when it differs from those before it; nothing here
 //! panics or indexes out of bounds.
 
 /// Bytes of work (read and written) the interpretations of one target may cost: about
@@ -70,12 +73,18 @@ pub fn interpretations(target: &[u8]) -> Interpretations {
 
 fn all(target: &[u8], work: &mut Work) -> Result<Vec<String>, OverBudget> {
     work.spend(target.len())?;
-    let mut set = vec![path_of(target)];
+    let path = &target[..position(target, b'?')];
+    let mut set = vec![rooted(path)];
+    if let Some(absolute) = absolute_form_path(path) {
+        add(&mut set, work, absolute.to_vec())?;
+    }
     branch(&mut set, work, |p| cut_at(p, b'#'))?;
-    decode_all(&mut set, work)?;
-    branch(&mut set, work, controls)?;
-    branch(&mut set, work, backslashes)?;
     branch(&mut set, work, parameters)?;
+    decode_all(&mut set, work)?;
+    branch(&mut set, work, overlong)?;
+    branch(&mut set, work, |p| cut_at(p, 0))?;
+    branch(&mut set, work, tabs)?;
+    branch(&mut set, work, backslashes)?;
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(set.len() * 3);
     for path in &set {
         work.spend(path.len() * 3)?;
@@ -120,10 +129,8 @@ fn branch(set: &mut Vec<Vec<u8>>, work: &mut Work, step: fn(&[u8]) -> Option<Vec
     Ok(())
 }
 
-/// Step 1: the path of the target, starting with `/`.
-fn path_of(target: &[u8]) -> Vec<u8> {
-    let path = &target[..position(target, b'?')];
-    let path = absolute_form_path(path).unwrap_or(path);
+/// Step 1: `path`, starting with `/`.
+fn rooted(path: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() + 1);
     if !path.starts_with(b"/") {
         out.push(b'/');
@@ -155,7 +162,7 @@ fn cut_at(path: &[u8], byte: u8) -> Option<Vec<u8>> {
     Some(path[..at].to_vec())
 }
 
-/// Step 3: none, once, twice, and once and twice keeping `%2F`/`%5C`.
+/// Step 4: none, once, twice, and once and twice keeping `%2F`/`%5C`.
 fn decode_all(set: &mut Vec<Vec<u8>>, work: &mut Work) -> Result<(), OverBudget> {
     for i in 0..set.len() {
         let Some(path) = set.get(i) else { break };
@@ -174,9 +181,9 @@ fn decode_all(set: &mut Vec<Vec<u8>>, work: &mut Work) -> Result<(), OverBudget>
     Ok(())
 }
 
-/// Whether decoding could change `path`: an escape, or an overlong lead byte.
+/// Whether decoding could change `path`.
 fn may_decode(path: &[u8]) -> bool {
-    path.iter().any(|&b| b == b'%' || b == 0xC0 || b == 0xC1)
+    path.contains(&b'%')
 }
 
 fn hex(b: Option<&u8>) -> Option<u8> {
@@ -188,41 +195,23 @@ fn hex(b: Option<&u8>) -> Option<u8> {
     }
 }
 
-/// One round of percent-decoding (`%` not followed by two hex digits stays a byte),
-/// then overlong two-byte UTF-8 (`C0`/`C1` and a continuation byte) read as the ASCII
-/// byte it encodes. `keep_slashes`: `%2F`, `%5C` and their overlong forms stay as they are.
+/// One round of percent-decoding (`%` not followed by two hex digits stays a byte).
+/// `keep_slashes`: `%2F` and `%5C` stay as they are.
 fn decode(path: &[u8], keep_slashes: bool) -> Vec<u8> {
-    let is_slash = |b: u8| b == b'/' || b == b'\\';
-    let mut decoded = Vec::with_capacity(path.len());
+    let mut out = Vec::with_capacity(path.len());
     let mut i = 0;
     while let Some(&b) = path.get(i) {
         if b == b'%' {
             if let (Some(high), Some(low)) = (hex(path.get(i + 1)), hex(path.get(i + 2))) {
                 let byte = high << 4 | low;
-                if keep_slashes && is_slash(byte) {
-                    decoded.extend_from_slice(&path[i..i + 3]);
+                if keep_slashes && (byte == b'/' || byte == b'\\') {
+                    out.extend_from_slice(&path[i..i + 3]);
                 } else {
-                    decoded.push(byte);
+                    out.push(byte);
                 }
                 i += 3;
                 continue;
             }
-        }
-        decoded.push(b);
-        i += 1;
-    }
-    let mut out = Vec::with_capacity(decoded.len());
-    let mut i = 0;
-    while let Some(&b) = decoded.get(i) {
-        if let (0xC0 | 0xC1, Some(&next @ 0x80..=0xBF)) = (b, decoded.get(i + 1)) {
-            let ascii = (b & 1) << 6 | (next & 0x3F);
-            if keep_slashes && is_slash(ascii) {
-                out.extend_from_slice(&[b, next]);
-            } else {
-                out.push(ascii);
-            }
-            i += 2;
-            continue;
         }
         out.push(b);
         i += 1;
@@ -230,21 +219,39 @@ fn decode(path: &[u8], keep_slashes: bool) -> Vec<u8> {
     out
 }
 
-/// Step 4: cut at the first NUL, without tab, CR and LF.
-fn controls(path: &[u8]) -> Option<Vec<u8>> {
-    if !path.iter().any(|&b| matches!(b, 0 | b'\t' | b'\r' | b'\n')) {
+/// Step 5: each two-byte overlong form (`C0`/`C1` and a continuation byte) as the
+/// ASCII byte it encodes.
+fn overlong(path: &[u8]) -> Option<Vec<u8>> {
+    let is_overlong = |w: &[u8]| matches!(w, [0xC0 | 0xC1, 0x80..=0xBF]);
+    if !path.windows(2).any(is_overlong) {
         return None;
     }
-    let end = position(path, 0);
-    Some(path[..end].iter().copied().filter(|b| !matches!(b, b'\t' | b'\r' | b'\n')).collect())
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        if let (0xC0 | 0xC1, Some(&next @ 0x80..=0xBF)) = (b, path.get(i + 1)) {
+            out.push((b & 1) << 6 | (next & 0x3F));
+            i += 2;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
-/// Step 5: `\` as `/`.
+/// Step 7: without tab, CR and LF.
+fn tabs(path: &[u8]) -> Option<Vec<u8>> {
+    let is_tab = |b: &u8| matches!(b, b'\t' | b'\r' | b'\n');
+    path.iter().any(is_tab).then(|| path.iter().copied().filter(|b| !is_tab(b)).collect())
+}
+
+/// Step 8: `\` as `/`.
 fn backslashes(path: &[u8]) -> Option<Vec<u8>> {
     path.contains(&b'\\').then(|| path.iter().map(|&b| if b == b'\\' { b'/' } else { b }).collect())
 }
 
-/// Step 6: every segment without its `;` parameters.
+/// Step 3: every segment without its `;` parameters.
 fn parameters(path: &[u8]) -> Option<Vec<u8>> {
     if !path.contains(&b';') {
         return None;
@@ -384,7 +391,7 @@ mod tests {
                 assert!(path.starts_with('/') && !path.contains("//"), "{target:?} -> {path:?}");
             }
         }
-        assert_eq!(paths(b"http://host"), ["/"]);
+        assert_eq!(paths(b"http://host"), ["/http:/host", "/"]);
         assert_eq!(paths(b"*"), ["/*"]);
     }
 
@@ -408,7 +415,7 @@ mod tests {
             }
             match interpretations(target.as_bytes()) {
                 Interpretations::Paths(paths) => {
-                    assert!(!paths.is_empty() && paths.len() <= 240, "{target:?}: {}", paths.len());
+                    assert!(!paths.is_empty() && paths.len() <= 1920, "{target:?}: {}", paths.len());
                     most = most.max(paths.len());
                     for path in &paths {
                         assert!(path.starts_with('/') && !path.contains("//"), "{target:?} -> {path:?}");
