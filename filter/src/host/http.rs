@@ -77,9 +77,10 @@ impl Authz {
         if strip::strip(&routed.strip).is_err() {
             return self.fail(settings, Failure::HostError);
         }
+        let public = routed.public(&settings.public);
         let (public, peer) = match &settings.access {
-            None => (routed.public, PeerFacts::default()),
-            Some(rules) => match access::apply(self.id, settings, rules, &headers, (routed.public, routed.path)) {
+            None => (public, PeerFacts::default()),
+            Some(rules) => match access::apply(self.id, settings, rules, &headers, (public, routed.path)) {
                 Ok(checked) => checked,
                 Err(replied) => return replied,
             },
@@ -254,7 +255,7 @@ impl Authz {
             return;
         };
         let routed = settings.route(&headers);
-        let mut public = routed.public;
+        let mut public = routed.public(&settings.public);
         let mut peer = PeerFacts::default();
         if let Some(rules) = &settings.access {
             // The same rules again: a public path outside them was checked as protected.

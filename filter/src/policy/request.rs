@@ -33,11 +33,20 @@ pub enum Route<'h> {
 pub struct Routed<'h> {
     /// Header names to remove from the client request, every path, before anything else.
     pub strip: Vec<&'h str>,
-    /// The public path template it matched; `None`: protected.
-    pub public: Option<&'h str>,
-    /// Where its `:path` stands (the access rules need the template's position, and
-    /// whether the path is canonical); no `:path` is `Protected`.
+    /// Where its `:path` stands: public by a template (the access rules need its
+    /// position), canonical and protected (no `:path` counts as one), or not canonical.
     pub path: PathMatch,
+}
+
+impl Routed<'_> {
+    /// The public path template it matched (in `public`, the list it was routed
+    /// with); `None`: protected.
+    pub fn public<'p>(&self, public: &'p PublicPaths) -> Option<&'p str> {
+        match self.path {
+            PathMatch::Public(index) => public.template(index),
+            PathMatch::Protected | PathMatch::NotCanonical => None,
+        }
+    }
 }
 
 /// `headers` is the client request header map as Envoy hands it over (`:path` included);
@@ -50,15 +59,15 @@ pub fn plan<'h, H: Header>(
     headers: &'h [H],
     peer: impl FnOnce() -> Option<String>,
 ) -> Plan<'h> {
-    let Routed { strip, public, .. } = route(auth, strip_names, public, headers);
-    let route = match public {
+    let routed = route(auth, strip_names, public, headers);
+    let route = match routed.public(public) {
         Some(template) => Route::Public { template },
         None => match callout(auth, strip_names, headers, peer) {
             Ok(headers) => Route::Callout { headers },
             Err(failure) => Route::Reject(failure),
         },
     };
-    Plan { strip, route }
+    Plan { strip: routed.strip, route }
 }
 
 /// What to strip, and whether the path is public.
@@ -77,11 +86,7 @@ pub fn route<'h, H: Header>(
         }
     }
     let path = headers::first(headers, ":path").map_or(PathMatch::Protected, |p| public.classify(p));
-    let template = match path {
-        PathMatch::Public(index) => public.template(index),
-        PathMatch::Protected | PathMatch::NotCanonical => None,
-    };
-    Routed { strip, public: template, path }
+    Routed { strip, path }
 }
 
 /// The callout's headers for a protected request (pseudo-headers first); `Err` when the

@@ -159,6 +159,7 @@ impl PublicPaths {
     /// no empty segment; it may hold any other byte, dot segments included): the
     /// public-path match without the canonical-form check, for the deny side of the
     /// access rules, which asks where each reading of a non-canonical target falls.
+    #[inline]
     pub fn template_of(&self, path: &str) -> Option<usize> {
         match self.forward.at(path) {
             Ok(found) => Some(*found.value),
