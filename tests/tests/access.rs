@@ -375,6 +375,10 @@ fn deny_rules_hold_for_every_spelling_from_every_client() {
     let env = Env::builder().plugin_config(&config).downstream_mtls(ca.dir(), false).start();
     let mut targets: Vec<Vec<u8>> = paths::load().into_iter().map(|c| c.target).collect();
     targets.extend(INTERNAL_SPELLINGS.iter().map(|t| t.to_vec()));
+    for spelling in INTERNAL_SPELLINGS {
+        let expected = expect(&settings, spelling, |_| false);
+        assert!(expected.deny.contains(&410), "{} is a spelling of /internal/...", escape(spelling));
+    }
 
     let mut failures = Vec::new();
     let mut denied = 0;
