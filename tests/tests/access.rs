@@ -1,8 +1,9 @@
 //! Access rules under the real Envoy (issue 17): source ranges from distinct loopback
 //! sources (the client socket is bound to 127.0.0.2/.3/.4 before it connects),
 //! X-Forwarded-For spoofing with and without `trusted_proxies`, a range-restricted
-//! public path replayed with the path-confusion table, and peer principals over a
-//! downstream mTLS listener with a CA made per run.
+//! public path replayed with the path-confusion table, peer principals over a
+//! downstream mTLS listener with a CA made per run, and `otherwise: deny` rules held
+//! for every spelling of their path (the table again, from four clients over mTLS).
 
 use std::net::IpAddr;
 
