@@ -201,23 +201,28 @@ fn hex(b: Option<&u8>) -> Option<u8> {
 /// `keep_slashes`: `%2F` and `%5C` stay as they are.
 fn decode(path: &[u8], keep_slashes: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len());
-    let mut i = 0;
-    while let Some(&b) = path.get(i) {
-        if b == b'%' {
-            if let (Some(high), Some(low)) = (hex(path.get(i + 1)), hex(path.get(i + 2))) {
+    let mut rest = path;
+    // The bytes up to each `%` are copied as a run.
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at..];
+        match (hex(rest.get(1)), hex(rest.get(2))) {
+            (Some(high), Some(low)) => {
                 let byte = high << 4 | low;
                 if keep_slashes && (byte == b'/' || byte == b'\\') {
-                    out.extend_from_slice(&path[i..i + 3]);
+                    out.extend_from_slice(&rest[..3]);
                 } else {
                     out.push(byte);
                 }
-                i += 3;
-                continue;
+                rest = &rest[3..];
+            }
+            _ => {
+                out.push(b'%');
+                rest = &rest[1..];
             }
         }
-        out.push(b);
-        i += 1;
     }
+    out.extend_from_slice(rest);
     out
 }
 
@@ -276,6 +281,9 @@ fn parameters(path: &[u8]) -> Option<Vec<u8>> {
 
 /// Runs of `/` as one.
 fn merge_slashes(path: &[u8]) -> Vec<u8> {
+    if !path.windows(2).any(|pair| pair == b"//") {
+        return path.to_vec();
+    }
     let mut out = Vec::with_capacity(path.len());
     for &b in path {
         if b != b'/' || out.last() != Some(&b'/') {
