@@ -78,9 +78,10 @@ impl Authz {
         if strip::strip(&routed.strip).is_err() {
             return self.fail(settings, Failure::HostError);
         }
+        let public = routed.public(&settings.public);
         let (public, peer) = match &settings.access {
-            None => (routed.public, PeerFacts::default()),
-            Some(rules) => match access::apply(self.id, settings, rules, &headers, routed.public) {
+            None => (public, PeerFacts::default()),
+            Some(rules) => match access::apply(self.id, settings, rules, &headers, (public, routed.path)) {
                 Ok(checked) => checked,
                 Err(replied) => return replied,
             },
@@ -255,11 +256,12 @@ impl Authz {
             self.fail(settings, Failure::HostError);
             return;
         };
-        let mut public = settings.route(&headers).public;
+        let routed = settings.route(&headers);
+        let mut public = routed.public(&settings.public);
         let mut peer = PeerFacts::default();
         if let Some(rules) = &settings.access {
             // The same rules again: a public path outside them was checked as protected.
-            match access::apply(self.id, settings, rules, &headers, public) {
+            match access::apply(self.id, settings, rules, &headers, (public, routed.path)) {
                 Ok(checked) => (public, peer) = checked,
                 Err(_) => return,
             }

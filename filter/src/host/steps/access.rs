@@ -13,6 +13,7 @@ use crate::host::metrics::count;
 use crate::host::reply::reply;
 use crate::metrics::Metric;
 use crate::policy::headers;
+use crate::policy::route::PathMatch;
 
 /// The proxy-wasm properties behind [`Peer`]. The address it read is kept for the
 /// callout's X-Forwarded-For ([`PeerFacts::address`]): one `source.address` read per request.
@@ -56,24 +57,24 @@ pub struct PeerFacts<'h> {
     pub address: Option<Option<String>>,
 }
 
-/// What the access rules leave of a request: still public (`Some(template)`; a public
-/// path whose rules did not match is checked as protected: `None`), and what they read
-/// that its callout needs ([`PeerFacts`]); `Err` when the request was answered locally.
+/// What the access rules leave of a routed request (`public`, `matched`: its route):
+/// still public (`Some(template)`; a public path whose rules did not match is checked
+/// as protected: `None`), and what they read that its callout needs ([`PeerFacts`]);
+/// `Err` when the request was answered locally.
 pub fn apply<'h>(
     id: u32,
     settings: &'h Settings,
     access: &'h AccessSettings,
     request: &'h [(&'h str, &'h [u8])],
-    public: Option<&'h str>,
+    (public, matched): (Option<&'h str>, PathMatch),
 ) -> Result<(Option<&'h str>, PeerFacts<'h>), Action> {
     let mut facts = Facts::new(access, HostPeer::default(), request);
-    let entry = match public {
-        Some(_) if access.has_path_rules() => {
-            headers::first(request, ":path").and_then(|path| settings.public.find_index(path))
-        }
-        _ => None,
+    // The `:path` is read again only for a non-canonical path under deny rules.
+    let target = match matched {
+        PathMatch::NotCanonical if access.deny_rules => headers::first(request, ":path").unwrap_or_default(),
+        _ => &[],
     };
-    let public = match access.gate(entry, &mut facts) {
+    let public = match access.gate(&settings.public, matched, target, &mut facts) {
         Gate::Pass => public,
         Gate::Protect => {
             debug!("[{id}] public path outside its access rules: checked as protected");
