@@ -77,6 +77,20 @@ for name, data in [("health", "/api/health"), ("health-query", "/api/health?x=/.
                    ("templates-strict-suffix", "==/{prefix}/events/out/\n==/\n/a/events/out/")]:
     write("public_path", name + ".txt", data)
 
+# access_deny: a flags byte (bit 0 inside the range, bit 1 the identity, bits 2-3 which
+# rules), the rule's template line, then the target (one line: under /internal)
+def access(flags, target, template=None):
+    return bytes([flags]) + ((template + "\n").encode() if template else b"") + target.encode("latin-1")
+
+for i, target in enumerate(["/internal/metrics", "//internal/metrics", "/internal/./metrics", "/x/../internal/metrics",
+                            "/%69nternal/metrics", "/internal%2fmetrics", "/internal;v=1/metrics", "/%2569nternal",
+                            "/internal%5cmetrics", "/x/..;/internal", "/x/%c0%ae%c0%ae/internal", "/internal#/../x",
+                            "/internal%00/../x", "http://h/x/../internal", "/internal/a//../../b", "/api/flows%20x"]):
+    write("access_deny", f"spelling-{i:02}.bin", access(i % 16, target))
+write("access_deny", "suffix.bin", access(0, "/a/x/..%2fevents/out", "/{prefix}/events/out"))
+write("access_deny", "param.bin", access(8, "/api/%61/x;p/../y", "/api/{id}/x"))
+write("access_deny", "exact.bin", access(12, "/api//events/out/", "=/api/events/out"))
+
 # cache_control: header lines
 for name, data in [("max-age", "cache-control: max-age=30"), ("s-maxage", "cache-control: private, s-maxage=5, max-age=30"),
                    ("no-store", "cache-control: no-store, max-age=60"), ("age", "cache-control: max-age=10\nage: 4"),

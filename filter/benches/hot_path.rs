@@ -5,17 +5,19 @@
 //!
 //! Plain `std::time` and `black_box`, no framework: each case runs in batches of about
 //! 2 ms and the median batch is reported in ns per operation.
-//! `cargo bench -p nebula-authz --bench hot_path -- [--quick] [--json FILE]`
+//! `cargo bench -p nebula-authz --bench hot_path -- [--quick] [--json FILE] [FILTER]`
+//! (FILTER: only the cases whose name holds it).
 
 #![allow(clippy::panic)] // a benchmark with a broken setup should stop loudly
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use nebula_authz::access::{Facts, Gate, Peer};
 use nebula_authz::flow::header_map;
 use nebula_authz::plugin_config::Settings;
-use nebula_authz::policy::route::PublicPaths;
 use nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS;
+use nebula_authz::policy::route::{PathMatch, PublicPaths};
 
 type Headers = Vec<(String, Vec<u8>)>;
 
@@ -80,6 +82,65 @@ fn measure(budget: Duration, mut f: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// A client at 127.0.0.3, no certificate.
+struct BenchPeer;
+
+impl Peer for BenchPeer {
+    fn address(&mut self) -> Option<String> {
+        Some("127.0.0.3:40000".to_string())
+    }
+    fn principal(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// What host/steps/access.rs does with a request's headers.
+#[inline(never)]
+fn route_and_gate(settings: &Settings, headers: &Headers) -> (bool, Gate) {
+    let routed = settings.route(headers);
+    let Some(access) = &settings.access else { panic!("access rules configured") };
+    let target = match routed.path {
+        PathMatch::NotCanonical if access.deny_rules => {
+            headers.iter().find(|(n, _)| n == ":path").map_or(&[][..], |(_, p)| p.as_slice())
+        }
+        _ => &[],
+    };
+    let mut facts = Facts::new(access, BenchPeer, headers);
+    (routed.public(&settings.public).is_some(), access.gate(&settings.public, routed.path, target, &mut facts))
+}
+
+/// `Settings::plan` as one call (callgrind counts it per request).
+#[inline(never)]
+fn plan_once(settings: &Settings, headers: &Headers) {
+    drop(black_box(settings.plan(headers, || None)));
+}
+
+/// The cases run, and their results.
+struct Bench {
+    budget: Duration,
+    filter: Option<String>,
+    results: Vec<(String, f64)>,
+}
+
+impl Bench {
+    fn wanted(&self, name: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| name.contains(f.as_str()))
+    }
+
+    /// Measures `f` as the case `name`, if the filter wants it.
+    fn case(&mut self, name: &str, f: impl FnMut()) {
+        if self.wanted(name) {
+            let ns = measure(self.budget, f);
+            self.record(name, ns);
+        }
+    }
+
+    fn record(&mut self, name: &str, ns: f64) {
+        println!("{name:48} {ns:10.1} ns/op");
+        self.results.push((name.to_string(), ns));
+    }
+}
+
 /// `n` templates: seed 000's eight, then generated ones of the three kinds (plain prefix,
 /// `{param}` segments, leading `{prefix}`).
 fn templates(n: usize) -> Vec<String> {
@@ -109,11 +170,9 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1));
     let budget = Duration::from_millis(if quick { 60 } else { 300 });
-    let mut results: Vec<(String, f64)> = Vec::new();
-    let mut record = |name: &str, ns: f64| {
-        println!("{name:48} {ns:10.1} ns/op");
-        results.push((name.to_string(), ns));
-    };
+    // A plain argument runs only the cases whose name holds it.
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--") && Some(*a) != json).cloned();
+    let mut bench = Bench { budget, filter, results: Vec::new() };
 
     let settings = match Settings::from_json(br#"{"auth": {"cluster": "auth", "authority": "auth:4300"}}"#) {
         Ok(s) => s,
@@ -122,22 +181,41 @@ fn main() {
     let protected = request("/api/flows/0b1c2d3e/runs");
     let public = request("/api/health");
     let prefixed = request("/api/accounts/a1/workspaces/w1/events/out");
-    record(
-        "plan: protected (callout)",
-        measure(budget, || drop(black_box(settings.plan(black_box(&protected), || None)))),
-    );
-    record("plan: public prefix", measure(budget, || drop(black_box(settings.plan(black_box(&public), || None)))));
-    record("plan: public {prefix}", measure(budget, || drop(black_box(settings.plan(black_box(&prefixed), || None)))));
+    bench.case("plan: protected (callout)", || plan_once(&settings, black_box(&protected)));
+    bench.case("plan: public prefix", || plan_once(&settings, black_box(&public)));
+    bench.case("plan: public {prefix}", || plan_once(&settings, black_box(&prefixed)));
 
     // What the http context does per request (flow/request.rs): read the host's buffer in place, then plan.
     let wire = serialize(&protected);
-    record(
-        "parse + plan: protected (as the adapter runs it)",
-        measure(budget, || {
-            let headers = header_map::parse(black_box(&wire)).unwrap_or_default();
-            drop(black_box(settings.plan(&headers, || None)));
-        }),
-    );
+    bench.case("parse + plan: protected (as the adapter runs it)", || {
+        let headers = header_map::parse(black_box(&wire)).unwrap_or_default();
+        drop(black_box(settings.plan(&headers, || None)));
+    });
+
+    // The access step as the adapter runs it (flow/steps/access.rs), after the route:
+    // deny rules configured, a client outside their range.
+    let access_settings = match Settings::from_json(
+        br#"{"auth": {"cluster": "auth"}, "source_ranges": ["127.0.0.0/8"], "public_paths": ["/api/health",
+            {"path": "/internal", "source_ranges": ["127.0.0.2/32"], "otherwise": "deny"}]}"#,
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("bench access config: {e}"),
+    };
+    // Non-canonical: one spelling of /internal (denied at its first interpretation),
+    // one under no rule (every interpretation matched, then checked).
+    let hidden = request("/x/..%2f%69nternal/./metrics;v=1");
+    let escaped = request("/api/flows/my%20flow/runs");
+    let cases = [
+        ("protected", &protected),
+        ("public", &public),
+        ("non-canonical, denied", &hidden),
+        ("non-canonical, checked", &escaped),
+    ];
+    for (name, req) in cases {
+        bench.case(&format!("route + access: {name}"), || {
+            black_box(route_and_gate(&access_settings, black_box(req)));
+        });
+    }
 
     let allow = headers(&[
         (":status", "200"),
@@ -156,11 +234,8 @@ fn main() {
         ("content-length", "30"),
         ("date", "Mon, 23 Nov 2026 15:00:00 GMT"),
     ]);
-    record(
-        "decide: allow (4 identity headers)",
-        measure(budget, || drop(black_box(settings.decide(black_box(&allow), 0)))),
-    );
-    record("decide: deny (401)", measure(budget, || drop(black_box(settings.decide(black_box(&deny), 30)))));
+    bench.case("decide: allow (4 identity headers)", || drop(black_box(settings.decide(black_box(&allow), 0))));
+    bench.case("decide: deny (401)", || drop(black_box(settings.decide(black_box(&deny), 30))));
 
     // Sizes interleaved over three rounds, best round kept: a busy machine only ever
     // makes a round slower, and the first case measured must not pay the warm-up alone.
@@ -173,7 +248,8 @@ fn main() {
         })
         .collect();
     let mut per_size = vec![f64::INFINITY; sizes.len()];
-    for _round in 0..3 {
+    let rounds = if bench.wanted("match:") { 3 } else { 0 };
+    for _round in 0..rounds {
         for (best, paths) in per_size.iter_mut().zip(&compiled) {
             let ns = measure(budget / 3, || {
                 for path in LOOKUPS {
@@ -183,17 +259,22 @@ fn main() {
             *best = best.min(ns);
         }
     }
-    for (n, ns) in sizes.iter().zip(&per_size) {
-        record(&format!("match: {n} templates (per lookup)"), *ns);
-    }
     let ratio = per_size[3] / per_size[0];
-    println!("{:48} {ratio:10.2}", "match: 10 000 vs 10 templates (ratio)");
+    if rounds > 0 {
+        for (n, ns) in sizes.iter().zip(&per_size) {
+            bench.record(&format!("match: {n} templates (per lookup)"), *ns);
+        }
+        println!("{:48} {ratio:10.2}", "match: 10 000 vs 10 templates (ratio)");
+    }
 
     if let Some(path) = json {
         // A list, not a map: the cases stay in the order they ran.
         let results: Vec<serde_json::Value> =
-            results.into_iter().map(|(name, ns)| serde_json::json!({ "name": name, "ns": ns })).collect();
-        let doc = serde_json::json!({ "unit": "ns/op", "results": results, "templates_10000_vs_10": ratio });
+            bench.results.into_iter().map(|(name, ns)| serde_json::json!({ "name": name, "ns": ns })).collect();
+        let mut doc = serde_json::json!({ "unit": "ns/op", "results": results });
+        if rounds > 0 {
+            doc["templates_10000_vs_10"] = serde_json::json!(ratio);
+        }
         if let Some(dir) = std::path::Path::new(path).parent() {
             let _ = std::fs::create_dir_all(dir);
         }

@@ -13,6 +13,8 @@
 use std::borrow::Cow;
 
 use base64::Engine;
+use nebula_authz::access::interpretations::{interpretations, Interpretations};
+use nebula_authz::access::{Facts, Gate, Peer};
 use nebula_authz::cache::control::{freshness, Freshness};
 use nebula_authz::cache::shared::reencode_slot;
 use nebula_authz::flow::header_map;
@@ -21,7 +23,7 @@ use nebula_authz::jwt::verifier::{JwtVerifier, Outcome};
 use nebula_authz::plugin_config::Settings;
 use nebula_authz::policy::auth::IDENTITY_HEADERS;
 use nebula_authz::policy::request::Route;
-use nebula_authz::policy::route::{canonical_path, PublicPaths, DEFAULT_PUBLIC_PATHS};
+use nebula_authz::policy::route::{canonical_path, PathMatch, PublicPaths, DEFAULT_PUBLIC_PATHS};
 
 type Headers = Vec<(String, Vec<u8>)>;
 
@@ -140,6 +142,185 @@ pub fn public_path(data: &[u8]) {
         let naive = templates.iter().find(|t| naive_match(t, path));
         assert_eq!(naive.is_some(), found.is_some(), "{path:?}: naive matcher {naive:?}, matchit {found:?}");
     }
+}
+
+/// The deny side of the access rules. Input: a first byte (bit 0: the client is inside
+/// the rule's range, bit 1: it presents the rule's identity; bits 2-3: the rule has
+/// `source_ranges` (0 or 1), `principals` (2) or both (3)), then the rule's template
+/// (`otherwise: deny`, the only public path) and the request target on two lines (one
+/// line: the target, under `/internal`). Whenever a parser model ([`parser_readings`])
+/// reads the target under the template, a client the rule does not admit gets its deny;
+/// an admitted client is never denied; a denial always has an interpretation under the
+/// rule (or a target past the work limit); a canonical target is public exactly for an
+/// admitted client.
+pub fn access_deny(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let (template, target) = match rest.iter().position(|&b| b == b'\n') {
+        Some(at) => (String::from_utf8_lossy(&rest[..at]).into_owned(), &rest[at + 1..]),
+        None => ("/internal".to_owned(), rest),
+    };
+    let (inside, identified) = (flags & 1 == 1, flags & 2 == 2);
+    let (ranges, principals) = match flags >> 2 & 3 {
+        2 => (false, true),
+        3 => (true, true),
+        _ => (true, false),
+    };
+    let mut rule = serde_json::json!({"path": template, "otherwise": "deny", "deny_status": 451});
+    if ranges {
+        rule["source_ranges"] = serde_json::json!(["10.0.0.0/8"]);
+    }
+    if principals {
+        rule["principals"] = serde_json::json!([ADMITTED_PRINCIPAL]);
+    }
+    let config = serde_json::json!({"auth": {"cluster": "auth"}, "public_paths": [rule]});
+    let Ok(settings) = Settings::from_json(config.to_string().as_bytes()) else { return };
+    let Some(access) = &settings.access else { panic!("{config}: the rule is configured") };
+    let admitted = (!ranges || inside) && (!principals || identified);
+    let peer = FuzzPeer { address: if inside { "10.1.2.3:4" } else { "192.0.2.1:4" }, identified };
+    let headers: Headers = Vec::new();
+    let mut facts = Facts::new(access, peer, &headers);
+    let matched = settings.public.classify(target);
+    let gate = access.gate(&settings.public, matched, target, &mut facts);
+    let shown = String::from_utf8_lossy(target);
+    let denied = matches!(gate, Gate::Deny { status: 451, .. });
+    assert!(denied || matches!(gate, Gate::Pass), "{shown:?}: {gate:?}");
+    if admitted {
+        assert!(!denied, "{shown:?} denied to an admitted client");
+    }
+    if let Some(path) = canonical_path(target) {
+        assert_eq!(matched == PathMatch::Public(0), naive_match(&template, path), "{shown:?}");
+        assert_eq!(denied, !admitted && naive_match(&template, path), "{shown:?}: canonical, {gate:?}");
+    } else if !admitted {
+        let models = parser_readings(target);
+        if let Some(read) = models.iter().find(|p| naive_match(&template, p)) {
+            assert!(denied, "{shown:?} is read as {read:?}, under {template:?}, and was not denied");
+        }
+    }
+    if denied {
+        let covered = match interpretations(target) {
+            Interpretations::Paths(paths) => paths.iter().any(|p| settings.public.template_of(p) == Some(0)),
+            Interpretations::TooMany => true,
+        };
+        assert!(covered, "{shown:?} denied without an interpretation under {template:?}");
+    }
+}
+
+/// The identity [`access_deny`]'s rule admits.
+const ADMITTED_PRINCIPAL: &str = "spiffe://td/ns/a/sa/ok";
+
+struct FuzzPeer {
+    address: &'static str,
+    identified: bool,
+}
+
+impl Peer for FuzzPeer {
+    fn address(&mut self) -> Option<String> {
+        Some(self.address.to_owned())
+    }
+    fn principal(&mut self) -> Option<String> {
+        self.identified.then(|| ADMITTED_PRINCIPAL.to_owned())
+    }
+}
+
+/// What parsers behind a proxy serve for a request target, each written out plainly,
+/// one path per parser: a router on the raw path; uvicorn/Starlette (decoded once, dot
+/// segments kept); nginx (decoded, slashes merged, dots resolved); Envoy's
+/// `normalize_path` alone (unreserved bytes decoded, dots resolved before any merge)
+/// and with `UNESCAPE_AND_FORWARD` (`%2F`/`%5C` decoded too, `\` a slash); Tomcat
+/// (parameters dropped from the raw path, then decoded and resolved); IIS (decoded
+/// twice, overlong UTF-8, `\` a slash); a C backend (cut at the first NUL); a client
+/// library that cuts the fragment. Empty segments are merged for the match.
+pub fn parser_readings(target: &[u8]) -> Vec<String> {
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let path = if path.starts_with(b"/") { path.to_vec() } else { [b"/", path].concat() };
+    let unquote = |p: &[u8], decode: &dyn Fn(u8) -> bool| -> Vec<u8> {
+        let mut out = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while let Some(&b) = p.get(i) {
+            let hex = p.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()).filter(|&d| b == b'%' && decode(d)) {
+                Some(d) if !hex.is_some_and(|h| h.starts_with(['+', '-'])) => {
+                    out.push(d);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    let all = |_: u8| true;
+    let unreserved = |d: u8| d.is_ascii_alphanumeric() || b"-._~".contains(&d);
+    let unreserved_and_slashes = |d: u8| unreserved(d) || d == b'/' || d == b'\\';
+    let overlong = |p: Vec<u8>| -> Vec<u8> {
+        let mut out = Vec::with_capacity(p.len());
+        let mut i = 0;
+        while let Some(&b) = p.get(i) {
+            match (b, p.get(i + 1)) {
+                (0xC0 | 0xC1, Some(&c @ 0x80..=0xBF)) => {
+                    out.push((b & 1) << 6 | (c & 0x3F));
+                    i += 2;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    let slashes = |p: Vec<u8>| -> Vec<u8> { p.into_iter().map(|b| if b == b'\\' { b'/' } else { b }).collect() };
+    let no_parameters = |p: &[u8]| -> Vec<u8> {
+        let text = String::from_utf8_lossy(p).into_owned();
+        text.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/").into_bytes()
+    };
+    let until = |p: &[u8], end: u8| -> Vec<u8> { p.split(|&b| b == end).next().unwrap_or_default().to_vec() };
+    // RFC 3986 §5.2.4, with `merge` first or not; empty segments merged after.
+    let segments = |p: &[u8], resolve: bool, merge: bool| -> String {
+        let text = String::from_utf8_lossy(p).into_owned();
+        let body = text.strip_prefix('/').unwrap_or(&text);
+        let mut kept: Vec<&str> = Vec::new();
+        let parts: Vec<&str> = body.split('/').collect();
+        for (i, segment) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            match *segment {
+                "" if merge && !last => {}
+                ".." if resolve => {
+                    kept.pop();
+                    if last {
+                        kept.push("");
+                    }
+                }
+                "." if resolve => {
+                    if last {
+                        kept.push("");
+                    }
+                }
+                _ => kept.push(segment),
+            }
+        }
+        let joined = format!("/{}", kept.join("/"));
+        let mut out = String::with_capacity(joined.len());
+        for c in joined.chars() {
+            if c != '/' || !out.ends_with('/') {
+                out.push(c);
+            }
+        }
+        out
+    };
+    vec![
+        segments(&path, false, true),
+        segments(&unquote(&path, &all), false, true),
+        segments(&unquote(&path, &all), true, true),
+        segments(&unquote(&path, &unreserved), true, false),
+        segments(&slashes(unquote(&path, &unreserved_and_slashes)), true, true),
+        segments(&unquote(&no_parameters(&path), &all), true, true),
+        segments(&slashes(overlong(unquote(&unquote(&path, &all), &all))), true, true),
+        segments(&until(&unquote(&path, &all), 0), true, true),
+        segments(&unquote(&until(&path, b'#'), &all), true, true),
+    ]
 }
 
 /// `Cache-Control`/`Age` freshness: never a zero lifetime, independent of header order

@@ -10,7 +10,7 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 8] = [
+const TARGETS: [(&str, Target); 9] = [
     ("config", nebula_authz_fuzz::config),
     ("header_map", nebula_authz_fuzz::header_map),
     ("public_path", nebula_authz_fuzz::public_path),
@@ -19,6 +19,7 @@ const TARGETS: [(&str, Target); 8] = [
     ("jwt", nebula_authz_fuzz::jwt),
     ("jwks", nebula_authz_fuzz::jwks),
     ("forward_auth", nebula_authz_fuzz::forward_auth),
+    ("access_deny", nebula_authz_fuzz::access_deny),
 ];
 
 /// Mutations per corpus input: enough to leave the seeds, cheap in a debug build.

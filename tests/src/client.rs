@@ -292,7 +292,7 @@ impl fmt::Debug for Response {
     }
 }
 
-fn connect(source: Option<IpAddr>, port: u16) -> io::Result<TcpStream> {
+pub(crate) fn connect(source: Option<IpAddr>, port: u16) -> io::Result<TcpStream> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stream = match source {
         None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
@@ -343,7 +343,17 @@ pub fn send_in_parts(port: u16, parts: &[&[u8]], pause: Duration) -> io::Result<
 
 fn send_parts_from(source: Option<IpAddr>, port: u16, parts: &[&[u8]], pause: Duration) -> io::Result<Response> {
     let start = Instant::now();
-    let mut stream = connect(source, port)?;
+    let stream = connect(source, port)?;
+    exchange(stream, parts, pause, start)
+}
+
+/// Writes `parts` on `stream` (plain TCP or TLS) and reads the response, as [`send_raw`].
+pub(crate) fn exchange(
+    mut stream: impl Read + Write,
+    parts: &[&[u8]],
+    pause: Duration,
+    start: Instant,
+) -> io::Result<Response> {
     let mut write_result = Ok(());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {

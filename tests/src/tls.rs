@@ -1,10 +1,17 @@
 //! mTLS for the access tests: a CA made per run with the openssl CLI (Debian's
 //! `openssl`), a server certificate for 127.0.0.1, client certificates with chosen URI
-//! SANs, and an HTTPS client (the venv's Python `ssl`) that presents one or none.
+//! SANs, and two HTTPS clients that present one or none: the venv's Python `ssl`
+//! ([`TestCa::get`]), and rustls for raw HTTP/1.1 requests ([`TestCa::raw_client`]).
 
+use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::client::Response;
 use crate::envoy::Tools;
@@ -101,6 +108,51 @@ impl TestCa {
             elapsed: Duration::ZERO,
             first_byte: Duration::ZERO,
         })
+    }
+}
+
+/// A TLS client for raw HTTP/1.1 requests (any request target, byte for byte) that
+/// trusts a [`TestCa`] and presents one of its client certificates, or none.
+pub struct RawTlsClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TestCa {
+    /// A [`RawTlsClient`] presenting the client certificate `client` (see
+    /// [`TestCa::client`]), or none.
+    pub fn raw_client(&self, client: Option<&str>) -> RawTlsClient {
+        let d = self.dir.path();
+        let read = |name: &str| std::fs::read(d.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(&read("ca.pem")).expect("CA PEM")).expect("add the test CA");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(name) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&format!("{name}.pem")))
+                    .collect::<Result<_, _>>()
+                    .expect("client certificate PEM");
+                let key = PrivateKeyDer::from_pem_slice(&read(&format!("{name}.key"))).expect("client key PEM");
+                builder.with_client_auth_cert(certs, key).expect("client certificate and key")
+            }
+        };
+        RawTlsClient { config: Arc::new(config) }
+    }
+}
+
+impl RawTlsClient {
+    /// Sends `request` as is over a new TLS connection from the local address `source`
+    /// to 127.0.0.1:`port`, and reads the response ([`crate::client::send_raw`]).
+    pub fn send_from(&self, source: IpAddr, port: u16, request: &[u8]) -> io::Result<Response> {
+        let start = Instant::now();
+        let tcp = crate::client::connect(Some(source), port)?;
+        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let tls = rustls::ClientConnection::new(self.config.clone(), name).map_err(io::Error::other)?;
+        crate::client::exchange(rustls::StreamOwned::new(tls, tcp), &[request], Duration::ZERO, start)
     }
 }
 

@@ -1,12 +1,16 @@
 //! Access rules under the real Envoy (issue 17): source ranges from distinct loopback
 //! sources (the client socket is bound to 127.0.0.2/.3/.4 before it connects),
 //! X-Forwarded-For spoofing with and without `trusted_proxies`, a range-restricted
-//! public path replayed with the path-confusion table, and peer principals over a
-//! downstream mTLS listener with a CA made per run.
+//! public path replayed with the path-confusion table, peer principals over a
+//! downstream mTLS listener with a CA made per run, and `otherwise: deny` rules held
+//! for every spelling of their path (the table again, from four clients over mTLS).
 
 use std::net::IpAddr;
 
-use nebula_authz_tests::client::RawRequest;
+use nebula_authz::access::interpretations::{interpretations, Interpretations};
+use nebula_authz::plugin_config::Settings;
+use nebula_authz::policy::route::PathMatch;
+use nebula_authz_tests::client::{escape, RawRequest};
 use nebula_authz_tests::paths::{self, Expected};
 use nebula_authz_tests::tls::TestCa;
 use nebula_authz_tests::{Env, Response};
@@ -295,4 +299,164 @@ fn the_peer_address_is_read_once_per_request() {
     env.assert_allowed_as("inside", &from(&env, INSIDE, RawRequest::get("/api/flows").bearer("allow:alice")), "alice");
     assert_eq!(env.auth.last().header("x-forwarded-for").as_deref(), Some(INSIDE));
     assert_eq!(reads() - before, 1, "one property read: {}", env.log_tail());
+}
+
+/// Deny rules for a range, an identity and both; the rest as seed 000. Every deny
+/// status differs, so a reply names the rule that gave it.
+fn deny_rules_config() -> String {
+    format!(
+        r#"{{"auth": {{"cluster": "auth"}}, "public_paths": [
+            "/auth", "/api/docs", "/api/openapi.json", "/api/version",
+            {{"path": "/hooks", "source_ranges": ["{INSIDE}/32"], "otherwise": "deny", "deny_status": 404}},
+            {{"path": "/api/health", "principals": ["{WEBHOOK}"], "otherwise": "deny", "deny_status": 403}},
+            {{"path": "/internal", "source_ranges": ["{INSIDE}/32"], "principals": ["{WEBHOOK}"],
+              "otherwise": "deny", "deny_status": 410}},
+            "/{{prefix}}/task_runs/subscriptions/scheduled", "/{{prefix}}/events/out"]}}"#
+    )
+}
+
+/// Spellings of `/internal/metrics` beyond the table's (each one a parser behind Envoy
+/// reads as `/internal/...`).
+const INTERNAL_SPELLINGS: [&[u8]; 12] = [
+    b"/internal/metrics",
+    b"//internal/metrics",
+    b"/internal/./metrics",
+    b"/x/../internal/metrics",
+    b"/%69nternal/metrics",
+    b"/internal%2fmetrics",
+    b"/internal;v=1/metrics",
+    b"/%2569nternal/metrics",
+    b"/internal%5cmetrics",
+    b"/x/..;/internal/metrics",
+    b"/internal/../metrics",
+    b"/api/flows/%2e%2e/%2e%2e/internal",
+];
+
+/// What the filter must do with `target` for a client: the status of the first deny
+/// rule that covers an interpretation of it and does not admit the client (any of
+/// them may come first), else nothing (public, checked, or refused by Envoy).
+struct Expect {
+    deny: Vec<u16>,
+    public: bool,
+}
+
+/// From the filter's own definitions, not its gate: the public-path match of the
+/// canonical form, and of each interpretation for a non-canonical one.
+fn expect(settings: &Settings, target: &[u8], admitted: impl Fn(&str) -> bool) -> Expect {
+    let rules = [("/hooks", 404), ("/api/health", 403), ("/internal", 410)];
+    let rule_of = |index: usize| {
+        let template = settings.public.template(index)?;
+        rules.iter().find(|(t, _)| *t == template).map(|&(t, status)| (t, status))
+    };
+    let (covered, public): (Vec<usize>, bool) = match settings.public.classify(target) {
+        PathMatch::Public(index) => (vec![index], true),
+        PathMatch::Protected => (Vec::new(), false),
+        PathMatch::NotCanonical => match interpretations(target) {
+            Interpretations::Paths(paths) => {
+                (paths.iter().filter_map(|p| settings.public.template_of(p)).collect(), false)
+            }
+            Interpretations::TooMany => panic!("{}: a table row is short", escape(target)),
+        },
+    };
+    let deny: Vec<u16> =
+        covered.into_iter().filter_map(rule_of).filter(|(t, _)| !admitted(t)).map(|(_, status)| status).collect();
+    Expect { public: public && deny.is_empty(), deny }
+}
+
+/// The whole path-confusion table, and more spellings of `/internal`, against deny
+/// rules, through one Envoy with an optional-certificate mTLS listener, from inside
+/// and outside the range, with and without the admitted identity: a client a rule
+/// does not admit gets that rule's deny for every path with an interpretation under
+/// it; an admitted client is never denied by it (checked, public, or refused by Envoy).
+#[test]
+fn deny_rules_hold_for_every_spelling_from_every_client() {
+    let ca = test_ca();
+    let config = deny_rules_config();
+    let settings = Settings::from_json(config.as_bytes()).expect("the test's configuration parses");
+    let env = Env::builder().plugin_config(&config).downstream_mtls(ca.dir(), false).start();
+    let mut targets: Vec<Vec<u8>> = paths::load().into_iter().map(|c| c.target).collect();
+    targets.extend(INTERNAL_SPELLINGS.iter().map(|t| t.to_vec()));
+    for spelling in INTERNAL_SPELLINGS {
+        let expected = expect(&settings, spelling, |_| false);
+        assert!(expected.deny.contains(&410), "{} is a spelling of /internal/...", escape(spelling));
+    }
+
+    let mut failures = Vec::new();
+    let mut denied = 0;
+    // Targets Envoy's codec refuses (a 4xx before any filter) for the client every rule
+    // admits, which goes first: they never reach the filter, from any client.
+    let mut refused_by_envoy: Vec<(Vec<u8>, u16)> = Vec::new();
+    for (source, cert) in [(INSIDE, Some("webhook")), (INSIDE, None), (OUTSIDE, Some("webhook")), (OUTSIDE, None)] {
+        let client = ca.raw_client(cert);
+        let admitted = |template: &str| match template {
+            "/hooks" => source == INSIDE,
+            "/api/health" => cert.is_some(),
+            _ => source == INSIDE && cert.is_some(),
+        };
+        for target in &targets {
+            let expected = expect(&settings, target, admitted);
+            let (auth, up) = (env.auth.count(), env.upstream.count());
+            let request = RawRequest::get(target).bearer("allow:bob").to_bytes();
+            let result = client.send_from(ip(source), env.port, &request);
+            let (called, reached) = (env.auth.count() > auth, env.upstream.count() > up);
+            let by_envoy = |resp: &Response| {
+                !called
+                    && !reached
+                    && !resp.proxied()
+                    && resp.text() != DENIED_BODY
+                    && (400..500).contains(&resp.status)
+            };
+            let (outcome, ok) = match &result {
+                Err(e) => (format!("no response: {e}"), false),
+                Ok(resp) if source == INSIDE && cert.is_some() && by_envoy(resp) => {
+                    refused_by_envoy.push((target.clone(), resp.status));
+                    (format!("{} refused by Envoy", resp.status), expected.deny.is_empty())
+                }
+                Ok(resp) if refused_by_envoy.contains(&(target.clone(), resp.status)) && by_envoy(resp) => {
+                    (format!("{} refused by Envoy", resp.status), true)
+                }
+                Ok(resp) if !expected.deny.is_empty() => {
+                    denied += 1;
+                    let ok = expected.deny.contains(&resp.status)
+                        && resp.text() == DENIED_BODY
+                        && !resp.proxied()
+                        && !called
+                        && !reached;
+                    let body = if resp.text() == DENIED_BODY { "the access denial" } else { "another body" };
+                    (format!("{} with {body} (callout {called}, upstream {reached})", resp.status), ok)
+                }
+                Ok(resp) => {
+                    let ours = resp.text() == DENIED_BODY;
+                    let ok = !ours
+                        && match (expected.public, reached) {
+                            (true, _) => resp.status == 200 && resp.proxied() && !called,
+                            // Checked: the mock allows bob; or refused by Envoy itself.
+                            (false, true) => resp.status == 200 && called,
+                            (false, false) => by_envoy(resp),
+                        };
+                    (format!("{} (callout {called}, upstream {reached})", resp.status), ok)
+                }
+            };
+            if !ok {
+                failures.push(format!(
+                    "from {source} cert {cert:?}: {:<50} expected deny {:?} public {} -> {outcome}",
+                    escape(target),
+                    expected.deny,
+                    expected.public
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests misbehaved:\n{}",
+        failures.len(),
+        targets.len() * 4,
+        failures.join("\n")
+    );
+    assert!(denied >= 90, "the table attacks the rules' paths: {denied} denials expected");
+    assert!(
+        refused_by_envoy.len() <= 8,
+        "Envoy refuses only the few targets its codec cannot carry: {refused_by_envoy:?}"
+    );
 }

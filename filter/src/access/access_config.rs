@@ -142,6 +142,7 @@ pub fn compile(
         principals,
         trusted_proxies,
         principal_header,
+        deny_rules: paths.iter().flatten().any(|rule| matches!(rule.otherwise, Otherwise::Deny(_))),
         paths: if has_paths { paths } else { Vec::new() },
     }))
 }

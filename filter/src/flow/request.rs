@@ -65,9 +65,10 @@ impl Request {
         if pass.is_first() && strip::strip(host, &routed.strip).is_err() {
             return self.fail(host, worker, settings);
         }
+        let public = routed.public(&settings.public);
         let (public, peer) = match &settings.access {
-            None => (routed.public, PeerFacts::default()),
-            Some(rules) => match access::apply(host, worker, id, settings, rules, &headers, routed.public) {
+            None => (public, PeerFacts::default()),
+            Some(rules) => match access::apply(host, worker, id, settings, rules, &headers, (public, routed.path)) {
                 Step::Next(checked) => checked,
                 _ => return Step::Replied,
             },

@@ -6,7 +6,7 @@ use crate::policy::decision::Failure;
 use crate::policy::ext_authz::{self, Protocol};
 use crate::policy::forward::{self, CalloutHeader, HeaderRegex};
 use crate::policy::headers::{self, Header, HeaderNames};
-use crate::policy::route::PublicPaths;
+use crate::policy::route::{PathMatch, PublicPaths};
 use crate::policy::substitution::RequestInfo;
 
 /// The plan for one request's headers.
@@ -34,8 +34,20 @@ pub enum Route<'h> {
 pub struct Routed<'h> {
     /// Header names to remove from the client request, every path, before anything else.
     pub strip: Vec<&'h str>,
-    /// The public path template it matched; `None`: protected.
-    pub public: Option<&'h str>,
+    /// Where its `:path` stands: public by a template (the access rules need its
+    /// position), canonical and protected (no `:path` counts as one), or not canonical.
+    pub path: PathMatch,
+}
+
+impl Routed<'_> {
+    /// The public path template it matched (in `public`, the list it was routed
+    /// with); `None`: protected.
+    pub fn public<'p>(&self, public: &'p PublicPaths) -> Option<&'p str> {
+        match self.path {
+            PathMatch::Public(index) => public.template(index),
+            PathMatch::Protected | PathMatch::NotCanonical => None,
+        }
+    }
 }
 
 /// `headers` is the client request header map as Envoy hands it over (`:path` included);
@@ -49,15 +61,15 @@ pub fn plan<'h, H: Header>(
     headers: &'h [H],
     info: impl RequestInfo,
 ) -> Plan<'h> {
-    let Routed { strip, public } = route(auth, strip_names, public, headers);
-    let route = match public {
+    let routed = route(auth, strip_names, public, headers);
+    let route = match routed.public(public) {
         Some(template) => Route::Public { template },
         None => match callout(auth, strip_names, headers, info) {
             Ok(headers) => Route::Callout { headers },
             Err(failure) => Route::Reject(failure),
         },
     };
-    Plan { strip, route }
+    Plan { strip: routed.strip, route }
 }
 
 /// What to strip, and whether the path is public.
@@ -68,8 +80,8 @@ pub fn route<'h, H: Header>(
     headers: &'h [H],
 ) -> Routed<'h> {
     let strip = strip_list(auth, strip_names, headers);
-    let path = headers::first(headers, ":path");
-    Routed { strip, public: path.and_then(|p| public.find(p)) }
+    let path = headers::first(headers, ":path").map_or(PathMatch::Protected, |p| public.classify(p));
+    Routed { strip, path }
 }
 
 /// The distinct names among `fields` (a request's headers, or its trailers, which an

@@ -42,6 +42,17 @@ pub const DEFAULT_PUBLIC_PATHS: [&str; 8] = [
     "/{prefix}/events/out",
 ];
 
+/// Where a request target stands against the public paths ([`PublicPaths::classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Canonical and public by the template at this position.
+    Public(usize),
+    /// Canonical, matching no template.
+    Protected,
+    /// Not canonical: never public.
+    NotCanonical,
+}
+
 /// The compiled public-path list.
 #[derive(Debug)]
 pub struct PublicPaths {
@@ -133,12 +144,37 @@ impl PublicPaths {
 
     /// The template that makes `target` (a raw `:path`) public, if any.
     pub fn find(&self, target: &[u8]) -> Option<&str> {
-        self.find_index(target).and_then(|index| self.templates.get(index)).map(String::as_str)
+        self.find_index(target).and_then(|index| self.template(index))
+    }
+
+    /// The template at `index`, as written.
+    pub fn template(&self, index: usize) -> Option<&str> {
+        self.templates.get(index).map(String::as_str)
     }
 
     /// The position (in the list compiled) of the template that makes `target` public.
     pub fn find_index(&self, target: &[u8]) -> Option<usize> {
-        let path = canonical_path(target)?;
+        match self.classify(target) {
+            PathMatch::Public(index) => Some(index),
+            PathMatch::Protected | PathMatch::NotCanonical => None,
+        }
+    }
+
+    /// Where `target` (a raw `:path`) stands: public by a template, canonical but
+    /// protected, or not canonical (protected, and read differently by some parser).
+    pub fn classify(&self, target: &[u8]) -> PathMatch {
+        match canonical_path(target) {
+            None => PathMatch::NotCanonical,
+            Some(path) => self.template_of(path).map_or(PathMatch::Protected, PathMatch::Public),
+        }
+    }
+
+    /// The template that covers `path`, a path already normalised (starting with `/`,
+    /// no empty segment; it may hold any other byte, dot segments included): the
+    /// public-path match without the canonical-form check, for the deny side of the
+    /// access rules, which asks where each reading of a non-canonical target falls.
+    #[inline]
+    pub fn template_of(&self, path: &str) -> Option<usize> {
         match self.forward.at(path) {
             Ok(found) => Some(*found.value),
             Err(_) if self.may_end_a_suffix(path) => Some(*self.reverse.at(&reversed_segments(path)).ok()?.value),
@@ -345,6 +381,25 @@ fn reversed_segments(path: &str) -> String {
     out
 }
 
+/// A request target of tests/data/paths.tsv: `\xHH` stands for one raw byte.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn table_target(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"\\x") && i + 4 <= bytes.len() {
+            out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).unwrap());
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -355,21 +410,8 @@ mod tests {
         PublicPaths::compile(&templates, &[]).unwrap()
     }
 
-    /// `\xHH` in the table stands for one raw byte.
     fn unescape(text: &str) -> Vec<u8> {
-        let bytes = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i..].starts_with(b"\\x") && i + 4 <= bytes.len() {
-                out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).unwrap());
-                i += 4;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        out
+        table_target(text)
     }
 
     /// The shared hostile-path table, also replayed through a real Envoy by tests/.

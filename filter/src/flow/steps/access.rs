@@ -14,6 +14,7 @@ use crate::flow::worker::Worker;
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::headers;
+use crate::policy::route::PathMatch;
 
 /// The proxy-wasm properties behind [`Peer`]. The address it read is kept for the
 /// callout's X-Forwarded-For ([`PeerFacts::address`]): one `source.address` read per request.
@@ -49,9 +50,10 @@ pub struct PeerFacts<'h> {
     pub address: Option<Option<String>>,
 }
 
-/// What the access rules leave of a request: still public (`Some(template)`; a public
-/// path whose rules did not match is checked as protected: `None`), and what they read
-/// that its callout needs ([`PeerFacts`]); [`Step::Replied`] when denied.
+/// What the access rules leave of a routed request (`public`, `matched`: its route):
+/// still public (`Some(template)`; a public path whose rules did not match is checked
+/// as protected: `None`), and what they read that its callout needs ([`PeerFacts`]);
+/// [`Step::Replied`] when denied.
 pub fn apply<'h, H: Host>(
     host: &H,
     worker: &mut Worker,
@@ -59,16 +61,15 @@ pub fn apply<'h, H: Host>(
     settings: &'h Settings,
     access: &'h AccessSettings,
     request: &'h [(&'h str, &'h [u8])],
-    public: Option<&'h str>,
+    (public, matched): (Option<&'h str>, PathMatch),
 ) -> Step<(Option<&'h str>, PeerFacts<'h>)> {
     let mut facts = Facts::new(access, HostPeer { host, address: None }, request);
-    let entry = match public {
-        Some(_) if access.has_path_rules() => {
-            headers::first(request, ":path").and_then(|path| settings.public.find_index(path))
-        }
-        _ => None,
+    // The `:path` is read again only for a non-canonical path under deny rules.
+    let target = match matched {
+        PathMatch::NotCanonical if access.deny_rules => headers::first(request, ":path").unwrap_or_default(),
+        _ => &[],
     };
-    let public = match access.gate(entry, &mut facts) {
+    let public = match access.gate(&settings.public, matched, target, &mut facts) {
         Gate::Pass => public,
         Gate::Protect => {
             debug!("[{id}] public path outside its access rules: checked as protected");

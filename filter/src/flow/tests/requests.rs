@@ -312,3 +312,78 @@ fn an_allow_keeps_cookies_and_client_headers_for_the_response() {
         sim.check();
     }
 }
+
+/// An `otherwise: deny` rule holds for every spelling of its path: a client outside its
+/// range gets its status, with no callout, whenever an interpretation of the target falls
+/// under the rule (an oracle from the public-path match and the interpretations, not the
+/// gate); a client inside is never denied by it.
+#[test]
+fn deny_rules_hold_for_every_spelling() {
+    use crate::access::interpretations::{interpretations, Interpretations};
+    use crate::policy::route::PathMatch;
+    let config = r#"{"auth": {"cluster": "auth"}, "public_paths": ["/auth", "/api/health",
+        {"path": "/internal", "source_ranges": ["10.0.0.0/8"], "otherwise": "deny", "deny_status": 410},
+        {"path": "/hooks", "source_ranges": ["10.0.0.0/8"], "otherwise": "deny", "deny_status": 404}]}"#;
+    let spellings: [&[u8]; 12] = [
+        b"/internal/metrics",
+        b"//internal/metrics",
+        b"/internal/./metrics",
+        b"/x/../internal/metrics",
+        b"/%69nternal/metrics",
+        b"/internal%2fmetrics",
+        b"/internal;v=1/metrics",
+        b"/%2569nternal/metrics",
+        b"/internal%5cmetrics",
+        b"/x/..;/internal/metrics",
+        b"/internal/../metrics",
+        b"/api/flows/%2e%2e/%2e%2e/internal",
+    ];
+    let mut targets: Vec<Vec<u8>> = path_table().into_iter().map(|(_, path, _)| path).collect();
+    targets.extend(spellings.iter().map(|s| s.to_vec()));
+    for (address, inside) in [("10.1.1.1:1", true), ("203.0.113.9:1", false)] {
+        let mut sim = Sim::new(config, 1);
+        let mut sent = Vec::new();
+        for target in &targets {
+            let id = sim.next_id_for_test();
+            sim.host.set_property(id, "source.address", address.as_bytes());
+            sim.send(spoofing(target, &[("authorization", "Bearer t")]));
+            sent.push((id, target.clone()));
+        }
+        sim.settle(|_, _| Answer::Allow.reply());
+        sim.check();
+        let settings = sim.settings.clone();
+        for (id, target) in sent {
+            let covered: Vec<usize> = match settings.public.classify(&target) {
+                PathMatch::Public(index) => vec![index],
+                PathMatch::Protected => Vec::new(),
+                PathMatch::NotCanonical => match interpretations(&target) {
+                    Interpretations::Paths(paths) => {
+                        paths.iter().filter_map(|p| settings.public.template_of(p)).collect()
+                    }
+                    Interpretations::TooMany => {
+                        panic!("{}: too many interpretations", String::from_utf8_lossy(&target))
+                    }
+                },
+            };
+            let statuses: Vec<u32> = covered
+                .iter()
+                .filter_map(|i| match settings.public.template(*i) {
+                    Some("/internal") => Some(410),
+                    Some("/hooks") => Some(404),
+                    _ => None,
+                })
+                .collect();
+            let shown = String::from_utf8_lossy(&target);
+            let outcome = sim.outcome(id);
+            if inside || statuses.is_empty() {
+                assert!(!matches!(outcome, Some(404 | 410)), "{address}: {shown} denied by a rule: {outcome:?}");
+            } else {
+                assert!(
+                    outcome.is_some_and(|s| statuses.contains(&s)),
+                    "{address}: {shown} must be denied ({statuses:?}), got {outcome:?}"
+                );
+                assert_eq!(sent_by(&sim, id), 0, "{shown}: denied before any callout");
+            }
+        }
+    }
+}
