@@ -13,7 +13,6 @@ mod requests;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::flow::host::Host;
 use crate::flow::mock_host::{End, MockHost, Pairs};
 use crate::flow::request::Request;
 use crate::flow::root_tasks;
@@ -322,11 +321,4 @@ impl Sim {
             assert_eq!(counted, ended, "requests counted by outcome");
         }
     }
-}
-
-/// The plain `host` trait object is never used: the flow is generic over the host. This
-/// holds the mock to the trait's full surface at compile time.
-#[allow(dead_code)]
-fn mock_is_a_host(host: &MockHost) -> &impl Host {
-    host
 }
