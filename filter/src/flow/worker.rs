@@ -35,13 +35,12 @@ pub struct JwksWaiter {
 #[derive(Default)]
 pub struct Worker {
     pub counters: Counters,
-    /// The JWT verifier of the current configuration (with a `jwt` block): reach it
-    /// through [`Worker::verifier`].
-    jwt: Option<JwtVerifier>,
-    /// The address of the `jwt` block [`Worker::jwt`] was built for: a request still
-    /// running under an older configuration never meets the new one's keys (provider
-    /// indexes differ between them).
-    jwt_for: usize,
+    /// The JWT verifiers (configurations with a `jwt` block), reached through
+    /// [`Worker::verifier`], by the address of the `jwt` block each was built for, newest
+    /// last: the current configuration's and the one before it, whose requests may still
+    /// wait for a JWKS fetch. A request is only ever checked with its own configuration's
+    /// keys (provider indexes differ between configurations).
+    jwt: Vec<(usize, JwtVerifier)>,
     /// Callouts in flight, for coalescing (cache/coalesce.rs).
     pub in_flight: InFlight,
     /// Callouts whose sender went away while others waited for them: the root context
@@ -74,17 +73,24 @@ impl Worker {
     /// A new configuration's verifier (`None`: no `jwt` block), for `jwt`, which must stay
     /// where it is (inside the configuration's `Rc`) while requests run under it.
     pub fn set_verifier(&mut self, verifier: Option<(JwtVerifier, &JwtSettings)>) {
-        self.jwt_for = verifier.as_ref().map_or(0, |(_, jwt)| std::ptr::from_ref(*jwt) as usize);
-        self.jwt = verifier.map(|(verifier, _)| verifier);
+        let Some((verifier, jwt)) = verifier else { return };
+        let at = std::ptr::from_ref(jwt) as usize;
+        // An address freed and reused by a newer configuration is that configuration's.
+        self.jwt.retain(|(of, _)| *of != at);
+        self.jwt.push((at, verifier));
+        if self.jwt.len() > 2 {
+            self.jwt.remove(0);
+        }
     }
 
     /// The verifier built for `jwt`, if that is the current configuration's.
     pub fn verifier(&mut self, jwt: &JwtSettings) -> Option<&mut JwtVerifier> {
-        (self.jwt_for == std::ptr::from_ref(jwt) as usize).then_some(self.jwt.as_mut()).flatten()
+        let at = std::ptr::from_ref(jwt) as usize;
+        self.jwt.iter_mut().rev().find(|(of, _)| *of == at).map(|(_, verifier)| verifier)
     }
 
     pub fn has_verifier(&self) -> bool {
-        self.jwt.is_some()
+        !self.jwt.is_empty()
     }
 }
 

@@ -35,7 +35,7 @@ pub fn check<H: Host>(
 ) -> Step {
     let Some(jwt) = &settings.jwt else { return Step::Next(()) };
     let Some(verifier) = worker.verifier(jwt) else {
-        // A request of an older configuration, after the worker took a new one.
+        // A request of a configuration two reconfigurations old: its keys are gone.
         return fail_closed(host, worker, id, settings, Failure::HostError);
     };
     let mut outcome = verifier.check(jwt, headers, host.now_ms());

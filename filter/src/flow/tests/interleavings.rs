@@ -332,3 +332,24 @@ fn a_refused_trailer_call_answers_the_client() {
         );
     }
 }
+
+/// The worker takes a new configuration while a request of the old one waits for its
+/// JWKS fetch: the answer still lands in, and the request is checked with, the old
+/// configuration's keys.
+#[test]
+fn a_reconfiguration_during_a_jwks_fetch_keeps_the_requests_own_keys() {
+    use crate::jwt::verifier::JwtVerifier;
+    use crate::plugin_config::Settings;
+    let (config, key, jwks) = remote_jwks();
+    let mut sim = Sim::new(&config, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", &format!("Bearer {}", es_token(&key)))]));
+    assert_eq!(sim.pending().len(), 1);
+    let newer = std::rc::Rc::new(Settings::from_json(config.as_bytes()).unwrap());
+    let jwt = newer.jwt.as_ref().unwrap();
+    sim.workers[0].set_verifier(Some((JwtVerifier::new(jwt), jwt)));
+    let body = jwks.to_string();
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), body.clone().into_bytes())));
+    sim.check();
+    assert_eq!(sim.outcome(id), Some(0));
+    drop(newer);
+}
