@@ -2,7 +2,7 @@
 //! steps listed once in `Request::run`, each step in [`steps`]), one [`worker::Worker`]
 //! per VM owned by the root context ([`root_tasks`]: its tick and its own calls), and
 //! the host behind one trait ([`host::Host`]). Plain Rust: the wasm build implements the
-//! host over proxy-wasm (wasm/), the tests in memory ([`mock_host`]).
+//! host over proxy-wasm (wasm/), the tests in memory (`mock_host`).
 //!
 //! - [`host`]: the port; [`header_map`]: the host's header wire format, read in place.
 //! - [`outcome`]: what a step did ([`outcome::Step`]) and what a paused request waits for.

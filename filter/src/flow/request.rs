@@ -1,4 +1,4 @@
-//! One request's flow, as one state value driven by the host's callbacks. [`Request::run`]
+//! One request's flow, as one state value driven by the host's callbacks. `Request::run`
 //! lists the request's steps in order (each in flow/steps/); the rest of this file is
 //! what the request waits for between callbacks and how each wait ends.
 

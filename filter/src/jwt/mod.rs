@@ -1,12 +1,11 @@
 //! Local JWT verification: the `jwt` block ([`jwt_config`]), where tokens are read from and
 //! how they are taken out of the request ([`source`]), keys bound to one algorithm
 //! ([`keys`]), a credential turned into a verdict and claims into headers
-//! ([`verifier`]), recently verified tokens ([`cache`]), and when a remote JWKS is
+//! ([`verifier`]), recently verified tokens ([`token_cache`]), and when a remote JWKS is
 //! fetched, shared by every worker ([`jwks_schedule`]), found by OIDC discovery
 //! ([`oidc_discovery`]). Pure; the fetches through shared data are flow/jwks_fetch.rs
 //! and the request step flow/steps/jwt.rs.
 
-pub mod cache;
 pub mod jwks_schedule;
 pub mod jwt_config;
 pub mod keys;
@@ -15,4 +14,5 @@ pub mod reason;
 pub mod require;
 pub mod signature;
 pub mod source;
+pub mod token_cache;
 pub mod verifier;

@@ -16,12 +16,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::jwt::cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache};
 use crate::jwt::jwt_config::{JwtSettings, Mode, Provider, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 pub use crate::jwt::reason::Reason;
 use crate::jwt::require::lookup;
 use crate::jwt::signature::{self, HostCrypto, ModuleOnly};
+use crate::jwt::token_cache::{token_hash, Entry, RejectCache, Rejected, VerifiedCache};
 use crate::policy::headers::Header;
 
 /// RFC 6750 §3.1: the challenge of a 401 for a token that failed verification.
