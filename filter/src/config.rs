@@ -186,7 +186,10 @@ impl TryFrom<RawConfig> for Settings {
             strip.extend(&jwt.injected);
         }
 
-        let cache = raw.cache.map(CacheSettings::parse).transpose()?;
+        let mut cache = raw.cache.map(CacheSettings::parse).transpose()?;
+        if let Some(cache) = &mut cache {
+            cache.unkeyed = auth.trace_headers.clone();
+        }
 
         Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
     }
@@ -338,7 +341,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `preserve_request_method`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `preserve_request_method`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`, `trace_headers`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,

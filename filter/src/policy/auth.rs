@@ -12,6 +12,7 @@ use crate::policy::ext_authz::{self, ExtAuthzSettings, Protocol};
 use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
 use crate::policy::request_body::{self, RawRequestBody, RequestBodySettings};
+use crate::policy::trace;
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
 pub const IDENTITY_HEADERS: [&str; 4] =
@@ -54,6 +55,7 @@ pub(crate) struct RawAuth {
     upstream_headers_to_append: Option<Vec<String>>,
     client_headers_on_success: Option<Vec<String>>,
     with_request_body: Option<RawRequestBody>,
+    trace_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub struct AuthSettings {
     /// The client's body in the callout: ext_authz `with_request_body`, or forwardAuth
     /// `forward_body` + `max_body_size` (policy/request_body.rs).
     pub with_request_body: Option<RequestBodySettings>,
+    /// The request's trace headers every callout carries (policy/trace.rs).
+    pub trace_headers: HeaderNames,
 }
 
 impl TryFrom<RawAuth> for AuthSettings {
@@ -248,6 +252,7 @@ impl TryFrom<RawAuth> for AuthSettings {
                 Some(body) => Some(RequestBodySettings::try_from(body)?),
                 None => request_body::forward_body(raw.forward_body, raw.max_body_size)?,
             },
+            trace_headers: trace::compile(raw.trace_headers)?,
         })
     }
 }
