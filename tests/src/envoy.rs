@@ -100,6 +100,8 @@ pub struct EnvBuilder {
     upstream_h2: bool,
     /// HTTP/1.1 trailers enabled on the connection manager and the upstream cluster.
     http1_trailers: bool,
+    /// Envoy's Zipkin tracer on the connection manager, every request sampled.
+    zipkin: bool,
 }
 
 impl Default for EnvBuilder {
@@ -127,6 +129,7 @@ impl Default for EnvBuilder {
             without_body_stop_iteration: false,
             upstream_h2: false,
             http1_trailers: false,
+            zipkin: false,
         }
     }
 }
@@ -288,6 +291,13 @@ impl EnvBuilder {
         self
     }
 
+    /// Traces every request with Envoy's Zipkin tracer (B3), as an Istio sidecar does by
+    /// default; its spans go to a closed port (nothing here reads them).
+    pub fn zipkin_tracing(mut self) -> Self {
+        self.zipkin = true;
+        self
+    }
+
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
         self
@@ -417,6 +427,9 @@ impl EnvBuilder {
         }
         if self.http1_trailers {
             cmd.arg("--http1-trailers");
+        }
+        if self.zipkin {
+            cmd.arg("--zipkin").arg(format!("127.0.0.1:{}", crate::closed_port()));
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(
