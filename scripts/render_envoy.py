@@ -205,6 +205,9 @@ def main():
     p.add_argument("--http1-trailers", action="store_true",
                    help="HTTP/1.1 trailers: accepted from clients (the connection manager's enable_trailers) "
                         "and sent to an HTTP/1.1 upstream (the cluster's)")
+    p.add_argument("--istio-stats-tags", action="store_true",
+                   help="tag stats as Istio's bootstrap does (tools/packaging/common/envoy_bootstrap.json: Envoy's "
+                        "default tags off, cluster stats tagged cluster_name), for the dashboard and alert checks")
     p.add_argument("--zipkin", type=host_port, metavar="HOST:PORT",
                    help="trace with Envoy's Zipkin tracer (B3 headers), every request sampled, spans sent to "
                         "HOST:PORT, as an Istio sidecar with its default tracer")
@@ -225,6 +228,9 @@ def main():
         hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
     if args.no_remote_address:
         hcm["use_remote_address"] = False
+    if args.istio_stats_tags:
+        config["stats_config"] = {"use_all_default_tags": False, "stats_tags": [
+            {"tag_name": "cluster_name", "regex": "^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)"}]}
     if args.zipkin:
         add_cluster(config, "zipkin", args.zipkin)
         hcm["tracing"] = {

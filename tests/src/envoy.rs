@@ -102,6 +102,8 @@ pub struct EnvBuilder {
     http1_trailers: bool,
     /// Envoy's Zipkin tracer on the connection manager, every request sampled.
     zipkin: bool,
+    /// Istio's stats tags (cluster stats labelled `cluster_name`).
+    istio_stats_tags: bool,
 }
 
 impl Default for EnvBuilder {
@@ -130,6 +132,7 @@ impl Default for EnvBuilder {
             upstream_h2: false,
             http1_trailers: false,
             zipkin: false,
+            istio_stats_tags: false,
         }
     }
 }
@@ -291,6 +294,13 @@ impl EnvBuilder {
         self
     }
 
+    /// Tags stats as Istio's bootstrap does: Envoy's default tags off, cluster stats
+    /// labelled `cluster_name` in `/stats/prometheus` (not `envoy_cluster_name`).
+    pub fn istio_stats_tags(mut self) -> Self {
+        self.istio_stats_tags = true;
+        self
+    }
+
     /// Traces every request with Envoy's Zipkin tracer (B3), as an Istio sidecar does by
     /// default; its spans go to a closed port (nothing here reads them).
     pub fn zipkin_tracing(mut self) -> Self {
@@ -427,6 +437,9 @@ impl EnvBuilder {
         }
         if self.http1_trailers {
             cmd.arg("--http1-trailers");
+        }
+        if self.istio_stats_tags {
+            cmd.arg("--istio-stats-tags");
         }
         if self.zipkin {
             cmd.arg("--zipkin").arg(format!("127.0.0.1:{}", crate::closed_port()));
