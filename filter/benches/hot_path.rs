@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nebula_authz::config::Settings;
 use nebula_authz::host::header_map;
+use nebula_authz::policy::request::Route;
 use nebula_authz::policy::route::PublicPaths;
 use nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS;
 
@@ -126,6 +127,32 @@ fn main() {
         "plan: protected (callout)",
         measure(budget, || drop(black_box(settings.plan(black_box(&protected), || None)))),
     );
+    // The callout's trace headers (auth.trace_headers, on by default) against none: the
+    // request carries x-request-id, which the default sends.
+    let untraced = match Settings::from_json(
+        br#"{"auth": {"cluster": "auth", "authority": "auth:4300", "trace_headers": []}, "cache": {}}"#,
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("bench config: {e}"),
+    };
+    record(
+        "plan: protected, trace_headers: []",
+        measure(budget, || drop(black_box(untraced.plan(black_box(&protected), || None)))),
+    );
+    let traced = match Settings::from_json(br#"{"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {}}"#) {
+        Ok(s) => s,
+        Err(e) => panic!("bench config: {e}"),
+    };
+    let mut input = Vec::new();
+    for (name, s) in [
+        ("cache key input: callout (trace headers unkeyed)", &traced),
+        ("cache key input: trace_headers: []", &untraced),
+    ] {
+        let Route::Callout { headers } = s.plan(&protected, || None).route else { panic!("a callout") };
+        let callout: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+        let Some(cache) = s.cache.as_ref() else { panic!("cache on") };
+        record(name, measure(budget, || cache.key_input("auth", black_box(&callout), &mut input)));
+    }
     record("plan: public prefix", measure(budget, || drop(black_box(settings.plan(black_box(&public), || None)))));
     record("plan: public {prefix}", measure(budget, || drop(black_box(settings.plan(black_box(&prefixed), || None)))));
 

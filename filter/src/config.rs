@@ -13,6 +13,7 @@ use crate::access::AccessSettings;
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
 use crate::jwt::config::{JwtSettings, RawJwt};
+use crate::jwt::source::Source;
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Failure, Verdict};
 use crate::policy::ext_authz::Protocol;
@@ -184,6 +185,23 @@ impl TryFrom<RawConfig> for Settings {
         let jwt = raw.jwt.map(JwtSettings::try_from).transpose()?;
         if let Some(jwt) = &jwt {
             strip.extend(&jwt.injected);
+        }
+
+        // Trace headers leave the cache key: none may carry what the answer depends on,
+        // the verified peer's identity or a JWT the callout may pass on.
+        let principal = access.as_ref().and_then(|a| a.principal_header.as_deref());
+        let tokens = jwt.iter().flat_map(|j| j.sources.list.iter()).filter_map(|source| match source {
+            Source::Header { name, .. } => Some(name.as_str()),
+            _ => None,
+        });
+        if let Some(name) = principal.into_iter().chain(tokens).find(|n| auth.trace_headers.contains(n)) {
+            return Err(ConfigError::new(
+                "auth.trace_headers",
+                format!(
+                    "{name:?} carries an identity (principal_header or a jwt source): trace headers are left out of \
+                     the cache key, so they may not be headers the answer can depend on"
+                ),
+            ));
         }
 
         let mut cache = raw.cache.map(CacheSettings::parse).transpose()?;

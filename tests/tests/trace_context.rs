@@ -55,7 +55,9 @@ fn assert_propagated(env: &Env, what: &str, token: &str, n: u32) {
 fn forward_auth_callouts_carry_the_trace_context_and_share_the_cache() {
     let env = Env::start(
         r#"{"auth": {"cluster": "auth", "authority": "auth:4300", "trace_headers": ["x-secret-trace", "traceparent",
-            "tracestate", "x-b3-*", "b3", "x-request-id", "x-datadog-*", "sw8", "x-amzn-trace-id"]},
+            "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3",
+            "x-request-id", "x-datadog-trace-id", "x-datadog-parent-id", "x-datadog-sampling-priority",
+            "x-datadog-origin", "x-datadog-tags", "sw8", "x-amzn-trace-id"]},
             "strip_headers": ["x-nebula-*", "x-secret-trace"], "cache": {"default_ttl": 60}}"#,
     );
     assert_propagated(&env, "forward_auth", "allow:alice", 1);

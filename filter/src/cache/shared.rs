@@ -16,7 +16,8 @@ use crate::cache::control::{freshness, Freshness};
 use crate::error::ConfigError;
 use crate::policy::decision::Verdict;
 use crate::policy::ext_authz::AllowExtra;
-use crate::policy::headers::{Header, HeaderNames};
+use crate::policy::headers::Header;
+use crate::policy::trace::TraceHeaders;
 
 const DEFAULT_ENTRIES: u32 = 10_000;
 const MAX_ENTRIES: u32 = 1 << 20;
@@ -60,7 +61,7 @@ pub struct CacheSettings {
     /// Callout headers left out of the key (and so of coalescing): the trace headers
     /// (`auth.trace_headers`, policy/trace.rs), which differ on every request and never
     /// change the answer.
-    pub unkeyed: HeaderNames,
+    pub unkeyed: TraceHeaders,
     /// SHA-256 of the whole plugin configuration, part of every key: plugins sharing a
     /// VM, or a changed configuration, never read each other's decisions.
     pub fingerprint: [u8; 32],
@@ -103,7 +104,7 @@ impl CacheSettings {
             max_ttl,
             negative_ttl,
             stale_if_error,
-            unkeyed: HeaderNames::default(),
+            unkeyed: TraceHeaders::default(),
             fingerprint: [0; 32],
         })
     }

@@ -438,14 +438,33 @@ mod tests {
         }
     }
 
-    /// Listed in request_headers too: sent once.
+    /// A name the answer may depend on is refused as a trace header (it would leave the
+    /// cache key): a request header, the principal header, a JWT source.
     #[test]
-    fn a_trace_header_also_in_request_headers_goes_once() {
-        let s = settings(r#"{"auth": {"cluster": "auth", "request_headers": ["authorization", "x-request-id"]}}"#);
-        let request = h(&[(":path", b"/api/flows"), ("x-request-id", b"a"), ("x-request-id", b"b")]);
+    fn a_trace_header_the_answer_may_depend_on_is_refused() {
+        for json in [
+            r#"{"auth": {"cluster": "a", "request_headers": ["x-request-id"], "trace_headers": ["x-request-id"]}}"#,
+            r#"{"auth": {"cluster": "a", "trace_headers": ["x-peer"]}, "principals": ["spiffe://a/*"], "principal_header": "x-peer"}"#,
+            r#"{"auth": {"cluster": "a", "trace_headers": ["x-token"]}, "jwt": {"providers": [{"issuer": "i", "secret": "0123456789abcdef0123456789abcdef"}], "from_headers": [{"name": "x-token"}]}}"#,
+        ] {
+            let err = Settings::from_json(json.as_bytes()).unwrap_err();
+            assert!(
+                err.field.starts_with("auth.trace_headers") && err.message.contains("cache key"),
+                "{json}: {err:?}"
+            );
+        }
+        // The default leaves out what request_headers sends: it stays keyed, sent once.
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "x-request-id"]}, "cache": {}}"#,
+        );
+        assert!(!s.auth.trace_headers.contains("x-request-id") && s.auth.trace_headers.contains("traceparent"));
+        let request = h(&[(":path", b"/api/flows"), ("x-request-id", b"a"), ("traceparent", b"t")]);
         let plan = s.plan(&request, || None);
         let sent = callout(&plan);
-        assert_eq!(sent.iter().filter(|(n, _)| *n == "x-request-id").count(), 2, "request_headers' own rule: {sent:?}");
-        assert!(sent.contains(&("x-request-id", "a")) && sent.contains(&("x-request-id", "b")));
+        assert_eq!(sent.iter().filter(|(n, _)| *n == "x-request-id").count(), 1, "{sent:?}");
+        let cache = s.cache.as_ref().unwrap();
+        let other = h(&[(":path", b"/api/flows"), ("x-request-id", b"b"), ("traceparent", b"t2")]);
+        let plan_other = s.plan(&other, || None);
+        assert_ne!(cache.key("a", &sent), cache.key("a", &callout(&plan_other)), "x-request-id is keyed here");
     }
 }
