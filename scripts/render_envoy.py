@@ -205,6 +205,12 @@ def main():
     p.add_argument("--http1-trailers", action="store_true",
                    help="HTTP/1.1 trailers: accepted from clients (the connection manager's enable_trailers) "
                         "and sent to an HTTP/1.1 upstream (the cluster's)")
+    p.add_argument("--istio-stats-tags", action="store_true",
+                   help="tag stats as Istio's bootstrap does (tools/packaging/common/envoy_bootstrap.json: Envoy's "
+                        "default tags off, cluster stats tagged cluster_name), for the dashboard and alert checks")
+    p.add_argument("--zipkin", type=host_port, metavar="HOST:PORT",
+                   help="trace with Envoy's Zipkin tracer (B3 headers), every request sampled, spans sent to "
+                        "HOST:PORT, as an Istio sidecar with its default tracer")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
                    help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
@@ -222,6 +228,18 @@ def main():
         hcm["xff_num_trusted_hops"] = args.xff_trusted_hops
     if args.no_remote_address:
         hcm["use_remote_address"] = False
+    if args.istio_stats_tags:
+        config["stats_config"] = {"use_all_default_tags": False, "stats_tags": [
+            {"tag_name": "cluster_name", "regex": "^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)"}]}
+    if args.zipkin:
+        add_cluster(config, "zipkin", args.zipkin)
+        hcm["tracing"] = {
+            "random_sampling": {"value": 100},
+            "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON"}},
+        }
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use nebula_authz::access::{Facts, Gate, Peer};
 use nebula_authz::flow::header_map;
 use nebula_authz::plugin_config::Settings;
+use nebula_authz::policy::request::Route;
 use nebula_authz::policy::route::DEFAULT_PUBLIC_PATHS;
 use nebula_authz::policy::route::{PathMatch, PublicPaths};
 
@@ -182,6 +183,29 @@ fn main() {
     let public = request("/api/health");
     let prefixed = request("/api/accounts/a1/workspaces/w1/events/out");
     bench.case("plan: protected (callout)", || plan_once(&settings, black_box(&protected)));
+    // The callout's trace headers (auth.trace_headers, on by default) against none: the
+    // request carries x-request-id, which the default sends.
+    let untraced = match Settings::from_json(
+        br#"{"auth": {"cluster": "auth", "authority": "auth:4300", "trace_headers": []}, "cache": {}}"#,
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("bench config: {e}"),
+    };
+    bench.case("plan: protected, trace_headers: []", || plan_once(&untraced, black_box(&protected)));
+    let traced = match Settings::from_json(br#"{"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {}}"#) {
+        Ok(s) => s,
+        Err(e) => panic!("bench config: {e}"),
+    };
+    let mut input = Vec::new();
+    for (name, s) in [
+        ("cache key input: callout (trace headers unkeyed)", &traced),
+        ("cache key input: trace_headers: []", &untraced),
+    ] {
+        let Route::Callout { headers } = s.plan(&protected, || None).route else { panic!("a callout") };
+        let callout: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+        let Some(cache) = s.cache.as_ref() else { panic!("cache on") };
+        bench.case(name, || cache.key_input("auth", black_box(&callout), &mut input));
+    }
     bench.case("plan: public prefix", || plan_once(&settings, black_box(&public)));
     bench.case("plan: public {prefix}", || plan_once(&settings, black_box(&prefixed)));
 

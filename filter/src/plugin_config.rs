@@ -13,6 +13,7 @@ use crate::access::AccessSettings;
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
 use crate::jwt::jwt_config::{JwtSettings, RawJwt};
+use crate::jwt::source::Source;
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Failure, Verdict};
 use crate::policy::ext_authz::Protocol;
@@ -186,7 +187,27 @@ impl TryFrom<RawConfig> for Settings {
             strip.extend(&jwt.injected);
         }
 
-        let cache = raw.cache.map(CacheSettings::parse).transpose()?;
+        // Trace headers leave the cache key: none may carry what the answer depends on,
+        // the verified peer's identity or a JWT the callout may pass on.
+        let principal = access.as_ref().and_then(|a| a.principal_header.as_deref());
+        let tokens = jwt.iter().flat_map(|j| j.sources.list.iter()).filter_map(|source| match source {
+            Source::Header { name, .. } => Some(name.as_str()),
+            _ => None,
+        });
+        if let Some(name) = principal.into_iter().chain(tokens).find(|n| auth.trace_headers.contains(n)) {
+            return Err(ConfigError::new(
+                "auth.trace_headers",
+                format!(
+                    "{name:?} carries an identity (principal_header or a jwt source): trace headers are left out of \
+                     the cache key, so they may not be headers the answer can depend on"
+                ),
+            ));
+        }
+
+        let mut cache = raw.cache.map(CacheSettings::parse).transpose()?;
+        if let Some(cache) = &mut cache {
+            cache.unkeyed = auth.trace_headers.clone();
+        }
 
         Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
     }
@@ -338,7 +359,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a", "timout_ms": 5}}"#,
-                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `preserve_request_method`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`",
+                "invalid plugin configuration: auth.timout_ms: unknown field `timout_ms`, expected one of `cluster`, `host`, `port`, `authority`, `path`, `timeout_ms`, `retry_on_reset`, `request_headers`, `upstream_headers`, `client_headers`, `allow_statuses`, `max_response_bytes`, `forward_auth`, `trust_forward_header`, `preserve_request_method`, `upstream_headers_regex`, `add_auth_cookies_to_response`, `forward_body`, `max_body_size`, `protocol`, `path_prefix`, `path_override`, `headers_to_add`, `upstream_headers_to_append`, `client_headers_on_success`, `with_request_body`, `trace_headers`",
             ),
             (
                 r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "X-Forwarded-Prefix"]}}"#,

@@ -100,6 +100,10 @@ pub struct EnvBuilder {
     upstream_h2: bool,
     /// HTTP/1.1 trailers enabled on the connection manager and the upstream cluster.
     http1_trailers: bool,
+    /// Envoy's Zipkin tracer on the connection manager, every request sampled.
+    zipkin: bool,
+    /// Istio's stats tags (cluster stats labelled `cluster_name`).
+    istio_stats_tags: bool,
 }
 
 impl Default for EnvBuilder {
@@ -127,6 +131,8 @@ impl Default for EnvBuilder {
             without_body_stop_iteration: false,
             upstream_h2: false,
             http1_trailers: false,
+            zipkin: false,
+            istio_stats_tags: false,
         }
     }
 }
@@ -288,6 +294,20 @@ impl EnvBuilder {
         self
     }
 
+    /// Tags stats as Istio's bootstrap does: Envoy's default tags off, cluster stats
+    /// labelled `cluster_name` in `/stats/prometheus` (not `envoy_cluster_name`).
+    pub fn istio_stats_tags(mut self) -> Self {
+        self.istio_stats_tags = true;
+        self
+    }
+
+    /// Traces every request with Envoy's Zipkin tracer (B3), as an Istio sidecar does by
+    /// default; its spans go to a closed port (nothing here reads them).
+    pub fn zipkin_tracing(mut self) -> Self {
+        self.zipkin = true;
+        self
+    }
+
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
         self
@@ -417,6 +437,12 @@ impl EnvBuilder {
         }
         if self.http1_trailers {
             cmd.arg("--http1-trailers");
+        }
+        if self.istio_stats_tags {
+            cmd.arg("--istio-stats-tags");
+        }
+        if self.zipkin {
+            cmd.arg("--zipkin").arg(format!("127.0.0.1:{}", crate::closed_port()));
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", tools.python.display()));
         assert!(

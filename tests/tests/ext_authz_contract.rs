@@ -229,3 +229,43 @@ fn ext_authz_with_the_fewest_provider_fields() {
     let resp = env.send(&RawRequest::get("/api/flows").bearer("status:503"));
     assert_eq!((resp.status, resp.body.len()), (403, 0), "{resp:?}");
 }
+
+/// With Envoy's tracer on (Zipkin, as an Istio sidecar's default), ext_authz's HTTP
+/// client sends the context of a child span of the request's span, in the tracer's own
+/// format only (B3 for Zipkin: no `traceparent`, no `x-request-id`), whether the client
+/// started the trace or Envoy did. Without a tracer it sends none (the tests above).
+#[test]
+fn ext_authz_under_a_tracer_sends_a_child_span() {
+    let (mesh, policy): (PathBuf, PathBuf) = (repo_root().join(MINIMAL), repo_root().join(POLICY));
+    let env = Env::builder()
+        .ext_authz(&mesh, &policy)
+        .auth_cluster_name(ISTIO_CLUSTER)
+        .istio_sidecar()
+        .zipkin_tracing()
+        .start();
+    let resp = env.send(
+        &RawRequest::get("/api/flows")
+            .bearer("allow:alice")
+            .header("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")
+            .header("x-b3-spanid", "a2fb4a1d1a96d312")
+            .header("x-b3-sampled", "1")
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header("x-request-id", "from-client"),
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let call = env.auth.last();
+    assert_eq!(call.header("x-b3-traceid").as_deref(), Some("463ac35c9f6413ad48485a3953bb6124"), "the client's trace");
+    assert_eq!(call.header("x-b3-parentspanid").as_deref(), Some("a2fb4a1d1a96d312"), "child of the client's span");
+    let span = call.header("x-b3-spanid").unwrap_or_default();
+    assert!(span.len() == 16 && span != "a2fb4a1d1a96d312", "a span of its own: {:?}", call.headers);
+    assert_eq!(call.header("x-b3-sampled").as_deref(), Some("1"));
+    assert!(call.header("traceparent").is_none() && call.header("x-request-id").is_none(), "{:?}", call.headers);
+
+    // Envoy starts the trace: the child span of Envoy's own span.
+    let resp = env.send(&RawRequest::get("/api/flows").bearer("allow:alice"));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let (call, up) = (env.auth.last(), env.upstream.last());
+    assert_eq!(call.header("x-b3-traceid"), up.header("x-b3-traceid"), "the request's trace: {:?}", call.headers);
+    assert_eq!(call.header("x-b3-parentspanid"), up.header("x-b3-spanid"), "{:?} / {:?}", call.headers, up.headers);
+    assert!(call.header("x-request-id").is_none(), "{:?}", call.headers);
+}

@@ -12,6 +12,7 @@ use crate::policy::ext_authz::{self, ExtAuthzSettings, Protocol};
 use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
 use crate::policy::request_body::{self, RawRequestBody, RequestBodySettings};
+use crate::policy::trace::{self, TraceHeaders};
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
 pub const IDENTITY_HEADERS: [&str; 4] =
@@ -54,6 +55,7 @@ pub(crate) struct RawAuth {
     upstream_headers_to_append: Option<Vec<String>>,
     client_headers_on_success: Option<Vec<String>>,
     with_request_body: Option<RawRequestBody>,
+    trace_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub struct AuthSettings {
     /// The client's body in the callout: ext_authz `with_request_body`, or forwardAuth
     /// `forward_body` + `max_body_size` (policy/request_body.rs).
     pub with_request_body: Option<RequestBodySettings>,
+    /// The request's trace headers every callout carries (policy/trace.rs).
+    pub trace_headers: TraceHeaders,
 }
 
 impl TryFrom<RawAuth> for AuthSettings {
@@ -223,13 +227,17 @@ impl TryFrom<RawAuth> for AuthSettings {
             &raw.add_auth_cookies_to_response.unwrap_or_default(),
         )?;
 
+        let request_headers = HeaderNames::parse("auth.request_headers", &request_headers, true)?;
+        let added: Vec<&str> = ext_settings.headers_to_add.iter().map(|(n, _)| n.as_str()).collect();
+        let trace_headers = trace::compile(raw.trace_headers, &request_headers, &added)?;
+
         Ok(AuthSettings {
             cluster,
             authority,
             path,
             timeout: Duration::from_millis(timeout_ms),
             retry_on_reset: raw.retry_on_reset.unwrap_or(true),
-            request_headers: HeaderNames::parse("auth.request_headers", &request_headers, true)?,
+            request_headers,
             upstream_headers: HeaderNames::parse_injectable("auth.upstream_headers", &upstream_headers)?,
             client_headers: HeaderNames::parse_injectable("auth.client_headers", &client_headers)?,
             allow_statuses,
@@ -248,6 +256,7 @@ impl TryFrom<RawAuth> for AuthSettings {
                 Some(body) => Some(RequestBodySettings::try_from(body)?),
                 None => request_body::forward_body(raw.forward_body, raw.max_body_size)?,
             },
+            trace_headers,
         })
     }
 }

@@ -126,29 +126,13 @@ pub fn callout<'h, H: Header>(
             if headers[..i].iter().any(same) {
                 continue; // Joined into its first line below.
             }
-            out.push((name, joined(&headers[i..], name)?));
+            out.push((name, headers::joined(&headers[i..], name)?));
         }
     }
     out.extend(to_add);
     // As ext_authz without a body; policy/request_body.rs replaces it when one is sent.
     out.push(("content-length", "0".into()));
     Some(out)
-}
-
-/// Every value of `name` in `headers` (the first of them first) as one line, as ext_authz
-/// sends a repeated header: the values joined with `,` in their order (RFC 9110 §5.3),
-/// `cookie` too (Envoy's check request keeps one value per name, recorded in
-/// tests/tests/ext_authz_headers.rs). `None` if a value is not text.
-fn joined<'h, H: Header>(headers: &'h [H], name: &str) -> Option<Cow<'h, str>> {
-    let mut values = headers.iter().filter(|h| h.name().eq_ignore_ascii_case(name)).map(|h| headers::text(h.value()));
-    let first = values.next().flatten()?;
-    let mut line: Cow<'h, str> = first.into();
-    for value in values {
-        let line = line.to_mut();
-        line.push(',');
-        line.push_str(value?);
-    }
-    Some(line)
 }
 
 /// What an allow does besides setting `upstream_headers` (ext_authz only; `None` in

@@ -2,6 +2,8 @@
 //! upstream or passed to the client. Names are compared lower-cased, as Envoy
 //! stores them; values stay raw bytes until they must become text.
 
+use std::borrow::Cow;
+
 use crate::error::ConfigError;
 
 /// Headers a filter must never copy: Envoy owns framing and connection handling.
@@ -192,6 +194,22 @@ pub fn select<'h, H: Header>(headers: &'h [H], set: &HeaderNames) -> Vec<(&'h st
         .filter(|h| !h.name().starts_with(':') && set.contains(h.name()))
         .map(|h| (h.name(), h.value()))
         .collect()
+}
+
+/// Every value of `name` in `headers` (the first of them first) as one line, as ext_authz
+/// sends a repeated header: the values joined with `,` in their order (RFC 9110 §5.3),
+/// `cookie` too (Envoy's check request keeps one value per name, recorded in
+/// tests/tests/ext_authz_headers.rs). `None` if a value is not text.
+pub fn joined<'h, H: Header>(headers: &'h [H], name: &str) -> Option<Cow<'h, str>> {
+    let mut values = headers.iter().filter(|h| h.name().eq_ignore_ascii_case(name)).map(|h| text(h.value()));
+    let first = values.next().flatten()?;
+    let mut line: Cow<'h, str> = first.into();
+    for value in values {
+        let line = line.to_mut();
+        line.push(',');
+        line.push_str(value?);
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! ([`envoy_reply`]: what is worth retrying). [`headers`] are the header-name sets and
 //! lookups everything shares; [`forward`] is Traefik's forwardAuth contract
 //! (X-Forwarded-*, cookies), [`ext_authz`] Envoy ext_authz's (the client's method and
-//! path, headers on allow; [`request_body`]: the body in its callout); [`request_line`] is how a request is named in a log line.
+//! path, headers on allow; [`request_body`]: the body in its callout); [`request_line`] is how a request is named in a log line; [`trace`] the
+//! trace context every callout carries.
 //! Nothing here knows about the cache, JWT or the host.
 
 pub mod auth;
@@ -19,3 +20,4 @@ pub mod request_body;
 pub mod request_line;
 pub mod route;
 pub mod substitution;
+pub mod trace;

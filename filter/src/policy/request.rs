@@ -8,6 +8,7 @@ use crate::policy::forward::{self, CalloutHeader, HeaderRegex};
 use crate::policy::headers::{self, Header, HeaderNames};
 use crate::policy::route::{PathMatch, PublicPaths};
 use crate::policy::substitution::RequestInfo;
+use crate::policy::trace;
 
 /// The plan for one request's headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,6 +120,10 @@ pub fn callout<'h, H: Header>(
                 if !out.iter().any(|(n, _)| *n == ":authority") {
                     out.insert(2, (":authority", auth.authority.as_str().into()));
                 }
+                let stripped = |n: &str| {
+                    strip.contains(n) || auth.upstream_headers_regex.as_ref().is_some_and(|r| regex_strips(r, n))
+                };
+                trace::append(&auth.trace_headers, headers, stripped, &mut out);
                 Ok(out)
             }
             None => Err(Failure::RequestHeaderNotText),
@@ -162,6 +167,7 @@ pub fn callout<'h, H: Header>(
             Err(_) => return Err(Failure::RequestHeaderNotText),
         }
     }
+    trace::append(&auth.trace_headers, headers, |n| strip.contains(n) || skip(n), &mut out);
     Ok(out)
 }
 
@@ -378,5 +384,99 @@ mod tests {
         let headers = h(&[(":path", b"/api/flows"), ("x-custom", b"\xe9")]);
         let plan = s.plan(&headers, || None);
         assert!(matches!(plan.route, Route::Callout { .. }));
+    }
+
+    /// Every trace format reaches the auth service in both protocols, a stripped one
+    /// never, a trace value that is not text does not fail the request, and the public
+    /// path sends nothing; `[]` turns it off.
+    #[test]
+    fn trace_headers_go_on_every_callout_of_both_protocols() {
+        let trace: &[(&str, &[u8])] = &[
+            ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("tracestate", b"vendor=1"),
+            ("x-b3-traceid", b"463ac35c9f6413ad"),
+            ("x-b3-spanid", b"a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", b"0020000000000001"),
+            ("x-b3-sampled", b"1"),
+            ("x-b3-flags", b"1"),
+            ("b3", b"463ac35c9f6413ad-a2fb4a1d1a96d312-1"),
+            ("x-request-id", b"rid-1"),
+            ("x-datadog-trace-id", b"123"),
+            ("x-datadog-parent-id", b"456"),
+            ("x-datadog-sampling-priority", b"1"),
+            ("x-datadog-origin", b"rum"),
+            ("x-datadog-tags", b"_dd.p.dm=-4"),
+            ("sw8", b"1-MQ==-NQ==-1-bWVzaA==-aW5zdGFuY2U=-L2FwaQ==-YXV0aA=="),
+            ("x-amzn-trace-id", b"Root=1-5759e988-bd862e3fe1be46a994272793"),
+        ];
+        for protocol in ["forward_auth", "ext_authz"] {
+            let s = settings(&format!(
+                r#"{{"auth": {{"cluster": "auth", "protocol": "{protocol}"}}, "strip_headers": ["x-nebula-*", "x-b3-flags"]}}"#
+            ));
+            let mut request = h(&[(":method", b"GET"), (":path", b"/api/flows"), ("authorization", b"Bearer t")]);
+            request.extend(h(trace));
+            request.extend(h(&[("uber-trace-id", b"not-listed"), ("x-b3-sampled", b"0")]));
+            let plan = s.plan(&request, || Some("10.0.0.7:1".into()));
+            let sent = callout(&plan);
+            for (name, value) in trace {
+                let value = std::str::from_utf8(value).unwrap();
+                let want = match *name {
+                    "x-b3-flags" => None, // stripped
+                    "x-b3-sampled" => Some("1,0".to_string()),
+                    _ => Some(value.to_string()),
+                };
+                let got: Vec<_> = sent.iter().filter(|(n, _)| n == name).map(|(_, v)| v.to_string()).collect();
+                assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{protocol}: {name}: {sent:?}");
+            }
+            assert!(!sent.iter().any(|(n, _)| *n == "uber-trace-id"), "{protocol}: {sent:?}");
+            assert!(sent.contains(&("authorization", "Bearer t")), "{protocol}: {sent:?}");
+
+            // Not text: left out, the request still checked.
+            let odd = h(&[(":path", b"/api/flows"), ("authorization", b"Bearer t"), ("traceparent", b"\xff")]);
+            let plan = s.plan(&odd, || None);
+            assert!(!callout(&plan).iter().any(|(n, _)| *n == "traceparent"), "{protocol}");
+
+            // A public path: no callout at all.
+            let mut public = h(&[(":path", b"/api/health")]);
+            public.extend(h(trace));
+            assert!(matches!(s.plan(&public, || None).route, Route::Public { .. }));
+
+            let off = settings(&format!(
+                r#"{{"auth": {{"cluster": "auth", "protocol": "{protocol}", "trace_headers": []}}}}"#
+            ));
+            let plan = off.plan(&request, || Some("10.0.0.7:1".into()));
+            let sent = callout(&plan);
+            assert!(!sent.iter().any(|(n, _)| trace.iter().any(|(t, _)| t == n)), "{protocol} off: {sent:?}");
+        }
+    }
+
+    /// A name the answer may depend on is refused as a trace header (it would leave the
+    /// cache key): a request header, the principal header, a JWT source.
+    #[test]
+    fn a_trace_header_the_answer_may_depend_on_is_refused() {
+        for json in [
+            r#"{"auth": {"cluster": "a", "request_headers": ["x-request-id"], "trace_headers": ["x-request-id"]}}"#,
+            r#"{"auth": {"cluster": "a", "trace_headers": ["x-peer"]}, "principals": ["spiffe://a/*"], "principal_header": "x-peer"}"#,
+            r#"{"auth": {"cluster": "a", "trace_headers": ["x-token"]}, "jwt": {"providers": [{"issuer": "i", "secret": "0123456789abcdef0123456789abcdef"}], "from_headers": [{"name": "x-token"}]}}"#,
+        ] {
+            let err = Settings::from_json(json.as_bytes()).unwrap_err();
+            assert!(
+                err.field.starts_with("auth.trace_headers") && err.message.contains("cache key"),
+                "{json}: {err:?}"
+            );
+        }
+        // The default leaves out what request_headers sends: it stays keyed, sent once.
+        let s = settings(
+            r#"{"auth": {"cluster": "a", "request_headers": ["authorization", "x-request-id"]}, "cache": {}}"#,
+        );
+        assert!(!s.auth.trace_headers.contains("x-request-id") && s.auth.trace_headers.contains("traceparent"));
+        let request = h(&[(":path", b"/api/flows"), ("x-request-id", b"a"), ("traceparent", b"t")]);
+        let plan = s.plan(&request, || None);
+        let sent = callout(&plan);
+        assert_eq!(sent.iter().filter(|(n, _)| *n == "x-request-id").count(), 1, "{sent:?}");
+        let cache = s.cache.as_ref().unwrap();
+        let other = h(&[(":path", b"/api/flows"), ("x-request-id", b"b"), ("traceparent", b"t2")]);
+        let plan_other = s.plan(&other, || None);
+        assert_ne!(cache.key("a", &sent), cache.key("a", &callout(&plan_other)), "x-request-id is keyed here");
     }
 }
