@@ -19,6 +19,8 @@ single-threaded process):
                   callout: ext_authz's contract, the like-for-like comparison)
   filter-callout-noretry  filter-callout with retry_on_reset: false (no Envoy retry asked
                   for: what the default's reliability costs; callgrind only)
+  filter-policy   Envoy + nebula-authz with the configuration `make convert` emits for the
+                  policy-mode fixture (auth.protocol "ext_authz"): one callout per request
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
   filter-cached   Envoy + nebula-authz with the decision cache on: every measured
@@ -37,7 +39,12 @@ window divided by the requests wrk completed. Every run is checked: the auth ser
 must have seen one request per client request exactly where a callout is expected, none
 elsewhere, and the statuses must be the expected ones.
 
+Before the load, the footprint table: each sidecar alone (Envoy, noop-wasm, nebula-authz
+minimal, policy mode, cache+JWT+source_ranges) with 2 and 4 workers, all CPUs: spawn to
+the first answered request, RSS over Envoy alone, MiB per further worker.
+
   bench/run.py                  full run (table + bench/results/latest.json)
+  bench/run.py --footprint      only the footprint table
   bench/run.py --quick          ~30 s
   bench/run.py --smoke          start every scenario, a few requests each, no timing
   bench/run.py --markdown FILE  the docs/performance.md tables from a results file
@@ -722,6 +729,8 @@ class Bench:
 
     def footprint_config(self, row):
         py = self.args.python
+        if "@" in row:  # --variant LABEL=WASM: the minimal config on another build
+            return render_envoy(py, self.args.variants[f"envoy-{row.partition('@')[2]}"], self.ports)
         if row == "envoy":
             return without_wasm(render_envoy(py, self.args.wasm, self.ports))
         if row == "noop-wasm":
@@ -874,6 +883,8 @@ def footprint_report(bench, rounds):
     lo, hi = FOOTPRINT_WORKERS
     base = med[("envoy", lo)][1]
     modules = {"envoy": None, "noop-wasm": bench.args.noop_wasm}
+    modules.update({f"filter-minimal@{label.removeprefix('envoy-')}": path
+                    for label, path in bench.args.variants.items()})
     summary = {}
     for row in FOOTPRINT:
         wasm = modules.get(row, bench.args.wasm)
@@ -891,7 +902,7 @@ def footprint_report(bench, rounds):
 def footprint_targets(rows):
     noop = rows["noop-wasm"]
     out = []
-    for row in ("filter-minimal", "filter-policy", "filter-full"):
+    for row in (r for r in rows if r.startswith("filter-")):
         r = rows[row]
         for what, key, bound, unit in [
                 ("RSS over Envoy alone", "rss_over_envoy_mib", FOOTPRINT_BOUNDS["rss"], "MiB"),
@@ -1172,6 +1183,7 @@ def main():
         variants[f"envoy-{label}"] = Path(path)
         SCENARIOS[f"filter-callout@{label}"] = (f"envoy-{label}",) + SCENARIOS["filter-callout"][1:]
         args.scenarios += f",filter-callout@{label}"
+        FOOTPRINT[f"filter-minimal@{label}"] = f"nebula-authz, minimal config, build `{label}`"
     args.variants = variants
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
