@@ -65,6 +65,7 @@ import time
 from pathlib import Path
 
 import yaml
+from html import escape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -914,6 +915,50 @@ def footprint_targets(rows):
     return out
 
 
+def svg_bars(title, unit, rows, y, width=760):
+    """One horizontal bar panel of the chart: (label, value) rows; returns (svg, height)."""
+    label_w, bar_w, row_h = 300, 360, 18
+    top = max((v for _, v in rows), default=0) or 1
+    out = [f'<text x="10" y="{y + 16}" font-weight="bold">{escape(title)}</text>']
+    for i, (label, value) in enumerate(rows):
+        ry = y + 26 + i * row_h
+        w = max(value, 0) / top * bar_w
+        out.append(f'<text x="{label_w - 6}" y="{ry + 13}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<rect class="bar" x="{label_w}" y="{ry + 2}" width="{w:.1f}" height="{row_h - 4}" fill="#4878a8"/>')
+        out.append(f'<text x="{label_w + w + 4:.1f}" y="{ry + 13}">{value:,.1f} {escape(unit)}</text>')
+    return "\n".join(out), 26 + len(rows) * row_h + 14
+
+
+def write_chart(path, summary, footprint):
+    """bench/results/latest.svg: CPU per request of each scenario (the load run, when there
+    is one), and each sidecar's RSS over Envoy alone and start-up (the footprint), from
+    the same run as the tables. Plain SVG written here: no plotting library needed."""
+    panels, y = [], 10
+    if summary:
+        rows = [(s, summary[s]["cpu_us_per_req"]) for s in SCENARIOS if summary.get(s, {}).get("cpu_us_per_req")]
+        svg, h = svg_bars("CPU per request (µs, proxy process, median)", "µs", rows, y)
+        panels.append(svg)
+        y += h
+    names = list(footprint["rows"])
+    for title, key, unit in [("RSS over Envoy alone, 2 workers (MiB)", "rss_over_envoy_mib", "MiB"),
+                             ("Start-up: spawn to first answered request (ms)", "startup_ms", "ms")]:
+        svg, h = svg_bars(title, unit, [(n, footprint["rows"][n][key]) for n in names], y)
+        panels.append(svg)
+        y += h
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{y}" '
+                    f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+                    + "\n".join(panels) + "\n</svg>\n")
+    return path
+
+
+def chart_bars(path):
+    """The number of bars in a chart written by write_chart (the smoke run's check)."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    return sum(1 for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "bar")
+
+
 def footprint_table(fp):
     lo, hi = fp["workers"]
     lines = [f"| Envoy with ({lo} workers, median of {fp['rounds']}) | module | start-up ms | RSS MiB | "
@@ -1239,6 +1284,11 @@ def main():
                 print(f"{'ok  ' if made else 'FAIL'} footprint table: {len(fp['rows'])} rows, "
                       f"{len(fp['targets'])} targets")
                 checks, failures = checks + 1, failures + ([] if made else ["footprint"])
+                # The chart make bench writes, from this run's footprint (no load run here).
+                bars = chart_bars(write_chart(Path(tmp) / "bench.svg", None, fp))
+                charted = bars == 2 * len(FOOTPRINT)
+                print(f"{'ok  ' if charted else 'FAIL'} chart: {bars} bars, expected {2 * len(FOOTPRINT)}")
+                checks, failures = checks + 1, failures + ([] if charted else ["chart"])
                 print(f"{checks - len(failures)} passed, {len(failures)} failed")
                 return 1 if failures else 0
             _, failures = bench.smoke(scenarios, n=1)
@@ -1277,7 +1327,9 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))
-    print(f"\n(written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out})")
+    chart = write_chart(args.out.with_suffix(".svg"), summary, footprint)
+    print(f"\n(written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}; "
+          f"chart {chart.relative_to(ROOT) if chart.is_relative_to(ROOT) else chart})")
     unchecked = [s for s, row in summary.items() if not row["checked"]]
     if unchecked:
         log(f"scenarios that did not behave as expected under load: {unchecked}")
