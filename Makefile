@@ -48,7 +48,7 @@ help:
 	@echo "make prefect-e2e  the real Prefect $(PREFECT_VERSION) server and client through Envoy + filter (tests/prefect/)"
 	@echo "make convert MESHCONFIG=mesh.yaml POLICY=policy.yaml [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
-	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik (QUICK=1: ~30 s)"
+	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik; footprint (QUICK=1: ~1 min)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
 	@echo "make bench-profile    per scenario: host calls, wasm code, V8 boundary, Envoy ABI (REQUESTS=300)"
 	@echo "make soak         mixed traffic through auth faults, cache off and on (SOAK_SECONDS=240; smoke: 30 s in make test)"
@@ -250,7 +250,8 @@ bench-profile: bench-build envoy
 	cargo build --release --target $(TARGET) -p probe-wasm
 	$(VENV_PY) bench/profile.py --requests $(or $(REQUESTS),300) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
-# In `make test`: every scenario's proxy starts and answers as it should (no timing).
+# In `make test`: every scenario's proxy starts and answers as it should (no timing), and
+# the footprint table is made once (its bounds are not asserted).
 bench-smoke: build envoy
 	$(call build-noop,-q)
 	cargo build -q -p nebula-authz-tests --bin bench-backend --example bench-jwt

