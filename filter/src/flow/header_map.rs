@@ -45,20 +45,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    /// The host's encoding (proxy-wasm ABI), written independently of the parser.
+    /// The host's encoding (proxy-wasm ABI), written independently of the parser: the
+    /// mock host's.
     fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend((name.len() as u32).to_le_bytes());
-            out.extend((value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend(name.as_bytes());
-            out.push(0);
-            out.extend(*value);
-            out.push(0);
-        }
-        out
+        let owned: Vec<(String, Vec<u8>)> = pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        crate::flow::mock_host::serialize(&owned)
     }
 
     #[test]
