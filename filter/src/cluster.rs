@@ -6,7 +6,7 @@ use crate::error::ConfigError;
 /// A service the filter calls, named by `<at>.cluster` as given, or Istio's way by
 /// `<at>.host`/`<at>.port` (`outbound|<port>||<fqdn>`); the authority defaults to
 /// `host:port` or the cluster name. Shared by `auth` (policy/auth.rs) and the JWT
-/// `remote_jwks` (jwt/config.rs).
+/// `remote_jwks` (jwt/jwt_config.rs).
 pub(crate) fn cluster_and_authority(
     at: &str,
     what: &str,

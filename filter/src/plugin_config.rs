@@ -2,7 +2,7 @@
 //! validated and compiled once into [`Settings`], which every request shares.
 //!
 //! Each feature owns its block's serde shape and compile step (`auth`: policy/auth.rs,
-//! `public_paths`: policy/route.rs, `jwt`: jwt/config.rs, `cache`: cache/shared.rs);
+//! `public_paths`: policy/route.rs, `jwt`: jwt/jwt_config.rs, `cache`: cache/shared.rs);
 //! this module only composes them, so it imports the features and none imports it.
 //! Defaults are Prefect's proxy mode (docs/configuration.md), so `{"auth": {"cluster": "auth"}}` is a full config.
 
@@ -32,15 +32,15 @@ const DEFAULT_STATUS_ON_ERROR: u32 = 403;
 struct RawConfig {
     auth: RawAuth,
     strip_headers: Option<Vec<String>>,
-    /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/config.rs).
+    /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/access_config.rs).
     public_paths: Option<Vec<RawPublicPath>>,
     frontend_prefix: Option<String>,
     status_on_error: Option<u32>,
-    /// Local JWT verification (jwt/config.rs).
+    /// Local JWT verification (jwt/jwt_config.rs).
     jwt: Option<RawJwt>,
     /// The shared decision cache; absent = off.
     cache: Option<RawCache>,
-    /// Access rules (access/config.rs).
+    /// Access rules (access/access_config.rs).
     source_ranges: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     principals: Option<Vec<String>>,

@@ -158,7 +158,7 @@ mod floor {
         }
     }
 
-    /// One map read in place (as the filter's host/header_map.rs does).
+    /// One map read in place (as the filter's flow/header_map.rs does).
     fn header_map(map: MapType) -> Vec<u8> {
         #[link(wasm_import_module = "env")]
         extern "C" {

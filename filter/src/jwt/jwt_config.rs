@@ -64,7 +64,7 @@ struct RawProvider {
     pem: Option<Value>,
     remote_jwks: Option<RawRemoteJwks>,
     /// OIDC discovery: `remote_jwks` whose JWKS path comes from the issuer's
-    /// openid-configuration (jwt/discovery.rs); `path` is that document's.
+    /// openid-configuration (jwt/oidc_discovery.rs); `path` is that document's.
     discovery: Option<RawRemoteJwks>,
     secret: Option<String>,
     leeway_s: Option<u64>,
