@@ -1,27 +1,41 @@
 #!/usr/bin/env python3
-"""Convert Istio policy mode (ext_authz provider + AuthorizationPolicy CUSTOM) to a WasmPlugin.
+"""Convert Istio policy mode (ext_authz providers + AuthorizationPolicies CUSTOM) to a WasmPlugin.
 
-Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [--url oci://...] [--config-only]
+Usage: convert_policy.py MESHCONFIG.yaml POLICY.yaml [POLICY.yaml ...] [--jwt JWT.json]
+       [--url oci://...] [--config-only]
 
 MESHCONFIG is the mesh config holding `extensionProviders`: the `istio` ConfigMap
 (data.mesh), an IstioOperator (spec.meshConfig), istiod Helm values (meshConfig) or a
-bare MeshConfig. POLICY is the AuthorizationPolicy with `action: CUSTOM`; its
-`provider.name` picks the extension provider. Either file may hold several YAML
-documents or a `kubectl get -o yaml` List: the mesh config is the one with
-`extensionProviders`, the policy the one CUSTOM AuthorizationPolicy (several are refused). Prints the WasmPlugin (istio/wasmplugin.yaml
-with the converted pluginConfig, namespace and selector), or with --config-only the
-plugin JSON. Notes on behaviour differences go to stderr.
+bare MeshConfig. Each POLICY file holds AuthorizationPolicies (several YAML documents or
+a `kubectl get -o yaml` List); every one with `action: CUSTOM` is converted, and they
+must share one namespace and one selector (or targetRef): one WasmPlugin applies to one
+set of workloads, so policies for different workloads are refused, naming them; convert
+each set on its own. ALLOW/DENY/AUDIT policies stay with Istio's RBAC (a note says so).
+Prints the WasmPlugin (istio/wasmplugin.yaml with the converted pluginConfig, namespace
+and selector), or with --config-only the plugin JSON. Notes go to stderr.
+
+Two output shapes:
+- One policy whose one rule is only `to.operation.notPaths` (with `paths` unset, `*` or
+  `/*`), the shape policy mode always had: the provider becomes the filter's `auth` block
+  and the notPaths `public_paths` (the shape the filter has enforced since policy mode;
+  tests/tests/policy_mode.rs proves these public paths never cover a path Istio's notPaths
+  did not). A notPaths glob public_paths cannot hold exactly (`*.js`, `{*}`) takes the
+  second shape instead.
+- Anything else: `providers` (every provider a policy names, in sorted name order:
+  istiod's order, builder.go `buildHTTP`) and `policies` (each `<namespace>/<name>`, its
+  provider and its rules copied verbatim); the filter checks a request with a provider
+  when a rule of a policy naming it matches, as Istio's CUSTOM action does.
 
 Every field of the `envoyExtAuthzHttp` provider maps (the filter's `protocol: ext_authz`
-sends what Envoy's ext_authz sends); the provider is refused only for failOpen: true (the
-filter fails closed) and for includeAdditionalHeadersInCheck command operators the filter
-cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...: it would refuse them
-at load). Fails (exit 1, one `error:` line) also for gRPC providers, rules
-other than one `notPaths` list, and notPaths the filter cannot make public without
-opening more than Istio did (`*`, `/*`, `{*}` templates, suffixes starting inside a
-segment, paths that are not canonical). The public paths never cover a path Istio's
-notPaths did not, and on canonical paths cover the same ones but where a note says
-which are now checked (a string prefix `/x*` becomes the segment prefix `/x`).
+sends what Envoy's ext_authz sends). Refused (exit 1, one `error:` line naming the field),
+because the filter could not enforce it exactly: failOpen: true (the filter fails
+closed); gRPC providers; includeAdditionalHeadersInCheck command operators the filter
+cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...); providers with
+different statusOnError (the filter has one); a `when` key with no proxy-wasm equivalent
+(`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
+`serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
+`requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
+`jwt` step: give the `jwt` block that mirrors your RequestAuthentication).
 """
 import argparse
 import json
@@ -365,20 +379,173 @@ def convert_rules(spec):
     return operation.get("notPaths") or []
 
 
-def convert(mesh_doc, policy_doc):
+# The rule fields the filter evaluates (the `policies` schema), and the `when` keys.
+SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
+                 "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"}
+OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
+WHEN_KEYS = {"source.ip", "remote.ip", "source.namespace", "source.principal", "request.auth.principal",
+             "request.auth.audiences", "request.auth.presenter", "destination.ip", "destination.port",
+             "connection.sni"}
+WHEN_PREFIXES = ("request.headers[", "request.auth.claims[")
+WHY_NO_WHEN = {
+    "experimental.envoy.filters.": "Envoy's dynamic metadata of other filters, which proxy-wasm cannot read as "
+                                   "RBAC does",
+    "source.serviceAccount": "not in the filter's rule schema; write it as source.principal "
+                             "(cluster.local/ns/<ns>/sa/<name>)",
+    "source.trustDomain": "not in the filter's rule schema; write it as source.principal (<trust domain>/*)",
+}
+DRY_RUN = "istio.io/dry-run"
+
+
+def uses_jwt(key):
+    return key in ("requestPrincipals", "notRequestPrincipals") or key.startswith("request.auth.")
+
+
+def check_rule(where, rule, jwt):
+    """One rule: every field is one the filter evaluates as Istio does, else Refused
+    naming it. Copied verbatim when it passes."""
+    if not isinstance(rule, dict):
+        raise Refused(f"{where}: expected a mapping")
+    extra = sorted(set(rule) - {"from", "to", "when"})
+    if extra:
+        raise Refused(f"{where} has {extra}: not an AuthorizationPolicy rule field")
+    for i, item in enumerate(rule.get("from") or []):
+        source = (item or {}).get("source") or {}
+        for key in source:
+            if key not in SOURCE_FIELDS:
+                why = ("write it as principals (cluster.local/ns/<ns>/sa/<name>, <trust domain>/*)"
+                       if key in ("serviceAccounts", "notServiceAccounts", "trustDomains", "notTrustDomains")
+                       else "not an AuthorizationPolicy source field")
+                raise Refused(f"{where}.from[{i}].source.{key}: {why}")
+            if uses_jwt(key) and not jwt:
+                raise Refused(f"{where}.from[{i}].source.{key}: the filter reads request principals from its own "
+                              "jwt step; pass --jwt with the jwt block that mirrors your RequestAuthentication")
+    for i, item in enumerate(rule.get("to") or []):
+        operation = (item or {}).get("operation") or {}
+        for key in operation:
+            if key not in OPERATION_FIELDS:
+                raise Refused(f"{where}.to[{i}].operation.{key}: not an operation field the filter evaluates")
+    for i, cond in enumerate(rule.get("when") or []):
+        key = str((cond or {}).get("key"))
+        field = f"{where}.when[{i}] key {key!r}"
+        for prefix, why in WHY_NO_WHEN.items():
+            if key.startswith(prefix):
+                raise Refused(f"{field}: {why}")
+        if key not in WHEN_KEYS and not (key.startswith(WHEN_PREFIXES) and key.endswith("]")):
+            raise Refused(f"{field}: not a condition key Istio documents for HTTP")
+        if uses_jwt(key) and not jwt:
+            raise Refused(f"{field}: the filter reads request.auth.* from its own jwt step; pass --jwt with the "
+                          "jwt block that mirrors your RequestAuthentication")
+        if not cond.get("values") and not cond.get("notValues"):
+            raise Refused(f"{field}: needs values or notValues")
+
+
+def policy_name(doc):
+    meta = doc.get("metadata") or {}
+    return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+
+
+def rule_policies(policy_docs, jwt):
+    """Every CUSTOM policy -> {name, provider, rules}, the rules verbatim."""
+    out = []
+    for doc in policy_docs:
+        name, spec = policy_name(doc), doc.get("spec") or {}
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        if str(annotations.get(DRY_RUN, "")).lower() in ("true", "1", "t"):
+            raise Refused(f"{name}: metadata.annotations {DRY_RUN}: istiod still calls the provider for a dry-run "
+                          "CUSTOM policy (builder.go); remove the annotation or the policy")
+        provider = (spec.get("provider") or {}).get("name")
+        if not provider:
+            raise Refused(f"{name}: the AuthorizationPolicy names no provider")
+        rules = spec.get("rules") or []
+        for i, rule in enumerate(rules):
+            check_rule(f"{name} rules[{i}]", rule, jwt)
+        out.append({"name": name, "provider": str(provider), "rules": rules})
+    return out
+
+
+def legacy_shape(spec):
+    """Whether a policy is the one-rule notPaths shape policy mode always had."""
+    rules = spec.get("rules") or []
+    if len(rules) != 1 or not isinstance(rules[0], dict) or set(rules[0]) != {"to"}:
+        return False
+    to = rules[0].get("to") or []
+    if len(to) != 1 or not isinstance(to[0], dict) or set(to[0]) != {"operation"}:
+        return False
+    operation = to[0]["operation"] or {}
+    return set(operation) <= {"notPaths", "paths"} and operation.get("paths") in (None, ["*"], ["/*"]) \
+        and bool(operation.get("notPaths"))
+
+
+def convert_providers(mesh, names, notes):
+    """Each provider by name (sorted) -> `{"name", ...auth block}`, and the one statusOnError."""
+    providers, statuses = [], {}
+    for name in sorted(names):
+        auth, status = convert_provider(provider_block(mesh, name), notes)
+        providers.append({"name": name, **auth})
+        statuses[name] = status
+    if len(set(statuses.values())) > 1:
+        shown = ", ".join(f"{n}: {s if s is not None else 'unset (403)'}" for n, s in statuses.items())
+        raise Refused(f"statusOnError differs between providers ({shown}): the filter has one status_on_error")
+    return providers, next(iter(statuses.values()))
+
+
+def workload_target(policy_docs):
+    """The namespace and selector/targetRef all the policies share, or Refused naming them."""
+    def target(doc):
+        spec = doc.get("spec") or {}
+        shown = {k: spec[k] for k in ("selector", "targetRef", "targetRefs") if k in spec}
+        return ((doc.get("metadata") or {}).get("namespace", "default"), json.dumps(shown, sort_keys=True))
+    groups = {}
+    for doc in policy_docs:
+        groups.setdefault(target(doc), []).append(policy_name(doc))
+    if len(groups) > 1:
+        shown = "; ".join(f"{', '.join(names)} -> {key[0]} {key[1]}" for key, names in groups.items())
+        raise Refused(f"the CUSTOM policies apply to different workloads ({shown}): one WasmPlugin applies to one "
+                      "namespace and selector; convert each set on its own")
+
+
+
+def convert(mesh_doc, policy_docs, jwt=None):
     notes = []
+    workload_target(policy_docs)
+    policy_doc = policy_docs[0]
     spec = policy_doc.get("spec") or {}
-    provider = (spec.get("provider") or {}).get("name")
-    if not provider:
-        raise Refused("the AuthorizationPolicy names no provider")
-    auth, status = convert_provider(provider_block(mesh_config(mesh_doc), provider), notes)
-    # The identity headers come only from the auth service: every client copy is removed,
-    # on every path, whatever the provider lists (ext_authz would pass them on).
-    config = {"auth": auth, "strip_headers": list(IDENTITY_STRIP)}
-    sets = simplify([item for g in convert_rules(spec) for item in convert_path(str(g), notes)])
-    config["public_paths"] = [template for item in sets for template in templates(item)]
-    if status is not None:
-        config["status_on_error"] = status
+    config = None
+    if len(policy_docs) == 1 and legacy_shape(spec) and not jwt:
+        provider = (spec.get("provider") or {}).get("name")
+        if not provider:
+            raise Refused("the AuthorizationPolicy names no provider")
+        legacy_notes = []
+        auth, status = convert_provider(provider_block(mesh_config(mesh_doc), provider), legacy_notes)
+        try:
+            sets = simplify([item for g in convert_rules(spec) for item in convert_path(str(g), legacy_notes)])
+        except Refused as why:
+            notes.append(f"{why}: converted as a rule instead (policies)")
+        else:
+            notes += legacy_notes
+            # The identity headers come only from the auth service: every client copy is
+            # removed, on every path, whatever the provider lists (ext_authz would pass them on).
+            config = {"auth": auth, "strip_headers": list(IDENTITY_STRIP)}
+            config["public_paths"] = [template for item in sets for template in templates(item)]
+            if status is not None:
+                config["status_on_error"] = status
+    if config is None:
+        policies = rule_policies(policy_docs, jwt)
+        providers, status = convert_providers(mesh_config(mesh_doc), {p["provider"] for p in policies}, notes)
+        config = {"providers": providers, "strip_headers": list(IDENTITY_STRIP)}
+        if jwt:
+            config["jwt"] = jwt
+        config["policies"] = policies
+        if status is not None:
+            config["status_on_error"] = status
+        if len(providers) > 1:
+            notes.append(f"providers {[p['name'] for p in providers]}: a request several policies select is checked "
+                         "by each, in this order (istiod's: sorted by name), and must pass each; Istio needs "
+                         "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS for this, the filter does not")
+        auth = {}
+        for provider in providers:
+            auth.setdefault("headers_to_add", {}).update(provider.get("headers_to_add") or {})
 
     plugin = next(d for d in yaml.safe_load_all(TEMPLATE.read_text()) if d and d.get("kind") == "WasmPlugin")
     plugin["metadata"] = {"name": plugin["metadata"]["name"],
@@ -459,37 +626,54 @@ def pick_mesh(path, docs):
                 docs[0])
 
 
-def pick_policy(path, docs, notes):
-    """The one CUSTOM AuthorizationPolicy; other policies beside it are noted."""
-    policies = [d for d in docs if d.get("kind", "AuthorizationPolicy") == "AuthorizationPolicy"]
-    custom = [d for d in policies if isinstance(d.get("spec"), dict) and d["spec"].get("action") == "CUSTOM"]
-    if len(custom) > 1:
-        names = ", ".join(f"{(d.get('metadata') or {}).get('namespace', '?')}/{(d.get('metadata') or {}).get('name', '?')}"
-                          for d in custom)
-        raise Refused(f"{path}: {len(custom)} CUSTOM AuthorizationPolicies ({names}): convert one at a time "
-                      "(kubectl get authorizationpolicy <name> -o yaml)")
-    chosen = custom[0] if custom else policies[0] if len(policies) == 1 else None
-    if chosen is None:
-        raise Refused(f"{path}: no AuthorizationPolicy with action: CUSTOM")
-    others = len(policies) - 1
-    if others:
-        notes.append(f"{path.name}: {others} other AuthorizationPolic{'y' if others == 1 else 'ies'} ignored "
-                     "(not CUSTOM); they keep applying")
+def pick_policies(inputs, notes):
+    """The CUSTOM AuthorizationPolicies of every (path, documents) in `inputs`, in order;
+    the other policies beside them are noted (Istio's RBAC keeps enforcing them)."""
+    chosen, actions = [], []
+    for path, docs in inputs:
+        policies = [d for d in docs if d.get("kind", "AuthorizationPolicy") == "AuthorizationPolicy"]
+        custom = [d for d in policies if isinstance(d.get("spec"), dict) and d["spec"].get("action") == "CUSTOM"]
+        others = len(policies) - len(custom)
+        actions += [str((d.get("spec") or {}).get("action", "ALLOW")) if isinstance(d.get("spec"), dict) else "?"
+                    for d in policies if d not in custom]
+        if others:
+            notes.append(f"{path.name}: {others} other AuthorizationPolic{'y' if others == 1 else 'ies'} ignored "
+                         "(not CUSTOM): ALLOW, DENY and AUDIT policies stay with Istio's RBAC, which keeps "
+                         "enforcing them beside the filter")
+        chosen += custom
+    if not chosen:
+        found = f" (found {', '.join(sorted(set(actions)))})" if actions else ""
+        raise Refused(f"no AuthorizationPolicy with action: CUSTOM{found}: only CUSTOM policies (ext_authz) convert")
     return chosen
+
+
+def read_jwt(path):
+    """--jwt: the filter's `jwt` block as JSON (docs/jwt.md)."""
+    try:
+        block = json.loads(path.read_text())
+    except OSError as err:
+        raise Refused(f"{path}: {err.strerror or err}")
+    except ValueError as err:
+        raise Refused(f"{path}: not valid JSON: {err}")
+    if not isinstance(block, dict):
+        raise Refused(f"{path}: expected the jwt block, a JSON object")
+    return block
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
-    p.add_argument("policy", type=Path, help="the AuthorizationPolicy (action: CUSTOM)")
+    p.add_argument("policy", type=Path, nargs="+", help="AuthorizationPolicy files (every CUSTOM one converts)")
+    p.add_argument("--jwt", type=Path, help="the filter's jwt block (JSON), for requestPrincipals and request.auth.*")
     p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
     p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
     args = p.parse_args()
     early = []
     try:
         mesh_doc = pick_mesh(args.meshconfig, documents(args.meshconfig))
-        policy_doc = pick_policy(args.policy, documents(args.policy), early)
-        plugin, config, notes = convert(mesh_doc, policy_doc)
+        policy_docs = pick_policies([(path, documents(path)) for path in args.policy], early)
+        jwt = read_jwt(args.jwt) if args.jwt else None
+        plugin, config, notes = convert(mesh_doc, policy_docs, jwt)
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1
@@ -509,7 +693,8 @@ def main():
     if args.config_only:
         print(json.dumps(config, indent=2))
     else:
-        print(f"# Converted from {args.meshconfig.name} and {args.policy.name} by scripts/convert_policy.py.")
+        sources = " and ".join([args.meshconfig.name] + [path.name for path in args.policy])
+        print(f"# Converted from {sources} by scripts/convert_policy.py.")
         print("# Apply it, check it, then delete the AuthorizationPolicy (docs/istio.md).")
         print(yaml.safe_dump(plugin, sort_keys=False, width=100), end="")
     return 0

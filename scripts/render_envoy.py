@@ -114,6 +114,12 @@ def serve_tls(listener, cert, key, client_ca=None, require_client_certificate=Tr
         tls_context["require_client_certificate"] = require_client_certificate
         tls_context["common_tls_context"]["validation_context"] = {
             "trusted_ca": {"filename": str(Path(client_ca).resolve())}}
+    # The TLS inspector records the client's SNI (connection.sni, RBAC's
+    # requested_server_name), as on an Istio sidecar's inbound listener.
+    listener.setdefault("listener_filters", []).append({
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+    })
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {

@@ -77,6 +77,8 @@ pub struct EnvBuilder {
     auth_cluster: Option<String>,
     /// Extra clusters (name, address), e.g. a JWKS endpoint.
     clusters: Vec<(String, SocketAddr)>,
+    /// Extra clusters whose one endpoint is the mock auth service (a second provider).
+    auth_aliases: Vec<String>,
     /// (mesh config, AuthorizationPolicy): Envoy's native ext_authz as istiod renders it
     /// instead of the wasm filter (scripts/render_ext_authz.py).
     ext_authz: Option<(PathBuf, PathBuf)>,
@@ -117,6 +119,7 @@ impl Default for EnvBuilder {
             wasmplugin: None,
             auth_cluster: None,
             clusters: Vec::new(),
+            auth_aliases: Vec::new(),
             ext_authz: None,
             istio_sidecar: false,
             mocks: None,
@@ -194,6 +197,13 @@ impl EnvBuilder {
     /// Adds a cluster `name` whose one endpoint is `addr` (e.g. a JWKS server).
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
         self.clusters.push((name.to_owned(), addr));
+        self
+    }
+
+    /// Adds a cluster `name` whose one endpoint is the mock auth service, as the auth
+    /// cluster's: a second provider's service, told apart by its path prefix.
+    pub fn auth_alias(mut self, name: &str) -> Self {
+        self.auth_aliases.push(name.to_owned());
         self
     }
 
@@ -406,6 +416,9 @@ impl EnvBuilder {
         }
         for (name, addr) in &self.clusters {
             cmd.arg("--cluster").arg(format!("{name}={addr}"));
+        }
+        for name in &self.auth_aliases {
+            cmd.arg("--cluster").arg(format!("{name}={auth_addr}"));
         }
         if let Some(policy) = &self.failure_policy {
             cmd.arg("--failure-policy").arg(policy);

@@ -4,7 +4,7 @@
 //! (scripts/convert_policy.py) into the filter; both in Envoy with the connection manager
 //! istiod renders for a sidecar, against one recording auth service and echo upstream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::envoy::Tools;
@@ -24,9 +24,16 @@ pub struct Pair {
 /// `make convert`'s plugin config for `mesh` and `policy` (panics, with its stderr, if
 /// the converter refuses).
 pub fn convert(mesh: &Path, policy: &Path) -> String {
+    convert_all(mesh, &[policy.to_path_buf()])
+}
+
+/// `make convert`'s plugin config for `mesh` and every CUSTOM policy in `policies`
+/// (panics, with its stderr, if the converter refuses).
+pub fn convert_all(mesh: &Path, policies: &[PathBuf]) -> String {
     let out = Command::new(Tools::locate(false).python)
         .arg(repo_root().join("scripts/convert_policy.py"))
-        .args([mesh, policy])
+        .arg(mesh)
+        .args(policies)
         .arg("--config-only")
         .output()
         .expect("run scripts/convert_policy.py");

@@ -1,0 +1,518 @@
+//! Differential test of Istio's CUSTOM action: the AuthorizationPolicies of
+//! tests/data/custom/policies.yaml (every rule field the filter evaluates and its
+//! negation, several rules, three policies, two providers) on the two providers of
+//! tests/data/custom/meshconfig.yaml, rendered
+//! (a) as istiod renders them: per provider, sorted by name, an RBAC filter whose shadow
+//! rules name the matching rule in the dynamic metadata, then an ext_authz filter enabled
+//! by that metadata (scripts/render_ext_authz.py), and
+//! (b) through `make convert` (scripts/convert_policy.py: `providers` and `policies`) into
+//! the filter;
+//! both in Envoy 1.40 with the connection manager istiod renders for a sidecar (path
+//! normalization BASE), downstream mTLS (the peer's SPIFFE certificate, as a sidecar's
+//! inbound listener verifies it) and one trusted X-Forwarded-For hop, against one
+//! recording auth service (the providers told apart by their path prefixes) and one echo
+//! upstream.
+//!
+//! For each request it compares which providers were asked in which order, what each
+//! received (method, path, every header), what the upstream received and what the client
+//! got. Every difference must be listed in tests/data/custom_differences.tsv (case,
+//! aspect, category), and the categories must be exactly the rows of docs/istio.md's
+//! "Where the rules differ from Istio's" table. `NEBULA_CUSTOM_DIFF_WRITE=1` rewrites the
+//! TSV from what was observed (known categories kept, new rows marked `?`).
+//!
+//! One Envoy per side: the two policy sets' thirty-odd rules are packed into one
+//! configuration, so each side starts once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
+use nebula_authz_tests::mock_server::MockServer;
+use nebula_authz_tests::tls::TestCa;
+use nebula_authz_tests::{paths, repo_root, Env};
+
+const MESH: &str = "tests/data/custom/meshconfig.yaml";
+const POLICIES: &str = "tests/data/custom/policies.yaml";
+/// The second provider's cluster, as Istio names it; its endpoint is the same mock.
+const OPA_CLUSTER: &str = "outbound|4301||opa.prefect.svc.cluster.local";
+/// The providers' `pathPrefix`es: which provider a callout came from.
+const PROVIDERS: [(&str, &str); 2] = [("/authz-http", "authz-http"), ("/opa", "opa")];
+const TSV: &str = "tests/data/custom_differences.tsv";
+const DOCS: &str = "docs/istio.md";
+const DOCS_SECTION: &str = "### Where the rules differ from Istio's";
+
+/// The client certificates (URI SAN = the workload's SPIFFE identity).
+const PEERS: [(&str, &str); 3] = [
+    ("gateway", "spiffe://cluster.local/ns/ingress/sa/gateway"),
+    ("tenant", "spiffe://cluster.local/ns/tenant-a/sa/worker"),
+    ("robot", "spiffe://cluster.local/ns/tenant-b/sa/robot"),
+];
+
+fn test_ca() -> TestCa {
+    let ca = TestCa::new();
+    for (name, uri) in PEERS {
+        ca.client(name, uri);
+    }
+    ca
+}
+
+/// One request of the corpus: who sends it (certificate, source address) and what.
+struct Case {
+    id: String,
+    cert: Option<&'static str>,
+    source: IpAddr,
+    req: RawRequest,
+}
+
+fn ip(last: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(last))
+}
+
+/// The path of each rule's scope (one or two per rule of policies.yaml), the paths just
+/// outside them, and what no rule selects.
+const SCOPED: &[&str] = &[
+    "/api/flows",
+    "/api/health",
+    "/api/health/live",
+    "/api/docs",
+    "/api/docsy",
+    "/api/flows/public",
+    "/api/admin/users",
+    "/tpl/a/runs",
+    "/tpl/a/b/runs",
+    "/tpl/runs",
+    "/deep/a/b/c",
+    "/deep",
+    "/x/y/suffix.json",
+    "/suffix.json",
+    "/exact",
+    "/exact/",
+    "/exact/below",
+    "/methods/x",
+    "/notmethods/x",
+    "/hosts/x",
+    "/nothosts/x",
+    "/ports/x",
+    "/notports/x",
+    "/principals/x",
+    "/notprincipals/x",
+    "/namespaces/x",
+    "/notnamespaces/x",
+    "/ipblocks/x",
+    "/notipblocks/x",
+    "/remoteipblocks/x",
+    "/notremoteipblocks/x",
+    "/when/header/x",
+    "/when/peer/x",
+    "/when/addr/x",
+    "/when/sni/x",
+    "/opa/x",
+    "/opa/open",
+    "/other",
+];
+
+/// Every scoped path from every peer (and none) and two source addresses; then the
+/// methods, hosts, headers and forwarded addresses the rules look at; two providers
+/// answering differently; paths.tsv's hostile targets.
+fn corpus(side: &str) -> Vec<Case> {
+    let allow = "allow:alice";
+    let local = ip([127, 0, 0, 1]);
+    let mut out = Vec::new();
+    let mut push = |id: String, cert: Option<&'static str>, source: IpAddr, req: RawRequest| {
+        out.push(Case { id, cert, source, req });
+    };
+    let certs: [Option<&'static str>; 4] = [None, Some("gateway"), Some("tenant"), Some("robot")];
+    for path in SCOPED {
+        for cert in certs {
+            for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+                let id = format!("GET {path} as {} from {}", cert.unwrap_or("-"), ip(source));
+                push(id, cert, ip(source), RawRequest::get(*path).bearer(allow));
+            }
+        }
+    }
+    push(
+        "GET /ipblocks/x from 127.0.1.5".into(),
+        None,
+        ip([127, 0, 1, 5]),
+        RawRequest::get("/ipblocks/x").bearer(allow),
+    );
+    for method in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        for path in ["/methods/x", "/notmethods/x", "/other", "/api/flows"] {
+            for cert in [None, Some("gateway"), Some("robot")] {
+                let id = format!("{method} {path} as {}", cert.unwrap_or("-"));
+                push(id, cert, local, RawRequest::new(method, path).bearer(allow));
+            }
+        }
+    }
+    let hosts = [
+        "api.example.com",
+        "API.Example.COM",
+        "api.example.com:443",
+        "api.example.com.",
+        "a.corp.example",
+        "A.CORP.EXAMPLE",
+        "corp.example",
+        "internal.svc",
+        "Internal.svc:8080",
+        "public.example.com",
+        "PUBLIC.example.com",
+        "public.example.com:443",
+        "public.example.com.",
+        "other.example.com",
+    ];
+    for host in hosts {
+        for path in ["/hosts/x", "/nothosts/x"] {
+            push(
+                format!("GET {path} host {host}"),
+                None,
+                local,
+                RawRequest::get(path).bearer(allow).header("host", host),
+            );
+        }
+    }
+    for tenant in ["gold", "Gold", "platinum", "platinum-trial", "free", ""] {
+        let id = format!("GET /when/header/x x-tenant {tenant:?}");
+        push(id, None, local, RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", tenant));
+    }
+    push("GET /when/header/x no x-tenant".into(), None, local, RawRequest::get("/when/header/x").bearer(allow));
+    push(
+        "GET /when/header/x two x-tenant".into(),
+        None,
+        local,
+        RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", "free").header("x-tenant", "gold"),
+    );
+    for xff in ["10.9.1.1", "10.8.1.1", "10.9.9.9", "1.2.3.4, 10.9.0.1", "10.9.0.1, 1.2.3.4"] {
+        for path in ["/remoteipblocks/x", "/notremoteipblocks/x", "/when/addr/x", "/ipblocks/x"] {
+            let id = format!("GET {path} xff {xff}");
+            push(id, None, local, RawRequest::get(path).bearer(allow).header("x-forwarded-for", xff));
+        }
+    }
+    // Two providers on one request: each is asked, in order, and each must allow.
+    for (what, script) in [
+        ("both allow", allow.to_owned()),
+        ("first denies", "deny".to_owned()),
+        ("second denies", format!("seq:allow:alice|deny|{side}")),
+        ("second fails", format!("seq:allow:alice|status:500|{side}")),
+    ] {
+        for cert in [None, Some("gateway")] {
+            for (method, path) in [("GET", "/api/admin/users"), ("DELETE", "/api/flows"), ("DELETE", "/opa/open")] {
+                let id = format!("{method} {path} as {}: {what}", cert.unwrap_or("-"));
+                push(id, cert, local, RawRequest::new(method, path).bearer(&script));
+            }
+        }
+    }
+    for (what, path) in [("deny", "/api/flows"), ("deny opa", "/opa/x")] {
+        push(format!("GET {path}: {what}"), None, local, RawRequest::get(path).bearer("deny"));
+    }
+    // Spoofed identity headers: stripped whether or not a rule selects the request.
+    for path in ["/api/flows", "/other", "/api/health"] {
+        let req = RawRequest::get(path).bearer(allow).header("x-nebula-actor-id", "evil");
+        push(format!("GET {path} spoofed"), None, local, req);
+    }
+    for case in paths::load() {
+        let id = format!("paths.tsv:{} {}", case.line, escape(&case.target));
+        push(id, None, local, RawRequest::get(&case.target).bearer(allow));
+    }
+    out
+}
+
+/// What one proxy did with one request, as `aspect -> value`.
+type Seen = BTreeMap<String, String>;
+
+fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
+    server.requests().into_iter().skip(before).collect()
+}
+
+/// Values that differ run to run, or by side only: compared as present or not.
+fn volatile(name: &str) -> bool {
+    matches!(
+        name,
+        "date" | "x-request-id" | "x-envoy-upstream-service-time" | "x-envoy-expected-rq-timeout-ms" | "content-length"
+    )
+}
+
+fn put_headers(seen: &mut Seen, prefix: &str, headers: &[(String, Vec<u8>)], side: &str) {
+    let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = if volatile(name) { "<set>".to_owned() } else { escape(value).replace(side, "<side>") };
+        by_name.entry(name.as_str()).or_default().push(value);
+    }
+    for (name, values) in by_name {
+        seen.insert(format!("{prefix}.{name}"), values.join(" | "));
+    }
+}
+
+/// The provider a callout went to, by its path prefix, and the path after it.
+fn provider_of(path: &str) -> (&'static str, &str) {
+    for (prefix, name) in PROVIDERS {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return (name, rest);
+        }
+    }
+    ("?", path)
+}
+
+fn observe(env: &Env, ca: &TestCa, case: &Case, side: &str) -> Seen {
+    let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
+    let resp = ca.raw_client(case.cert).send_from(case.source, env.port, &case.req.to_bytes());
+    let calls = new_since(&env.auth, auth_before);
+    let upstream = new_since(&env.upstream, up_before);
+    let mut seen = Seen::new();
+    match &resp {
+        Err(e) => {
+            seen.insert("client.status".into(), format!("no response ({})", e.kind()));
+        }
+        Ok(resp) => client(resp, !upstream.is_empty(), &mut seen),
+    }
+    seen.insert("upstream.reached".into(), if upstream.is_empty() { "no" } else { "yes" }.into());
+    if let Some(up) = upstream.last() {
+        seen.insert("upstream.method".into(), up.method.clone());
+        seen.insert("upstream.path".into(), escape(up.path.as_bytes()));
+        put_headers(&mut seen, "upstream.header", &up.headers, side);
+    }
+    let providers: Vec<&str> = calls.iter().map(|c| provider_of(&c.path).0).collect();
+    seen.insert("auth.providers".into(), if providers.is_empty() { "-".into() } else { providers.join(",") });
+    for call in &calls {
+        let (provider, path) = provider_of(&call.path);
+        seen.insert(format!("auth.{provider}.method"), call.method.clone());
+        seen.insert(format!("auth.{provider}.path"), escape(path.as_bytes()));
+        put_headers(&mut seen, &format!("auth.{provider}.header"), &call.headers, side);
+    }
+    seen
+}
+
+fn client(resp: &Response, upstream_reached: bool, seen: &mut Seen) {
+    seen.insert("client.status".into(), resp.status.to_string());
+    let from = if upstream_reached && resp.status == 200 { "upstream" } else { "proxy" };
+    seen.insert("client.from".into(), from.into());
+    if from == "proxy" {
+        seen.insert("client.body".into(), escape(&resp.body));
+    }
+    put_headers(seen, "client.header", &resp.headers, "\u{0}");
+}
+
+/// Gates: when the sides disagree on one, the details below it are not compared.
+const GATES: [&str; 3] = ["auth.providers", "upstream.reached", "client.from"];
+
+fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)> {
+    let none = String::from("<none>");
+    let mut out = BTreeMap::new();
+    for gate in GATES {
+        if ours.get(gate) != theirs.get(gate) {
+            out.insert(
+                gate.to_owned(),
+                (ours.get(gate).unwrap_or(&none).clone(), theirs.get(gate).unwrap_or(&none).clone()),
+            );
+        }
+    }
+    let keys: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    for key in keys {
+        let section = key.split('.').next().unwrap_or("");
+        let gated = GATES.iter().any(|g| g.starts_with(section) && out.contains_key(*g));
+        if gated || out.contains_key(key.as_str()) {
+            continue;
+        }
+        let (a, b) = (ours.get(key).unwrap_or(&none), theirs.get(key).unwrap_or(&none));
+        if a != b {
+            out.insert(key.clone(), (a.clone(), b.clone()));
+        }
+    }
+    out
+}
+
+/// (case, aspect) -> category, from the TSV.
+fn load_known() -> BTreeMap<(String, String), String> {
+    let text = std::fs::read_to_string(repo_root().join(TSV)).unwrap_or_default();
+    let mut known = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{TSV}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
+        known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
+    }
+    known
+}
+
+/// The categories (first column, in backticks) of the docs' table.
+fn documented_categories() -> BTreeSet<String> {
+    let docs = std::fs::read_to_string(repo_root().join(DOCS)).unwrap_or_else(|e| panic!("{DOCS}: {e}"));
+    let section = docs.split(DOCS_SECTION).nth(1).unwrap_or_else(|| panic!("{DOCS} has no {DOCS_SECTION:?}"));
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
+        .collect()
+}
+
+fn write_tsv(observed: &BTreeMap<(String, String), (String, String)>, known: &BTreeMap<(String, String), String>) {
+    let mut text = String::from(
+        "# Known differences between the filter's rules (from make convert) and Istio's CUSTOM action as\n\
+         # istiod renders it (RBAC shadow rules + ext_authz per provider), asserted by\n\
+         # tests/tests/custom_diff.rs. Columns: case<TAB>aspect<TAB>category; every category is a row\n\
+         # of docs/istio.md's \"Where the rules differ from Istio's\" table.\n",
+    );
+    for key in observed.keys() {
+        let category = known.get(key).map(String::as_str).unwrap_or("?");
+        text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
+    }
+    std::fs::write(repo_root().join(TSV), text).expect("write the differences TSV");
+}
+
+/// Envoy as istiod renders the policies.
+fn start_istio(ca: &TestCa) -> Env {
+    Env::builder()
+        .ext_authz(&repo_root().join(MESH), &repo_root().join(POLICIES))
+        .auth_cluster_name(ISTIO_CLUSTER)
+        .auth_alias(OPA_CLUSTER)
+        .istio_sidecar()
+        .downstream_mtls(ca.dir(), false)
+        .xff_trusted_hops(1)
+        .start()
+}
+
+/// Which providers Envoy, as istiod renders the policies, asks for each request: the
+/// renderer against what Istio documents for each field (a presence `*`, a suffix `*x`,
+/// a prefix `x*`; `not*` as the negation; `from`, `to` and `when` ANDed; the rules of
+/// the providers ORed; the providers in name order).
+#[test]
+fn istio_rendering_selects_as_istio_documents() {
+    let ca = test_ca();
+    let env = start_istio(&ca);
+    let local = ip([127, 0, 0, 1]);
+    let get = |path: &str| RawRequest::get(path).bearer("allow:alice");
+    #[rustfmt::skip]
+    let table: Vec<(&str, Option<&'static str>, IpAddr, RawRequest, &str)> = vec![
+        ("paths prefix", None, local, get("/api/flows"), "authz-http"),
+        ("notPaths exact", None, local, get("/api/health"), "-"),
+        ("notPaths exact, below", None, local, get("/api/health/live"), "authz-http"),
+        ("notPaths string prefix", None, local, get("/api/docsy"), "-"),
+        ("notPaths suffix", None, local, get("/api/flows/public"), "-"),
+        ("notPaths: query ignored", None, local, get("/api/health?x=1"), "-"),
+        ("normalized before the match", None, local, get("/api/x/../health"), "-"),
+        ("template {*}", None, local, get("/tpl/a/runs"), "authz-http"),
+        ("template {*} is one segment", None, local, get("/tpl/a/b/runs"), "-"),
+        ("template {**}", None, local, get("/deep/a/b/c"), "authz-http"),
+        ("suffix", None, local, get("/x/y/suffix.json"), "authz-http"),
+        ("exact", None, local, get("/exact"), "authz-http"),
+        ("exact, trailing slash", None, local, get("/exact/"), "-"),
+        ("methods", None, local, RawRequest::new("POST", "/methods/x").bearer("allow:alice"), "authz-http"),
+        ("methods, other", None, local, get("/methods/x"), "-"),
+        ("notMethods", None, local, RawRequest::new("DELETE", "/notmethods/x").bearer("allow:alice"), "authz-http"),
+        ("notMethods, listed", None, local, get("/notmethods/x"), "-"),
+        ("hosts exact, any case", None, local, get("/hosts/x").header("host", "API.example.com"), "authz-http"),
+        ("hosts with a port", None, local, get("/hosts/x").header("host", "api.example.com:443"), "-"),
+        ("hosts suffix", None, local, get("/hosts/x").header("host", "a.corp.example"), "authz-http"),
+        ("hosts prefix", None, local, get("/hosts/x").header("host", "internal.svc"), "authz-http"),
+        ("hosts, other", None, local, get("/hosts/x"), "-"),
+        ("notHosts", None, local, get("/nothosts/x"), "authz-http"),
+        ("notHosts, listed", None, local, get("/nothosts/x").header("host", "PUBLIC.example.com"), "-"),
+        ("ports", None, local, get("/ports/x"), "-"),
+        ("notPorts", None, local, get("/notports/x"), "authz-http"),
+        ("principals", Some("gateway"), local, get("/principals/x"), "authz-http"),
+        ("principals suffix", Some("robot"), local, get("/principals/x"), "authz-http"),
+        ("principals, other", Some("tenant"), local, get("/principals/x"), "-"),
+        ("principals, no certificate", None, local, get("/principals/x"), "-"),
+        ("notPrincipals", Some("tenant"), local, get("/notprincipals/x"), "authz-http"),
+        ("notPrincipals, no certificate", None, local, get("/notprincipals/x"), "authz-http"),
+        ("notPrincipals, listed", Some("gateway"), local, get("/notprincipals/x"), "-"),
+        ("namespaces", Some("tenant"), local, get("/namespaces/x"), "authz-http"),
+        ("namespaces, other", Some("gateway"), local, get("/namespaces/x"), "-"),
+        ("notNamespaces", Some("tenant"), local, get("/notnamespaces/x"), "authz-http"),
+        ("notNamespaces, listed", Some("gateway"), local, get("/notnamespaces/x"), "-"),
+        ("ipBlocks", None, ip([127, 0, 0, 2]), get("/ipblocks/x"), "authz-http"),
+        ("ipBlocks CIDR", None, ip([127, 0, 1, 5]), get("/ipblocks/x"), "authz-http"),
+        ("ipBlocks, other", None, local, get("/ipblocks/x"), "-"),
+        ("ipBlocks: the peer, not X-Forwarded-For", None, local,
+         get("/ipblocks/x").header("x-forwarded-for", "127.0.0.2"), "-"),
+        ("notIpBlocks", None, local, get("/notipblocks/x"), "authz-http"),
+        ("notIpBlocks, listed", None, ip([127, 0, 0, 2]), get("/notipblocks/x"), "-"),
+        ("remoteIpBlocks", None, local, get("/remoteipblocks/x").header("x-forwarded-for", "10.9.1.1"), "authz-http"),
+        ("remoteIpBlocks, other", None, local, get("/remoteipblocks/x"), "-"),
+        ("notRemoteIpBlocks", None, local, get("/notremoteipblocks/x"), "authz-http"),
+        ("notRemoteIpBlocks, listed", None, local,
+         get("/notremoteipblocks/x").header("x-forwarded-for", "10.9.1.1"), "-"),
+        ("when header", None, local, get("/when/header/x").header("x-tenant", "platinum"), "authz-http"),
+        ("when header, notValues", None, local, get("/when/header/x").header("x-tenant", "platinum-trial"), "-"),
+        ("when header, case", None, local, get("/when/header/x").header("x-tenant", "Gold"), "-"),
+        ("when peer", Some("tenant"), local, get("/when/peer/x"), "authz-http"),
+        ("when peer, other namespace", Some("robot"), local, get("/when/peer/x"), "-"),
+        ("when addresses", None, local, get("/when/addr/x"), "authz-http"),
+        ("when remote.ip notValues", None, local, get("/when/addr/x").header("x-forwarded-for", "10.9.9.9"), "-"),
+        ("when sni", None, local, get("/when/sni/x"), "authz-http"),
+        ("second provider", None, local, get("/opa/x"), "opa"),
+        ("second provider, notPaths", None, local, get("/opa/open"), "-"),
+        ("both providers, in name order", None, local, get("/api/admin/users"), "authz-http,opa"),
+        ("from and to ANDed", Some("gateway"), local,
+         RawRequest::new("DELETE", "/other").bearer("allow:alice"), "opa"),
+        ("from and to ANDed, no certificate", None, local,
+         RawRequest::new("DELETE", "/other").bearer("allow:alice"), "-"),
+        ("no rule", None, local, get("/other"), "-"),
+    ];
+    let mut wrong = String::new();
+    for (what, cert, source, req, expected) in table {
+        let case = Case { id: what.to_owned(), cert, source, req };
+        let seen = observe(&env, &ca, &case, "istio");
+        let got = seen.get("auth.providers").map(String::as_str).unwrap_or("?");
+        let reached = seen.get("upstream.reached").map(String::as_str) == Some("yes");
+        if got != expected || !reached {
+            wrong.push_str(&format!("{what}: providers {got}, expected {expected}; upstream reached: {reached}\n"));
+        }
+    }
+    assert!(wrong.is_empty(), "Istio's rendering selected otherwise:\n{wrong}\nEnvoy log tail:\n{}", env.log_tail());
+}
+
+/// The differential: every request through both, every difference a documented row.
+#[test]
+fn filter_rules_match_istio_except_the_documented_differences() {
+    let started = std::time::Instant::now();
+    let ca = test_ca();
+    let istio = start_istio(&ca);
+    let config = ext_authz_pair::convert_all(&repo_root().join(MESH), &[repo_root().join(POLICIES)]);
+    let filter = Env::builder()
+        .plugin_config(&config)
+        .auth_cluster_name(ISTIO_CLUSTER)
+        .auth_alias(OPA_CLUSTER)
+        .istio_sidecar()
+        .downstream_mtls(ca.dir(), false)
+        .xff_trusted_hops(1)
+        .mocks_of(&istio)
+        .start();
+    let (ours_corpus, theirs_corpus) = (corpus("filter"), corpus("istio"));
+    let mut observed = BTreeMap::new();
+    let mut report = String::new();
+    for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
+        let ours = observe(&filter, &ca, ours_case, "filter");
+        let theirs = observe(&istio, &ca, theirs_case, "istio");
+        for (aspect, (a, b)) in differences(&ours, &theirs) {
+            report.push_str(&format!("{}\t{aspect}\n    filter: {a}\n    istio:  {b}\n", ours_case.id));
+            observed.insert((ours_case.id.clone(), aspect), (a, b));
+        }
+    }
+    eprintln!(
+        "{TSV}: {} requests per side in {:.1} s, {} differences:\n{report}",
+        ours_corpus.len(),
+        started.elapsed().as_secs_f64(),
+        observed.len()
+    );
+    let known = load_known();
+    if std::env::var_os("NEBULA_CUSTOM_DIFF_WRITE").is_some() {
+        write_tsv(&observed, &known);
+    }
+    let unlisted: Vec<String> =
+        observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    let stale: Vec<String> =
+        known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "differences from Istio not listed in {TSV}:\n{}\n\nlisted but not observed:\n{}\n\nall differences:\n{report}",
+        unlisted.join("\n"),
+        stale.join("\n"),
+    );
+    let documented = documented_categories();
+    let mine: BTreeSet<String> = known.values().cloned().collect();
+    assert_eq!(mine, documented, "{DOCS} {DOCS_SECTION:?} must list exactly the categories of {TSV}");
+}
