@@ -10,6 +10,10 @@ WasmPlugin's pluginConfig is loaded through the filter's own config parser
 (x-kubernetes-*, including CEL rules) are not evaluated: an API server would also
 check those. Extra manifest files (e.g. test fixtures) can be named on the command line.
 
+The CUSTOM examples (CONVERSIONS: a mesh config, AuthorizationPolicies, the filter's
+`jwt` block) are converted by scripts/convert_policy.py, as `make convert` does, and the
+WasmPlugin it emits is validated the same way.
+
 istio/kustomization.yaml is rendered by real kustomize (`kubectl kustomize`, kustomize
 v5 built into kubectl), as listed and with its commented-out optional resources, and
 what it outputs is validated the same way. Without kubectl the check fails and says
@@ -28,7 +32,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft4Validator
 
-from convert_policy import gateway_label  # scripts/: one rule for "these labels are gateway pods"
+import convert_policy  # scripts/: the converter, run on the CUSTOM examples
+from convert_policy import gateway_label  # one rule for "these labels are gateway pods"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,6 +129,28 @@ def plugin_config_problems(doc):
     if config is None:
         return ["spec.pluginConfig is missing: the filter needs at least auth.cluster or auth.host"]
     return config_problems("spec.pluginConfig", json.dumps(config)) + fail_open_problems(doc)
+
+
+# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root.
+CONVERSIONS = [
+    ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml"],
+     "istio/examples/custom-jwt.json"),
+    ("tests/data/custom/meshconfig.yaml", ["tests/data/custom/policies.yaml"], None),
+]
+
+
+def converted(mesh, policies, jwt):
+    """convert_policy.py's WasmPlugin for one example (as `make convert` prints it), or
+    the refusal as a problem."""
+    notes = []
+    try:
+        mesh_doc = convert_policy.pick_mesh(ROOT / mesh, convert_policy.documents(ROOT / mesh))
+        docs = convert_policy.pick_policies([(ROOT / p, convert_policy.documents(ROOT / p)) for p in policies], notes)
+        block = convert_policy.read_jwt(ROOT / jwt) if jwt else None
+        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block)
+    except convert_policy.Refused as refused:
+        return None, [f"make convert refused: {refused}"]
+    return plugin, []
 
 
 KUSTOMIZATION = "kustomization.yaml"
@@ -277,6 +304,12 @@ def main():
                 continue
             name = f"{path.relative_to(ROOT)}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
             report(name, problems(doc, schemas) + plugin_config_problems(doc), counts)
+
+    for mesh, policies, jwt in CONVERSIONS:
+        plugin, found = converted(mesh, policies, jwt)
+        if plugin is not None:
+            found = problems(plugin, schemas) + plugin_config_problems(plugin)
+        report(f"make convert {mesh} {' '.join(policies)}{' --jwt ' + jwt if jwt else ''}: WasmPlugin", found, counts)
 
     kust = ROOT / "istio" / KUSTOMIZATION
     if kust.is_file():

@@ -450,10 +450,6 @@ def rule_policies(policy_docs, jwt):
     out = []
     for doc in policy_docs:
         name, spec = policy_name(doc), doc.get("spec") or {}
-        annotations = (doc.get("metadata") or {}).get("annotations") or {}
-        if str(annotations.get(DRY_RUN, "")).lower() in ("true", "1", "t"):
-            raise Refused(f"{name}: metadata.annotations {DRY_RUN}: istiod still calls the provider for a dry-run "
-                          "CUSTOM policy (builder.go); remove the annotation or the policy")
         provider = (spec.get("provider") or {}).get("name")
         if not provider:
             raise Refused(f"{name}: the AuthorizationPolicy names no provider")
@@ -462,6 +458,17 @@ def rule_policies(policy_docs, jwt):
             check_rule(f"{name} rules[{i}]", rule, jwt)
         out.append({"name": name, "provider": str(provider), "rules": rules})
     return out
+
+
+def refuse_dry_run(policy_docs):
+    """istiod puts a dry-run CUSTOM policy's rules in the RBAC filter's enforced `rules`
+    (builder.go `buildHTTP`), which the filter cannot reproduce; refused, naming it."""
+    for doc in policy_docs:
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        if DRY_RUN in annotations:
+            raise Refused(f"{policy_name(doc)}: metadata.annotations {DRY_RUN}: istiod renders a dry-run CUSTOM "
+                          "policy into enforced RBAC rules next to the provider's check (builder.go buildHTTP); "
+                          "remove the annotation or the policy")
 
 
 def legacy_shape(spec):
@@ -509,6 +516,7 @@ def workload_target(policy_docs):
 def convert(mesh_doc, policy_docs, jwt=None):
     notes = []
     workload_target(policy_docs)
+    refuse_dry_run(policy_docs)
     policy_doc = policy_docs[0]
     spec = policy_doc.get("spec") or {}
     config = None
@@ -695,7 +703,8 @@ def main():
     else:
         sources = " and ".join([args.meshconfig.name] + [path.name for path in args.policy])
         print(f"# Converted from {sources} by scripts/convert_policy.py.")
-        print("# Apply it, check it, then delete the AuthorizationPolicy (docs/istio.md).")
+        what = "the AuthorizationPolicy" if "auth" in config else "the CUSTOM AuthorizationPolicies"
+        print(f"# Apply it, check it, then delete {what} (docs/istio.md).")
         print(yaml.safe_dump(plugin, sort_keys=False, width=100), end="")
     return 0
 

@@ -223,34 +223,31 @@ fn unsafe_or_inexpressible_policies_are_refused() {
             "envoyExtAuthzGrpc",
         ),
         (
-            "checking only some paths",
+            "a when key with no proxy-wasm equivalent",
             mesh.clone(),
-            policy.replace(notpaths, "            paths: [/api/*]\n            notPaths:\n"),
-            "checks only some paths",
+            policy.clone()
+                + "      when:\n        - key: experimental.envoy.filters.network.mysql_proxy[db.table]\n          \
+                   values: [\"[update]\"]\n",
+            "when[0] key 'experimental.envoy.filters.network.mysql_proxy[db.table]'",
         ),
         (
-            "a presence glob",
+            "a source field outside the filter's rules",
             mesh.clone(),
-            policy.replace(notpaths, "            notPaths:\n              - \"*\"\n"),
-            "presence",
+            policy.clone() + "      from:\n        - source:\n            serviceAccounts: [prefect/worker]\n",
+            "from[0].source.serviceAccounts",
         ),
         (
-            "a suffix glob off a segment",
+            "request principals without the filter's jwt block",
             mesh.clone(),
-            policy.replace(notpaths, "            notPaths:\n              - \"*.js\"\n"),
-            "whole segments",
+            policy.clone() + "      from:\n        - source:\n            requestPrincipals: [\"*\"]\n",
+            "from[0].source.requestPrincipals: the filter reads request principals from its own jwt step",
         ),
         (
-            "a method condition",
+            "a dry-run policy",
             mesh.clone(),
-            policy.replace(notpaths, "            methods: [GET]\n            notPaths:\n"),
-            "methods",
-        ),
-        (
-            "two rules",
-            mesh.clone(),
-            policy.clone() + "    - to:\n        - operation:\n            notPaths: [/x]\n",
-            "2 rules",
+            policy.replace("  namespace: prefect\n", "  namespace: prefect\n  annotations:\n    istio.io/dry-run: \"true\"\n")
+                + "    - to:\n        - operation:\n            paths: [/x]\n",
+            "istio.io/dry-run",
         ),
         ("a non-CUSTOM action", mesh.clone(), policy.replace("action: CUSTOM", "action: ALLOW"), "only CUSTOM"),
         (
@@ -475,13 +472,14 @@ fn convert_reads_lists_and_documents_and_refuses_in_one_line() {
         assert!(stderr.contains("1 other AuthorizationPolicy ignored (not CUSTOM)"), "{what}: {stderr}");
     }
 
-    let second = policy.replace("name: prefect-auth", "name: prefect-auth-2");
+    let second =
+        policy.replace("name: prefect-auth", "name: prefect-auth-2").replace("app: prefect-server", "app: worker");
     let refusals = [
         (
-            "two CUSTOM policies",
+            "CUSTOM policies for two workloads",
             write("m1.yaml", &mesh),
             write("p1.yaml", &format!("{policy}\n---\n{second}")),
-            "2 CUSTOM AuthorizationPolicies (prefect/prefect-auth, prefect/prefect-auth-2)",
+            "the CUSTOM policies apply to different workloads (prefect/prefect-auth -> prefect",
         ),
         ("invalid YAML", write("m2.yaml", &mesh), write("p2.yaml", "spec: [unclosed\n"), "not valid YAML (line 2)"),
         ("a missing file", write("m3.yaml", &mesh), dir.path().join("absent.yaml"), "absent.yaml"),
@@ -680,8 +678,9 @@ fn fixture_globs() -> Vec<String> {
 
 /// Every conversion makes public a subset of what Istio's notPaths did, on every target,
 /// and the same set on canonical paths (the only ones the filter ever makes public) but
-/// for the string-prefix narrowing a note names. What has no such conversion is refused,
-/// naming the notPath.
+/// for the string-prefix narrowing a note names. What has no such conversion becomes a
+/// rule (`policies`, which the filter matches as Istio does), with a note naming the
+/// notPath; never loose public paths.
 #[test]
 fn converted_public_paths_never_widen_istio_notpaths() {
     let fixture_globs = fixture_globs();
@@ -718,7 +717,7 @@ fn converted_public_paths_never_widen_istio_notpaths() {
         &["/a*b", "*/x*"],
     ];
     policies.extend(generated.iter().map(|globs| globs.to_vec()));
-    let refused: &[&str] = &[
+    let as_rules: &[&str] = &[
         "*",
         "/*",
         "//*",
@@ -747,8 +746,8 @@ fn converted_public_paths_never_widen_istio_notpaths() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run scripts/convert_policy.py")
     };
     let converting: Vec<_> = policies.iter().enumerate().map(|(i, globs)| run(i, globs)).collect();
-    let refusing: Vec<_> =
-        refused.iter().enumerate().map(|(i, glob)| run(policies.len() + i, &["/hooks", glob])).collect();
+    let ruling: Vec<_> =
+        as_rules.iter().enumerate().map(|(i, glob)| run(policies.len() + i, &["/hooks", glob])).collect();
 
     let mut failures = Vec::new();
     let (mut equal, mut narrowed, mut public) = (0usize, 0usize, 0usize);
@@ -796,12 +795,22 @@ fn converted_public_paths_never_widen_istio_notpaths() {
             }
         }
     }
-    for (glob, child) in refused.iter().zip(refusing) {
+    for (glob, child) in as_rules.iter().zip(ruling) {
         let out = child.wait_with_output().expect("wait for the converter");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let named = format!("error: cannot convert: notPaths {glob:?}").replace('"', "'");
-        if out.status.code() != Some(1) || !out.stdout.is_empty() || !stderr.starts_with(&named) {
-            failures.push(format!("{glob:?}: expected exit 1 and {named:?}..., got {:?}: {stderr}", out.status));
+        let named = format!("note: notPaths {glob:?}").replace('"', "'");
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let notpaths = &config["policies"][0]["rules"][0]["to"][0]["operation"]["notPaths"];
+        if !out.status.success()
+            || config.get("public_paths").is_some()
+            || *notpaths != serde_json::json!(["/hooks", glob])
+            || !stderr.contains(&named)
+            || !stderr.contains("converted as a rule instead")
+        {
+            failures.push(format!(
+                "{glob:?}: expected the rule verbatim in policies and {named:?}..., got {:?}: {config}\n{stderr}",
+                out.status
+            ));
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
@@ -811,4 +820,59 @@ fn converted_public_paths_never_widen_istio_notpaths() {
 
 fn escape(target: &[u8]) -> String {
     nebula_authz_tests::client::escape(target)
+}
+
+/// Several CUSTOM policies and providers: one config with every provider a policy names
+/// (sorted by name, istiod's order), every policy as `<namespace>/<name>` with its rules
+/// exactly as written, whether they come in one file or several; the policies that are
+/// not CUSTOM are left to Istio's RBAC, and the output says so.
+#[test]
+fn several_policies_and_providers_convert_with_their_rules_verbatim() {
+    let mesh = fixture("tests/data/custom/meshconfig.yaml");
+    let policies = fixture("tests/data/custom/policies.yaml");
+    let out = convert(&mesh, &policies, true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names = |key: &str, field: &str| -> Vec<String> {
+        config[key].as_array().expect(key).iter().map(|p| p[field].as_str().unwrap_or("?").to_owned()).collect()
+    };
+    assert_eq!(names("providers", "name"), ["authz-http", "opa"]);
+    assert_eq!(names("policies", "name"), ["prefect/api", "prefect/admin", "prefect/nothing"]);
+    assert_eq!(names("policies", "provider"), ["authz-http", "opa", "opa"]);
+    assert!(config.get("auth").is_none() && config.get("public_paths").is_none(), "{config}");
+    assert_eq!(config["strip_headers"], serde_json::json!(["x-nebula-*"]));
+    assert!(
+        stderr.contains(
+            "1 other AuthorizationPolicy ignored (not CUSTOM): ALLOW, DENY and AUDIT policies stay with Istio's RBAC"
+        ),
+        "{stderr}"
+    );
+    // The rules as YAML has them, read by PyYAML independently of the converter.
+    let yaml_rules = Command::new(Tools::locate(false).python)
+        .args([
+            "-c",
+            "import json, sys, yaml\nprint(json.dumps([(d['spec'].get('rules') or []) for d in \
+                      yaml.safe_load_all(open(sys.argv[1])) if d['spec']['action'] == 'CUSTOM']))",
+        ])
+        .arg(&policies)
+        .output()
+        .expect("run python");
+    let rules: serde_json::Value = serde_json::from_slice(&yaml_rules.stdout).expect("rules JSON");
+    let converted: Vec<&serde_json::Value> =
+        config["policies"].as_array().expect("policies").iter().map(|p| &p["rules"]).collect();
+    assert_eq!(serde_json::json!(converted), rules, "the rules verbatim");
+
+    // The same policies from three files.
+    let dir = TempDir::new("nebula-authz-convert");
+    let text = std::fs::read_to_string(&policies).expect("read policies");
+    let mut paths = Vec::new();
+    for (i, doc) in text.split("\n---\n").enumerate() {
+        let path = dir.path().join(format!("p{i}.yaml"));
+        std::fs::write(&path, doc).expect("write");
+        paths.push(path);
+    }
+    assert!(paths.len() >= 3);
+    let split = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &paths);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&split).expect("JSON"), config, "one file or several");
 }
