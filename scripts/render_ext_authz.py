@@ -47,6 +47,12 @@ providers are `envoyExtAuthzHttp` extension providers, read from istio/istio:
   (the path without its query, after the connection manager's normalization) with
   `StringMatcher`, or, holding `{*}`/`{**}`, as Envoy's `uri_template` matcher
   (matcher/template.go: `{*}` -> `*`, `{**}` -> `**`).
+- pilot/pkg/security/authn/policy_applier.go `convertToEnvoyJwtConfig`: the
+  RequestAuthentications among the policy documents become one `envoy.filters.http.jwt_authn`
+  before the pairs (inline `jwks` only here): a provider `origins-<i>` per jwtRule with
+  `payload_in_metadata: payload` (what `requestPrincipals` and `request.auth.*` match),
+  `forward` = `forwardOriginalToken`, `scope` and `permission` space-delimited; a request
+  without a token passes (`allow_missing`), one with an invalid token is refused (401).
 - model/permission.go, model/principal.go: the RBAC shapes (`and_rules`, `or_rules`,
   `not_rule`, `and_ids`, `or_ids`, `not_id`, ...).
 
@@ -408,6 +414,46 @@ def provider_rules(policies):
     return out
 
 
+def jwt_filter(docs):
+    """convertToEnvoyJwtConfig over the jwtRules of every RequestAuthentication in `docs`,
+    or None without any."""
+    rules = [r for d in docs if d.get("kind") == "RequestAuthentication"
+             for r in ((d.get("spec") or {}).get("jwtRules") or [])]
+    if not rules:
+        return None
+    providers, inner, outer = {}, [], []
+    for i, rule in enumerate(rules):
+        if not rule.get("jwks"):
+            raise Refused(f"jwtRules[{i}]: only an inline jwks is rendered here")
+        provider = {
+            "issuer": rule.get("issuer", ""),
+            "audiences": rule.get("audiences") or [],
+            "forward": bool(rule.get("forwardOriginalToken")),
+            "payload_in_metadata": "payload",
+            "normalize_payload_in_metadata": {
+                "space_delimited_claims": ["scope", "permission"] + list(rule.get("spaceDelimitedClaims") or [])},
+            "local_jwks": {"inline_string": rule["jwks"]},
+        }
+        if rule.get("fromHeaders"):
+            provider["from_headers"] = [{"name": h["name"], "value_prefix": h.get("prefix", "")}
+                                        for h in rule["fromHeaders"]]
+        for key, field in (("fromParams", "from_params"), ("fromCookies", "from_cookies")):
+            if rule.get(key):
+                provider[field] = rule[key]
+        name = f"origins-{i}"
+        providers[name] = provider
+        inner.append({"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}})
+        outer.append({"provider_name": name})
+    requires = inner[0] if len(inner) == 1 else {
+        "requires_any": {"requirements": outer + [{"requires_all": {"requirements": inner}}]}}
+    return {"name": JWT_AUTHN, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": providers,
+        "rules": [{"match": {"prefix": "/"}, "requires": requires}],
+        "bypass_cors_preflight": True,
+    }}
+
+
 def rbac_filter(policies):
     return {"name": RBAC, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
@@ -427,6 +473,9 @@ def render(config, mesh_doc, policy_docs):
         if cluster not in names:
             raise Refused(f"the Envoy config has no cluster {cluster!r} (render it with --auth-cluster {cluster})")
         pairs += [rbac_filter(rules), ext_authz_filter(ext, cluster, provider)]
+    jwt = jwt_filter(policy_docs)
+    if jwt:
+        pairs.insert(0, jwt)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters = []
     for f in hcm["http_filters"]:

@@ -25,15 +25,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use jwt_simple::prelude::*;
 
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
 use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
-use nebula_authz_tests::{paths, repo_root, Env};
+use nebula_authz_tests::{paths, repo_root, Env, TempDir};
 
 const MESH: &str = "tests/data/custom/meshconfig.yaml";
 const POLICIES: &str = "tests/data/custom/policies.yaml";
+/// The mesh's token check (Istio's jwt_authn) and the filter's `jwt` block mirroring it.
+const REQUEST_AUTHENTICATION: &str = "tests/data/custom/requestauthentication.yaml";
+const JWT: &str = "tests/data/custom/jwt.json";
+/// The TEST-ONLY key whose public half is the JWKS of both.
+const RSA_PRIVATE: &str = include_str!("../data/jwt/rsa-test-private.pem");
+const ISSUER: &str = "https://login.example.com";
 /// The second provider's cluster, as Istio names it; its endpoint is the same mock.
 const OPA_CLUSTER: &str = "outbound|4301||opa.prefect.svc.cluster.local";
 /// The providers' `pathPrefix`es: which provider a callout came from.
@@ -55,6 +64,34 @@ fn test_ca() -> TestCa {
         ca.client(name, uri);
     }
     ca
+}
+
+/// A token of the test issuer for `sub` (`groups`, `azp` as given); `forged`: its
+/// signature's first byte changed (RSA key generation is slow in a debug build).
+fn token(sub: &str, groups: &[&str], azp: &str, forged: bool) -> String {
+    let key = RS256KeyPair::from_pem(RSA_PRIVATE).expect("test RSA key").with_key_id("rsa-1");
+    let claims = Claims::with_custom_claims(serde_json::json!({"groups": groups, "azp": azp}), Duration::from_mins(10))
+        .with_issuer(ISSUER)
+        .with_audience("prefect-api")
+        .with_subject(sub);
+    let token = key.sign(claims).expect("sign");
+    if !forged {
+        return token;
+    }
+    let at = token.rfind('.').expect("a signature") + 1;
+    let flipped = if token[at..].starts_with('A') { "B" } else { "A" };
+    format!("{}{flipped}{}", &token[..at], &token[at + 1..])
+}
+
+/// The tokens of the corpus, by name.
+fn tokens() -> Vec<(&'static str, String)> {
+    vec![
+        ("admin-cli", token("admin-cli", &["prefect-admins"], "web", false)),
+        ("ops-readonly", token("ops-readonly", &["prefect-admins"], "legacy-client", false)),
+        ("ops-star", token("ops-*", &[], "web", false)),
+        ("svc-batch", token("svc-batch", &["users"], "web", false)),
+        ("forged", token("admin-cli", &["prefect-admins"], "web", true)),
+    ]
 }
 
 /// One request of the corpus: who sends it (certificate, source address) and what.
@@ -115,7 +152,7 @@ const SCOPED: &[&str] = &[
 /// Every scoped path from every peer (and none) and two source addresses; then the
 /// methods, hosts, headers and forwarded addresses the rules look at; two providers
 /// answering differently; paths.tsv's hostile targets.
-fn corpus(side: &str) -> Vec<Case> {
+fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
     let allow = "allow:alice";
     let local = ip([127, 0, 0, 1]);
     let mut out = Vec::new();
@@ -209,6 +246,17 @@ fn corpus(side: &str) -> Vec<Case> {
     for path in ["/api/flows", "/other", "/api/health"] {
         let req = RawRequest::get(path).bearer(allow).header("x-nebula-actor-id", "evil");
         push(format!("GET {path} spoofed"), None, local, req);
+    }
+    // Tokens: each rule scoped to them, a path no rule selects, and one rule that does not
+    // look at tokens.
+    for (name, token) in tokens {
+        for path in ["/jwt/principals/x", "/jwt/notprincipals/x", "/jwt/claims/x", "/other", "/api/flows"] {
+            let req = RawRequest::get(path).bearer(allow).header("x-jwt-assertion", token);
+            push(format!("GET {path} token {name}"), None, local, req);
+        }
+    }
+    for path in ["/jwt/principals/x", "/jwt/notprincipals/x", "/jwt/claims/x"] {
+        push(format!("GET {path} no token"), None, local, RawRequest::get(path).bearer(allow));
     }
     for case in paths::load() {
         let id = format!("paths.tsv:{} {}", case.line, escape(&case.target));
@@ -362,10 +410,19 @@ fn write_tsv(observed: &BTreeMap<(String, String), (String, String)>, known: &BT
     std::fs::write(repo_root().join(TSV), text).expect("write the differences TSV");
 }
 
+/// The policies and the RequestAuthentication in one file, as istiod reads them all.
+fn istio_input(dir: &TempDir) -> PathBuf {
+    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = dir.path().join("policies.yaml");
+    std::fs::write(&path, format!("{}\n---\n{}", read(POLICIES), read(REQUEST_AUTHENTICATION))).expect("write");
+    path
+}
+
 /// Envoy as istiod renders the policies.
 fn start_istio(ca: &TestCa) -> Env {
+    let dir = TempDir::new("nebula-custom-diff");
     Env::builder()
-        .ext_authz(&repo_root().join(MESH), &repo_root().join(POLICIES))
+        .ext_authz(&repo_root().join(MESH), &istio_input(&dir))
         .auth_cluster_name(ISTIO_CLUSTER)
         .auth_alias(OPA_CLUSTER)
         .istio_sidecar()
@@ -384,6 +441,11 @@ fn istio_rendering_selects_as_istio_documents() {
     let env = start_istio(&ca);
     let local = ip([127, 0, 0, 1]);
     let get = |path: &str| RawRequest::get(path).bearer("allow:alice");
+    let tokens = tokens();
+    let bearer = |path: &str, name: &str| {
+        let token = &tokens.iter().find(|(n, _)| *n == name).expect("a token of tokens()").1;
+        RawRequest::get(path).bearer("allow:alice").header("x-jwt-assertion", token)
+    };
     #[rustfmt::skip]
     let table: Vec<(&str, Option<&'static str>, IpAddr, RawRequest, &str)> = vec![
         ("paths prefix", None, local, get("/api/flows"), "authz-http"),
@@ -451,6 +513,18 @@ fn istio_rendering_selects_as_istio_documents() {
         ("from and to ANDed, no certificate", None, local,
          RawRequest::new("DELETE", "/other").bearer("allow:alice"), "-"),
         ("no rule", None, local, get("/other"), "-"),
+        ("requestPrincipals", None, local, bearer("/jwt/principals/x", "admin-cli"), "authz-http"),
+        ("requestPrincipals: *\u{2f}ops-* is the literal subject", None, local,
+         bearer("/jwt/principals/x", "ops-star"), "authz-http"),
+        ("requestPrincipals prefix", None, local, bearer("/jwt/principals/x", "svc-batch"), "authz-http"),
+        ("requestPrincipals, other", None, local, bearer("/jwt/principals/x", "ops-readonly"), "-"),
+        ("requestPrincipals, no token", None, local, get("/jwt/principals/x"), "-"),
+        ("notRequestPrincipals", None, local, bearer("/jwt/notprincipals/x", "admin-cli"), "authz-http"),
+        ("notRequestPrincipals, no token", None, local, get("/jwt/notprincipals/x"), "authz-http"),
+        ("notRequestPrincipals, listed", None, local, bearer("/jwt/notprincipals/x", "ops-readonly"), "-"),
+        ("request.auth conditions", None, local, bearer("/jwt/claims/x", "admin-cli"), "authz-http"),
+        ("request.auth presenter notValues", None, local, bearer("/jwt/claims/x", "ops-readonly"), "-"),
+        ("request.auth claim, other", None, local, bearer("/jwt/claims/x", "svc-batch"), "-"),
     ];
     let mut wrong = String::new();
     for (what, cert, source, req, expected) in table {
@@ -471,7 +545,8 @@ fn filter_rules_match_istio_except_the_documented_differences() {
     let started = std::time::Instant::now();
     let ca = test_ca();
     let istio = start_istio(&ca);
-    let config = ext_authz_pair::convert_all(&repo_root().join(MESH), &[repo_root().join(POLICIES)]);
+    let jwt = repo_root().join(JWT);
+    let config = ext_authz_pair::convert_all(&repo_root().join(MESH), &[repo_root().join(POLICIES)], Some(&jwt));
     let filter = Env::builder()
         .plugin_config(&config)
         .auth_cluster_name(ISTIO_CLUSTER)
@@ -481,7 +556,8 @@ fn filter_rules_match_istio_except_the_documented_differences() {
         .xff_trusted_hops(1)
         .mocks_of(&istio)
         .start();
-    let (ours_corpus, theirs_corpus) = (corpus("filter"), corpus("istio"));
+    let tokens = tokens();
+    let (ours_corpus, theirs_corpus) = (corpus("filter", &tokens), corpus("istio", &tokens));
     let mut observed = BTreeMap::new();
     let mut report = String::new();
     for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {

@@ -830,10 +830,30 @@ fn escape(target: &[u8]) -> String {
 fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     let mesh = fixture("tests/data/custom/meshconfig.yaml");
     let policies = fixture("tests/data/custom/policies.yaml");
-    let out = convert(&mesh, &policies, true);
+    let jwt = fixture("tests/data/custom/jwt.json");
+    let out = Command::new(Tools::locate(false).python)
+        .arg(repo_root().join("scripts/convert_policy.py"))
+        .args([&mesh, &policies])
+        .arg("--jwt")
+        .arg(&jwt)
+        .arg("--config-only")
+        .output()
+        .expect("run scripts/convert_policy.py");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let block: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&jwt).expect("read jwt.json")).expect("jwt JSON");
+    assert_eq!(config["jwt"], block, "--jwt: the filter's jwt block as given");
+    let without = convert(&mesh, &policies, true);
+    let refused = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        without.status.code() == Some(1)
+            && refused.contains(
+                "prefect/api rules[17].from[0].source.requestPrincipals: the filter reads request principals"
+            ),
+        "request principals need the filter's jwt block: {refused}"
+    );
     let names = |key: &str, field: &str| -> Vec<String> {
         config[key].as_array().expect(key).iter().map(|p| p[field].as_str().unwrap_or("?").to_owned()).collect()
     };
@@ -873,6 +893,6 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
         paths.push(path);
     }
     assert!(paths.len() >= 3);
-    let split = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &paths);
+    let split = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &paths, Some(&jwt));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&split).expect("JSON"), config, "one file or several");
 }
