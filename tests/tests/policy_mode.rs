@@ -201,7 +201,6 @@ fn converted_policy_runs_under_envoy_without_bypass() {
 fn unsafe_or_inexpressible_policies_are_refused() {
     let mesh = std::fs::read_to_string(fixture(MESH)).expect("read mesh fixture");
     let policy = std::fs::read_to_string(fixture(POLICY)).expect("read policy fixture");
-    let notpaths = "            notPaths:\n";
     let cases: &[(&str, String, String, &str)] = &[
         ("failOpen", mesh.replace("failOpen: false", "failOpen: true"), policy.clone(), "failOpen: true"),
         (
