@@ -14,6 +14,8 @@
 //! - [`access`]: source ranges, trusted proxies and mTLS principals (plain data).
 //! - [`cache`]: the shared decision cache and callout coalescing (plain data).
 //! - [`jwt`]: local JWT verification and the JWKS schedule (plain data).
+//! - [`authz_policy`]: Istio CUSTOM AuthorizationPolicy rules: which provider checks
+//!   which request (plain data).
 //! - [`plugin_config`]: the whole plugin configuration (`Settings`), composed from the features.
 //! - [`flow`]: the request flow as a state machine over one host trait, with its
 //!   per-worker state; plain Rust, tested natively against an in-memory host.
@@ -23,6 +25,7 @@
 //! Everything but `wasm` is plain Rust, unit-tested natively.
 
 pub mod access;
+pub mod authz_policy;
 pub mod bytes;
 pub mod cache;
 pub mod cluster;

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::access::access_config::{self as access_config, RawAccess, RawPublicPath};
 use crate::access::AccessSettings;
+use crate::authz_policy::policy_config::RawPolicy;
+use crate::authz_policy::{Selection, MAX_PROVIDERS};
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
 use crate::jwt::jwt_config::{JwtSettings, RawJwt};
@@ -30,7 +32,13 @@ const DEFAULT_STATUS_ON_ERROR: u32 = 403;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    auth: RawAuth,
+    /// The one provider, named `auth`; or `providers`, never both.
+    auth: Option<RawAuth>,
+    /// Named providers: each a `name` and the fields of the `auth` block (read as one,
+    /// so an error names `providers[i].field`).
+    providers: Option<Vec<serde_json::Value>>,
+    /// Istio CUSTOM policies: which requests each provider checks (authz_policy/).
+    policies: Option<Vec<RawPolicy>>,
     strip_headers: Option<Vec<String>>,
     /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/access_config.rs).
     public_paths: Option<Vec<RawPublicPath>>,
@@ -51,6 +59,10 @@ struct RawConfig {
 #[derive(Debug)]
 pub struct Settings {
     pub auth: AuthSettings,
+    /// The providers' names, in order (`["auth"]` with the `auth` block).
+    pub provider_names: Vec<String>,
+    /// With `policies`: which requests are checked (without: every protected one).
+    pub selection: Option<Selection>,
     /// Removed from every client request; includes `auth.upstream_headers` with the
     /// forward-auth protocol (not with ext_authz, which replaces only what it sets).
     pub strip: HeaderNames,
@@ -70,9 +82,13 @@ impl Settings {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         // serde would read a struct from a JSON array too; users must write objects.
-        for (field, object) in
+        let providers = value.get("providers").and_then(|p| p.as_array()).map(Vec::as_slice).unwrap_or_default();
+        let provider_fields: Vec<String> = (0..providers.len()).map(|i| format!("providers[{i}]")).collect();
+        let objects =
             [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt")), ("cache", value.get("cache"))]
-        {
+                .into_iter()
+                .chain(provider_fields.iter().map(String::as_str).zip(providers.iter().map(Some)));
+        for (field, object) in objects {
             if let Some(object) = object.filter(|v| !v.is_object()) {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
@@ -144,8 +160,30 @@ fn kind(value: &serde_json::Value) -> &'static str {
 impl TryFrom<RawConfig> for Settings {
     type Error = ConfigError;
 
-    fn try_from(raw: RawConfig) -> Result<Settings, ConfigError> {
-        let auth = AuthSettings::try_from(raw.auth)?;
+    fn try_from(mut raw: RawConfig) -> Result<Settings, ConfigError> {
+        let (auths, provider_names) = providers(raw.auth.take(), raw.providers.take())?;
+        let selection = match raw.policies.take() {
+            Some(policies) => {
+                // Istio CUSTOM checks only what a rule selects: Prefect's public paths are
+                // not implied (a listed path still is never checked).
+                raw.public_paths.get_or_insert_with(Vec::new);
+                Some(Selection::compile(policies, &provider_names)?)
+            }
+            None if provider_names.len() > 1 => {
+                return Err(ConfigError::new(
+                    "providers",
+                    "several providers need policies: which requests does each check?",
+                ))
+            }
+            None => None,
+        };
+        if auths.len() > 1 {
+            return Err(ConfigError::new(
+                "providers",
+                "several providers are not enforced by this build yet: configure one provider",
+            ));
+        }
+        let auth = auths.into_iter().next().ok_or_else(|| ConfigError::new("providers", "is empty"))?;
 
         let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
         // `_` reads as `-` in every name the strip list holds or gains below.
@@ -209,13 +247,61 @@ impl TryFrom<RawConfig> for Settings {
             cache.unkeyed = auth.trace_headers.clone();
         }
 
-        Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
+        Ok(Settings { auth, provider_names, selection, status_on_error, strip, public, jwt, cache, access })
     }
+}
+
+/// The `auth` block (the provider `auth`), or `providers` (each a `name` and the
+/// fields of an `auth` block): exactly one of them. Each provider's settings and name.
+fn providers(
+    auth: Option<RawAuth>,
+    providers: Option<Vec<serde_json::Value>>,
+) -> Result<(Vec<AuthSettings>, Vec<String>), ConfigError> {
+    let list = match (auth, providers) {
+        (Some(auth), None) => return Ok((vec![AuthSettings::try_from(auth)?], vec!["auth".to_string()])),
+        (Some(_), Some(_)) => return Err(ConfigError::new("providers", "set either auth or providers, not both")),
+        (None, None) => return Err(ConfigError::new("", "missing field `auth` (or `providers`)")),
+        (None, Some(list)) => list,
+    };
+    if list.is_empty() {
+        return Err(ConfigError::new("providers", "is empty: name at least one provider"));
+    }
+    if list.len() > MAX_PROVIDERS {
+        return Err(ConfigError::new("providers", format!("more than {MAX_PROVIDERS} providers")));
+    }
+    let mut names = Vec::with_capacity(list.len());
+    let mut settings = Vec::with_capacity(list.len());
+    for (i, mut value) in list.into_iter().enumerate() {
+        let field = format!("providers[{i}]");
+        let name = match value.as_object_mut().and_then(|o| o.remove("name")) {
+            Some(serde_json::Value::String(name)) if !name.is_empty() => name,
+            _ => return Err(ConfigError::new(format!("{field}.name"), "missing: each provider needs a name")),
+        };
+        if names.contains(&name) {
+            return Err(ConfigError::new(format!("{field}.name"), format!("{name:?} names two providers")));
+        }
+        let raw: RawAuth =
+            serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
+                "." => ConfigError::new(field.clone(), e.inner().to_string()),
+                path => ConfigError::new(format!("{field}.{path}"), e.inner().to_string()),
+            })?;
+        let auth = AuthSettings::try_from(raw).map_err(|e| ConfigError {
+            field: e.field.strip_prefix("auth").map_or(e.field.clone(), |rest| format!("{field}{rest}")),
+            message: e.message,
+        })?;
+        names.push(name);
+        settings.push(auth);
+    }
+    Ok((settings, names))
 }
 
 /// docs/configuration.md is checked against [`RawConfig`] (every field, both ways).
 #[cfg(test)]
 mod docs_reference;
+
+/// `providers` and `policies`: what loads, what is refused.
+#[cfg(test)]
+mod policy_schema;
 
 #[cfg(test)]
 mod tests {
@@ -342,7 +428,7 @@ mod tests {
     fn bad_configs_name_the_field() {
         let cases: &[(&str, &str)] = &[
             ("", "invalid plugin configuration: not valid JSON: EOF while parsing a value at line 1 column 0"),
-            ("{}", "invalid plugin configuration: missing field `auth`"),
+            ("{}", "invalid plugin configuration: missing field `auth` (or `providers`)"),
             ("[1]", "invalid plugin configuration: expected a JSON object, got an array"),
             (r#"{"auth": ["a"]}"#, "invalid plugin configuration: auth: expected a JSON object, got an array"),
             (r#"{"auth": "auth"}"#, "invalid plugin configuration: auth: expected a JSON object, got a string"),
@@ -391,7 +477,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `providers`, `policies`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

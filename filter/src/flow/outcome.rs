@@ -21,6 +21,20 @@ pub enum Step<T = ()> {
     Paused(Waiting),
 }
 
+impl<T> Step<T> {
+    /// What a step handed on (`Ok`), or where it stopped the request, as any step's
+    /// answer (`Err`): the sequence returns it as it is.
+    pub fn next<U>(self) -> Result<T, Step<U>> {
+        match self {
+            Step::Next(value) => Ok(value),
+            Step::Upstream => Err(Step::Upstream),
+            Step::Replied => Err(Step::Replied),
+            Step::Resumed => Err(Step::Resumed),
+            Step::Paused(waiting) => Err(Step::Paused(waiting)),
+        }
+    }
+}
+
 /// What a paused request waits for.
 pub enum Waiting {
     /// Its own callout (`token`); when caching, what to resend it with for the requests

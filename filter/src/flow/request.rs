@@ -14,7 +14,7 @@ use crate::flow::request_info::HostRequestInfo;
 use crate::flow::request_log::{self, Via};
 use crate::flow::steps::access::{self, PeerFacts};
 use crate::flow::steps::body::{self, BodyWait};
-use crate::flow::steps::{cache, callout, decide, inject, jwks_wait, jwt, public, strip};
+use crate::flow::steps::{cache, callout, decide, inject, jwks_wait, jwt, public, select, strip};
 use crate::flow::worker::{take, Worker};
 use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
@@ -82,13 +82,20 @@ impl Request {
         if let (Pass::Headers { end_of_stream: false }, Some(_)) = (pass, &settings.auth.with_request_body) {
             self.body = Some(BodyWait { since_ms: host.now_ms(), received: 0, complete: false, seen: false });
         }
-        match jwt::check(host, worker, id, settings, &headers, pass.is_first()) {
-            Step::Next(()) => {}
-            decided => return decided,
-        }
+        let claims = match jwt::check(host, worker, id, settings, &headers, pass.is_first()).next() {
+            Ok(claims) => claims,
+            Err(decided) => return decided,
+        };
         // X-Forwarded-For and the operators of headers_to_add reuse the address an access
-        // rule read: one property read.
-        let PeerFacts { principal, address } = peer;
+        // rule or a policy read: one property read.
+        let PeerFacts { principal, mut address } = peer;
+        if let Some(selection) = &settings.selection {
+            let step = select::select(host, worker, id, settings, selection, &headers, claims.as_ref(), &mut address);
+            if let Err(decided) = step.next::<()>() {
+                self.body = None;
+                return decided;
+            }
+        }
         let mut callout = match settings.callout(&headers, HostRequestInfo::with_source(host, address)) {
             Ok(callout) => callout,
             Err(failure) => return fail_closed(host, worker, id, settings, failure),

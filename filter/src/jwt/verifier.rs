@@ -41,6 +41,9 @@ const MAX_HEADER_BYTES: usize = 8192;
 /// repeated costs a lookup, a flood of distinct ones evicts the oldest.
 const RECENT_REJECTS: usize = 1024;
 
+/// A verified token's claims (shared with the cache).
+pub type VerifiedClaims = Rc<Map<String, Value>>;
+
 /// The headers a valid token's claims become (shared with the cache).
 pub type ClaimHeaders = Rc<[(String, String)]>;
 
@@ -59,8 +62,9 @@ pub enum Pass {
 pub enum Outcome {
     /// Not ours to decide: the callout does, as without the `jwt` block.
     Callout(Pass),
-    /// A valid token of a provider: set `headers`, then allow (`Local`) or call out.
-    Valid { mode: Mode, headers: ClaimHeaders, cached: bool },
+    /// A valid token of a provider: set `headers`, then allow (`Local`) or call out;
+    /// its `claims` (for the rules of `policies`: `requestPrincipals`, `request.auth.*`).
+    Valid { mode: Mode, headers: ClaimHeaders, cached: bool, claims: Rc<Map<String, Value>> },
     /// 401 `invalid_token`, no callout.
     Invalid(Reason),
     /// A valid token that fails a `require` check (the provider's or a rule's): 403
@@ -253,7 +257,7 @@ impl JwtVerifier {
 fn valid<H: Header>(
     settings: &JwtSettings,
     provider: usize,
-    claims: &Map<String, Value>,
+    claims: &Rc<Map<String, Value>>,
     request: &[H],
     headers: ClaimHeaders,
     cached: bool,
@@ -264,7 +268,7 @@ fn valid<H: Header>(
     if !p.require.met_by(claims) || !by_path.iter().all(|r| r.met_by(claims)) {
         return Outcome::Insufficient;
     }
-    Outcome::Valid { mode: p.mode, headers, cached }
+    Outcome::Valid { mode: p.mode, headers, cached, claims: claims.clone() }
 }
 
 /// `exp` (required), `nbf` and `iat` against the clock with the provider's leeway, and
@@ -460,7 +464,7 @@ mod tests {
         let s = settings(&f, "");
         let mut v = verifier(&s);
         for token in [f.es.sign(claims()).unwrap(), f.ed.sign(claims()).unwrap()] {
-            let Outcome::Valid { mode, headers, cached } = check(&s, &mut v, &token) else {
+            let Outcome::Valid { mode, headers, cached, .. } = check(&s, &mut v, &token) else {
                 panic!("{:?}", check(&s, &mut v, &token))
             };
             assert_eq!((mode, cached), (Mode::Local, false));
@@ -544,7 +548,7 @@ mod tests {
             (
                 "within leeway",
                 with(&|c| c.expires_at = Some(UnixTimeStamp::from_secs(NOW_S - 59))),
-                Outcome::Valid { mode: Mode::Local, headers: Rc::from(vec![]), cached: false },
+                Outcome::Valid { mode: Mode::Local, headers: Rc::from(vec![]), cached: false, claims: Rc::default() },
             ),
             (
                 "nbf",

@@ -29,14 +29,14 @@ use crate::policy::decision::Failure;
 pub const WAIT_TICK: Duration = Duration::from_millis(10);
 
 /// `id` waits for the fetch of `provider`'s JWKS, in flight until `until_ms` at the latest.
-pub fn wait<H: Host>(
+pub fn wait<H: Host, T>(
     host: &H,
     worker: &mut Worker,
     id: u32,
     settings: &Settings,
     provider: usize,
     until_ms: u64,
-) -> Step {
+) -> Step<T> {
     if host.set_tick_period(WAIT_TICK).is_err() {
         return fail_closed(host, worker, id, settings, Failure::HostError);
     }
@@ -101,7 +101,7 @@ fn check_again<H: Host>(host: &H, worker: &mut Worker, id: u32, settings: &Setti
         Step::Replied | Step::Resumed => {}
         // The same token of a `local` provider is never sent to the auth service, and the
         // second pass neither fetches nor waits: fail closed if it ever did.
-        Step::Next(()) | Step::Paused(_) => {
+        Step::Next(_) | Step::Paused(_) => {
             let _: Step = fail_closed(host, worker, id, settings, Failure::HostError);
         }
     }

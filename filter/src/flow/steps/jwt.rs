@@ -14,6 +14,7 @@ use crate::flow::worker::Worker;
 use crate::jwt::jwks_schedule::Why;
 use crate::jwt::jwt_config::Mode;
 use crate::jwt::source::{Removal, Sources};
+use crate::jwt::verifier::VerifiedClaims;
 use crate::jwt::verifier::{
     self, INSUFFICIENT_SCOPE_BODY, INSUFFICIENT_SCOPE_CHALLENGE, INVALID_TOKEN_BODY, INVALID_TOKEN_CHALLENGE,
 };
@@ -21,7 +22,8 @@ use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 
-/// [`Step::Next`]: the callout decides (not a JWT of ours, or `local_then_callout`);
+/// [`Step::Next`]: the callout decides (not a JWT of ours, or `local_then_callout`:
+/// then with the token's claims, which the rules of `policies` read);
 /// [`Step::Upstream`]: a valid token in `local` mode; [`Step::Paused`]: the provider's
 /// keys are being fetched, here or elsewhere. `may_fetch` is false on the second pass,
 /// after a JWKS fetch (no second fetch, no wait).
@@ -32,8 +34,8 @@ pub fn check<H: Host>(
     settings: &Settings,
     headers: &[(&str, &[u8])],
     may_fetch: bool,
-) -> Step {
-    let Some(jwt) = &settings.jwt else { return Step::Next(()) };
+) -> Step<Option<VerifiedClaims>> {
+    let Some(jwt) = &settings.jwt else { return Step::Next(None) };
     let Some(verifier) = worker.verifier(jwt) else {
         // A request of a configuration two reconfigurations old: its keys are gone.
         return fail_closed(host, worker, id, settings, Failure::HostError);
@@ -69,7 +71,7 @@ pub fn check<H: Host>(
                 let mode = jwt.providers.get(provider).map_or(Mode::Local, |p| p.mode);
                 if mode == Mode::LocalThenCallout {
                     warn!("[{id}] no JWKS keys yet for provider {provider} ({mode:?}); asking the auth service");
-                    return Step::Next(());
+                    return Step::Next(None);
                 }
                 request_log::failed_closed(
                     host,
@@ -86,9 +88,9 @@ pub fn check<H: Host>(
     match outcome {
         verifier::Outcome::Callout(_) => {
             worker.counters.count_jwt(JwtCounter::Passthrough);
-            Step::Next(())
+            Step::Next(None)
         }
-        verifier::Outcome::Valid { mode, headers: claims, cached } => {
+        verifier::Outcome::Valid { mode, headers: claim_headers, cached, claims } => {
             worker.counters.count_jwt(if cached { JwtCounter::CacheHit } else { JwtCounter::Verified });
             debug!("[{id}] valid JWT ({mode:?})");
             // Before the callout too: the callout's headers are already taken, and only
@@ -97,11 +99,11 @@ pub fn check<H: Host>(
                 return fail_closed(host, worker, id, settings, Failure::HostError);
             }
             if mode == Mode::LocalThenCallout {
-                worker.kept.claims.insert(id, claims);
-                return Step::Next(());
+                worker.kept.claims.insert(id, claim_headers);
+                return Step::Next(Some(claims));
             }
             // Added, not replaced: every claim header was stripped from the request.
-            for (name, value) in claims.iter() {
+            for (name, value) in claim_headers.iter() {
                 if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }

@@ -1,0 +1,138 @@
+//! A rule's `when` conditions, on the keys Istio documents for HTTP
+//! (pilot/pkg/security/authz/model/model.go) that the filter reads exactly as Envoy's
+//! RBAC does. Any other key (`experimental.envoy.filters.*`, `source.serviceAccount`,
+//! `source.trustDomain`, a misspelling) is refused at load, naming the field.
+
+use crate::access::cidr::Ranges;
+use crate::authz_policy::identity::{claim_matches, Namespace, PeerPrincipal, RequestPrincipal};
+use crate::authz_policy::operation::port;
+use crate::authz_policy::pattern::{Either, Pattern};
+use crate::authz_policy::policy_config::RawCondition;
+use crate::authz_policy::request_facts::{Connection, RequestFacts};
+use crate::authz_policy::source::{non_empty, range};
+use crate::error::ConfigError;
+use crate::policy::headers::Header;
+
+#[derive(Debug)]
+pub enum Condition {
+    /// `request.headers[name]` (name lower-case): `HeaderMatcher`, `*` = present.
+    Header(String, Either<Pattern>),
+    SourceIp(Either<Ranges>),
+    RemoteIp(Either<Ranges>),
+    DestinationIp(Either<Ranges>),
+    DestinationPort(Either<u16>),
+    SourceNamespace(Either<Namespace>),
+    SourcePrincipal(Either<PeerPrincipal>),
+    RequestPrincipal(Either<RequestPrincipal>),
+    /// `request.auth.audiences` (`aud`), `.presenter` (`azp`), `.claims[a][b]`.
+    Claim(Vec<String>, Either<Pattern>),
+    /// `connection.sni`: `StringMatcher`, `*` = non-empty.
+    Sni(Either<Pattern>),
+}
+
+/// `[a][b]` → `["a", "b"]` (Istio's `extractNameInNestedBrackets`); `None` if malformed.
+fn bracketed(text: &str) -> Option<Vec<String>> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    let names: Vec<String> = inner.split("][").map(str::to_string).collect();
+    names.iter().all(|n| !n.is_empty() && !n.contains(['[', ']'])).then_some(names)
+}
+
+impl Condition {
+    /// `field`: `policies[0].rules[1].when[2]`.
+    pub fn compile(field: &str, raw: RawCondition) -> Result<Condition, ConfigError> {
+        let RawCondition { key, values, not_values } = raw;
+        if values.as_ref().is_none_or(Vec::is_empty) && not_values.as_ref().is_none_or(Vec::is_empty) {
+            return Err(ConfigError::new(field, "needs values or notValues"));
+        }
+        let (v, n) = (values.as_deref(), not_values.as_deref());
+        let text = |parse: fn(&str) -> Pattern| {
+            Either::compile(v, n, move |value, i, not| non_empty(field, value, i, not, "values").map(|()| parse(value)))
+        };
+        let ranges = || {
+            Either::compile(v, n, |value, i, not| {
+                range(&format!("{field}.{}[{i}]", if not { "notValues" } else { "values" }), value)
+            })
+        };
+        let string = |value: &str| Pattern::parse(value, false, false);
+        Ok(match key.as_str() {
+            "source.ip" => Condition::SourceIp(ranges()?),
+            "remote.ip" => Condition::RemoteIp(ranges()?),
+            "destination.ip" => Condition::DestinationIp(ranges()?),
+            "destination.port" => Condition::DestinationPort(Either::compile(v, n, |value, i, not| {
+                port(&format!("{field}.{}[{i}]", if not { "notValues" } else { "values" }), value)
+            })?),
+            "source.namespace" => Condition::SourceNamespace(Either::compile(v, n, |value, i, not| {
+                non_empty(field, value, i, not, "values").map(|()| Namespace::parse(value))
+            })?),
+            "source.principal" => Condition::SourcePrincipal(Either::compile(v, n, |value, i, not| {
+                non_empty(field, value, i, not, "values").map(|()| PeerPrincipal::parse(value))
+            })?),
+            "request.auth.principal" => Condition::RequestPrincipal(Either::compile(v, n, |value, i, not| {
+                non_empty(field, value, i, not, "values").map(|()| RequestPrincipal::parse(value))
+            })?),
+            "request.auth.audiences" => Condition::Claim(vec!["aud".into()], text(string)?),
+            "request.auth.presenter" => Condition::Claim(vec!["azp".into()], text(string)?),
+            "connection.sni" => Condition::Sni(text(string)?),
+            _ => {
+                if let Some(path) = key.strip_prefix("request.auth.claims").and_then(bracketed) {
+                    Condition::Claim(path, text(string)?)
+                } else if let Some(name) =
+                    key.strip_prefix("request.headers").and_then(bracketed).filter(|p| p.len() == 1)
+                {
+                    let name = name.concat().to_ascii_lowercase();
+                    Condition::Header(name, text(|value| Pattern::parse(value, false, true))?)
+                } else {
+                    return Err(ConfigError::new(
+                        format!("{field}.key"),
+                        format!("{key} cannot be evaluated by the filter"),
+                    ));
+                }
+            }
+        })
+    }
+
+    pub fn holds<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {
+        match self {
+            Condition::Header(name, values) => {
+                let value = facts.header(name);
+                values.holds(|p| value.as_deref().is_some_and(|v| p.matches(v)))
+            }
+            Condition::SourceIp(r) => {
+                let ip = facts.connection.source_ip();
+                r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
+            }
+            Condition::RemoteIp(r) => {
+                let ip = facts.connection.remote_ip();
+                r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
+            }
+            Condition::DestinationIp(r) => {
+                let ip = facts.connection.destination_ip();
+                r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
+            }
+            Condition::DestinationPort(ports) => {
+                let port = facts.connection.destination_port();
+                ports.holds(|p| port == Some(*p))
+            }
+            Condition::SourceNamespace(ns) => {
+                let san = facts.connection.principal();
+                ns.holds(|n| san.is_some_and(|s| n.matches(s)))
+            }
+            Condition::SourcePrincipal(ps) => {
+                let san = facts.connection.principal();
+                ps.holds(|p| san.is_some_and(|s| p.matches(s)))
+            }
+            Condition::RequestPrincipal(ps) => {
+                let claims = facts.claims;
+                ps.holds(|p| claims.is_some_and(|c| p.matches(c)))
+            }
+            Condition::Claim(path, values) => {
+                let claims = facts.claims;
+                values.holds(|p| claims.is_some_and(|c| claim_matches(c, path, p)))
+            }
+            Condition::Sni(values) => {
+                let sni = facts.connection.sni();
+                values.holds(|p| sni.is_some_and(|s| p.matches(s)))
+            }
+        }
+    }
+}
