@@ -210,7 +210,7 @@ convert:
 				$$py -m pip install --quiet pyyaml==$(PYYAML_VERSION); } >&2; \
 		fi; \
 	fi; \
-	$$py scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(JWT),--jwt $(JWT)) $(if $(URL),--url $(URL))
+	$$py scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(JWT),--jwt $(JWT)) $(if $(PEER_FROM_ENVOY),--peer-from-envoy) $(if $(URL),--url $(URL))
 # --------------------------------------------------------------------------------------
 
 # --- make bench (docs/performance.md) -------------------------------------------------

@@ -131,7 +131,8 @@ def plugin_config_problems(doc):
     return config_problems("spec.pluginConfig", json.dumps(config)) + fail_open_problems(doc)
 
 
-# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root.
+# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root;
+# converted with --peer-from-envoy (their ipBlocks and source.ip, docs/istio.md).
 CONVERSIONS = [
     ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml"],
      "istio/examples/custom-jwt.json"),
@@ -147,7 +148,7 @@ def converted(mesh, policies, jwt):
         mesh_doc = convert_policy.pick_mesh(ROOT / mesh, convert_policy.documents(ROOT / mesh))
         docs = convert_policy.pick_policies([(ROOT / p, convert_policy.documents(ROOT / p)) for p in policies], notes)
         block = convert_policy.read_jwt(ROOT / jwt) if jwt else None
-        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block)
+        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block, peer_from_envoy=True)
     except convert_policy.Refused as refused:
         return None, [f"make convert refused: {refused}"]
     return plugin, []
@@ -309,7 +310,8 @@ def main():
         plugin, found = converted(mesh, policies, jwt)
         if plugin is not None:
             found = problems(plugin, schemas) + plugin_config_problems(plugin)
-        report(f"make convert {mesh} {' '.join(policies)}{' --jwt ' + jwt if jwt else ''}: WasmPlugin", found, counts)
+        shown = f"{mesh} {' '.join(policies)}{' --jwt ' + jwt if jwt else ''} --peer-from-envoy"
+        report(f"make convert {shown}: WasmPlugin", found, counts)
 
     kust = ROOT / "istio" / KUSTOMIZATION
     if kust.is_file():

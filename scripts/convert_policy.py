@@ -35,7 +35,10 @@ different statusOnError (the filter has one); a `when` key with no proxy-wasm eq
 (`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
 `serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
 `requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
-`jwt` step: give the `jwt` block that mirrors your RequestAuthentication).
+`jwt` step: give the `jwt` block that mirrors your RequestAuthentication); `ipBlocks`,
+`notIpBlocks` and `source.ip` without --peer-from-envoy (Istio matches the TCP peer,
+proxy-wasm exposes only the address Envoy settled on: on a sidecar, the caller's
+X-Forwarded-For).
 """
 import argparse
 import json
@@ -395,13 +398,22 @@ WHY_NO_WHEN = {
     "source.trustDomain": "not in the filter's rule schema; write it as source.principal (<trust domain>/*)",
 }
 DRY_RUN = "istio.io/dry-run"
+# Istio's `ipBlocks` and `source.ip` are RBAC's direct_remote_ip: the TCP peer. proxy-wasm
+# has only the address Envoy settled on (`source.address`), which on an Istio sidecar
+# (use_remote_address: false) is the right-most X-Forwarded-For entry the caller sent.
+PEER_FIELDS = {"ipBlocks", "notIpBlocks"}
+PEER_WHEN = "source.ip"
+WHY_PEER = ("Istio matches the TCP peer (RBAC direct_remote_ip); the filter sees only the address Envoy settled "
+            "on, which on a sidecar is the right-most X-Forwarded-For entry the caller sent, so a caller could "
+            "choose whether the rule selects it; use principals or namespaces, or pass --peer-from-envoy if no "
+            "X-Forwarded-For can reach this workload")
 
 
 def uses_jwt(key):
     return key in ("requestPrincipals", "notRequestPrincipals") or key.startswith("request.auth.")
 
 
-def check_rule(where, rule, jwt):
+def check_rule(where, rule, jwt, peer_from_envoy=False):
     """One rule: every field is one the filter evaluates as Istio does, else Refused
     naming it. Copied verbatim when it passes."""
     if not isinstance(rule, dict):
@@ -420,6 +432,8 @@ def check_rule(where, rule, jwt):
             if uses_jwt(key) and not jwt:
                 raise Refused(f"{where}.from[{i}].source.{key}: the filter reads request principals from its own "
                               "jwt step; pass --jwt with the jwt block that mirrors your RequestAuthentication")
+            if key in PEER_FIELDS and not peer_from_envoy:
+                raise Refused(f"{where}.from[{i}].source.{key}: {WHY_PEER}")
     for i, item in enumerate(rule.get("to") or []):
         operation = (item or {}).get("operation") or {}
         for key in operation:
@@ -436,6 +450,8 @@ def check_rule(where, rule, jwt):
         if uses_jwt(key) and not jwt:
             raise Refused(f"{field}: the filter reads request.auth.* from its own jwt step; pass --jwt with the "
                           "jwt block that mirrors your RequestAuthentication")
+        if key == PEER_WHEN and not peer_from_envoy:
+            raise Refused(f"{field}: {WHY_PEER}")
         if not cond.get("values") and not cond.get("notValues"):
             raise Refused(f"{field}: needs values or notValues")
 
@@ -445,7 +461,7 @@ def policy_name(doc):
     return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
 
 
-def rule_policies(policy_docs, jwt):
+def rule_policies(policy_docs, jwt, peer_from_envoy=False):
     """Every CUSTOM policy -> {name, provider, rules}, the rules verbatim."""
     out = []
     for doc in policy_docs:
@@ -455,7 +471,7 @@ def rule_policies(policy_docs, jwt):
             raise Refused(f"{name}: the AuthorizationPolicy names no provider")
         rules = spec.get("rules") or []
         for i, rule in enumerate(rules):
-            check_rule(f"{name} rules[{i}]", rule, jwt)
+            check_rule(f"{name} rules[{i}]", rule, jwt, peer_from_envoy)
         out.append({"name": name, "provider": str(provider), "rules": rules})
     return out
 
@@ -513,7 +529,7 @@ def workload_target(policy_docs):
 
 
 
-def convert(mesh_doc, policy_docs, jwt=None):
+def convert(mesh_doc, policy_docs, jwt=None, peer_from_envoy=False):
     notes = []
     workload_target(policy_docs)
     refuse_dry_run(policy_docs)
@@ -539,7 +555,12 @@ def convert(mesh_doc, policy_docs, jwt=None):
             if status is not None:
                 config["status_on_error"] = status
     if config is None:
-        policies = rule_policies(policy_docs, jwt)
+        policies = rule_policies(policy_docs, jwt, peer_from_envoy)
+        if peer_from_envoy and any(f"\"{k}\"" in json.dumps(p["rules"]) for p in policies
+                                   for k in sorted(PEER_FIELDS) + [PEER_WHEN]):
+            notes.append("--peer-from-envoy: ipBlocks, notIpBlocks and source.ip match the address Envoy settled on "
+                         "(source.address), not the TCP peer Istio matches: on a sidecar, the right-most "
+                         "X-Forwarded-For entry a caller sent")
         providers, status = convert_providers(mesh_config(mesh_doc), {p["provider"] for p in policies}, notes)
         config = {"providers": providers, "strip_headers": list(IDENTITY_STRIP)}
         if jwt:
@@ -673,6 +694,8 @@ def main():
     p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
     p.add_argument("policy", type=Path, nargs="+", help="AuthorizationPolicy files (every CUSTOM one converts)")
     p.add_argument("--jwt", type=Path, help="the filter's jwt block (JSON), for requestPrincipals and request.auth.*")
+    p.add_argument("--peer-from-envoy", action="store_true",
+                   help="convert ipBlocks/notIpBlocks/source.ip to match the address Envoy settled on (not the TCP peer)")
     p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
     p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
     args = p.parse_args()
@@ -681,7 +704,7 @@ def main():
         mesh_doc = pick_mesh(args.meshconfig, documents(args.meshconfig))
         policy_docs = pick_policies([(path, documents(path)) for path in args.policy], early)
         jwt = read_jwt(args.jwt) if args.jwt else None
-        plugin, config, notes = convert(mesh_doc, policy_docs, jwt)
+        plugin, config, notes = convert(mesh_doc, policy_docs, jwt, args.peer_from_envoy)
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1

@@ -24,17 +24,18 @@ pub struct Pair {
 /// `make convert`'s plugin config for `mesh` and `policy` (panics, with its stderr, if
 /// the converter refuses).
 pub fn convert(mesh: &Path, policy: &Path) -> String {
-    convert_all(mesh, &[policy.to_path_buf()], None)
+    convert_all(mesh, &[policy.to_path_buf()], &[])
 }
 
-/// `make convert`'s plugin config for `mesh`, every CUSTOM policy in `policies` and the
-/// filter's `jwt` block in the file `jwt` (panics, with its stderr, if the converter refuses).
-pub fn convert_all(mesh: &Path, policies: &[PathBuf], jwt: Option<&Path>) -> String {
+/// `make convert`'s plugin config for `mesh` and every CUSTOM policy in `policies`, with
+/// the converter's options `options` (e.g. `--jwt FILE`); panics, with its stderr, if the
+/// converter refuses.
+pub fn convert_all(mesh: &Path, policies: &[PathBuf], options: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(Tools::locate(false).python)
         .arg(repo_root().join("scripts/convert_policy.py"))
         .arg(mesh)
         .args(policies)
-        .args(jwt.iter().flat_map(|path| [Path::new("--jwt"), path]))
+        .args(options)
         .arg("--config-only")
         .output()
         .expect("run scripts/convert_policy.py");
