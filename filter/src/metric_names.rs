@@ -11,7 +11,7 @@ pub enum Metric {
     Allows,
     /// Requests answered with the auth service's denial (fresh or cached).
     Denies,
-    /// Requests on public paths (no callout).
+    /// Requests on public paths (no callout), and with `policies` requests no rule selects.
     Public,
     /// Requests failed closed (`status_on_error`).
     Errors,

@@ -204,6 +204,7 @@ impl TryFrom<RawConfig> for Settings {
             trusted_proxies: raw.trusted_proxies,
             principals: raw.principals,
             principal_header: raw.principal_header,
+            remote_ip_rules: selection.as_ref().is_some_and(Selection::reads_remote_ip),
         };
         let access = access_config::compile(access, entries, &public, &auth.request_headers)?;
         // The identity header comes only from the filter, never from the client.

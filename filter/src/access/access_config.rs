@@ -21,6 +21,9 @@ pub struct RawAccess {
     pub trusted_proxies: Option<Vec<String>>,
     pub principals: Option<Vec<String>>,
     pub principal_header: Option<String>,
+    /// Whether a `policies` rule reads the client address (`remoteIpBlocks`,
+    /// `remote.ip`): `trusted_proxies` then has a use without `source_ranges`.
+    pub remote_ip_rules: bool,
 }
 
 /// One `public_paths` entry: a template, or a template with access rules.
@@ -130,11 +133,16 @@ pub fn compile(
         paths.push(entry.map(|entry| path_rule(i, entry, public)).transpose()?);
     }
     let any_ranges = source_ranges.is_some() || paths.iter().flatten().any(|r| r.source_ranges.is_some());
-    if trusted_proxies.is_some() && !any_ranges {
-        return Err(ConfigError::new("trusted_proxies", "is only used by source_ranges, and none is configured"));
+    if trusted_proxies.is_some() && !any_ranges && !raw.remote_ip_rules {
+        return Err(ConfigError::new(
+            "trusted_proxies",
+            "is only used by source_ranges and remoteIpBlocks, and none is configured",
+        ));
     }
     let has_paths = paths.iter().any(Option::is_some);
-    if source_ranges.is_none() && principals.is_none() && principal_header.is_none() && !has_paths {
+    // Only `trusted_proxies` (for `remoteIpBlocks`): kept, the gate then admits everyone.
+    let proxies_only = trusted_proxies.is_some() && raw.remote_ip_rules;
+    if source_ranges.is_none() && principals.is_none() && principal_header.is_none() && !has_paths && !proxies_only {
         return Ok(None);
     }
     Ok(Some(AccessSettings {
@@ -261,7 +269,7 @@ mod tests {
             ),
             (
                 r#""trusted_proxies": ["10.0.0.0/8"]"#,
-                "invalid plugin configuration: trusted_proxies: is only used by source_ranges, and none is configured",
+                "invalid plugin configuration: trusted_proxies: is only used by source_ranges and remoteIpBlocks, and none is configured",
             ),
             (
                 r#""principals": ["cluster.local/ns/a/sa/b"]"#,

@@ -91,6 +91,11 @@ impl Selection {
         Ok(Selection { policies })
     }
 
+    /// Whether a rule reads the client address behind `trusted_proxies`.
+    pub fn reads_remote_ip(&self) -> bool {
+        self.policies.iter().flat_map(|p| &p.rules).any(Rule::reads_remote_ip)
+    }
+
     /// The providers whose policies select this request. A provider already selected is
     /// not matched again; a policy without rules selects nothing.
     pub fn select<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> Selected {

@@ -34,6 +34,10 @@ impl Rule {
         Ok(rule)
     }
 
+    pub fn reads_remote_ip(&self) -> bool {
+        self.from.iter().any(Source::reads_remote_ip) || self.when.iter().any(|c| matches!(c, Condition::RemoteIp(_)))
+    }
+
     /// Cheapest first: the operation (headers, one property), then the conditions, then
     /// the sources (certificate and address properties).
     pub fn matches<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {

@@ -67,6 +67,10 @@ impl Source {
         })
     }
 
+    pub fn reads_remote_ip(&self) -> bool {
+        !self.remote_ip_blocks.is_empty()
+    }
+
     /// Whether every present field holds; facts are read only for present fields.
     pub fn matches<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {
         if !self.ip_blocks.is_empty() {

@@ -23,6 +23,7 @@ use crate::flow::reply::fail_closed;
 use crate::flow::request_info::source_address;
 use crate::flow::worker::{take, Worker};
 use crate::jwt::verifier::VerifiedClaims;
+use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::Failure;
 
@@ -132,6 +133,8 @@ pub fn select<H: Host>(
         return Step::Next(selected);
     }
     debug!("[{id}] no policy selects the request: upstream unchecked");
+    // Counted with the public paths: neither is checked (every request counts once).
+    worker.counters.count(Metric::Public);
     if let Some(claims) = take(&mut worker.kept.claims, id) {
         for (name, value) in claims.iter() {
             if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {

@@ -8,6 +8,7 @@
 mod answers;
 mod interleavings;
 mod jwt_flow;
+mod policies;
 mod requests;
 
 use std::collections::BTreeMap;
