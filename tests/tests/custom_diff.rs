@@ -219,8 +219,8 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
         local,
         RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", "free").header("x-tenant", "gold"),
     );
-    for xff in ["10.9.1.1", "10.8.1.1", "10.9.9.9", "1.2.3.4, 10.9.0.1", "10.9.0.1, 1.2.3.4"] {
-        for path in ["/remoteipblocks/x", "/notremoteipblocks/x", "/when/addr/x", "/ipblocks/x"] {
+    for xff in ["10.9.1.1", "10.8.1.1", "10.9.9.9", "1.2.3.4, 10.9.0.1", "10.9.0.1, 1.2.3.4", "127.0.0.2"] {
+        for path in ["/remoteipblocks/x", "/notremoteipblocks/x", "/when/addr/x", "/ipblocks/x", "/notipblocks/x"] {
             let id = format!("GET {path} xff {xff}");
             push(id, None, local, RawRequest::get(path).bearer(allow).header("x-forwarded-for", xff));
         }
