@@ -136,7 +136,8 @@ def plugin_config_problems(doc):
 CONVERSIONS = [
     ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml"],
      "istio/examples/custom-jwt.json"),
-    ("tests/data/custom/meshconfig.yaml", ["tests/data/custom/policies.yaml"], "tests/data/custom/jwt.json"),
+    ("tests/data/custom/meshconfig.yaml", ["tests/data/custom/policies.yaml", "tests/data/custom/policies-opa.yaml"],
+     "tests/data/custom/jwt.json"),
 ]
 
 

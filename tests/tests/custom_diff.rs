@@ -1,7 +1,8 @@
 //! Differential test of Istio's CUSTOM action: the AuthorizationPolicies of
 //! tests/data/custom/policies.yaml (every rule field the filter evaluates and its
-//! negation, several rules, three policies, two providers) on the two providers of
-//! tests/data/custom/meshconfig.yaml, rendered
+//! negation, twenty-one rules, one provider) and policies-opa.yaml (two more policies,
+//! a second provider), with the RequestAuthentication of requestauthentication.yaml, on
+//! the providers of tests/data/custom/meshconfig.yaml, rendered
 //! (a) as istiod renders them: per provider, sorted by name, an RBAC filter whose shadow
 //! rules name the matching rule in the dynamic metadata, then an ext_authz filter enabled
 //! by that metadata (scripts/render_ext_authz.py), and
@@ -20,8 +21,9 @@
 //! "Where the rules differ from Istio's" table. `NEBULA_CUSTOM_DIFF_WRITE=1` rewrites the
 //! TSV from what was observed (known categories kept, new rows marked `?`).
 //!
-//! One Envoy per side: the two policy sets' thirty-odd rules are packed into one
-//! configuration, so each side starts once.
+//! Two policy sets (one provider; two): the filter's Envoy starts once and takes the
+//! second set's configuration over ECDS, as istiod delivers a WasmPlugin change; Envoy as
+//! istiod renders a set (no Wasm module to compile) starts per set.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +32,7 @@ use std::path::PathBuf;
 use jwt_simple::prelude::*;
 
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::envoy::Tools;
 use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
@@ -37,6 +40,12 @@ use nebula_authz_tests::{paths, repo_root, Env, TempDir};
 
 const MESH: &str = "tests/data/custom/meshconfig.yaml";
 const POLICIES: &str = "tests/data/custom/policies.yaml";
+/// The second provider's policies: with POLICIES, two providers on one workload.
+const POLICIES_OPA: &str = "tests/data/custom/policies-opa.yaml";
+/// The policy sets, each the files of its CUSTOM policies: one provider, then two. The
+/// filter's Envoy takes each set's configuration over ECDS; istiod's rendering is started
+/// per set (quick: no Wasm module to compile).
+const SETS: [(&str, &[&str]); 2] = [("one provider", &[POLICIES]), ("two providers", &[POLICIES, POLICIES_OPA])];
 /// The mesh's token check (Istio's jwt_authn) and the filter's `jwt` block mirroring it.
 const REQUEST_AUTHENTICATION: &str = "tests/data/custom/requestauthentication.yaml";
 const JWT: &str = "tests/data/custom/jwt.json";
@@ -422,25 +431,39 @@ fn write_tsv(observed: &BTreeMap<(String, String), (String, String)>, known: &BT
     std::fs::write(repo_root().join(TSV), text).expect("write the differences TSV");
 }
 
-/// The policies and the RequestAuthentication in one file, as istiod reads them all.
-fn istio_input(dir: &TempDir) -> PathBuf {
+/// The policy files and the RequestAuthentication in one file, as istiod reads them all.
+fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let docs: Vec<String> = files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| read(f)).collect();
     let path = dir.path().join("policies.yaml");
-    std::fs::write(&path, format!("{}\n---\n{}", read(POLICIES), read(REQUEST_AUTHENTICATION))).expect("write");
+    std::fs::write(&path, docs.join("\n---\n")).expect("write");
     path
 }
 
-/// Envoy as istiod renders the policies.
-fn start_istio(ca: &TestCa) -> Env {
+/// Envoy as istiod renders the policies of `files`, on `mocks`' auth service and
+/// upstream (or its own).
+fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     let dir = TempDir::new("nebula-custom-diff");
-    Env::builder()
-        .ext_authz(&repo_root().join(MESH), &istio_input(&dir))
+    let mut builder = Env::builder()
+        .ext_authz(&repo_root().join(MESH), &istio_input(&dir, files))
         .auth_cluster_name(ISTIO_CLUSTER)
         .auth_alias(OPA_CLUSTER)
         .istio_sidecar()
         .downstream_mtls(ca.dir(), false)
-        .xff_trusted_hops(1)
-        .start()
+        .xff_trusted_hops(1);
+    if let Some(env) = mocks {
+        builder = builder.mocks_of(env);
+    }
+    builder.start()
+}
+
+/// `make convert` of `files` (with the filter's `jwt` block; `--peer-from-envoy`: ipBlocks
+/// and source.ip as the address Envoy settled on, the `peer-address` row).
+fn converted(files: &[&str]) -> String {
+    let jwt = repo_root().join(JWT);
+    let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
+    let paths: Vec<PathBuf> = files.iter().map(|f| repo_root().join(f)).collect();
+    ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &options)
 }
 
 /// Which providers Envoy, as istiod renders the policies, asks for each request: the
@@ -450,7 +473,7 @@ fn start_istio(ca: &TestCa) -> Env {
 #[test]
 fn istio_rendering_selects_as_istio_documents() {
     let ca = test_ca();
-    let env = start_istio(&ca);
+    let env = start_istio(&ca, &SETS[1].1, None);
     let local = ip([127, 0, 0, 1]);
     let get = |path: &str| RawRequest::get(path).bearer("allow:alice");
     let tokens = tokens();
@@ -556,40 +579,54 @@ fn istio_rendering_selects_as_istio_documents() {
 fn filter_rules_match_istio_except_the_documented_differences() {
     let started = std::time::Instant::now();
     let ca = test_ca();
-    let istio = start_istio(&ca);
-    let jwt = repo_root().join(JWT);
-    // --peer-from-envoy: ipBlocks and source.ip as the address Envoy settled on (the
-    // `peer-address` row below says what that changes).
-    let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
-    let config = ext_authz_pair::convert_all(&repo_root().join(MESH), &[repo_root().join(POLICIES)], &options);
+    let configs: Vec<String> = SETS.iter().map(|(_, files)| converted(files)).collect();
+    let wasm = Tools::locate(true).wasm;
     let filter = Env::builder()
-        .plugin_config(&config)
+        .ecds()
+        .plugin_config(&configs[0])
         .auth_cluster_name(ISTIO_CLUSTER)
         .auth_alias(OPA_CLUSTER)
         .istio_sidecar()
         .downstream_mtls(ca.dir(), false)
         .xff_trusted_hops(1)
-        .mocks_of(&istio)
         .start();
     let tokens = tokens();
     let (ours_corpus, theirs_corpus) = (corpus("filter", &tokens), corpus("istio", &tokens));
     let mut observed = BTreeMap::new();
     let mut ruled = BTreeSet::new();
     let mut report = String::new();
-    for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
-        let ours = observe(&filter, &ca, ours_case, "filter");
-        let theirs = observe(&istio, &ca, theirs_case, "istio");
-        for (aspect, (a, b)) in differences(&ours, &theirs) {
-            if trace_context(&aspect, &b) {
-                ruled.insert("trace-context".to_owned());
-                continue;
+    for (i, (set, files)) in SETS.iter().enumerate() {
+        if i > 0 {
+            let before = filter.ecds_counts();
+            filter.push_filter(&configs[i], &wasm);
+            assert!(filter.wait_ecds(before), "{set}: refused over ECDS; log tail:\n{}", filter.log_tail());
+            // A worker takes the new configuration after the main thread accepted it: until
+            // the second provider is asked for /opa/x, the previous one is still running.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let probe =
+                Case { id: String::new(), cert: None, source: ip([127, 0, 0, 1]), req: RawRequest::get("/opa/x") };
+            while observe(&filter, &ca, &probe, "filter").get("auth.providers").map(String::as_str) != Some("opa") {
+                assert!(std::time::Instant::now() < deadline, "{set}: never took effect");
             }
-            report.push_str(&format!("{}\t{aspect}\n    filter: {a}\n    istio:  {b}\n", ours_case.id));
-            observed.insert((ours_case.id.clone(), aspect), (a, b));
+        }
+        let istio = start_istio(&ca, files, Some(&filter));
+        for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
+            let ours = observe(&filter, &ca, ours_case, "filter");
+            let theirs = observe(&istio, &ca, theirs_case, "istio");
+            for (aspect, (a, b)) in differences(&ours, &theirs) {
+                if trace_context(&aspect, &b) {
+                    ruled.insert("trace-context".to_owned());
+                    continue;
+                }
+                let id = format!("{set}: {}", ours_case.id);
+                report.push_str(&format!("{id}\t{aspect}\n    filter: {a}\n    istio:  {b}\n"));
+                observed.insert((id, aspect), (a, b));
+            }
         }
     }
     eprintln!(
-        "{TSV}: {} requests per side in {:.1} s, {} differences:\n{report}",
+        "{TSV}: {} policy sets x {} requests per side in {:.1} s, {} differences:\n{report}",
+        SETS.len(),
         ours_corpus.len(),
         started.elapsed().as_secs_f64(),
         observed.len()

@@ -829,10 +829,11 @@ fn escape(target: &[u8]) -> String {
 fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     let mesh = fixture("tests/data/custom/meshconfig.yaml");
     let policies = fixture("tests/data/custom/policies.yaml");
+    let opa = fixture("tests/data/custom/policies-opa.yaml");
     let jwt = fixture("tests/data/custom/jwt.json");
     let out = Command::new(Tools::locate(false).python)
         .arg(repo_root().join("scripts/convert_policy.py"))
-        .args([&mesh, &policies])
+        .args([&mesh, &policies, &opa])
         .arg("--jwt")
         .arg(&jwt)
         .arg("--peer-from-envoy")
@@ -848,7 +849,7 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     // Without the options: the first field each one is needed for, named.
     let run = |options: &[&str]| {
         let mut cmd = Command::new(Tools::locate(false).python);
-        cmd.current_dir(repo_root()).arg(repo_root().join("scripts/convert_policy.py")).args([&mesh, &policies]);
+        cmd.current_dir(repo_root()).arg(repo_root().join("scripts/convert_policy.py")).args([&mesh, &policies, &opa]);
         cmd.args(options);
         let out = cmd.arg("--config-only").output().expect("run scripts/convert_policy.py");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -884,10 +885,10 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     let yaml_rules = Command::new(Tools::locate(false).python)
         .args([
             "-c",
-            "import json, sys, yaml\nprint(json.dumps([(d['spec'].get('rules') or []) for d in \
-                      yaml.safe_load_all(open(sys.argv[1])) if d['spec']['action'] == 'CUSTOM']))",
+            "import json, sys, yaml\nprint(json.dumps([(d['spec'].get('rules') or []) for f in sys.argv[1:] \
+                      for d in yaml.safe_load_all(open(f)) if d['spec']['action'] == 'CUSTOM']))",
         ])
-        .arg(&policies)
+        .args([&policies, &opa])
         .output()
         .expect("run python");
     let rules: serde_json::Value = serde_json::from_slice(&yaml_rules.stdout).expect("rules JSON");
@@ -895,17 +896,23 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
         config["policies"].as_array().expect("policies").iter().map(|p| &p["rules"]).collect();
     assert_eq!(serde_json::json!(converted), rules, "the rules verbatim");
 
-    // The same policies from three files.
+    // The same policies from one file per document, and from one file.
     let dir = TempDir::new("nebula-authz-convert");
-    let text = std::fs::read_to_string(&policies).expect("read policies");
+    let text = std::fs::read_to_string(&policies).expect("read policies")
+        + "\n---\n"
+        + &std::fs::read_to_string(&opa).expect("read policies");
     let mut paths = Vec::new();
     for (i, doc) in text.split("\n---\n").enumerate() {
         let path = dir.path().join(format!("p{i}.yaml"));
         std::fs::write(&path, doc).expect("write");
         paths.push(path);
     }
-    assert!(paths.len() >= 3);
+    assert!(paths.len() >= 4);
     let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
     let split = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &paths, &options);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&split).expect("JSON"), config, "one file or several");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&split).expect("JSON"), config, "one file per document");
+    let one = dir.path().join("all.yaml");
+    std::fs::write(&one, &text).expect("write");
+    let joined = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &[one], &options);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&joined).expect("JSON"), config, "one file");
 }
