@@ -13,7 +13,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use nebula_authz::access::{Facts, Gate, Peer};
+use nebula_authz::authz_policy::request_facts::{Connection, RequestFacts};
 use nebula_authz::flow::header_map;
 use nebula_authz::plugin_config::Settings;
 use nebula_authz::policy::request::Route;
@@ -108,6 +111,45 @@ fn route_and_gate(settings: &Settings, headers: &Headers) -> (bool, Gate) {
     };
     let mut facts = Facts::new(access, BenchPeer, headers);
     (routed.public(&settings.public).is_some(), access.gate(&settings.public, routed.path, target, &mut facts))
+}
+
+/// The connection facts `policies` rules read, as the host would answer them.
+struct BenchConnection;
+
+impl Connection for BenchConnection {
+    fn source_ip(&mut self) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, 7]))
+    }
+    fn remote_ip(&mut self) -> Option<IpAddr> {
+        self.source_ip()
+    }
+    fn principal(&mut self) -> Option<&str> {
+        Some("spiffe://cluster.local/ns/prefect/sa/web")
+    }
+    fn destination_ip(&mut self) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, 1]))
+    }
+    fn destination_port(&mut self) -> Option<u16> {
+        Some(8080)
+    }
+    fn sni(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+/// `n` CUSTOM rules as a chart renders them (host, path prefix, methods), the last one
+/// the request's: `api.example.com`, `/api/*`, not from the ingress gateway.
+fn policy_rules(n: usize) -> String {
+    let mut rules: Vec<serde_json::Value> = (1..n)
+        .map(|i| {
+            serde_json::json!({"to": [{"operation": {"hosts": [format!("svc{i}.example.com")],
+                "paths": [format!("/svc{i}/*")], "methods": ["GET", "POST"]}}]})
+        })
+        .collect();
+    rules.push(serde_json::json!({"to": [{"operation": {"hosts": ["api.example.com"], "paths": ["/api/*"]}}],
+        "from": [{"source": {"notPrincipals": ["cluster.local/ns/istio-system/*"]}}]}));
+    serde_json::json!({"auth": {"cluster": "auth"}, "policies": [{"name": "prefect/ext-authz", "rules": rules}]})
+        .to_string()
 }
 
 /// `Settings::plan` as one call (callgrind counts it per request).
@@ -239,6 +281,32 @@ fn main() {
         bench.case(&format!("route + access: {name}"), || {
             black_box(route_and_gate(&access_settings, black_box(req)));
         });
+    }
+
+    // `policies`: which provider checks a request (flow/steps/select.rs without the host),
+    // through every rule (the request's is the last) or none of them.
+    let unselected = request("/ui/flows");
+    let hostile = request("/x/..%2f%61pi/./flows;v=1");
+    for n in [10, 100] {
+        let s = match Settings::from_json(policy_rules(n).as_bytes()) {
+            Ok(s) => s,
+            Err(e) => panic!("bench policies config: {e}"),
+        };
+        let Some(selection) = s.selection.as_ref() else { panic!("policies configured") };
+        for (name, req, selected) in [
+            ("selected by the last", &protected, true),
+            ("none", &unselected, false),
+            ("hostile spelling", &hostile, true),
+        ] {
+            let mut facts = RequestFacts::new(req.as_slice(), None, BenchConnection);
+            if selection.select(&mut facts).is_empty() == selected {
+                panic!("{n} rules, {name}: selected should be {selected}");
+            }
+            bench.case(&format!("select: {n} rules, {name}"), || {
+                let mut facts = RequestFacts::new(black_box(req.as_slice()), None, BenchConnection);
+                black_box(selection.select(&mut facts));
+            });
+        }
     }
 
     let allow = headers(&[
