@@ -473,7 +473,7 @@ fn converted(files: &[&str]) -> String {
 #[test]
 fn istio_rendering_selects_as_istio_documents() {
     let ca = test_ca();
-    let env = start_istio(&ca, &SETS[1].1, None);
+    let env = start_istio(&ca, SETS[1].1, None);
     let local = ip([127, 0, 0, 1]);
     let get = |path: &str| RawRequest::get(path).bearer("allow:alice");
     let tokens = tokens();
