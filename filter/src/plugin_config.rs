@@ -63,6 +63,9 @@ pub struct Settings {
     pub provider_names: Vec<String>,
     /// With `policies`: which requests are checked (without: every protected one).
     pub selection: Option<Selection>,
+    /// The providers after the first (`providers[1..]`), each as the whole configuration
+    /// with that provider as its `auth`: what its callout, cache key and decision use.
+    pub other_providers: Vec<Settings>,
     /// Removed from every client request; includes `auth.upstream_headers` with the
     /// forward-auth protocol (not with ext_authz, which replaces only what it sets).
     pub strip: HeaderNames,
@@ -93,13 +96,43 @@ impl Settings {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
         }
+        let others = other_providers(&value);
         let raw: RawConfig = serde_path_to_error::deserialize(value)
             .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
         let mut settings = Settings::try_from(raw)?;
         if let Some(cache) = &mut settings.cache {
             cache.fingerprint = shared::fingerprint(bytes);
         }
+        for (i, (name, config)) in others.into_iter().enumerate() {
+            let field = format!("providers[{}]", i + 1);
+            let bytes = config.to_string().into_bytes();
+            let mut other = Settings::from_json(&bytes).map_err(|e| ConfigError::new(field.clone(), e.message))?;
+            // Every provider's decisions under keys of their own: the name keeps apart two
+            // providers configured alike.
+            if let Some(cache) = &mut other.cache {
+                cache.fingerprint = shared::fingerprint(&[bytes.as_slice(), b"\0", name.as_bytes()].concat());
+            }
+            if other.auth.with_request_body.is_some() || settings.auth.with_request_body.is_some() {
+                return Err(ConfigError::new(field, "a request body is not sent to several providers"));
+            }
+            // A client never supplies what any provider's allow sets upstream.
+            settings.strip.extend(&other.strip);
+            settings.other_providers.push(other);
+        }
         Ok(settings)
+    }
+
+    /// The settings provider `index` (in `providers` order) checks with.
+    pub fn provider(&self, index: usize) -> Option<&Settings> {
+        match index {
+            0 => Some(self),
+            _ => self.other_providers.get(index - 1),
+        }
+    }
+
+    /// Whether some provider adds auth response headers to the client's response.
+    pub fn any_client_headers_on_success(&self) -> bool {
+        std::iter::once(self).chain(&self.other_providers).any(|s| !s.auth.client_headers_on_success.is_empty())
     }
 
     /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
@@ -177,12 +210,6 @@ impl TryFrom<RawConfig> for Settings {
             }
             None => None,
         };
-        if auths.len() > 1 {
-            return Err(ConfigError::new(
-                "providers",
-                "several providers are not enforced by this build yet: configure one provider",
-            ));
-        }
         let auth = auths.into_iter().next().ok_or_else(|| ConfigError::new("providers", "is empty"))?;
 
         let strip_names = strings_or(raw.strip_headers, &IDENTITY_HEADERS);
@@ -248,8 +275,39 @@ impl TryFrom<RawConfig> for Settings {
             cache.unkeyed = auth.trace_headers.clone();
         }
 
-        Ok(Settings { auth, provider_names, selection, status_on_error, strip, public, jwt, cache, access })
+        let other_providers = Vec::new();
+        Ok(Settings {
+            auth,
+            provider_names,
+            selection,
+            other_providers,
+            status_on_error,
+            strip,
+            public,
+            jwt,
+            cache,
+            access,
+        })
     }
+}
+
+/// For each provider after the first: its name and the configuration it checks with,
+/// the whole configuration with that provider as `auth` (no `providers`, no `policies`).
+fn other_providers(config: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let Some(list) = config.get("providers").and_then(|p| p.as_array()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for provider in list.iter().skip(1) {
+        let mut provider = provider.clone();
+        let name = provider.as_object_mut().and_then(|o| o.remove("name"));
+        let mut other = config.clone();
+        if let Some(object) = other.as_object_mut() {
+            object.remove("providers");
+            object.remove("policies");
+            object.insert("auth".into(), provider);
+        }
+        out.push((name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default(), other));
+    }
+    out
 }
 
 /// The `auth` block (the provider `auth`), or `providers` (each a `name` and the

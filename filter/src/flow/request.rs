@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use log::warn;
 
+use crate::authz_policy::Selected;
 use crate::flow::header_map;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::{Step, Waiting};
@@ -29,6 +30,10 @@ pub struct Request {
     waiting: Option<Waiting>,
     /// With `auth.with_request_body` or `auth.forward_body`, a protected request that has a body.
     body: Option<BodyWait>,
+    /// With `policies`: the provider checking the request now (`providers` order), and
+    /// those still to check it after an allow, in order.
+    provider: usize,
+    remaining: Selected,
 }
 
 /// Which pass over the request's headers [`Request::run`] makes.
@@ -48,7 +53,7 @@ impl Pass {
 
 impl Request {
     pub fn new(id: u32) -> Request {
-        Request { id, waiting: None, body: None }
+        Request { id, waiting: None, body: None, provider: 0, remaining: Selected::default() }
     }
 
     /// The request's steps, in order. Each answers a [`Step`]: on to the next, or the
@@ -91,11 +96,17 @@ impl Request {
         let PeerFacts { principal, mut address } = peer;
         if let Some(selection) = &settings.selection {
             let step = select::select(host, worker, id, settings, selection, &headers, claims.as_ref(), &mut address);
-            if let Err(decided) = step.next::<()>() {
-                self.body = None;
-                return decided;
+            match step.next() {
+                Ok(selected) => self.start_providers(worker, selected),
+                Err(decided) => {
+                    self.body = None;
+                    return decided;
+                }
             }
         }
+        // Each selected provider in turn: its own callout, cache key and decision.
+        let main = settings;
+        let Some(settings) = main.provider(self.provider) else { return self.fail(host, worker, main) };
         let mut callout = match settings.callout(&headers, HostRequestInfo::with_source(host, address)) {
             Ok(callout) => callout,
             Err(failure) => return fail_closed(host, worker, id, settings, failure),
@@ -111,13 +122,75 @@ impl Request {
             return self.body_step(host, worker, settings, callout);
         }
         let lookup = match cache::probe(host, worker, settings, &callout) {
-            Ok(decision) => return inject::apply_decision(host, worker, id, settings, &decision, Via::Cache),
+            Ok(decision) => {
+                let step = inject::apply_decision(host, worker, id, settings, &decision, Via::Cache);
+                return self.then_next_provider(host, worker, main, step);
+            }
             Err(lookup) => lookup,
         };
-        if let Some(lookup) = lookup.as_ref().filter(|lookup| callout::join(worker, lookup, id)) {
+        if let Some(lookup) = lookup.as_ref().filter(|lookup| self.coalesces() && callout::join(worker, lookup, id)) {
             return Step::Paused(Waiting::Coalesced { lookup: lookup.clone() });
         }
         callout::send(host, worker, id, settings, callout, lookup, None)
+    }
+
+    /// The providers `selected` checks the request with: the first now, the others after.
+    fn start_providers(&mut self, worker: &mut Worker, selected: Selected) {
+        let mut order = selected.iter();
+        self.provider = order.next().unwrap_or(0);
+        self.remaining = Selected(order.fold(0, |bits, i| bits | (1 << i)));
+        self.mark_providers_left(worker);
+    }
+
+    fn mark_providers_left(&self, worker: &mut Worker) {
+        if self.remaining.is_empty() {
+            take(&mut worker.kept.providers_left, self.id);
+        } else {
+            worker.kept.providers_left.insert(self.id, ());
+        }
+    }
+
+    /// Only a request one provider checks, the first, waits for an identical callout or
+    /// lets others wait for its own: a waiter is settled from another request's callback,
+    /// which cannot go on to its next provider, and an orphaned callout is resent by the
+    /// root context to the first provider.
+    fn coalesces(&self) -> bool {
+        self.provider == 0 && self.remaining.is_empty()
+    }
+
+    /// After a provider's verdict on this request (`step`): an allow with providers left
+    /// goes on to the next one, over the request as the allow left it (its upstream
+    /// headers added, as Istio's next ext_authz filter sees it); anything else stands.
+    fn then_next_provider<H: Host>(&mut self, host: &H, worker: &mut Worker, main: &Settings, step: Step) -> Step {
+        let Step::Upstream = step else { return step };
+        let Some(next) = self.remaining.iter().next() else { return Step::Upstream };
+        self.remaining.0 &= !(1 << next);
+        self.provider = next;
+        self.mark_providers_left(worker);
+        self.next_provider(host, worker, main)
+    }
+
+    /// The callout of the provider now due, built from the request's current headers.
+    fn next_provider<H: Host>(&mut self, host: &H, worker: &mut Worker, main: &Settings) -> Step {
+        let Some(settings) = main.provider(self.provider) else { return self.fail(host, worker, main) };
+        let Some(buffer) = host.header_map(Map::RequestHeaders) else { return self.fail(host, worker, main) };
+        let Some(headers) = header_map::parse(&buffer) else { return self.fail(host, worker, main) };
+        let mut callout = match settings.callout(&headers, HostRequestInfo::with_source(host, None)) {
+            Ok(callout) => callout,
+            Err(failure) => return fail_closed(host, worker, self.id, settings, failure),
+        };
+        if let Some((name, principal)) = access::principal_again(host, settings) {
+            callout.push((name, principal.into()));
+        }
+        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let lookup = match cache::probe(host, worker, settings, &callout) {
+            Ok(decision) => {
+                let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache);
+                return self.then_next_provider(host, worker, main, step);
+            }
+            Err(lookup) => lookup,
+        };
+        callout::send(host, worker, self.id, settings, callout, lookup, None)
     }
 
     /// The body seen so far against its limit: wait for more, answer 413 (401
@@ -316,7 +389,7 @@ impl Request {
 
     /// The upstream's response headers: what an allow kept for the client is added.
     pub fn on_response_headers<H: Host>(&mut self, host: &H, worker: &mut Worker, settings: Option<&Settings>) -> Flow {
-        if settings.is_some_and(|s| !s.auth.client_headers_on_success.is_empty()) {
+        if settings.is_some_and(Settings::any_client_headers_on_success) {
             if let Err(status) = inject::add_client_headers(host, worker, self.id) {
                 warn!("[{}] cannot add the auth headers to the response: {status:?}", self.id);
             }
@@ -362,7 +435,8 @@ impl Request {
                 return;
             }
         };
-        let Some(settings) = settings else { return };
+        let Some(main) = settings else { return };
+        let Some(settings) = main.provider(self.provider) else { return };
         let may_retry = settings.auth.retry_on_reset && !retried;
         let lookup = resend.as_ref().map(|c| &c.lookup);
         let outcome = match decide::answer_or_retry(host, worker, settings, lookup, body_size, may_retry) {
@@ -375,7 +449,14 @@ impl Request {
                 None => decide::answer(host, worker, settings, lookup, body_size),
             },
         };
-        let _: Step = callout::settle(host, worker, self.id, settings, lookup, &outcome);
+        if self.remaining.is_empty() {
+            let _: Step = callout::settle(host, worker, self.id, settings, lookup, &outcome);
+            return;
+        }
+        // Providers left: nobody waits for this callout (see `coalesces`).
+        let step = inject::apply(host, worker, self.id, settings, &outcome);
+        let step = self.then_next_provider(host, worker, main, step);
+        self.resume_if_allowed(host, step);
     }
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.

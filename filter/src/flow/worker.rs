@@ -103,6 +103,9 @@ pub struct Kept {
     pub claims: HashMap<u32, ClaimHeaders>,
     /// ext_authz `client_headers_on_success` of the allowing auth response.
     pub client_headers: HashMap<u32, OwnedHeaders>,
+    /// Requests with providers left to check them after the current one (`policies`):
+    /// an allow then is not the request's outcome, and is not counted as one.
+    pub providers_left: HashMap<u32, ()>,
 }
 
 impl Kept {
@@ -111,6 +114,7 @@ impl Kept {
         take(&mut self.cookies, id);
         take(&mut self.claims, id);
         take(&mut self.client_headers, id);
+        take(&mut self.providers_left, id);
     }
 }
 

@@ -50,6 +50,10 @@ fn bad_schemas_name_the_field() {
         ),
         (r#"{"providers": ["x"]}"#, "providers[0]: expected a JSON object, got a string"),
         (
+            r#"{"providers": [{"name": "p", "cluster": "b"}, {"name": "q", "cluster": "c", "forward_body": true}], "policies": []}"#,
+            "providers[1]: a request body is not sent to several providers",
+        ),
+        (
             r#"{"auth": {"cluster": "a"}, "policies": [{"provider": "opa"}]}"#,
             "policies[0].provider: \"opa\" is not a provider (providers: auth)",
         ),

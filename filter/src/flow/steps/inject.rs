@@ -76,7 +76,10 @@ pub fn apply_decision<H: Host>(
                 }
             }
             request_log::allowed(host, id, via);
-            worker.counters.count(Metric::Allows);
+            // Counted once per request: by the last provider's allow.
+            if worker.kept.providers_left.is_empty() || !worker.kept.providers_left.contains_key(&id) {
+                worker.counters.count(Metric::Allows);
+            }
             Step::Upstream
         }
         Decision::Deny { status, headers, body } => {

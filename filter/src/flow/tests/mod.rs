@@ -304,7 +304,11 @@ impl Sim {
         }
         // Every callout is counted; every request that ended is counted once by outcome
         // (local JWT verdicts and oversized bodies have counters of their own).
-        let callouts = self.host.dispatched().iter().filter(|d| d.cluster == self.settings.auth.cluster).count();
+        let clusters: Vec<&str> = std::iter::once(&*self.settings)
+            .chain(&self.settings.other_providers)
+            .map(|s| s.auth.cluster.as_str())
+            .collect();
+        let callouts = self.host.dispatched().iter().filter(|d| clusters.contains(&d.cluster.as_str())).count();
         assert_eq!(self.counter(Metric::Callouts), callouts as u64, "callouts counted");
         if self.settings.jwt.is_none() && self.settings.auth.with_request_body.is_none() {
             let ended = self.streams.keys().filter(|id| self.outcome(**id).is_some()).count() as u64;

@@ -192,3 +192,118 @@ fn the_connection_properties_rules_read() {
     }
     sim.check();
 }
+
+/// Two providers: `auth` (the preset's forwardAuth service) and `opa` (ext_authz),
+/// `/api/*` checked by both, `/opa/*` by `opa` alone.
+fn two_providers(cache: bool) -> String {
+    let preset: serde_json::Value = serde_json::from_str(PREFECT).unwrap();
+    let mut auth = preset["auth"].clone();
+    auth["name"] = "auth".into();
+    let opa = serde_json::json!({"name": "opa", "cluster": "opa", "protocol": "ext_authz",
+        "upstream_headers": ["x-opa-decision"]});
+    let mut config = serde_json::json!({
+        "providers": [auth, opa],
+        "policies": [
+            {"name": "prefect/auth", "provider": "auth", "rules": [{"to": [{"operation": {"paths": ["/api/*"]}}]}]},
+            {"name": "prefect/opa", "provider": "opa", "rules": [{"to": [{"operation": {"paths": ["/api/*", "/opa/*"]}}]}]}
+        ]
+    });
+    if cache {
+        config["cache"] = serde_json::json!({"entries": 64, "default_ttl": 30});
+    }
+    config.to_string()
+}
+
+fn opa_allow() -> Option<(crate::flow::mock_host::Pairs, Vec<u8>)> {
+    Some((super::pairs(&[(":status", "200"), ("x-opa-decision", "ok"), ("cache-control", "max-age=60")]), vec![]))
+}
+
+/// The clusters stream `id` called, in order.
+fn called(sim: &Sim, id: u32) -> Vec<String> {
+    sim.host.dispatched().iter().filter(|d| d.context == id).map(|d| d.cluster.clone()).collect()
+}
+
+#[test]
+fn a_request_two_providers_select_must_pass_each_in_order() {
+    let answers = [Answer::Allow, Answer::Deny, Answer::Reset, Answer::ServerError];
+    for first in answers {
+        for second in answers {
+            let mut sim = Sim::new(&two_providers(false), 1);
+            let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+            let opa = move || if second.allows() { opa_allow() } else { second.reply() };
+            sim.settle(|cluster, _| if cluster == "auth" { first.reply() } else { opa() });
+            let case = format!("{first:?} then {second:?}");
+            let expected: Vec<String> =
+                if first.allows() { vec!["auth".into(), "opa".into()] } else { vec!["auth".into()] };
+            assert_eq!(called(&sim, id), expected, "{case}: providers in order, the first deny ends it");
+            let outcome = sim.outcome(id).unwrap();
+            match (first.allows(), second.allows()) {
+                (true, true) => {
+                    assert_eq!(outcome, 0, "{case}");
+                    let upstream = sim.streams[&id].upstream.clone().unwrap();
+                    for header in [("x-nebula-actor-id", &b"alice"[..]), ("x-opa-decision", b"ok")] {
+                        assert!(upstream.contains(&(header.0.into(), header.1.to_vec())), "{case}: {upstream:?}");
+                    }
+                }
+                _ => assert_ne!(outcome, 0, "{case}: fails closed or denied"),
+            }
+            // The second provider sees the request as the first's allow left it.
+            if first.allows() {
+                let sent = sim.host.dispatched().into_iter().find(|d| d.cluster == "opa").unwrap();
+                assert!(sent.headers.iter().any(|(n, v)| n == ":path" && v == "/api/flows"), "{case}: {sent:?}");
+            }
+            sim.check();
+        }
+    }
+    // Selected by one provider only: that one alone.
+    let mut sim = Sim::new(&two_providers(false), 1);
+    let id = sim.send(spoofing(b"/opa/x", &[]));
+    sim.settle(|_, _| opa_allow());
+    assert_eq!(called(&sim, id), vec!["opa".to_string()]);
+    assert_eq!(sim.outcome(id), Some(0));
+    let ui = sim.send(spoofing(b"/ui", &[]));
+    assert_eq!((called(&sim, ui).len(), sim.outcome(ui)), (0, Some(0)), "no provider selects /ui");
+    sim.check();
+}
+
+#[test]
+fn each_provider_has_its_own_cache_key() {
+    let mut sim = Sim::new(&two_providers(true), 1);
+    let send = |sim: &mut Sim| sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let first = send(&mut sim);
+    sim.settle(|cluster, _| if cluster == "auth" { Answer::Allow.reply() } else { opa_allow() });
+    assert_eq!(called(&sim, first), vec!["auth".to_string(), "opa".to_string()]);
+    // The same request again: both decisions from the cache, neither taken for the other.
+    let again = send(&mut sim);
+    sim.settle(|_, _| panic!("no callout expected"));
+    assert_eq!((called(&sim, again).len(), sim.outcome(again)), (0, Some(0)));
+    let upstream = sim.streams[&again].upstream.clone().unwrap();
+    assert!(upstream.contains(&("x-opa-decision".into(), b"ok".to_vec())), "{upstream:?}");
+    assert!(upstream.contains(&("x-nebula-actor-id".into(), b"alice".to_vec())), "{upstream:?}");
+    assert_eq!(sim.counter(Metric::CacheHits), 2);
+    // Only opa's policy selects /opa/: its own key, not auth's decision for the same callout.
+    let opa_only = sim.send(spoofing(b"/opa/x", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| opa_allow());
+    assert_eq!(called(&sim, opa_only), vec!["opa".to_string()]);
+    sim.check();
+}
+
+#[test]
+fn providers_configured_alike_keep_their_decisions_apart() {
+    let provider =
+        |name: &str| serde_json::json!({"name": name, "cluster": "auth", "upstream_headers": ["x-nebula-actor-id"]});
+    let rule = serde_json::json!([{"to": [{"operation": {"paths": ["/api/*"]}}]}]);
+    let config = serde_json::json!({
+        "providers": [provider("a"), provider("b"), provider("c")],
+        "policies": [{"provider": "a", "rules": rule}, {"provider": "b", "rules": rule}, {"provider": "c", "rules": rule}],
+        "cache": {"entries": 64, "default_ttl": 30}
+    });
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let first = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(called(&sim, first).len(), 3, "b and c send the same callout; each asks for itself");
+    let again = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    assert_eq!((called(&sim, again).len(), sim.outcome(again)), (0, Some(0)), "all three from the cache");
+    assert_eq!(sim.counter(Metric::Allows), 2, "one allow per request, not per provider");
+    sim.check();
+}
