@@ -610,9 +610,11 @@ fn filter_rules_match_istio_except_the_documented_differences() {
             }
         }
         let istio = start_istio(&ca, files, Some(&filter));
+        let mut asked = BTreeMap::<String, usize>::new();
         for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
             let ours = observe(&filter, &ca, ours_case, "filter");
             let theirs = observe(&istio, &ca, theirs_case, "istio");
+            *asked.entry(theirs.get("auth.providers").cloned().unwrap_or_default()).or_default() += 1;
             for (aspect, (a, b)) in differences(&ours, &theirs) {
                 if trace_context(&aspect, &b) {
                     ruled.insert("trace-context".to_owned());
@@ -623,6 +625,14 @@ fn filter_rules_match_istio_except_the_documented_differences() {
                 observed.insert((id, aspect), (a, b));
             }
         }
+        // The corpus reaches each provider of the set, both in order, and leaves requests
+        // unchecked: the comparison has every outcome to compare.
+        let expected: &[&str] =
+            if i == 0 { &["-", "authz-http"] } else { &["-", "authz-http", "authz-http,opa", "opa"] };
+        let seen: Vec<&str> = asked.keys().map(String::as_str).collect();
+        assert_eq!(seen, expected, "{set}: the providers Istio's rendering asked ({asked:?})");
+        assert!(asked.values().all(|n| *n >= 10), "{set}: too few requests for an outcome: {asked:?}");
+        eprintln!("{set}: providers asked per request: {asked:?}");
     }
     eprintln!(
         "{TSV}: {} policy sets x {} requests per side in {:.1} s, {} differences:\n{report}",
