@@ -31,7 +31,8 @@ sends what Envoy's ext_authz sends). Refused (exit 1, one `error:` line naming t
 because the filter could not enforce it exactly: failOpen: true (the filter fails
 closed); gRPC providers; includeAdditionalHeadersInCheck command operators the filter
 cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...); providers with
-different statusOnError (the filter has one); a `when` key with no proxy-wasm equivalent
+different statusOnError (the filter has one); includeRequestBodyInCheck with several
+providers (a body goes to one); a `when` key with no proxy-wasm equivalent
 (`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
 `serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
 `requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
@@ -507,6 +508,10 @@ def convert_providers(mesh, names, notes):
         auth, status = convert_provider(provider_block(mesh, name), notes)
         providers.append({"name": name, **auth})
         statuses[name] = status
+    bodies = [p["name"] for p in providers if "with_request_body" in p]
+    if bodies and len(providers) > 1:
+        raise Refused(f"providers {bodies}: includeRequestBodyInCheck with several providers: the filter sends a "
+                      "request body to one provider only")
     if len(set(statuses.values())) > 1:
         shown = ", ".join(f"{n}: {s if s is not None else 'unset (403)'}" for n, s in statuses.items())
         raise Refused(f"statusOnError differs between providers ({shown}): the filter has one status_on_error")

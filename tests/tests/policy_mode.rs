@@ -916,3 +916,41 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     let joined = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &[one], &options);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&joined).expect("JSON"), config, "one file");
 }
+
+/// What several providers cannot share in the filter is refused, naming the providers:
+/// a `statusOnError` of their own (the filter has one `status_on_error`), and a request
+/// body (sent to one provider only).
+#[test]
+fn several_providers_refuse_what_they_cannot_share() {
+    let mesh = std::fs::read_to_string(fixture("tests/data/custom/meshconfig.yaml")).expect("read mesh");
+    let dir = TempDir::new("nebula-authz-convert");
+    let opa = "      pathPrefix: /opa\n";
+    for (what, edit, expected) in [
+        (
+            "statusOnError",
+            "      statusOnError: \"503\"\n",
+            "statusOnError differs between providers (authz-http: unset (403), opa: 503)",
+        ),
+        (
+            "a request body",
+            "      includeRequestBodyInCheck:\n        maxRequestBytes: 64\n",
+            "providers ['opa']: includeRequestBodyInCheck with several providers",
+        ),
+    ] {
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, mesh.replace(opa, &format!("{opa}{edit}"))).expect("write mesh");
+        let out = Command::new(Tools::locate(false).python)
+            .current_dir(repo_root())
+            .arg(repo_root().join("scripts/convert_policy.py"))
+            .arg(&path)
+            .args(["tests/data/custom/policies.yaml", "tests/data/custom/policies-opa.yaml"])
+            .args(["--jwt", "tests/data/custom/jwt.json", "--peer-from-envoy", "--config-only"])
+            .output()
+            .expect("run scripts/convert_policy.py");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && stderr.starts_with("error: cannot convert: ") && stderr.contains(expected),
+            "{what}: expected {expected:?}: {stderr}"
+        );
+    }
+}
