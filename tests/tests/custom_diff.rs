@@ -1,6 +1,6 @@
 //! Differential test of Istio's CUSTOM action: the AuthorizationPolicies of
 //! tests/data/custom/policies.yaml (every rule field the filter evaluates and its
-//! negation, twenty-one rules, one provider) and policies-opa.yaml (two more policies,
+//! negation, twenty rules, one provider) and policies-opa.yaml (two more policies,
 //! a second provider), with the RequestAuthentication of requestauthentication.yaml, on
 //! the providers of tests/data/custom/meshconfig.yaml, rendered
 //! (a) as istiod renders them: per provider, sorted by name, an RBAC filter whose shadow
