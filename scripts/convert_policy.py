@@ -503,8 +503,18 @@ def legacy_shape(spec):
 
 def convert_providers(mesh, names, notes):
     """Each provider by name (sorted) -> `{"name", ...auth block}`, and the one statusOnError."""
+    ordered = sorted(names)
+    for i, earlier in enumerate(ordered):
+        for later in ordered[i + 1:]:
+            if later == f"{earlier}-ns":
+                # istiod's metadata matcher is a prefix match on `istio-ext-authz-<name>`
+                # (extauthz.go generateFilterMatcherForProvider), so `<earlier>`'s rule
+                # names (`istio-ext-authz-<earlier>-ns[...]`) also enable `<later>`.
+                raise Refused(f"providers {earlier!r} and {later!r}: istiod's check for {later!r} also runs on "
+                              f"every request {earlier!r}'s rules select (their names, istio-ext-authz-{later}[...], "
+                              "start with its prefix); rename one provider to convert")
     providers, statuses = [], {}
-    for name in sorted(names):
+    for name in ordered:
         auth, status = convert_provider(provider_block(mesh, name), notes)
         providers.append({"name": name, **auth})
         statuses[name] = status

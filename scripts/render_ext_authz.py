@@ -22,10 +22,10 @@ providers are `envoyExtAuthzHttp` extension providers, read from istio/istio:
   PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS flag (without it istiod renders, per
   provider, an RBAC filter that DENIES every request a rule matches); this renders the
   flag's output. A request no rule of a provider matches leaves the metadata as an
-  earlier provider's RBAC filter set it, which does not start with this provider's
-  prefix: names sort before their extensions (`authz` before `authz-http`), so only a
-  later pair's prefix could extend an earlier one's, and a later RBAC filter's metadata
-  never reaches an earlier ext_authz filter.
+  earlier provider's RBAC filter set it (`istio-ext-authz-<earlier>-ns[...`), which does
+  not start with this provider's prefix, unless this provider's name is the earlier one's
+  followed by `-ns` (`opa` and `opa-ns`; `[` is no DNS label character): then the earlier provider's rules enable this
+  provider's check too. scripts/convert_policy.py refuses such a pair.
 - builder/extauthz.go `generateHTTPConfig`: the ext_authz filter, every provider field.
 - model/model.go `New`: a rule's `from` sources, `to` operations and `when` conditions
   become one RBAC policy: a principal per `from` (ANDing its fields, each a list ORed,

@@ -918,8 +918,8 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
 }
 
 /// What several providers cannot share in the filter is refused, naming the providers:
-/// a `statusOnError` of their own (the filter has one `status_on_error`), and a request
-/// body (sent to one provider only).
+/// a `statusOnError` of their own (the filter has one `status_on_error`), a request body
+/// (sent to one provider only), and names istiod's prefix match would mix up.
 #[test]
 fn several_providers_refuse_what_they_cannot_share() {
     let mesh = std::fs::read_to_string(fixture("tests/data/custom/meshconfig.yaml")).expect("read mesh");
@@ -936,14 +936,28 @@ fn several_providers_refuse_what_they_cannot_share() {
             "      includeRequestBodyInCheck:\n        maxRequestBytes: 64\n",
             "providers ['opa']: includeRequestBodyInCheck with several providers",
         ),
+        // istiod enables a provider's ext_authz by a prefix of the matching rule's name, so
+        // `authz-http`'s rules (`istio-ext-authz-authz-http-ns[...]`) enable `authz-http-ns` too.
+        ("a provider named after another's rules", "", "providers 'authz-http' and 'authz-http-ns'"),
     ] {
         let path = dir.path().join("mesh.yaml");
-        std::fs::write(&path, mesh.replace(opa, &format!("{opa}{edit}"))).expect("write mesh");
+        let renamed = |text: &str| {
+            if edit.is_empty() {
+                text.replace("name: opa", "name: authz-http-ns")
+            } else {
+                text.to_owned()
+            }
+        };
+        std::fs::write(&path, renamed(&mesh.replace(opa, &format!("{opa}{edit}")))).expect("write mesh");
+        let opa_policies = dir.path().join("policies-opa.yaml");
+        let text = std::fs::read_to_string(fixture("tests/data/custom/policies-opa.yaml")).expect("read policies");
+        std::fs::write(&opa_policies, renamed(&text)).expect("write policies");
         let out = Command::new(Tools::locate(false).python)
             .current_dir(repo_root())
             .arg(repo_root().join("scripts/convert_policy.py"))
             .arg(&path)
-            .args(["tests/data/custom/policies.yaml", "tests/data/custom/policies-opa.yaml"])
+            .arg("tests/data/custom/policies.yaml")
+            .arg(&opa_policies)
             .args(["--jwt", "tests/data/custom/jwt.json", "--peer-from-envoy", "--config-only"])
             .output()
             .expect("run scripts/convert_policy.py");
