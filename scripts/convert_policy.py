@@ -32,7 +32,8 @@ because the filter could not enforce it exactly: failOpen: true (the filter fail
 closed); gRPC providers; includeAdditionalHeadersInCheck command operators the filter
 cannot print (%UPSTREAM_HOST%, %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, ...); providers with
 different statusOnError (the filter has one); includeRequestBodyInCheck with several
-providers (a body goes to one); a `when` key with no proxy-wasm equivalent
+providers (a body goes to one); providers `x` and `x-ns` (istiod's prefix match on rule
+names runs `x-ns`'s check on `x`'s rules); a `when` key with no proxy-wasm equivalent
 (`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
 `serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
 `requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
