@@ -659,3 +659,44 @@ fn filter_rules_match_istio_except_the_documented_differences() {
     let mine: BTreeSet<String> = known.values().cloned().chain(ruled).collect();
     assert_eq!(mine, documented, "{DOCS} {DOCS_SECTION:?} must list exactly the categories of {TSV}");
 }
+
+/// Why `make convert` refuses providers named `x` and `x-ns`: istiod enables each
+/// provider's ext_authz by a prefix of the matching rule's name, and `x`'s rule names
+/// (`istio-ext-authz-x-ns[...]`) start with `x-ns`'s prefix, so a request only `x`'s rule
+/// selects is checked by both (measured here); `opa` and `opa-nsx` stay apart.
+#[test]
+fn istio_runs_x_ns_on_the_rules_of_x() {
+    let dir = TempDir::new("nebula-custom-diff-prefix");
+    let mesh = std::fs::read_to_string(repo_root().join(MESH)).expect("read mesh");
+    let policy = |name: &str, provider: &str, path: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  \
+             namespace: prefect\nspec:\n  action: CUSTOM\n  provider:\n    name: {provider}\n  rules:\n    \
+             - to:\n        - operation:\n            paths: [\"{path}\"]\n"
+        )
+    };
+    for (second, expected) in [("authz-http-ns", "authz-http,authz-http-ns"), ("authz-http-nsx", "authz-http")] {
+        let mesh_path = dir.path().join("mesh.yaml");
+        std::fs::write(&mesh_path, mesh.replace("name: opa", &format!("name: {second}"))).expect("write mesh");
+        let policies = dir.path().join("policies.yaml");
+        let text = format!("{}---\n{}", policy("a", "authz-http", "/a/*"), policy("b", second, "/b/*"));
+        std::fs::write(&policies, text).expect("write policies");
+        let env = Env::builder()
+            .ext_authz(&mesh_path, &policies)
+            .auth_cluster_name(ISTIO_CLUSTER)
+            .auth_alias(OPA_CLUSTER)
+            .istio_sidecar()
+            .start();
+        let asked = |path: &str| {
+            let before = env.auth.count();
+            let resp = env.send(&RawRequest::get(path).bearer("allow:alice"));
+            assert_eq!(resp.status, 200, "{second}: {path}");
+            let calls = new_since(&env.auth, before);
+            calls.iter().map(|c| c.path.split('/').nth(1).unwrap_or("?").to_owned()).collect::<Vec<_>>().join(",")
+        };
+        // The second provider's path prefix is /opa whatever its name.
+        let named = |list: String| list.replace("opa", second);
+        assert_eq!(named(asked("/a/x")), expected, "{second}: a request only authz-http's rule selects");
+        assert_eq!(named(asked("/b/x")), second, "{second}: its own rule");
+    }
+}
