@@ -310,6 +310,9 @@ fn other_providers(config: &serde_json::Value) -> Vec<(String, serde_json::Value
         if let Some(object) = other.as_object_mut() {
             object.remove("providers");
             object.remove("policies");
+            // The rules run with the first provider's settings; kept here, a
+            // `trusted_proxies` that only `remoteIpBlocks` uses would be refused.
+            object.remove("trusted_proxies");
             object.insert("auth".into(), provider);
         }
         out.push((name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default(), other));
