@@ -66,6 +66,10 @@ pub struct Settings {
     /// The providers after the first (`providers[1..]`), each as the whole configuration
     /// with that provider as its `auth`: what its callout, cache key and decision use.
     pub other_providers: Vec<Settings>,
+    /// Whether `providers` names more than one: an allow then replaces the upstream
+    /// headers an earlier provider's allow set, as each of Istio's chained ext_authz
+    /// filters (and each of Traefik's chained forwardAuth middlewares) does.
+    pub several_providers: bool,
     /// Removed from every client request; includes `auth.upstream_headers` with the
     /// forward-auth protocol (not with ext_authz, which replaces only what it sets).
     pub strip: HeaderNames,
@@ -117,6 +121,8 @@ impl Settings {
             }
             // A client never supplies what any provider's allow sets upstream.
             settings.strip.extend(&other.strip);
+            other.several_providers = true;
+            settings.several_providers = true;
             settings.other_providers.push(other);
         }
         Ok(settings)
@@ -281,6 +287,7 @@ impl TryFrom<RawConfig> for Settings {
             provider_names,
             selection,
             other_providers,
+            several_providers: false,
             status_on_error,
             strip,
             public,
@@ -303,6 +310,9 @@ fn other_providers(config: &serde_json::Value) -> Vec<(String, serde_json::Value
         if let Some(object) = other.as_object_mut() {
             object.remove("providers");
             object.remove("policies");
+            // The rules run with the first provider's settings; kept here, a
+            // `trusted_proxies` that only `remoteIpBlocks` uses would be refused.
+            object.remove("trusted_proxies");
             object.insert("auth".into(), provider);
         }
         out.push((name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default(), other));

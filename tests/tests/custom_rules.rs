@@ -5,7 +5,8 @@
 //! `:authority` the Host header (any case, with a port), and the principal the verified
 //! client certificate's URI SAN over downstream mTLS. A request a rule selects is
 //! checked (the auth service sees it); one no rule selects goes upstream unchecked with
-//! the client's identity headers stripped.
+//! the client's identity headers stripped. Then two providers: each asked in order, the
+//! first denial ending the request, the last allow's identity upstream once.
 
 use std::net::IpAddr;
 
@@ -85,4 +86,52 @@ fn rules_read_the_properties_envoy_sets() {
         let expected: Vec<String> = if selected { vec!["alice".into()] } else { vec![] };
         assert_eq!(actor, expected, "{case}: the auth service's identity, never the client's");
     }
+
+    // Two providers on the same Envoy (a configuration change, pushed the same way): both
+    // the mock auth service, told apart by their callout path.
+    let before = env.ecds_counts();
+    env.push_filter(&two_providers(), &Tools::locate(true).wasm);
+    assert!(env.wait_ecds(before), "the two-provider configuration was refused; log tail:\n{}", env.log_tail());
+    let cases: &[ProviderCase] = &[
+        ("allow:alice", "/both/x", &["/", "/second"], 200, Some("alice")),
+        ("seq:allow:a|allow:b", "/both/x", &["/", "/second"], 200, Some("b")),
+        ("deny", "/both/x", &["/"], 401, None),
+        ("seq:allow:c|deny", "/both/x", &["/", "/second"], 401, None),
+        ("allow:dave", "/second/x", &["/second"], 200, Some("dave")),
+        ("allow:erin", "/neither/x", &[], 200, None),
+    ];
+    for &(script, path, callouts, status, actor) in cases {
+        let case = format!("{script} on {path}");
+        let (auth, up) = (env.auth.count(), env.upstream.count());
+        let request = RawRequest::get(path).bearer(script).header("x-nebula-actor-id", SPOOF).to_bytes();
+        let resp = ca
+            .raw_client(None)
+            .send_from("127.0.0.2".parse().expect("an address"), env.port, &request)
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{}", env.log_tail()));
+        let sent: Vec<String> = env.auth.requests()[auth..].iter().map(|r| r.path.clone()).collect();
+        assert_eq!(sent, callouts, "{case}: the providers asked, in order");
+        env.check(resp.status == status, &format!("{case}: status {status}"), &resp);
+        if status == 200 {
+            env.check(env.upstream.count() == up + 1, &format!("{case}: goes upstream"), &resp);
+            let actors = env.upstream.last().header_all("x-nebula-actor-id");
+            let expected: Vec<String> = actor.map(str::to_string).into_iter().collect();
+            assert_eq!(actors, expected, "{case}: the last allow's identity, once");
+        } else {
+            env.check(env.upstream.count() == up, &format!("{case}: nothing upstream"), &resp);
+        }
+    }
+}
+
+/// (script, path, the callouts' paths in order, status, the upstream's actor)
+type ProviderCase = (&'static str, &'static str, &'static [&'static str], u16, Option<&'static str>);
+
+fn two_providers() -> String {
+    serde_json::json!({
+        "providers": [{"name": "first", "cluster": "auth"}, {"name": "second", "cluster": "auth", "path": "/second"}],
+        "policies": [
+            {"provider": "first", "rules": [{"to": [{"operation": {"paths": ["/both/*"]}}]}]},
+            {"provider": "second", "rules": [{"to": [{"operation": {"paths": ["/both/*", "/second/*"]}}]}]}
+        ]
+    })
+    .to_string()
 }

@@ -136,3 +136,77 @@ impl Condition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::net::IpAddr;
+
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    struct Conn;
+
+    impl Connection for Conn {
+        fn source_ip(&mut self) -> Option<IpAddr> {
+            "10.0.0.7".parse().ok()
+        }
+        fn remote_ip(&mut self) -> Option<IpAddr> {
+            "203.0.113.9".parse().ok()
+        }
+        fn principal(&mut self) -> Option<&str> {
+            Some("spiffe://cluster.local/ns/prefect/sa/web")
+        }
+        fn destination_ip(&mut self) -> Option<IpAddr> {
+            "10.9.0.1".parse().ok()
+        }
+        fn destination_port(&mut self) -> Option<u16> {
+            Some(8080)
+        }
+        fn sni(&mut self) -> Option<&str> {
+            None
+        }
+    }
+
+    fn holds(condition: Value, claims: Option<&Map<String, Value>>) -> bool {
+        let raw: RawCondition = serde_json::from_value(condition).unwrap();
+        let condition = Condition::compile("when[0]", raw).unwrap();
+        let headers: Vec<(&str, &[u8])> = vec![("x-tenant", b"acme"), ("x-tenant", b"globex")];
+        condition.holds(&mut RequestFacts::new(&headers, claims, Conn))
+    }
+
+    #[test]
+    fn every_key_reads_its_fact() {
+        let claims = json!({"iss": "https://idp", "sub": "dave", "aud": ["prefect", "api"], "azp": "cli",
+            "groups": ["admins"], "org": {"tier": "gold"}, "n": 7});
+        let claims = claims.as_object();
+        let cases = [
+            (json!({"key": "request.headers[X-Tenant]", "values": ["acme,globex"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["acme"]}), false),
+            (json!({"key": "request.headers[x-other]", "notValues": ["*"]}), true),
+            (json!({"key": "source.ip", "values": ["10.0.0.0/8"]}), true),
+            (json!({"key": "remote.ip", "values": ["10.0.0.0/8"]}), false),
+            (json!({"key": "remote.ip", "values": ["203.0.113.0/24"]}), true),
+            (json!({"key": "destination.ip", "notValues": ["10.9.0.0/16"]}), false),
+            (json!({"key": "destination.port", "values": ["8080"]}), true),
+            (json!({"key": "source.namespace", "values": ["pre*"]}), true),
+            (json!({"key": "source.principal", "values": ["cluster.local/ns/prefect/*"]}), true),
+            (json!({"key": "request.auth.principal", "values": ["https://idp/dave"]}), true),
+            (json!({"key": "request.auth.audiences", "values": ["api"]}), true),
+            (json!({"key": "request.auth.audiences", "values": ["other"]}), false),
+            (json!({"key": "request.auth.presenter", "values": ["cl*"]}), true),
+            (json!({"key": "request.auth.claims[groups]", "values": ["admins"]}), true),
+            (json!({"key": "request.auth.claims[org][tier]", "values": ["gold"]}), true),
+            (json!({"key": "request.auth.claims[n]", "values": ["7"]}), false),
+            (json!({"key": "connection.sni", "values": ["*"]}), false),
+            (json!({"key": "connection.sni", "notValues": ["*"]}), true),
+        ];
+        for (condition, expected) in cases {
+            assert_eq!(holds(condition.clone(), claims), expected, "{condition}");
+        }
+        // No verified token: no claim matches, every notValues holds.
+        assert!(!holds(json!({"key": "request.auth.claims[iss]", "values": ["*"]}), None));
+        assert!(holds(json!({"key": "request.auth.principal", "notValues": ["*"]}), None));
+    }
+}

@@ -30,6 +30,21 @@ fn the_auth_block_and_one_named_provider_load() {
 }
 
 #[test]
+fn several_providers_load_with_what_only_the_rules_use() {
+    let s = load(
+        r#"{"providers": [{"name": "a", "cluster": "a"}, {"name": "b", "cluster": "b", "protocol": "ext_authz"}],
+            "trusted_proxies": ["10.0.0.0/8"],
+            "policies": [{"provider": "b", "rules": [{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}]}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(s.provider_names, vec!["a", "b"]);
+    assert_eq!(s.provider(1).map(|b| b.auth.cluster.as_str()), Some("b"));
+    assert!(s.provider(2).is_none());
+    assert!(s.several_providers && s.provider(1).unwrap().several_providers);
+    assert_eq!(s.selection.unwrap().policies[0].provider, 1);
+}
+
+#[test]
 fn bad_schemas_name_the_field() {
     let cases = [
         (

@@ -57,7 +57,8 @@ pub fn apply_decision<H: Host>(
             // and cache hits went through the strip step too. ext_authz: replaced, as
             // Envoy's `setCopy`, since the client's copy of a listed header the auth service
             // does not set stays (one value per name: policy/decision.rs).
-            let replace = settings.auth.protocol == Protocol::ExtAuthz;
+            // Several providers: a later allow replaces what an earlier one set.
+            let replace = settings.auth.protocol == Protocol::ExtAuthz || settings.several_providers;
             for (name, value) in inject {
                 let done = match replace {
                     true => host.set_header(Map::RequestHeaders, name, Some(value)),
