@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod answers;
+mod cache_flow;
 mod interleavings;
 mod jwt_flow;
 mod requests;
