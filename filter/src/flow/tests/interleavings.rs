@@ -225,6 +225,59 @@ fn a_jwks_fetch_finishing_on_another_worker_wakes_the_waiter() {
     }
 }
 
+/// A rotated key reaching both workers while one fetch of the JWKS is in flight: every
+/// request waits for that one fetch (none judges the token on the old keys), and each goes
+/// upstream with its own claim; when the next fetch fails, the waiters get the filter's
+/// 401 (the old keys stay, the kid is still unknown) instead of hanging.
+#[test]
+fn a_rotated_kid_on_both_workers_waits_for_one_fetch_and_its_failure_answers_all() {
+    let (config, k1, jwks) = remote_jwks();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["jwt"]["providers"][0]["remote_jwks"]["min_refresh_interval_ms"] = 0.into();
+    let mut sim = Sim::new(&config.to_string(), 2);
+    let first = sim.send(request(b"/api/flows", &[("authorization", &format!("Bearer {}", es_token(&k1)))]));
+    let body = jwks.to_string();
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), body.clone().into_bytes())));
+    assert_eq!(sim.outcome(first), Some(0));
+    // k2 joins the JWKS.
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let mut jwk2: serde_json::Value = serde_json::from_str(&k2.public_key().to_jwk()).unwrap();
+    jwk2["kid"] = "k2".into();
+    let rotated = serde_json::json!({"keys": [jwks["keys"][0].clone(), jwk2]}).to_string();
+    let sign = |key: &ES256KeyPair, sub: &str| {
+        let mut claims = Claims::create(Duration::from_secs(600)).with_issuer("https://idp").with_subject(sub);
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000 + 600));
+        format!("Bearer {}", key.sign(claims).unwrap())
+    };
+    let ids: Vec<(u32, String)> = (0..6)
+        .map(|i| {
+            let sub = format!("rotated-{i}");
+            (sim.send_on(i % 2, spoofing(b"/api/flows", &[("authorization", &sign(&k2, &sub))]), true), sub)
+        })
+        .collect();
+    assert_eq!(sim.pending().len(), 1, "one fetch for the new kid, whichever worker it reached");
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), rotated.clone().into_bytes())));
+    for (id, sub) in &ids {
+        let upstream = sim.streams[id].upstream.clone().unwrap_or_else(|| panic!("{sub}: not upstream"));
+        let subs: Vec<_> = upstream.iter().filter(|(n, _)| n == "x-nebula-actor-id").collect();
+        assert_eq!(subs, vec![&("x-nebula-actor-id".to_string(), sub.as_bytes().to_vec())], "its own claim");
+    }
+    assert_eq!(sim.host.dispatched().len(), 2);
+    // k3 is unknown and the endpoint fails: one fetch, every waiter answered 401.
+    let k3 = ES256KeyPair::generate().with_key_id("k3");
+    let ids: Vec<u32> = (0..6)
+        .map(|i| sim.send_on(i % 2, spoofing(b"/api/flows", &[("authorization", &sign(&k3, "x"))]), true))
+        .collect();
+    assert_eq!(sim.pending().len(), 1);
+    sim.settle(|_, _| Answer::ServerError.reply());
+    for id in ids {
+        assert_eq!(sim.outcome(id), Some(401), "unknown kid after a failed fetch");
+    }
+    assert_eq!(sim.host.dispatched().len(), 3, "one failed fetch for all of them");
+    sim.check();
+}
+
 #[test]
 fn a_waiter_whose_stream_went_away_is_not_woken() {
     let (config, key, jwks) = remote_jwks();
