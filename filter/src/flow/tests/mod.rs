@@ -7,6 +7,7 @@
 
 mod answers;
 mod cache_flow;
+mod failures;
 mod interleavings;
 mod jwt_flow;
 mod requests;
