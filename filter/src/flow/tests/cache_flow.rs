@@ -346,3 +346,25 @@ fn without_stale_if_error_or_an_entry_a_failure_fails_closed() {
     assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "auth unreachable, empty cache");
     sim.check();
 }
+
+/// The body is no part of the key: a request whose body goes with the callout is never
+/// answered from the cache nor stored in it; requests without one still use it.
+#[test]
+fn body_requests_bypass_the_decision_cache() {
+    let config = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "with_request_body": {"max_request_bytes": 64}},
+        "cache": {"entries": 100, "default_ttl": 60}}"#;
+    let mut sim = Sim::new(config, 1);
+    for _ in 0..2 {
+        let id = sim.send_on(0, asking("POST", "/api/flows", "alice", &[("content-length", "2")]), false);
+        sim.body(id, b"{}", true);
+        sim.settle(|_, _| allow("alice", None));
+        assert_allowed_as(&sim, id, "alice", "body request");
+    }
+    assert_eq!(calls(&sim, "alice"), 2, "each body request asks the auth service");
+    for _ in 0..2 {
+        let id = ask(&mut sim, asking("GET", "/api/flows", "alice", &[]), || allow("alice", None));
+        assert_allowed_as(&sim, id, "alice", "no body");
+    }
+    assert_eq!(calls(&sim, "alice"), 3, "requests without a body still use the cache");
+    sim.check();
+}
