@@ -133,6 +133,62 @@ fn a_reset_callout_is_retried_once_within_the_timeout() {
     assert_eq!(sim.counter(Metric::CalloutRetries), 2);
 }
 
+/// Only Envoy's reply for a connection reset or refused before any answer is sent again:
+/// an answered status (a real 503 included), Envoy's timeout and garbage never are. The
+/// retry gets what is left of `timeout_ms`, and `retry_on_reset: false` turns it off,
+/// Envoy's own retry included.
+#[test]
+fn only_a_reset_or_refused_callout_is_retried_within_what_is_left_of_the_timeout() {
+    let answered =
+        |status: &str| Some((pairs(&[(":status", status), ("x-envoy-upstream-service-time", "1")]), Vec::new()));
+    let cases = [
+        ("503 from the auth service", answered("503")),
+        ("500", answered("500")),
+        ("502", answered("502")),
+        ("401", answered("401")),
+        ("Envoy's timeout", Answer::Timeout.reply()),
+        ("garbage", Answer::Garbage.reply()),
+        ("no headers", Answer::Reset.reply()),
+    ];
+    let config = r#"{"auth": {"cluster": "auth", "timeout_ms": 1000}}"#;
+    for (case, reply) in cases {
+        let mut sim = Sim::new(config, 1);
+        let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+        sim.settle(|_, _| reply.clone());
+        assert_ne!(sim.outcome(id), Some(0), "{case}");
+        assert_eq!(sim.host.dispatched().len(), 1, "{case}: never retried");
+        assert_eq!(sim.counter(Metric::CalloutRetries), 0, "{case}");
+        sim.check();
+    }
+    // Reset 800 ms into a 1000 ms budget: the retry gets the 200 ms left, and asks Envoy
+    // to retry it once more itself.
+    let mut sim = Sim::new(config, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let (first, _) = sim.pending()[0];
+    let call = sim.host.call(first).unwrap();
+    assert!(call.headers.contains(&("x-envoy-retry-on".into(), "reset,connect-failure".into())), "{:?}", call.headers);
+    assert_eq!(call.timeout, std::time::Duration::from_millis(1000));
+    sim.host.advance(800);
+    sim.answer(first, Answer::Refused.reply());
+    let (retry, _) = sim.pending()[0];
+    let call = sim.host.call(retry).unwrap();
+    assert_eq!(call.timeout, std::time::Duration::from_millis(200), "what is left of timeout_ms");
+    assert!(call.headers.contains(&("x-envoy-retry-on".into(), "reset,connect-failure".into())));
+    sim.answer(retry, Answer::Allow.reply());
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.check();
+    // retry_on_reset: false: neither the filter nor Envoy (no retry header) sends it again.
+    let mut sim = Sim::new(r#"{"auth": {"cluster": "auth", "retry_on_reset": false}}"#, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Refused.reply());
+    assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "reset, no retry");
+    let calls = sim.host.dispatched();
+    assert_eq!(calls.len(), 1, "the filter did not retry");
+    assert!(calls[0].headers.iter().all(|(n, _)| !n.starts_with("x-envoy-retry")), "no retry asked of Envoy");
+    assert_eq!(sim.counter(Metric::CalloutRetries), 0);
+    sim.check();
+}
+
 const BODY: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 2000,
     "with_request_body": {"max_request_bytes": 8}}}"#;
 
