@@ -176,7 +176,7 @@ fn require_and_path_rules_answer_403_insufficient_scope() {
 fn forward_false_removes_the_verified_token_before_the_upstream() {
     let config = serde_json::json!({"auth": {"cluster": "auth"},
         "jwt": {"forward": false, "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-            "from_cookies": ["jwt"],
+            "from_cookies": ["jwt"], "from_params": ["access_token"],
             "providers": [{"issuer": "https://idp", "secret": String::from_utf8(SECRET.to_vec()).unwrap(),
                 "claims_to_headers": {"sub": "x-nebula-actor-id"}}]}});
     let mut sim = Sim::new(&config.to_string(), 1);
@@ -193,6 +193,13 @@ fn forward_false_removes_the_verified_token_before_the_upstream() {
     let id = sim.send(spoofing(b"/api/flows", &[("cookie", &cookie)]));
     let upstream = sim.streams[&id].upstream.clone().expect("cookie token: upstream");
     assert_eq!(header(&upstream, "cookie"), vec![b"a=1; b=2".to_vec()], "only the token's cookie was removed");
+    let id = sim.send(spoofing(b"/api/flows", &[("cookie", &format!("jwt={token}"))]));
+    let upstream = sim.streams[&id].upstream.clone().expect("cookie alone: upstream");
+    assert!(header(&upstream, "cookie").is_empty(), "the token's cookie alone: no cookie header left");
+    let id = sim.send(spoofing(format!("/api/flows?access_token={token}&x=1").as_bytes(), &[]));
+    let upstream = sim.streams[&id].upstream.clone().expect("query token: upstream");
+    assert_eq!(header(&upstream, ":path"), vec![b"/api/flows?x=1".to_vec()], "the query token was removed");
+    assert_eq!(header(&upstream, "x-nebula-actor-id"), vec![b"u".to_vec()]);
     // Not a JWT of ours: forwarded untouched to the callout and the upstream.
     let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer api-key")]));
     sim.settle(|_, _| Answer::Allow.reply());
@@ -271,4 +278,25 @@ fn without_any_keys_local_fails_closed_and_local_then_callout_asks_the_auth_serv
     assert!(call.headers.iter().all(|(n, _)| n != "x-nebula-actor-id"), "nothing injected towards the auth service");
     sim.check();
     assert_eq!(jwt_counter(&mut sim, "keys_unavailable"), 2);
+}
+
+/// `forward: false` in `local_then_callout`: the auth service sees the token, the
+/// upstream does not.
+#[test]
+fn forward_false_in_local_then_callout_shows_the_token_to_the_auth_service_only() {
+    let mut config: serde_json::Value = serde_json::from_str(&config("local_then_callout")).unwrap();
+    config["auth"]["request_headers"] = serde_json::json!(["authorization", "cookie"]);
+    config["jwt"]["from_cookies"] = serde_json::json!(["jwt"]);
+    config["jwt"]["forward"] = false.into();
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let cookie = format!("jwt={}; theme=dark", token(false));
+    let id = sim.send(spoofed_sub(b"/api/flows", &[("authorization", "Bearer t"), ("cookie", &cookie)]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    let call = sim.host.dispatched().into_iter().find(|d| d.context == id).expect("local_then_callout asks");
+    assert!(call.headers.contains(&("cookie".into(), cookie.clone())), "the auth service got {:?}", call.headers);
+    let upstream = sim.streams[&id].upstream.clone().expect("allowed");
+    let cookies: Vec<_> = upstream.iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v.clone()).collect();
+    assert_eq!(cookies, vec![b"theme=dark".to_vec()], "the upstream's cookie");
+    assert!(upstream.contains(&("x-jwt-sub".into(), b"dave".to_vec())), "{upstream:?}");
+    sim.check();
 }
