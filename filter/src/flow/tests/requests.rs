@@ -435,3 +435,18 @@ fn trusted_forwarding_headers_pass_and_forward_auth_off_sends_none() {
     let off = forwarded_on_the_callout(r#"{"auth": {"cluster": "auth", "forward_auth": false}}"#);
     assert!(off.is_empty(), "forward_auth off still sent {off:?}");
 }
+
+/// The address a source rule read is the callout's X-Forwarded-For too: one
+/// `source.address` read per request (each is a ~10 k-instruction host call in Envoy).
+#[test]
+fn the_peer_address_is_read_once_per_request() {
+    let mut sim = Sim::new(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["10.0.0.0/8"]}"#, 1);
+    let id = send_inside(&mut sim, request(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    let call = sim.host.dispatched()[0].clone();
+    assert!(call.headers.contains(&("x-forwarded-for".into(), "10.1.2.3".into())), "{:?}", call.headers);
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(sim.outcome(id), Some(0));
+    let reads = sim.host.calls_in(id).into_iter().filter(|c| *c == "property").count();
+    assert_eq!(reads, 1, "one property read: {:?}", sim.host.calls_in(id));
+    sim.check();
+}
