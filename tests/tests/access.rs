@@ -1,4 +1,4 @@
-//! Access rules under the real Envoy (issue 17): source ranges from distinct loopback
+//! Access rules under the real Envoy: source ranges from distinct loopback
 //! sources (the client socket is bound to 127.0.0.2/.3/.4 before it connects),
 //! X-Forwarded-For spoofing with and without `trusted_proxies`, a range-restricted
 //! public path replayed with the path-confusion table, peer principals over a
