@@ -300,3 +300,53 @@ fn forward_false_in_local_then_callout_shows_the_token_to_the_auth_service_only(
     assert!(upstream.contains(&("x-jwt-sub".into(), b"dave".to_vec())), "{upstream:?}");
     sim.check();
 }
+
+/// OIDC discovery: a document naming keys on another host, or another issuer, is never
+/// followed; only the documents are fetched, each failure is counted, and the provider's
+/// tokens fail closed (no keys).
+#[test]
+fn a_discovery_document_naming_another_host_or_issuer_is_never_followed() {
+    const ISS: &str = "https://login.example.com/realms/prefect";
+    const OTHER: &str = "https://login.example.com/realms/other";
+    let providers: Vec<serde_json::Value> = [ISS, OTHER]
+        .iter()
+        .map(|iss| {
+            serde_json::json!({"issuer": iss, "discovery": {"cluster": "idp", "timeout_ms": 2000},
+                "claims_to_headers": {"sub": "x-nebula-actor-id"}})
+        })
+        .collect();
+    let config = serde_json::json!({"auth": {"cluster": "auth"}, "jwt": {"providers": providers}});
+    let document = |issuer: &str, jwks_uri: &str| {
+        serde_json::json!({"issuer": issuer, "jwks_uri": jwks_uri, "id_token_signing_alg_values_supported": ["ES256"]})
+            .to_string()
+    };
+    let idp = |_: &str, sent: &[(String, String)]| {
+        let path = sent.iter().find(|(n, _)| n == ":path").map(|(_, v)| v.as_str()).unwrap_or_default();
+        let body = match path {
+            "/realms/prefect/.well-known/openid-configuration" => {
+                document(ISS, "https://keys.attacker.example.net/certs")
+            }
+            "/realms/other/.well-known/openid-configuration" => {
+                document("https://login.example.com/realms/impostor", "https://login.example.com/certs")
+            }
+            other => panic!("fetched {other}: only the discovery documents may be"),
+        };
+        Some((super::pairs(&[(":status", "200")]), body.into_bytes()))
+    };
+    let mut sim = Sim::new(&config.to_string(), 1);
+    sim.settle(idp);
+    let key = ES256KeyPair::generate().with_key_id("es-1");
+    for iss in [ISS, OTHER] {
+        let mut claims = Claims::create(Duration::from_secs(600)).with_issuer(iss).with_subject("x");
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(exp()));
+        let id = sim.send(spoofing(b"/api/flows", &[("authorization", &bearer(&key.sign(claims).unwrap()))]));
+        sim.settle(idp);
+        assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "{iss}: no keys could be found");
+    }
+    let fetched = sim.host.dispatched();
+    assert!(fetched.len() >= 2, "{fetched:?}");
+    assert!(fetched.iter().all(|d| d.cluster == "idp"), "no callout: local mode");
+    sim.check();
+    assert!(jwt_counter(&mut sim, "jwks_failures") >= 2);
+}
