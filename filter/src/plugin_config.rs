@@ -521,6 +521,10 @@ mod tests {
                 "invalid plugin configuration: auth.request_headers[1]: \"X-Forwarded-Prefix\" is a forwarding header the client could forge; it is only sent with trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)",
             ),
             (
+                r#"{"auth": {"cluster": "a", "request_headers": ["x-real-ip"]}}"#,
+                "invalid plugin configuration: auth.request_headers[0]: \"x-real-ip\" is a forwarding header the client could forge; it is only sent with trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)",
+            ),
+            (
                 r#"{"auth": {"cluster": "a", "forward_auth": false, "request_headers": ["x-forwarded-host"]}}"#,
                 "invalid plugin configuration: auth.request_headers[0]: \"x-forwarded-host\" is a forwarding header the client could forge; it is only sent with trust_forward_header (forward_auth generates X-Forwarded-Method/Proto/Host/Uri/For)",
             ),

@@ -20,9 +20,15 @@ fn module_lines(env: &Env) -> Vec<String> {
 
 /// Waits (Envoy writes its log asynchronously) for a module line containing every `part`.
 fn wait_line(env: &Env, parts: &[&str]) -> String {
+    wait_line_after(env, 0, parts)
+}
+
+/// [`wait_line`] among the module's lines after the first `skip`.
+fn wait_line_after(env: &Env, skip: usize, parts: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(line) = module_lines(env).into_iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+        let lines = module_lines(env);
+        if let Some(line) = lines.into_iter().skip(skip).find(|l| parts.iter().all(|p| l.contains(p))) {
             eprintln!("{line}");
             return line;
         }
@@ -78,11 +84,15 @@ fn denies_and_fail_closed_are_logged_at_the_default_level_allows_are_not() {
     assert!(line.contains("timed out after 300 ms"), "Envoy's 504, named as a timeout: {line}");
     assert!(!line.contains("answered 504"), "the auth service did not answer 504: {line}");
 
-    // Allowed and public requests log nothing at info.
+    // Allowed and public requests log nothing at info. A denial sent after their
+    // responses marks the end: a request's line is written when it is decided, before its
+    // response, and Envoy's log sink keeps the order lines reach it in, so once the
+    // marker's line is in the log, any line of theirs is too (no fixed sleep).
     let before = module_lines(&env).len();
     assert_eq!(env.send(&with_secrets("/api/flows", "allow:alice")).status, 200);
     assert_eq!(env.send(&RawRequest::get("/api/health")).status, 200);
-    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(env.send(&RawRequest::get("/api/log-marker").bearer("deny")).status, 401);
+    wait_line_after(&env, before, &["GET /api/log-marker", "denied 401"]);
     let after = module_lines(&env);
     assert!(
         after[before..].iter().all(|l| !l.contains("allowed") && !l.contains("public")),
@@ -90,6 +100,10 @@ fn denies_and_fail_closed_are_logged_at_the_default_level_allows_are_not() {
         after[before..].join("\n")
     );
     assert_no_secrets(&env);
+
+    // The same Envoy: its replies named as what they are, hostile paths escaped.
+    reset_connection_is_named_as_such(&env);
+    hostile_paths_are_logged_escaped_and_bounded(&env);
 }
 
 #[test]
@@ -104,13 +118,12 @@ fn refused_connection_is_named_as_such() {
     assert_no_secrets(&env);
 }
 
-#[test]
-fn reset_connection_is_named_as_such() {
-    let env = Env::start_default();
+fn reset_connection_is_named_as_such(env: &Env) {
+    let before = module_lines(env).len();
     // The mock closes the connection without an answer.
     let resp = env.send(&with_secrets("/api/flows", "close"));
     assert_eq!(resp.status, 403, "{resp:?}");
-    let line = wait_line(&env, &["GET /api/flows", "failed closed 403"]);
+    let line = wait_line_after(env, before, &["GET /api/flows", "failed closed 403"]);
     assert!(line.contains("connection reset"), "a closed connection is Envoy's 503: {line}");
     assert!(!line.contains("answered 503"), "the auth service did not answer: {line}");
 }
@@ -127,17 +140,16 @@ fn debug_level_logs_public_and_allowed_requests() {
     assert_no_secrets(&env);
 }
 
-#[test]
-fn hostile_paths_are_logged_escaped_and_bounded() {
-    let env = Env::start_default();
+fn hostile_paths_are_logged_escaped_and_bounded(env: &Env) {
     let long = format!("/api/{}", "a".repeat(5000));
     assert_eq!(env.send(&RawRequest::get(&long).bearer("deny")).status, 401);
-    let line = wait_line(&env, &["GET /api/aaaa", "denied 401"]);
+    let line = wait_line(env, &["GET /api/aaaa", "denied 401"]);
     assert!(line.len() < 1000, "a long path is cut: {} bytes", line.len());
     // A raw control byte in the path must not become a line break or an escape sequence.
+    let before = module_lines(env).len();
     let resp = env.send(&RawRequest::get(b"/api/fl\x1bows".as_slice()).bearer("deny"));
     if resp.status == 401 {
-        let line = wait_line(&env, &["GET /api/fl", "denied 401"]);
+        let line = wait_line_after(env, before, &["GET /api/fl", "denied 401"]);
         assert!(!line.contains('\x1b'), "the ESC byte is escaped: {line:?}");
     }
 }

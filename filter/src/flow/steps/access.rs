@@ -105,3 +105,71 @@ pub fn principal_again<'s, H: Host>(host: &H, settings: &'s Settings) -> Option<
 
 /// A header for the callout: the verified peer identity (`principal_header`).
 pub type Principal<'h> = (&'h str, String);
+
+/// Which properties the access step reads, and when: each only when a rule needs it,
+/// at most once; the SAN only over a verified mTLS connection.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::flow::mock_host::{End, MockHost};
+
+    const ID: u32 = 5;
+    const SAN: &str = "spiffe://cluster.local/ns/prefect/sa/webhook";
+
+    fn host(properties: &[(&str, &[u8])]) -> MockHost {
+        let host = MockHost::new(0);
+        host.open(ID, Vec::new());
+        for (path, value) in properties {
+            host.set_property(ID, path, value);
+        }
+        host
+    }
+
+    #[test]
+    fn the_principal_is_read_only_over_mtls() {
+        let plain = host(&[("connection.mtls", &[0]), ("connection.uri_san_peer_certificate", SAN.as_bytes())]);
+        assert_eq!(HostPeer { host: &plain, address: None }.principal(), None);
+        assert_eq!(plain.calls_in(ID), ["property"], "no certificate: the SAN is not read");
+        let mtls = host(&[("connection.mtls", &[1]), ("connection.uri_san_peer_certificate", SAN.as_bytes())]);
+        assert_eq!(HostPeer { host: &mtls, address: None }.principal().as_deref(), Some(SAN));
+        assert_eq!(mtls.calls_in(ID), ["property", "property"]);
+    }
+
+    #[test]
+    fn the_address_is_read_once() {
+        let host = host(&[("source.address", b"10.1.2.3:4000")]);
+        let mut peer = HostPeer { host: &host, address: None };
+        assert_eq!(peer.address().as_deref(), Some("10.1.2.3:4000"));
+        assert_eq!(peer.address().as_deref(), Some("10.1.2.3:4000"));
+        assert_eq!(host.calls_in(ID), ["property"]);
+    }
+
+    #[test]
+    fn a_source_denial_replies_before_anything_else_and_is_counted() {
+        let settings =
+            Settings::from_json(br#"{"auth": {"cluster": "auth"}, "source_ranges": ["10.0.0.0/8"]}"#).unwrap();
+        let access = settings.access.as_ref().unwrap();
+        let request: Vec<(&str, &[u8])> = vec![(":path", b"/api/flows")];
+        for (address, denied) in [("203.0.113.9:1", true), ("10.9.9.9:1", false)] {
+            let host = host(&[("source.address", address.as_bytes())]);
+            let mut worker = Worker::default();
+            worker.counters.define(&host);
+            let step = apply(&host, &mut worker, ID, &settings, access, &request, (None, PathMatch::Protected));
+            worker.counters.flush(&host);
+            assert_eq!(host.counter(Metric::SourceDenied.name()), u64::from(denied), "{address}: counted");
+            if denied {
+                assert!(matches!(step, Step::Replied), "{address}");
+                assert_eq!(host.calls_in(ID), ["property", "reply"], "{address}: no mTLS property read");
+                let ends = host.stream(ID).ends;
+                let [End::Reply { status: 403, body: Some(body), .. }] = ends.as_slice() else { panic!("{ends:?}") };
+                assert_eq!(body.as_slice(), DENIED_BODY);
+            } else {
+                let Step::Next((public, facts)) = step else { panic!("{address}: not passed on") };
+                assert_eq!(public, None);
+                assert_eq!(facts.address, Some(Some(address.to_string())), "kept for the callout's X-Forwarded-For");
+                assert_eq!(host.calls_in(ID), ["property"]);
+            }
+        }
+    }
+}

@@ -98,3 +98,77 @@ pub fn failed<H: Host>(host: &H, settings: &Settings, lookup: Option<&Lookup>, f
     }
     Outcome::Failed(failure)
 }
+
+/// The step on one answer: the outcome for each kind of answer, and which host calls it
+/// makes for it (the answer's body is read only when a denial relays it or Envoy's reply
+/// must be told apart; each read costs a host call and a copy into the VM).
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::flow::mock_host::MockHost;
+    use crate::policy::decision::Unreachable;
+
+    const CONTEXT: u32 = 7;
+    /// An answer's headers and body.
+    type Answer<'a> = (&'a [(&'a str, &'a str)], &'a [u8]);
+
+    const RESET: &[u8] =
+        b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+    /// Runs the step on `answer` (`None`: no headers, Envoy's own reset): its outcome
+    /// (`None`: send the callout again) and the host calls it made.
+    fn run(answer: Option<Answer>, may_retry: bool) -> (Option<Outcome>, Vec<&'static str>) {
+        let settings = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        let host = MockHost::new(1_900_000_000_000);
+        host.open(CONTEXT, Vec::new());
+        let body_size = answer.map_or(0, |(_, body)| body.len());
+        host.answering(answer.map(|(headers, body)| {
+            (headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(), body.to_vec())
+        }));
+        let mut worker = Worker::default();
+        let outcome = answer_or_retry(&host, &mut worker, &settings, None, body_size, may_retry);
+        (outcome, host.calls_in(CONTEXT))
+    }
+
+    #[test]
+    fn an_allow_is_decided_from_its_headers_alone() {
+        let (outcome, calls) = run(Some((&[(":status", "200"), ("x-nebula-actor-id", "alice")], b"ok")), true);
+        let Some(Outcome::Decided(Decision::Allow { inject, .. })) = outcome else { panic!("not an allow") };
+        assert_eq!(inject, vec![("x-nebula-actor-id".to_string(), b"alice".to_vec())]);
+        assert_eq!(calls, ["header_map"], "the allow's body is never read");
+    }
+
+    #[test]
+    fn a_denial_reads_the_body_it_relays_and_only_then() {
+        let (outcome, calls) = run(Some((&[(":status", "401")], b"no")), true);
+        let Some(Outcome::Decided(Decision::Deny { status: 401, body, .. })) = outcome else { panic!("not a denial") };
+        assert_eq!(body, b"no");
+        assert_eq!(calls, ["header_map", "body"]);
+        let (_, calls) = run(Some((&[(":status", "401")], b"")), true);
+        assert_eq!(calls, ["header_map"], "an empty body is not read");
+    }
+
+    #[test]
+    fn envoys_reset_reply_asks_for_a_retry_and_a_real_503_never_does() {
+        let envoys = [(":status", "503"), ("content-type", "text/plain")];
+        let (outcome, calls) = run(Some((&envoys, RESET)), true);
+        assert!(outcome.is_none(), "Envoy's reply for a reset connection: send again");
+        assert_eq!(calls, ["header_map", "body"], "its short body tells reset from an answer");
+        // No retry left: the same reply is a failure, named from its body.
+        let (outcome, _) = run(Some((&envoys, RESET)), false);
+        assert!(matches!(outcome, Some(Outcome::Failed(Failure::Unreachable(Unreachable::Reset)))));
+        // The auth service's own 503 carries the router's marker: a failure, body unread.
+        let answered = [(":status", "503"), ("x-envoy-upstream-service-time", "3")];
+        let (outcome, calls) = run(Some((&answered, RESET)), true);
+        assert!(matches!(outcome, Some(Outcome::Failed(Failure::AuthServerError(503)))));
+        assert_eq!(calls, ["header_map"]);
+    }
+
+    #[test]
+    fn no_headers_at_all_is_no_response() {
+        let (outcome, calls) = run(None, true);
+        assert!(matches!(outcome, Some(Outcome::Failed(Failure::NoResponse))));
+        assert_eq!(calls, ["header_map"]);
+    }
+}

@@ -134,3 +134,104 @@ pub fn add_auth_cookies<H: Host>(host: &H, settings: &Settings, cookies: &[Vec<u
     }
     Ok(())
 }
+
+/// What applying a decision asks of the host: an allow adds each header once (forward
+/// auth) or replaces it (ext_authz), a JWT claim yields to the auth service's own header,
+/// a denial is one reply, and a refused write fails closed instead of going on.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::flow::mock_host::{End, Fails, MockHost};
+
+    const ID: u32 = 9;
+
+    fn allow() -> Decision {
+        Decision::Allow {
+            inject: vec![("x-nebula-actor-id".into(), b"alice".to_vec()), ("x-nebula-org".into(), b"7".to_vec())],
+            cookies: vec![],
+            extra: None,
+        }
+    }
+
+    fn host() -> MockHost {
+        let host = MockHost::new(0);
+        host.open(ID, vec![(":path".into(), b"/api/flows".to_vec())]);
+        host
+    }
+
+    fn settings(json: &str) -> Settings {
+        Settings::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn forward_auth_adds_and_ext_authz_replaces() {
+        for (config, call) in [
+            (r#"{"auth": {"cluster": "auth"}}"#, "add_header"),
+            (r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}}"#, "set_header"),
+        ] {
+            let (host, mut worker) = (host(), Worker::default());
+            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService);
+            assert!(matches!(step, Step::Upstream), "{config}");
+            assert_eq!(host.calls_in(ID), [call, call], "{config}: one call per header, nothing else");
+            let request = host.stream(ID).request;
+            assert!(request.contains(&("x-nebula-actor-id".into(), b"alice".to_vec())), "{request:?}");
+            assert!(host.stream(ID).ends.is_empty(), "the caller resumes, not the step");
+        }
+    }
+
+    #[test]
+    fn a_claim_header_yields_to_the_auth_services_own() {
+        let (host, mut worker) = (host(), Worker::default());
+        let claims: crate::jwt::verifier::ClaimHeaders =
+            vec![("X-Nebula-Org".to_string(), "from-jwt".to_string()), ("x-jwt-sub".to_string(), "dave".to_string())]
+                .into();
+        worker.kept.claims.insert(ID, claims);
+        let config = settings(r#"{"auth": {"cluster": "auth"}}"#);
+        let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService);
+        assert!(matches!(step, Step::Upstream));
+        let request = host.stream(ID).request;
+        let org: Vec<_> = request.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-nebula-org")).collect();
+        assert_eq!(org, [&("x-nebula-org".to_string(), b"7".to_vec())], "the auth service has the last word");
+        assert!(request.contains(&("x-jwt-sub".into(), b"dave".to_vec())));
+        assert!(worker.kept.claims.is_empty(), "the kept claims are used once");
+    }
+
+    #[test]
+    fn a_denial_is_one_reply_with_the_answer() {
+        let (host, mut worker) = (host(), Worker::default());
+        let deny = Decision::Deny {
+            status: 401,
+            headers: vec![("www-authenticate".into(), "Bearer".into())],
+            body: b"no".to_vec(),
+        };
+        let step =
+            apply_decision(&host, &mut worker, ID, &settings(r#"{"auth": {"cluster": "auth"}}"#), &deny, Via::Cache);
+        assert!(matches!(step, Step::Replied));
+        assert_eq!(host.calls_in(ID), ["reply"]);
+        let ends = host.stream(ID).ends;
+        assert_eq!(
+            ends,
+            [End::Reply {
+                status: 401,
+                headers: vec![("www-authenticate".into(), "Bearer".into())],
+                body: Some(b"no".to_vec())
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_header_write_fails_closed() {
+        for refused in [Fails::AddHeader, Fails::SetHeader] {
+            let (host, mut worker) = (host(), Worker::default());
+            host.fail(refused);
+            let config = match refused {
+                Fails::SetHeader => r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}, "status_on_error": 503}"#,
+                _ => r#"{"auth": {"cluster": "auth"}, "status_on_error": 503}"#,
+            };
+            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService);
+            assert!(matches!(step, Step::Replied), "{refused:?}");
+            assert!(matches!(host.stream(ID).ends.as_slice(), [End::Reply { status: 503, .. }]), "{refused:?}");
+        }
+    }
+}

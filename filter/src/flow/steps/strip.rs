@@ -27,3 +27,61 @@ fn remove<H: Host>(host: &H, map: Map, names: &[&str]) -> Result<(), Refused> {
     }
     Ok(())
 }
+
+/// The host calls the strip step makes: one removal per name present, none for the
+/// names absent; the trailers read once.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::flow::mock_host::MockHost;
+
+    const CONTEXT: u32 = 3;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        list.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn trailers_lose_every_spelling_of_an_identity_header_and_nothing_else() {
+        let settings = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        let host = MockHost::new(0);
+        host.open(CONTEXT, Vec::new());
+        host.set_trailers(
+            CONTEXT,
+            pairs(&[("grpc-status", "0"), ("X_Nebula_Actor_Id", "evil"), ("x-nebula-actor-permissions", "admin")]),
+        );
+        trailers(&host, &settings).unwrap();
+        assert_eq!(host.stream(CONTEXT).trailers, pairs(&[("grpc-status", "0")]));
+        assert_eq!(host.calls_in(CONTEXT), ["header_map", "remove_header", "remove_header"]);
+    }
+
+    #[test]
+    fn clean_trailers_cost_one_read() {
+        let settings = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        let host = MockHost::new(0);
+        host.open(CONTEXT, Vec::new());
+        host.set_trailers(CONTEXT, pairs(&[("grpc-status", "0"), ("x-checksum", "1")]));
+        trailers(&host, &settings).unwrap();
+        assert_eq!(host.stream(CONTEXT).trailers.len(), 2);
+        assert_eq!(host.calls_in(CONTEXT), ["header_map"]);
+    }
+
+    #[test]
+    fn a_refused_read_or_removal_is_an_error_for_the_caller() {
+        use crate::flow::mock_host::Fails;
+        let settings = Settings::from_json(br#"{"auth": {"cluster": "auth"}}"#).unwrap();
+        for refused in [Fails::HeaderMap(Map::RequestTrailers), Fails::RemoveHeader(Map::RequestTrailers)] {
+            let host = MockHost::new(0);
+            host.open(CONTEXT, Vec::new());
+            host.set_trailers(CONTEXT, pairs(&[("x-nebula-actor-id", "evil")]));
+            host.fail(refused);
+            assert!(trailers(&host, &settings).is_err(), "{refused:?}");
+        }
+        let host = MockHost::new(0);
+        host.open(CONTEXT, pairs(&[("x-nebula-actor-id", "evil"), ("accept", "*/*")]));
+        strip(&host, &["x-nebula-actor-id"]).unwrap();
+        assert_eq!(host.stream(CONTEXT).request, pairs(&[("accept", "*/*")]));
+        assert_eq!(host.calls_in(CONTEXT), ["remove_header"], "the plan found the names: no read here");
+    }
+}

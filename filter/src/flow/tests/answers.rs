@@ -1,8 +1,8 @@
 //! The auth service's answers the tests script, and the configurations they run under.
 
-use crate::flow::mock_host::Pairs;
+use crate::flow::mock_host::{End, Pairs};
 
-use super::pairs;
+use super::{pairs, request, Sim, SPOOF};
 
 /// One kind of answer to a callout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,4 +161,66 @@ fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
         }
         (into, patch) => *into = patch.clone(),
     }
+}
+
+fn with(status: &str, extra: &[(&str, &str)], body: &str) -> Option<(Pairs, Vec<u8>)> {
+    let mut headers = pairs(&[(":status", status)]);
+    headers.extend(pairs(extra));
+    Some((headers, body.as_bytes().to_vec()))
+}
+
+/// `allow_statuses`, `upstream_headers` and `client_headers` as configured: only the
+/// listed headers go upstream (the client's copies removed even when the allow sets
+/// none), a listed 2xx allows, and a denial relays only the listed headers.
+#[test]
+fn configured_allow_statuses_and_header_lists() {
+    let config = r#"{"auth": {"cluster": "auth", "allow_statuses": [200, 204],
+        "upstream_headers": ["x-nebula-actor-id", "x-other"], "client_headers": ["www-authenticate"]}}"#;
+    let mut sim = Sim::new(config, 1);
+    let allow = with(
+        "200",
+        &[
+            ("x-nebula-actor-id", "bob"),
+            ("x-nebula-actor-permissions", "read,write"),
+            ("x-nebula-ratelimit-config", "rl-bob"),
+            ("x-nebula-log-limit-config", "ll-bob"),
+            ("x-other", "leak"),
+        ],
+        "ok",
+    );
+    let bob = sim.send(request(b"/api/flows", &[("authorization", "Bearer bob")]));
+    sim.settle(|_, _| allow.clone());
+    let up = sim.streams[&bob].upstream.clone().expect("allow: upstream");
+    let named = |up: &Pairs, name: &str| -> Vec<Vec<u8>> {
+        up.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+    };
+    assert_eq!(named(&up, "x-nebula-actor-id"), vec![b"bob".to_vec()]);
+    assert_eq!(named(&up, "x-other"), vec![b"leak".to_vec()]);
+    for name in ["x-nebula-actor-permissions", "x-nebula-ratelimit-config", "x-nebula-log-limit-config"] {
+        assert!(named(&up, name).is_empty(), "allow: unconfigured {name} reached the upstream");
+    }
+    // 204 is listed: it allows, with no identity, and the client's copy is still removed.
+    let spoofed = sim.send(request(b"/api/flows", &[("authorization", "Bearer x"), ("x-nebula-actor-id", SPOOF)]));
+    sim.settle(|_, _| with("204", &[], ""));
+    let up = sim.streams[&spoofed].upstream.clone().expect("204 is in allow_statuses");
+    assert!(named(&up, "x-nebula-actor-id").is_empty(), "204 allow: the spoofed actor must be stripped");
+    // A denial relays only client_headers.
+    let denied = sim.send(request(b"/api/flows", &[("authorization", "Bearer deny")]));
+    let deny = with(
+        "401",
+        &[("www-authenticate", "Bearer realm=\"prefect\""), ("content-type", "application/json"), ("x-internal", "1")],
+        r#"{"detail":"unauthorized"}"#,
+    );
+    sim.settle(|_, _| deny.clone());
+    let ends = sim.host.stream(denied).ends;
+    let [End::Reply { status: 401, headers, .. }] = ends.as_slice() else { panic!("deny: {ends:?}") };
+    let relayed = |name: &str| headers.iter().filter(|(n, _)| n == name).count();
+    assert_eq!(relayed("www-authenticate"), 1, "deny: www-authenticate is configured: {headers:?}");
+    assert!(!headers.contains(&("content-type".into(), "application/json".into())), "content-type is not");
+    assert_eq!(relayed("x-internal"), 0, "deny: x-internal leaked");
+    // 200 still allows.
+    let plain = sim.send(request(b"/api/flows", &[("authorization", "Bearer ok")]));
+    sim.settle(|_, _| with("200", &[], ""));
+    assert_eq!(sim.outcome(plain), Some(0));
+    sim.check();
 }

@@ -133,6 +133,62 @@ fn a_reset_callout_is_retried_once_within_the_timeout() {
     assert_eq!(sim.counter(Metric::CalloutRetries), 2);
 }
 
+/// Only Envoy's reply for a connection reset or refused before any answer is sent again:
+/// an answered status (a real 503 included), Envoy's timeout and garbage never are. The
+/// retry gets what is left of `timeout_ms`, and `retry_on_reset: false` turns it off,
+/// Envoy's own retry included.
+#[test]
+fn only_a_reset_or_refused_callout_is_retried_within_what_is_left_of_the_timeout() {
+    let answered =
+        |status: &str| Some((pairs(&[(":status", status), ("x-envoy-upstream-service-time", "1")]), Vec::new()));
+    let cases = [
+        ("503 from the auth service", answered("503")),
+        ("500", answered("500")),
+        ("502", answered("502")),
+        ("401", answered("401")),
+        ("Envoy's timeout", Answer::Timeout.reply()),
+        ("garbage", Answer::Garbage.reply()),
+        ("no headers", Answer::Reset.reply()),
+    ];
+    let config = r#"{"auth": {"cluster": "auth", "timeout_ms": 1000}}"#;
+    for (case, reply) in cases {
+        let mut sim = Sim::new(config, 1);
+        let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+        sim.settle(|_, _| reply.clone());
+        assert_ne!(sim.outcome(id), Some(0), "{case}");
+        assert_eq!(sim.host.dispatched().len(), 1, "{case}: never retried");
+        assert_eq!(sim.counter(Metric::CalloutRetries), 0, "{case}");
+        sim.check();
+    }
+    // Reset 800 ms into a 1000 ms budget: the retry gets the 200 ms left, and asks Envoy
+    // to retry it once more itself.
+    let mut sim = Sim::new(config, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let (first, _) = sim.pending()[0];
+    let call = sim.host.call(first).unwrap();
+    assert!(call.headers.contains(&("x-envoy-retry-on".into(), "reset,connect-failure".into())), "{:?}", call.headers);
+    assert_eq!(call.timeout, std::time::Duration::from_millis(1000));
+    sim.host.advance(800);
+    sim.answer(first, Answer::Refused.reply());
+    let (retry, _) = sim.pending()[0];
+    let call = sim.host.call(retry).unwrap();
+    assert_eq!(call.timeout, std::time::Duration::from_millis(200), "what is left of timeout_ms");
+    assert!(call.headers.contains(&("x-envoy-retry-on".into(), "reset,connect-failure".into())));
+    sim.answer(retry, Answer::Allow.reply());
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.check();
+    // retry_on_reset: false: neither the filter nor Envoy (no retry header) sends it again.
+    let mut sim = Sim::new(r#"{"auth": {"cluster": "auth", "retry_on_reset": false}}"#, 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|_, _| Answer::Refused.reply());
+    assert_eq!(sim.outcome(id), Some(sim.settings.status_on_error), "reset, no retry");
+    let calls = sim.host.dispatched();
+    assert_eq!(calls.len(), 1, "the filter did not retry");
+    assert!(calls[0].headers.iter().all(|(n, _)| !n.starts_with("x-envoy-retry")), "no retry asked of Envoy");
+    assert_eq!(sim.counter(Metric::CalloutRetries), 0);
+    sim.check();
+}
+
 const BODY: &str = r#"{"auth": {"cluster": "auth", "protocol": "ext_authz", "timeout_ms": 2000,
     "with_request_body": {"max_request_bytes": 8}}}"#;
 
@@ -223,6 +279,59 @@ fn a_jwks_fetch_finishing_on_another_worker_wakes_the_waiter() {
         let upstream = sim.streams[&id].upstream.clone().unwrap();
         assert!(upstream.contains(&("x-nebula-actor-id".into(), b"carol".to_vec())), "{upstream:?}");
     }
+}
+
+/// A rotated key reaching both workers while one fetch of the JWKS is in flight: every
+/// request waits for that one fetch (none judges the token on the old keys), and each goes
+/// upstream with its own claim; when the next fetch fails, the waiters get the filter's
+/// 401 (the old keys stay, the kid is still unknown) instead of hanging.
+#[test]
+fn a_rotated_kid_on_both_workers_waits_for_one_fetch_and_its_failure_answers_all() {
+    let (config, k1, jwks) = remote_jwks();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["jwt"]["providers"][0]["remote_jwks"]["min_refresh_interval_ms"] = 0.into();
+    let mut sim = Sim::new(&config.to_string(), 2);
+    let first = sim.send(request(b"/api/flows", &[("authorization", &format!("Bearer {}", es_token(&k1)))]));
+    let body = jwks.to_string();
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), body.clone().into_bytes())));
+    assert_eq!(sim.outcome(first), Some(0));
+    // k2 joins the JWKS.
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let mut jwk2: serde_json::Value = serde_json::from_str(&k2.public_key().to_jwk()).unwrap();
+    jwk2["kid"] = "k2".into();
+    let rotated = serde_json::json!({"keys": [jwks["keys"][0].clone(), jwk2]}).to_string();
+    let sign = |key: &ES256KeyPair, sub: &str| {
+        let mut claims = Claims::create(Duration::from_secs(600)).with_issuer("https://idp").with_subject(sub);
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(NOW_MS / 1000 + 600));
+        format!("Bearer {}", key.sign(claims).unwrap())
+    };
+    let ids: Vec<(u32, String)> = (0..6)
+        .map(|i| {
+            let sub = format!("rotated-{i}");
+            (sim.send_on(i % 2, spoofing(b"/api/flows", &[("authorization", &sign(&k2, &sub))]), true), sub)
+        })
+        .collect();
+    assert_eq!(sim.pending().len(), 1, "one fetch for the new kid, whichever worker it reached");
+    sim.settle(|_, _| Some((pairs(&[(":status", "200")]), rotated.clone().into_bytes())));
+    for (id, sub) in &ids {
+        let upstream = sim.streams[id].upstream.clone().unwrap_or_else(|| panic!("{sub}: not upstream"));
+        let subs: Vec<_> = upstream.iter().filter(|(n, _)| n == "x-nebula-actor-id").collect();
+        assert_eq!(subs, vec![&("x-nebula-actor-id".to_string(), sub.as_bytes().to_vec())], "its own claim");
+    }
+    assert_eq!(sim.host.dispatched().len(), 2);
+    // k3 is unknown and the endpoint fails: one fetch, every waiter answered 401.
+    let k3 = ES256KeyPair::generate().with_key_id("k3");
+    let ids: Vec<u32> = (0..6)
+        .map(|i| sim.send_on(i % 2, spoofing(b"/api/flows", &[("authorization", &sign(&k3, "x"))]), true))
+        .collect();
+    assert_eq!(sim.pending().len(), 1);
+    sim.settle(|_, _| Answer::ServerError.reply());
+    for id in ids {
+        assert_eq!(sim.outcome(id), Some(401), "unknown kid after a failed fetch");
+    }
+    assert_eq!(sim.host.dispatched().len(), 3, "one failed fetch for all of them");
+    sim.check();
 }
 
 #[test]

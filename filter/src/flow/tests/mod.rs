@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod answers;
+mod cache_flow;
+mod failures;
 mod interleavings;
 mod jwt_flow;
 mod policies;

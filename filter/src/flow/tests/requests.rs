@@ -382,3 +382,71 @@ fn deny_rules_hold_for_every_spelling() {
         }
     }
 }
+
+/// A client that forges every forwarding header Traefik knows (names lower-cased, as
+/// Envoy's codecs hand them over).
+const FORGED: &[(&str, &str)] = &[
+    ("x-forwarded-for", "6.6.6.6"),
+    ("x-forwarded-host", "evil.example.com"),
+    ("x-forwarded-uri", "/api/health"),
+    ("x-forwarded-method", "GET"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-real-ip", "6.6.6.6"),
+];
+
+/// The callout's `x-forwarded-*` headers (name, value) for one request from 127.0.0.1.
+fn forwarded_on_the_callout(config: &str) -> Vec<(String, String)> {
+    let mut sim = Sim::new(config, 1);
+    let id = sim.next_id_for_test();
+    sim.host.set_property(id, "source.address", b"127.0.0.1:5555");
+    let mut extra = vec![("authorization", "Bearer t"), (":scheme", "http")];
+    extra.extend_from_slice(FORGED);
+    sim.send(request(b"/api/flows", &extra));
+    let call = sim.host.dispatched()[0].clone();
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.check();
+    call.headers.into_iter().filter(|(n, _)| n.starts_with("x-forwarded-") || n == "x-real-ip").collect()
+}
+
+/// `trust_forward_header`: a proxy in front is believed (its X-Forwarded-* pass, a listed
+/// one too, and X-Forwarded-For is extended with the peer); `forward_auth: false` sends
+/// none of them. The forwardAuth values themselves are unit-tested in policy/forward.rs.
+#[test]
+fn trusted_forwarding_headers_pass_and_forward_auth_off_sends_none() {
+    let trusted = r#"{"auth": {"cluster": "auth", "trust_forward_header": true,
+        "request_headers": ["authorization", "x-forwarded-prefix"]}}"#;
+    let sent = forwarded_on_the_callout(trusted);
+    let get = |name: &str| -> Vec<&str> { sent.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect() };
+    for (name, want) in [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-host", "evil.example.com"),
+        ("x-forwarded-uri", "/api/health"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "6.6.6.6, 127.0.0.1"),
+    ] {
+        assert_eq!(get(name), vec![want], "{name}: {sent:?}");
+    }
+    assert!(get("x-real-ip").is_empty(), "x-real-ip is not listed: {sent:?}");
+    let off = forwarded_on_the_callout(r#"{"auth": {"cluster": "auth", "forward_auth": false}}"#);
+    assert!(off.is_empty(), "forward_auth off still sent {off:?}");
+}
+
+/// The address a source rule read is the callout's X-Forwarded-For too: one
+/// `source.address` read per request (each is a ~10 k-instruction host call in Envoy).
+#[test]
+fn the_peer_address_is_read_once_per_request() {
+    let mut sim = Sim::new(r#"{"auth": {"cluster": "auth"}, "source_ranges": ["10.0.0.0/8"]}"#, 1);
+    let id = send_inside(&mut sim, request(b"/api/flows", &[("authorization", "Bearer t")]), true);
+    let call = sim.host.dispatched()[0].clone();
+    assert!(call.headers.contains(&("x-forwarded-for".into(), "10.1.2.3".into())), "{:?}", call.headers);
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(sim.outcome(id), Some(0));
+    let reads = sim.host.calls_in(id).into_iter().filter(|c| *c == "property").count();
+    assert_eq!(reads, 1, "one property read: {:?}", sim.host.calls_in(id));
+    sim.check();
+}
