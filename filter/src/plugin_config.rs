@@ -77,8 +77,10 @@ impl Settings {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(value)
-            .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let (field, message) = json_path::locate(bytes, &e);
+            ConfigError::new(field, message)
+        })?;
         let mut settings = Settings::try_from(raw)?;
         if let Some(cache) = &mut settings.cache {
             cache.fingerprint = shared::fingerprint(bytes);
@@ -216,6 +218,7 @@ impl TryFrom<RawConfig> for Settings {
 /// docs/configuration.md is checked against [`RawConfig`] (every field, both ways).
 #[cfg(test)]
 mod docs_reference;
+mod json_path;
 
 #[cfg(test)]
 mod tests {
