@@ -269,6 +269,14 @@ mod tests {
             }
         }
         assert_eq!(checked, 2 * (2 * fields.len() + 3));
+        // The walk relies on nothing but the bytes: truncated, unbalanced or not JSON at
+        // all, at any offset, it returns a path (and stays within the document's nesting).
+        let odd: [&[u8]; 6] = [b"{\"a\": [1, {\"b\": \"x\\", b"]]]}}}", b"\"\\", b"{\"\xff\": 1}", b"tru", b""];
+        for bytes in odd {
+            for offset in 0..=bytes.len() + 2 {
+                assert!(path_at(bytes, offset).len() <= 4 * bytes.len() + 1, "{bytes:?} at {offset}");
+            }
+        }
         // The valid document itself deserializes: the cases above differ from it only there.
         assert!(serde_json::from_value::<Outer>(Value::clone(&valid)).is_ok());
     }
