@@ -101,8 +101,10 @@ impl Settings {
             }
         }
         let others = other_providers(&value);
-        let raw: RawConfig = serde_path_to_error::deserialize(value)
-            .map_err(|e| ConfigError::new(e.path().to_string(), e.inner().to_string()))?;
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let (field, message) = json_path::locate(bytes, &e);
+            ConfigError::new(field, message)
+        })?;
         let mut settings = Settings::try_from(raw)?;
         if let Some(cache) = &mut settings.cache {
             cache.fingerprint = shared::fingerprint(bytes);
@@ -349,11 +351,12 @@ fn providers(
         if names.contains(&name) {
             return Err(ConfigError::new(format!("{field}.name"), format!("{name:?} names two providers")));
         }
-        let raw: RawAuth =
-            serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
-                "." => ConfigError::new(field.clone(), e.inner().to_string()),
-                path => ConfigError::new(format!("{field}.{path}"), e.inner().to_string()),
-            })?;
+        // Through its bytes, so an error is located as for the whole configuration.
+        let bytes = serde_json::to_vec(&value).map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
+        let raw: RawAuth = serde_json::from_slice(&bytes).map_err(|e| match json_path::locate(&bytes, &e) {
+            (path, message) if path.is_empty() => ConfigError::new(field.clone(), message),
+            (path, message) => ConfigError::new(format!("{field}.{path}"), message),
+        })?;
         let auth = AuthSettings::try_from(raw).map_err(|e| ConfigError {
             field: e.field.strip_prefix("auth").map_or(e.field.clone(), |rest| format!("{field}{rest}")),
             message: e.message,
@@ -367,6 +370,7 @@ fn providers(
 /// docs/configuration.md is checked against [`RawConfig`] (every field, both ways).
 #[cfg(test)]
 mod docs_reference;
+mod json_path;
 
 /// `providers` and `policies`: what loads, what is refused.
 #[cfg(test)]
