@@ -1,5 +1,6 @@
-//! The filter's counters. Envoy shows a proxy-wasm metric `nebula_authz.x` as
-//! `wasmcustom.nebula_authz.x` in `/stats` and as `nebula_authz_x` in `/stats/prometheus`.
+//! The filter's counters and histograms. Envoy shows a proxy-wasm metric
+//! `nebula_authz.x` as `wasmcustom.nebula_authz.x` in `/stats` and as `nebula_authz_x`
+//! in `/stats/prometheus` (a histogram as `nebula_authz_x_bucket`, `_sum`, `_count`).
 
 /// One counter per outcome; every request is counted once as public, allow, deny, error or
 /// denied by an access rule (source or principal).
@@ -72,6 +73,80 @@ impl Metric {
     }
 }
 
+/// Why a request failed closed, one counter each (`nebula_authz.failed.<reason>`): the
+/// callout's failures ([`crate::policy::decision::Failure::code`]) and the filter's own.
+/// A fixed list, so the label set stays bounded whatever the auth service answers.
+pub const FAILURE_REASONS: [&str; 16] = [
+    "no_response",
+    "bad_status",
+    "auth_server_error",
+    "refused",
+    "reset",
+    "no_healthy_upstream",
+    "unreachable",
+    "timeout",
+    "response_too_large",
+    "response_header_not_text",
+    "request_header_not_text",
+    "dispatch_failed",
+    "host_error",
+    // The filter's own: no plugin configuration, no JWKS keys yet for a `local` provider,
+    // a request body Envoy never delivered (`allow_on_headers_stop_iteration` missing).
+    "no_configuration",
+    "no_jwks_keys",
+    "no_request_body",
+];
+
+/// The latency histograms, in microseconds (Envoy's histograms are unitless; its default
+/// buckets, 0.5 to 3 600 000, then span 0.5 µs to 3.6 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Histogram {
+    /// Time a request spent in the filter, from its headers to its decision, by how it
+    /// was decided: a public path.
+    FilterPublic,
+    /// ... a JWT verified (or rejected) locally, JWKS fetch included.
+    FilterJwt,
+    /// ... a decision from the cache.
+    FilterCache,
+    /// ... the answer to an identical callout it waited for.
+    FilterCoalesced,
+    /// ... its own callout (a stale allow served after the callout failed included).
+    FilterCallout,
+    /// ... anything else (an access rule, a request body over its limit, a host error).
+    FilterOther,
+    /// The callout's round trip, from its dispatch to its answer (a retry included).
+    CalloutTime,
+}
+
+impl Histogram {
+    pub const ALL: [Histogram; 7] = [
+        Histogram::FilterPublic,
+        Histogram::FilterJwt,
+        Histogram::FilterCache,
+        Histogram::FilterCoalesced,
+        Histogram::FilterCallout,
+        Histogram::FilterOther,
+        Histogram::CalloutTime,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Histogram::FilterPublic => "nebula_authz.filter_time_us.public",
+            Histogram::FilterJwt => "nebula_authz.filter_time_us.jwt",
+            Histogram::FilterCache => "nebula_authz.filter_time_us.cache",
+            Histogram::FilterCoalesced => "nebula_authz.filter_time_us.coalesced",
+            Histogram::FilterCallout => "nebula_authz.filter_time_us.callout",
+            Histogram::FilterOther => "nebula_authz.filter_time_us.other",
+            Histogram::CalloutTime => "nebula_authz.callout_time_us",
+        }
+    }
+
+    /// Position in [`Histogram::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +157,13 @@ mod tests {
             assert_eq!(m.index(), i);
             assert!(m.name().starts_with("nebula_authz."), "{m:?}");
         }
+        for (i, h) in Histogram::ALL.iter().enumerate() {
+            assert_eq!(h.index(), i);
+            assert!(h.name().starts_with("nebula_authz."), "{h:?}");
+        }
+        let mut reasons = FAILURE_REASONS.to_vec();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), FAILURE_REASONS.len(), "a failure reason is listed twice");
     }
 }

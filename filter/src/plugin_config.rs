@@ -22,6 +22,7 @@ use crate::policy::headers::{Header, HeaderNames};
 use crate::policy::request::{self, Plan, Routed};
 use crate::policy::route::PublicPaths;
 use crate::policy::substitution::{self, RequestInfo};
+use crate::telemetry::{RawTelemetry, TelemetrySettings};
 
 /// Like Envoy ext_authz's `status_on_error` default.
 const DEFAULT_STATUS_ON_ERROR: u32 = 403;
@@ -45,6 +46,8 @@ struct RawConfig {
     trusted_proxies: Option<Vec<String>>,
     principals: Option<Vec<String>>,
     principal_header: Option<String>,
+    /// The decision for the access log and the latency histograms (telemetry.rs).
+    telemetry: Option<RawTelemetry>,
 }
 
 /// The validated, compiled configuration.
@@ -62,6 +65,8 @@ pub struct Settings {
     pub cache: Option<CacheSettings>,
     /// Source ranges and peer principals, when any is configured.
     pub access: Option<AccessSettings>,
+    /// What is recorded per request besides the counters.
+    pub telemetry: TelemetrySettings,
 }
 
 impl Settings {
@@ -70,9 +75,13 @@ impl Settings {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         // serde would read a struct from a JSON array too; users must write objects.
-        for (field, object) in
-            [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt")), ("cache", value.get("cache"))]
-        {
+        for (field, object) in [
+            ("", Some(&value)),
+            ("auth", value.get("auth")),
+            ("jwt", value.get("jwt")),
+            ("cache", value.get("cache")),
+            ("telemetry", value.get("telemetry")),
+        ] {
             if let Some(object) = object.filter(|v| !v.is_object()) {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
             }
@@ -209,7 +218,9 @@ impl TryFrom<RawConfig> for Settings {
             cache.unkeyed = auth.trace_headers.clone();
         }
 
-        Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access })
+        let telemetry = TelemetrySettings::parse(raw.telemetry)?;
+
+        Ok(Settings { auth, strip, public, status_on_error, jwt, cache, access, telemetry })
     }
 }
 
@@ -391,7 +402,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`, `telemetry`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use log::warn;
 
-use crate::flow::header_map;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::{Step, Waiting};
 use crate::flow::reply::{fail_closed, reply};
@@ -16,11 +15,13 @@ use crate::flow::steps::access::{self, PeerFacts};
 use crate::flow::steps::body::{self, BodyWait};
 use crate::flow::steps::{cache, callout, decide, inject, jwks_wait, jwt, public, strip};
 use crate::flow::worker::{take, Worker};
+use crate::flow::{decision_log, header_map};
 use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 use crate::policy::request_body::BodyVerdict;
+use crate::telemetry::{Decided, How, Outcome};
 
 /// One request (one http context): what it waits for, and its body when the callout
 /// carries it.
@@ -75,7 +76,7 @@ impl Request {
         };
         match (public, pass) {
             (None, _) => {}
-            (Some(template), Pass::Headers { .. }) => return public::pass(host, worker, id, template),
+            (Some(template), Pass::Headers { .. }) => return public::pass(host, worker, id, settings, template),
             // It was protected on its first pass: the same request cannot have become public.
             (Some(_), Pass::AfterJwksFetch) => return self.fail(host, worker, settings),
         }
@@ -104,7 +105,7 @@ impl Request {
             return self.body_step(host, worker, settings, callout);
         }
         let lookup = match cache::probe(host, worker, settings, &callout) {
-            Ok(decision) => return inject::apply_decision(host, worker, id, settings, &decision, Via::Cache),
+            Ok(decision) => return inject::apply_decision(host, worker, id, settings, &decision, Via::Cache, None),
             Err(lookup) => lookup,
         };
         if let Some(lookup) = lookup.as_ref().filter(|lookup| callout::join(worker, lookup, id)) {
@@ -134,6 +135,8 @@ impl Request {
             }
             BodyVerdict::TooLarge => {
                 let answer = rules.too_large();
+                let decided = Decided::new(Outcome::Denied, How::Filter).reason("request_body_too_large");
+                decision_log::record(host, worker, self.id, Some(settings), decided);
                 request_log::failed_closed(
                     host,
                     self.id,
@@ -250,9 +253,12 @@ impl Request {
         let Some(settings) = settings else {
             request_log::failed_closed(host, self.id, 500, "nebula-authz has no configuration");
             worker.counters.count(Metric::Errors);
+            let decided = Decided::new(Outcome::Failed, How::Filter).reason("no_configuration");
+            decision_log::record(host, worker, self.id, None, decided);
             reply(host, self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
             return Flow::Pause;
         };
+        decision_log::start(host, worker, self.id, settings);
         let step = self.run(host, worker, settings, Pass::Headers { end_of_stream });
         self.hold(step)
     }
@@ -334,8 +340,10 @@ impl Request {
         token: u32,
         body_size: usize,
     ) {
-        let (resend, sent_ms, retried) = match self.waiting.take() {
-            Some(Waiting::Callout { token: t, resend, sent_ms, retried }) if t == token => (resend, sent_ms, retried),
+        let (resend, sent_ms, sent_us, retried) = match self.waiting.take() {
+            Some(Waiting::Callout { token: t, resend, sent_ms, sent_us, retried }) if t == token => {
+                (resend, sent_ms, sent_us, retried)
+            }
             Some(Waiting::Jwks { token: t, provider }) if t == token => {
                 let Some(settings) = settings else { return };
                 if let Some(jwt) = &settings.jwt {
@@ -362,18 +370,20 @@ impl Request {
             Some(outcome) => outcome,
             None => match self.retry(host, worker, settings, sent_ms) {
                 Some(token) => {
-                    self.waiting = Some(Waiting::Callout { token, resend, sent_ms, retried: true });
+                    self.waiting = Some(Waiting::Callout { token, resend, sent_ms, sent_us, retried: true });
                     return;
                 }
                 None => decide::answer(host, worker, settings, lookup, body_size),
             },
         };
+        decision_log::callout_time(host, worker, settings, sent_us);
         let _: Step = callout::settle(host, worker, self.id, settings, lookup, &outcome);
     }
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
     pub fn on_stream_end<H: Host>(&mut self, host: &H, worker: &mut Worker) {
         worker.kept.forget(self.id);
+        decision_log::forget(worker, self.id);
         if self.body.as_ref().is_some_and(|b| !b.seen) {
             body::arrived(worker, self.id);
         }

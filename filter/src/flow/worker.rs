@@ -67,6 +67,11 @@ pub struct Worker {
     /// What an allowed request keeps for later, by context id (an allow may be applied
     /// to a waiting request from another context's callback).
     pub kept: Kept,
+    /// When each undecided request's headers arrived (Unix µs), by context id; only
+    /// with `telemetry.filter_state` or `telemetry.histograms` (flow/decision_log.rs).
+    pub started: HashMap<u32, u64>,
+    /// The decision's filter-state text, reused: no allocation per request.
+    pub decision_text: Vec<u8>,
 }
 
 impl Worker {

@@ -144,6 +144,19 @@ impl Host for ProxyWasm {
     }
 
     #[inline]
+    fn now_us(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    #[inline]
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
+        hostcalls::set_property(vec![name], Some(value)).map_err(refused)
+    }
+
+    #[inline]
     fn set_tick_period(&self, period: Duration) -> Result<(), Refused> {
         hostcalls::set_tick_period(period).map_err(refused)
     }
@@ -156,6 +169,16 @@ impl Host for ProxyWasm {
     #[inline]
     fn add_to_counter(&self, id: u32, n: u64) {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    #[inline]
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Histogram, name).ok()
+    }
+
+    #[inline]
+    fn record_histogram(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 

@@ -10,6 +10,7 @@ use crate::cache::shared::Lookup;
 use crate::flow::host::{Host, Refused};
 use crate::flow::outcome::{Step, Waiting};
 use crate::flow::reply::resume;
+use crate::flow::request_log::Via;
 use crate::flow::steps::decide::{failed, Outcome};
 use crate::flow::steps::inject;
 use crate::flow::worker::{Resend, Worker};
@@ -51,6 +52,7 @@ pub fn send<H: Host>(
             token,
             resend,
             sent_ms: if settings.auth.retry_on_reset { host.now_ms() } else { 0 },
+            sent_us: if settings.telemetry.histograms { host.now_us() } else { 0 },
             retried: false,
         }),
         Err(status) => {
@@ -106,7 +108,7 @@ pub fn settle<H: Host>(
     lookup: Option<&Lookup>,
     outcome: &Outcome,
 ) -> Step {
-    let step = match inject::apply(host, worker, id, settings, outcome) {
+    let step = match inject::apply(host, worker, id, settings, outcome, Via::AuthService) {
         Step::Upstream => {
             resume(host, id);
             Step::Resumed
@@ -134,7 +136,7 @@ pub fn settle_waiters<H: Host>(
         if host.enter(waiter).is_err() {
             continue;
         }
-        if let Step::Upstream = inject::apply(host, worker, waiter, settings, outcome) {
+        if let Step::Upstream = inject::apply(host, worker, waiter, settings, outcome, Via::Coalesced) {
             resume(host, waiter);
         }
     }

@@ -10,14 +10,15 @@ use crate::flow::host::{Body, Host, Map};
 use crate::flow::steps::cache;
 use crate::flow::worker::Worker;
 use crate::plugin_config::Settings;
-use crate::policy::decision::{self, Failure, Unreachable, Verdict};
+use crate::policy::decision::{self, status_of, Failure, Unreachable, Verdict};
 use crate::policy::envoy_reply::{self, EnvoyReply};
 
 /// What happened to a request that needed the auth service.
 pub enum Outcome {
-    Decided(Decision),
+    /// The auth service decided; with the `:status` it answered.
+    Decided(Decision, Option<u32>),
     /// The auth service failed, and a recently expired allow is served (`stale_if_error`).
-    Stale(Decision),
+    Stale(Decision, Failure),
     Failed(Failure),
 }
 
@@ -69,7 +70,7 @@ pub fn answer_or_retry<H: Host>(
             if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
                 cache::store(host, worker, cache, lookup, &decision, &headers);
             }
-            Some(Outcome::Decided(decision))
+            Some(Outcome::Decided(decision, status_of(&headers)))
         }
         // Malformed, but a refusal all the same: it ends the key's allows, none is served stale.
         (None, Verdict::Fail(failure)) if decision::refuses(&settings.auth, &headers) => {
@@ -93,7 +94,7 @@ pub fn failed<H: Host>(host: &H, settings: &Settings, lookup: Option<&Lookup>, f
     if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
         if let Some(decision) = cache::stale(host, cache, lookup) {
             warn!("{failure}; serving a stale allow (stale_if_error)");
-            return Outcome::Stale(decision);
+            return Outcome::Stale(decision, failure);
         }
     }
     Outcome::Failed(failure)

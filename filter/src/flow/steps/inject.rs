@@ -3,10 +3,11 @@
 //! response; a denial relays the auth service's answer; a failure fails closed.
 
 use crate::cache::shared::Decision;
+use crate::flow::decision_log;
 use crate::flow::header_map;
 use crate::flow::host::{Host, Map, Refused};
 use crate::flow::outcome::Step;
-use crate::flow::reply::{fail_closed, reply};
+use crate::flow::reply::{fail_closed, fail_closed_by, reply};
 use crate::flow::request_log::{self, Via};
 use crate::flow::steps::decide::Outcome;
 use crate::flow::worker::{take, Worker};
@@ -15,22 +16,32 @@ use crate::plugin_config::Settings;
 use crate::policy::decision::Failure;
 use crate::policy::ext_authz::{AllowExtra, Protocol};
 use crate::policy::forward;
+use crate::telemetry::{Decided, Outcome as Ended};
 
-/// Applies `outcome` to the effective context's request `id`: [`Step::Upstream`] when
-/// allowed (the caller resumes or continues it), else [`Step::Replied`].
-pub fn apply<H: Host>(host: &H, worker: &mut Worker, id: u32, settings: &Settings, outcome: &Outcome) -> Step {
-    let (decision, via) = match outcome {
-        Outcome::Decided(decision) => (decision, Via::AuthService),
-        Outcome::Stale(decision) => {
+/// Applies `outcome` to the effective context's request `id`, which reached it `via` its
+/// own callout or an identical one: [`Step::Upstream`] when allowed (the caller resumes
+/// or continues it), else [`Step::Replied`].
+pub fn apply<H: Host>(
+    host: &H,
+    worker: &mut Worker,
+    id: u32,
+    settings: &Settings,
+    outcome: &Outcome,
+    via: Via,
+) -> Step {
+    let (decision, via, status) = match outcome {
+        Outcome::Decided(decision, status) => (decision, via, *status),
+        Outcome::Stale(decision, failure) => {
             worker.counters.count(Metric::CacheStaleServed);
-            (decision, Via::StaleIfError)
+            (decision, Via::StaleIfError, failure.status())
         }
-        Outcome::Failed(failure) => return fail_closed(host, worker, id, settings, *failure),
+        Outcome::Failed(failure) => return fail_closed_by(host, worker, id, settings, *failure, via.how()),
     };
-    apply_decision(host, worker, id, settings, decision, via)
+    apply_decision(host, worker, id, settings, decision, via, status)
 }
 
-/// Injects an allow's headers, or replies with a denial.
+/// Injects an allow's headers, or replies with a denial (`status`: what the callout
+/// answered, for the access log).
 pub fn apply_decision<H: Host>(
     host: &H,
     worker: &mut Worker,
@@ -38,6 +49,7 @@ pub fn apply_decision<H: Host>(
     settings: &Settings,
     decision: &Decision,
     via: Via,
+    status: Option<u32>,
 ) -> Step {
     match decision {
         Decision::Allow { inject, cookies, extra } => {
@@ -45,6 +57,13 @@ pub fn apply_decision<H: Host>(
             // the same header (it has the last word).
             let claims = take(&mut worker.kept.claims, id);
             let claims = claims.as_deref().unwrap_or_default();
+            let actor = settings.telemetry.actor_header.as_deref().and_then(|actor| {
+                let set = |(name, _): &&(String, _)| name.eq_ignore_ascii_case(actor);
+                inject.iter().find(set).map(|(_, v)| v.as_slice()).or_else(|| {
+                    claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
+                })
+            });
+            let decided = Decided::new(Ended::Allowed, via.how()).status(status).actor(actor);
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
                     return fail_closed(host, worker, id, settings, Failure::HostError);
@@ -77,11 +96,16 @@ pub fn apply_decision<H: Host>(
             }
             request_log::allowed(host, id, via);
             worker.counters.count(Metric::Allows);
+            decision_log::record(host, worker, id, Some(settings), decided);
             Step::Upstream
         }
-        Decision::Deny { status, headers, body } => {
-            request_log::denied(host, id, *status, via);
+        Decision::Deny { status: replied, headers, body } => {
+            request_log::denied(host, id, *replied, via);
             worker.counters.count(Metric::Denies);
+            // A cached denial's status is the one the auth service answered then.
+            let decided = Decided::new(Ended::Denied, via.how()).status(status.or(Some(*replied)));
+            decision_log::record(host, worker, id, Some(settings), decided);
+            let status = replied;
             let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             reply(host, id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));
             Step::Replied

@@ -5,6 +5,7 @@
 use log::{debug, warn};
 
 use crate::flow::counters::JwtCounter;
+use crate::flow::decision_log;
 use crate::flow::host::{Host, Map, Refused};
 use crate::flow::jwks_fetch;
 use crate::flow::outcome::{Step, Waiting};
@@ -20,6 +21,7 @@ use crate::jwt::verifier::{
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::telemetry::{Decided, How, Outcome};
 
 /// [`Step::Next`]: the callout decides (not a JWT of ours, or `local_then_callout`);
 /// [`Step::Upstream`]: a valid token in `local` mode; [`Step::Paused`]: the provider's
@@ -78,6 +80,8 @@ pub fn check<H: Host>(
                     format_args!("no JWKS keys yet for provider {provider} ({mode:?})"),
                 );
                 worker.counters.count(Metric::Errors);
+                let decided = Decided::new(Outcome::Failed, How::Jwt).reason("no_jwks_keys");
+                decision_log::record(host, worker, id, Some(settings), decided);
                 reply(host, id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
                 return Step::Replied;
             }
@@ -106,11 +110,18 @@ pub fn check<H: Host>(
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }
             }
+            let actor = settings.telemetry.actor_header.as_deref().and_then(|actor| {
+                claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
+            });
+            let decided = Decided::new(Outcome::Allowed, How::Jwt).actor(actor);
+            decision_log::record(host, worker, id, Some(settings), decided);
             Step::Upstream
         }
         verifier::Outcome::Invalid(reason) => {
             worker.counters.count_jwt(JwtCounter::Rejected(reason));
             request_log::denied_because(host, id, 401, format_args!("invalid JWT: {}", reason.as_str()));
+            let decided = Decided::new(Outcome::Denied, How::Jwt).reason(reason.as_str());
+            decision_log::record(host, worker, id, Some(settings), decided);
             let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
             reply(host, id, 401, headers, Some(INVALID_TOKEN_BODY));
             Step::Replied
@@ -118,6 +129,8 @@ pub fn check<H: Host>(
         verifier::Outcome::Insufficient => {
             worker.counters.count_jwt(JwtCounter::Insufficient);
             debug!("[{id}] valid JWT that fails a require check");
+            let decided = Decided::new(Outcome::Denied, How::Jwt).reason("insufficient_scope");
+            decision_log::record(host, worker, id, Some(settings), decided);
             let headers = vec![("www-authenticate", INSUFFICIENT_SCOPE_CHALLENGE), ("content-type", "text/plain")];
             reply(host, id, 403, headers, Some(INSUFFICIENT_SCOPE_BODY));
             Step::Replied
