@@ -1,12 +1,14 @@
 //! The filter's decision in Envoy's access log: a real file access log with the format
 //! string docs/operations.md documents, read back line by line. One Envoy, one request
-//! (or pair) per outcome, each on its own path so its line is found by the path.
+//! (or pair) per outcome, each on its own path so its line is found by the path; then
+//! the same requests in the latency histograms of `/stats/prometheus`, by how each was
+//! decided.
 
 use std::collections::BTreeMap;
 use std::thread;
 
 use nebula_authz_tests::client::RawRequest;
-use nebula_authz_tests::{repo_root, Env};
+use nebula_authz_tests::{prometheus_value, repo_root, Env};
 
 /// The HS256 secret of the local JWT provider.
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -139,4 +141,45 @@ fn each_outcome_prints_its_decision_in_the_access_log() {
     // Both waited for the one slow answer.
     assert!(coalesced.iter().all(|(_, ms)| *ms >= 100.0), "{coalesced:?}");
     assert_eq!(env.auth.count(), 6, "callouts: callout, denied, error, timeout, cached, coalesced");
+
+    // Each request has one sample in the histogram of how it was decided, and each
+    // callout one of its round trip, in microseconds. Envoy merges the workers'
+    // histograms at its stats flush (every 5 s): read until they are all there.
+    let expected = [
+        ("nebula_authz_filter_time_us_callout", 6),
+        ("nebula_authz_filter_time_us_coalesced", 1),
+        ("nebula_authz_filter_time_us_cache", 1),
+        ("nebula_authz_filter_time_us_jwt", 2),
+        ("nebula_authz_filter_time_us_public", 1),
+        ("nebula_authz_filter_time_us_other", 1),
+        ("nebula_authz_callout_time_us", 6),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let stats = loop {
+        let stats = env.prometheus();
+        let counts: Vec<Option<u64>> =
+            expected.iter().map(|(name, _)| prometheus_value(&stats, &format!("{name}_count"))).collect();
+        if expected.iter().zip(&counts).all(|((_, n), got)| *got == Some(*n)) {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "histogram counts {counts:?}, expected {expected:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sum = |name: &str| -> f64 {
+        let line = stats.lines().find(|l| l.starts_with(&format!("{name}_sum"))).expect(name);
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    // The timeout alone waited 300 ms = 300 000 µs; the coalesced request about 150 ms.
+    assert!(sum("nebula_authz_filter_time_us_callout") >= 290_000.0, "{stats}");
+    assert!(sum("nebula_authz_filter_time_us_coalesced") >= 100_000.0, "{stats}");
+    assert!(sum("nebula_authz_callout_time_us") >= 290_000.0, "{stats}");
+    // A public path is decided within the one callback: well under a millisecond.
+    assert!(sum("nebula_authz_filter_time_us_public") < 1_000.0, "{stats}");
+    // Envoy's default buckets, in microseconds: 0.5 µs up to 3.6 s.
+    assert!(stats.contains("nebula_authz_filter_time_us_cache_bucket{le=\"0.5\"}"), "{stats}");
+    assert!(stats.contains("nebula_authz_filter_time_us_cache_bucket{le=\"3600000\"}"), "{stats}");
+    // The failures by reason, one each.
+    for reason in ["auth_server_error", "timeout"] {
+        assert_eq!(prometheus_value(&stats, &format!("nebula_authz_failed_{reason}")), Some(1), "{reason}");
+    }
 }
