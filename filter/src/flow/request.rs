@@ -258,8 +258,10 @@ impl Request {
             reply(host, self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
             return Flow::Pause;
         };
-        decision_log::start(host, worker, self.id, settings);
         let step = self.run(host, worker, settings, Pass::Headers { end_of_stream });
+        if let Step::Paused(_) = step {
+            decision_log::paused(host, worker, self.id, settings);
+        }
         self.hold(step)
     }
 
@@ -376,8 +378,9 @@ impl Request {
                 None => decide::answer(host, worker, settings, lookup, body_size),
             },
         };
-        decision_log::callout_time(host, worker, settings, sent_us);
+        decision_log::callout_time(host, worker, self.id, settings, sent_us);
         let _: Step = callout::settle(host, worker, self.id, settings, lookup, &outcome);
+        decision_log::answered(worker);
     }
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.

@@ -45,6 +45,7 @@ fn map_type(map: Map) -> MapType {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
 }
 
 impl Host for ProxyWasm {
@@ -151,9 +152,15 @@ impl Host for ProxyWasm {
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
+    /// A one-segment property path is the name itself (the SDK's `set_property` would
+    /// build it in a new `Vec` on every call).
     #[inline]
     fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
-        hostcalls::set_property(vec![name], Some(value)).map_err(refused)
+        // SAFETY: both slices outlive the call; the host copies them.
+        match unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) } {
+            0 => Ok(()),
+            _ => Err(Refused::InternalFailure),
+        }
     }
 
     #[inline]

@@ -52,7 +52,8 @@ pub fn send<H: Host>(
             token,
             resend,
             sent_ms: if settings.auth.retry_on_reset { host.now_ms() } else { 0 },
-            sent_us: if settings.telemetry.histograms { host.now_us() } else { 0 },
+            // The wait's start is the dispatch of a callout sent from the headers' callback.
+            sent_us: if settings.telemetry.histograms && body.is_some() { host.now_us() } else { 0 },
             retried: false,
         }),
         Err(status) => {

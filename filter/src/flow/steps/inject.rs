@@ -57,7 +57,9 @@ pub fn apply_decision<H: Host>(
             // the same header (it has the last word).
             let claims = take(&mut worker.kept.claims, id);
             let claims = claims.as_deref().unwrap_or_default();
-            let actor = settings.telemetry.actor_header.as_deref().and_then(|actor| {
+            // Looked up only when it is written.
+            let telemetry = &settings.telemetry;
+            let actor = telemetry.actor_header.as_deref().filter(|_| telemetry.filter_state).and_then(|actor| {
                 let set = |(name, _): &&(String, _)| name.eq_ignore_ascii_case(actor);
                 inject.iter().find(set).map(|(_, v)| v.as_slice()).or_else(|| {
                     claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())

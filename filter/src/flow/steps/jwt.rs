@@ -110,7 +110,9 @@ pub fn check<H: Host>(
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }
             }
-            let actor = settings.telemetry.actor_header.as_deref().and_then(|actor| {
+            // Looked up only when it is written.
+            let telemetry = &settings.telemetry;
+            let actor = telemetry.actor_header.as_deref().filter(|_| telemetry.filter_state).and_then(|actor| {
                 claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
             });
             let decided = Decided::new(Outcome::Allowed, How::Jwt).actor(actor);
