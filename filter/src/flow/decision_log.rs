@@ -4,7 +4,8 @@
 //! context: a waiter settled from another context's callback is entered first); with
 //! `telemetry.histograms`, how long it waited in the histogram of what it waited for.
 //!
-//! The clock is read only for a request that pauses (when it pauses, and when it is
+//! The clock is read only for a request that pauses (when it pauses, which for a
+//! callout is its dispatch, the read `auth.retry_on_reset` needs anyway; and when it is
 //! decided): a request decided in the callback that brought its headers waited for
 //! nothing, and records 0 and no sample. Each read is a host call (~1.2 k instructions
 //! with V8's boundary, bench/results/history.md), so timing those few microseconds of

@@ -47,15 +47,30 @@ pub fn send<H: Host>(
         headers: callout.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
     });
     match dispatch_within(host, worker, &settings.auth, callout, body, settings.auth.timeout) {
-        // Read only when a retry may need it: one host call per callout.
-        Ok(token) => Step::Paused(Waiting::Callout {
-            token,
-            resend,
-            sent_ms: if settings.auth.retry_on_reset { host.now_ms() } else { 0 },
-            // The wait's start is the dispatch of a callout sent from the headers' callback.
-            sent_us: if settings.telemetry.histograms && body.is_some() { host.now_us() } else { 0 },
-            retried: false,
-        }),
+        // The clock is read only when a retry may need it or the request is timed, and
+        // then once: one host call per callout. A timed request's wait starts here (the
+        // request pauses next: flow/decision_log.rs `paused` keeps this start).
+        Ok(token) => {
+            let timed = settings.telemetry.timed();
+            let now_us = if timed { host.now_us() } else { 0 };
+            if timed {
+                worker.started.entry(id).or_insert(now_us);
+            }
+            let sent_ms = match (settings.auth.retry_on_reset, timed) {
+                (false, _) => 0,
+                (true, true) => now_us / 1000,
+                (true, false) => host.now_ms(),
+            };
+            Step::Paused(Waiting::Callout {
+                token,
+                resend,
+                sent_ms,
+                // A callout sent after the body came: its round trip starts here, not
+                // when the request paused.
+                sent_us: if settings.telemetry.histograms && body.is_some() { now_us } else { 0 },
+                retried: false,
+            })
+        }
         Err(status) => {
             debug!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
             let lookup = resend.map(|r| r.lookup);
