@@ -217,6 +217,8 @@ def main():
     p.add_argument("--zipkin", type=host_port, metavar="HOST:PORT",
                    help="trace with Envoy's Zipkin tracer (B3 headers), every request sampled, spans sent to "
                         "HOST:PORT, as an Istio sidecar with its default tracer")
+    p.add_argument("--access-log", nargs=2, metavar=("PATH", "FORMAT"),
+                   help="a file access log on the connection manager, with this text format")
     p.add_argument("--failure-policy", choices=["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"],
                    help="the wasm filter's failure_policy (replaces fail_open)")
     args = p.parse_args()
@@ -246,6 +248,12 @@ def main():
                 "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
                 "collector_endpoint_version": "HTTP_JSON"}},
         }
+
+    if args.access_log:
+        path, text = args.access_log
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path, "log_format": {"text_format_source": {"inline_string": text + "\n"}}}}]
 
     plugin = wasm_filter(config)
     plugin["vm_config"]["code"]["local"]["filename"] = str(Path(args.wasm).resolve())

@@ -8,7 +8,8 @@
 //! - [`error`]: the `ConfigError` every compile step returns.
 //! - [`bytes`]: byte-string equality a word at a time (the module's `memcmp` is bytewise).
 //! - [`cluster`]: the Envoy cluster and authority of a service the filter calls.
-//! - [`metric_names`]: the filter's counters and their names.
+//! - [`metric_names`]: the filter's counters and histograms and their names.
+//! - [`telemetry`]: the `telemetry` block, and a request's decision as the access log's text.
 //! - [`policy`]: the request policy, pure: the `auth` block, public paths, header sets,
 //!   the forwardAuth contract, a request's plan and the auth service's verdict.
 //! - [`access`]: source ranges, trusted proxies and mTLS principals (plain data).
@@ -35,5 +36,6 @@ pub mod jwt;
 pub mod metric_names;
 pub mod plugin_config;
 pub mod policy;
+pub mod telemetry;
 #[cfg(target_family = "wasm")]
 mod wasm;

@@ -24,6 +24,7 @@ use crate::policy::headers::{Header, HeaderNames};
 use crate::policy::request::{self, Plan, Routed};
 use crate::policy::route::PublicPaths;
 use crate::policy::substitution::{self, RequestInfo};
+use crate::telemetry::{RawTelemetry, TelemetrySettings};
 
 /// Like Envoy ext_authz's `status_on_error` default.
 const DEFAULT_STATUS_ON_ERROR: u32 = 403;
@@ -53,6 +54,8 @@ struct RawConfig {
     trusted_proxies: Option<Vec<String>>,
     principals: Option<Vec<String>>,
     principal_header: Option<String>,
+    /// The decision for the access log and the latency histograms (telemetry.rs).
+    telemetry: Option<RawTelemetry>,
 }
 
 /// The validated, compiled configuration.
@@ -81,6 +84,8 @@ pub struct Settings {
     pub cache: Option<CacheSettings>,
     /// Source ranges and peer principals, when any is configured.
     pub access: Option<AccessSettings>,
+    /// What is recorded per request besides the counters.
+    pub telemetry: TelemetrySettings,
 }
 
 impl Settings {
@@ -91,10 +96,15 @@ impl Settings {
         // serde would read a struct from a JSON array too; users must write objects.
         let providers = value.get("providers").and_then(|p| p.as_array()).map(Vec::as_slice).unwrap_or_default();
         let provider_fields: Vec<String> = (0..providers.len()).map(|i| format!("providers[{i}]")).collect();
-        let objects =
-            [("", Some(&value)), ("auth", value.get("auth")), ("jwt", value.get("jwt")), ("cache", value.get("cache"))]
-                .into_iter()
-                .chain(provider_fields.iter().map(String::as_str).zip(providers.iter().map(Some)));
+        let objects = [
+            ("", Some(&value)),
+            ("auth", value.get("auth")),
+            ("jwt", value.get("jwt")),
+            ("cache", value.get("cache")),
+            ("telemetry", value.get("telemetry")),
+        ]
+        .into_iter()
+        .chain(provider_fields.iter().map(String::as_str).zip(providers.iter().map(Some)));
         for (field, object) in objects {
             if let Some(object) = object.filter(|v| !v.is_object()) {
                 return Err(ConfigError::new(field, format!("expected a JSON object, got {}", kind(object))));
@@ -283,6 +293,7 @@ impl TryFrom<RawConfig> for Settings {
             cache.unkeyed = auth.trace_headers.clone();
         }
 
+        let telemetry = TelemetrySettings::parse(raw.telemetry)?;
         let other_providers = Vec::new();
         Ok(Settings {
             auth,
@@ -296,6 +307,7 @@ impl TryFrom<RawConfig> for Settings {
             jwt,
             cache,
             access,
+            telemetry,
         })
     }
 }
@@ -554,7 +566,7 @@ mod tests {
             ),
             (
                 r#"{"auth": {"cluster": "a"}, "fail_open": true}"#,
-                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `providers`, `policies`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`",
+                "invalid plugin configuration: fail_open: unknown field `fail_open`, expected one of `auth`, `providers`, `policies`, `strip_headers`, `public_paths`, `frontend_prefix`, `status_on_error`, `jwt`, `cache`, `source_ranges`, `trusted_proxies`, `principals`, `principal_header`, `telemetry`",
             ),
             (r#"{"auth": {"cluster": "a"}} x"#, "invalid plugin configuration: not valid JSON: trailing characters at line 1 column 28"),
             (r#"{"auth": {"cluster": " "}}"#, "invalid plugin configuration: auth.cluster: must name the Envoy cluster of the auth service"),

@@ -64,6 +64,9 @@ impl Tools {
     }
 }
 
+/// The file access log's name in the Envoy's directory.
+const ACCESS_LOG: &str = "access.log";
+
 /// Options for starting an [`Env`].
 #[derive(Clone)]
 pub struct EnvBuilder {
@@ -106,6 +109,8 @@ pub struct EnvBuilder {
     zipkin: bool,
     /// Istio's stats tags (cluster stats labelled `cluster_name`).
     istio_stats_tags: bool,
+    /// A file access log with this text format (`Env::access_log` reads it).
+    access_log: Option<String>,
 }
 
 impl Default for EnvBuilder {
@@ -136,6 +141,7 @@ impl Default for EnvBuilder {
             http1_trailers: false,
             zipkin: false,
             istio_stats_tags: false,
+            access_log: None,
         }
     }
 }
@@ -318,6 +324,13 @@ impl EnvBuilder {
         self
     }
 
+    /// A file access log on the connection manager with this text format (a line each;
+    /// Envoy flushes it every 50 ms here): [`Env::access_log`].
+    pub fn access_log(mut self, format: &str) -> Self {
+        self.access_log = Some(format.to_string());
+        self
+    }
+
     pub fn without_wasm(mut self) -> Self {
         self.wasm = false;
         self
@@ -368,6 +381,8 @@ impl EnvBuilder {
             .arg("--concurrency")
             .arg(self.concurrency.to_string())
             .args(["-l", "info"])
+            // The file access log's buffer goes to disk this often (Envoy's default: 10 s).
+            .args(["--file-flush-interval-msec", "50"])
             .args(self.component_log_level.iter().flat_map(|l| ["--component-log-level", l.as_str()]))
             // As a container runtime sets it: the host name Envoy's %HOSTNAME% prints
             // (gethostname), for the filter's %HOSTNAME% (envoy.yaml's host_env_keys).
@@ -453,6 +468,9 @@ impl EnvBuilder {
         }
         if self.istio_stats_tags {
             cmd.arg("--istio-stats-tags");
+        }
+        if let Some(format) = &self.access_log {
+            cmd.arg("--access-log").arg(dir.path().join(ACCESS_LOG)).arg(format);
         }
         if self.zipkin {
             cmd.arg("--zipkin").arg(format!("127.0.0.1:{}", crate::closed_port()));
@@ -661,6 +679,11 @@ impl Env {
     }
 
     /// Everything Envoy has logged so far.
+    /// The file access log's lines so far (`EnvBuilder::access_log`).
+    pub fn access_log(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join(ACCESS_LOG)).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }

@@ -91,6 +91,10 @@ impl Prometheus {
         let resp = RawRequest::get(format!("/api/v1/query?query={}", encode(promql)))
             .try_send(self.port)
             .map_err(|e| e.to_string())?;
+        // While it starts, Prometheus answers 503 in plain text.
+        if resp.status != 200 {
+            return Err(format!("{}: {}", resp.status, resp.text()));
+        }
         let body = resp.json();
         match body["status"].as_str() {
             Some("success") => Ok(body["data"]["result"].as_array().cloned().unwrap_or_default()),

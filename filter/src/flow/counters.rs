@@ -1,14 +1,16 @@
-//! The filter's counters ([`Metric`]) and the JWT counters, kept in the worker's memory:
+//! The filter's counters ([`Metric`], the JWT counters, one per failure reason) and its
+//! latency histograms ([`Histogram`]). Counters are kept in the worker's memory:
 //! a request counts with no host call; the root context hands the counts to Envoy every
 //! [`FLUSH_PERIOD`] from its tick, and when the VM shuts down (the host deletes the root
-//! context). Envoy's `/stats` therefore lags by at most one period. A metric is never
-//! worth failing a request for, so a refused call is ignored.
+//! context). Envoy's `/stats` therefore lags by at most one period. A histogram sample
+//! goes to the host at once (one `proxy_record_metric` each: Envoy keeps the buckets).
+//! A metric is never worth failing a request for, so a refused call is ignored.
 
 use std::time::Duration;
 
 use crate::flow::host::Host;
 use crate::jwt::verifier::Reason;
-use crate::metric_names::Metric;
+use crate::metric_names::{Histogram, Metric, FAILURE_REASONS};
 
 /// How long a count may wait in the worker before Envoy shows it.
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
@@ -49,11 +51,21 @@ pub struct Counters {
     /// The slot of each [`Metric`], by [`Metric::index`].
     metrics: [Option<usize>; Metric::ALL.len()],
     jwt: Option<JwtSlots>,
+    /// The slot of each failure reason, by its position in [`FAILURE_REASONS`].
+    failures: [Option<usize>; FAILURE_REASONS.len()],
+    /// The host's id of each [`Histogram`].
+    histograms: [Option<u32>; Histogram::ALL.len()],
 }
 
 impl Default for Counters {
     fn default() -> Self {
-        Counters { values: Vec::new(), metrics: [None; Metric::ALL.len()], jwt: None }
+        Counters {
+            values: Vec::new(),
+            metrics: [None; Metric::ALL.len()],
+            jwt: None,
+            failures: [None; FAILURE_REASONS.len()],
+            histograms: [None; Histogram::ALL.len()],
+        }
     }
 }
 
@@ -64,10 +76,16 @@ impl Counters {
         Some(self.values.len() - 1)
     }
 
-    /// Defines every [`Metric`] (`on_vm_start`).
+    /// Defines every [`Metric`], failure reason and [`Histogram`] (`on_vm_start`).
     pub fn define<H: Host>(&mut self, host: &H) {
         for metric in Metric::ALL {
             self.metrics[metric.index()] = self.define_one(host, metric.name());
+        }
+        for (i, reason) in FAILURE_REASONS.iter().enumerate() {
+            self.failures[i] = self.define_one(host, &format!("nebula_authz.failed.{reason}"));
+        }
+        for histogram in Histogram::ALL {
+            self.histograms[histogram.index()] = host.define_histogram(histogram.name());
         }
     }
 
@@ -102,6 +120,19 @@ impl Counters {
 
     pub fn count(&mut self, metric: Metric) {
         self.bump(self.metrics[metric.index()]);
+    }
+
+    /// One request failed closed for `reason` (one of [`FAILURE_REASONS`]).
+    pub fn count_failure(&mut self, reason: &str) {
+        let slot = FAILURE_REASONS.iter().position(|r| *r == reason).and_then(|i| self.failures[i]);
+        self.bump(slot);
+    }
+
+    /// One sample of `histogram`, handed to the host now.
+    pub fn record<H: Host>(&self, host: &H, histogram: Histogram, value: u64) {
+        if let Some(id) = self.histograms[histogram.index()] {
+            host.record_histogram(id, value);
+        }
     }
 
     pub fn count_jwt(&mut self, counter: JwtCounter) {

@@ -85,10 +85,20 @@ pub trait Host {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// The host's clock in Unix ms (0 if unavailable: every token then looks expired).
     fn now_ms(&self) -> u64;
+    /// The same clock in Unix µs (0 if unavailable), for the time a request spends in
+    /// the filter: a cache hit or a public path takes well under a millisecond.
+    fn now_us(&self) -> u64;
+    /// Writes the effective context's filter state `wasm.<name>` (proxy-wasm
+    /// `set_property`; Envoy's access log prints it with `%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), Refused>;
     /// The root context's tick period (orphaned callouts, JWKS waits and refreshes, counters).
     fn set_tick_period(&self, period: Duration) -> Result<(), Refused>;
     /// Defines a counter; its id, `None` if refused.
     fn define_counter(&self, name: &str) -> Option<u32>;
     /// Adds `n` to counter `id` (a refusal is ignored: a metric never fails a request).
     fn add_to_counter(&self, id: u32, n: u64);
+    /// Defines a histogram; its id, `None` if refused.
+    fn define_histogram(&self, name: &str) -> Option<u32>;
+    /// Records one sample in histogram `id` (a refusal is ignored).
+    fn record_histogram(&self, id: u32, value: u64);
 }

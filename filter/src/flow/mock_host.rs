@@ -33,6 +33,8 @@ pub struct Stream {
     pub ends: Vec<End>,
     /// The stream went away (reset, or completed): `enter` fails.
     pub gone: bool,
+    /// Every filter-state write (`set_filter_state`), in order: (name, value).
+    pub filter_state: Vec<(String, Vec<u8>)>,
 }
 
 /// A call the filter sent (`dispatch`).
@@ -76,6 +78,8 @@ struct State {
     /// The next CAS writes that lose their race (another worker wrote first).
     cas_conflicts: u32,
     counters: Vec<(String, u64)>,
+    /// Each histogram's name and every sample recorded in it.
+    histograms: Vec<(String, Vec<u64>)>,
     tick_period: Option<Duration>,
     /// Every host call's name and the effective context, in order.
     log: Vec<(u32, &'static str)>,
@@ -194,6 +198,11 @@ impl MockHost {
     /// What the counters were handed (flushed), by name.
     pub fn counter(&self, name: &str) -> u64 {
         self.state.borrow().counters.iter().filter(|(n, _)| n == name).map(|(_, v)| *v).sum()
+    }
+
+    /// The samples recorded in the histogram `name`.
+    pub fn histogram(&self, name: &str) -> Vec<u64> {
+        self.state.borrow().histograms.iter().filter(|(n, _)| n == name).flat_map(|(_, v)| v.clone()).collect()
     }
 
     /// The host calls made while `id` was the effective context.
@@ -392,6 +401,20 @@ impl Host for MockHost {
         self.state.borrow().now_ms
     }
 
+    fn now_us(&self) -> u64 {
+        self.record("now_us");
+        self.state.borrow().now_ms * 1000
+    }
+
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
+        self.record("set_filter_state");
+        let mut state = self.state.borrow_mut();
+        let effective = state.effective;
+        let stream = state.streams.get_mut(&effective).ok_or(Refused::NotFound)?;
+        stream.filter_state.push((name.to_string(), value.to_vec()));
+        Ok(())
+    }
+
     fn set_tick_period(&self, period: Duration) -> Result<(), Refused> {
         self.record("set_tick_period");
         if self.failing(Fails::TickPeriod) {
@@ -410,6 +433,19 @@ impl Host for MockHost {
     fn add_to_counter(&self, id: u32, n: u64) {
         if let Some((_, value)) = self.state.borrow_mut().counters.get_mut(id as usize) {
             *value += n;
+        }
+    }
+
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        let mut state = self.state.borrow_mut();
+        state.histograms.push((name.to_string(), Vec::new()));
+        Some(state.histograms.len() as u32 - 1)
+    }
+
+    fn record_histogram(&self, id: u32, value: u64) {
+        self.record("record_histogram");
+        if let Some((_, samples)) = self.state.borrow_mut().histograms.get_mut(id as usize) {
+            samples.push(value);
         }
     }
 }

@@ -8,10 +8,12 @@
 //! - [`outcome`]: what a step did ([`outcome::Step`]) and what a paused request waits for.
 //! - [`worker`]: what a worker keeps between requests; [`counters`]: its counters.
 //! - [`reply`], [`request_log`], [`request_info`]: resume or reply, the log lines, the
-//!   properties `headers_to_add` prints.
+//!   properties `headers_to_add` prints; [`decision_log`]: each request's decision for
+//!   Envoy's access log and the latency histograms.
 //! - [`jwks_fetch`], [`discovery_fetch`]: remote JWKS through shared data.
 
 pub mod counters;
+pub mod decision_log;
 pub mod discovery_fetch;
 pub mod header_map;
 pub mod host;

@@ -39,8 +39,9 @@ impl<T> Step<T> {
 pub enum Waiting {
     /// Its own callout (`token`); when caching, what to resend it with for the requests
     /// waiting on it if this stream goes away first; when it was first sent (Unix ms: a
-    /// retry gets what is left of the timeout) and whether it is the retry.
-    Callout { token: u32, resend: Option<Resend>, sent_ms: u64, retried: bool },
+    /// retry gets what is left of the timeout) and whether it is the retry; when it was
+    /// sent in Unix µs, read only for the callout-time histogram (0 otherwise).
+    Callout { token: u32, resend: Option<Resend>, sent_ms: u64, sent_us: u64, retried: bool },
     /// Another request's identical callout on this worker (coalescing).
     Coalesced { lookup: Lookup },
     /// Its own fetch of a JWT provider's keys (call `token`).

@@ -7,7 +7,6 @@ use std::time::Duration;
 use log::warn;
 
 use crate::authz_policy::Selected;
-use crate::flow::header_map;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::{Step, Waiting};
 use crate::flow::reply::{fail_closed, reply};
@@ -17,11 +16,13 @@ use crate::flow::steps::access::{self, PeerFacts};
 use crate::flow::steps::body::{self, BodyWait};
 use crate::flow::steps::{cache, callout, decide, inject, jwks_wait, jwt, public, select, strip};
 use crate::flow::worker::{take, Worker};
+use crate::flow::{decision_log, header_map};
 use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
 use crate::policy::request_body::BodyVerdict;
+use crate::telemetry::{Decided, How, Outcome};
 
 /// One request (one http context): what it waits for, and its body when the callout
 /// carries it.
@@ -80,7 +81,7 @@ impl Request {
         };
         match (public, pass) {
             (None, _) => {}
-            (Some(template), Pass::Headers { .. }) => return public::pass(host, worker, id, template),
+            (Some(template), Pass::Headers { .. }) => return public::pass(host, worker, id, settings, template),
             // It was protected on its first pass: the same request cannot have become public.
             (Some(_), Pass::AfterJwksFetch) => return self.fail(host, worker, settings),
         }
@@ -123,7 +124,7 @@ impl Request {
         }
         let lookup = match cache::probe(host, worker, settings, &callout) {
             Ok(decision) => {
-                let step = inject::apply_decision(host, worker, id, settings, &decision, Via::Cache);
+                let step = inject::apply_decision(host, worker, id, settings, &decision, Via::Cache, None);
                 return self.then_next_provider(host, worker, main, step);
             }
             Err(lookup) => lookup,
@@ -185,7 +186,7 @@ impl Request {
         let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         let lookup = match cache::probe(host, worker, settings, &callout) {
             Ok(decision) => {
-                let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache);
+                let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache, None);
                 return self.then_next_provider(host, worker, main, step);
             }
             Err(lookup) => lookup,
@@ -214,6 +215,8 @@ impl Request {
             }
             BodyVerdict::TooLarge => {
                 let answer = rules.too_large();
+                let decided = Decided::new(Outcome::Denied, How::Filter).reason("request_body_too_large");
+                decision_log::record(host, worker, self.id, Some(settings), decided);
                 request_log::failed_closed(
                     host,
                     self.id,
@@ -330,10 +333,15 @@ impl Request {
         let Some(settings) = settings else {
             request_log::failed_closed(host, self.id, 500, "nebula-authz has no configuration");
             worker.counters.count(Metric::Errors);
+            let decided = Decided::new(Outcome::Failed, How::Filter).reason("no_configuration");
+            decision_log::record(host, worker, self.id, None, decided);
             reply(host, self.id, 500, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
             return Flow::Pause;
         };
         let step = self.run(host, worker, settings, Pass::Headers { end_of_stream });
+        if let Step::Paused(_) = step {
+            decision_log::paused(host, worker, self.id, settings);
+        }
         self.hold(step)
     }
 
@@ -414,8 +422,10 @@ impl Request {
         token: u32,
         body_size: usize,
     ) {
-        let (resend, sent_ms, retried) = match self.waiting.take() {
-            Some(Waiting::Callout { token: t, resend, sent_ms, retried }) if t == token => (resend, sent_ms, retried),
+        let (resend, sent_ms, sent_us, retried) = match self.waiting.take() {
+            Some(Waiting::Callout { token: t, resend, sent_ms, sent_us, retried }) if t == token => {
+                (resend, sent_ms, sent_us, retried)
+            }
             Some(Waiting::Jwks { token: t, provider }) if t == token => {
                 let Some(settings) = settings else { return };
                 if let Some(jwt) = &settings.jwt {
@@ -443,25 +453,29 @@ impl Request {
             Some(outcome) => outcome,
             None => match self.retry(host, worker, settings, sent_ms) {
                 Some(token) => {
-                    self.waiting = Some(Waiting::Callout { token, resend, sent_ms, retried: true });
+                    self.waiting = Some(Waiting::Callout { token, resend, sent_ms, sent_us, retried: true });
                     return;
                 }
                 None => decide::answer(host, worker, settings, lookup, body_size),
             },
         };
+        decision_log::callout_time(host, worker, self.id, settings, sent_us);
         if self.remaining.is_empty() {
             let _: Step = callout::settle(host, worker, self.id, settings, lookup, &outcome);
+            decision_log::answered(worker);
             return;
         }
         // Providers left: nobody waits for this callout (see `coalesces`).
-        let step = inject::apply(host, worker, self.id, settings, &outcome);
+        let step = inject::apply(host, worker, self.id, settings, &outcome, Via::AuthService);
         let step = self.then_next_provider(host, worker, main, step);
+        decision_log::answered(worker);
         self.resume_if_allowed(host, step);
     }
 
     /// The stream is over (completed or reset): stop waiting, and do not strand waiters.
     pub fn on_stream_end<H: Host>(&mut self, host: &H, worker: &mut Worker) {
         worker.kept.forget(self.id);
+        decision_log::forget(worker, self.id);
         if self.body.as_ref().is_some_and(|b| !b.seen) {
             body::arrived(worker, self.id);
         }

@@ -15,6 +15,7 @@ use log::{debug, info, log_enabled, warn, Level};
 
 use crate::flow::host::{Host, Map};
 use crate::policy::request_line::RequestLine;
+use crate::telemetry::How;
 
 /// Streams between two reads of the host's log level (one host call each time).
 pub const REFRESH_EVERY: u32 = 256;
@@ -22,8 +23,10 @@ pub const REFRESH_EVERY: u32 = 256;
 /// Why a request was denied or allowed.
 #[derive(Clone, Copy)]
 pub enum Via {
-    /// This request's (or an identical in-flight) callout.
+    /// This request's callout.
     AuthService,
+    /// An identical callout this request waited for (coalescing).
+    Coalesced,
     /// A decision from the cache.
     Cache,
     /// An expired allow served because the auth service failed (`stale_if_error`).
@@ -31,9 +34,19 @@ pub enum Via {
 }
 
 impl Via {
+    /// How the access log names it (telemetry.rs).
+    pub fn how(self) -> How {
+        match self {
+            Via::AuthService => How::Callout,
+            Via::Coalesced => How::Coalesced,
+            Via::Cache => How::Cache,
+            Via::StaleIfError => How::Stale,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
-            Via::AuthService => "auth service",
+            Via::AuthService | Via::Coalesced => "auth service",
             Via::Cache => "cached decision",
             Via::StaleIfError => "stale allow (stale_if_error)",
         }
@@ -55,7 +68,7 @@ pub fn allowed<H: Host>(host: &H, id: u32, via: Via) {
 pub fn denied<H: Host>(host: &H, id: u32, status: u32, via: Via) {
     if log_enabled!(Level::Info) {
         let reason = match via {
-            Via::AuthService => format!("auth service answered {status}"),
+            Via::AuthService | Via::Coalesced => format!("auth service answered {status}"),
             _ => format!("{} {status}", via.as_str()),
         };
         with_request(host, |line| info!("[{id}] {line} denied {status}: {reason}"));

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::FixedState;
+
 use crate::cache::coalesce::InFlight;
 use crate::cache::local::LocalCache;
 use crate::cache::shared::Lookup;
@@ -67,6 +69,16 @@ pub struct Worker {
     /// What an allowed request keeps for later, by context id (an allow may be applied
     /// to a waiting request from another context's callback).
     pub kept: Kept,
+    /// When each undecided request paused (Unix µs), by context id; only with
+    /// `telemetry.filter_state` or `telemetry.histograms` (flow/decision_log.rs). Keyed
+    /// by Envoy's context ids, which no client chooses: foldhash with a fixed seed, not
+    /// SipHash.
+    pub started: HashMap<u32, u64, FixedState>,
+    /// The clock as read for a callout's answer (µs), for the decisions that answer
+    /// settles in the same callback: one host call for all of them.
+    pub clock_us: Option<u64>,
+    /// The decision's filter-state text, reused: no allocation per request.
+    pub decision_text: Vec<u8>,
 }
 
 impl Worker {

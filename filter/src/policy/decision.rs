@@ -75,6 +75,39 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// A short name for the access log's `reason` and the `nebula_authz.failed.*` counters
+    /// (each listed in metric_names.rs, which keeps the set of counters fixed).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::NoResponse => "no_response",
+            Failure::BadStatus => "bad_status",
+            Failure::AuthServerError(_) => "auth_server_error",
+            Failure::Unreachable(Unreachable::Refused) => "refused",
+            Failure::Unreachable(Unreachable::Reset) => "reset",
+            Failure::Unreachable(Unreachable::NoHealthyUpstream) => "no_healthy_upstream",
+            Failure::Unreachable(Unreachable::Other) => "unreachable",
+            Failure::TimedOut { .. } => "timeout",
+            Failure::BodyTooLarge(_) => "response_too_large",
+            Failure::ResponseHeaderNotText => "response_header_not_text",
+            Failure::RequestHeaderNotText => "request_header_not_text",
+            Failure::DispatchFailed => "dispatch_failed",
+            Failure::HostError => "host_error",
+        }
+    }
+
+    /// The status the callout came back with, when it failed on one: the auth service's
+    /// 5xx, or Envoy's own 503 (unreachable) or 504 (timeout).
+    pub fn status(&self) -> Option<u32> {
+        match self {
+            Failure::AuthServerError(status) => Some(*status),
+            Failure::Unreachable(_) => Some(503),
+            Failure::TimedOut { .. } => Some(504),
+            _ => None,
+        }
+    }
+}
+
 /// What Envoy's 503 for a callout says happened (its body names the reset reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreachable {
@@ -206,7 +239,7 @@ pub fn refuses<H: Header>(auth: &AuthSettings, headers: &[H]) -> bool {
 }
 
 /// The final status, 200..=599; 1xx and anything malformed is `None`.
-fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
+pub fn status_of<H: Header>(headers: &[H]) -> Option<u32> {
     let value = headers::first(headers, ":status")?;
     if value.len() != 3 || !value.iter().all(u8::is_ascii_digit) {
         return None;

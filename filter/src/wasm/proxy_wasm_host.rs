@@ -45,6 +45,7 @@ fn map_type(map: Map) -> MapType {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
 }
 
 impl Host for ProxyWasm {
@@ -144,6 +145,25 @@ impl Host for ProxyWasm {
     }
 
     #[inline]
+    fn now_us(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// A one-segment property path is the name itself (the SDK's `set_property` would
+    /// build it in a new `Vec` on every call).
+    #[inline]
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
+        // SAFETY: both slices outlive the call; the host copies them.
+        match unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) } {
+            0 => Ok(()),
+            _ => Err(Refused::InternalFailure),
+        }
+    }
+
+    #[inline]
     fn set_tick_period(&self, period: Duration) -> Result<(), Refused> {
         hostcalls::set_tick_period(period).map_err(refused)
     }
@@ -156,6 +176,16 @@ impl Host for ProxyWasm {
     #[inline]
     fn add_to_counter(&self, id: u32, n: u64) {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    #[inline]
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Histogram, name).ok()
+    }
+
+    #[inline]
+    fn record_histogram(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 

@@ -6,6 +6,7 @@
 use log::debug;
 
 use crate::access::{AccessSettings, Facts, Gate, Peer, Why, DENIED_BODY};
+use crate::flow::decision_log;
 use crate::flow::host::Host;
 use crate::flow::outcome::Step;
 use crate::flow::reply::reply;
@@ -15,6 +16,7 @@ use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::headers;
 use crate::policy::route::PathMatch;
+use crate::telemetry::{Decided, How, Outcome};
 
 /// The proxy-wasm properties behind [`Peer`]. The address it read is kept for the
 /// callout's X-Forwarded-For ([`PeerFacts::address`]): one `source.address` read per request.
@@ -77,10 +79,12 @@ pub fn apply<'h, H: Host>(
         }
         Gate::Deny { status, why } => {
             debug!("[{id}] denied by the {why:?} access rule");
-            worker.counters.count(match why {
-                Why::Source => Metric::SourceDenied,
-                Why::Principal => Metric::PrincipalDenied,
-            });
+            let (metric, outcome) = match why {
+                Why::Source => (Metric::SourceDenied, Outcome::SourceDenied),
+                Why::Principal => (Metric::PrincipalDenied, Outcome::PrincipalDenied),
+            };
+            worker.counters.count(metric);
+            decision_log::record(host, worker, id, Some(settings), Decided::new(outcome, How::Access));
             reply(host, id, status, vec![("content-type", "text/plain")], Some(DENIED_BODY));
             return Step::Replied;
         }
@@ -160,7 +164,12 @@ mod tests {
             assert_eq!(host.counter(Metric::SourceDenied.name()), u64::from(denied), "{address}: counted");
             if denied {
                 assert!(matches!(step, Step::Replied), "{address}");
-                assert_eq!(host.calls_in(ID), ["property", "reply"], "{address}: no mTLS property read");
+                // The decision for the access log is written before the reply.
+                assert_eq!(
+                    host.calls_in(ID),
+                    ["property", "set_filter_state", "reply"],
+                    "{address}: no mTLS property read"
+                );
                 let ends = host.stream(ID).ends;
                 let [End::Reply { status: 403, body: Some(body), .. }] = ends.as_slice() else { panic!("{ends:?}") };
                 assert_eq!(body.as_slice(), DENIED_BODY);

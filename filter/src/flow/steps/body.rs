@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use log::error;
 
+use crate::flow::decision_log;
 use crate::flow::host::{Body, Host};
 use crate::flow::reply::reply;
 use crate::flow::worker::Worker;
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::request_body::RequestBodySettings;
+use crate::telemetry::{Decided, How, Outcome};
 
 /// A deployment error, not the auth service's: 500 whatever `status_on_error` says.
 const GUARD_STATUS: u32 = 500;
@@ -94,6 +96,8 @@ pub fn fail_overdue<H: Host>(host: &H, worker: &mut Worker, settings: &Settings,
             timeout.as_millis()
         );
         worker.counters.count(Metric::Errors);
+        let decided = Decided::new(Outcome::Failed, How::Filter).reason("no_request_body");
+        decision_log::record(host, worker, id, Some(settings), decided);
         reply(host, id, GUARD_STATUS, vec![], None);
     }
     let _ = host.enter(root);

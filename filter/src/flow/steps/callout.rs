@@ -10,6 +10,7 @@ use crate::cache::shared::Lookup;
 use crate::flow::host::{Host, Refused};
 use crate::flow::outcome::{Step, Waiting};
 use crate::flow::reply::resume;
+use crate::flow::request_log::Via;
 use crate::flow::steps::decide::{failed, Outcome};
 use crate::flow::steps::inject;
 use crate::flow::worker::{Resend, Worker};
@@ -46,13 +47,30 @@ pub fn send<H: Host>(
         headers: callout.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
     });
     match dispatch_within(host, worker, &settings.auth, callout, body, settings.auth.timeout) {
-        // Read only when a retry may need it: one host call per callout.
-        Ok(token) => Step::Paused(Waiting::Callout {
-            token,
-            resend,
-            sent_ms: if settings.auth.retry_on_reset { host.now_ms() } else { 0 },
-            retried: false,
-        }),
+        // The clock is read only when a retry may need it or the request is timed, and
+        // then once: one host call per callout. A timed request's wait starts here (the
+        // request pauses next: flow/decision_log.rs `paused` keeps this start).
+        Ok(token) => {
+            let timed = settings.telemetry.timed();
+            let now_us = if timed { host.now_us() } else { 0 };
+            if timed {
+                worker.started.entry(id).or_insert(now_us);
+            }
+            let sent_ms = match (settings.auth.retry_on_reset, timed) {
+                (false, _) => 0,
+                (true, true) => now_us / 1000,
+                (true, false) => host.now_ms(),
+            };
+            Step::Paused(Waiting::Callout {
+                token,
+                resend,
+                sent_ms,
+                // A callout sent after the body came: its round trip starts here, not
+                // when the request paused.
+                sent_us: if settings.telemetry.histograms && body.is_some() { now_us } else { 0 },
+                retried: false,
+            })
+        }
         Err(status) => {
             debug!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
             let lookup = resend.map(|r| r.lookup);
@@ -106,7 +124,7 @@ pub fn settle<H: Host>(
     lookup: Option<&Lookup>,
     outcome: &Outcome,
 ) -> Step {
-    let step = match inject::apply(host, worker, id, settings, outcome) {
+    let step = match inject::apply(host, worker, id, settings, outcome, Via::AuthService) {
         Step::Upstream => {
             resume(host, id);
             Step::Resumed
@@ -134,7 +152,7 @@ pub fn settle_waiters<H: Host>(
         if host.enter(waiter).is_err() {
             continue;
         }
-        if let Step::Upstream = inject::apply(host, worker, waiter, settings, outcome) {
+        if let Step::Upstream = inject::apply(host, worker, waiter, settings, outcome, Via::Coalesced) {
             resume(host, waiter);
         }
     }

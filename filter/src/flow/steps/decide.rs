@@ -10,14 +10,15 @@ use crate::flow::host::{Body, Host, Map};
 use crate::flow::steps::cache;
 use crate::flow::worker::Worker;
 use crate::plugin_config::Settings;
-use crate::policy::decision::{self, Failure, Unreachable, Verdict};
+use crate::policy::decision::{self, status_of, Failure, Unreachable, Verdict};
 use crate::policy::envoy_reply::{self, EnvoyReply};
 
 /// What happened to a request that needed the auth service.
 pub enum Outcome {
-    Decided(Decision),
+    /// The auth service decided; with the `:status` it answered.
+    Decided(Decision, Option<u32>),
     /// The auth service failed, and a recently expired allow is served (`stale_if_error`).
-    Stale(Decision),
+    Stale(Decision, Failure),
     Failed(Failure),
 }
 
@@ -69,7 +70,7 @@ pub fn answer_or_retry<H: Host>(
             if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
                 cache::store(host, worker, cache, lookup, &decision, &headers);
             }
-            Some(Outcome::Decided(decision))
+            Some(Outcome::Decided(decision, status_of(&headers)))
         }
         // Malformed, but a refusal all the same: it ends the key's allows, none is served stale.
         (None, Verdict::Fail(failure)) if decision::refuses(&settings.auth, &headers) => {
@@ -93,7 +94,7 @@ pub fn failed<H: Host>(host: &H, settings: &Settings, lookup: Option<&Lookup>, f
     if let (Some(cache), Some(lookup)) = (&settings.cache, lookup) {
         if let Some(decision) = cache::stale(host, cache, lookup) {
             warn!("{failure}; serving a stale allow (stale_if_error)");
-            return Outcome::Stale(decision);
+            return Outcome::Stale(decision, failure);
         }
     }
     Outcome::Failed(failure)
@@ -134,7 +135,7 @@ mod tests {
     #[test]
     fn an_allow_is_decided_from_its_headers_alone() {
         let (outcome, calls) = run(Some((&[(":status", "200"), ("x-nebula-actor-id", "alice")], b"ok")), true);
-        let Some(Outcome::Decided(Decision::Allow { inject, .. })) = outcome else { panic!("not an allow") };
+        let Some(Outcome::Decided(Decision::Allow { inject, .. }, Some(200))) = outcome else { panic!("not an allow") };
         assert_eq!(inject, vec![("x-nebula-actor-id".to_string(), b"alice".to_vec())]);
         assert_eq!(calls, ["header_map"], "the allow's body is never read");
     }
@@ -142,7 +143,9 @@ mod tests {
     #[test]
     fn a_denial_reads_the_body_it_relays_and_only_then() {
         let (outcome, calls) = run(Some((&[(":status", "401")], b"no")), true);
-        let Some(Outcome::Decided(Decision::Deny { status: 401, body, .. })) = outcome else { panic!("not a denial") };
+        let Some(Outcome::Decided(Decision::Deny { status: 401, body, .. }, Some(401))) = outcome else {
+            panic!("not a denial")
+        };
         assert_eq!(body, b"no");
         assert_eq!(calls, ["header_map", "body"]);
         let (_, calls) = run(Some((&[(":status", "401")], b"")), true);

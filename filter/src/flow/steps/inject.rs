@@ -3,10 +3,11 @@
 //! response; a denial relays the auth service's answer; a failure fails closed.
 
 use crate::cache::shared::Decision;
+use crate::flow::decision_log;
 use crate::flow::header_map;
 use crate::flow::host::{Host, Map, Refused};
 use crate::flow::outcome::Step;
-use crate::flow::reply::{fail_closed, reply};
+use crate::flow::reply::{fail_closed, fail_closed_by, reply};
 use crate::flow::request_log::{self, Via};
 use crate::flow::steps::decide::Outcome;
 use crate::flow::worker::{take, Worker};
@@ -15,22 +16,32 @@ use crate::plugin_config::Settings;
 use crate::policy::decision::Failure;
 use crate::policy::ext_authz::{AllowExtra, Protocol};
 use crate::policy::forward;
+use crate::telemetry::{Decided, Outcome as Ended};
 
-/// Applies `outcome` to the effective context's request `id`: [`Step::Upstream`] when
-/// allowed (the caller resumes or continues it), else [`Step::Replied`].
-pub fn apply<H: Host>(host: &H, worker: &mut Worker, id: u32, settings: &Settings, outcome: &Outcome) -> Step {
-    let (decision, via) = match outcome {
-        Outcome::Decided(decision) => (decision, Via::AuthService),
-        Outcome::Stale(decision) => {
+/// Applies `outcome` to the effective context's request `id`, which reached it `via` its
+/// own callout or an identical one: [`Step::Upstream`] when allowed (the caller resumes
+/// or continues it), else [`Step::Replied`].
+pub fn apply<H: Host>(
+    host: &H,
+    worker: &mut Worker,
+    id: u32,
+    settings: &Settings,
+    outcome: &Outcome,
+    via: Via,
+) -> Step {
+    let (decision, via, status) = match outcome {
+        Outcome::Decided(decision, status) => (decision, via, *status),
+        Outcome::Stale(decision, failure) => {
             worker.counters.count(Metric::CacheStaleServed);
-            (decision, Via::StaleIfError)
+            (decision, Via::StaleIfError, failure.status())
         }
-        Outcome::Failed(failure) => return fail_closed(host, worker, id, settings, *failure),
+        Outcome::Failed(failure) => return fail_closed_by(host, worker, id, settings, *failure, via.how()),
     };
-    apply_decision(host, worker, id, settings, decision, via)
+    apply_decision(host, worker, id, settings, decision, via, status)
 }
 
-/// Injects an allow's headers, or replies with a denial.
+/// Injects an allow's headers, or replies with a denial (`status`: what the callout
+/// answered, for the access log).
 pub fn apply_decision<H: Host>(
     host: &H,
     worker: &mut Worker,
@@ -38,6 +49,7 @@ pub fn apply_decision<H: Host>(
     settings: &Settings,
     decision: &Decision,
     via: Via,
+    status: Option<u32>,
 ) -> Step {
     match decision {
         Decision::Allow { inject, cookies, extra } => {
@@ -45,6 +57,15 @@ pub fn apply_decision<H: Host>(
             // the same header (it has the last word).
             let claims = take(&mut worker.kept.claims, id);
             let claims = claims.as_deref().unwrap_or_default();
+            // Looked up only when it is written.
+            let telemetry = &settings.telemetry;
+            let actor = telemetry.actor_header.as_deref().filter(|_| telemetry.filter_state).and_then(|actor| {
+                let set = |(name, _): &&(String, _)| name.eq_ignore_ascii_case(actor);
+                inject.iter().find(set).map(|(_, v)| v.as_slice()).or_else(|| {
+                    claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
+                })
+            });
+            let decided = Decided::new(Ended::Allowed, via.how()).status(status).actor(actor);
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
                     return fail_closed(host, worker, id, settings, Failure::HostError);
@@ -77,15 +98,20 @@ pub fn apply_decision<H: Host>(
                 }
             }
             request_log::allowed(host, id, via);
-            // Counted once per request: by the last provider's allow.
+            // Counted and recorded once per request: by the last provider's allow.
             if worker.kept.providers_left.is_empty() || !worker.kept.providers_left.contains_key(&id) {
                 worker.counters.count(Metric::Allows);
+                decision_log::record(host, worker, id, Some(settings), decided);
             }
             Step::Upstream
         }
-        Decision::Deny { status, headers, body } => {
-            request_log::denied(host, id, *status, via);
+        Decision::Deny { status: replied, headers, body } => {
+            request_log::denied(host, id, *replied, via);
             worker.counters.count(Metric::Denies);
+            // A cached denial's status is the one the auth service answered then.
+            let decided = Decided::new(Ended::Denied, via.how()).status(status.or(Some(*replied)));
+            decision_log::record(host, worker, id, Some(settings), decided);
+            let status = replied;
             let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             reply(host, id, *status, headers, (!body.is_empty()).then_some(body.as_slice()));
             Step::Replied
@@ -171,9 +197,10 @@ mod tests {
             (r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}}"#, "set_header"),
         ] {
             let (host, mut worker) = (host(), Worker::default());
-            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService);
+            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, None);
             assert!(matches!(step, Step::Upstream), "{config}");
-            assert_eq!(host.calls_in(ID), [call, call], "{config}: one call per header, nothing else");
+            // One call per header, then the decision for the access log: nothing else.
+            assert_eq!(host.calls_in(ID), [call, call, "set_filter_state"], "{config}");
             let request = host.stream(ID).request;
             assert!(request.contains(&("x-nebula-actor-id".into(), b"alice".to_vec())), "{request:?}");
             assert!(host.stream(ID).ends.is_empty(), "the caller resumes, not the step");
@@ -188,7 +215,7 @@ mod tests {
                 .into();
         worker.kept.claims.insert(ID, claims);
         let config = settings(r#"{"auth": {"cluster": "auth"}}"#);
-        let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService);
+        let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService, None);
         assert!(matches!(step, Step::Upstream));
         let request = host.stream(ID).request;
         let org: Vec<_> = request.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-nebula-org")).collect();
@@ -205,10 +232,17 @@ mod tests {
             headers: vec![("www-authenticate".into(), "Bearer".into())],
             body: b"no".to_vec(),
         };
-        let step =
-            apply_decision(&host, &mut worker, ID, &settings(r#"{"auth": {"cluster": "auth"}}"#), &deny, Via::Cache);
+        let step = apply_decision(
+            &host,
+            &mut worker,
+            ID,
+            &settings(r#"{"auth": {"cluster": "auth"}}"#),
+            &deny,
+            Via::Cache,
+            None,
+        );
         assert!(matches!(step, Step::Replied));
-        assert_eq!(host.calls_in(ID), ["reply"]);
+        assert_eq!(host.calls_in(ID), ["set_filter_state", "reply"]);
         let ends = host.stream(ID).ends;
         assert_eq!(
             ends,
@@ -229,7 +263,7 @@ mod tests {
                 Fails::SetHeader => r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}, "status_on_error": 503}"#,
                 _ => r#"{"auth": {"cluster": "auth"}, "status_on_error": 503}"#,
             };
-            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService);
+            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, None);
             assert!(matches!(step, Step::Replied), "{refused:?}");
             assert!(matches!(host.stream(ID).ends.as_slice(), [End::Reply { status: 503, .. }]), "{refused:?}");
         }

@@ -5,6 +5,7 @@
 use log::{debug, warn};
 
 use crate::flow::counters::JwtCounter;
+use crate::flow::decision_log;
 use crate::flow::host::{Host, Map, Refused};
 use crate::flow::jwks_fetch;
 use crate::flow::outcome::{Step, Waiting};
@@ -21,6 +22,7 @@ use crate::jwt::verifier::{
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::telemetry::{Decided, How, Outcome};
 
 /// [`Step::Next`]: the callout decides (not a JWT of ours, or `local_then_callout`:
 /// then with the token's claims, which the rules of `policies` read);
@@ -80,6 +82,8 @@ pub fn check<H: Host>(
                     format_args!("no JWKS keys yet for provider {provider} ({mode:?})"),
                 );
                 worker.counters.count(Metric::Errors);
+                let decided = Decided::new(Outcome::Failed, How::Jwt).reason("no_jwks_keys");
+                decision_log::record(host, worker, id, Some(settings), decided);
                 reply(host, id, settings.status_on_error, vec![("content-type", "text/plain")], Some(FAILURE_BODY));
                 return Step::Replied;
             }
@@ -108,11 +112,20 @@ pub fn check<H: Host>(
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }
             }
+            // Looked up only when it is written.
+            let telemetry = &settings.telemetry;
+            let actor = telemetry.actor_header.as_deref().filter(|_| telemetry.filter_state).and_then(|actor| {
+                claim_headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
+            });
+            let decided = Decided::new(Outcome::Allowed, How::Jwt).actor(actor);
+            decision_log::record(host, worker, id, Some(settings), decided);
             Step::Upstream
         }
         verifier::Outcome::Invalid(reason) => {
             worker.counters.count_jwt(JwtCounter::Rejected(reason));
             request_log::denied_because(host, id, 401, format_args!("invalid JWT: {}", reason.as_str()));
+            let decided = Decided::new(Outcome::Denied, How::Jwt).reason(reason.as_str());
+            decision_log::record(host, worker, id, Some(settings), decided);
             let headers = vec![("www-authenticate", INVALID_TOKEN_CHALLENGE), ("content-type", "text/plain")];
             reply(host, id, 401, headers, Some(INVALID_TOKEN_BODY));
             Step::Replied
@@ -120,6 +133,8 @@ pub fn check<H: Host>(
         verifier::Outcome::Insufficient => {
             worker.counters.count_jwt(JwtCounter::Insufficient);
             debug!("[{id}] valid JWT that fails a require check");
+            let decided = Decided::new(Outcome::Denied, How::Jwt).reason("insufficient_scope");
+            decision_log::record(host, worker, id, Some(settings), decided);
             let headers = vec![("www-authenticate", INSUFFICIENT_SCOPE_CHALLENGE), ("content-type", "text/plain")];
             reply(host, id, 403, headers, Some(INSUFFICIENT_SCOPE_BODY));
             Step::Replied

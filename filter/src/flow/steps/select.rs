@@ -17,6 +17,7 @@ use crate::access::cidr;
 use crate::access::client::client_ip;
 use crate::authz_policy::request_facts::{Connection, RequestFacts};
 use crate::authz_policy::{Selected, Selection};
+use crate::flow::decision_log;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::Step;
 use crate::flow::reply::fail_closed;
@@ -26,6 +27,7 @@ use crate::jwt::verifier::VerifiedClaims;
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::Failure;
+use crate::telemetry::{Decided, How, Outcome};
 
 /// The proxy-wasm properties behind [`Connection`], each read at most once.
 pub struct HostConnection<'a, H> {
@@ -142,5 +144,6 @@ pub fn select<H: Host>(
             }
         }
     }
+    decision_log::record(host, worker, id, Some(settings), Decided::new(Outcome::Public, How::Unselected));
     Step::Upstream
 }

@@ -7,6 +7,7 @@
 
 mod answers;
 mod cache_flow;
+mod decision_values;
 mod failures;
 mod interleavings;
 mod jwt_flow;
@@ -22,8 +23,9 @@ use crate::flow::root_tasks;
 use crate::flow::worker::Worker;
 use crate::flow::Flow;
 use crate::jwt::verifier::JwtVerifier;
-use crate::metric_names::Metric;
+use crate::metric_names::{Histogram, Metric};
 use crate::plugin_config::Settings;
+use crate::telemetry::FILTER_STATE_NAME;
 
 /// The clock the tests start at (2030): tokens are minted around it.
 pub const NOW_MS: u64 = 1_900_000_000_000;
@@ -280,6 +282,104 @@ impl Sim {
         self.host.counter(metric.name())
     }
 
+    /// A counter by its name, flushed.
+    pub fn counter_named(&mut self, name: &str) -> u64 {
+        for w in 0..self.workers.len() {
+            self.workers[w].counters.flush(&self.host);
+        }
+        self.host.counter(name)
+    }
+
+    /// The decision stream `id` recorded for the access log, field by field; every write.
+    pub fn decisions(&self, id: u32) -> Vec<BTreeMap<String, String>> {
+        self.host
+            .stream(id)
+            .filter_state
+            .iter()
+            .filter(|(name, _)| name == FILTER_STATE_NAME)
+            .map(|(_, value)| {
+                let text = String::from_utf8(value.clone()).unwrap();
+                text.split(' ')
+                    .map(|field| {
+                        let (k, v) = field.split_once('=').unwrap_or_else(|| panic!("{text:?}"));
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every request that ended recorded exactly one decision, which says what happened
+    /// to it (upstream or answered, and with the auth service's status for a relayed
+    /// denial); one that never ended recorded none. The decisions add up to the outcome
+    /// counters, and each one that waited has one sample in its wait histogram.
+    fn check_decisions(&mut self) {
+        if !self.settings.telemetry.filter_state {
+            return;
+        }
+        let mut by_outcome: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            let decisions = self.decisions(id);
+            let Some(ended) = self.outcome(id) else {
+                assert!(decisions.is_empty(), "stream {id} never ended but recorded {decisions:?}");
+                continue;
+            };
+            assert_eq!(decisions.len(), 1, "stream {id} (ended {ended}) recorded {decisions:?}");
+            let d = &decisions[0];
+            let (outcome, how) = (d["outcome"].as_str(), d["how"].as_str());
+            if ended == 0 {
+                assert!(["public", "allowed"].contains(&outcome), "stream {id} went upstream, recorded {d:?}");
+            } else {
+                assert!(
+                    ["denied", "failed", "source_denied", "principal_denied"].contains(&outcome),
+                    "stream {id} was answered {ended}, recorded {d:?}"
+                );
+            }
+            assert_eq!(outcome == "public", ["public", "unselected"].contains(&how), "stream {id}: {d:?}");
+            assert!(
+                how != "unselected" || self.settings.selection.is_some(),
+                "stream {id}: unselected without policies"
+            );
+            assert_eq!(outcome.ends_with("_denied"), how == "access", "stream {id}: {d:?}");
+            if outcome == "failed" {
+                assert_ne!(d["reason"], "-", "stream {id} failed without a reason: {d:?}");
+            }
+            if outcome == "denied" && ["callout", "coalesced", "cache"].contains(&how) {
+                assert_eq!(d["status"], ended.to_string(), "stream {id}: a relayed denial's status");
+            }
+            if outcome != "allowed" {
+                assert_eq!(d["actor"], "-", "stream {id}: an actor on a request not allowed: {d:?}");
+            }
+            *by_outcome.entry((outcome.to_string(), how.to_string())).or_default() += 1;
+        }
+        let count = |outcome: &str, how: Option<&str>| -> u64 {
+            by_outcome.iter().filter(|((o, h), _)| o == outcome && how.is_none_or(|how| how == h)).map(|(_, n)| n).sum()
+        };
+        let not_jwt = |outcome: &str| count(outcome, None) - count(outcome, Some("jwt"));
+        assert_eq!(count("public", None), self.counter(Metric::Public), "public decisions");
+        assert_eq!(not_jwt("allowed"), self.counter(Metric::Allows), "allowed decisions (JWT aside)");
+        assert_eq!(not_jwt("denied") - count("denied", Some("filter")), self.counter(Metric::Denies), "denials");
+        assert_eq!(count("failed", None), self.counter(Metric::Errors), "failed decisions");
+        assert_eq!(count("source_denied", None), self.counter(Metric::SourceDenied), "source denials");
+        assert_eq!(count("principal_denied", None), self.counter(Metric::PrincipalDenied), "principal denials");
+        // A request that paused read the clock (in its own context) and has one wait
+        // sample; one decided in the callback of its headers did neither.
+        if self.settings.telemetry.histograms {
+            let samples: usize = Histogram::ALL
+                .iter()
+                .filter(|h| **h != Histogram::CalloutTime)
+                .map(|h| self.host.histogram(h.name()).len())
+                .sum();
+            let waited = self
+                .streams
+                .keys()
+                .filter(|id| self.outcome(**id).is_some() && self.host.calls_in(**id).contains(&"now_us"))
+                .count();
+            assert_eq!(samples, waited, "one wait sample per decided request that paused");
+        }
+    }
+
     /// The invariants every run keeps, whatever the configuration, requests and answers.
     pub fn check(&mut self) {
         for (id, seen) in &self.streams {
@@ -304,6 +404,7 @@ impl Sim {
                 assert!(value != SPOOF, "the client's {name} reached cluster {}", call.cluster);
             }
         }
+        self.check_decisions();
         // Every callout is counted; every request that ended is counted once by outcome
         // (local JWT verdicts and oversized bodies have counters of their own).
         let clusters: Vec<&str> = std::iter::once(&*self.settings)
