@@ -9,6 +9,7 @@ pub mod client;
 pub mod envoy;
 pub mod ext_authz_pair;
 pub mod h2_client;
+pub mod known_differences;
 pub mod mock_auth;
 pub mod mock_jwks;
 pub mod mock_server;

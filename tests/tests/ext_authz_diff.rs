@@ -22,10 +22,16 @@ use nebula_authz::policy::trace::DEFAULT_TRACE_HEADERS;
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
 use nebula_authz_tests::envoy::Tools;
 use nebula_authz_tests::ext_authz_pair::{self, Pair, POLICY};
+use nebula_authz_tests::known_differences;
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::{paths, repo_root, Env, TempDir};
 const DOCS: &str = "docs/istio.md";
 const DOCS_SECTION: &str = "### Where we differ from ext_authz";
+/// The comment at the top of each differences TSV this test writes.
+const TSV_HEADER: &str = "# Known differences between the filter (protocol ext_authz, from make convert) and Envoy\n\
+         # 1.40's ext_authz as istiod renders the same provider, asserted by\n\
+         # tests/tests/ext_authz_diff.rs. Columns: case<TAB>aspect<TAB>category; every category is\n\
+         # a row of docs/istio.md's \"Where we differ from ext_authz\" table.\n";
 
 struct Setup {
     mesh: &'static str,
@@ -278,52 +284,6 @@ fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)>
     out
 }
 
-/// (case, aspect) -> category, from a TSV.
-fn load_known(tsv: &str) -> BTreeMap<(String, String), String> {
-    let path = repo_root().join(tsv);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut known = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 3, "{tsv}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
-        known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
-    }
-    known
-}
-
-/// The categories (first column, in backticks) of the docs' differences table.
-fn documented_categories() -> BTreeSet<String> {
-    let docs = std::fs::read_to_string(repo_root().join(DOCS)).unwrap_or_else(|e| panic!("{DOCS}: {e}"));
-    let section = docs.split(DOCS_SECTION).nth(1).unwrap_or_else(|| panic!("{DOCS} has no {DOCS_SECTION:?}"));
-    section
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
-        .collect()
-}
-
-fn write_tsv(
-    tsv: &str,
-    observed: &BTreeMap<(String, String), (String, String)>,
-    known: &BTreeMap<(String, String), String>,
-) {
-    let mut text = String::from(
-        "# Known differences between the filter (protocol ext_authz, from make convert) and Envoy\n\
-         # 1.40's ext_authz as istiod renders the same provider, asserted by\n\
-         # tests/tests/ext_authz_diff.rs. Columns: case<TAB>aspect<TAB>category; every category is\n\
-         # a row of docs/istio.md's \"Where we differ from ext_authz\" table.\n",
-    );
-    for key in observed.keys() {
-        let category = known.get(key).map(String::as_str).unwrap_or("?");
-        text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
-    }
-    std::fs::write(repo_root().join(tsv), text).expect("write the differences TSV");
-}
-
 fn assert_differences(setup: &Setup) {
     let pair = start(setup);
     let corpus = corpus();
@@ -343,9 +303,9 @@ fn assert_differences(setup: &Setup) {
         }
     }
     eprintln!("{}: {} requests, {} differences:\n{report}", setup.tsv, corpus.len(), observed.len());
-    let known = load_known(setup.tsv);
+    let known = known_differences::load(setup.tsv);
     if std::env::var_os("NEBULA_EXTAUTHZ_DIFF_WRITE").is_some() {
-        write_tsv(setup.tsv, &observed, &known);
+        known_differences::write(setup.tsv, TSV_HEADER, &observed, &known);
     }
     let unlisted: Vec<String> =
         observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
@@ -359,10 +319,11 @@ fn assert_differences(setup: &Setup) {
         stale.join("\n"),
     );
 
-    let documented = documented_categories();
+    let documented = known_differences::documented_categories(DOCS, DOCS_SECTION);
     let mine: BTreeSet<String> = known.values().cloned().chain(ruled.iter().cloned()).collect();
     let undocumented: Vec<&String> = mine.difference(&documented).collect();
-    let all: BTreeSet<String> = ALL.iter().flat_map(|s| load_known(s.tsv).into_values()).chain(ruled).collect();
+    let all: BTreeSet<String> =
+        ALL.iter().flat_map(|s| known_differences::load(s.tsv).into_values()).chain(ruled).collect();
     let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
@@ -593,7 +554,7 @@ fn generated_providers_match_ext_authz_except_the_documented_differences() {
     let started = std::time::Instant::now();
     let combinations = pairwise();
     let corpus = header_corpus();
-    let documented = documented_categories();
+    let documented = known_differences::documented_categories(DOCS, DOCS_SECTION);
     let dir = TempDir::new("nebula-ext-authz-generated");
     let generated: Vec<Generated> = combinations.iter().enumerate().map(|(i, c)| generate(&dir, i, c)).collect();
     let wasm = Tools::locate(true).wasm;

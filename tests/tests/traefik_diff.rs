@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::known_differences;
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::outposts::{AUTHENTIK_COOKIE, OAUTH2_PROXY_COOKIE};
 use nebula_authz_tests::traefik::{self, Traefik};
@@ -28,6 +29,10 @@ const FORWARD_BODY_TSV: &str = "tests/data/traefik_differences_forward_body.tsv"
 const ALL_TSVS: [&str; 4] = [SEED_000_TSV, FORWARD_BODY_TSV, AUTHENTIK_TSV, OAUTH2_PROXY_TSV];
 const DOCS_PAGE: &str = "docs/traefik.md";
 const DOCS_SECTION: &str = "## Where we differ from Traefik and why";
+/// The comment at the top of each differences TSV this test writes.
+const TSV_HEADER: &str = "# Known differences between the filter under Envoy and Traefik 3.6.13, asserted by\n\
+         # tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
+         # category is a row of docs/traefik.md's \"Where we differ from Traefik and why\" table.\n";
 
 /// Response headers compared when the proxy (not the upstream) answered.
 const CLIENT_HEADERS: [&str; 6] = ["www-authenticate", "location", "set-cookie", "content-type", "x-internal", "vary"];
@@ -228,51 +233,6 @@ fn differences(ours: &Seen, traefik: &Seen) -> BTreeMap<String, (String, String)
     out
 }
 
-/// (case, aspect) -> category, from a TSV.
-fn load_known(tsv: &str) -> BTreeMap<(String, String), String> {
-    let path = repo_root().join(tsv);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut known = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 3, "{tsv}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
-        known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
-    }
-    known
-}
-
-/// The categories (first column, in backticks) of docs/traefik.md's differences table.
-fn documented_categories() -> BTreeSet<String> {
-    let page = std::fs::read_to_string(repo_root().join(DOCS_PAGE)).expect(DOCS_PAGE);
-    let section = page.split(DOCS_SECTION).nth(1).unwrap_or_else(|| panic!("{DOCS_PAGE} has no {DOCS_SECTION:?}"));
-    section
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
-        .collect()
-}
-
-fn write_tsv(
-    tsv: &str,
-    observed: &BTreeMap<(String, String), (String, String)>,
-    known: &BTreeMap<(String, String), String>,
-) {
-    let mut text = String::from(
-        "# Known differences between the filter under Envoy and Traefik 3.6.13, asserted by\n\
-         # tests/tests/traefik_diff.rs. Columns: case<TAB>aspect<TAB>category; every\n\
-         # category is a row of docs/traefik.md's \"Where we differ from Traefik and why\" table.\n",
-    );
-    for key in observed.keys() {
-        let category = known.get(key).map(String::as_str).unwrap_or("?");
-        text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
-    }
-    std::fs::write(repo_root().join(tsv), text).expect("write the differences TSV");
-}
-
 /// Replays `corpus` through Envoy (`env`) and `traefik`, and asserts the differences are
 /// exactly those in `tsv`, and that every category is documented in docs/traefik.md.
 fn assert_differences(
@@ -294,9 +254,9 @@ fn assert_differences(
     }
     // Shown with --nocapture: every difference with both values.
     eprintln!("{tsv}: {} requests, {} differences:\n{report}", corpus.len(), observed.len());
-    let known = load_known(tsv);
+    let known = known_differences::load(tsv);
     if std::env::var_os("NEBULA_TRAEFIK_DIFF_WRITE").is_some() {
-        write_tsv(tsv, &observed, &known);
+        known_differences::write(tsv, TSV_HEADER, &observed, &known);
     }
 
     let unlisted: Vec<String> =
@@ -313,10 +273,10 @@ fn assert_differences(
     );
 
     // The docs list exactly the categories of all the TSVs.
-    let documented = documented_categories();
+    let documented = known_differences::documented_categories(DOCS_PAGE, DOCS_SECTION);
     let mine: BTreeSet<String> = known.values().cloned().collect();
     let undocumented: Vec<&String> = mine.difference(&documented).collect();
-    let all: BTreeSet<String> = ALL_TSVS.iter().flat_map(|t| load_known(t).into_values()).collect();
+    let all: BTreeSet<String> = ALL_TSVS.iter().flat_map(|t| known_differences::load(t).into_values()).collect();
     let unused: Vec<&String> = documented.difference(&all).collect();
     assert!(
         undocumented.is_empty() && unused.is_empty(),
