@@ -314,3 +314,26 @@ fn providers_configured_alike_keep_their_decisions_apart() {
     assert_eq!(sim.counter(Metric::Allows), 2, "one allow per request, not per provider");
     sim.check();
 }
+
+#[test]
+fn a_listed_public_path_is_never_checked_and_the_empty_rule_checks_the_rest() {
+    let config = with_policies(serde_json::json!({
+        "public_paths": ["/api/health"],
+        "policies": [{"rules": [{}]}, {"name": "no rules: selects nothing"}]
+    }));
+    let mut sim = Sim::new(&config, 1);
+    let health = sim.send(spoofing(b"/api/health", &[]));
+    let flows = sim.send(spoofing(b"/api/flows", &[]));
+    let ui = sim.send(spoofing(b"/ui", &[]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(
+        (callouts_by(&sim, health), callouts_by(&sim, flows), callouts_by(&sim, ui)),
+        (0, 1, 1),
+        "public first; {{}} matches every other request"
+    );
+    let config = with_policies(serde_json::json!({"policies": [{"name": "no rules"}]}));
+    let mut sim = Sim::new(&config, 1);
+    let flows = sim.send(spoofing(b"/api/flows", &[]));
+    assert_eq!((callouts_by(&sim, flows), sim.outcome(flows)), (0, Some(0)), "a policy without rules selects nothing");
+    sim.check();
+}
