@@ -222,12 +222,12 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
         push(id, None, local, RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", tenant));
     }
     push("GET /when/header/x no x-tenant".into(), None, local, RawRequest::get("/when/header/x").bearer(allow));
-    push(
-        "GET /when/header/x two x-tenant".into(),
-        None,
-        local,
-        RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", "free").header("x-tenant", "gold"),
-    );
+    // A repeated header: Envoy's RBAC tests each value on its own.
+    for (first, second) in [("free", "gold"), ("gold", "platinum-trial"), ("free", "free"), ("x", "platinum")] {
+        let id = format!("GET /when/header/x x-tenant {first:?} and {second:?}");
+        let req = RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", first).header("x-tenant", second);
+        push(id, None, local, req);
+    }
     for xff in ["10.9.1.1", "10.8.1.1", "10.9.9.9", "1.2.3.4, 10.9.0.1", "10.9.0.1, 1.2.3.4", "127.0.0.2"] {
         for path in ["/remoteipblocks/x", "/notremoteipblocks/x", "/when/addr/x", "/ipblocks/x", "/notipblocks/x"] {
             let id = format!("GET {path} xff {xff}");

@@ -67,21 +67,11 @@ impl<'a, H: Header, C: Connection> RequestFacts<'a, H, C> {
         RequestFacts { headers, claims, connection, paths: None, hosts: None }
     }
 
-    /// The values of header `name` (lower-case) joined with `,`, as Envoy's header
-    /// matcher reads a repeated header; `None` when absent or not text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        let mut out: Option<String> = None;
-        for h in self.headers.iter().filter(|h| h.name() == name) {
-            let value = std::str::from_utf8(h.value()).ok()?;
-            match &mut out {
-                Some(s) => {
-                    s.push(',');
-                    s.push_str(value);
-                }
-                None => out = Some(value.to_string()),
-            }
-        }
-        out
+    /// The values of header `name` (lower-case), one per field line as the host lists
+    /// them; empty when absent.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        let headers: &'a [H] = self.headers;
+        headers.iter().filter(move |h| h.name() == name).map(|h| h.value())
     }
 
     /// The first value of a pseudo-header (`:method`), as text.
