@@ -457,11 +457,10 @@ fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     builder.start()
 }
 
-/// `make convert` of `files` (with the filter's `jwt` block; `--peer-from-envoy`: ipBlocks
-/// and source.ip as the address Envoy settled on, the `peer-address` row).
+/// `make convert` of `files`, with the filter's `jwt` block.
 fn converted(files: &[&str]) -> String {
     let jwt = repo_root().join(JWT);
-    let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
+    let options = ["--jwt".as_ref(), jwt.as_os_str()];
     let paths: Vec<PathBuf> = files.iter().map(|f| repo_root().join(f)).collect();
     ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &options)
 }

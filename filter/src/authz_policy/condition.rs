@@ -94,10 +94,7 @@ impl Condition {
     pub fn holds<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {
         match self {
             Condition::Header(name, values) => header_holds(facts, name, values),
-            Condition::SourceIp(r) => {
-                let ip = facts.connection.source_ip();
-                r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
-            }
+            Condition::SourceIp(r) => facts.direct_peer().holds(r),
             Condition::RemoteIp(r) => {
                 let ip = facts.connection.remote_ip();
                 r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
