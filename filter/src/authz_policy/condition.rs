@@ -187,7 +187,7 @@ mod tests {
     }
 
     fn holds(condition: Value, claims: Option<&Map<String, Value>>) -> bool {
-        let raw: RawCondition = serde_json::from_value(condition).unwrap();
+        let raw = RawCondition::parse("when[0]", &condition).unwrap();
         let condition = Condition::compile("when[0]", raw).unwrap();
         let headers: Vec<(&str, &[u8])> = vec![("x-tenant", b"acme"), ("x-tenant", b"globex")];
         condition.holds(&mut RequestFacts::new(&headers, claims, Conn))

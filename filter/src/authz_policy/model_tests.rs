@@ -369,7 +369,7 @@ fn filter_selects(rule: &Rule, r: &Req) -> bool {
 }
 
 fn compile(rule: &Value) -> Rule {
-    let raw: RawRule = serde_json::from_value(rule.clone()).unwrap();
+    let raw = RawRule::parse("rule", rule).unwrap();
     Rule::compile("rule", raw).unwrap()
 }
 
