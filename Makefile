@@ -283,7 +283,7 @@ soak-smoke: build envoy
 # committed seeds in fuzz/corpus/<target> are read too. Crashes land in fuzz/artifacts/.
 FUZZ_SECONDS      ?= 60
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS      ?= config header_map public_path cache_control cache_slot jwt jwks forward_auth
+FUZZ_TARGETS      ?= config header_map public_path cache_control cache_slot jwt jwks forward_auth authz_rules
 FUZZ_ENV := RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
             CARGO_PROFILE_RELEASE_PANIC=unwind
 
