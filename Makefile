@@ -46,7 +46,7 @@ help:
 	@echo "make test         fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check prometheus-check integration demo-check bench-smoke prefect-e2e"
 	@echo "make prometheus-check  promtool check + unit tests of the alert rules (Debian's prometheus, unpacked in target/tools)"
 	@echo "make prefect-e2e  the real Prefect $(PREFECT_VERSION) server and client through Envoy + filter (tests/prefect/)"
-	@echo "make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [PEER_FROM_ENVOY=1] [URL=oci://...]  policy mode -> WasmPlugin"
+	@echo "make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [URL=oci://...]  policy mode -> WasmPlugin"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik; footprint (QUICK=1: ~1 min)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
@@ -202,7 +202,7 @@ CONVERT_VENV := .venv-convert
 
 convert:
 	@test -n "$(MESHCONFIG)" -a -n "$(POLICY)" || \
-		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [PEER_FROM_ENVOY=1] [URL=oci://...]" >&2; exit 2; }
+		{ echo "usage: make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [URL=oci://...]" >&2; exit 2; }
 	@py=$(PYTHON); \
 	if ! $$py -c 'import yaml' 2>/dev/null; then \
 		if test -x $(VENV_PY) && $(VENV_PY) -c 'import yaml' 2>/dev/null; then py=$(VENV_PY); else \
@@ -211,7 +211,7 @@ convert:
 				$$py -m pip install --quiet pyyaml==$(PYYAML_VERSION); } >&2; \
 		fi; \
 	fi; \
-	$$py scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(JWT),--jwt $(JWT)) $(if $(PEER_FROM_ENVOY),--peer-from-envoy) $(if $(URL),--url $(URL))
+	$$py scripts/convert_policy.py $(MESHCONFIG) $(POLICY) $(if $(JWT),--jwt $(JWT)) $(if $(URL),--url $(URL))
 # --------------------------------------------------------------------------------------
 
 # --- make bench (docs/performance.md) -------------------------------------------------
@@ -283,7 +283,7 @@ soak-smoke: build envoy
 # committed seeds in fuzz/corpus/<target> are read too. Crashes land in fuzz/artifacts/.
 FUZZ_SECONDS      ?= 60
 CARGO_FUZZ_VERSION := 0.13.2
-FUZZ_TARGETS      ?= config header_map public_path cache_control cache_slot jwt jwks forward_auth
+FUZZ_TARGETS      ?= config header_map public_path cache_control cache_slot jwt jwks forward_auth authz_rules
 FUZZ_ENV := RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
             CARGO_PROFILE_RELEASE_PANIC=unwind
 

@@ -148,3 +148,23 @@ write("forward_auth", "public.txt", "\x00:method: GET\n:path: /api/health\n" + s
 write("forward_auth", "no-path.txt", "\x00authorization: Bearer t\n")
 write("forward_auth", "underscores.txt", "\x00" + req + "x_nebula_actor_id: evil\nx-nebula_actor_permissions: admin\n"
       "x_nebula_ratelimit_config: none\nx_nebula_actor_idx: kept\nx_forwarded_host: evil.example\n")
+
+# authz_rules: an Istio rule's JSON on the first line, then header lines (`@peer:` the TCP peer)
+def rule_input(rule, headers):
+    return json.dumps(rule, separators=(",", ":")) + "\n" + "".join(f"{n}: {v}\n" for n, v in headers)
+
+get = [(":method", "GET"), (":path", "/api/flows"), (":authority", "prefect.example:8080"), ("@peer", "10.0.0.7")]
+for name, rule, extra in [
+    ("paths", {"to": [{"operation": {"paths": ["/api/*"], "notPaths": ["/api/health"]}}]}, []),
+    ("hosts", {"to": [{"operation": {"hosts": ["Prefect.example*"], "methods": ["GET", "P*"]}}]}, []),
+    ("ipblocks-xff", {"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}, [("x-forwarded-for", "192.0.2.1")]),
+    ("notipblocks-xff", {"from": [{"source": {"notIpBlocks": ["10.0.0.7"]}}]}, [("x-forwarded-for", "10.0.0.9, 192.0.2.1")]),
+    ("header-repeated", {"when": [{"key": "request.headers[x-tenant]", "values": ["gold"], "notValues": ["gold-trial"]}]},
+     [("x-tenant", "free"), ("x-tenant", "gold")]),
+    ("header-not-repeated", {"when": [{"key": "request.headers[x-tenant]", "notValues": ["gold*"]}]},
+     [("x-tenant", "free"), ("x-tenant", "gold")]),
+    ("source-ip", {"to": [{"operation": {"paths": ["*/flows"]}}], "when": [{"key": "source.ip", "values": ["10.0.0.0/24"]}]},
+     [("x-forwarded-for", "not an address")]),
+    ("empty", {}, []),
+]:
+    write("authz_rules", name + ".txt", rule_input(rule, get + extra))

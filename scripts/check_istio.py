@@ -131,8 +131,7 @@ def plugin_config_problems(doc):
     return config_problems("spec.pluginConfig", json.dumps(config)) + fail_open_problems(doc)
 
 
-# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root;
-# converted with --peer-from-envoy (their ipBlocks and source.ip, docs/istio.md).
+# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root.
 CONVERSIONS = [
     ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml"],
      "istio/examples/custom-jwt.json"),
@@ -149,7 +148,7 @@ def converted(mesh, policies, jwt):
         mesh_doc = convert_policy.pick_mesh(ROOT / mesh, convert_policy.documents(ROOT / mesh))
         docs = convert_policy.pick_policies([(ROOT / p, convert_policy.documents(ROOT / p)) for p in policies], notes)
         block = convert_policy.read_jwt(ROOT / jwt) if jwt else None
-        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block, peer_from_envoy=True)
+        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block)
     except convert_policy.Refused as refused:
         return None, [f"make convert refused: {refused}"]
     return plugin, []
@@ -311,7 +310,7 @@ def main():
         plugin, found = converted(mesh, policies, jwt)
         if plugin is not None:
             found = problems(plugin, schemas) + plugin_config_problems(plugin)
-        shown = f"{mesh} {' '.join(policies)}{' --jwt ' + jwt if jwt else ''} --peer-from-envoy"
+        shown = f"{mesh} {' '.join(policies)}{' --jwt ' + jwt if jwt else ''}"
         report(f"make convert {shown}: WasmPlugin", found, counts)
 
     kust = ROOT / "istio" / KUSTOMIZATION

@@ -37,10 +37,11 @@ names runs `x-ns`'s check on `x`'s rules); a `when` key with no proxy-wasm equiv
 (`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
 `serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
 `requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
-`jwt` step: give the `jwt` block that mirrors your RequestAuthentication); `ipBlocks`,
-`notIpBlocks` and `source.ip` without --peer-from-envoy (Istio matches the TCP peer,
-proxy-wasm exposes only the address Envoy settled on: on a sidecar, the caller's
-X-Forwarded-For).
+`jwt` step: give the `jwt` block that mirrors your RequestAuthentication). `ipBlocks`,
+`notIpBlocks` and `source.ip` convert as they are: Istio matches the TCP peer, proxy-wasm
+exposes only the address Envoy settled on (on a sidecar, the caller's X-Forwarded-For),
+so when an X-Forwarded-For entry names that address the filter treats the peer as
+unknown and such a rule selects the request (the check runs; a note says so).
 """
 import argparse
 import json
@@ -402,20 +403,20 @@ WHY_NO_WHEN = {
 DRY_RUN = "istio.io/dry-run"
 # Istio's `ipBlocks` and `source.ip` are RBAC's direct_remote_ip: the TCP peer. proxy-wasm
 # has only the address Envoy settled on (`source.address`), which on an Istio sidecar
-# (use_remote_address: false) is the right-most X-Forwarded-For entry the caller sent.
+# (use_remote_address: false) is the right-most X-Forwarded-For entry the caller sent; the
+# filter treats it as unknown (the rule selects) when an X-Forwarded-For entry names it.
 PEER_FIELDS = {"ipBlocks", "notIpBlocks"}
 PEER_WHEN = "source.ip"
-WHY_PEER = ("Istio matches the TCP peer (RBAC direct_remote_ip); the filter sees only the address Envoy settled "
-            "on, which on a sidecar is the right-most X-Forwarded-For entry the caller sent, so a caller could "
-            "choose whether the rule selects it; use principals or namespaces, or pass --peer-from-envoy if no "
-            "X-Forwarded-For can reach this workload")
+PEER_NOTE = ("ipBlocks, notIpBlocks and source.ip: Istio matches the TCP peer; when an X-Forwarded-For entry "
+             "names the address Envoy settled on (on a sidecar, the right-most entry a caller sent), the filter "
+             "cannot tell the peer and such a rule selects the request (the check runs)")
 
 
 def uses_jwt(key):
     return key in ("requestPrincipals", "notRequestPrincipals") or key.startswith("request.auth.")
 
 
-def check_rule(where, rule, jwt, peer_from_envoy=False):
+def check_rule(where, rule, jwt):
     """One rule: every field is one the filter evaluates as Istio does, else Refused
     naming it. Copied verbatim when it passes."""
     if not isinstance(rule, dict):
@@ -434,8 +435,6 @@ def check_rule(where, rule, jwt, peer_from_envoy=False):
             if uses_jwt(key) and not jwt:
                 raise Refused(f"{where}.from[{i}].source.{key}: the filter reads request principals from its own "
                               "jwt step; pass --jwt with the jwt block that mirrors your RequestAuthentication")
-            if key in PEER_FIELDS and not peer_from_envoy:
-                raise Refused(f"{where}.from[{i}].source.{key}: {WHY_PEER}")
     for i, item in enumerate(rule.get("to") or []):
         operation = (item or {}).get("operation") or {}
         for key in operation:
@@ -452,8 +451,6 @@ def check_rule(where, rule, jwt, peer_from_envoy=False):
         if uses_jwt(key) and not jwt:
             raise Refused(f"{field}: the filter reads request.auth.* from its own jwt step; pass --jwt with the "
                           "jwt block that mirrors your RequestAuthentication")
-        if key == PEER_WHEN and not peer_from_envoy:
-            raise Refused(f"{field}: {WHY_PEER}")
         if not cond.get("values") and not cond.get("notValues"):
             raise Refused(f"{field}: needs values or notValues")
 
@@ -463,7 +460,7 @@ def policy_name(doc):
     return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
 
 
-def rule_policies(policy_docs, jwt, peer_from_envoy=False):
+def rule_policies(policy_docs, jwt):
     """Every CUSTOM policy -> {name, provider, rules}, the rules verbatim."""
     out = []
     for doc in policy_docs:
@@ -473,7 +470,7 @@ def rule_policies(policy_docs, jwt, peer_from_envoy=False):
             raise Refused(f"{name}: the AuthorizationPolicy names no provider")
         rules = spec.get("rules") or []
         for i, rule in enumerate(rules):
-            check_rule(f"{name} rules[{i}]", rule, jwt, peer_from_envoy)
+            check_rule(f"{name} rules[{i}]", rule, jwt)
         out.append({"name": name, "provider": str(provider), "rules": rules})
     return out
 
@@ -545,7 +542,7 @@ def workload_target(policy_docs):
 
 
 
-def convert(mesh_doc, policy_docs, jwt=None, peer_from_envoy=False):
+def convert(mesh_doc, policy_docs, jwt=None):
     notes = []
     workload_target(policy_docs)
     refuse_dry_run(policy_docs)
@@ -571,12 +568,9 @@ def convert(mesh_doc, policy_docs, jwt=None, peer_from_envoy=False):
             if status is not None:
                 config["status_on_error"] = status
     if config is None:
-        policies = rule_policies(policy_docs, jwt, peer_from_envoy)
-        if peer_from_envoy and any(f"\"{k}\"" in json.dumps(p["rules"]) for p in policies
-                                   for k in sorted(PEER_FIELDS) + [PEER_WHEN]):
-            notes.append("--peer-from-envoy: ipBlocks, notIpBlocks and source.ip match the address Envoy settled on "
-                         "(source.address), not the TCP peer Istio matches: on a sidecar, the right-most "
-                         "X-Forwarded-For entry a caller sent")
+        policies = rule_policies(policy_docs, jwt)
+        if any(f"\"{k}\"" in json.dumps(p["rules"]) for p in policies for k in sorted(PEER_FIELDS) + [PEER_WHEN]):
+            notes.append(PEER_NOTE)
         providers, status = convert_providers(mesh_config(mesh_doc), {p["provider"] for p in policies}, notes)
         config = {"providers": providers, "strip_headers": list(IDENTITY_STRIP)}
         if jwt:
@@ -710,8 +704,6 @@ def main():
     p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
     p.add_argument("policy", type=Path, nargs="+", help="AuthorizationPolicy files (every CUSTOM one converts)")
     p.add_argument("--jwt", type=Path, help="the filter's jwt block (JSON), for requestPrincipals and request.auth.*")
-    p.add_argument("--peer-from-envoy", action="store_true",
-                   help="convert ipBlocks/notIpBlocks/source.ip to match the address Envoy settled on (not the TCP peer)")
     p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
     p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
     args = p.parse_args()
@@ -720,7 +712,7 @@ def main():
         mesh_doc = pick_mesh(args.meshconfig, documents(args.meshconfig))
         policy_docs = pick_policies([(path, documents(path)) for path in args.policy], early)
         jwt = read_jwt(args.jwt) if args.jwt else None
-        plugin, config, notes = convert(mesh_doc, policy_docs, jwt, args.peer_from_envoy)
+        plugin, config, notes = convert(mesh_doc, policy_docs, jwt)
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1

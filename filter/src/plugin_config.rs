@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use crate::access::access_config::{self as access_config, RawAccess, RawPublicPath};
 use crate::access::AccessSettings;
-use crate::authz_policy::policy_config::RawPolicy;
 use crate::authz_policy::{Selection, MAX_PROVIDERS};
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
@@ -39,7 +38,7 @@ struct RawConfig {
     /// so an error names `providers[i].field`).
     providers: Option<Vec<serde_json::Value>>,
     /// Istio CUSTOM policies: which requests each provider checks (authz_policy/).
-    policies: Option<Vec<RawPolicy>>,
+    policies: Option<Vec<serde_json::Value>>,
     strip_headers: Option<Vec<String>>,
     /// Templates, or `{"path": ..., "source_ranges": ..., ...}` (access/access_config.rs).
     public_paths: Option<Vec<RawPublicPath>>,
@@ -218,7 +217,7 @@ impl TryFrom<RawConfig> for Settings {
                 // Istio CUSTOM checks only what a rule selects: Prefect's public paths are
                 // not implied (a listed path still is never checked).
                 raw.public_paths.get_or_insert_with(Vec::new);
-                Some(Selection::compile(policies, &provider_names)?)
+                Some(Selection::compile(&policies, &provider_names)?)
             }
             None if provider_names.len() > 1 => {
                 return Err(ConfigError::new(

@@ -592,3 +592,250 @@ fn naive_match(template: &str, path: &str) -> bool {
         Some(_) => p.len() >= t.len() && t.iter().zip(&p).all(|(t, p)| same(t, p)),
     }
 }
+
+/// The `policies` rule matcher against a simple model of Istio's (RBAC as istiod renders
+/// a rule: `pilot/pkg/security/authz/model`). Input: a rule's JSON on the first line,
+/// then header lines; `@peer: <ip>` is the TCP peer, and `source.address` is what an
+/// Istio sidecar (`use_remote_address: false`) settles on: the right-most
+/// X-Forwarded-For entry when it parses, else the peer. For a canonical path, the
+/// filter selects every request the model selects (the check is the safe side). The
+/// model covers `paths`, `methods`, `hosts` (and their `not*`), `ipBlocks`/`notIpBlocks`,
+/// `when` on a request header and `source.ip`; any other rule is skipped.
+pub fn authz_rules(data: &[u8]) {
+    use nebula_authz::authz_policy::policy_config::RawRule;
+    use nebula_authz::authz_policy::request_facts::RequestFacts;
+    use nebula_authz::authz_policy::rule::Rule;
+
+    let (first, rest) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(rule_json) = serde_json::from_slice::<serde_json::Value>(first) else { return };
+    let Some(model_rule) = istio_model::Rule::read(&rule_json) else { return };
+    let Ok(raw) = RawRule::parse("rule", &rule_json) else { return };
+    let Ok(rule) = Rule::compile("rule", raw) else { return };
+    let mut headers = header_lines(rest);
+    let peer = headers
+        .iter()
+        .find(|(n, _)| n == "@peer")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<std::net::IpAddr>().ok());
+    headers.retain(|(n, _)| !n.starts_with('@'));
+    let Some(peer) = peer else { return };
+    let path = headers.iter().find(|(n, _)| n == ":path").map(|(_, v)| v.clone()).unwrap_or_default();
+    if canonical_path(&path).is_none() {
+        return;
+    }
+    let xff_last = headers
+        .iter()
+        .rfind(|(n, _)| n == "x-forwarded-for")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.rsplit(',').next()?.trim().parse::<std::net::IpAddr>().ok());
+    let source = xff_last.unwrap_or(peer);
+    let request = istio_model::Request { headers: &headers, peer };
+    if !model_rule.selects(&request) {
+        return;
+    }
+    let mut facts = RequestFacts::new(&headers, None, FixedConnection(source));
+    assert!(rule.matches(&mut facts), "Istio's rule {rule_json} selects {headers:?} from {peer}, the filter does not");
+}
+
+struct FixedConnection(std::net::IpAddr);
+
+impl nebula_authz::authz_policy::request_facts::Connection for FixedConnection {
+    fn source_ip(&mut self) -> Option<std::net::IpAddr> {
+        Some(self.0)
+    }
+    fn remote_ip(&mut self) -> Option<std::net::IpAddr> {
+        Some(self.0)
+    }
+    fn principal(&mut self) -> Option<&str> {
+        None
+    }
+    fn destination_ip(&mut self) -> Option<std::net::IpAddr> {
+        None
+    }
+    fn destination_port(&mut self) -> Option<u16> {
+        None
+    }
+    fn sni(&mut self) -> Option<&str> {
+        None
+    }
+}
+
+/// Istio's matching, written from its documentation and Envoy's RBAC, not from the
+/// filter: values are exact, `x*` prefix, `*x` suffix, `*` any; a field holds when one
+/// of its values matches and none of its `not` values does; a repeated header matches
+/// when one of its values does (Envoy 1.40, measured); `ipBlocks` and `source.ip` read
+/// the TCP peer.
+mod istio_model {
+    use std::net::IpAddr;
+
+    use serde_json::Value;
+
+    pub struct Request<'a> {
+        pub headers: &'a [(String, Vec<u8>)],
+        pub peer: IpAddr,
+    }
+
+    impl Request<'_> {
+        fn values(&self, name: &str) -> Vec<&[u8]> {
+            self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect()
+        }
+    }
+
+    /// One field: its values and `not` values.
+    struct Field {
+        values: Vec<String>,
+        not: Vec<String>,
+    }
+
+    impl Field {
+        fn holds(&self, matches: impl Fn(&str) -> bool) -> bool {
+            (self.values.is_empty() || self.values.iter().any(|v| matches(v))) && !self.not.iter().any(|v| matches(v))
+        }
+    }
+
+    fn glob(pattern: &str, text: &[u8], ignore_case: bool) -> bool {
+        let eq = |a: &[u8], b: &[u8]| if ignore_case { a.eq_ignore_ascii_case(b) } else { a == b };
+        let p = pattern.as_bytes();
+        if pattern == "*" {
+            !text.is_empty()
+        } else if let Some(s) = p.strip_prefix(b"*") {
+            text.len() >= s.len() && eq(&text[text.len() - s.len()..], s)
+        } else if let Some(s) = p.strip_suffix(b"*") {
+            text.len() >= s.len() && eq(&text[..s.len()], s)
+        } else {
+            eq(text, p)
+        }
+    }
+
+    fn in_range(cidr: &str, ip: IpAddr) -> bool {
+        let (net, len) = cidr.split_once('/').map_or((cidr, None), |(n, l)| (n, l.parse::<u32>().ok()));
+        let Ok(net) = net.parse::<IpAddr>() else { return false };
+        let to_bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                None => (u128::from(v6), 128),
+            },
+        };
+        let ((n, width), (i, iwidth)) = (to_bits(net), to_bits(ip));
+        let len = len.unwrap_or(width);
+        if width != iwidth || len > width {
+            return false;
+        }
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        n & mask == i & mask
+    }
+
+    fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+        match v {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(|i| i.as_str().map(str::to_string)).collect(),
+            Some(_) => None,
+        }
+    }
+
+    /// Field `name` and its `not` form in the JSON object `o`; `None` when either is
+    /// not a list of strings.
+    fn field(o: &serde_json::Map<String, Value>, name: &str, not: &str) -> Option<Field> {
+        Some(Field { values: strings(o.get(name))?, not: strings(o.get(not))? })
+    }
+
+    fn only(o: &serde_json::Map<String, Value>, known: &[&str]) -> bool {
+        o.keys().all(|k| known.contains(&k.as_str()))
+    }
+
+    struct Operation {
+        paths: Field,
+        methods: Field,
+        hosts: Field,
+    }
+
+    enum Condition {
+        Header(String, Field),
+        SourceIp(Field),
+    }
+
+    pub struct Rule {
+        to: Vec<Operation>,
+        from: Vec<Field>,
+        when: Vec<Condition>,
+    }
+
+    fn list(v: Option<&Value>) -> Option<Vec<&serde_json::Map<String, Value>>> {
+        match v {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(Value::as_object).collect(),
+            Some(_) => None,
+        }
+    }
+
+    impl Rule {
+        /// The rule, when the model covers every field it uses.
+        pub fn read(v: &Value) -> Option<Rule> {
+            let r = v.as_object()?;
+            if !only(r, &["to", "from", "when"]) {
+                return None;
+            }
+            let mut rule = Rule { to: Vec::new(), from: Vec::new(), when: Vec::new() };
+            for t in list(r.get("to"))? {
+                let op = t.get("operation")?.as_object()?;
+                if !only(t, &["operation"])
+                    || !only(op, &["paths", "notPaths", "methods", "notMethods", "hosts", "notHosts"])
+                {
+                    return None;
+                }
+                let paths = field(op, "paths", "notPaths")?;
+                if paths.values.iter().chain(&paths.not).any(|p| p.contains('{')) {
+                    return None;
+                }
+                let (methods, hosts) = (field(op, "methods", "notMethods")?, field(op, "hosts", "notHosts")?);
+                rule.to.push(Operation { paths, methods, hosts });
+            }
+            for f in list(r.get("from"))? {
+                let source = f.get("source")?.as_object()?;
+                if !only(f, &["source"]) || !only(source, &["ipBlocks", "notIpBlocks"]) {
+                    return None;
+                }
+                rule.from.push(field(source, "ipBlocks", "notIpBlocks")?);
+            }
+            for c in list(r.get("when"))? {
+                if !only(c, &["key", "values", "notValues"]) {
+                    return None;
+                }
+                let key = c.get("key")?.as_str()?;
+                let values = field(c, "values", "notValues")?;
+                if key == "source.ip" {
+                    rule.when.push(Condition::SourceIp(values));
+                } else {
+                    let name = key.strip_prefix("request.headers[")?.strip_suffix(']')?;
+                    if name.is_empty() || name.contains(['[', ']']) {
+                        return None;
+                    }
+                    rule.when.push(Condition::Header(name.to_ascii_lowercase(), values));
+                }
+            }
+            Some(rule)
+        }
+
+        pub fn selects(&self, r: &Request) -> bool {
+            let one = |name: &str| r.values(name).first().copied();
+            let path = one(":path").map(|p| &p[..p.iter().position(|&b| b == b'?').unwrap_or(p.len())]);
+            let operation = |o: &Operation| {
+                o.paths.holds(|v| path.is_some_and(|p| glob(v, p, false)))
+                    && o.methods.holds(|v| one(":method").is_some_and(|m| v == "*" || glob(v, m, false)))
+                    && o.hosts.holds(|v| one(":authority").is_some_and(|h| v == "*" || glob(v, h, true)))
+            };
+            let condition = |c: &Condition| match c {
+                Condition::Header(name, f) => {
+                    let values = r.values(name);
+                    f.holds(|v| values.iter().any(|h| v == "*" || glob(v, h, false)))
+                }
+                Condition::SourceIp(f) => f.holds(|v| in_range(v, r.peer)),
+            };
+            (self.to.is_empty() || self.to.iter().any(operation))
+                && (self.from.is_empty() || self.from.iter().any(|f| f.holds(|v| in_range(v, r.peer))))
+                && self.when.iter().all(condition)
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 9] = [
+const TARGETS: [(&str, Target); 10] = [
     ("config", nebula_authz_fuzz::config),
     ("header_map", nebula_authz_fuzz::header_map),
     ("public_path", nebula_authz_fuzz::public_path),
@@ -20,6 +20,7 @@ const TARGETS: [(&str, Target); 9] = [
     ("jwks", nebula_authz_fuzz::jwks),
     ("forward_auth", nebula_authz_fuzz::forward_auth),
     ("access_deny", nebula_authz_fuzz::access_deny),
+    ("authz_rules", nebula_authz_fuzz::authz_rules),
 ];
 
 /// Mutations per corpus input: enough to leave the seeds, cheap in a debug build.

@@ -222,12 +222,12 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
         push(id, None, local, RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", tenant));
     }
     push("GET /when/header/x no x-tenant".into(), None, local, RawRequest::get("/when/header/x").bearer(allow));
-    push(
-        "GET /when/header/x two x-tenant".into(),
-        None,
-        local,
-        RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", "free").header("x-tenant", "gold"),
-    );
+    // A repeated header: Envoy's RBAC tests each value on its own.
+    for (first, second) in [("free", "gold"), ("gold", "platinum-trial"), ("free", "free"), ("x", "platinum")] {
+        let id = format!("GET /when/header/x x-tenant {first:?} and {second:?}");
+        let req = RawRequest::get("/when/header/x").bearer(allow).header("x-tenant", first).header("x-tenant", second);
+        push(id, None, local, req);
+    }
     for xff in ["10.9.1.1", "10.8.1.1", "10.9.9.9", "1.2.3.4, 10.9.0.1", "10.9.0.1, 1.2.3.4", "127.0.0.2"] {
         for path in ["/remoteipblocks/x", "/notremoteipblocks/x", "/when/addr/x", "/ipblocks/x", "/notipblocks/x"] {
             let id = format!("GET {path} xff {xff}");
@@ -457,11 +457,10 @@ fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     builder.start()
 }
 
-/// `make convert` of `files` (with the filter's `jwt` block; `--peer-from-envoy`: ipBlocks
-/// and source.ip as the address Envoy settled on, the `peer-address` row).
+/// `make convert` of `files`, with the filter's `jwt` block.
 fn converted(files: &[&str]) -> String {
     let jwt = repo_root().join(JWT);
-    let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
+    let options = ["--jwt".as_ref(), jwt.as_os_str()];
     let paths: Vec<PathBuf> = files.iter().map(|f| repo_root().join(f)).collect();
     ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &options)
 }

@@ -44,7 +44,10 @@ fn rules_read_the_properties_envoy_sets() {
     ca.client("webhook", WEBHOOK);
     ca.client("admin", ADMIN);
     // Client certificates optional (verified when sent), so a client without one gets in.
+    // `use_remote_address: false`, as on an Istio sidecar: `source.address` is the TCP
+    // peer unless the request carries X-Forwarded-For.
     let env = Env::builder()
+        .without_remote_address()
         .ecds()
         .plugin_config(r#"{"auth": {"cluster": "auth"}}"#)
         .downstream_mtls(ca.dir(), false)
@@ -67,6 +70,23 @@ fn rules_read_the_properties_envoy_sets() {
         ("another namespace", "127.0.0.3", Some("webhook"), "/ns/x", "localhost", false),
         ("a spelling of a selected path", "127.0.0.2", None, "/x/../ip/%78", "localhost", true),
     ];
+    // A caller outside ipBlocks naming an inside address (or any) in X-Forwarded-For:
+    // Envoy takes `source.address` from it, so the filter cannot tell the peer and the
+    // rule selects the request (Istio's RBAC matches the TCP peer).
+    let forwarded: &[(&str, &str, &str)] = &[
+        ("a peer outside naming one inside", "127.0.0.3", "127.0.0.2"),
+        ("a peer outside naming another outside", "127.0.0.3", "10.1.2.3"),
+        ("a peer inside naming one outside", "127.0.0.2", "10.1.2.3"),
+    ];
+    for &(case, source, xff) in forwarded {
+        let auth = env.auth.count();
+        let request = RawRequest::get("/ip/x").bearer("allow:alice").header("x-forwarded-for", xff).to_bytes();
+        let resp = ca
+            .raw_client(None)
+            .send_from(source.parse().expect("an address"), env.port, &request)
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{}", env.log_tail()));
+        env.check(env.auth.count() > auth, &format!("{case}: checked"), &resp);
+    }
     for &(case, source, cert, path, host, selected) in cases {
         let (auth, up) = (env.auth.count(), env.upstream.count());
         let request = RawRequest::get(path)

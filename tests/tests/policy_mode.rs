@@ -836,7 +836,6 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
         .args([&mesh, &policies, &opa])
         .arg("--jwt")
         .arg(&jwt)
-        .arg("--peer-from-envoy")
         .arg("--config-only")
         .output()
         .expect("run scripts/convert_policy.py");
@@ -846,7 +845,7 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
     let block: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&jwt).expect("read jwt.json")).expect("jwt JSON");
     assert_eq!(config["jwt"], block, "--jwt: the filter's jwt block as given");
-    // Without the options: the first field each one is needed for, named.
+    // Without --jwt: the first field it is needed for, named.
     let run = |options: &[&str]| {
         let mut cmd = Command::new(Tools::locate(false).python);
         cmd.current_dir(repo_root()).arg(repo_root().join("scripts/convert_policy.py")).args([&mesh, &policies, &opa]);
@@ -854,19 +853,9 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
         let out = cmd.arg("--config-only").output().expect("run scripts/convert_policy.py");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    for (options, expected) in [
-        (
-            vec!["--peer-from-envoy"],
-            "prefect/api rules[17].from[0].source.requestPrincipals: the filter reads request principals",
-        ),
-        (
-            vec!["--jwt", "tests/data/custom/jwt.json"],
-            "prefect/api rules[9].from[0].source.ipBlocks: Istio matches the TCP peer",
-        ),
-    ] {
-        let (code, refused) = run(&options);
-        assert!(code == Some(1) && refused.contains(expected), "{options:?}: expected {expected:?}: {refused}");
-    }
+    let expected = "prefect/api rules[17].from[0].source.requestPrincipals: the filter reads request principals";
+    let (code, refused) = run(&[]);
+    assert!(code == Some(1) && refused.contains(expected), "expected {expected:?}: {refused}");
     let names = |key: &str, field: &str| -> Vec<String> {
         config[key].as_array().expect(key).iter().map(|p| p[field].as_str().unwrap_or("?").to_owned()).collect()
     };
@@ -908,7 +897,7 @@ fn several_policies_and_providers_convert_with_their_rules_verbatim() {
         paths.push(path);
     }
     assert!(paths.len() >= 4);
-    let options = ["--jwt".as_ref(), jwt.as_os_str(), "--peer-from-envoy".as_ref()];
+    let options = ["--jwt".as_ref(), jwt.as_os_str()];
     let split = nebula_authz_tests::ext_authz_pair::convert_all(&mesh, &paths, &options);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&split).expect("JSON"), config, "one file per document");
     let one = dir.path().join("all.yaml");
@@ -958,7 +947,7 @@ fn several_providers_refuse_what_they_cannot_share() {
             .arg(&path)
             .arg("tests/data/custom/policies.yaml")
             .arg(&opa_policies)
-            .args(["--jwt", "tests/data/custom/jwt.json", "--peer-from-envoy", "--config-only"])
+            .args(["--jwt", "tests/data/custom/jwt.json", "--config-only"])
             .output()
             .expect("run scripts/convert_policy.py");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -29,6 +29,21 @@ pub fn client_ip<H: Header>(peer: Option<IpAddr>, headers: &[H], trusted: Option
     None
 }
 
+/// Whether an X-Forwarded-For entry names `ip`: then Envoy may have taken its remote
+/// address (`source.address`) from the header rather than the TCP peer. With
+/// `use_remote_address: false` (every Istio sidecar) or `xff_num_trusted_hops` it takes
+/// an entry (Envoy's `ConnectionManagerUtility::mutateRequestHeaders`), and an entry it
+/// takes is one it parsed as an address, so an address no entry names is the peer's.
+pub fn x_forwarded_for_names<H: Header>(headers: &[H], ip: IpAddr) -> bool {
+    let ip = cidr::normalise(ip);
+    headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("x-forwarded-for"))
+        .flat_map(|h| h.value().split(|&b| b == b','))
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .any(|entry| cidr::parse_ip(entry).or_else(|| cidr::peer_ip(entry.trim())) == Some(ip))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -44,6 +59,18 @@ mod tests {
 
     fn trusted() -> Ranges {
         Ranges::parse(&["10.0.0.0/8".to_string(), "127.0.0.1/32".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn an_address_some_x_forwarded_for_entry_names() {
+        let headers = xff(&["198.51.100.1, 203.0.113.7 ", "2001:db8::1", "junk,10.0.0.9:443"]);
+        for named in ["198.51.100.1", "203.0.113.7", "2001:db8::1", "::ffff:203.0.113.7", "10.0.0.9"] {
+            assert!(x_forwarded_for_names(&headers, named.parse().unwrap()), "{named}");
+        }
+        for unnamed in ["198.51.100.2", "2001:db8::2", "127.0.0.1"] {
+            assert!(!x_forwarded_for_names(&headers, unnamed.parse().unwrap()), "{unnamed}");
+        }
+        assert!(!x_forwarded_for_names::<(String, Vec<u8>)>(&[], "127.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -93,14 +93,8 @@ impl Condition {
 
     pub fn holds<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {
         match self {
-            Condition::Header(name, values) => {
-                let value = facts.header(name);
-                values.holds(|p| value.as_deref().is_some_and(|v| p.matches(v)))
-            }
-            Condition::SourceIp(r) => {
-                let ip = facts.connection.source_ip();
-                r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
-            }
+            Condition::Header(name, values) => header_holds(facts, name, values),
+            Condition::SourceIp(r) => facts.direct_peer().holds(r),
             Condition::RemoteIp(r) => {
                 let ip = facts.connection.remote_ip();
                 r.holds(|r| ip.is_some_and(|ip| r.contains(ip)))
@@ -137,6 +131,29 @@ impl Condition {
     }
 }
 
+/// A `request.headers[name]` condition on every value the request carries. Envoy 1.40's
+/// RBAC header matcher tests each value of a repeated header on its own (measured:
+/// `x-tenant: free` + `x-tenant: gold` matches `gold`, not `free,gold`); older Envoys
+/// test the values joined with `,` (`HeaderUtility::getAllOfHeaderAsString`). The check
+/// is the safe side: `values` select when either reading matches, `notValues` exclude
+/// only when both do. With one value (or none) the two readings are the same.
+fn header_holds<H: Header, C: Connection>(facts: &RequestFacts<H, C>, name: &str, values: &Either<Pattern>) -> bool {
+    let mut each = facts.header_values(name).peekable();
+    let Some(first) = each.next() else {
+        return values.holds(|_| false);
+    };
+    if each.peek().is_none() {
+        return values.holds(|p| p.matches_bytes(first));
+    }
+    let all: Vec<&[u8]> = std::iter::once(first).chain(each).collect();
+    let joined = all.join(&b","[..]);
+    let selects = values.values.is_empty()
+        || values.values.iter().any(|p| p.matches_bytes(&joined) || all.iter().any(|v| p.matches_bytes(v)));
+    let excludes = values.not_values.iter().any(|p| p.matches_bytes(&joined))
+        && values.not_values.iter().any(|p| all.iter().any(|v| p.matches_bytes(v)));
+    selects && !excludes
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -170,7 +187,7 @@ mod tests {
     }
 
     fn holds(condition: Value, claims: Option<&Map<String, Value>>) -> bool {
-        let raw: RawCondition = serde_json::from_value(condition).unwrap();
+        let raw = RawCondition::parse("when[0]", &condition).unwrap();
         let condition = Condition::compile("when[0]", raw).unwrap();
         let headers: Vec<(&str, &[u8])> = vec![("x-tenant", b"acme"), ("x-tenant", b"globex")];
         condition.holds(&mut RequestFacts::new(&headers, claims, Conn))
@@ -183,7 +200,18 @@ mod tests {
         let claims = claims.as_object();
         let cases = [
             (json!({"key": "request.headers[X-Tenant]", "values": ["acme,globex"]}), true),
-            (json!({"key": "request.headers[x-tenant]", "values": ["acme"]}), false),
+            // A repeated header (x-tenant: acme, x-tenant: globex): Envoy 1.40's RBAC
+            // matches each value on its own, older Envoys the values joined with `,`.
+            // Either reading selects; only both together exclude.
+            (json!({"key": "request.headers[x-tenant]", "values": ["acme"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["glob*"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["*obex"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["acme,g*"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["initech", "*corp"]}), false),
+            (json!({"key": "request.headers[x-tenant]", "notValues": ["ac*"]}), false),
+            (json!({"key": "request.headers[x-tenant]", "notValues": ["globex"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "notValues": ["acme,globex"]}), true),
+            (json!({"key": "request.headers[x-tenant]", "values": ["*"], "notValues": ["*obex"]}), false),
             (json!({"key": "request.headers[x-other]", "notValues": ["*"]}), true),
             (json!({"key": "source.ip", "values": ["10.0.0.0/8"]}), true),
             (json!({"key": "remote.ip", "values": ["10.0.0.0/8"]}), false),

@@ -18,7 +18,7 @@ pub mod request_facts;
 pub mod rule;
 pub mod source;
 
-use crate::authz_policy::policy_config::RawPolicy;
+use crate::authz_policy::policy_config::policies;
 use crate::authz_policy::request_facts::{Connection, RequestFacts};
 use crate::authz_policy::rule::Rule;
 use crate::error::ConfigError;
@@ -63,7 +63,9 @@ impl Selected {
 
 impl Selection {
     /// `providers`: the provider names, in order (`["auth"]` for the `auth` block).
-    pub fn compile(raw: Vec<RawPolicy>, providers: &[String]) -> Result<Selection, ConfigError> {
+    /// `raw`: the `policies` list as JSON ([`policies`] reads it).
+    pub fn compile(raw: &[serde_json::Value], providers: &[String]) -> Result<Selection, ConfigError> {
+        let raw = policies("policies", raw)?;
         let mut policies = Vec::with_capacity(raw.len());
         for (i, policy) in raw.into_iter().enumerate() {
             let field = format!("policies[{i}]");

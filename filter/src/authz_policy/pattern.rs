@@ -35,10 +35,16 @@ impl Pattern {
 
     /// Whether `text` matches (compare it lower-cased for a pattern parsed `lower`).
     pub fn matches(&self, text: &str) -> bool {
+        self.matches_bytes(text.as_bytes())
+    }
+
+    /// [`Pattern::matches`] on raw bytes: Envoy compares header values byte for byte,
+    /// obs-text (RFC 9110 §5.5) included.
+    pub fn matches_bytes(&self, text: &[u8]) -> bool {
         match self {
-            Pattern::Exact(v) => text == v,
-            Pattern::Prefix(v) => text.starts_with(v.as_str()),
-            Pattern::Suffix(v) => text.ends_with(v.as_str()),
+            Pattern::Exact(v) => text == v.as_bytes(),
+            Pattern::Prefix(v) => text.starts_with(v.as_bytes()),
+            Pattern::Suffix(v) => text.ends_with(v.as_bytes()),
             Pattern::Any { present } => *present || !text.is_empty(),
         }
     }

@@ -12,13 +12,17 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
+use crate::access::cidr::Ranges;
+use crate::access::client::x_forwarded_for_names;
 use crate::access::interpretations::{interpretations, Interpretations};
+use crate::authz_policy::pattern::Either;
 use crate::policy::headers::Header;
 use crate::policy::route::canonical_path;
 
 /// The connection's facts, read lazily by the host side.
 pub trait Connection {
-    /// The direct peer (`source.address`): `ipBlocks`, `source.ip`.
+    /// The remote address Envoy settled on (`source.address`): the TCP peer, or an
+    /// X-Forwarded-For entry (see [`RequestFacts::direct_peer`]).
     fn source_ip(&mut self) -> Option<IpAddr>;
     /// The client after X-Forwarded-For behind `trusted_proxies`: `remoteIpBlocks`, `remote.ip`.
     fn remote_ip(&mut self) -> Option<IpAddr>;
@@ -30,6 +34,31 @@ pub trait Connection {
     fn destination_port(&mut self) -> Option<u16>;
     /// `connection.requested_server_name`; `None` without TLS SNI.
     fn sni(&mut self) -> Option<&str>;
+}
+
+/// The TCP peer as Istio's `ipBlocks` and `source.ip` read it (Envoy RBAC's
+/// `direct_remote_ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectPeer {
+    Known(IpAddr),
+    /// No address (a pipe): no range holds.
+    Absent,
+    /// `source.address` may be an X-Forwarded-For entry the caller wrote, and proxy-wasm
+    /// exposes no other address.
+    Unknown,
+}
+
+impl DirectPeer {
+    /// Istio's `values AND NOT notValues` on the peer. An unknown peer holds both ways:
+    /// a rule that reads it selects the request, so the check runs (the safe side), and
+    /// a caller cannot escape `notIpBlocks` or dodge `ipBlocks` by naming an address.
+    pub fn holds(self, ranges: &Either<Ranges>) -> bool {
+        match self {
+            DirectPeer::Known(ip) => ranges.holds(|r| r.contains(ip)),
+            DirectPeer::Absent => ranges.holds(|_| false),
+            DirectPeer::Unknown => true,
+        }
+    }
 }
 
 /// The spellings of a request's path.
@@ -67,21 +96,21 @@ impl<'a, H: Header, C: Connection> RequestFacts<'a, H, C> {
         RequestFacts { headers, claims, connection, paths: None, hosts: None }
     }
 
-    /// The values of header `name` (lower-case) joined with `,`, as Envoy's header
-    /// matcher reads a repeated header; `None` when absent or not text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        let mut out: Option<String> = None;
-        for h in self.headers.iter().filter(|h| h.name() == name) {
-            let value = std::str::from_utf8(h.value()).ok()?;
-            match &mut out {
-                Some(s) => {
-                    s.push(',');
-                    s.push_str(value);
-                }
-                None => out = Some(value.to_string()),
-            }
+    /// The values of header `name` (lower-case), one per field line as the host lists
+    /// them; empty when absent.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        let headers: &'a [H] = self.headers;
+        headers.iter().filter(move |h| h.name() == name).map(|h| h.value())
+    }
+
+    /// The direct peer: `source.address`, unless an X-Forwarded-For entry names it (then
+    /// Envoy may have taken it from the header: unknown).
+    pub fn direct_peer(&mut self) -> DirectPeer {
+        match self.connection.source_ip() {
+            None => DirectPeer::Absent,
+            Some(ip) if x_forwarded_for_names(self.headers, ip) => DirectPeer::Unknown,
+            Some(ip) => DirectPeer::Known(ip),
         }
-        out
     }
 
     /// The first value of a pseudo-header (`:method`), as text.

@@ -73,11 +73,8 @@ impl Source {
 
     /// Whether every present field holds; facts are read only for present fields.
     pub fn matches<H: Header, C: Connection>(&self, facts: &mut RequestFacts<H, C>) -> bool {
-        if !self.ip_blocks.is_empty() {
-            let ip = facts.connection.source_ip();
-            if !self.ip_blocks.holds(|r| ip.is_some_and(|ip| r.contains(ip))) {
-                return false;
-            }
+        if !self.ip_blocks.is_empty() && !facts.direct_peer().holds(&self.ip_blocks) {
+            return false;
         }
         if !self.remote_ip_blocks.is_empty() {
             let ip = facts.connection.remote_ip();

@@ -118,6 +118,47 @@ fn remote_ip_blocks_read_x_forwarded_for_only_behind_trusted_proxies() {
 }
 
 #[test]
+fn ip_blocks_treat_a_peer_x_forwarded_for_may_have_named_as_unknown() {
+    // On a sidecar (`use_remote_address: false`) `source.address` is the right-most
+    // X-Forwarded-For entry the caller sent; Istio's ipBlocks and source.ip match the TCP
+    // peer. When the address could have come from X-Forwarded-For, every such test holds.
+    let config = with_policies(serde_json::json!({
+        "policies": [{"rules": [
+            {"to": [{"operation": {"paths": ["/in/*"]}}], "from": [{"source": {"ipBlocks": ["127.0.0.1"]}}]},
+            {"to": [{"operation": {"paths": ["/out/*"]}}], "from": [{"source": {"notIpBlocks": ["127.0.0.2"]}}]},
+            {"to": [{"operation": {"paths": ["/when/*"]}}], "when": [{"key": "source.ip", "values": ["10.9.0.0/16"]}]},
+            {"to": [{"operation": {"paths": ["/whennot/*"]}}],
+             "when": [{"key": "source.ip", "notValues": ["127.0.0.2"]}]},
+        ]}]
+    }));
+    let mut sim = Sim::new(&config, 1);
+    for (address, xff, path, checked) in [
+        ("127.0.0.1:1000", "", "/in/x", true),
+        ("127.0.0.2:1000", "", "/in/x", false),
+        ("127.0.0.2:1000", "127.0.0.2", "/in/x", true),
+        ("127.0.0.2:1000", "10.0.0.1, 127.0.0.2", "/in/x", true),
+        ("127.0.0.2:1000", "10.0.0.1", "/in/x", false),
+        ("127.0.0.2:1000", "not an address", "/in/x", false),
+        ("[::ffff:127.0.0.2]:1000", "127.0.0.2", "/in/x", true),
+        ("127.0.0.2:1000", "", "/out/x", false),
+        ("127.0.0.2:1000", "127.0.0.2", "/out/x", true),
+        ("127.0.0.2:1000", " 127.0.0.2 ", "/out/x", true),
+        ("1.2.3.4:1000", "10.9.0.1, 1.2.3.4", "/when/x", true),
+        ("1.2.3.4:1000", "", "/when/x", false),
+        ("127.0.0.2:1000", "127.0.0.2", "/whennot/x", true),
+        ("127.0.0.2:1000", "", "/whennot/x", false),
+    ] {
+        let id = sim.next_id_for_test();
+        sim.host.set_property(id, "source.address", address.as_bytes());
+        let extra: Vec<(&str, &str)> = if xff.is_empty() { vec![] } else { vec![("x-forwarded-for", xff)] };
+        sim.send(request(path.as_bytes(), &extra));
+        sim.settle(|_, _| Answer::Allow.reply());
+        assert_eq!(callouts_by(&sim, id) == 1, checked, "{path} from {address}, X-Forwarded-For {xff:?}");
+    }
+    sim.check();
+}
+
+#[test]
 fn request_principals_read_the_token_the_jwt_step_verified() {
     let config = |rule: serde_json::Value| {
         with_policies(serde_json::json!({
