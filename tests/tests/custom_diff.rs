@@ -34,6 +34,7 @@ use jwt_simple::prelude::*;
 use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
 use nebula_authz_tests::envoy::Tools;
 use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
+use nebula_authz_tests::known_differences;
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
 use nebula_authz_tests::{paths, repo_root, Env, TempDir};
@@ -59,6 +60,12 @@ const PROVIDERS: [(&str, &str); 2] = [("/authz-http", "authz-http"), ("/opa", "o
 const TSV: &str = "tests/data/custom_differences.tsv";
 const DOCS: &str = "docs/istio.md";
 const DOCS_SECTION: &str = "### Where the rules differ from Istio's";
+/// The comment at the top of the differences TSV this test writes.
+const TSV_HEADER: &str =
+    "# Known differences between the filter's rules (from make convert) and Istio's CUSTOM action as\n\
+         # istiod renders it (RBAC shadow rules + ext_authz per provider), asserted by\n\
+         # tests/tests/custom_diff.rs. Columns: case<TAB>aspect<TAB>category; every category is a row\n\
+         # of docs/istio.md's \"Where the rules differ from Istio's\" table.\n";
 
 /// The client certificates (URI SAN = the workload's SPIFFE identity).
 const PEERS: [(&str, &str); 3] = [
@@ -390,47 +397,6 @@ fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)>
     out
 }
 
-/// (case, aspect) -> category, from the TSV.
-fn load_known() -> BTreeMap<(String, String), String> {
-    let text = std::fs::read_to_string(repo_root().join(TSV)).unwrap_or_default();
-    let mut known = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 3, "{TSV}:{}: expected case<TAB>aspect<TAB>category: {line:?}", i + 1);
-        known.insert((cols[0].to_owned(), cols[1].to_owned()), cols[2].to_owned());
-    }
-    known
-}
-
-/// The categories (first column, in backticks) of the docs' table.
-fn documented_categories() -> BTreeSet<String> {
-    let docs = std::fs::read_to_string(repo_root().join(DOCS)).unwrap_or_else(|e| panic!("{DOCS}: {e}"));
-    let section = docs.split(DOCS_SECTION).nth(1).unwrap_or_else(|| panic!("{DOCS} has no {DOCS_SECTION:?}"));
-    section
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
-        .collect()
-}
-
-fn write_tsv(observed: &BTreeMap<(String, String), (String, String)>, known: &BTreeMap<(String, String), String>) {
-    let mut text = String::from(
-        "# Known differences between the filter's rules (from make convert) and Istio's CUSTOM action as\n\
-         # istiod renders it (RBAC shadow rules + ext_authz per provider), asserted by\n\
-         # tests/tests/custom_diff.rs. Columns: case<TAB>aspect<TAB>category; every category is a row\n\
-         # of docs/istio.md's \"Where the rules differ from Istio's\" table.\n",
-    );
-    for key in observed.keys() {
-        let category = known.get(key).map(String::as_str).unwrap_or("?");
-        text.push_str(&format!("{}\t{}\t{category}\n", key.0, key.1));
-    }
-    std::fs::write(repo_root().join(TSV), text).expect("write the differences TSV");
-}
-
 /// The policy files and the RequestAuthentication in one file, as istiod reads them all.
 fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -640,9 +606,9 @@ fn filter_rules_match_istio_except_the_documented_differences() {
         started.elapsed().as_secs_f64(),
         observed.len()
     );
-    let known = load_known();
+    let known = known_differences::load(TSV);
     if std::env::var_os("NEBULA_CUSTOM_DIFF_WRITE").is_some() {
-        write_tsv(&observed, &known);
+        known_differences::write(TSV, TSV_HEADER, &observed, &known);
     }
     let unlisted: Vec<String> =
         observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
@@ -654,7 +620,7 @@ fn filter_rules_match_istio_except_the_documented_differences() {
         unlisted.join("\n"),
         stale.join("\n"),
     );
-    let documented = documented_categories();
+    let documented = known_differences::documented_categories(DOCS, DOCS_SECTION);
     let mine: BTreeSet<String> = known.values().cloned().chain(ruled).collect();
     assert_eq!(mine, documented, "{DOCS} {DOCS_SECTION:?} must list exactly the categories of {TSV}");
 }
