@@ -337,3 +337,22 @@ fn a_listed_public_path_is_never_checked_and_the_empty_rule_checks_the_rest() {
     assert_eq!((callouts_by(&sim, flows), sim.outcome(flows)), (0, Some(0)), "a policy without rules selects nothing");
     sim.check();
 }
+
+#[test]
+fn a_stale_allow_of_the_first_provider_still_goes_on_to_the_next() {
+    let mut config: serde_json::Value = serde_json::from_str(&two_providers(true)).unwrap();
+    config["cache"]["stale_if_error"] = 300.into();
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let send = |sim: &mut Sim| sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let first = send(&mut sim);
+    sim.settle(|cluster, _| if cluster == "auth" { Answer::Allow.reply() } else { Answer::Deny.reply() });
+    assert_ne!(sim.outcome(first), Some(0), "opa denies");
+    // auth's allow expired and no callout can be sent: auth's answer is its stale allow,
+    // and opa, which never allowed this request, must still be asked (and fail closed).
+    sim.host.advance(61_000);
+    sim.host.fail(crate::flow::mock_host::Fails::Dispatch);
+    let again = send(&mut sim);
+    sim.settle(|_, _| panic!("no callout can be sent"));
+    assert_ne!(sim.outcome(again), Some(0), "a stale allow from auth let the request past opa");
+    sim.check();
+}
