@@ -153,11 +153,17 @@ impl Settings {
         std::iter::once(self).chain(&self.other_providers).any(|s| !s.auth.client_headers_on_success.is_empty())
     }
 
-    /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
-    /// environment variable (the host reads it once, at configure;
+    /// Fills in `%HOSTNAME%` in every provider's `headers_to_add` from the Wasm VM's
+    /// `HOSTNAME` environment variable (the host reads it once, at configure;
     /// policy/substitution.rs `resolve_hostname`).
     pub fn resolve_hostname(&mut self, hostname: Option<&str>) -> Result<(), ConfigError> {
-        substitution::resolve_hostname("auth.headers_to_add", &mut self.auth.ext_authz.headers_to_add, hostname)
+        let field = if self.provider_names.len() > 1 { "providers[0].headers_to_add" } else { "auth.headers_to_add" };
+        substitution::resolve_hostname(field, &mut self.auth.ext_authz.headers_to_add, hostname)?;
+        for (i, other) in self.other_providers.iter_mut().enumerate() {
+            let field = format!("providers[{}].headers_to_add", i + 1);
+            substitution::resolve_hostname(&field, &mut other.auth.ext_authz.headers_to_add, hostname)?;
+        }
+        Ok(())
     }
 
     /// What to do with a client request (policy/request.rs): `headers` is the request

@@ -110,3 +110,18 @@ fn bad_schemas_name_the_field() {
         assert!(err.contains(expected), "{json}\n  got: {err}\n want: {expected}");
     }
 }
+
+#[test]
+fn hostname_is_filled_in_for_every_provider() {
+    let mut s = load(
+        r#"{"providers": [{"name": "a", "cluster": "a"},
+                          {"name": "b", "cluster": "b", "protocol": "ext_authz", "headers_to_add": {"x-host": "%HOSTNAME%"}}],
+            "policies": [{"provider": "b", "rules": [{}]}]}"#,
+    )
+    .unwrap();
+    let err = s.resolve_hostname(None).unwrap_err().to_string();
+    assert!(err.contains("providers[1].headers_to_add.x-host"), "{err}");
+    s.resolve_hostname(Some("pod-7")).unwrap();
+    let added = format!("{:?}", s.provider(1).unwrap().auth.ext_authz.headers_to_add);
+    assert!(added.contains("pod-7") && !added.contains("Hostname"), "{added}");
+}
