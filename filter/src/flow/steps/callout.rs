@@ -54,6 +54,9 @@ pub fn send<H: Host>(
         Ok(token) => {
             let timed = settings.telemetry.timed();
             let now_us = if timed { host.now_us() } else { 0 };
+            // A request that already waited (for its body, a JWKS fetch, an earlier
+            // provider) keeps its start; its callout's round trip starts now.
+            let waited = timed && worker.started.contains_key(&id);
             if timed {
                 worker.started.entry(id).or_insert(now_us);
             }
@@ -66,9 +69,7 @@ pub fn send<H: Host>(
                 token,
                 resend,
                 sent_ms,
-                // A callout sent after the body came: its round trip starts here, not
-                // when the request paused.
-                sent_us: if settings.telemetry.histograms && body.is_some() { now_us } else { 0 },
+                sent_us: if settings.telemetry.histograms && (waited || body.is_some()) { now_us } else { 0 },
                 retried: false,
             })
         }

@@ -356,3 +356,21 @@ fn a_stale_allow_of_the_first_provider_still_goes_on_to_the_next() {
     assert_ne!(sim.outcome(again), Some(0), "a stale allow from auth let the request past opa");
     sim.check();
 }
+
+#[test]
+fn each_provider_callout_is_timed_from_its_own_dispatch() {
+    let mut sim = Sim::new(&two_providers(false), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    for (cluster, ms) in [("auth", 5), ("opa", 7)] {
+        let pending = sim.pending();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].1, cluster);
+        sim.host.advance(ms);
+        sim.answer(pending[0].0, if cluster == "auth" { Answer::Allow.reply() } else { opa_allow() });
+    }
+    assert_eq!(sim.outcome(id), Some(0));
+    let name = crate::metric_names::Histogram::CalloutTime.name();
+    assert_eq!(sim.host.histogram(name), vec![5_000, 7_000], "opa's round trip, not the request's wait");
+    assert_eq!(sim.host.histogram(crate::metric_names::Histogram::WaitCallout.name()), vec![12_000]);
+    sim.check();
+}
