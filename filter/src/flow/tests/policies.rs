@@ -374,3 +374,19 @@ fn each_provider_callout_is_timed_from_its_own_dispatch() {
     assert_eq!(sim.host.histogram(crate::metric_names::Histogram::WaitCallout.name()), vec![12_000]);
     sim.check();
 }
+
+#[test]
+fn an_unselected_request_that_fails_closed_is_counted_once() {
+    let config = with_policies(serde_json::json!({
+        "jwt": {"providers": [{"issuer": "https://idp", "secret": String::from_utf8(SECRET.to_vec()).unwrap(),
+            "mode": "local_then_callout", "claims_to_headers": {"sub": "x-jwt-sub"}}]},
+        "policies": [{"rules": [{"from": [{"source": {"notRequestPrincipals": ["https://idp/*"]}}]}]}]
+    }));
+    let mut sim = Sim::new(&config, 1);
+    // Unselected, and its claim headers cannot be added: it fails closed, not public.
+    sim.host.fail(crate::flow::mock_host::Fails::AddHeader);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", &format!("Bearer {}", hs256_token(false)))]));
+    assert_ne!(sim.outcome(id), Some(0));
+    assert_eq!((sim.counter(Metric::Public), sim.counter(Metric::Errors)), (0, 1));
+    sim.check();
+}
