@@ -14,7 +14,7 @@ use crate::authz_policy::policy_config::RawPolicy;
 use crate::authz_policy::{Selection, MAX_PROVIDERS};
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
-use crate::jwt::jwt_config::{JwtSettings, RawJwt};
+use crate::jwt::jwt_config::{JwtSettings, Mode, RawJwt};
 use crate::jwt::source::Source;
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Failure, Verdict};
@@ -275,6 +275,16 @@ impl TryFrom<RawConfig> for Settings {
         let jwt = raw.jwt.map(JwtSettings::try_from).transpose()?;
         if let Some(jwt) = &jwt {
             strip.extend(&jwt.injected);
+            // Istio's RequestAuthentication only verifies: the CUSTOM provider still checks
+            // a request its policy selects. A `local` token would go upstream unchecked.
+            let local = jwt.providers.iter().position(|p| p.mode == Mode::Local);
+            if let (Some(i), Some(_)) = (local, &selection) {
+                return Err(ConfigError::new(
+                    format!("jwt.providers[{i}].mode"),
+                    "is local, where a valid token alone lets a request through; with policies, as under Istio's \
+                     RequestAuthentication, a token never authorizes by itself: use local_then_callout",
+                ));
+            }
         }
 
         // Trace headers leave the cache key: none may carry what the answer depends on,
