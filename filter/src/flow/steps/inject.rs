@@ -89,8 +89,10 @@ pub fn apply_decision<H: Host>(
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }
             }
+            // Several providers: each allow's, as each of Istio's chained ext_authz filters
+            // adds its own (kept until the response comes).
             if !cookies.is_empty() {
-                worker.kept.cookies.insert(id, cookies.clone());
+                worker.kept.cookies.entry(id).or_default().extend(cookies.iter().cloned());
             }
             if let Some(extra) = extra {
                 if apply_extra(host, worker, id, extra).is_err() {
@@ -129,7 +131,7 @@ fn apply_extra<H: Host>(host: &H, worker: &mut Worker, id: u32, extra: &AllowExt
         host.remove_header(Map::RequestHeaders, name)?;
     }
     if !extra.to_client.is_empty() {
-        worker.kept.client_headers.insert(id, extra.to_client.clone());
+        worker.kept.client_headers.entry(id).or_default().extend(extra.to_client.iter().cloned());
     }
     Ok(())
 }

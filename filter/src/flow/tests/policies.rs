@@ -390,3 +390,28 @@ fn an_unselected_request_that_fails_closed_is_counted_once() {
     assert_eq!((sim.counter(Metric::Public), sim.counter(Metric::Errors)), (0, 1));
     sim.check();
 }
+
+#[test]
+fn every_provider_allow_adds_its_headers_to_the_client_response() {
+    let provider = |name: &str| {
+        serde_json::json!({"name": name, "cluster": name, "protocol": "ext_authz",
+            "client_headers_on_success": [format!("x-{name}")]})
+    };
+    let config = serde_json::json!({
+        "providers": [provider("a"), provider("b")],
+        "policies": [{"provider": "a", "rules": [{}]}, {"provider": "b", "rules": [{}]}]
+    });
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[]));
+    sim.settle(|cluster, _| {
+        let header = format!("x-{cluster}");
+        Some((super::pairs(&[(":status", "200"), (header.as_str(), cluster)]), vec![]))
+    });
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.response(id, super::pairs(&[(":status", "200")]));
+    let response = sim.host.stream(id).response;
+    for (name, value) in [("x-a", &b"a"[..]), ("x-b", b"b")] {
+        assert!(response.contains(&(name.to_string(), value.to_vec())), "{name}: {response:?}");
+    }
+    sim.check();
+}
