@@ -415,3 +415,15 @@ fn every_provider_allow_adds_its_headers_to_the_client_response() {
     }
     sim.check();
 }
+
+#[test]
+fn the_actor_an_earlier_provider_set_is_the_one_recorded() {
+    let mut sim = Sim::new(&two_providers(false), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|cluster, _| if cluster == "auth" { Answer::Allow.reply() } else { opa_allow() });
+    assert_eq!(called(&sim, id), vec!["auth".to_string(), "opa".to_string()]);
+    let decisions = sim.decisions(id);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["actor"], "alice", "auth set it, opa kept it upstream: {decisions:?}");
+    sim.check();
+}
