@@ -72,7 +72,7 @@ from html import escape
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-# Seed 000's public paths (filter/src/policy/route.rs DEFAULT_PUBLIC_PATHS).
+# The default public paths (filter/src/policy/route.rs DEFAULT_PUBLIC_PATHS).
 PUBLIC_PREFIXES = ["/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version", "/hooks"]
 PUBLIC_SUFFIXES = ["/task_runs/subscriptions/scheduled", "/events/out"]  # after `/{prefix}`
 REQUEST_HEADERS = ["authorization", "origin", "access-control-request-method"]
@@ -110,16 +110,16 @@ SCENARIOS = {
     "filter-policy": ("envoy-filter-policy", PROTECTED, ALLOW, 200, 1),
     "filter-public": ("envoy-filter", PUBLIC, ALLOW, 200, 0),
     "filter-deny": ("envoy-filter", PROTECTED, DENY, 401, 1),
-    # The decision cache on (issue 7): one callout when the proxy starts, then only hits.
+    # The decision cache on: one callout when the proxy starts, then only hits.
     "filter-cached": ("envoy-filter-cached", PROTECTED, ALLOW, 200, 0),
-    # Local JWT verification (issue 8): a token clients repeat, verified once then cached.
+    # Local JWT verification: a token clients repeat, verified once then cached.
     "filter-jwt": ("envoy-filter-jwt", PROTECTED, JWT, 200, 0),
     "jwt_authn": ("envoy-jwtauthn", PROTECTED, JWT, 200, 0),
 }
 # Where the claim header (not the auth service) supplies the upstream identity.
 LOCAL_IDENTITY = {"filter-cached", "filter-jwt", "jwt_authn"}
 
-# --- issue 16: JWTs the verified cache cannot answer ---------------------------------
+# --- JWTs the verified cache cannot answer -----------------------------------------
 # Token streams (minted per run by tests/examples/bench-jwt.rs): `<fresh:ALG>` cycles
 # distinct valid tokens (more than the filter's 1 024-entry verified cache, so every
 # one is first-seen), `<forged:ALG>` distinct forged ones (known issuer and kid, random
@@ -134,7 +134,7 @@ for _alg, _suffix in [("ES256", ""), ("RS256", "-rs256"), ("EdDSA", "-eddsa")]:
 JWT_ROWS["filter-jwt-invalid"] = ("envoy-filter-jwt", PROTECTED, "<invalid>", 401, 0)
 JWT_ROWS["jwt_authn-invalid"] = ("envoy-jwtauthn", PROTECTED, "<invalid>", 401, 0)
 SCENARIOS.update(JWT_ROWS)
-# bench/floor-wasm, one row per filter row of issue 13's targets (same request).
+# bench/floor-wasm, one row per filter row of the instruction targets (same request).
 FLOOR_ROWS = {
     "floor-public": ("envoy-floor-public", PUBLIC, ALLOW, 200, 0, "filter-public"),
     "floor-jwt": ("envoy-floor-jwt", PROTECTED, JWT, 200, 0, "filter-jwt"),
@@ -196,7 +196,7 @@ NOXF_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "forward_au
 NORETRY_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300", "retry_on_reset": False}}
 CACHED_CONFIG = {"auth": {"cluster": "auth", "authority": "auth:4300"}, "cache": {"default_ttl": 3600, "max_ttl": 3600}}
 
-# (what, numerator, denominator, metric, bound): issue 4's targets.
+# (what, numerator, denominator, metric, bound): the first performance targets.
 TARGETS = [
     ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 0.90)),
     ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),
@@ -210,14 +210,14 @@ TARGETS = [
     ("filter-public CPU/req vs noop-wasm", "filter-public", "noop-wasm", "cpu_us_per_req", ("<=", 1.05)),
     ("filter-callout req/s vs traefik", "filter-callout", "traefik", "rps", (">=", 1.50)),
     ("filter-callout CPU/req vs traefik", "filter-callout", "traefik", "cpu_us_per_req", ("<=", 0.70)),
-    # Issue 7's targets for a cache hit.
+    # A cache hit: close to a public request, well ahead of a callout.
     ("filter-cached req/s vs noop-wasm", "filter-cached", "noop-wasm", "rps", (">=", 0.90)),
     ("filter-cached req/s vs ext_authz", "filter-cached", "ext_authz", "rps", (">=", 1.30)),
-    # Issue 8's targets for a repeated JWT.
+    # A repeated JWT: at least jwt_authn's throughput.
     ("filter-jwt req/s vs jwt_authn", "filter-jwt", "jwt_authn", "rps", (">=", 1.00)),
     ("filter-jwt req/s vs noop-wasm", "filter-jwt", "noop-wasm", "rps", (">=", 0.85)),
 ] + [(f"{what} (revised)", *rest) for what, *rest in [
-    # Issue 13: the callout at parity with ext_authz, a hit close to a public request.
+    # Revised: the callout at parity with ext_authz, a hit close to a public request.
     ("filter-callout CPU/req vs ext_authz", "filter-callout", "ext_authz", "cpu_us_per_req", ("<=", 1.00)),
     ("filter-callout req/s vs ext_authz", "filter-callout", "ext_authz", "rps", (">=", 1.00)),
     ("filter-callout p99 vs ext_authz", "filter-callout", "ext_authz", "p99_ms", ("<=", 1.05)),
@@ -229,7 +229,7 @@ TARGETS = [
     ("filter-callout CPU/req vs proxy-mode", "filter-callout", "proxy-mode", "cpu_us_per_req", ("<=", 0.50)),
     ("filter-callout req/s vs proxy-mode", "filter-callout", "proxy-mode", "rps", (">=", 1.80)),
 ]]
-# `make bench-callgrind`: issue 13's targets in instructions per request.
+# `make bench-callgrind`: the revised targets in instructions per request.
 CALLGRIND_TARGETS = [
     ("filter-callout vs ext_authz", "filter-callout", "ext_authz", ("<=", 1.00)),
     ("filter-callout-noxf vs ext_authz", "filter-callout-noxf", "ext_authz", ("<=", 0.95)),
@@ -239,7 +239,7 @@ CALLGRIND_TARGETS = [
     ("filter-jwt vs noop-wasm", "filter-jwt", "noop-wasm", ("<=", 1.20)),
     ("filter-jwt vs noop-wasm-jwt (same request)", "filter-jwt", "noop-wasm-jwt", ("<=", 1.20)),
 ]
-# Issue 16's (JWT_TARGETS above), as CPU per request.
+# The JWT targets (JWT_TARGETS above), as CPU per request.
 TARGETS += [(what + " (CPU/req)", num, den, "cpu_us_per_req", ("<=", bound))
             for what, num, den, bound in JWT_TARGETS if bound is not None]
 
@@ -447,7 +447,7 @@ def mint_jwt(minter, fresh):
 
 
 def traefik_files(directory, port, ports, service=None):
-    """Seed 000's proxy mode: a public router (priority 2) and an authenticated router
+    """Prefect's proxy mode: a public router (priority 2) and an authenticated router
     (priority 1) with the forwardAuth middleware, forwarding to `service` (default: the
     upstream itself)."""
     rule = " || ".join([f"PathPrefix(`{p}`)" for p in PUBLIC_PREFIXES]
@@ -1199,7 +1199,7 @@ def callgrind_targets_table(counts):
 
 
 def floor_table(counts):
-    """Issue 13's targets against bench/floor-wasm: the bound, what the floor row costs in
+    """The instruction targets against bench/floor-wasm: the bound, what the floor row costs in
     the same ratio, the filter's, and the filter's instructions above its floor."""
     lines = ["| target (instructions/request) | bound | floor (bench/floor-wasm) | filter | filter over its floor |",
              "|---|---|---:|---:|---:|"]

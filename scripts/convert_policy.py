@@ -696,6 +696,14 @@ def read_jwt(path):
         raise Refused(f"{path}: not valid JSON: {err}")
     if not isinstance(block, dict):
         raise Refused(f"{path}: expected the jwt block, a JSON object")
+    # RequestAuthentication only verifies a token; the CUSTOM provider still checks the
+    # request. The filter's `local` mode lets a valid token through alone (refused with policies).
+    providers = block.get("providers") if isinstance(block.get("providers"), list) else []
+    for i, provider in enumerate(providers):
+        mode = provider.get("mode", block.get("mode", "local")) if isinstance(provider, dict) else None
+        if mode == "local":
+            raise Refused(f"{path}: providers[{i}].mode is local (the default), where a valid token alone lets a "
+                          "request through; as under RequestAuthentication, set \"mode\": \"local_then_callout\"")
     return block
 
 

@@ -13,7 +13,7 @@ use crate::access::AccessSettings;
 use crate::authz_policy::{Selection, MAX_PROVIDERS};
 use crate::cache::shared::{self, CacheSettings, RawCache};
 use crate::error::ConfigError;
-use crate::jwt::jwt_config::{JwtSettings, RawJwt};
+use crate::jwt::jwt_config::{JwtSettings, Mode, RawJwt};
 use crate::jwt::source::Source;
 use crate::policy::auth::{strings_or, AuthSettings, RawAuth, IDENTITY_HEADERS};
 use crate::policy::decision::{self, Failure, Verdict};
@@ -152,11 +152,17 @@ impl Settings {
         std::iter::once(self).chain(&self.other_providers).any(|s| !s.auth.client_headers_on_success.is_empty())
     }
 
-    /// Fills in `%HOSTNAME%` in `auth.headers_to_add` from the Wasm VM's `HOSTNAME`
-    /// environment variable (the host reads it once, at configure;
+    /// Fills in `%HOSTNAME%` in every provider's `headers_to_add` from the Wasm VM's
+    /// `HOSTNAME` environment variable (the host reads it once, at configure;
     /// policy/substitution.rs `resolve_hostname`).
     pub fn resolve_hostname(&mut self, hostname: Option<&str>) -> Result<(), ConfigError> {
-        substitution::resolve_hostname("auth.headers_to_add", &mut self.auth.ext_authz.headers_to_add, hostname)
+        let field = if self.provider_names.len() > 1 { "providers[0].headers_to_add" } else { "auth.headers_to_add" };
+        substitution::resolve_hostname(field, &mut self.auth.ext_authz.headers_to_add, hostname)?;
+        for (i, other) in self.other_providers.iter_mut().enumerate() {
+            let field = format!("providers[{}].headers_to_add", i + 1);
+            substitution::resolve_hostname(&field, &mut other.auth.ext_authz.headers_to_add, hostname)?;
+        }
+        Ok(())
     }
 
     /// What to do with a client request (policy/request.rs): `headers` is the request
@@ -268,6 +274,16 @@ impl TryFrom<RawConfig> for Settings {
         let jwt = raw.jwt.map(JwtSettings::try_from).transpose()?;
         if let Some(jwt) = &jwt {
             strip.extend(&jwt.injected);
+            // Istio's RequestAuthentication only verifies: the CUSTOM provider still checks
+            // a request its policy selects. A `local` token would go upstream unchecked.
+            let local = jwt.providers.iter().position(|p| p.mode == Mode::Local);
+            if let (Some(i), Some(_)) = (local, &selection) {
+                return Err(ConfigError::new(
+                    format!("jwt.providers[{i}].mode"),
+                    "is local, where a valid token alone lets a request through; with policies, as under Istio's \
+                     RequestAuthentication, a token never authorizes by itself: use local_then_callout",
+                ));
+            }
         }
 
         // Trace headers leave the cache key: none may carry what the answer depends on,

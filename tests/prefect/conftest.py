@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-# The API key the auth service allows (seed 000: `Authorization: Bearer <key>`).
+# The API key the auth service allows (Prefect's API key: `Authorization: Bearer <key>`).
 KEY = "nebula-e2e-key-7f3a"
 WRONG_KEY = "nebula-e2e-wrong-key"
 START_TIMEOUT = 240  # seconds: migrations on a loaded 2-core box take a while

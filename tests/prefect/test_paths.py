@@ -25,7 +25,7 @@ def unescape(text):
 
 
 def load(path=ROOT / "tests/data/paths.tsv", column=None):
-    """paths.tsv rows; with `column` (0: seed 000, 1: tight), paths_prefix.tsv's."""
+    """paths.tsv rows; with `column` (0: the default templates, 1: tight), paths_prefix.tsv's."""
     rows = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -86,5 +86,6 @@ def test_path_tables_against_the_real_router_with_the_prefect_preset(envoy_prese
     failures = replay(envoy_preset, prefect_server, auth, load())
     failures += replay(envoy_preset, prefect_server, auth, load(PREFIX_TABLE, column=1))
     assert not failures, "\n".join(failures)
-    # The route the issue found: public with seed 000's /{prefix}/events/out, not with the preset.
+    # A route under /api/ that only ends like a public path: public with the default
+    # /{prefix}/events/out, not with the preset.
     assert send_raw(envoy_preset.port, b"/api/admin/settings/events/out") == 401

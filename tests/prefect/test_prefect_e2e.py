@@ -1,4 +1,4 @@
-"""The real Prefect client and server through Envoy + nebula-authz (issue 18).
+"""The real Prefect client and server through Envoy + nebula-authz.
 
 Each test does what a user does through Envoy and then checks what the *server*
 recorded by asking it directly (not through Envoy), plus what reached it (serve.py's
@@ -17,7 +17,7 @@ from conftest import IDENTITY, KEY, WRONG_KEY, Client, request, wait_until
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 WEBSOCKETS = ("/api/events/in", "/api/events/out", "/api/logs/out", "/api/task_runs/subscriptions/scheduled")
-# The websockets the filter lets through without a callout (seed 000's public list).
+# The websockets the filter lets through without a callout (the default public list).
 PUBLIC_WEBSOCKETS = ("/api/events/out", "/api/task_runs/subscriptions/scheduled")
 
 
@@ -299,8 +299,8 @@ def test_wrong_or_missing_key(credential, prefect_server, envoy, workdir):
 
 
 def test_public_events_out_accepts_a_null_token_on_an_open_server(envoy):
-    """The security note of docs/prefect-clients.md, proven: /api/events/out is public in
-    seed 000, and an OSS server without PREFECT_SERVER_API_AUTH_STRING accepts
+    """The security note of docs/prefect-clients.md, proven: /api/events/out is public with
+    the default public paths, and an OSS server without PREFECT_SERVER_API_AUTH_STRING accepts
     `{"type":"auth","token":null}`, so anyone reaching Envoy can read the event stream."""
     with connect(f"ws://127.0.0.1:{envoy.port}/api/events/out", subprotocols=["prefect"], open_timeout=30) as ws:
         ws.send(json.dumps({"type": "auth", "token": None}))

@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::envoy::Tools;
 use crate::{repo_root, Env, TempDir};
 
-/// The AuthorizationPolicy CUSTOM of policy mode (seed 000's public paths as globs).
+/// The AuthorizationPolicy CUSTOM of policy mode (the default public paths as globs).
 pub const POLICY: &str = "tests/data/policy-mode/authorizationpolicy.yaml";
 /// The auth cluster as Istio names it for the providers' `auth.prefect.svc.cluster.local:4300`.
 pub const ISTIO_CLUSTER: &str = "outbound|4300||auth.prefect.svc.cluster.local";

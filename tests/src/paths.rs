@@ -43,8 +43,8 @@ pub fn tsv_path() -> PathBuf {
 /// Which public templates a table's expectation is for (tests/data/paths_prefix.tsv).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Templates {
-    /// Seed 000's `/{prefix}/events/out` and `/{prefix}/task_runs/subscriptions/scheduled`.
-    Seed000,
+    /// The default `/{prefix}/events/out` and `/{prefix}/task_runs/subscriptions/scheduled`.
+    Default,
     /// The Prefect preset's exact shapes (`=/api/events/out`, ...).
     Tight,
 }
@@ -60,7 +60,7 @@ pub fn load_prefix(templates: Templates) -> Vec<PathCase> {
         }
         let (seed, rest) = line.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
         let (tight, rest) = rest.split_once('\t').unwrap_or_else(|| panic!("paths_prefix.tsv:{}: columns", i + 1));
-        let chosen = if templates == Templates::Seed000 { seed } else { tight };
+        let chosen = if templates == Templates::Default { seed } else { tight };
         let mut case =
             parse(&format!("{chosen}\t{rest}")).pop().unwrap_or_else(|| panic!("paths_prefix.tsv:{}", i + 1));
         case.line = i + 1;
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn prefix_table_loads_with_both_expectations() {
-        let seed = load_prefix(Templates::Seed000);
+        let seed = load_prefix(Templates::Default);
         let tight = load_prefix(Templates::Tight);
         assert_eq!(seed.len(), tight.len());
         let differ = seed.iter().zip(&tight).filter(|(a, b)| a.expected != b.expected).count();

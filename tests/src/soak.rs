@@ -29,7 +29,8 @@ use crate::client::{Proto, RawRequest, Response};
 use crate::mock_server::Fault;
 use crate::{websocket_echo, Env, FILTER_ERROR_BODY, NEBULA_HEADERS};
 
-/// An allow must be back this soon after the auth service recovers (issue 15).
+/// An allow must be back this soon after the auth service recovers: a restart of
+/// the auth service must not keep legitimate users out longer than that.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(2);
 /// Added to the callout timeout for the latency bound during faults: a loaded 2-core
 /// machine schedules late, the bound is there to catch a hang, not to time the filter.

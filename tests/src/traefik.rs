@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use crate::client::RawRequest;
 use crate::{closed_port, repo_root, TempDir};
 
-/// Seed 000's public router rule, as a Traefik v3 rule. `PathPrefix` is Traefik's plain
+/// The default public router rule, as a Traefik v3 rule. `PathPrefix` is Traefik's plain
 /// string prefix; the `{prefix}` templates become regexes anchored at the end (one
 /// trailing slash allowed), as the filter reads them.
 pub const PUBLIC_RULE: &str = "PathPrefix(`/auth`) || PathPrefix(`/api/docs`) || PathPrefix(`/api/openapi.json`) \
      || PathPrefix(`/api/health`) || PathPrefix(`/api/version`) || PathPrefix(`/hooks`) \
      || PathRegexp(`^/.+/task_runs/subscriptions/scheduled/?$`) || PathRegexp(`^/.+/events/out/?$`)";
 
-/// Seed 000: headers sent to the auth service and taken from its answer.
+/// Prefect's proxy mode: headers sent to the auth service and taken from its answer.
 pub const AUTH_REQUEST_HEADERS: [&str; 3] = ["authorization", "Origin", "Access-Control-Request-Method"];
 pub const AUTH_RESPONSE_HEADERS: [&str; 4] =
     ["x-nebula-actor-id", "x-nebula-actor-permissions", "x-nebula-ratelimit-config", "x-nebula-log-limit-config"];
@@ -145,8 +145,8 @@ fn routers(public_rule: &str, forward_auth: &str, upstream_port: u16) -> String 
     )
 }
 
-/// Seed 000's proxy mode: public router on the public paths, forwardAuth to `http://auth:4300/`
-/// with seed 000's header lists (`trustForwardHeader` unset, i.e. false).
+/// Prefect's proxy mode: public router on the public paths, forwardAuth to `http://auth:4300/`
+/// with its header lists (`trustForwardHeader` unset, i.e. false).
 pub fn seed_000(auth_port: u16, upstream_port: u16) -> String {
     let forward_auth = format!(
         "        address: \"http://127.0.0.1:{auth_port}/\"\n        authRequestHeaders: [{}]\n        authResponseHeaders: [{}]",
@@ -176,7 +176,7 @@ pub fn seed_000_with(auth_port: u16, upstream_port: u16, options: &[String]) -> 
     routers(PUBLIC_RULE, &forward_auth, upstream_port)
 }
 
-/// The `X-authentik-*` headers seed 002's middleware copies upstream.
+/// The `X-authentik-*` headers the Authentik preset's middleware copies upstream.
 pub const AUTHENTIK_RESPONSE_HEADERS: [&str; 12] = [
     "X-authentik-username",
     "X-authentik-groups",
@@ -203,7 +203,7 @@ pub fn authentik(auth_port: u16, upstream_port: u16) -> String {
     routers("PathPrefix(`/outpost.goauthentik.io/`)", &forward_auth, upstream_port)
 }
 
-/// Seed 004 with the issue's endpoint: forwardAuth to oauth2-proxy's `/oauth2/auth`
+/// The oauth2-proxy preset's setup: forwardAuth to oauth2-proxy's `/oauth2/auth`
 /// (202/401), `X-Auth-Request-*` by regex, the refreshed session cookie passed to the
 /// client; the proxy's own `/oauth2/` paths routed without the middleware.
 pub fn oauth2_proxy(auth_port: u16, upstream_port: u16) -> String {

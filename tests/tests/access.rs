@@ -130,7 +130,7 @@ fn without_use_remote_address_envoy_takes_the_source_from_x_forwarded_for() {
     assert_access_denied(&env, "no X-Forwarded-For: the peer", &resp, 403, auth, up);
 }
 
-/// Seed 000's public paths, with `/hooks` public only from 127.0.0.2 and `/internal`
+/// The default public paths, with `/hooks` public only from 127.0.0.2 and `/internal`
 /// only from there too, else 404.
 const RESTRICTED_HOOKS: &str = r#"{"auth": {"cluster": "auth"}, "public_paths": [
     "/auth", "/api/docs", "/api/openapi.json", "/api/health", "/api/version",
@@ -201,7 +201,7 @@ fn test_ca() -> TestCa {
     ca
 }
 
-/// Seed 003 in the mesh: /hooks public for the webhook sender's identity (else
+/// A webhook sender in the mesh: /hooks public for the webhook sender's identity (else
 /// checked), /api/admin only for the ops service accounts (else 403), and the verified
 /// identity sent to the auth service.
 #[test]
@@ -288,7 +288,7 @@ fn required_client_certificates_and_top_level_principals() {
     assert_eq!(counter(&env, "principal_denied"), 1);
 }
 
-/// Deny rules for a range, an identity and both; the rest as seed 000. Every deny
+/// Deny rules for a range, an identity and both; the rest as by default. Every deny
 /// status differs, so a reply names the rule that gave it.
 fn deny_rules_config() -> String {
     format!(

@@ -96,7 +96,7 @@ fn corpus() -> Vec<(String, RawRequest)> {
         ),
         ("allow-set-cookie", get("/api/flows").bearer("h:set-cookie=s=1:h:x-auth-user=alice:allow:alice")),
         ("allow-identity-replaced", get("/api/flows").bearer("allow:alice").header("x-nebula-actor-id", "alice-old")),
-        // Bodies (limits: none in seed 000, 64 bytes strict, 16 bytes partial).
+        // Bodies (limits: none by default, 64 bytes strict, 16 bytes partial).
         ("body-small", post("/api/flows/filter", b"{\"limit\":1}".to_vec()).bearer("allow:alice")),
         ("body-16", post("/api/flows", vec![b'a'; 16]).bearer("allow:alice")),
         ("body-64", post("/api/flows", vec![b'b'; 64]).bearer("allow:alice")),

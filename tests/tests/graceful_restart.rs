@@ -2,7 +2,7 @@
 //!     nginx is the auth service, reloaded (`nginx -s reload`) several times under load.
 //!     Each reload closes the old workers' keep-alive connections, some of them just as
 //!     Envoy sends a callout on one; such a callout was never answered, so it is sent
-//!     again (issue 15: by Envoy, then by the filter), and no allowed request fails.
+//!     again (by Envoy, then by the filter), and no allowed request fails.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -53,7 +53,7 @@ fn assert_replay(what: &str, env: &Env, cases: &[paths::PathCase]) {
 #[test]
 fn hostile_paths_and_prefix_shapes_against_both_templates() {
     let seed = Env::start_default();
-    assert_replay("paths_prefix.tsv, seed 000", &seed, &paths::load_prefix(paths::Templates::Seed000));
+    assert_replay("paths_prefix.tsv, default templates", &seed, &paths::load_prefix(paths::Templates::Default));
     drop(seed);
     let tight = prefect_preset();
     assert_replay("paths.tsv, Prefect preset", &tight, &paths::load());

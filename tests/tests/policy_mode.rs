@@ -116,7 +116,7 @@ fn converted_policy_runs_under_envoy_without_bypass() {
         env.log_tail()
     );
 
-    // Where the converted paths follow Istio's notPaths and not seed 000's templates:
+    // Where the converted paths follow Istio's notPaths and not the default templates:
     // `/api/openapi.json` is an exact match (nothing below it, no trailing slash),
     // `*/events/out` a suffix match (`/events/out` itself, no trailing slash); and where
     // they narrow it: `/api/health*` is a string prefix, `/api/health` a segment prefix.

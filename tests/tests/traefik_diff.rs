@@ -1,6 +1,6 @@
 //! Differential tests: the same requests through real Traefik 3.6.13 and through the
 //! filter under Envoy (envoy/envoy.yaml), against the same recording auth service and echo
-//! upstream. Four setups: seed 000's proxy mode (default plugin configuration), the same
+//! upstream. Four setups: Prefect's proxy mode (default plugin configuration), the same
 //! with `forwardBody`/`maxBodySize` (`auth.forward_body`/`auth.max_body_size`), seeds
 //! 001/002's Authentik middleware (envoy/presets/authentik.json) and oauth2-proxy
 //! (envoy/presets/oauth2-proxy.json).
@@ -56,7 +56,7 @@ fn transport_noise(name: &str) -> bool {
     matches!(name, "host" | "user-agent" | "accept-encoding" | "content-length" | "x-request-id")
         || name.starts_with("x-envoy-")
 }
-/// Upstream request headers compared (seed 000's identity contract).
+/// Upstream request headers compared (Prefect's identity contract).
 const UPSTREAM_HEADERS: [&str; 5] = [
     "x-nebula-actor-id",
     "x-nebula-actor-permissions",
@@ -65,7 +65,7 @@ const UPSTREAM_HEADERS: [&str; 5] = [
     "authorization",
 ];
 
-/// Seed 000's corpus: hand-written cases, then the 66 targets of paths.tsv.
+/// The default setup's corpus: hand-written cases, then the 66 targets of paths.tsv.
 fn corpus() -> Vec<(String, RawRequest)> {
     let get = RawRequest::get;
     let spoof = |r: RawRequest| r.header("x-nebula-actor-id", "evil").header("X-Nebula-Actor-Permissions", "admin");
@@ -297,7 +297,7 @@ fn seed_000_matches_traefik_except_the_documented_differences() {
 /// `maxBodySize` of the forward-body setup.
 const MAX_BODY_SIZE: usize = 64;
 
-/// Seed 000 with `forwardBody`: bodies below, at and over `maxBodySize`, chunked, empty,
+/// Prefect's proxy mode with `forwardBody`: bodies below, at and over `maxBodySize`, chunked, empty,
 /// binary, denied, on a public path; and requests without a body.
 fn forward_body_corpus() -> Vec<(String, RawRequest)> {
     let get = RawRequest::get;

@@ -1,4 +1,4 @@
-//! The floor of issue 13's targets: per path, only the host calls that path cannot do
+//! The floor of the instruction targets (`make bench-callgrind`): per path, only the host calls that path cannot do
 //! without, with no parsing beyond finding a few headers, no routing, no cache key and
 //! no counters. What one of its rows costs, no proxy-wasm filter on this Envoy can cost
 //! less for the same work; the bench prints each target's bound next to its floor.

@@ -132,7 +132,8 @@ impl Request {
         if let Some(lookup) = lookup.as_ref().filter(|lookup| self.coalesces() && callout::join(worker, lookup, id)) {
             return Step::Paused(Waiting::Coalesced { lookup: lookup.clone() });
         }
-        callout::send(host, worker, id, settings, callout, lookup, None)
+        let step = callout::send(host, worker, id, settings, callout, lookup, None);
+        self.then_next_provider(host, worker, main, step)
     }
 
     /// The providers `selected` checks the request with: the first now, the others after.
@@ -191,7 +192,8 @@ impl Request {
             }
             Err(lookup) => lookup,
         };
-        callout::send(host, worker, self.id, settings, callout, lookup, None)
+        let step = callout::send(host, worker, self.id, settings, callout, lookup, None);
+        self.then_next_provider(host, worker, main, step)
     }
 
     /// The body seen so far against its limit: wait for more, answer 413 (401
@@ -233,6 +235,11 @@ impl Request {
                     callout::send(host, worker, id, settings, headers, None, Some(bytes))
                 });
                 match sent {
+                    // A refused dispatch's stale allow: the headers wait in Pause.
+                    Some(Step::Upstream) => {
+                        crate::flow::reply::resume(host, self.id);
+                        Step::Resumed
+                    }
                     Some(step) => step,
                     None => fail_closed(host, worker, self.id, settings, Failure::HostError),
                 }

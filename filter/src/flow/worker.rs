@@ -118,6 +118,9 @@ pub struct Kept {
     /// Requests with providers left to check them after the current one (`policies`):
     /// an allow then is not the request's outcome, and is not counted as one.
     pub providers_left: HashMap<u32, ()>,
+    /// The actor id an allow with providers left set (or its token's claim did): the
+    /// request's actor unless a later allow sets its own (`telemetry.actor_header`).
+    pub actors: HashMap<u32, Vec<u8>>,
 }
 
 impl Kept {
@@ -127,6 +130,7 @@ impl Kept {
         take(&mut self.claims, id);
         take(&mut self.client_headers, id);
         take(&mut self.providers_left, id);
+        take(&mut self.actors, id);
     }
 }
 

@@ -110,3 +110,35 @@ fn bad_schemas_name_the_field() {
         assert!(err.contains(expected), "{json}\n  got: {err}\n want: {expected}");
     }
 }
+
+#[test]
+fn hostname_is_filled_in_for_every_provider() {
+    let mut s = load(
+        r#"{"providers": [{"name": "a", "cluster": "a"},
+                          {"name": "b", "cluster": "b", "protocol": "ext_authz", "headers_to_add": {"x-host": "%HOSTNAME%"}}],
+            "policies": [{"provider": "b", "rules": [{}]}]}"#,
+    )
+    .unwrap();
+    let err = s.resolve_hostname(None).unwrap_err().to_string();
+    assert!(err.contains("providers[1].headers_to_add.x-host"), "{err}");
+    s.resolve_hostname(Some("pod-7")).unwrap();
+    let added = format!("{:?}", s.provider(1).unwrap().auth.ext_authz.headers_to_add);
+    assert!(added.contains("pod-7") && !added.contains("Hostname"), "{added}");
+}
+
+#[test]
+fn with_policies_a_token_never_authorizes_by_itself() {
+    let config = |second_mode: &str| {
+        format!(
+            r#"{{"auth": {{"cluster": "a"}}, "policies": [{{"rules": [{RULE}]}}],
+                "jwt": {{"mode": "local_then_callout", "providers": [
+                    {{"issuer": "https://a", "secret": "0123456789abcdef0123456789abcdef"}},
+                    {{"issuer": "https://b", "secret": "0123456789abcdef0123456789abcdef"{second_mode}}}]}}}}"#
+        )
+    };
+    load(&config("")).unwrap();
+    let err = load(&config(r#", "mode": "local""#)).err().unwrap();
+    assert!(err.contains("jwt.providers[1].mode: is local"), "{err}");
+    // Without policies, `local` is the token deciding alone, as documented.
+    load(&config(r#", "mode": "local""#).replace(&format!(r#""policies": [{{"rules": [{RULE}]}}],"#), "")).unwrap();
+}

@@ -31,7 +31,8 @@ pub fn join(worker: &mut Worker, lookup: &Lookup, context: u32) -> bool {
 
 /// Sends the callout (with the client's `body` under `with_request_body`/`forward_body`;
 /// such a callout is never cached: no `lookup`): the request then waits for it. A refused
-/// dispatch is settled here (failed, or a stale allow).
+/// dispatch is decided here (failed, or a stale allow: [`Step::Upstream`], which the
+/// caller resumes or hands to the next provider).
 pub fn send<H: Host>(
     host: &H,
     worker: &mut Worker,
@@ -53,6 +54,9 @@ pub fn send<H: Host>(
         Ok(token) => {
             let timed = settings.telemetry.timed();
             let now_us = if timed { host.now_us() } else { 0 };
+            // A request that already waited (for its body, a JWKS fetch, an earlier
+            // provider) keeps its start; its callout's round trip starts now.
+            let waited = timed && worker.started.contains_key(&id);
             if timed {
                 worker.started.entry(id).or_insert(now_us);
             }
@@ -65,9 +69,7 @@ pub fn send<H: Host>(
                 token,
                 resend,
                 sent_ms,
-                // A callout sent after the body came: its round trip starts here, not
-                // when the request paused.
-                sent_us: if settings.telemetry.histograms && body.is_some() { now_us } else { 0 },
+                sent_us: if settings.telemetry.histograms && (waited || body.is_some()) { now_us } else { 0 },
                 retried: false,
             })
         }
@@ -75,7 +77,13 @@ pub fn send<H: Host>(
             debug!("[{id}] callout to cluster {:?} refused: {status:?}", settings.auth.cluster);
             let lookup = resend.map(|r| r.lookup);
             let outcome = failed(host, settings, lookup.as_ref(), Failure::DispatchFailed);
-            settle(host, worker, id, settings, lookup.as_ref(), &outcome)
+            // Still in the callback that sent it: a stale allow is [`Step::Upstream`], not
+            // resumed here, so that the caller's next provider still checks the request.
+            let step = inject::apply(host, worker, id, settings, &outcome, Via::AuthService);
+            if let Some(lookup) = &lookup {
+                settle_waiters(host, worker, settings, lookup, &outcome, id);
+            }
+            step
         }
     }
 }

@@ -65,6 +65,14 @@ pub fn apply_decision<H: Host>(
                     claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
                 })
             });
+            let last = worker.kept.providers_left.is_empty() || !worker.kept.providers_left.contains_key(&id);
+            // Several providers: the upstream keeps an earlier allow's actor header (or claim)
+            // unless a later allow replaces it; only the last allow records it.
+            let earlier = take(&mut worker.kept.actors, id);
+            if let (false, Some(actor)) = (last, actor.or(earlier.as_deref())) {
+                worker.kept.actors.insert(id, actor.to_vec());
+            }
+            let actor = actor.or(earlier.as_deref());
             let decided = Decided::new(Ended::Allowed, via.how()).status(status).actor(actor);
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
@@ -89,8 +97,10 @@ pub fn apply_decision<H: Host>(
                     return fail_closed(host, worker, id, settings, Failure::HostError);
                 }
             }
+            // Several providers: each allow's, as each of Istio's chained ext_authz filters
+            // adds its own (kept until the response comes).
             if !cookies.is_empty() {
-                worker.kept.cookies.insert(id, cookies.clone());
+                worker.kept.cookies.entry(id).or_default().extend(cookies.iter().cloned());
             }
             if let Some(extra) = extra {
                 if apply_extra(host, worker, id, extra).is_err() {
@@ -99,7 +109,7 @@ pub fn apply_decision<H: Host>(
             }
             request_log::allowed(host, id, via);
             // Counted and recorded once per request: by the last provider's allow.
-            if worker.kept.providers_left.is_empty() || !worker.kept.providers_left.contains_key(&id) {
+            if last {
                 worker.counters.count(Metric::Allows);
                 decision_log::record(host, worker, id, Some(settings), decided);
             }
@@ -129,7 +139,7 @@ fn apply_extra<H: Host>(host: &H, worker: &mut Worker, id: u32, extra: &AllowExt
         host.remove_header(Map::RequestHeaders, name)?;
     }
     if !extra.to_client.is_empty() {
-        worker.kept.client_headers.insert(id, extra.to_client.clone());
+        worker.kept.client_headers.entry(id).or_default().extend(extra.to_client.iter().cloned());
     }
     Ok(())
 }

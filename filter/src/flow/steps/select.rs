@@ -135,8 +135,6 @@ pub fn select<H: Host>(
         return Step::Next(selected);
     }
     debug!("[{id}] no policy selects the request: upstream unchecked");
-    // Counted with the public paths: neither is checked (every request counts once).
-    worker.counters.count(Metric::Public);
     if let Some(claims) = take(&mut worker.kept.claims, id) {
         for (name, value) in claims.iter() {
             if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
@@ -144,6 +142,9 @@ pub fn select<H: Host>(
             }
         }
     }
+    // Counted with the public paths: neither is checked (every request counts once, so
+    // not before the claim headers that could still fail it closed).
+    worker.counters.count(Metric::Public);
     decision_log::record(host, worker, id, Some(settings), Decided::new(Outcome::Public, How::Unselected));
     Step::Upstream
 }

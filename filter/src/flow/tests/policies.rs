@@ -378,3 +378,93 @@ fn a_listed_public_path_is_never_checked_and_the_empty_rule_checks_the_rest() {
     assert_eq!((callouts_by(&sim, flows), sim.outcome(flows)), (0, Some(0)), "a policy without rules selects nothing");
     sim.check();
 }
+
+#[test]
+fn a_stale_allow_of_the_first_provider_still_goes_on_to_the_next() {
+    let mut config: serde_json::Value = serde_json::from_str(&two_providers(true)).unwrap();
+    config["cache"]["stale_if_error"] = 300.into();
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let send = |sim: &mut Sim| sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    let first = send(&mut sim);
+    sim.settle(|cluster, _| if cluster == "auth" { Answer::Allow.reply() } else { Answer::Deny.reply() });
+    assert_ne!(sim.outcome(first), Some(0), "opa denies");
+    // auth's allow expired and no callout can be sent: auth's answer is its stale allow,
+    // and opa, which never allowed this request, must still be asked (and fail closed).
+    sim.host.advance(61_000);
+    sim.host.fail(crate::flow::mock_host::Fails::Dispatch);
+    let again = send(&mut sim);
+    sim.settle(|_, _| panic!("no callout can be sent"));
+    assert_ne!(sim.outcome(again), Some(0), "a stale allow from auth let the request past opa");
+    sim.check();
+}
+
+#[test]
+fn each_provider_callout_is_timed_from_its_own_dispatch() {
+    let mut sim = Sim::new(&two_providers(false), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    for (cluster, ms) in [("auth", 5), ("opa", 7)] {
+        let pending = sim.pending();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].1, cluster);
+        sim.host.advance(ms);
+        sim.answer(pending[0].0, if cluster == "auth" { Answer::Allow.reply() } else { opa_allow() });
+    }
+    assert_eq!(sim.outcome(id), Some(0));
+    let name = crate::metric_names::Histogram::CalloutTime.name();
+    assert_eq!(sim.host.histogram(name), vec![5_000, 7_000], "opa's round trip, not the request's wait");
+    assert_eq!(sim.host.histogram(crate::metric_names::Histogram::WaitCallout.name()), vec![12_000]);
+    sim.check();
+}
+
+#[test]
+fn an_unselected_request_that_fails_closed_is_counted_once() {
+    let config = with_policies(serde_json::json!({
+        "jwt": {"providers": [{"issuer": "https://idp", "secret": String::from_utf8(SECRET.to_vec()).unwrap(),
+            "mode": "local_then_callout", "claims_to_headers": {"sub": "x-jwt-sub"}}]},
+        "policies": [{"rules": [{"from": [{"source": {"notRequestPrincipals": ["https://idp/*"]}}]}]}]
+    }));
+    let mut sim = Sim::new(&config, 1);
+    // Unselected, and its claim headers cannot be added: it fails closed, not public.
+    sim.host.fail(crate::flow::mock_host::Fails::AddHeader);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", &format!("Bearer {}", hs256_token(false)))]));
+    assert_ne!(sim.outcome(id), Some(0));
+    assert_eq!((sim.counter(Metric::Public), sim.counter(Metric::Errors)), (0, 1));
+    sim.check();
+}
+
+#[test]
+fn every_provider_allow_adds_its_headers_to_the_client_response() {
+    let provider = |name: &str| {
+        serde_json::json!({"name": name, "cluster": name, "protocol": "ext_authz",
+            "client_headers_on_success": [format!("x-{name}")]})
+    };
+    let config = serde_json::json!({
+        "providers": [provider("a"), provider("b")],
+        "policies": [{"provider": "a", "rules": [{}]}, {"provider": "b", "rules": [{}]}]
+    });
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[]));
+    sim.settle(|cluster, _| {
+        let header = format!("x-{cluster}");
+        Some((super::pairs(&[(":status", "200"), (header.as_str(), cluster)]), vec![]))
+    });
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.response(id, super::pairs(&[(":status", "200")]));
+    let response = sim.host.stream(id).response;
+    for (name, value) in [("x-a", &b"a"[..]), ("x-b", b"b")] {
+        assert!(response.contains(&(name.to_string(), value.to_vec())), "{name}: {response:?}");
+    }
+    sim.check();
+}
+
+#[test]
+fn the_actor_an_earlier_provider_set_is_the_one_recorded() {
+    let mut sim = Sim::new(&two_providers(false), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|cluster, _| if cluster == "auth" { Answer::Allow.reply() } else { opa_allow() });
+    assert_eq!(called(&sim, id), vec!["auth".to_string(), "opa".to_string()]);
+    let decisions = sim.decisions(id);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["actor"], "alice", "auth set it, opa kept it upstream: {decisions:?}");
+    sim.check();
+}
