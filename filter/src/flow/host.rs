@@ -81,8 +81,15 @@ pub trait Host {
     /// Writes a shared-data value; with `cas`, only if nobody wrote since that read
     /// ([`Refused::CasMismatch`] otherwise).
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Refused>;
-    /// A proxy-wasm property (`source.address`, `connection.mtls`...), `None` when absent.
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// A proxy-wasm property (`source.address`, `connection.mtls`...), `None` when absent
+    /// or unreadable.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.read_property(path).ok().flatten()
+    }
+    /// The same, telling a refused read (`Err`) from an absent property (`Ok(None)`), for
+    /// readers to whom an unreadable property must not look absent: a rule that selects
+    /// requests for a check would otherwise let the request through unchecked.
+    fn read_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Refused>;
     /// The host's clock in Unix ms (0 if unavailable: every token then looks expired).
     fn now_ms(&self) -> u64;
     /// The same clock in Unix µs (0 if unavailable), for the time a request spends in

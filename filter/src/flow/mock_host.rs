@@ -61,6 +61,7 @@ pub enum Fails {
     Resume,
     Body,
     TickPeriod,
+    Property,
 }
 
 #[derive(Default)]
@@ -391,10 +392,13 @@ impl Host for MockHost {
         Ok(())
     }
 
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+    fn read_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
         self.record("property");
+        if self.failing(Fails::Property) {
+            return Err(Refused::InternalFailure);
+        }
         let state = self.state.borrow();
-        state.streams.get(&state.effective)?.properties.get(&path.join(".")).cloned()
+        Ok(state.streams.get(&state.effective).and_then(|s| s.properties.get(&path.join(".")).cloned()))
     }
 
     fn now_ms(&self) -> u64 {

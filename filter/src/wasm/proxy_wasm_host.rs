@@ -132,8 +132,8 @@ impl Host for ProxyWasm {
     }
 
     #[inline]
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+    fn read_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
+        hostcalls::get_property(path.to_vec()).map_err(refused)
     }
 
     #[inline]

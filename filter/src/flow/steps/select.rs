@@ -21,7 +21,6 @@ use crate::flow::decision_log;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::Step;
 use crate::flow::reply::fail_closed;
-use crate::flow::request_info::source_address;
 use crate::flow::worker::{take, Worker};
 use crate::jwt::verifier::VerifiedClaims;
 use crate::metric_names::Metric;
@@ -40,6 +39,8 @@ pub struct HostConnection<'a, H> {
     destination: Option<Option<String>>,
     port: Option<Option<u16>>,
     sni: Option<Option<String>>,
+    /// A property read was refused: the selection cannot be trusted.
+    pub refused: bool,
 }
 
 impl<'a, H: Host> HostConnection<'a, H> {
@@ -49,11 +50,21 @@ impl<'a, H: Host> HostConnection<'a, H> {
         settings: &'a Settings,
         address: Option<Option<String>>,
     ) -> Self {
-        HostConnection { host, headers, settings, address, principal: None, destination: None, port: None, sni: None }
+        let (principal, destination, port, sni) = (None, None, None, None);
+        HostConnection { host, headers, settings, address, principal, destination, port, sni, refused: false }
     }
 
-    fn text(&self, path: &[&str]) -> Option<String> {
-        self.host.property(path).and_then(|bytes| String::from_utf8(bytes).ok())
+    /// A property, `None` when absent; a refused read is remembered ([`select`] then
+    /// fails the request closed rather than treat the property as absent).
+    fn bytes(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.read_property(path).unwrap_or_else(|_| {
+            self.refused = true;
+            None
+        })
+    }
+
+    fn text(&mut self, path: &[&str]) -> Option<String> {
+        self.bytes(path).and_then(|bytes| String::from_utf8(bytes).ok())
     }
 
     fn destination(&mut self) -> Option<&str> {
@@ -66,8 +77,10 @@ impl<'a, H: Host> HostConnection<'a, H> {
 
 impl<H: Host> Connection for HostConnection<'_, H> {
     fn source_ip(&mut self) -> Option<IpAddr> {
-        let host = self.host;
-        self.address.get_or_insert_with(|| source_address(host)).as_deref().and_then(cidr::peer_ip)
+        if self.address.is_none() {
+            self.address = Some(self.text(&["source", "address"]));
+        }
+        self.address.as_ref().and_then(|a| a.as_deref()).and_then(cidr::peer_ip)
     }
 
     fn remote_ip(&mut self) -> Option<IpAddr> {
@@ -80,7 +93,7 @@ impl<H: Host> Connection for HostConnection<'_, H> {
     /// certificate, under Istio's mTLS), then the certificate's URI SAN.
     fn principal(&mut self) -> Option<&str> {
         if self.principal.is_none() {
-            let verified = self.host.property(&["connection", "mtls"]).as_deref() == Some(&[1u8][..]);
+            let verified = self.bytes(&["connection", "mtls"]).as_deref() == Some(&[1u8][..]);
             let san = verified.then(|| self.text(&["connection", "uri_san_peer_certificate"])).flatten();
             self.principal = Some(san.filter(|s| !s.is_empty()));
         }
@@ -95,7 +108,7 @@ impl<H: Host> Connection for HostConnection<'_, H> {
     /// port of `destination.address` otherwise.
     fn destination_port(&mut self) -> Option<u16> {
         if self.port.is_none() {
-            let bytes = self.host.property(&["destination", "port"]);
+            let bytes = self.bytes(&["destination", "port"]);
             let port = match bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()) {
                 Some(le) => u16::try_from(i64::from_le_bytes(le)).ok(),
                 None => self.destination().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|s| s.port()),
@@ -130,6 +143,9 @@ pub fn select<H: Host>(
     let connection = HostConnection::new(host, headers, settings, address.take());
     let mut facts = RequestFacts::new(headers, claims.map(|c| &**c), connection);
     let selected = selection.select(&mut facts);
+    if facts.connection.refused {
+        return fail_closed(host, worker, id, settings, Failure::HostError);
+    }
     *address = facts.connection.address;
     if !selected.is_empty() {
         return Step::Next(selected);

@@ -468,3 +468,23 @@ fn the_actor_an_earlier_provider_set_is_the_one_recorded() {
     assert_eq!(decisions[0]["actor"], "alice", "auth set it, opa kept it upstream: {decisions:?}");
     sim.check();
 }
+
+/// A property the host refuses to read is no absent property: a rule reading it could
+/// have selected the request, so the request fails closed instead of going upstream
+/// unchecked.
+#[test]
+fn a_refused_property_read_fails_the_request_closed() {
+    let config = with_policies(serde_json::json!({
+        "policies": [{"rules": [{"to": [{"operation": {"ports": ["8443"]}}]}]}]
+    }));
+    let mut sim = Sim::new(&config, 1);
+    let id = sim.next_id_for_test();
+    sim.host.set_property(id, "destination.port", &8443i64.to_le_bytes());
+    sim.host.fail(crate::flow::mock_host::Fails::Property);
+    sim.send(request(b"/api/flows", &[]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert_eq!(callouts_by(&sim, id), 0, "no callout without the port");
+    assert!(sim.outcome(id).is_some_and(|status| status >= 400), "failed closed, not upstream: {:?}", sim.outcome(id));
+    assert_eq!(sim.counter(Metric::Errors), 1);
+    sim.check();
+}
