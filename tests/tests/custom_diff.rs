@@ -47,9 +47,9 @@ const POLICIES_OPA: &str = "tests/data/custom/policies-opa.yaml";
 /// filter's Envoy takes each set's configuration over ECDS; istiod's rendering is started
 /// per set (quick: no Wasm module to compile).
 const SETS: [(&str, &[&str]); 2] = [("one provider", &[POLICIES]), ("two providers", &[POLICIES, POLICIES_OPA])];
-/// The mesh's token check (Istio's jwt_authn) and the filter's `jwt` block mirroring it.
+/// The mesh's token check: Istio's jwt_authn on one side, what `make convert` turns it
+/// into (the filter's `jwt` block) on the other.
 const REQUEST_AUTHENTICATION: &str = "tests/data/custom/requestauthentication.yaml";
-const JWT: &str = "tests/data/custom/jwt.json";
 /// The TEST-ONLY key whose public half is the JWKS of both.
 const RSA_PRIVATE: &str = include_str!("../data/jwt/rsa-test-private.pem");
 const ISSUER: &str = "https://login.example.com";
@@ -85,9 +85,14 @@ fn test_ca() -> TestCa {
 /// A token of the test issuer for `sub` (`groups`, `azp` as given); `forged`: its
 /// signature's first byte changed (RSA key generation is slow in a debug build).
 fn token(sub: &str, groups: &[&str], azp: &str, forged: bool) -> String {
+    token_of(ISSUER, sub, groups, azp, forged)
+}
+
+/// As `token`, from `issuer`.
+fn token_of(issuer: &str, sub: &str, groups: &[&str], azp: &str, forged: bool) -> String {
     let key = RS256KeyPair::from_pem(RSA_PRIVATE).expect("test RSA key").with_key_id("rsa-1");
     let claims = Claims::with_custom_claims(serde_json::json!({"groups": groups, "azp": azp}), Duration::from_mins(10))
-        .with_issuer(ISSUER)
+        .with_issuer(issuer)
         .with_audience("prefect-api")
         .with_subject(sub);
     let token = key.sign(claims).expect("sign");
@@ -107,6 +112,10 @@ fn tokens() -> Vec<(&'static str, String)> {
         ("ops-star", token("ops-*", &[], "web", false)),
         ("svc-batch", token("svc-batch", &["users"], "web", false)),
         ("forged", token("admin-cli", &["prefect-admins"], "web", true)),
+        // Signed with the same key by an issuer no jwtRule names, and a credential that
+        // is not a JWT (an API key) where the RequestAuthentication reads tokens.
+        ("other-issuer", token_of("https://other.example.com", "admin-cli", &["prefect-admins"], "web", false)),
+        ("api-key", "pnu_0123456789abcdef".to_owned()),
     ]
 }
 
@@ -423,12 +432,11 @@ fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     builder.start()
 }
 
-/// `make convert` of `files`, with the filter's `jwt` block.
+/// `make convert` of `files` and the RequestAuthentication, with no other option: the
+/// filter's `jwt` block is what the converter makes of the RequestAuthentication.
 fn converted(files: &[&str]) -> String {
-    let jwt = repo_root().join(JWT);
-    let options = ["--jwt".as_ref(), jwt.as_os_str()];
-    let paths: Vec<PathBuf> = files.iter().map(|f| repo_root().join(f)).collect();
-    ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &options)
+    let paths: Vec<PathBuf> = files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| repo_root().join(f)).collect();
+    ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &[])
 }
 
 /// Which providers Envoy, as istiod renders the policies, asks for each request: the
