@@ -37,7 +37,7 @@ use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
 use nebula_authz_tests::known_differences;
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
-use nebula_authz_tests::{paths, repo_root, Env, TempDir};
+use nebula_authz_tests::{closed_port, paths, repo_root, Env, TempDir};
 
 const MESH: &str = "tests/data/custom/meshconfig.yaml";
 const POLICIES: &str = "tests/data/custom/policies.yaml";
@@ -157,6 +157,9 @@ const SCOPED: &[&str] = &[
     "/nothosts/x",
     "/ports/x",
     "/notports/x",
+    "/listener/ports/x",
+    "/listener/notports/x",
+    "/listener/when/x",
     "/principals/x",
     "/notprincipals/x",
     "/namespaces/x",
@@ -406,10 +409,20 @@ fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)>
     out
 }
 
-/// The policy files and the RequestAuthentication in one file, as istiod reads them all.
-fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
-    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let docs: Vec<String> = files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| read(f)).collect();
+/// The port the policies name where they mean the listener's own (picked at run time).
+const LISTENER_PORT: &str = "\"65001\"";
+
+/// A policy file with `port`, the proxy's listener port, for [`LISTENER_PORT`].
+fn with_listener_port(path: &str, port: u16) -> String {
+    let text = std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.replace(LISTENER_PORT, &format!("\"{port}\""))
+}
+
+/// The policy files and the RequestAuthentication in one file, as istiod reads them all,
+/// for a listener on `port`.
+fn istio_input(dir: &TempDir, files: &[&str], port: u16) -> PathBuf {
+    let docs: Vec<String> =
+        files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| with_listener_port(f, port)).collect();
     let path = dir.path().join("policies.yaml");
     std::fs::write(&path, docs.join("\n---\n")).expect("write");
     path
@@ -419,8 +432,10 @@ fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
 /// upstream (or its own).
 fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     let dir = TempDir::new("nebula-custom-diff");
+    let port = closed_port();
     let mut builder = Env::builder()
-        .ext_authz(&repo_root().join(MESH), &istio_input(&dir, files))
+        .listen_port(port)
+        .ext_authz(&repo_root().join(MESH), &istio_input(&dir, files, port))
         .auth_cluster_name(ISTIO_CLUSTER)
         .auth_alias(OPA_CLUSTER)
         .istio_sidecar()
@@ -432,10 +447,17 @@ fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     builder.start()
 }
 
-/// `make convert` of `files` and the RequestAuthentication, with no other option: the
-/// filter's `jwt` block is what the converter makes of the RequestAuthentication.
-fn converted(files: &[&str]) -> String {
-    let paths: Vec<PathBuf> = files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| repo_root().join(f)).collect();
+/// `make convert` of `files` and the RequestAuthentication, with no other option, for a
+/// listener on `port`: the filter's `jwt` block is what the converter makes of the
+/// RequestAuthentication.
+fn converted(files: &[&str], port: u16) -> String {
+    let dir = TempDir::new("nebula-custom-convert");
+    let mut paths = Vec::new();
+    for (i, file) in files.iter().chain([&REQUEST_AUTHENTICATION]).enumerate() {
+        let path = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&path, with_listener_port(file, port)).expect("write");
+        paths.push(path);
+    }
     ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &[])
 }
 
@@ -482,6 +504,9 @@ fn istio_rendering_selects_as_istio_documents() {
         ("notHosts, listed", None, local, get("/nothosts/x").header("host", "PUBLIC.example.com"), "-"),
         ("ports", None, local, get("/ports/x"), "-"),
         ("notPorts", None, local, get("/notports/x"), "authz-http"),
+        ("ports, the listener's", None, local, get("/listener/ports/x"), "authz-http"),
+        ("notPorts, the listener's", None, local, get("/listener/notports/x"), "-"),
+        ("destination.port, the listener's", None, local, get("/listener/when/x"), "authz-http"),
         ("principals", Some("gateway"), local, get("/principals/x"), "authz-http"),
         ("principals suffix", Some("robot"), local, get("/principals/x"), "authz-http"),
         ("principals, other", Some("tenant"), local, get("/principals/x"), "-"),
@@ -552,9 +577,11 @@ fn istio_rendering_selects_as_istio_documents() {
 fn filter_rules_match_istio_except_the_documented_differences() {
     let started = std::time::Instant::now();
     let ca = test_ca();
-    let configs: Vec<String> = SETS.iter().map(|(_, files)| converted(files)).collect();
+    let port = closed_port();
+    let configs: Vec<String> = SETS.iter().map(|(_, files)| converted(files, port)).collect();
     let wasm = Tools::locate(true).wasm;
     let filter = Env::builder()
+        .listen_port(port)
         .ecds()
         .plugin_config(&configs[0])
         .auth_cluster_name(ISTIO_CLUSTER)
