@@ -256,13 +256,26 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
     // Two providers on one request: each is asked, in order, and each must allow.
     for (what, script) in [
         ("both allow", allow.to_owned()),
+        // Each allow with a cookie and a header for the client (headersToDownstreamOnAllow):
+        // the first answer is the first provider's.
+        (
+            "both allow with client headers",
+            format!("seq:h:set-cookie=first=1:h:x-auth-note=first:allow:alice|h:set-cookie=second=2:h:x-auth-note=second:allow:alice|{side}"),
+        ),
         ("first denies", "deny".to_owned()),
         ("second denies", format!("seq:allow:alice|deny|{side}")),
+        ("second denies after client headers", format!("seq:h:set-cookie=first=1:allow:alice|deny|{side}")),
         ("second fails", format!("seq:allow:alice|status:500|{side}")),
     ] {
         for cert in [None, Some("gateway")] {
             for (method, path) in [("GET", "/api/admin/users"), ("DELETE", "/api/flows"), ("DELETE", "/opa/open")] {
                 let id = format!("{method} {path} as {}: {what}", cert.unwrap_or("-"));
+                // A `seq:` script counts the arrivals of its exact token: one per request.
+                let script = if script.starts_with("seq:") {
+                    format!("{script}/{method}{path}/{}", cert.unwrap_or("-"))
+                } else {
+                    script.clone()
+                };
                 push(id, cert, local, RawRequest::new(method, path).bearer(&script));
             }
         }
@@ -591,10 +604,10 @@ fn filter_rules_match_istio_except_the_documented_differences() {
         .xff_trusted_hops(1)
         .start();
     let tokens = tokens();
-    let (ours_corpus, theirs_corpus) = (corpus("filter", &tokens), corpus("istio", &tokens));
     let mut observed = BTreeMap::new();
     let mut ruled = BTreeSet::new();
     let mut report = String::new();
+    let mut requests = 0;
     for (i, (set, files)) in SETS.iter().enumerate() {
         if i > 0 {
             let before = filter.ecds_counts();
@@ -610,10 +623,25 @@ fn filter_rules_match_istio_except_the_documented_differences() {
             }
         }
         let istio = start_istio(&ca, files, Some(&filter));
+        // A corpus per set: its `seq:` tokens are new to the shared auth service.
+        let (ours_corpus, theirs_corpus) =
+            (corpus(&format!("filter{i}"), &tokens), corpus(&format!("istio{i}"), &tokens));
         let mut asked = BTreeMap::<String, usize>::new();
+        requests = ours_corpus.len();
         for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
             let ours = observe(&filter, &ca, ours_case, "filter");
             let theirs = observe(&istio, &ca, theirs_case, "istio");
+            // Measured with istiod's chained ext_authz filters: each allow's client headers
+            // reach the client, the later provider's first (the filter nearer the router
+            // encodes first), and the earlier's stay on the later provider's denial.
+            let cookies = ours.get("client.header.set-cookie").map(String::as_str);
+            if i == 1 && ours_case.id == "GET /api/admin/users as -: both allow with client headers" {
+                assert_eq!(cookies, Some("second=2 | first=1"), "{set}: {}", ours_case.id);
+            }
+            if i == 1 && ours_case.id == "GET /api/admin/users as -: second denies after client headers" {
+                let status = ours.get("client.status").map(String::as_str);
+                assert_eq!((status, cookies), (Some("401"), Some("first=1")), "{set}: {}", ours_case.id);
+            }
             *asked.entry(theirs.get("auth.providers").cloned().unwrap_or_default()).or_default() += 1;
             for (aspect, (a, b)) in differences(&ours, &theirs) {
                 if trace_context(&aspect, &b) {
@@ -637,7 +665,7 @@ fn filter_rules_match_istio_except_the_documented_differences() {
     eprintln!(
         "{TSV}: {} policy sets x {} requests per side in {:.1} s, {} differences:\n{report}",
         SETS.len(),
-        ours_corpus.len(),
+        requests,
         started.elapsed().as_secs_f64(),
         observed.len()
     );
