@@ -288,6 +288,12 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
         let req = RawRequest::get(path).bearer(allow).header("x-nebula-actor-id", "evil");
         push(format!("GET {path} spoofed"), None, local, req);
     }
+    // A spoofed claim header (the RequestAuthentication's outputClaimToHeaders), no token:
+    // jwt_authn removes it too (measured), as the filter strips it on every request.
+    for path in ["/api/flows", "/other"] {
+        let req = RawRequest::get(path).bearer(allow).header("x-jwt-sub", "admin-cli");
+        push(format!("GET {path} spoofed claim header"), None, local, req);
+    }
     // Tokens: each rule scoped to them, a path no rule selects, and one rule that does not
     // look at tokens.
     for (name, token) in tokens {
