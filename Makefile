@@ -174,8 +174,8 @@ istio-check: envoy
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
 		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml \
 		istio/examples/access-wasmplugin.yaml istio/examples/request-body-envoyfilter.yaml \
-		istio/examples/custom-authorizationpolicies.yaml tests/data/custom/policies.yaml \
-		tests/data/custom/policies-opa.yaml
+		istio/examples/custom-authorizationpolicies.yaml istio/examples/custom-requestauthentication.yaml \
+		tests/data/custom/policies.yaml tests/data/custom/policies-opa.yaml tests/data/custom/requestauthentication.yaml
 
 # --- OCI artifact (Istio WasmPlugin url: oci://...) -----------------------------------
 # Python standard library only (no venv, no container engine). The tag is the crate
