@@ -46,7 +46,7 @@ help:
 	@echo "make test         fmt-check lint unit fuzz-smoke build envoy docs-check compose-check istio-check oci-check prometheus-check integration demo-check bench-smoke prefect-e2e"
 	@echo "make prometheus-check  promtool check + unit tests of the alert rules (Debian's prometheus, unpacked in target/tools)"
 	@echo "make prefect-e2e  the real Prefect $(PREFECT_VERSION) server and client through Envoy + filter (tests/prefect/)"
-	@echo "make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [URL=oci://...]  policy mode -> WasmPlugin"
+	@echo "make convert MESHCONFIG=mesh.yaml POLICY='a.yaml [b.yaml ...]' [JWT=jwt.json] [URL=oci://...]  policy mode -> WasmPlugin (RequestAuthentications among POLICY -> jwt)"
 	@echo "make oci          OCI image layout of the wasm: $(OCI_DIR)/ and $(OCI_TAR) (docs/istio.md)"
 	@echo "make bench        nebula-authz vs no-auth, noop wasm, ext_authz, Traefik; footprint (QUICK=1: ~1 min)"
 	@echo "make bench-callgrind  instructions/request of the Envoy scenarios (valgrind; repeatable)"
@@ -174,8 +174,8 @@ istio-check: envoy
 	NEBULA_CHECK_CONFIG=$(abspath target/debug/check-config) $(VENV_PY) scripts/check_istio.py \
 		tests/data/policy-mode/authorizationpolicy.yaml tests/data/policy-mode/wasmplugin.golden.yaml \
 		istio/examples/access-wasmplugin.yaml istio/examples/request-body-envoyfilter.yaml \
-		istio/examples/custom-authorizationpolicies.yaml tests/data/custom/policies.yaml \
-		tests/data/custom/policies-opa.yaml
+		istio/examples/custom-authorizationpolicies.yaml istio/examples/custom-requestauthentication.yaml \
+		tests/data/custom/policies.yaml tests/data/custom/policies-opa.yaml tests/data/custom/requestauthentication.yaml
 
 # --- OCI artifact (Istio WasmPlugin url: oci://...) -----------------------------------
 # Python standard library only (no venv, no container engine). The tag is the crate
@@ -192,8 +192,8 @@ oci-check: oci
 
 # --- Migration from Istio policy mode (docs/istio.md) --------------------------------
 # The mesh config holding the ext_authz providers and the AuthorizationPolicies CUSTOM
-# (POLICY: one or more files; JWT: the filter's jwt block for requestPrincipals and
-# request.auth.*) in, a WasmPlugin out (notes on stderr). Tested by
+# (POLICY: one or more files, their RequestAuthentications becoming the filter's jwt
+# block; JWT: a jwt block of your own instead) in, a WasmPlugin out (notes on stderr). Tested by
 # tests/tests/policy_mode.rs and tests/tests/custom_diff.rs.
 # Needs only Python 3 with PyYAML, not Envoy or Traefik: the system python3 when it has
 # PyYAML, else the project's .venv when there is one, else a venv of its own with only

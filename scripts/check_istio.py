@@ -131,12 +131,13 @@ def plugin_config_problems(doc):
     return config_problems("spec.pluginConfig", json.dumps(config)) + fail_open_problems(doc)
 
 
-# (mesh config, AuthorizationPolicy files, jwt block or None), from the repository root.
+# (mesh config, AuthorizationPolicy and RequestAuthentication files, jwt block or None),
+# from the repository root: converted as `make convert` is, with no flag.
 CONVERSIONS = [
-    ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml"],
-     "istio/examples/custom-jwt.json"),
-    ("tests/data/custom/meshconfig.yaml", ["tests/data/custom/policies.yaml", "tests/data/custom/policies-opa.yaml"],
-     "tests/data/custom/jwt.json"),
+    ("istio/examples/custom-meshconfig.yaml", ["istio/examples/custom-authorizationpolicies.yaml",
+                                               "istio/examples/custom-requestauthentication.yaml"], None),
+    ("tests/data/custom/meshconfig.yaml", ["tests/data/custom/policies.yaml", "tests/data/custom/policies-opa.yaml",
+                                           "tests/data/custom/requestauthentication.yaml"], None),
 ]
 
 
@@ -146,9 +147,11 @@ def converted(mesh, policies, jwt):
     notes = []
     try:
         mesh_doc = convert_policy.pick_mesh(ROOT / mesh, convert_policy.documents(ROOT / mesh))
-        docs = convert_policy.pick_policies([(ROOT / p, convert_policy.documents(ROOT / p)) for p in policies], notes)
+        inputs = [(ROOT / p, convert_policy.documents(ROOT / p)) for p in policies]
+        docs = convert_policy.pick_policies(inputs, notes)
         block = convert_policy.read_jwt(ROOT / jwt) if jwt else None
-        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block)
+        plugin, _, _ = convert_policy.convert(mesh_doc, docs, block,
+                                              convert_policy.pick_request_authentications(inputs))
     except convert_policy.Refused as refused:
         return None, [f"make convert refused: {refused}"]
     return plugin, []

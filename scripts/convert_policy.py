@@ -36,8 +36,12 @@ providers (a body goes to one); providers `x` and `x-ns` (istiod's prefix match 
 names runs `x-ns`'s check on `x`'s rules); a `when` key with no proxy-wasm equivalent
 (`experimental.envoy.filters.*`, `source.serviceAccount`, `source.trustDomain`) and the
 `serviceAccounts`/`trustDomains` sources; a dry-run policy (`istio.io/dry-run`); and
-`requestPrincipals` or `request.auth.*` without --jwt (the filter reads them from its own
-`jwt` step: give the `jwt` block that mirrors your RequestAuthentication). `ipBlocks`,
+`requestPrincipals` or `request.auth.*` with neither a RequestAuthentication of the
+workload nor --jwt (the filter reads them from its own `jwt` step).
+
+The RequestAuthentications among the POLICY files that apply to the policies' workloads
+become the filter's `jwt` block (scripts/request_authentication.py, after istiod's
+policy_applier.go); --jwt gives a block of your own instead. `ipBlocks`,
 `notIpBlocks` and `source.ip` convert as they are: Istio matches the TCP peer, proxy-wasm
 exposes only the address Envoy settled on (on a sidecar, the caller's X-Forwarded-For),
 so when an X-Forwarded-For entry names that address the filter treats the peer as
@@ -50,6 +54,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from request_authentication import jwt_block
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "istio" / "wasmplugin.yaml"
@@ -412,6 +418,10 @@ PEER_NOTE = ("ipBlocks, notIpBlocks and source.ip: Istio matches the TCP peer; w
              "cannot tell the peer and such a rule selects the request (the check runs)")
 
 
+NO_JWT = ("give the workload's RequestAuthentication among the input files (it converts to the filter's jwt "
+          "block), or --jwt with a jwt block")
+
+
 def uses_jwt(key):
     return key in ("requestPrincipals", "notRequestPrincipals") or key.startswith("request.auth.")
 
@@ -434,7 +444,7 @@ def check_rule(where, rule, jwt):
                 raise Refused(f"{where}.from[{i}].source.{key}: {why}")
             if uses_jwt(key) and not jwt:
                 raise Refused(f"{where}.from[{i}].source.{key}: the filter reads request principals from its own "
-                              "jwt step; pass --jwt with the jwt block that mirrors your RequestAuthentication")
+                              f"jwt step; {NO_JWT}")
     for i, item in enumerate(rule.get("to") or []):
         operation = (item or {}).get("operation") or {}
         for key in operation:
@@ -449,8 +459,7 @@ def check_rule(where, rule, jwt):
         if key not in WHEN_KEYS and not (key.startswith(WHEN_PREFIXES) and key.endswith("]")):
             raise Refused(f"{field}: not a condition key Istio documents for HTTP")
         if uses_jwt(key) and not jwt:
-            raise Refused(f"{field}: the filter reads request.auth.* from its own jwt step; pass --jwt with the "
-                          "jwt block that mirrors your RequestAuthentication")
+            raise Refused(f"{field}: the filter reads request.auth.* from its own jwt step; {NO_JWT}")
         if not cond.get("values") and not cond.get("notValues"):
             raise Refused(f"{field}: needs values or notValues")
 
@@ -542,12 +551,20 @@ def workload_target(policy_docs):
 
 
 
-def convert(mesh_doc, policy_docs, jwt=None):
+def convert(mesh_doc, policy_docs, jwt=None, request_authentications=()):
+    """`jwt` (--jwt) overrides what the RequestAuthentications convert to."""
     notes = []
     workload_target(policy_docs)
     refuse_dry_run(policy_docs)
     policy_doc = policy_docs[0]
     spec = policy_doc.get("spec") or {}
+    if jwt is not None and request_authentications:
+        notes.append("--jwt: the jwt block given replaces what the RequestAuthentications among the input files "
+                     "convert to")
+    elif request_authentications:
+        namespace = (policy_doc.get("metadata") or {}).get("namespace", "default")
+        labels = (spec.get("selector") or {}).get("matchLabels") or {}
+        jwt = jwt_block(request_authentications, namespace, labels, Refused, timeout_ms, notes)
     config = None
     if len(policy_docs) == 1 and legacy_shape(spec) and not jwt:
         provider = (spec.get("provider") or {}).get("name")
@@ -686,6 +703,11 @@ def pick_policies(inputs, notes):
     return chosen
 
 
+def pick_request_authentications(inputs):
+    """The RequestAuthentications of every (path, documents) in `inputs`, in order."""
+    return [d for _, docs in inputs for d in docs if d.get("kind") == "RequestAuthentication"]
+
+
 def read_jwt(path):
     """--jwt: the filter's `jwt` block as JSON (docs/jwt.md)."""
     try:
@@ -711,16 +733,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("meshconfig", type=Path, help="mesh config with extensionProviders")
     p.add_argument("policy", type=Path, nargs="+", help="AuthorizationPolicy files (every CUSTOM one converts)")
-    p.add_argument("--jwt", type=Path, help="the filter's jwt block (JSON), for requestPrincipals and request.auth.*")
+    p.add_argument("--jwt", type=Path, help="the filter's jwt block (JSON), instead of what the "
+                   "RequestAuthentications among the input files convert to")
     p.add_argument("--url", help="the module's oci:// reference (default: istio/wasmplugin.yaml's)")
     p.add_argument("--config-only", action="store_true", help="print only the plugin JSON")
     args = p.parse_args()
     early = []
     try:
         mesh_doc = pick_mesh(args.meshconfig, documents(args.meshconfig))
-        policy_docs = pick_policies([(path, documents(path)) for path in args.policy], early)
+        inputs = [(path, documents(path)) for path in args.policy]
+        policy_docs = pick_policies(inputs, early)
         jwt = read_jwt(args.jwt) if args.jwt else None
-        plugin, config, notes = convert(mesh_doc, policy_docs, jwt)
+        plugin, config, notes = convert(mesh_doc, policy_docs, jwt, pick_request_authentications(inputs))
     except Refused as refused:
         print(f"error: cannot convert: {refused}", file=sys.stderr)
         return 1

@@ -52,7 +52,8 @@ providers are `envoyExtAuthzHttp` extension providers, read from istio/istio:
   RequestAuthentications among the policy documents become one `envoy.filters.http.jwt_authn`
   before the pairs (inline `jwks` only here): a provider `origins-<i>` per jwtRule with
   `payload_in_metadata: payload` (what `requestPrincipals` and `request.auth.*` match),
-  `forward` = `forwardOriginalToken`, `scope` and `permission` space-delimited; a request
+  `forward` = `forwardOriginalToken`, `claim_to_headers` = `outputClaimToHeaders`,
+  `scope` and `permission` space-delimited; a request
   without a token passes (`allow_missing`), one with an invalid token is refused (401).
 - model/permission.go, model/principal.go: the RBAC shapes (`and_rules`, `or_rules`,
   `not_rule`, `and_ids`, `or_ids`, `not_id`, ...).
@@ -441,6 +442,9 @@ def jwt_filter(docs):
         for key, field in (("fromParams", "from_params"), ("fromCookies", "from_cookies")):
             if rule.get(key):
                 provider[field] = rule[key]
+        if rule.get("outputClaimToHeaders"):
+            provider["claim_to_headers"] = [{"header_name": c["header"], "claim_name": c["claim"]}
+                                            for c in rule["outputClaimToHeaders"]]
         name = f"origins-{i}"
         providers[name] = provider
         inner.append({"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}})

@@ -98,6 +98,9 @@ pub struct EnvBuilder {
     mtls: Option<(PathBuf, bool)>,
     /// The connection manager's `xff_num_trusted_hops`.
     xff_trusted_hops: Option<u32>,
+    /// The listener's port, when the test must know it before Envoy starts (a policy
+    /// naming it); otherwise Envoy picks a free one.
+    listen_port: Option<u16>,
     /// `use_remote_address: false` instead of envoy.yaml's `true`.
     no_remote_address: bool,
     without_body_stop_iteration: bool,
@@ -133,6 +136,7 @@ impl Default for EnvBuilder {
             ecds: false,
             wasm_file: None,
             failure_policy: None,
+            listen_port: None,
             mtls: None,
             xff_trusted_hops: None,
             no_remote_address: false,
@@ -278,6 +282,12 @@ impl EnvBuilder {
     }
 
     /// Sets the connection manager's `xff_num_trusted_hops` (Envoy's own proxy trust).
+    /// Listens on `port` (e.g. from [`crate::closed_port`]) instead of a port Envoy picks.
+    pub fn listen_port(mut self, port: u16) -> Self {
+        self.listen_port = Some(port);
+        self
+    }
+
     pub fn xff_trusted_hops(mut self, hops: u32) -> Self {
         self.xff_trusted_hops = Some(hops);
         self
@@ -410,7 +420,9 @@ impl EnvBuilder {
         cmd.arg(repo_root().join("scripts/render_envoy.py"))
             .arg("--wasm")
             .arg(&tools.wasm)
-            .args(["--listen-port", "0", "--admin-port", "0"])
+            .arg("--listen-port")
+            .arg(self.listen_port.unwrap_or(0).to_string())
+            .args(["--admin-port", "0"])
             .arg("--auth")
             .arg(auth_addr.to_string())
             .arg("--upstream")

@@ -37,7 +37,7 @@ use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
 use nebula_authz_tests::known_differences;
 use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
-use nebula_authz_tests::{paths, repo_root, Env, TempDir};
+use nebula_authz_tests::{closed_port, paths, repo_root, Env, TempDir};
 
 const MESH: &str = "tests/data/custom/meshconfig.yaml";
 const POLICIES: &str = "tests/data/custom/policies.yaml";
@@ -47,9 +47,9 @@ const POLICIES_OPA: &str = "tests/data/custom/policies-opa.yaml";
 /// filter's Envoy takes each set's configuration over ECDS; istiod's rendering is started
 /// per set (quick: no Wasm module to compile).
 const SETS: [(&str, &[&str]); 2] = [("one provider", &[POLICIES]), ("two providers", &[POLICIES, POLICIES_OPA])];
-/// The mesh's token check (Istio's jwt_authn) and the filter's `jwt` block mirroring it.
+/// The mesh's token check: Istio's jwt_authn on one side, what `make convert` turns it
+/// into (the filter's `jwt` block) on the other.
 const REQUEST_AUTHENTICATION: &str = "tests/data/custom/requestauthentication.yaml";
-const JWT: &str = "tests/data/custom/jwt.json";
 /// The TEST-ONLY key whose public half is the JWKS of both.
 const RSA_PRIVATE: &str = include_str!("../data/jwt/rsa-test-private.pem");
 const ISSUER: &str = "https://login.example.com";
@@ -85,9 +85,14 @@ fn test_ca() -> TestCa {
 /// A token of the test issuer for `sub` (`groups`, `azp` as given); `forged`: its
 /// signature's first byte changed (RSA key generation is slow in a debug build).
 fn token(sub: &str, groups: &[&str], azp: &str, forged: bool) -> String {
+    token_of(ISSUER, sub, groups, azp, forged)
+}
+
+/// As `token`, from `issuer`.
+fn token_of(issuer: &str, sub: &str, groups: &[&str], azp: &str, forged: bool) -> String {
     let key = RS256KeyPair::from_pem(RSA_PRIVATE).expect("test RSA key").with_key_id("rsa-1");
     let claims = Claims::with_custom_claims(serde_json::json!({"groups": groups, "azp": azp}), Duration::from_mins(10))
-        .with_issuer(ISSUER)
+        .with_issuer(issuer)
         .with_audience("prefect-api")
         .with_subject(sub);
     let token = key.sign(claims).expect("sign");
@@ -107,6 +112,10 @@ fn tokens() -> Vec<(&'static str, String)> {
         ("ops-star", token("ops-*", &[], "web", false)),
         ("svc-batch", token("svc-batch", &["users"], "web", false)),
         ("forged", token("admin-cli", &["prefect-admins"], "web", true)),
+        // Signed with the same key by an issuer no jwtRule names, and a credential that
+        // is not a JWT (an API key) where the RequestAuthentication reads tokens.
+        ("other-issuer", token_of("https://other.example.com", "admin-cli", &["prefect-admins"], "web", false)),
+        ("api-key", "pnu_0123456789abcdef".to_owned()),
     ]
 }
 
@@ -148,6 +157,9 @@ const SCOPED: &[&str] = &[
     "/nothosts/x",
     "/ports/x",
     "/notports/x",
+    "/listener/ports/x",
+    "/listener/notports/x",
+    "/listener/when/x",
     "/principals/x",
     "/notprincipals/x",
     "/namespaces/x",
@@ -244,13 +256,26 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
     // Two providers on one request: each is asked, in order, and each must allow.
     for (what, script) in [
         ("both allow", allow.to_owned()),
+        // Each allow with a cookie and a header for the client (headersToDownstreamOnAllow):
+        // the first answer is the first provider's.
+        (
+            "both allow with client headers",
+            format!("seq:h:set-cookie=first=1:h:x-auth-note=first:allow:alice|h:set-cookie=second=2:h:x-auth-note=second:allow:alice|{side}"),
+        ),
         ("first denies", "deny".to_owned()),
         ("second denies", format!("seq:allow:alice|deny|{side}")),
+        ("second denies after client headers", format!("seq:h:set-cookie=first=1:allow:alice|deny|{side}")),
         ("second fails", format!("seq:allow:alice|status:500|{side}")),
     ] {
         for cert in [None, Some("gateway")] {
             for (method, path) in [("GET", "/api/admin/users"), ("DELETE", "/api/flows"), ("DELETE", "/opa/open")] {
                 let id = format!("{method} {path} as {}: {what}", cert.unwrap_or("-"));
+                // A `seq:` script counts the arrivals of its exact token: one per request.
+                let script = if script.starts_with("seq:") {
+                    format!("{script}/{method}{path}/{}", cert.unwrap_or("-"))
+                } else {
+                    script.clone()
+                };
                 push(id, cert, local, RawRequest::new(method, path).bearer(&script));
             }
         }
@@ -262,6 +287,12 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
     for path in ["/api/flows", "/other", "/api/health"] {
         let req = RawRequest::get(path).bearer(allow).header("x-nebula-actor-id", "evil");
         push(format!("GET {path} spoofed"), None, local, req);
+    }
+    // A spoofed claim header (the RequestAuthentication's outputClaimToHeaders), no token:
+    // jwt_authn removes it too (measured), as the filter strips it on every request.
+    for path in ["/api/flows", "/other"] {
+        let req = RawRequest::get(path).bearer(allow).header("x-jwt-sub", "admin-cli");
+        push(format!("GET {path} spoofed claim header"), None, local, req);
     }
     // Tokens: each rule scoped to them, a path no rule selects, and one rule that does not
     // look at tokens.
@@ -397,10 +428,20 @@ fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)>
     out
 }
 
-/// The policy files and the RequestAuthentication in one file, as istiod reads them all.
-fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
-    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let docs: Vec<String> = files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| read(f)).collect();
+/// The port the policies name where they mean the listener's own (picked at run time).
+const LISTENER_PORT: &str = "\"65001\"";
+
+/// A policy file with `port`, the proxy's listener port, for [`LISTENER_PORT`].
+fn with_listener_port(path: &str, port: u16) -> String {
+    let text = std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.replace(LISTENER_PORT, &format!("\"{port}\""))
+}
+
+/// The policy files and the RequestAuthentication in one file, as istiod reads them all,
+/// for a listener on `port`.
+fn istio_input(dir: &TempDir, files: &[&str], port: u16) -> PathBuf {
+    let docs: Vec<String> =
+        files.iter().chain([&REQUEST_AUTHENTICATION]).map(|f| with_listener_port(f, port)).collect();
     let path = dir.path().join("policies.yaml");
     std::fs::write(&path, docs.join("\n---\n")).expect("write");
     path
@@ -410,8 +451,10 @@ fn istio_input(dir: &TempDir, files: &[&str]) -> PathBuf {
 /// upstream (or its own).
 fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     let dir = TempDir::new("nebula-custom-diff");
+    let port = closed_port();
     let mut builder = Env::builder()
-        .ext_authz(&repo_root().join(MESH), &istio_input(&dir, files))
+        .listen_port(port)
+        .ext_authz(&repo_root().join(MESH), &istio_input(&dir, files, port))
         .auth_cluster_name(ISTIO_CLUSTER)
         .auth_alias(OPA_CLUSTER)
         .istio_sidecar()
@@ -423,12 +466,18 @@ fn start_istio(ca: &TestCa, files: &[&str], mocks: Option<&Env>) -> Env {
     builder.start()
 }
 
-/// `make convert` of `files`, with the filter's `jwt` block.
-fn converted(files: &[&str]) -> String {
-    let jwt = repo_root().join(JWT);
-    let options = ["--jwt".as_ref(), jwt.as_os_str()];
-    let paths: Vec<PathBuf> = files.iter().map(|f| repo_root().join(f)).collect();
-    ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &options)
+/// `make convert` of `files` and the RequestAuthentication, with no other option, for a
+/// listener on `port`: the filter's `jwt` block is what the converter makes of the
+/// RequestAuthentication.
+fn converted(files: &[&str], port: u16) -> String {
+    let dir = TempDir::new("nebula-custom-convert");
+    let mut paths = Vec::new();
+    for (i, file) in files.iter().chain([&REQUEST_AUTHENTICATION]).enumerate() {
+        let path = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&path, with_listener_port(file, port)).expect("write");
+        paths.push(path);
+    }
+    ext_authz_pair::convert_all(&repo_root().join(MESH), &paths, &[])
 }
 
 /// Which providers Envoy, as istiod renders the policies, asks for each request: the
@@ -474,6 +523,9 @@ fn istio_rendering_selects_as_istio_documents() {
         ("notHosts, listed", None, local, get("/nothosts/x").header("host", "PUBLIC.example.com"), "-"),
         ("ports", None, local, get("/ports/x"), "-"),
         ("notPorts", None, local, get("/notports/x"), "authz-http"),
+        ("ports, the listener's", None, local, get("/listener/ports/x"), "authz-http"),
+        ("notPorts, the listener's", None, local, get("/listener/notports/x"), "-"),
+        ("destination.port, the listener's", None, local, get("/listener/when/x"), "authz-http"),
         ("principals", Some("gateway"), local, get("/principals/x"), "authz-http"),
         ("principals suffix", Some("robot"), local, get("/principals/x"), "authz-http"),
         ("principals, other", Some("tenant"), local, get("/principals/x"), "-"),
@@ -544,9 +596,11 @@ fn istio_rendering_selects_as_istio_documents() {
 fn filter_rules_match_istio_except_the_documented_differences() {
     let started = std::time::Instant::now();
     let ca = test_ca();
-    let configs: Vec<String> = SETS.iter().map(|(_, files)| converted(files)).collect();
+    let port = closed_port();
+    let configs: Vec<String> = SETS.iter().map(|(_, files)| converted(files, port)).collect();
     let wasm = Tools::locate(true).wasm;
     let filter = Env::builder()
+        .listen_port(port)
         .ecds()
         .plugin_config(&configs[0])
         .auth_cluster_name(ISTIO_CLUSTER)
@@ -556,10 +610,10 @@ fn filter_rules_match_istio_except_the_documented_differences() {
         .xff_trusted_hops(1)
         .start();
     let tokens = tokens();
-    let (ours_corpus, theirs_corpus) = (corpus("filter", &tokens), corpus("istio", &tokens));
     let mut observed = BTreeMap::new();
     let mut ruled = BTreeSet::new();
     let mut report = String::new();
+    let mut requests = 0;
     for (i, (set, files)) in SETS.iter().enumerate() {
         if i > 0 {
             let before = filter.ecds_counts();
@@ -575,10 +629,25 @@ fn filter_rules_match_istio_except_the_documented_differences() {
             }
         }
         let istio = start_istio(&ca, files, Some(&filter));
+        // A corpus per set: its `seq:` tokens are new to the shared auth service.
+        let (ours_corpus, theirs_corpus) =
+            (corpus(&format!("filter{i}"), &tokens), corpus(&format!("istio{i}"), &tokens));
         let mut asked = BTreeMap::<String, usize>::new();
+        requests = ours_corpus.len();
         for (ours_case, theirs_case) in ours_corpus.iter().zip(&theirs_corpus) {
             let ours = observe(&filter, &ca, ours_case, "filter");
             let theirs = observe(&istio, &ca, theirs_case, "istio");
+            // Measured with istiod's chained ext_authz filters: each allow's client headers
+            // reach the client, the later provider's first (the filter nearer the router
+            // encodes first), and the earlier's stay on the later provider's denial.
+            let cookies = ours.get("client.header.set-cookie").map(String::as_str);
+            if i == 1 && ours_case.id == "GET /api/admin/users as -: both allow with client headers" {
+                assert_eq!(cookies, Some("second=2 | first=1"), "{set}: {}", ours_case.id);
+            }
+            if i == 1 && ours_case.id == "GET /api/admin/users as -: second denies after client headers" {
+                let status = ours.get("client.status").map(String::as_str);
+                assert_eq!((status, cookies), (Some("401"), Some("first=1")), "{set}: {}", ours_case.id);
+            }
             *asked.entry(theirs.get("auth.providers").cloned().unwrap_or_default()).or_default() += 1;
             for (aspect, (a, b)) in differences(&ours, &theirs) {
                 if trace_context(&aspect, &b) {
@@ -602,7 +671,7 @@ fn filter_rules_match_istio_except_the_documented_differences() {
     eprintln!(
         "{TSV}: {} policy sets x {} requests per side in {:.1} s, {} differences:\n{report}",
         SETS.len(),
-        ours_corpus.len(),
+        requests,
         started.elapsed().as_secs_f64(),
         observed.len()
     );

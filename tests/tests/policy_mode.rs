@@ -957,3 +957,106 @@ fn several_providers_refuse_what_they_cannot_share() {
         );
     }
 }
+
+/// A RequestAuthentication among the policy files becomes the filter's `jwt` block with no
+/// flag: each jwtRule a provider (issuer, audiences, inline jwks or jwksUri at Istio's
+/// cluster for its host), the token locations (jwt_authn's defaults when none is named),
+/// `forwardOriginalToken` as `forward`, and Istio's verdicts (`local_then_callout`: a valid
+/// token still goes to the CUSTOM check; an unknown issuer or a non-JWT credential 401).
+/// What the filter cannot hold the same way is refused, naming the field; a
+/// RequestAuthentication of other workloads is ignored; `--jwt` overrides.
+#[test]
+fn request_authentication_converts_to_the_jwt_block() {
+    let dir = TempDir::new("nebula-authz-convert-ra");
+    let mesh = fixture("tests/data/custom/meshconfig.yaml");
+    let policies = fixture("tests/data/custom/policies.yaml");
+    let run = |ra: &str, extra: &[&str]| {
+        let path = dir.path().join("ra.yaml");
+        std::fs::write(&path, ra).expect("write");
+        let out = Command::new(Tools::locate(false).python)
+            .arg(repo_root().join("scripts/convert_policy.py"))
+            .args([&mesh, &policies, &path])
+            .args(extra)
+            .arg("--config-only")
+            .output()
+            .expect("run scripts/convert_policy.py");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let config = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok();
+        (out.status.code(), config, stderr)
+    };
+    let ra = |selector: &str, rules: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: login, namespace: prefect}}\n\
+             spec:\n{selector}  jwtRules:\n{rules}"
+        )
+    };
+    let selected = "  selector: {matchLabels: {app: prefect-server}}\n";
+    // The test fixture: an inline JWKS, its own header, the token forwarded.
+    let (code, config, stderr) =
+        run(&std::fs::read_to_string(fixture("tests/data/custom/requestauthentication.yaml")).expect("read"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let jwt = &config.expect("JSON")["jwt"];
+    assert_eq!(jwt["mode"], "local_then_callout");
+    assert_eq!(jwt["unknown_issuer"], "reject");
+    assert_eq!(jwt["not_jwt"], "reject");
+    assert_eq!(jwt["forward"], true);
+    assert_eq!(jwt["from_headers"], serde_json::json!([{"name": "x-jwt-assertion"}]));
+    assert!(jwt.get("from_params").is_none() && jwt.get("from_cookies").is_none(), "{jwt}");
+    assert_eq!(jwt["providers"][0]["issuer"], "https://login.example.com");
+    assert_eq!(jwt["providers"][0]["audiences"], serde_json::json!(["prefect-api"]));
+    assert_eq!(jwt["providers"][0]["jwks"]["keys"][0]["kid"], "rsa-1", "the inline JWKS, parsed");
+    // jwksUri, no token location (jwt_authn's defaults), forwardOriginalToken unset (false),
+    // outputClaimToHeaders; the default header and param as the filter spells them.
+    let rules = "    - issuer: https://idp.example.com:8443/realms/x\n      jwksUri: https://keys.example.com/certs?v=1\n      \
+                 timeout: 2s\n      outputClaimToHeaders: [{header: x-nebula-actor-id, claim: sub}]\n    \
+                 - issuer: http://plain.example.com\n";
+    let (code, config, stderr) = run(&ra(selected, rules), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let jwt = &config.expect("JSON")["jwt"];
+    assert_eq!(jwt["from_headers"], serde_json::json!([{"name": "authorization", "value_prefix": "Bearer "}]));
+    assert_eq!(jwt["from_params"], serde_json::json!(["access_token"]));
+    assert_eq!(jwt["forward"], false, "Istio's forwardOriginalToken defaults to false");
+    assert_eq!(
+        jwt["providers"][0]["remote_jwks"],
+        serde_json::json!({"host": "keys.example.com", "port": 443, "path": "/certs?v=1", "timeout_ms": 2000})
+    );
+    assert_eq!(jwt["providers"][0]["claims_to_headers"], serde_json::json!({"sub": "x-nebula-actor-id"}));
+    assert_eq!(jwt["providers"][1]["discovery"], serde_json::json!({"host": "plain.example.com", "port": 80}));
+    assert!(stderr.contains("outbound|<port>||<host>"), "{stderr}");
+    // Another workload's RequestAuthentication: ignored, so requestPrincipals are refused.
+    let other =
+        ra("  selector: {matchLabels: {app: other}}\n", "    - issuer: https://a\n      jwks: '{\"keys\": []}'\n");
+    let (code, _, stderr) = run(&other, &[]);
+    assert!(code == Some(1) && stderr.contains("give the workload's RequestAuthentication"), "{stderr}");
+    // --jwt overrides.
+    let jwt_file = fixture("tests/data/custom/jwt.json");
+    let (code, config, stderr) = run(&other, &["--jwt", jwt_file.to_str().expect("UTF-8 path")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(config.expect("JSON")["jwt"]["mode"], "local_then_callout");
+    assert!(stderr.contains("--jwt: the jwt block given replaces what the RequestAuthentications"), "{stderr}");
+    for (what, text, expected) in [
+        (
+            "outputPayloadToHeader",
+            ra(selected, "    - issuer: https://a\n      outputPayloadToHeader: x-payload\n"),
+            "jwtRules[0].outputPayloadToHeader: the filter has no equivalent",
+        ),
+        (
+            "token locations that differ by rule",
+            ra(selected, "    - issuer: https://a\n      fromParams: [t]\n    - issuer: https://b\n"),
+            "jwtRules[1]: its fromHeaders/fromParams/fromCookies or forwardOriginalToken differ",
+        ),
+        (
+            "one issuer twice",
+            ra(selected, "    - issuer: https://a\n    - issuer: https://a\n"),
+            "jwtRules[1].issuer 'https://a': also",
+        ),
+        (
+            "a selector of some of the workloads",
+            ra("  selector: {matchLabels: {version: v1}}\n", "    - issuer: https://a\n"),
+            "its selector selects only some of the policies' workloads",
+        ),
+    ] {
+        let (code, _, stderr) = run(&text, &[]);
+        assert!(code == Some(1) && stderr.contains(expected), "{what}: expected {expected:?}: {stderr}");
+    }
+}

@@ -42,6 +42,7 @@ pub(crate) struct RawJwt {
     max_token_bytes: Option<usize>,
     cache_entries: Option<usize>,
     unknown_issuer: Option<UnknownIssuer>,
+    not_jwt: Option<NotJwt>,
     rules: Option<Vec<RawRule>>,
 }
 
@@ -106,6 +107,18 @@ pub enum UnknownIssuer {
     Reject,
 }
 
+/// What happens to a credential that is not JWT-shaped (an API key in `Authorization:
+/// Bearer`, a `Basic` value without the configured prefix is no credential at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotJwt {
+    /// The callout decides (Prefect API keys travel where tokens do).
+    Callout,
+    /// 401 `invalid_token`, no callout: Envoy `jwt_authn` (Istio's RequestAuthentication)
+    /// answers a token it cannot parse so, whatever the rules say.
+    Reject,
+}
+
 #[derive(Debug)]
 pub struct JwtSettings {
     pub providers: Vec<Provider>,
@@ -116,6 +129,7 @@ pub struct JwtSettings {
     /// Verified tokens remembered per worker.
     pub cache_entries: usize,
     pub unknown_issuer: UnknownIssuer,
+    pub not_jwt: NotJwt,
     /// Every header a provider may inject (the strip list includes them all).
     pub injected: HeaderNames,
     /// Keys skipped in inline JWKS, for the log.
@@ -214,6 +228,7 @@ impl TryFrom<RawJwt> for JwtSettings {
         let cache_entries =
             bounded("jwt.cache_entries", raw.cache_entries, DEFAULT_CACHE_ENTRIES, 0, MAX_CACHE_ENTRIES)?;
         let unknown_issuer = raw.unknown_issuer.unwrap_or(UnknownIssuer::Callout);
+        let not_jwt = raw.not_jwt.unwrap_or(NotJwt::Callout);
         let rules = raw.rules.map(rules).transpose()?;
         Ok(JwtSettings {
             providers,
@@ -221,6 +236,7 @@ impl TryFrom<RawJwt> for JwtSettings {
             max_token_bytes,
             cache_entries,
             unknown_issuer,
+            not_jwt,
             injected,
             warnings,
             rules,

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::jwt::jwt_config::{JwtSettings, Mode, Provider, UnknownIssuer};
+use crate::jwt::jwt_config::{JwtSettings, Mode, NotJwt, Provider, UnknownIssuer};
 use crate::jwt::keys::{Alg, Key, KeySet};
 pub use crate::jwt::reason::Reason;
 use crate::jwt::require::lookup;
@@ -158,7 +158,10 @@ impl JwtVerifier {
             return valid(settings, e.provider, &e.claims, headers, e.headers.clone(), true);
         }
         let Some(token) = credential.filter(|c| looks_like_jwt(c)) else {
-            return Outcome::Callout(Pass::NotJwt);
+            return match (credential, settings.not_jwt) {
+                (Some(_), NotJwt::Reject) => Outcome::Invalid(Reason::Malformed),
+                _ => Outcome::Callout(Pass::NotJwt),
+            };
         };
         if token.len() > settings.max_token_bytes {
             return Outcome::Invalid(Reason::TooLarge);
@@ -663,6 +666,24 @@ mod tests {
         ];
         for (headers, want) in cases {
             assert_eq!(v.check(jwt, &headers, NOW_MS), want, "{headers:?}");
+        }
+        // not_jwt: reject: what has the prefix and is not a JWT is refused, what lacks it
+        // (no credential, as for Envoy's jwt_authn) still goes to the callout.
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"not_jwt": "reject", "providers": [{{"issuer": "{ISS}", "jwks": {}}}]}}}}"#,
+            jwks(&f)
+        );
+        let strict = Settings::from_json(json.as_bytes()).unwrap();
+        let mut sv = verifier(&strict);
+        let strict_jwt = strict.jwt.as_ref().unwrap();
+        let cases: Vec<(Headers, Outcome)> = vec![
+            (h(&[]), Outcome::Callout(Pass::NoCredential)),
+            (h(&[("authorization", b"Bearer pnu_0123456789abcdef")]), Outcome::Invalid(Reason::Malformed)),
+            (h(&[("authorization", b"Bearer eyJ.a")]), Outcome::Invalid(Reason::Malformed)),
+            (h(&[("authorization", b"Basic dXNlcjpwYXNz")]), Outcome::Callout(Pass::NotJwt)),
+        ];
+        for (headers, want) in cases {
+            assert_eq!(sv.check(strict_jwt, &headers, NOW_MS), want, "not_jwt: reject, {headers:?}");
         }
         // Case-insensitive scheme (RFC 6750 §2.1 follows RFC 7235).
         let token = f.es.sign(claims()).unwrap();

@@ -223,6 +223,24 @@ fn unknown_issuers_can_be_rejected_locally() {
     assert_eq!(jwt_counter(&mut sim, "rejected.unknown_issuer"), 1);
 }
 
+/// `not_jwt: reject` (what `make convert` writes for a RequestAuthentication): an API
+/// key where tokens are read is answered 401 with no callout, as Envoy's jwt_authn
+/// answers a token it cannot parse; a request without the header is still checked.
+#[test]
+fn credentials_that_are_not_jwts_can_be_rejected_locally() {
+    let mut config: serde_json::Value = serde_json::from_str(&config("local_then_callout")).unwrap();
+    config["jwt"]["not_jwt"] = "reject".into();
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer pnu_0123456789abcdef")]));
+    assert_refused(&sim, id, 401, INVALID_TOKEN, "an API key, not_jwt: reject");
+    assert!(sim.host.dispatched().is_empty(), "no callout for a refused credential");
+    let id = sim.send(spoofing(b"/api/flows", &[]));
+    sim.settle(|_, _| Answer::Allow.reply());
+    assert!(sim.streams[&id].upstream.is_some(), "no credential: the callout decides, and allows");
+    sim.check();
+    assert_eq!(jwt_counter(&mut sim, "rejected.malformed"), 1);
+}
+
 /// `local_then_callout` with the token in its own header: an invalid token is refused
 /// locally; without one, the callout alone decides.
 #[test]

@@ -488,3 +488,33 @@ fn a_refused_property_read_fails_the_request_closed() {
     assert_eq!(sim.counter(Metric::Errors), 1);
     sim.check();
 }
+
+/// Two providers with `client_headers_on_success` (Istio's `headersToDownstreamOnAllow`):
+/// the client gets each allow's headers, the later provider's first, as istiod's two
+/// ext_authz filters add theirs on the way back (the one nearer the router first); when
+/// the later provider denies, its reply still carries the earlier allow's.
+#[test]
+fn each_allow_adds_its_client_headers_the_later_provider_first() {
+    let mut config: serde_json::Value = serde_json::from_str(&two_providers(false)).unwrap();
+    config["providers"][0] = serde_json::json!({"name": "auth", "cluster": "auth", "protocol": "ext_authz",
+        "request_headers": ["authorization"], "upstream_headers": ["x-nebula-actor-id"]});
+    for provider in 0..2 {
+        config["providers"][provider]["client_headers_on_success"] = serde_json::json!(["set-cookie"]);
+    }
+    let answer = |cookie: &str| {
+        Some((super::pairs(&[(":status", "200"), ("x-nebula-actor-id", "alice"), ("set-cookie", cookie)]), vec![]))
+    };
+    let cookies = |pairs: &[(String, Vec<u8>)]| -> Vec<Vec<u8>> {
+        pairs.iter().filter(|(n, _)| n == "set-cookie").map(|(_, v)| v.clone()).collect()
+    };
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|cluster, _| if cluster == "auth" { answer("first=1") } else { answer("second=2") });
+    assert_eq!(called(&sim, id), vec!["auth".to_string(), "opa".to_string()]);
+    sim.response(id, super::pairs(&[(":status", "200"), ("set-cookie", "up=0")]));
+    let response = sim.host.stream(id).response;
+    assert_eq!(cookies(&response), vec![b"up=0".to_vec(), b"second=2".to_vec(), b"first=1".to_vec()], "{response:?}");
+    sim.end(id);
+    assert!(sim.workers[0].kept.client_headers.is_empty());
+    sim.check();
+}
