@@ -333,20 +333,41 @@ fn other_providers(config: &serde_json::Value) -> Vec<(String, serde_json::Value
     let Some(list) = config.get("providers").and_then(|p| p.as_array()) else { return Vec::new() };
     let mut out = Vec::new();
     for provider in list.iter().skip(1) {
-        let mut provider = provider.clone();
-        let name = provider.as_object_mut().and_then(|o| o.remove("name"));
-        let mut other = config.clone();
-        if let Some(object) = other.as_object_mut() {
-            object.remove("providers");
-            object.remove("policies");
-            // The rules run with the first provider's settings; kept here, a
-            // `trusted_proxies` that only `remoteIpBlocks` uses would be refused.
-            object.remove("trusted_proxies");
-            object.insert("auth".into(), provider);
+        let (name, provider) = split_name(provider.clone());
+        let mut other = serde_json::Map::new();
+        if let Some(object) = config.as_object() {
+            for (key, member) in object {
+                // The rules run with the first provider's settings; kept here, a
+                // `trusted_proxies` that only `remoteIpBlocks` uses would be refused.
+                if !matches!(key.as_str(), "providers" | "policies" | "trusted_proxies") {
+                    other.insert(key.clone(), member.clone());
+                }
+            }
         }
-        out.push((name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default(), other));
+        other.insert("auth".into(), provider);
+        out.push((
+            name.and_then(|n| n.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::Value::Object(other),
+        ));
     }
     out
+}
+
+/// A provider's `name` member and the provider without it. The object is rebuilt rather
+/// than `Map::remove`d: a map's removal (its rebalancing) is ~5 KB of module code that
+/// only these few start-up calls used, and every sidecar's V8 compiles it.
+fn split_name(value: serde_json::Value) -> (Option<serde_json::Value>, serde_json::Value) {
+    let serde_json::Value::Object(object) = value else { return (None, value) };
+    let mut name = None;
+    let mut rest = serde_json::Map::new();
+    for (key, member) in object {
+        if key == "name" {
+            name = Some(member);
+        } else {
+            rest.insert(key, member);
+        }
+    }
+    (name, serde_json::Value::Object(rest))
 }
 
 /// The `auth` block (the provider `auth`), or `providers` (each a `name` and the
@@ -369,9 +390,10 @@ fn providers(
     }
     let mut names = Vec::with_capacity(list.len());
     let mut settings = Vec::with_capacity(list.len());
-    for (i, mut value) in list.into_iter().enumerate() {
+    for (i, value) in list.into_iter().enumerate() {
         let field = format!("providers[{i}]");
-        let name = match value.as_object_mut().and_then(|o| o.remove("name")) {
+        let (name, value) = split_name(value);
+        let name = match name {
             Some(serde_json::Value::String(name)) if !name.is_empty() => name,
             _ => return Err(ConfigError::new(format!("{field}.name"), "missing: each provider needs a name")),
         };
