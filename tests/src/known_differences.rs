@@ -53,3 +53,12 @@ pub fn documented_categories(page: &str, section: &str) -> BTreeSet<String> {
         .filter_map(|l| l.split('|').nth(1)?.trim().strip_prefix('`')?.strip_suffix('`').map(str::to_owned))
         .collect()
 }
+
+/// What `observed` and `known` disagree on, as `case<TAB>aspect` lines: the differences
+/// not listed, and the listed ones not observed (a test asserts both are empty).
+pub fn mismatches(observed: &Observed, known: &Known) -> (Vec<String>, Vec<String>) {
+    let line = |(case, aspect): &(String, String)| format!("{case}\t{aspect}");
+    let unlisted = observed.keys().filter(|k| !known.contains_key(*k)).map(line).collect();
+    let stale = known.keys().filter(|k| !observed.contains_key(*k)).map(line).collect();
+    (unlisted, stale)
+}

@@ -679,10 +679,7 @@ fn filter_rules_match_istio_except_the_documented_differences() {
     if std::env::var_os("NEBULA_CUSTOM_DIFF_WRITE").is_some() {
         known_differences::write(TSV, TSV_HEADER, &observed, &known);
     }
-    let unlisted: Vec<String> =
-        observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
-    let stale: Vec<String> =
-        known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    let (unlisted, stale) = known_differences::mismatches(&observed, &known);
     assert!(
         unlisted.is_empty() && stale.is_empty(),
         "differences from Istio not listed in {TSV}:\n{}\n\nlisted but not observed:\n{}\n\nall differences:\n{report}",

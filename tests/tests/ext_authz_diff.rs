@@ -307,10 +307,7 @@ fn assert_differences(setup: &Setup) {
     if std::env::var_os("NEBULA_EXTAUTHZ_DIFF_WRITE").is_some() {
         known_differences::write(setup.tsv, TSV_HEADER, &observed, &known);
     }
-    let unlisted: Vec<String> =
-        observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
-    let stale: Vec<String> =
-        known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    let (unlisted, stale) = known_differences::mismatches(&observed, &known);
     assert!(
         unlisted.is_empty() && stale.is_empty(),
         "differences from ext_authz not listed in {}:\n{}\n\nlisted but not observed:\n{}\n\nall differences:\n{report}",

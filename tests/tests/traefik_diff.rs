@@ -259,10 +259,7 @@ fn assert_differences(
         known_differences::write(tsv, TSV_HEADER, &observed, &known);
     }
 
-    let unlisted: Vec<String> =
-        observed.keys().filter(|k| !known.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
-    let stale: Vec<String> =
-        known.keys().filter(|k| !observed.contains_key(*k)).map(|(c, a)| format!("{c}\t{a}")).collect();
+    let (unlisted, stale) = known_differences::mismatches(&observed, &known);
     assert!(
         unlisted.is_empty() && stale.is_empty(),
         "differences from Traefik not listed in {tsv}:\n{}\n\nlisted but not observed:\n{}\n\n\
