@@ -186,13 +186,20 @@ impl Settings {
     }
 
     /// The callout's headers for a protected request (also one whose public path did
-    /// not match its access rules); `Err`: fail closed.
+    /// not match its access rules), without its trace headers: what its cache key and
+    /// coalescing are decided on. `Err`: fail closed.
     pub fn callout<'h, H: Header>(
         &'h self,
         headers: &'h [H],
         info: impl RequestInfo,
     ) -> Result<Vec<CalloutHeader<'h>>, Failure> {
         request::callout(&self.auth, &self.strip, headers, info)
+    }
+
+    /// The trace headers to add to a callout built by [`Settings::callout`] (`sent`),
+    /// once it is to be sent.
+    pub fn trace_headers<'h, H: Header>(&self, headers: &'h [H], sent: &[CalloutHeader<'_>]) -> Vec<CalloutHeader<'h>> {
+        request::trace_headers(&self.auth, &self.strip, headers, sent)
     }
 
     /// Decides on the auth response (policy/decision.rs); `headers` include `:status`
@@ -303,10 +310,7 @@ impl TryFrom<RawConfig> for Settings {
             ));
         }
 
-        let mut cache = raw.cache.map(CacheSettings::parse).transpose()?;
-        if let Some(cache) = &mut cache {
-            cache.unkeyed = auth.trace_headers.clone();
-        }
+        let cache = raw.cache.map(CacheSettings::parse).transpose()?;
 
         let telemetry = TelemetrySettings::parse(raw.telemetry)?;
         let other_providers = Vec::new();

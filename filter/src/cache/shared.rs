@@ -17,7 +17,6 @@ use crate::error::ConfigError;
 use crate::policy::decision::Verdict;
 use crate::policy::ext_authz::AllowExtra;
 use crate::policy::headers::Header;
-use crate::policy::trace::TraceHeaders;
 
 const DEFAULT_ENTRIES: u32 = 10_000;
 const MAX_ENTRIES: u32 = 1 << 20;
@@ -58,10 +57,6 @@ pub struct CacheSettings {
     pub negative_ttl: u64,
     /// How long past its expiry an allow is still served when the auth service fails.
     pub stale_if_error: u64,
-    /// Callout headers left out of the key (and so of coalescing): the trace headers
-    /// (`auth.trace_headers`, policy/trace.rs), which differ on every request and never
-    /// change the answer.
-    pub unkeyed: TraceHeaders,
     /// SHA-256 of the whole plugin configuration, part of every key: plugins sharing a
     /// VM, or a changed configuration, never read each other's decisions.
     pub fingerprint: [u8; 32],
@@ -98,15 +93,7 @@ impl CacheSettings {
                 });
             }
         }
-        Ok(CacheSettings {
-            entries,
-            default_ttl,
-            max_ttl,
-            negative_ttl,
-            stale_if_error,
-            unkeyed: TraceHeaders::default(),
-            fingerprint: [0; 32],
-        })
+        Ok(CacheSettings { entries, default_ttl, max_ttl, negative_ttl, stale_if_error, fingerprint: [0; 32] })
     }
 
     /// Where a callout's decision lives: its key, its slot and its bearer token's `exp`.
@@ -133,8 +120,9 @@ impl CacheSettings {
     }
 
     /// The key of a callout: every byte the auth service would see for it (the cluster
-    /// and the exact header list the core built, pseudo-headers included, but the
-    /// [`CacheSettings::unkeyed`] trace headers), length-prefixed
+    /// and the exact header list the core built, pseudo-headers included; the trace
+    /// headers, which differ on every request and never change the answer, are added
+    /// only after the key is taken: policy/trace.rs), length-prefixed
     /// so that no two different inputs encode alike, hashed with SHA-256. The credential
     /// itself is never stored.
     pub fn key(&self, cluster: &str, callout: &[(&str, &str)]) -> Key {
@@ -151,16 +139,11 @@ impl CacheSettings {
         out.extend_from_slice(b"nebula-authz cache key v1\0");
         out.extend_from_slice(&self.fingerprint);
         field(out, cluster.as_bytes());
-        // The count of keyed headers goes first: written once they are counted.
-        let at = out.len();
-        out.extend_from_slice(&[0; 8]);
-        let mut count = 0u64;
-        for (name, value) in callout.iter().filter(|(name, _)| !self.unkeyed.contains(name)) {
+        out.extend_from_slice(&(callout.len() as u64).to_be_bytes());
+        for (name, value) in callout {
             field(out, name.as_bytes());
             field(out, value.as_bytes());
-            count += 1;
         }
-        out[at..at + 8].copy_from_slice(&count.to_be_bytes());
     }
 
     /// The decision stored for exactly `key` and still fresh at `now_ms` (Unix ms).
@@ -585,34 +568,6 @@ mod tests {
         let (probe, full) = (c.probe("auth", &callout), c.lookup("auth", &callout));
         assert_eq!((probe.key, probe.slot, probe.token_exp_ms), (full.key, full.slot, None));
         assert_eq!(full.token_exp_ms, Some(NOW + 20_000));
-    }
-
-    /// Trace headers differ on every request and never change the answer: two callouts
-    /// that differ only in them share a key (a cache entry, a coalesced callout); any
-    /// other header still counts, and without trace headers configured they are keyed.
-    #[test]
-    fn trace_headers_are_no_part_of_the_key() {
-        let settings =
-            crate::plugin_config::Settings::from_json(br#"{"auth": {"cluster": "auth"}, "cache": {}}"#).unwrap();
-        let c = settings.cache.unwrap();
-        let base = [(":method", "GET"), (":path", "/"), ("authorization", "Bearer t")];
-        let one = [&base[..], &[("traceparent", "00-aa-01-01"), ("x-request-id", "1"), ("b3", "x")]].concat();
-        let two = [&base[..], &[("x-request-id", "2"), ("traceparent", "00-bb-02-01")]].concat();
-        assert_eq!(c.key("auth", &one), c.key("auth", &base));
-        assert_eq!(c.key("auth", &one), c.key("auth", &two));
-        let mut input = (Vec::new(), Vec::new());
-        c.key_input("auth", &one, &mut input.0);
-        c.key_input("auth", &two, &mut input.1);
-        assert_eq!(input.0, input.1, "the per-worker front compares these bytes");
-        let other = [&base[..], &[("x-custom", "1")]].concat();
-        assert_ne!(c.key("auth", &other), c.key("auth", &base));
-        let keyed = crate::plugin_config::Settings::from_json(
-            br#"{"auth": {"cluster": "auth", "trace_headers": []}, "cache": {}}"#,
-        )
-        .unwrap()
-        .cache
-        .unwrap();
-        assert_ne!(keyed.key("auth", &one), keyed.key("auth", &two));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::policy::forward::CalloutHeader;
 use crate::policy::request_body::BodyVerdict;
 use crate::telemetry::{Decided, How, Outcome};
 
@@ -108,18 +109,19 @@ impl Request {
         // Each selected provider in turn: its own callout, cache key and decision.
         let main = settings;
         let Some(settings) = main.provider(self.provider) else { return self.fail(host, worker, main) };
-        let mut callout = match settings.callout(&headers, HostRequestInfo::with_source(host, address)) {
+        let mut built = match settings.callout(&headers, HostRequestInfo::with_source(host, address)) {
             Ok(callout) => callout,
             Err(failure) => return fail_closed(host, worker, id, settings, failure),
         };
         if let Some((name, principal)) = principal {
-            callout.push((name, principal.into()));
+            built.push((name, principal.into()));
         }
-        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         if self.body.is_some() {
             // The body is not part of the cache key: such a decision is neither looked up,
             // stored nor shared with an identical callout.
-            let callout = callout.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            let trace = settings.trace_headers(&headers, &built);
+            let callout = traced(callout, &trace).iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
             return self.body_step(host, worker, settings, callout);
         }
         let lookup = match cache::probe(host, worker, settings, &callout) {
@@ -132,7 +134,8 @@ impl Request {
         if let Some(lookup) = lookup.as_ref().filter(|lookup| self.coalesces() && callout::join(worker, lookup, id)) {
             return Step::Paused(Waiting::Coalesced { lookup: lookup.clone() });
         }
-        let step = callout::send(host, worker, id, settings, callout, lookup, None);
+        let trace = settings.trace_headers(&headers, &built);
+        let step = callout::send(host, worker, id, settings, traced(callout, &trace), lookup, None);
         self.then_next_provider(host, worker, main, step)
     }
 
@@ -177,14 +180,14 @@ impl Request {
         let Some(settings) = main.provider(self.provider) else { return self.fail(host, worker, main) };
         let Some(buffer) = host.header_map(Map::RequestHeaders) else { return self.fail(host, worker, main) };
         let Some(headers) = header_map::parse(&buffer) else { return self.fail(host, worker, main) };
-        let mut callout = match settings.callout(&headers, HostRequestInfo::with_source(host, None)) {
+        let mut built = match settings.callout(&headers, HostRequestInfo::with_source(host, None)) {
             Ok(callout) => callout,
             Err(failure) => return fail_closed(host, worker, self.id, settings, failure),
         };
         if let Some((name, principal)) = access::principal_again(host, settings) {
-            callout.push((name, principal.into()));
+            built.push((name, principal.into()));
         }
-        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         let lookup = match cache::probe(host, worker, settings, &callout) {
             Ok(decision) => {
                 let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache, None);
@@ -192,7 +195,8 @@ impl Request {
             }
             Err(lookup) => lookup,
         };
-        let step = callout::send(host, worker, self.id, settings, callout, lookup, None);
+        let trace = settings.trace_headers(&headers, &built);
+        let step = callout::send(host, worker, self.id, settings, traced(callout, &trace), lookup, None);
         self.then_next_provider(host, worker, main, step)
     }
 
@@ -259,12 +263,14 @@ impl Request {
         }
         let buffer = host.header_map(Map::RequestHeaders)?;
         let headers = header_map::parse(&buffer)?;
-        let mut callout = settings.callout(&headers, HostRequestInfo::with_source(host, None)).ok()?;
+        let mut built = settings.callout(&headers, HostRequestInfo::with_source(host, None)).ok()?;
         // Only a protected request sends a callout: it carried the principal if there was one.
         if let Some((name, principal)) = access::principal_again(host, settings) {
-            callout.push((name, principal.into()));
+            built.push((name, principal.into()));
         }
-        let callout: Vec<(&str, &str)> = callout.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let trace = settings.trace_headers(&headers, &built);
+        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
+        let callout = traced(callout, &trace);
         let auth = &settings.auth;
         let token = match (&auth.with_request_body, &self.body) {
             (Some(rules), Some(wait)) => {
@@ -493,4 +499,10 @@ impl Request {
             _ => {}
         }
     }
+}
+
+/// `callout` (its cache key was taken on it) with the request's `trace` headers, to send.
+fn traced<'a>(mut callout: Vec<(&'a str, &'a str)>, trace: &'a [CalloutHeader<'a>]) -> Vec<(&'a str, &'a str)> {
+    callout.extend(trace.iter().map(|(name, value)| (*name, value.as_ref())));
+    callout
 }

@@ -66,7 +66,11 @@ pub fn plan<'h, H: Header>(
     let route = match routed.public(public) {
         Some(template) => Route::Public { template },
         None => match callout(auth, strip_names, headers, info) {
-            Ok(headers) => Route::Callout { headers },
+            Ok(mut out) => {
+                let traced = trace_headers(auth, strip_names, headers, &out);
+                out.extend(traced);
+                Route::Callout { headers: out }
+            }
             Err(failure) => Route::Reject(failure),
         },
     };
@@ -106,8 +110,9 @@ fn regex_strips(regex: &HeaderRegex, name: &str) -> bool {
     regex.matches(name) || (name.contains('_') && regex.matches(&name.replace('_', "-")))
 }
 
-/// The callout's headers for a protected request (pseudo-headers first); `Err` when the
-/// request cannot be checked faithfully (fail closed).
+/// The callout's headers for a protected request (pseudo-headers first), without its
+/// trace headers ([`trace_headers`]): exactly what its answer may depend on, so also its
+/// cache key. `Err` when the request cannot be checked faithfully (fail closed).
 pub fn callout<'h, H: Header>(
     auth: &'h AuthSettings,
     strip: &HeaderNames,
@@ -120,10 +125,6 @@ pub fn callout<'h, H: Header>(
                 if !out.iter().any(|(n, _)| *n == ":authority") {
                     out.insert(2, (":authority", auth.authority.as_str().into()));
                 }
-                let stripped = |n: &str| {
-                    strip.contains(n) || auth.upstream_headers_regex.as_ref().is_some_and(|r| regex_strips(r, n))
-                };
-                trace::append(&auth.trace_headers, headers, stripped, &mut out);
                 Ok(out)
             }
             None => Err(Failure::RequestHeaderNotText),
@@ -167,8 +168,23 @@ pub fn callout<'h, H: Header>(
             Err(_) => return Err(Failure::RequestHeaderNotText),
         }
     }
-    trace::append(&auth.trace_headers, headers, |n| strip.contains(n) || skip(n), &mut out);
     Ok(out)
+}
+
+/// The request's trace headers for a callout about to be sent with `sent` (what
+/// [`callout`] built): added only then, after its cache key and coalescing were decided
+/// on `sent` alone, so a cache hit never builds them. A trace header is never a
+/// forwarding header nor one `request_headers` or `headers_to_add` sends (refused at
+/// load), so only the strip list and `upstream_headers_regex` keep one back.
+pub fn trace_headers<'h, H: Header>(
+    auth: &AuthSettings,
+    strip: &HeaderNames,
+    headers: &'h [H],
+    sent: &[CalloutHeader<'_>],
+) -> Vec<CalloutHeader<'h>> {
+    let stripped =
+        |n: &str| strip.contains(n) || auth.upstream_headers_regex.as_ref().is_some_and(|r| regex_strips(r, n));
+    trace::lines(&auth.trace_headers, headers, stripped, |name| sent.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
 }
 
 #[cfg(test)]

@@ -126,33 +126,34 @@ pub(crate) fn compile(
     Ok(TraceHeaders::new(&names))
 }
 
-/// Appends to `out` each header of `request` that `trace` names, unless it is stripped
-/// (`stripped`: never sent, whatever lists it) or `out` already has it (sent by
-/// `request_headers` or `headers_to_add`). A repeated one goes as one line, its values
-/// joined with `,` (RFC 9110 §5.3; W3C Trace Context §3.3.1.1 for `tracestate`). A value
-/// that is not text is left out: trace context is best effort and must not fail the
-/// request.
-pub fn append<'h, H: Header>(
+/// Each header of `request` that `trace` names, unless it is stripped (`stripped`: never
+/// sent, whatever lists it) or the callout already sends it (`sent`: by `request_headers`
+/// or `headers_to_add`). A repeated one goes as one line, its values joined with `,`
+/// (RFC 9110 §5.3; W3C Trace Context §3.3.1.1 for `tracestate`). A value that is not text
+/// is left out: trace context is best effort and must not fail the request.
+pub fn lines<'h, H: Header>(
     trace: &TraceHeaders,
     request: &'h [H],
     stripped: impl Fn(&str) -> bool,
-    out: &mut Vec<CalloutHeader<'h>>,
-) {
+    sent: impl Fn(&str) -> bool,
+) -> Vec<CalloutHeader<'h>> {
+    let mut out: Vec<CalloutHeader<'h>> = Vec::new();
     if trace.is_empty() {
-        return;
+        return out;
     }
     for (i, h) in request.iter().enumerate() {
         let name = h.name();
-        if name.starts_with(':') || !trace.contains(name) || stripped(name) {
+        if name.starts_with(':') || !trace.contains(name) || stripped(name) || sent(name) {
             continue;
         }
         if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            continue; // Already sent, or joined into its first line.
+            continue; // Joined into its first line.
         }
         if let Some(line) = headers::joined(&request[i..], name) {
             out.push((name, line));
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -195,8 +196,7 @@ mod tests {
             ("x-datadog-trace-id", b"\xff"),
             ("sw8", b"1-abc"),
         ]);
-        let mut out = vec![];
-        append(&set, &request, |_| false, &mut out);
+        let out = lines(&set, &request, |_| false, |_| false);
         assert_eq!(
             names(&out),
             [
@@ -214,16 +214,15 @@ mod tests {
     #[test]
     fn stripped_already_sent_and_unlisted_headers_do_not_go() {
         let request = h(&[("x-request-id", b"client"), ("traceparent", b"tp"), ("uber-trace-id", b"u"), ("b3", b"1")]);
-        let mut out: Vec<CalloutHeader<'_>> = vec![("x-request-id", "from-headers-to-add".into())];
+        let sent = |n: &str| n == "x-request-id"; // sent by headers_to_add
         let none = HeaderNames::default();
-        append(&compile(None, &none, &[]).unwrap(), &request, |n| n == "b3", &mut out);
-        assert_eq!(names(&out), ["x-request-id: from-headers-to-add", "traceparent: tp"]);
+        let out = lines(&compile(None, &none, &[]).unwrap(), &request, |n| n == "b3", sent);
+        assert_eq!(names(&out), ["traceparent: tp"]);
         // A list replaces the default; [] sends nothing.
-        let mut out = vec![];
-        append(&compile(Some(vec!["Uber-Trace-Id".into()]), &none, &[]).unwrap(), &request, |_| false, &mut out);
+        let out =
+            lines(&compile(Some(vec!["Uber-Trace-Id".into()]), &none, &[]).unwrap(), &request, |_| false, |_| false);
         assert_eq!(names(&out), ["uber-trace-id: u"]);
-        let mut out = vec![];
-        append(&compile(Some(vec![]), &none, &[]).unwrap(), &request, |_| false, &mut out);
+        let out = lines(&compile(Some(vec![]), &none, &[]).unwrap(), &request, |_| false, |_| false);
         assert!(out.is_empty());
     }
 

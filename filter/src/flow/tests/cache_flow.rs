@@ -272,6 +272,43 @@ fn concurrent_identical_requests_share_one_callout_even_when_not_stored() {
     assert_eq!(sim.counter(Metric::Coalesced), 2 * (N as u64 - 1));
 }
 
+/// Trace headers differ on every request and never change the answer: requests that
+/// differ only in them share one decision (stored, or one callout in flight), and the
+/// callout that is sent carries the trace headers of the request that sent it.
+#[test]
+fn requests_differing_only_in_trace_headers_share_a_decision() {
+    let traced = |token: &str, n: usize| {
+        let parent = format!("00-{n:032x}-{n:016x}-01");
+        asking("GET", "/api/flows", token, &[("traceparent", &parent), ("x-request-id", &n.to_string())])
+    };
+    let sent_trace = |sim: &Sim, i: usize| -> Vec<(String, String)> {
+        let d = &sim.host.dispatched()[i];
+        d.headers.iter().filter(|(n, _)| n == "traceparent" || n == "x-request-id").cloned().collect()
+    };
+    let mut sim = Sim::new(&config(r#"{"default_ttl": 60}"#), 2);
+    let first = ask(&mut sim, traced("erin", 1), || allow("erin", None));
+    assert_allowed_as(&sim, first, "erin", "first");
+    let want = vec![
+        ("traceparent".to_string(), format!("00-{:032x}-{:016x}-01", 1, 1)),
+        ("x-request-id".to_string(), "1".to_string()),
+    ];
+    assert_eq!(sent_trace(&sim, 0), want, "the callout carries its request's trace headers");
+    for (n, w) in [(2, 0), (3, 1)] {
+        let id = ask_on(&mut sim, w, traced("erin", n), || allow("erin", None));
+        assert_allowed_as(&sim, id, "erin", "other trace ids, same decision");
+    }
+    assert_eq!(calls(&sim, "erin"), 1, "one decision for requests differing only in trace ids");
+    // In flight: one callout, with the leader's trace headers.
+    let ids: Vec<u32> = (10..14).map(|n| sim.send(traced("frank", n))).collect();
+    assert_eq!(sim.pending().len(), 1, "coalesced across trace ids");
+    sim.settle(|_, _| allow("frank", Some("no-store")));
+    for id in &ids {
+        assert_allowed_as(&sim, *id, "frank", "coalesced");
+    }
+    assert_eq!(sent_trace(&sim, 1)[1], ("x-request-id".to_string(), "10".to_string()));
+    sim.check();
+}
+
 /// Every kind of answer that is a decision against a credential, with the status the
 /// client gets for it: 401/403 with and without `no-store` (stored for `negative_ttl`
 /// without it), a redirect, another 4xx, a 2xx not in `allow_statuses`, and a 401 whose
