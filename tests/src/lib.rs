@@ -6,6 +6,7 @@
 //! `tests/tests/*.rs`; shared assertions live here so they are written once.
 
 pub mod client;
+pub mod differential_record;
 pub mod envoy;
 pub mod ext_authz_pair;
 pub mod h2_client;

@@ -159,6 +159,13 @@ impl MockServer {
         self.requests.0.requests.lock().expect("mock records").clone()
     }
 
+    /// The requests received after the first `before` (as [`MockServer::count`] was then),
+    /// in arrival order: what arrived since.
+    pub fn requests_since(&self, before: usize) -> Vec<RecordedRequest> {
+        let requests = self.requests.0.requests.lock().expect("mock records");
+        requests.get(before..).unwrap_or_default().to_vec()
+    }
+
     /// How many requests arrived (kept or not).
     pub fn count(&self) -> usize {
         self.requests.0.count.load(Ordering::SeqCst)

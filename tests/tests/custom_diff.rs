@@ -31,11 +31,11 @@ use std::path::PathBuf;
 
 use jwt_simple::prelude::*;
 
-use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::client::{escape, RawRequest};
+use nebula_authz_tests::differential_record::{self, Aspects, Callouts, Gates, Headers, Seen};
 use nebula_authz_tests::envoy::Tools;
 use nebula_authz_tests::ext_authz_pair::{self, ISTIO_CLUSTER};
 use nebula_authz_tests::known_differences;
-use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::tls::TestCa;
 use nebula_authz_tests::{closed_port, paths, repo_root, Env, TempDir};
 
@@ -312,13 +312,6 @@ fn corpus(side: &str, tokens: &[(&'static str, String)]) -> Vec<Case> {
     out
 }
 
-/// What one proxy did with one request, as `aspect -> value`.
-type Seen = BTreeMap<String, String>;
-
-fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
-    server.requests().into_iter().skip(before).collect()
-}
-
 /// Values that differ run to run, or by side only: compared as present or not.
 fn volatile(name: &str) -> bool {
     matches!(
@@ -327,69 +320,31 @@ fn volatile(name: &str) -> bool {
     )
 }
 
-fn put_headers(seen: &mut Seen, prefix: &str, headers: &[(String, Vec<u8>)], side: &str) {
-    let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in headers {
-        let value = if volatile(name) { "<set>".to_owned() } else { escape(value).replace(side, "<side>") };
-        by_name.entry(name.as_str()).or_default().push(value);
-    }
-    for (name, values) in by_name {
-        seen.insert(format!("{prefix}.{name}"), values.join(" | "));
-    }
+fn header_value(name: &str, raw: &[u8]) -> Option<String> {
+    Some(if volatile(name) { "<set>".to_owned() } else { escape(raw) })
 }
 
-/// The provider a callout went to, by its path prefix, and the path after it.
-fn provider_of(path: &str) -> (&'static str, &str) {
-    for (prefix, name) in PROVIDERS {
-        if let Some(rest) = path.strip_prefix(prefix) {
-            return (name, rest);
-        }
-    }
-    ("?", path)
-}
-
+/// What the proxy of `env` did with `case`, sent over TLS with its certificate from its
+/// source address: every header (`side`, the side's name in the `seq:` tokens, shown as
+/// `<side>` in what the upstream and the auth service received), no request body, and
+/// each provider's callout.
 fn observe(env: &Env, ca: &TestCa, case: &Case, side: &str) -> Seen {
-    let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
-    let resp = ca.raw_client(case.cert).send_from(case.source, env.port, &case.req.to_bytes());
-    let calls = new_since(&env.auth, auth_before);
-    let upstream = new_since(&env.upstream, up_before);
-    let mut seen = Seen::new();
-    match &resp {
-        Err(e) => {
-            seen.insert("client.status".into(), format!("no response ({})", e.kind()));
-        }
-        Ok(resp) => client(resp, !upstream.is_empty(), &mut seen),
-    }
-    seen.insert("upstream.reached".into(), if upstream.is_empty() { "no" } else { "yes" }.into());
-    if let Some(up) = upstream.last() {
-        seen.insert("upstream.method".into(), up.method.clone());
-        seen.insert("upstream.path".into(), escape(up.path.as_bytes()));
-        put_headers(&mut seen, "upstream.header", &up.headers, side);
-    }
-    let providers: Vec<&str> = calls.iter().map(|c| provider_of(&c.path).0).collect();
-    seen.insert("auth.providers".into(), if providers.is_empty() { "-".into() } else { providers.join(",") });
-    for call in &calls {
-        let (provider, path) = provider_of(&call.path);
-        seen.insert(format!("auth.{provider}.method"), call.method.clone());
-        seen.insert(format!("auth.{provider}.path"), escape(path.as_bytes()));
-        put_headers(&mut seen, &format!("auth.{provider}.header"), &call.headers, side);
-    }
-    seen
-}
-
-fn client(resp: &Response, upstream_reached: bool, seen: &mut Seen) {
-    seen.insert("client.status".into(), resp.status.to_string());
-    let from = if upstream_reached && resp.status == 200 { "upstream" } else { "proxy" };
-    seen.insert("client.from".into(), from.into());
-    if from == "proxy" {
-        seen.insert("client.body".into(), escape(&resp.body));
-    }
-    put_headers(seen, "client.header", &resp.headers, "\u{0}");
+    let of_side = |name: &str, raw: &[u8]| header_value(name, raw).map(|v| v.replace(side, "<side>"));
+    let aspects = Aspects {
+        bodies: false,
+        client_headers: Headers::Every(&header_value),
+        client_headers_from_upstream: Headers::Every(&header_value),
+        upstream_headers: Headers::Every(&of_side),
+        auth_headers: Headers::Every(&of_side),
+        callouts: Callouts::ByPathPrefix(&PROVIDERS),
+    };
+    let send = || ca.raw_client(case.cert).send_from(case.source, env.port, &case.req.to_bytes());
+    differential_record::record(env, send, &aspects)
 }
 
 /// Gates: when the sides disagree on one, the details below it are not compared. Which
 /// providers were asked decides everything after it, so that difference stands alone.
-const GATES: [&str; 3] = ["auth.providers", "upstream.reached", "client.from"];
+const GATES: Gates = Gates { decisive: Some("auth.providers"), sections: &["upstream.reached", "client.from"] };
 
 /// The trace headers the filter sends on every callout (`auth.trace_headers`) and
 /// ext_authz does not without a tracer: the `trace-context` row, told by rule.
@@ -398,34 +353,6 @@ fn trace_context(aspect: &str, istio: &str) -> bool {
     aspect.starts_with("auth.")
         && istio == "<none>"
         && nebula_authz::policy::trace::DEFAULT_TRACE_HEADERS.contains(&header)
-}
-
-fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)> {
-    let none = String::from("<none>");
-    let pick = |seen: &Seen, key: &str| seen.get(key).unwrap_or(&none).clone();
-    let mut out = BTreeMap::new();
-    if ours.get(GATES[0]) != theirs.get(GATES[0]) {
-        out.insert(GATES[0].to_owned(), (pick(ours, GATES[0]), pick(theirs, GATES[0])));
-        return out;
-    }
-    for gate in &GATES[1..] {
-        if ours.get(*gate) != theirs.get(*gate) {
-            out.insert((*gate).to_owned(), (pick(ours, gate), pick(theirs, gate)));
-        }
-    }
-    let keys: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
-    for key in keys {
-        let section = key.split('.').next().unwrap_or("");
-        let gated = GATES.iter().any(|g| g.starts_with(section) && out.contains_key(*g));
-        if gated || out.contains_key(key.as_str()) {
-            continue;
-        }
-        let (a, b) = (pick(ours, key), pick(theirs, key));
-        if a != b {
-            out.insert(key.clone(), (a, b));
-        }
-    }
-    out
 }
 
 /// The port the policies name where they mean the listener's own (picked at run time).
@@ -649,7 +576,7 @@ fn filter_rules_match_istio_except_the_documented_differences() {
                 assert_eq!((status, cookies), (Some("401"), Some("first=1")), "{set}: {}", ours_case.id);
             }
             *asked.entry(theirs.get("auth.providers").cloned().unwrap_or_default()).or_default() += 1;
-            for (aspect, (a, b)) in differences(&ours, &theirs) {
+            for (aspect, (a, b)) in differential_record::differences(&ours, &theirs, &GATES) {
                 if trace_context(&aspect, &b) {
                     ruled.insert("trace-context".to_owned());
                     continue;
@@ -722,7 +649,7 @@ fn istio_runs_x_ns_on_the_rules_of_x() {
             let before = env.auth.count();
             let resp = env.send(&RawRequest::get(path).bearer("allow:alice"));
             assert_eq!(resp.status, 200, "{second}: {path}");
-            let calls = new_since(&env.auth, before);
+            let calls = env.auth.requests_since(before);
             calls.iter().map(|c| c.path.split('/').nth(1).unwrap_or("?").to_owned()).collect::<Vec<_>>().join(",")
         };
         // The second provider's path prefix is /opa whatever its name.

@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use nebula_authz::policy::trace::DEFAULT_TRACE_HEADERS;
-use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::client::{escape, RawRequest};
+use nebula_authz_tests::differential_record::{self, Aspects, Callouts, Gates, Headers, Seen};
 use nebula_authz_tests::envoy::Tools;
 use nebula_authz_tests::ext_authz_pair::{self, Pair, POLICY};
 use nebula_authz_tests::known_differences;
-use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::{paths, repo_root, Env, TempDir};
 const DOCS: &str = "docs/istio.md";
 const DOCS_SECTION: &str = "### Where we differ from ext_authz";
@@ -165,13 +165,6 @@ fn corpus() -> Vec<(String, RawRequest)> {
     out
 }
 
-/// What one proxy did with one request, as `aspect -> value`.
-type Seen = BTreeMap<String, String>;
-
-fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
-    server.requests().into_iter().skip(before).collect()
-}
-
 /// Header values that differ run to run: compared as present or not.
 fn volatile(name: &str) -> bool {
     matches!(name, "date" | "x-request-id" | "x-envoy-upstream-service-time")
@@ -193,95 +186,33 @@ fn masked(name: &str, value: String) -> String {
     }
 }
 
-fn put_headers(seen: &mut Seen, prefix: &str, headers: &[(String, Vec<u8>)], skip: &[&str]) {
-    let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in headers {
-        if skip.contains(&name.as_str()) {
-            continue;
-        }
-        let value = if volatile(name) { "<set>".to_owned() } else { masked(name, escape(value)) };
-        by_name.entry(name.as_str()).or_default().push(value);
-    }
-    for (name, values) in by_name {
-        seen.insert(format!("{prefix}.{name}"), values.join(" | "));
-    }
+fn header_value(name: &str, raw: &[u8]) -> Option<String> {
+    Some(if volatile(name) { "<set>".to_owned() } else { masked(name, escape(raw)) })
 }
 
+/// The echo upstream's body describes its request (compared under upstream.*); its
+/// length follows, so content-length is compared only on a proxy's own answer.
+fn header_value_from_upstream(name: &str, raw: &[u8]) -> Option<String> {
+    header_value(name, raw).filter(|_| name != "content-length")
+}
+
+/// Every header and body, and the first callout.
+const ASPECTS: Aspects = Aspects {
+    bodies: true,
+    client_headers: Headers::Every(&header_value),
+    client_headers_from_upstream: Headers::Every(&header_value_from_upstream),
+    upstream_headers: Headers::Every(&header_value),
+    auth_headers: Headers::Every(&header_value),
+    callouts: Callouts::First,
+};
+
+/// When one side reached the upstream (or called out, or got its answer from the proxy)
+/// and the other did not, the details below that are not compared.
+const GATES: Gates = Gates { decisive: None, sections: &["upstream.reached", "auth.called", "client.from"] };
+
+/// What the proxy on `port` did with `req`, on `env`'s mocks.
 fn observe(port: u16, env: &Env, req: &RawRequest) -> Seen {
-    let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
-    let resp = req.try_send(port);
-    let auth = new_since(&env.auth, auth_before);
-    let upstream = new_since(&env.upstream, up_before);
-    let mut seen = Seen::new();
-    match &resp {
-        Err(e) => {
-            seen.insert("client.status".into(), format!("no response ({})", e.kind()));
-        }
-        Ok(resp) => client(resp, !upstream.is_empty(), &mut seen),
-    }
-    seen.insert("upstream.reached".into(), if upstream.is_empty() { "no" } else { "yes" }.into());
-    if let Some(up) = upstream.last() {
-        seen.insert("upstream.method".into(), up.method.clone());
-        seen.insert("upstream.path".into(), escape(up.path.as_bytes()));
-        seen.insert("upstream.body".into(), escape(&up.body));
-        put_headers(&mut seen, "upstream.header", &up.headers, &[]);
-    }
-    // Whether, not how often (a retried callout depends on connection reuse).
-    seen.insert("auth.called".into(), if auth.is_empty() { "no" } else { "yes" }.into());
-    seen.insert("auth.retried".into(), if auth.len() > 1 { "yes" } else { "no" }.into());
-    // The first attempt: a retry's x-envoy-expected-rq-timeout-ms is the time left, which
-    // depends on the retry back-off's jitter.
-    if let Some(call) = auth.first() {
-        seen.insert("auth.method".into(), call.method.clone());
-        seen.insert("auth.path".into(), escape(call.path.as_bytes()));
-        seen.insert("auth.body".into(), escape(&call.body));
-        put_headers(&mut seen, "auth.header", &call.headers, &[]);
-    }
-    seen
-}
-
-fn client(resp: &Response, upstream_reached: bool, seen: &mut Seen) {
-    seen.insert("client.status".into(), resp.status.to_string());
-    // The echo upstream's body describes its request (compared under upstream.*); its
-    // length follows, so content-length is compared only on a proxy's own answer.
-    let from = if upstream_reached && resp.status == 200 { "upstream" } else { "proxy" };
-    seen.insert("client.from".into(), from.into());
-    if from == "proxy" {
-        seen.insert("client.body".into(), escape(&resp.body));
-        put_headers(seen, "client.header", &resp.headers, &[]);
-    } else {
-        put_headers(seen, "client.header", &resp.headers, &["content-length"]);
-    }
-}
-
-const GATES: [&str; 3] = ["upstream.reached", "auth.called", "client.from"];
-
-/// The aspects that differ. When one side reached the upstream (or called out, or got its
-/// answer from the proxy) and the other did not, the details below that are not compared.
-fn differences(ours: &Seen, theirs: &Seen) -> BTreeMap<String, (String, String)> {
-    let none = String::from("<none>");
-    let mut out = BTreeMap::new();
-    for gate in GATES {
-        if ours.get(gate) != theirs.get(gate) {
-            out.insert(
-                gate.to_owned(),
-                (ours.get(gate).unwrap_or(&none).clone(), theirs.get(gate).unwrap_or(&none).clone()),
-            );
-        }
-    }
-    let keys: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
-    for key in keys {
-        let section = key.split('.').next().unwrap_or("");
-        let gated = GATES.iter().any(|g| g.starts_with(section) && *g != key && out.contains_key(*g));
-        if gated || out.contains_key(key.as_str()) {
-            continue;
-        }
-        let (a, b) = (ours.get(key).unwrap_or(&none), theirs.get(key).unwrap_or(&none));
-        if a != b {
-            out.insert(key.clone(), (a.clone(), b.clone()));
-        }
-    }
-    out
+    differential_record::record(env, || req.try_send(port), &ASPECTS)
 }
 
 fn assert_differences(setup: &Setup) {
@@ -293,7 +224,7 @@ fn assert_differences(setup: &Setup) {
     for (id, req) in &corpus {
         let ours = observe(pair.filter.port, &pair.filter, req);
         let theirs = observe(pair.ext_authz.port, &pair.ext_authz, req);
-        for (aspect, (a, b)) in differences(&ours, &theirs) {
+        for (aspect, (a, b)) in differential_record::differences(&ours, &theirs, &GATES) {
             if trace_context(&aspect, &b) {
                 ruled.insert("trace-context".to_owned());
                 continue;
@@ -589,7 +520,7 @@ fn generated_providers_match_ext_authz_except_the_documented_differences() {
         for (id, req) in &corpus {
             let ours = observe(filter.port, &filter, req);
             let theirs = observe(ext_authz.port, &ext_authz, req);
-            for (aspect, (a, b)) in differences(&ours, &theirs) {
+            for (aspect, (a, b)) in differential_record::differences(&ours, &theirs, &GATES) {
                 match category(&aspect, &a, &b) {
                     Some(cat) if documented.contains(cat) => {
                         seen_categories.insert(cat);

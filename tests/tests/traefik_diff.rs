@@ -15,9 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nebula_authz_tests::client::{escape, RawRequest, RecordedRequest, Response};
+use nebula_authz_tests::client::{escape, RawRequest};
+use nebula_authz_tests::differential_record::{self, Aspects, Callouts, Gates, Headers, Seen};
 use nebula_authz_tests::known_differences;
-use nebula_authz_tests::mock_server::MockServer;
 use nebula_authz_tests::outposts::{AUTHENTIK_COOKIE, OAUTH2_PROXY_COOKIE};
 use nebula_authz_tests::traefik::{self, Traefik};
 use nebula_authz_tests::{paths, repo_root, Env};
@@ -142,96 +142,26 @@ fn corpus() -> Vec<(String, RawRequest)> {
     out
 }
 
-/// What one proxy did with one request, as `aspect -> value`.
-type Seen = BTreeMap<String, String>;
-
-fn new_since(server: &MockServer, before: usize) -> Vec<RecordedRequest> {
-    server.requests().into_iter().skip(before).collect()
-}
-
+/// What the proxy on `port` did with `req`, on `env`'s mocks: the listed headers
+/// (`CLIENT_HEADERS` of a proxy's own answer, `upstream_headers` of the upstream's
+/// request, `AUTH_HEADERS` and the other names of the callout), bodies, and the last
+/// callout: Go's client retries a GET once on a reused connection the auth service
+/// closed, which depends on connection reuse, not on the contract.
 fn observe(port: u16, env: &Env, req: &RawRequest, upstream_headers: &[&str]) -> Seen {
-    let (auth_before, up_before) = (env.auth.count(), env.upstream.count());
-    let resp = req.try_send(port);
-    let auth = new_since(&env.auth, auth_before);
-    let upstream = new_since(&env.upstream, up_before);
-    let mut seen = Seen::new();
-    let mut put = |k: &str, v: String| {
-        seen.insert(k.to_owned(), v);
+    let aspects = Aspects {
+        bodies: true,
+        client_headers: Headers::Listed { names: &CLIENT_HEADERS, join: " | ", others: None },
+        client_headers_from_upstream: Headers::Skip,
+        upstream_headers: Headers::Listed { names: upstream_headers, join: ",", others: None },
+        auth_headers: Headers::Listed { names: &AUTH_HEADERS, join: ",", others: Some(&transport_noise) },
+        callouts: Callouts::Last,
     };
-    match &resp {
-        Err(e) => put("client.status", format!("no response ({})", e.kind())),
-        Ok(resp) => client(resp, !upstream.is_empty(), &mut put),
-    }
-    put("upstream.reached", if upstream.is_empty() { "no" } else { "yes" }.into());
-    if let Some(up) = upstream.last() {
-        put("upstream.method", up.method.clone());
-        put("upstream.path", escape(up.path.as_bytes()));
-        put("upstream.body", escape(&up.body));
-        for name in upstream_headers {
-            put(&format!("upstream.{}", name.to_ascii_lowercase()), up.header_all(name).join(","));
-        }
-    }
-    // Whether, not how often: Go's client retries a GET once on a reused connection the
-    // auth service closed, which depends on connection reuse, not on the contract.
-    put("auth.called", if auth.is_empty() { "no" } else { "yes" }.into());
-    if let Some(callout) = auth.last() {
-        put("auth.method", callout.method.clone());
-        put("auth.path", callout.path.clone());
-        put("auth.body", escape(&callout.body));
-        for name in AUTH_HEADERS {
-            put(&format!("auth.{name}"), callout.header_all(name).join(","));
-        }
-        let mut other: Vec<&str> =
-            callout.header_names().into_iter().filter(|n| !AUTH_HEADERS.contains(n) && !transport_noise(n)).collect();
-        other.sort_unstable();
-        other.dedup();
-        put("auth.other-headers", other.join(","));
-    }
-    seen
+    differential_record::record(env, || req.try_send(port), &aspects)
 }
 
-fn client(resp: &Response, upstream_reached: bool, put: &mut impl FnMut(&str, String)) {
-    put("client.status", resp.status.to_string());
-    // The echo upstream's body describes its request (compared under upstream.*).
-    let from = if upstream_reached && resp.status == 200 { "upstream" } else { "proxy" };
-    put("client.from", from.into());
-    if from == "proxy" {
-        put("client.body", escape(&resp.body));
-        for name in CLIENT_HEADERS {
-            put(&format!("client.{name}"), resp.header_all(name).join(" | "));
-        }
-    }
-}
-
-/// The aspects that differ. When one side reached the upstream (or called out, or got its
-/// answer from the proxy) and the other did not, the details below that are not compared.
-fn differences(ours: &Seen, traefik: &Seen) -> BTreeMap<String, (String, String)> {
-    let keys: BTreeSet<&String> = ours.keys().chain(traefik.keys()).collect();
-    let none = String::from("<none>");
-    let mut out = BTreeMap::new();
-    for gate in ["upstream.reached", "auth.called", "client.from"] {
-        if ours.get(gate) != traefik.get(gate) {
-            out.insert(
-                gate.to_owned(),
-                (ours.get(gate).unwrap_or(&none).clone(), traefik.get(gate).unwrap_or(&none).clone()),
-            );
-        }
-    }
-    for key in keys {
-        let section = key.split('.').next().unwrap_or("");
-        let gated = ["upstream.reached", "auth.called", "client.from"]
-            .iter()
-            .any(|g| g.starts_with(section) && *g != key && out.contains_key(*g));
-        if gated || out.contains_key(key.as_str()) {
-            continue;
-        }
-        let (a, b) = (ours.get(key).unwrap_or(&none), traefik.get(key).unwrap_or(&none));
-        if a != b {
-            out.insert(key.clone(), (a.clone(), b.clone()));
-        }
-    }
-    out
-}
+/// When one side reached the upstream (or called out, or got its answer from the proxy)
+/// and the other did not, the details below that are not compared.
+const GATES: Gates = Gates { decisive: None, sections: &["upstream.reached", "auth.called", "client.from"] };
 
 /// Replays `corpus` through Envoy (`env`) and `traefik`, and asserts the differences are
 /// exactly those in `tsv`, and that every category is documented in docs/traefik.md.
@@ -247,7 +177,7 @@ fn assert_differences(
     for (id, req) in corpus {
         let ours = observe(env.port, env, req, upstream_headers);
         let theirs = observe(traefik.port, env, req, upstream_headers);
-        for (aspect, (a, b)) in differences(&ours, &theirs) {
+        for (aspect, (a, b)) in differential_record::differences(&ours, &theirs, &GATES) {
             report.push_str(&format!("{id}\t{aspect}\n    ours:    {a}\n    traefik: {b}\n"));
             observed.insert((id.clone(), aspect), (a, b));
         }
