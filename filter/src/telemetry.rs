@@ -105,6 +105,18 @@ impl Outcome {
         }
     }
 
+    /// `outcome=<as_str>`, as [`Decided::render`] writes it: one copy per request.
+    fn field(self) -> &'static str {
+        match self {
+            Outcome::Public => "outcome=public",
+            Outcome::Allowed => "outcome=allowed",
+            Outcome::Denied => "outcome=denied",
+            Outcome::Failed => "outcome=failed",
+            Outcome::SourceDenied => "outcome=source_denied",
+            Outcome::PrincipalDenied => "outcome=principal_denied",
+        }
+    }
+
     /// The request went on upstream.
     pub fn upstream(self) -> bool {
         matches!(self, Outcome::Public | Outcome::Allowed)
@@ -147,6 +159,21 @@ impl How {
             How::Stale => "stale",
             How::Callout => "callout",
             How::Filter => "filter",
+        }
+    }
+
+    /// ` how=<as_str>`, as [`Decided::render`] writes it.
+    fn field(self) -> &'static str {
+        match self {
+            How::Public => " how=public",
+            How::Unselected => " how=unselected",
+            How::Access => " how=access",
+            How::Jwt => " how=jwt",
+            How::Cache => " how=cache",
+            How::Coalesced => " how=coalesced",
+            How::Stale => " how=stale",
+            How::Callout => " how=callout",
+            How::Filter => " how=filter",
         }
     }
 
@@ -198,17 +225,22 @@ impl<'a> Decided<'a> {
     /// Written byte by byte: `core::fmt` costs more instructions than the rest of it.
     pub fn render(&self, elapsed_us: u64, out: &mut Vec<u8>) {
         out.clear();
-        out.extend_from_slice(b"outcome=");
-        out.extend_from_slice(self.outcome.as_str().as_bytes());
-        out.extend_from_slice(b" how=");
-        out.extend_from_slice(self.how.as_str().as_bytes());
-        out.extend_from_slice(b" status=");
+        out.extend_from_slice(self.outcome.field().as_bytes());
+        out.extend_from_slice(self.how.field().as_bytes());
         match self.status {
-            Some(status) => decimal(u64::from(status), out),
-            None => out.push(b'-'),
+            Some(status) => {
+                out.extend_from_slice(b" status=");
+                decimal(u64::from(status), out);
+            }
+            None => out.extend_from_slice(b" status=-"),
         }
-        out.extend_from_slice(b" reason=");
-        out.extend_from_slice(self.reason.unwrap_or("-").as_bytes());
+        match self.reason {
+            Some(reason) => {
+                out.extend_from_slice(b" reason=");
+                out.extend_from_slice(reason.as_bytes());
+            }
+            None => out.extend_from_slice(b" reason=-"),
+        }
         out.extend_from_slice(b" actor=");
         match self.actor.filter(|a| !a.is_empty()) {
             Some(actor) => escape(actor, out),
@@ -273,6 +305,35 @@ mod tests {
             text(Decided::new(Outcome::Public, How::Public), 0),
             "outcome=public how=public status=- reason=- actor=- ms=0.000"
         );
+    }
+
+    #[test]
+    fn each_field_prints_its_name_and_value() {
+        let outcomes = [
+            Outcome::Public,
+            Outcome::Allowed,
+            Outcome::Denied,
+            Outcome::Failed,
+            Outcome::SourceDenied,
+            Outcome::PrincipalDenied,
+        ];
+        for outcome in outcomes {
+            assert_eq!(outcome.field(), format!("outcome={}", outcome.as_str()));
+        }
+        let hows = [
+            How::Public,
+            How::Unselected,
+            How::Access,
+            How::Jwt,
+            How::Cache,
+            How::Coalesced,
+            How::Stale,
+            How::Callout,
+            How::Filter,
+        ];
+        for how in hows {
+            assert_eq!(how.field(), format!(" how={}", how.as_str()));
+        }
     }
 
     #[test]

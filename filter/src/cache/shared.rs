@@ -134,7 +134,7 @@ impl CacheSettings {
     /// The bytes [`CacheSettings::key`] hashes, into `out` (cleared first). The per-worker
     /// front (cache/local.rs) compares them as they are, so a hit needs no SHA-256; they
     /// hold the credential and never leave this worker's memory.
-    pub fn key_input(&self, cluster: &str, callout: &[(&str, &str)], out: &mut Vec<u8>) {
+    pub fn key_input<V: AsRef<str>>(&self, cluster: &str, callout: &[(&str, V)], out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(b"nebula-authz cache key v1\0");
         out.extend_from_slice(&self.fingerprint);
@@ -142,7 +142,7 @@ impl CacheSettings {
         out.extend_from_slice(&(callout.len() as u64).to_be_bytes());
         for (name, value) in callout {
             field(out, name.as_bytes());
-            field(out, value.as_bytes());
+            field(out, value.as_ref().as_bytes());
         }
     }
 

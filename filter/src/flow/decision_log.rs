@@ -43,7 +43,9 @@ pub fn record<H: Host>(host: &H, worker: &mut Worker, id: u32, settings: Option<
     if !telemetry.timed() {
         return;
     }
-    let waited_us = match worker.started.remove(&id) {
+    // A request decided in its headers' callback never paused: nothing to look up.
+    let started = if worker.started.is_empty() { None } else { worker.started.remove(&id) };
+    let waited_us = match started {
         Some(start) => {
             let now = worker.clock_us.unwrap_or_else(|| host.now_us());
             let waited_us = now.saturating_sub(start);

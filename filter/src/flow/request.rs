@@ -116,15 +116,14 @@ impl Request {
         if let Some((name, principal)) = principal {
             built.push((name, principal.into()));
         }
-        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
         if self.body.is_some() {
             // The body is not part of the cache key: such a decision is neither looked up,
             // stored nor shared with an identical callout.
             let trace = settings.trace_headers(&headers, &built);
-            let callout = traced(callout, &trace).iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            let callout = built.iter().chain(&trace).map(|(n, v)| (n.to_string(), v.to_string())).collect();
             return self.body_step(host, worker, settings, callout);
         }
-        let lookup = match cache::probe(host, worker, settings, &callout) {
+        let lookup = match cache::probe(host, worker, settings, &built) {
             Ok(decision) => {
                 let step = inject::apply_decision(host, worker, id, settings, &decision, Via::Cache, None);
                 return self.then_next_provider(host, worker, main, step);
@@ -135,7 +134,7 @@ impl Request {
             return Step::Paused(Waiting::Coalesced { lookup: lookup.clone() });
         }
         let trace = settings.trace_headers(&headers, &built);
-        let step = callout::send(host, worker, id, settings, traced(callout, &trace), lookup, None);
+        let step = callout::send(host, worker, id, settings, sent(&built, &trace), lookup, None);
         self.then_next_provider(host, worker, main, step)
     }
 
@@ -187,8 +186,7 @@ impl Request {
         if let Some((name, principal)) = access::principal_again(host, settings) {
             built.push((name, principal.into()));
         }
-        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
-        let lookup = match cache::probe(host, worker, settings, &callout) {
+        let lookup = match cache::probe(host, worker, settings, &built) {
             Ok(decision) => {
                 let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache, None);
                 return self.then_next_provider(host, worker, main, step);
@@ -196,7 +194,7 @@ impl Request {
             Err(lookup) => lookup,
         };
         let trace = settings.trace_headers(&headers, &built);
-        let step = callout::send(host, worker, self.id, settings, traced(callout, &trace), lookup, None);
+        let step = callout::send(host, worker, self.id, settings, sent(&built, &trace), lookup, None);
         self.then_next_provider(host, worker, main, step)
     }
 
@@ -269,8 +267,7 @@ impl Request {
             built.push((name, principal.into()));
         }
         let trace = settings.trace_headers(&headers, &built);
-        let callout: Vec<(&str, &str)> = built.iter().map(|(name, value)| (*name, value.as_ref())).collect();
-        let callout = traced(callout, &trace);
+        let callout = sent(&built, &trace);
         let auth = &settings.auth;
         let token = match (&auth.with_request_body, &self.body) {
             (Some(rules), Some(wait)) => {
@@ -501,8 +498,8 @@ impl Request {
     }
 }
 
-/// `callout` (its cache key was taken on it) with the request's `trace` headers, to send.
-fn traced<'a>(mut callout: Vec<(&'a str, &'a str)>, trace: &'a [CalloutHeader<'a>]) -> Vec<(&'a str, &'a str)> {
-    callout.extend(trace.iter().map(|(name, value)| (*name, value.as_ref())));
-    callout
+/// The headers to send: the callout `built` (its cache key was taken on it), then the
+/// request's `trace` headers.
+fn sent<'a>(built: &'a [CalloutHeader<'a>], trace: &'a [CalloutHeader<'a>]) -> Vec<(&'a str, &'a str)> {
+    built.iter().chain(trace).map(|(name, value)| (*name, value.as_ref())).collect()
 }

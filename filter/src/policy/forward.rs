@@ -57,16 +57,17 @@ pub type CalloutHeader<'h> = (&'h str, Cow<'h, str>);
 /// and `peer` (proxy-wasm `source.address`, `ip:port`). With `trust`, a client's own
 /// `X-Forwarded-Method/Proto/Host/Uri/Port` win and its `X-Forwarded-For` is extended;
 /// without, they are ignored and the values describe the request Envoy received.
-/// `Err(name)` if a value to send is not text.
+/// Appended to `out` (the callout's headers); `Err(name)` if a value to send is not text.
 pub fn forwarded_headers<'h, H: Header>(
     headers: &'h [H],
     peer: Option<&str>,
     trust: bool,
-) -> Result<Vec<CalloutHeader<'h>>, &'static str> {
+    out: &mut Vec<CalloutHeader<'h>>,
+) -> Result<(), &'static str> {
     // Go's Header.Get: the first value of the name.
     let first = |name: &str| headers.iter().find(|h| h.name().eq_ignore_ascii_case(name)).map(Header::value);
-    let trusted = |name: &str| first(name).filter(|v| trust && !v.is_empty());
-    let mut out: Vec<CalloutHeader<'h>> = Vec::with_capacity(6);
+    // Untrusted (the default), the client's copies are not even looked for.
+    let trusted = |name: &str| if trust { first(name).filter(|v| !v.is_empty()) } else { None };
     let mut push = |name: &'static str, value: Option<&'h [u8]>| -> Result<(), &'static str> {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             out.push((name, Cow::Borrowed(headers::text(value).ok_or(name)?)));
@@ -96,7 +97,7 @@ pub fn forwarded_headers<'h, H: Header>(
     if let Some(xff) = xff {
         out.push(("x-forwarded-for", Cow::Owned(xff)));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The IP of `ip:port` / `[v6]:port` (Envoy's `source.address`); `None` for anything
@@ -213,6 +214,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    fn forwarded<'h>(
+        req: &'h [(String, Vec<u8>)],
+        peer: Option<&str>,
+        trust: bool,
+    ) -> Result<Vec<CalloutHeader<'h>>, &'static str> {
+        let mut out = Vec::new();
+        forwarded_headers(req, peer, trust, &mut out).map(|()| out)
+    }
+
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
     }
@@ -239,7 +249,7 @@ mod tests {
     #[test]
     fn without_trust_the_values_describe_the_request_envoy_received() {
         let req = request();
-        let out = forwarded_headers(&req, Some("10.1.2.3:40000"), false).unwrap();
+        let out = forwarded(&req, Some("10.1.2.3:40000"), false).unwrap();
         assert_eq!(
             text(&out),
             vec![
@@ -256,7 +266,7 @@ mod tests {
     fn with_trust_the_client_values_win_and_xff_is_extended() {
         let mut req = request();
         req.push(("x-forwarded-for".into(), b"7.7.7.7".to_vec()));
-        let out = forwarded_headers(&req, Some("[::1]:40000"), true).unwrap();
+        let out = forwarded(&req, Some("[::1]:40000"), true).unwrap();
         assert_eq!(
             text(&out),
             vec![
@@ -270,7 +280,7 @@ mod tests {
         );
         // Trusted but absent: generated as without trust.
         let req = h(&[(":method", "GET"), (":scheme", "https"), (":authority", "a"), (":path", "/x")]);
-        let out = forwarded_headers(&req, None, true).unwrap();
+        let out = forwarded(&req, None, true).unwrap();
         assert_eq!(
             text(&out),
             vec![
@@ -287,7 +297,7 @@ mod tests {
         let mut req = request();
         req.push((":path".into(), b"/\xff".to_vec()));
         req.retain(|(n, v)| n != ":path" || v != b"/api/flows?limit=5");
-        assert_eq!(forwarded_headers(&req, None, false).unwrap_err(), "x-forwarded-uri");
+        assert_eq!(forwarded(&req, None, false).unwrap_err(), "x-forwarded-uri");
     }
 
     #[test]

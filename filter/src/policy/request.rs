@@ -153,20 +153,19 @@ pub fn callout<'h, H: Header>(
             || auth.upstream_headers_regex.as_ref().is_some_and(|r| regex_strips(r, name))
     };
     // A stripped header is never forwarded, even if a request_headers pattern matches it.
-    for (name, value) in
-        headers::select(headers, &auth.request_headers).into_iter().filter(|(n, _)| !strip.contains(n) && !skip(n))
-    {
+    let selected = headers.iter().filter(|h| !h.name().starts_with(':') && auth.request_headers.contains(h.name()));
+    for (name, value) in selected.map(|h| (h.name(), h.value())).filter(|(n, _)| !strip.contains(n) && !skip(n)) {
         // The host ABI takes text; a credential we cannot pass unchanged is not passed.
         match headers::text(value) {
             Some(value) => out.push((name, value.into())),
             None => return Err(Failure::RequestHeaderNotText),
         }
     }
-    if auth.forward_auth {
-        match forward::forwarded_headers(headers, info.source_address().as_deref(), auth.trust_forward_header) {
-            Ok(forwarded) => out.extend(forwarded),
-            Err(_) => return Err(Failure::RequestHeaderNotText),
-        }
+    if auth.forward_auth
+        && forward::forwarded_headers(headers, info.source_address().as_deref(), auth.trust_forward_header, &mut out)
+            .is_err()
+    {
+        return Err(Failure::RequestHeaderNotText);
     }
     Ok(out)
 }

@@ -46,6 +46,29 @@ fn map_type(map: Map) -> MapType {
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+}
+
+/// proxy-wasm's `Status` codes (the ABI's numbers: the SDK's `types::Status`) the raw
+/// calls above answer.
+const STATUS_OK: u32 = 0;
+const STATUS_NOT_FOUND: u32 = 1;
+
+fn refused_code(code: u32) -> Refused {
+    match code {
+        2 => Refused::BadArgument,
+        3 => Refused::SerializationFailure,
+        4 => Refused::ParseFailure,
+        7 => Refused::Empty,
+        8 => Refused::CasMismatch,
+        10 => Refused::InternalFailure,
+        _ => Refused::Unimplemented,
+    }
 }
 
 impl Host for ProxyWasm {
@@ -131,9 +154,32 @@ impl Host for ProxyWasm {
         hostcalls::set_shared_data(key, Some(value), cas).map_err(refused)
     }
 
+    /// The path is joined with NULs on the stack (the SDK's `get_property` builds two
+    /// vectors for it, on the path of every callout that sends X-Forwarded-For).
     #[inline]
     fn read_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
-        hostcalls::get_property(path.to_vec()).map_err(refused)
+        let mut joined = [0u8; 64];
+        let mut len = 0;
+        for (i, part) in path.iter().enumerate() {
+            let at = len + usize::from(i > 0);
+            let Some(slot) = joined.get_mut(at..at + part.len()) else {
+                return hostcalls::get_property(path.to_vec()).map_err(refused);
+            };
+            slot.copy_from_slice(part.as_bytes());
+            len = at + part.len();
+        }
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: as `header_map`: the host writes a pointer and size it allocated through
+        // the SDK's `proxy_on_memory_allocate`, or leaves it null.
+        unsafe {
+            match proxy_get_property(joined.as_ptr(), len, &mut data, &mut size) {
+                STATUS_OK if data.is_null() => Ok(None),
+                STATUS_OK => Ok(Some(Vec::from_raw_parts(data, size, size))),
+                STATUS_NOT_FOUND => Ok(None),
+                code => Err(refused_code(code)),
+            }
+        }
     }
 
     #[inline]

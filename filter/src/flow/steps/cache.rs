@@ -20,7 +20,7 @@ pub fn probe<H: Host>(
     host: &H,
     worker: &mut Worker,
     settings: &Settings,
-    callout: &[(&str, &str)],
+    callout: &[(&str, impl AsRef<str>)],
 ) -> Result<Rc<Decision>, Option<Lookup>> {
     let Some(cache) = &settings.cache else { return Err(None) };
     let now = host.now_ms();
