@@ -7,8 +7,14 @@
 //! explicit `secret`, never from a JWKS.
 //!
 //! Everything that can be computed once per key is, when the key loads: the RSA
-//! modulus and its Montgomery parameters (rsa 0.10, crypto-bigint), the decoded curve
-//! points, and the SubjectPublicKeyInfo DER the host's crypto takes (jwt/signature.rs).
+//! modulus and its Montgomery parameters (rsa 0.10, crypto-bigint), the decoded Ed25519
+//! point, and the SubjectPublicKeyInfo DER the host's crypto takes (jwt/signature.rs).
+//!
+//! ECDSA keys (P-256, P-384) are only their SubjectPublicKeyInfo: the module has no
+//! ECDSA code, the host's BoringSSL checks ES256/ES384 signatures. Loading checks what
+//! needs no curve arithmetic (an uncompressed point of the curve's length); whether the
+//! point is on the curve BoringSSL checks when it parses the key, at each verification,
+//! where a bad point fails the signature check.
 
 use std::fmt;
 use std::rc::Rc;
@@ -73,6 +79,11 @@ impl Alg {
         Alg::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// Checked only by the host's `verify_signature`: the module has no code for them
+    /// (the p256/p384 crates cost about 96 KB of the module, and every KB of code costs
+    /// start-up time and memory in each VM, docs/performance.md "Footprint").
+    pub const HOST_ONLY: [Alg; 2] = [Alg::ES256, Alg::ES384];
+
     /// The hash the host's `verify_signature` takes for this algorithm, where the host
     /// can verify it (RSA PKCS#1 v1.5 and ECDSA; not PSS, EdDSA or HMAC).
     pub fn host_hash(self) -> Option<&'static str> {
@@ -94,8 +105,8 @@ enum Verifier {
     PS256(pss::VerifyingKey<Sha256>),
     PS384(pss::VerifyingKey<Sha384>),
     PS512(pss::VerifyingKey<Sha512>),
-    ES256(p256::ecdsa::VerifyingKey),
-    ES384(p384::ecdsa::VerifyingKey),
+    /// ES256 or ES384: the key is its `spki`, for the host (jwt/signature.rs).
+    HostOnly,
     EdDSA(ed25519_dalek::VerifyingKey),
     HS256(Rc<[u8]>),
 }
@@ -106,7 +117,8 @@ pub struct Key {
     pub kid: Option<String>,
     pub alg: Alg,
     verifier: Verifier,
-    /// The public key as SubjectPublicKeyInfo DER, for the host's crypto (RSA, EC).
+    /// The public key as SubjectPublicKeyInfo DER, for the host's crypto (RSA, EC; the
+    /// only form of an EC key).
     spki: Option<Rc<[u8]>>,
 }
 
@@ -124,7 +136,7 @@ impl Key {
     }
 
     /// Checks `signature` (the JWS signature bytes) over `signed` (`header.payload`) in
-    /// this module.
+    /// this module. ES256/ES384 are never valid here: only the host checks them.
     pub fn verify(&self, signed: &[u8], signature: &[u8]) -> bool {
         use rsa::signature::Verifier as _;
         match &self.verifier {
@@ -134,12 +146,7 @@ impl Key {
             Verifier::PS256(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
             Verifier::PS384(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
             Verifier::PS512(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
-            Verifier::ES256(k) => {
-                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            Verifier::ES384(k) => {
-                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
+            Verifier::HostOnly => false,
             Verifier::EdDSA(k) => {
                 ed25519_dalek::Signature::from_slice(signature).is_ok_and(|s| k.verify_strict(signed, &s).is_ok())
             }
@@ -172,7 +179,7 @@ pub const P256_SPKI: &[u8] = &[
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
     0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
-const P384_SPKI: &[u8] = &[
+pub const P384_SPKI: &[u8] = &[
     0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
     0x22, 0x03, 0x62, 0x00,
 ];
@@ -263,17 +270,22 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
     STANDARD.decode(text).ok()
 }
 
-/// A P-256 or P-384 key from its uncompressed SEC1 point (`04 || x || y`).
+/// A P-256 or P-384 key from its uncompressed SEC1 point (`04 || x || y`, SEC 1 §2.3.3),
+/// as the SubjectPublicKeyInfo the host verifies with (RFC 5480). Whether the point is on
+/// the curve is BoringSSL's check when it parses the key (at each verification: a bad
+/// point fails the signature check, the token is rejected).
 fn ec_key(alg: Alg, point: &[u8], kid: Option<String>) -> Result<Key, String> {
-    let refused = |_| "key refused: not a point on the curve".to_owned();
-    let (verifier, prefix) = match alg {
-        Alg::ES256 => (Verifier::ES256(p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(refused)?), P256_SPKI),
-        _ => (Verifier::ES384(p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(refused)?), P384_SPKI),
+    let (prefix, coordinate) = match alg {
+        Alg::ES256 => (P256_SPKI, 32),
+        _ => (P384_SPKI, 48),
     };
     if point.first() != Some(&0x04) {
         return Err("key refused: only uncompressed points are read".into());
     }
-    Ok(Key { kid, alg, verifier, spki: Some([prefix, point].concat().into()) })
+    if point.len() != 1 + 2 * coordinate {
+        return Err(format!("key refused: an uncompressed point of this curve is {} bytes", 1 + 2 * coordinate));
+    }
+    Ok(Key { kid, alg, verifier: Verifier::HostOnly, spki: Some([prefix, point].concat().into()) })
 }
 
 fn ed25519_key(raw: &[u8], kid: Option<String>) -> Result<Key, String> {
@@ -434,5 +446,35 @@ OBpuIeL4TqJhGp35CYnrZahUsh9bEzXRstrXMUjTWKkaEcP2bv7cqKoe2Q==
         let rsa = include_str!("../../../tests/data/jwt/rsa-test-public.pem");
         let err = KeySet::from_pem(rsa, None, &Alg::ASYMMETRIC).unwrap_err();
         assert_eq!(err, "is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)");
+    }
+
+    /// EC keys load as their SubjectPublicKeyInfo with the checks that need no curve
+    /// arithmetic; a point off the curve loads and is refused by the host's check (the
+    /// stand-in for Envoy's BoringSSL), so its tokens are rejected.
+    #[test]
+    fn ec_keys_load_as_spki_and_a_point_off_the_curve_fails_at_verification() {
+        use crate::jwt::boringssl_stand_in::BoringSslStandIn;
+        use crate::jwt::signature::{self, ModuleOnly};
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let jwk =
+            |x: &[u8], y: &[u8]| serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}]});
+        let (set, _) = KeySet::from_jwks(&jwk(&[1; 32], &[2; 32]), &Alg::ASYMMETRIC).unwrap();
+        let key = &set.keys[0];
+        assert_eq!(key.spki().unwrap(), [P256_SPKI, &[4], &[1; 32], &[2; 32]].concat());
+        let signature = [7u8; 64];
+        assert!(!signature::verify(&BoringSslStandIn, key, b"a.b", &signature), "off the curve: no valid signature");
+        assert!(!signature::verify(&ModuleOnly, key, b"a.b", &signature), "no host: rejected");
+        let err = KeySet::from_jwks(&jwk(&[1; 31], &[2; 32]), &Alg::ASYMMETRIC).unwrap_err();
+        assert_eq!(err, "no usable key (keys[0]: key refused: x and y must be 32 bytes)");
+        // PEM: the curve from the SPKI's OID, then the point's form and length.
+        let pem =
+            |der: &[u8]| format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----", STANDARD.encode(der));
+        let p384 = [P384_SPKI, &[4], &[9; 96]].concat();
+        let set = KeySet::from_pem(&pem(&p384), None, &Alg::ASYMMETRIC).unwrap();
+        assert_eq!((set.keys[0].alg, set.keys[0].spki().unwrap()), (Alg::ES384, &p384[..]));
+        let not_ours = "is not a P-256, P-384 or Ed25519 PEM public key (give RSA keys as a JWK in jwks)";
+        for bad in [[P256_SPKI, &[2], &[9; 32]].concat(), [P256_SPKI, &[4], &[9; 63]].concat(), p384[..90].to_vec()] {
+            assert_eq!(KeySet::from_pem(&pem(&bad), None, &Alg::ASYMMETRIC).unwrap_err(), not_ours, "{bad:02x?}");
+        }
     }
 }

@@ -4,20 +4,27 @@
 //! function (a SubjectPublicKeyInfo, a hash name, the signature, the signed bytes).
 //! RSA PKCS#1 v1.5 (RS256/384/512) and ECDSA (ES256/384) checked there cost what they
 //! cost `jwt_authn`, which runs the same code; compiled to wasm the same checks cost
-//! 5–15× more (no 64×64-bit multiply, no assembly). PSS, EdDSA and HS256 (which that
-//! function cannot do), and everything on a host without it, are checked by the
-//! module's own crates (jwt/keys.rs). The host port is a trait so the core stays pure.
+//! 5–15× more (no 64×64-bit multiply, no assembly).
+//!
+//! ECDSA is checked only there: the module has no ECDSA code (it would cost about 96 KB
+//! of module, which every VM compiles at start), so on a host without a usable
+//! `verify_signature` an ES256/ES384 token is rejected (fail closed). RSA PKCS#1 falls
+//! back to the module's `rsa` crate, which PSS needs anyway; PSS, EdDSA and HS256 (which
+//! that function cannot do) are always checked by the module's own crates
+//! (jwt/keys.rs). The host port is a trait so the core stays pure.
 
+use crate::jwt::jwt_config::JwtSettings;
 use crate::jwt::keys::{Alg, Key};
 
 /// The host's signature check, if it has one.
 pub trait HostCrypto: std::fmt::Debug {
     /// `Some(verdict)` when the host checked the signature; `None` when it could not
-    /// (no such function, an error): the module then checks it itself.
+    /// (no such function, an error): the module then checks RSA itself and rejects ECDSA.
     fn verify(&self, hash: &str, spki: &[u8], signature: &[u8], signed: &[u8]) -> Option<bool>;
 }
 
-/// No host crypto: every signature is checked in the module (unit tests, other hosts).
+/// No host crypto: RSA, EdDSA and HS256 are checked in the module, ES256/ES384 are
+/// rejected (hosts without `verify_signature`; unit tests of that case).
 #[derive(Debug)]
 pub struct ModuleOnly;
 
@@ -29,18 +36,36 @@ impl HostCrypto for ModuleOnly {
 
 /// Whether `signature` (the JWS signature bytes) is `key`'s over `signed`.
 pub fn verify(host: &dyn HostCrypto, key: &Key, signed: &[u8], signature: &[u8]) -> bool {
-    if let (Some(hash), Some(spki)) = (key.alg.host_hash(), key.spki()) {
-        let verdict = match key.alg {
-            // JWS carries ECDSA signatures as r || s; BoringSSL takes the DER form.
-            Alg::ES256 => ecdsa_der(signature, 32).and_then(|der| host.verify(hash, spki, &der, signed)),
-            Alg::ES384 => ecdsa_der(signature, 48).and_then(|der| host.verify(hash, spki, &der, signed)),
-            _ => host.verify(hash, spki, signature, signed),
-        };
-        if let Some(verdict) = verdict {
-            return verdict;
-        }
+    let (Some(hash), Some(spki)) = (key.alg.host_hash(), key.spki()) else {
+        return key.verify(signed, signature);
+    };
+    // JWS carries ECDSA signatures as r || s (RFC 7518 §3.4); BoringSSL takes the DER
+    // form. No host verdict (no function, an error, not a signature of that size):
+    // rejected, the module cannot check it.
+    let ecdsa = |len| ecdsa_der(signature, len).and_then(|der| host.verify(hash, spki, &der, signed)) == Some(true);
+    match key.alg {
+        Alg::ES256 => ecdsa(32),
+        Alg::ES384 => ecdsa(48),
+        _ => host.verify(hash, spki, signature, signed).unwrap_or_else(|| key.verify(signed, signature)),
     }
-    key.verify(signed, signature)
+}
+
+/// The error to log when the host has no usable `verify_signature` and the
+/// configuration allows ES256 or ES384 (the default `algorithms` do): every such token
+/// will be rejected. `None` when the configuration allows neither.
+pub fn without_host_crypto(jwt: &JwtSettings) -> Option<String> {
+    let allowed: Vec<&str> = Alg::HOST_ONLY
+        .into_iter()
+        .filter(|alg| jwt.providers.iter().any(|p| p.algorithms.contains(alg)))
+        .map(Alg::name)
+        .collect();
+    (!allowed.is_empty()).then(|| {
+        format!(
+            "JWT: {} tokens will be rejected: this host has no usable verify_signature (the module has no \
+             ECDSA code; Envoy 1.40 has the function); RSA, EdDSA and HS256 are checked in the module",
+            allowed.join(" and ")
+        )
+    })
 }
 
 /// `r || s` (each `len` bytes) as a DER `ECDSA-Sig-Value`; `None` if it cannot be one
@@ -179,19 +204,6 @@ mod tests {
         assert_eq!(verify_result(&[0x0d, 1, 2, 3, 4]), None, "fixed32 is no field of it");
     }
 
-    /// Verifies like BoringSSL would, with the module's crates: the probe must pass.
-    #[derive(Debug)]
-    struct Honest;
-    impl HostCrypto for Honest {
-        fn verify(&self, hash: &str, spki: &[u8], signature: &[u8], signed: &[u8]) -> Option<bool> {
-            use p256::ecdsa::signature::Verifier as _;
-            assert_eq!(hash, "sha256");
-            let key =
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.strip_prefix(crate::jwt::keys::P256_SPKI)?).ok()?;
-            let sig = p256::ecdsa::Signature::from_der(signature).ok()?;
-            Some(key.verify(signed, &sig).is_ok())
-        }
-    }
     #[derive(Debug)]
     struct Yes;
     impl HostCrypto for Yes {
@@ -202,8 +214,28 @@ mod tests {
 
     #[test]
     fn only_a_sound_host_is_used() {
-        assert!(host_is_sound(&Honest));
+        assert!(host_is_sound(&crate::jwt::boringssl_stand_in::BoringSslStandIn));
         assert!(!host_is_sound(&Yes), "a host that says yes to everything");
         assert!(!host_is_sound(&ModuleOnly), "a host without the function");
+    }
+
+    #[test]
+    fn a_host_without_crypto_is_an_error_only_where_ecdsa_is_allowed() {
+        use crate::plugin_config::Settings;
+        let error = |providers: &str| {
+            let json = format!(r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{providers}]}}}}"#);
+            let settings = Settings::from_json(json.as_bytes()).unwrap();
+            without_host_crypto(settings.jwt.as_ref().unwrap())
+        };
+        let remote = |issuer: &str, algorithms: &str| {
+            format!(r#"{{"issuer": "{issuer}", "remote_jwks": {{"cluster": "idp"}} {algorithms}}}"#)
+        };
+        let rejected = " tokens will be rejected: this host has no usable verify_signature (the module has no ECDSA \
+                        code; Envoy 1.40 has the function); RSA, EdDSA and HS256 are checked in the module";
+        assert_eq!(error(&remote("a", "")), Some(format!("JWT: ES256 and ES384{rejected}")), "the default algorithms");
+        assert_eq!(error(&remote("a", r#", "algorithms": ["RS256", "PS256", "EdDSA"]"#)), None);
+        assert_eq!(error(r#"{"issuer": "h", "secret": "0123456789abcdef0123456789abcdef"}"#), None);
+        let two = [remote("a", r#", "algorithms": ["RS256"]"#), remote("b", r#", "algorithms": ["ES384"]"#)].join(",");
+        assert_eq!(error(&two), Some(format!("JWT: ES384{rejected}")), "any provider's");
     }
 }

@@ -393,6 +393,7 @@ fn header_value(value: &Value) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::jwt::boringssl_stand_in::BoringSslStandIn;
     use crate::plugin_config::Settings;
     use jwt_simple::prelude::*;
 
@@ -457,8 +458,10 @@ mod tests {
         v.check(s.jwt.as_ref().unwrap(), &bearer(token), NOW_MS)
     }
 
+    /// A verifier with the host's crypto as Envoy lends it (its stand-in): ES256 and
+    /// ES384 are checked only there.
     fn verifier(s: &Settings) -> JwtVerifier {
-        JwtVerifier::new(s.jwt.as_ref().unwrap())
+        JwtVerifier::new(s.jwt.as_ref().unwrap()).with_host_crypto(Box::new(BoringSslStandIn))
     }
 
     #[test]
@@ -727,7 +730,7 @@ mod tests {
         );
         let s = Settings::from_json(json.as_bytes()).unwrap();
         let jwt = s.jwt.as_ref().unwrap();
-        let mut v = JwtVerifier::new(jwt);
+        let mut v = JwtVerifier::new(jwt).with_host_crypto(Box::new(BoringSslStandIn));
         let token = f.es.sign(claims()).unwrap();
         assert_eq!(check(&s, &mut v, &token), Outcome::NoKey { provider: 0 });
         assert_eq!(v.without_refresh(jwt, 0), None, "no keys at all: cannot judge");
@@ -786,6 +789,48 @@ mod tests {
         }
     }
 
+    /// Without the host's crypto (a host with no usable `verify_signature`), ES256 and
+    /// ES384 tokens are rejected, however well signed: the module has no ECDSA code, so
+    /// it fails closed. RSA, EdDSA and HS256 are still checked in the module.
+    #[test]
+    fn without_host_crypto_ecdsa_is_rejected_and_the_module_checks_the_rest() {
+        let f = fixture();
+        let es384 = ES384KeyPair::generate().with_key_id("es384-1");
+        let rs256 = RS256KeyPair::from_pem(RSA_PRIVATE).unwrap().with_key_id("rsa-1");
+        let mut keys = jwks(&f);
+        for (jwk, kid) in [(es384.public_key().to_jwk(), "es384-1"), (rs256.public_key().to_jwk(), "rsa-1")] {
+            let mut jwk: Value = serde_json::from_str(&jwk).unwrap();
+            jwk["kid"] = kid.into();
+            keys["keys"].as_array_mut().unwrap().push(jwk);
+        }
+        let secret = "0123456789abcdef0123456789abcdef";
+        let json = format!(
+            r#"{{"auth": {{"cluster": "auth"}}, "jwt": {{"providers": [{{"issuer": "{ISS}", "jwks": {keys}}},
+                {{"issuer": "https://hs.example.com", "secret": "{secret}"}}]}}}}"#
+        );
+        let s = Settings::from_json(json.as_bytes()).unwrap();
+        let ecdsa = [f.es.sign(plain_claims()).unwrap(), es384.sign(plain_claims()).unwrap()];
+        let mut with_host = verifier(&s);
+        for token in &ecdsa {
+            assert!(matches!(check(&s, &mut with_host, token), Outcome::Valid { .. }), "the host checks it");
+        }
+        let mut module_only = JwtVerifier::new(s.jwt.as_ref().unwrap());
+        for token in &ecdsa {
+            assert_eq!(check(&s, &mut module_only, token), Outcome::Invalid(Reason::Signature), "no host: rejected");
+        }
+        let hs_payload = format!(r#"{{"iss":"https://hs.example.com","sub":"x","exp":{}}}"#, NOW_S + 600);
+        for token in [
+            rs256.sign(plain_claims()).unwrap(),
+            f.ed.sign(plain_claims()).unwrap(),
+            hs256_token(secret, r#"{"alg":"HS256"}"#, &hs_payload),
+        ] {
+            assert!(
+                matches!(check(&s, &mut module_only, &token), Outcome::Valid { cached: false, .. }),
+                "the module checks it: {token}"
+            );
+        }
+    }
+
     /// HS256 tokens built by hand, so the header can say anything and still be signed.
     fn hs256_token(secret: &str, header: &str, payload: &str) -> String {
         let e = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).unwrap();
@@ -815,7 +860,7 @@ mod tests {
         }
     }
 
-    /// A host crypto that checks ES256 with the module's crates and counts its calls.
+    /// A host crypto that answers ES256 checks as told and counts its calls.
     #[derive(Debug, Default)]
     struct CountingHost {
         calls: Rc<std::cell::Cell<usize>>,
@@ -843,10 +888,10 @@ mod tests {
         // EdDSA is never the host's: the module checks it.
         assert!(matches!(check(&s, &mut v, &f.ed.sign(claims()).unwrap()), Outcome::Valid { .. }));
         assert_eq!(calls.get(), 1);
-        // A host that cannot answer (None): the module decides.
+        // A host that cannot answer (None): rejected, the module has no ECDSA code.
         let host = CountingHost { calls: calls.clone(), answer: None };
         let mut v = verifier(&s).with_host_crypto(Box::new(host));
-        assert!(matches!(check(&s, &mut v, &token), Outcome::Valid { cached: false, .. }));
+        assert_eq!(check(&s, &mut v, &token), Outcome::Invalid(Reason::Signature));
         assert_eq!(calls.get(), 2);
     }
 

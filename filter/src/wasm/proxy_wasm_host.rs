@@ -256,7 +256,7 @@ const FUNCTION: &str = "verify_signature";
 
 /// The host's signature check: Envoy's `verify_signature` foreign function (its
 /// BoringSSL, the code `jwt_authn` runs), used for RSA PKCS#1 and ECDSA once a probe
-/// shows it answers right (jwt/signature.rs).
+/// shows it answers right (jwt/signature.rs). ECDSA is checked nowhere else.
 #[derive(Debug)]
 pub struct EnvoyCrypto;
 
@@ -270,13 +270,15 @@ impl HostCrypto for EnvoyCrypto {
     }
 }
 
-/// The host crypto to use: Envoy's if it passes the probe, else none (the module's).
+/// The host crypto to use: Envoy's if it passes the probe, else none (RSA then is
+/// checked in the module, ECDSA rejected: root_context.rs logs that as an error where
+/// the configuration allows ECDSA).
 pub fn probe_crypto() -> Option<Box<dyn HostCrypto>> {
     if signature::host_is_sound(&EnvoyCrypto) {
         info!("JWT: RSA and ECDSA signatures are checked by the host ({FUNCTION})");
         Some(Box::new(EnvoyCrypto))
     } else {
-        warn!("JWT: the host has no usable {FUNCTION}; every signature is checked in the module (slower)");
+        warn!("JWT: the host has no usable {FUNCTION}; RSA signatures are checked in the module (slower)");
         None
     }
 }

@@ -13,6 +13,7 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use crate::flow::host::Host;
 use crate::flow::root_tasks;
 use crate::flow::worker::Worker;
+use crate::jwt::signature;
 use crate::jwt::verifier::JwtVerifier;
 use crate::plugin_config::Settings;
 use crate::wasm::http_context::Authz;
@@ -100,8 +101,19 @@ impl RootContext for Root {
                         warn!("{warning}");
                     }
                     let mut verifier = JwtVerifier::new(jwt);
-                    if let Some(crypto) = probe_crypto() {
-                        verifier = verifier.with_host_crypto(crypto);
+                    match probe_crypto() {
+                        Some(crypto) => verifier = verifier.with_host_crypto(crypto),
+                        // An error, not a refused configuration. Every ES256/ES384 token
+                        // is rejected (fail closed per token) while RSA, EdDSA and HS256
+                        // keep working. Refusing would turn an algorithm the issuer may
+                        // never use (the default `algorithms` list both) into no plugin:
+                        // at a start that fails every request, or, under Istio's
+                        // `failStrategy: FAIL_OPEN`, skips the plugin and checks none.
+                        None => {
+                            if let Some(consequence) = signature::without_host_crypto(jwt) {
+                                error!("{consequence}");
+                            }
+                        }
                     }
                     (verifier, jwt)
                 });

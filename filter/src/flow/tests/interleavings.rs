@@ -447,6 +447,7 @@ fn a_refused_trailer_call_answers_the_client() {
 /// configuration's keys.
 #[test]
 fn a_reconfiguration_during_a_jwks_fetch_keeps_the_requests_own_keys() {
+    use crate::jwt::boringssl_stand_in::BoringSslStandIn;
     use crate::jwt::verifier::JwtVerifier;
     use crate::plugin_config::Settings;
     let (config, key, jwks) = remote_jwks();
@@ -455,7 +456,8 @@ fn a_reconfiguration_during_a_jwks_fetch_keeps_the_requests_own_keys() {
     assert_eq!(sim.pending().len(), 1);
     let newer = std::rc::Rc::new(Settings::from_json(config.as_bytes()).unwrap());
     let jwt = newer.jwt.as_ref().unwrap();
-    sim.workers[0].set_verifier(Some((JwtVerifier::new(jwt), jwt)));
+    let verifier = JwtVerifier::new(jwt).with_host_crypto(Box::new(BoringSslStandIn));
+    sim.workers[0].set_verifier(Some((verifier, jwt)));
     let body = jwks.to_string();
     sim.settle(|_, _| Some((pairs(&[(":status", "200")]), body.clone().into_bytes())));
     sim.check();

@@ -22,6 +22,7 @@ use crate::flow::request::Request;
 use crate::flow::root_tasks;
 use crate::flow::worker::Worker;
 use crate::flow::Flow;
+use crate::jwt::boringssl_stand_in::BoringSslStandIn;
 use crate::jwt::verifier::JwtVerifier;
 use crate::metric_names::{Histogram, Metric};
 use crate::plugin_config::Settings;
@@ -104,7 +105,9 @@ impl Sim {
                 let mut worker = Worker::default();
                 worker.counters.define(&host);
                 if let Some(jwt) = &settings.jwt {
-                    worker.set_verifier(Some((JwtVerifier::new(jwt), jwt)));
+                    // Envoy's crypto as the filter finds it at start: ES256/ES384 are checked only there.
+                    let verifier = JwtVerifier::new(jwt).with_host_crypto(Box::new(BoringSslStandIn));
+                    worker.set_verifier(Some((verifier, jwt)));
                     worker.counters.define_jwt(&host);
                 }
                 worker
