@@ -21,6 +21,7 @@ use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::{Failure, FAILURE_BODY};
+use crate::policy::envoy_reply::ENVOY_RETRY_HEADERS;
 use crate::policy::forward::CalloutHeader;
 use crate::policy::request_body::BodyVerdict;
 use crate::telemetry::{Decided, How, Outcome};
@@ -499,7 +500,9 @@ impl Request {
 }
 
 /// The headers to send: the callout `built` (its cache key was taken on it), then the
-/// request's `trace` headers.
+/// request's `trace` headers; with room for the retry headers the dispatch may add.
 fn sent<'a>(built: &'a [CalloutHeader<'a>], trace: &'a [CalloutHeader<'a>]) -> Vec<(&'a str, &'a str)> {
-    built.iter().chain(trace).map(|(name, value)| (*name, value.as_ref())).collect()
+    let mut sent = Vec::with_capacity(built.len() + trace.len() + ENVOY_RETRY_HEADERS.len());
+    sent.extend(built.iter().chain(trace).map(|(name, value)| (*name, value.as_ref())));
+    sent
 }
