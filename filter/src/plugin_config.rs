@@ -152,6 +152,17 @@ impl Settings {
         std::iter::once(self).chain(&self.other_providers).any(|s| !s.auth.client_headers_on_success.is_empty())
     }
 
+    /// The cookie names some provider's auth service owns (`add_auth_cookies_to_response`):
+    /// with several providers, each one's (as each of Traefik's chained forwardAuth
+    /// middlewares drops the upstream's cookies of its own names).
+    pub fn auth_cookie_names(&self) -> std::borrow::Cow<'_, [String]> {
+        if self.other_providers.is_empty() {
+            return self.auth.add_auth_cookies_to_response.as_slice().into();
+        }
+        let all = std::iter::once(self).chain(&self.other_providers);
+        all.flat_map(|s| s.auth.add_auth_cookies_to_response.iter().cloned()).collect::<Vec<_>>().into()
+    }
+
     /// Fills in `%HOSTNAME%` in every provider's `headers_to_add` from the Wasm VM's
     /// `HOSTNAME` environment variable (the host reads it once, at configure;
     /// policy/substitution.rs `resolve_hostname`).

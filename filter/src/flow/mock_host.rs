@@ -172,6 +172,11 @@ impl MockHost {
         self.state.borrow_mut().fails.insert(call);
     }
 
+    /// The host makes `call` again.
+    pub fn recover(&self, call: Fails) {
+        self.state.borrow_mut().fails.remove(&call);
+    }
+
     pub fn cas_conflicts(&self, n: u32) {
         self.state.borrow_mut().cas_conflicts = n;
     }

@@ -80,7 +80,7 @@ pub fn send<H: Host>(
             // Still in the callback that sent it: a stale allow is [`Step::Upstream`], not
             // resumed here, so that the caller's next provider still checks the request.
             let step = inject::apply(host, worker, id, settings, &outcome, Via::AuthService);
-            if let Some(lookup) = &lookup {
+            if let Some(lookup) = lookup.as_ref().filter(|lookup| worker.in_flight.leads(&lookup.key, id)) {
                 settle_waiters(host, worker, settings, lookup, &outcome, id);
             }
             step
@@ -139,7 +139,7 @@ pub fn settle<H: Host>(
         }
         other => other,
     };
-    if let Some(lookup) = lookup {
+    if let Some(lookup) = lookup.filter(|lookup| worker.in_flight.leads(&lookup.key, id)) {
         settle_waiters(host, worker, settings, lookup, outcome, id);
     }
     step
@@ -170,6 +170,9 @@ pub fn settle_waiters<H: Host>(
 /// The sender's stream is over and Envoy cancels its callout. If others wait for it,
 /// the root context sends it again; otherwise the next request leads.
 pub fn abandon<H: Host>(host: &H, worker: &mut Worker, id: u32, resend: Resend) {
+    if !worker.in_flight.leads(&resend.lookup.key, id) {
+        return; // An identical callout another request leads: its waiters are not ours.
+    }
     if worker.in_flight.has_waiters(&resend.lookup.key) {
         debug!("[{id}] reset while others wait for its callout: resending it");
         worker.orphans.push(resend);

@@ -169,7 +169,7 @@ pub fn add_auth_cookies<H: Host>(host: &H, settings: &Settings, cookies: &[Vec<u
     let response = header_map::parse(&buffer).ok_or(Refused::ParseFailure)?;
     let upstream: Vec<&[u8]> =
         response.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| *v).collect();
-    let merged = forward::merge_set_cookies(&upstream, cookies, &settings.auth.add_auth_cookies_to_response);
+    let merged = forward::merge_set_cookies(&upstream, cookies, &settings.auth_cookie_names());
     host.set_header(Map::ResponseHeaders, "set-cookie", None)?;
     for value in merged {
         host.add_header(Map::ResponseHeaders, "set-cookie", value)?;

@@ -518,3 +518,87 @@ fn each_allow_adds_its_client_headers_the_later_provider_first() {
     assert!(sim.workers[0].kept.client_headers.is_empty());
     sim.check();
 }
+
+/// Only a request one provider checks leads or joins an identical callout. A request
+/// several providers check sends its own even when another request leads the same
+/// callout: its refused dispatch, or its stream going away, must leave the requests
+/// waiting for the leader's callout waiting for the leader's answer.
+#[test]
+fn a_request_several_providers_check_leaves_anothers_waiters_alone() {
+    let preset: serde_json::Value = serde_json::from_str(PREFECT).unwrap();
+    let mut auth = preset["auth"].clone();
+    auth["name"] = "auth".into();
+    let config = serde_json::json!({
+        "providers": [auth, {"name": "opa", "cluster": "opa", "protocol": "ext_authz"}],
+        "cache": {"entries": 64, "default_ttl": 30},
+        "policies": [
+            {"provider": "auth", "rules": [{"to": [{"operation": {"paths": ["/api/*"]}}]}]},
+            // A header the auth callout does not carry: the same auth callout either way.
+            {"provider": "opa", "rules": [{"to": [{"operation": {"paths": ["/api/*"]}}],
+                "when": [{"key": "request.headers[x-route]", "values": ["opa"]}]}]}
+        ]
+    })
+    .to_string();
+    for refused in [true, false] {
+        let case = if refused { "its dispatch refused" } else { "its stream gone" };
+        let mut sim = Sim::new(&config, 1);
+        let token = [("authorization", "Bearer t")];
+        let leader = sim.send(request(b"/api/flows", &token));
+        let waiter = sim.send(request(b"/api/flows", &token));
+        assert_eq!(sim.pending().len(), 1, "{case}: the second request waits for the first's callout");
+        if refused {
+            sim.host.fail(crate::flow::mock_host::Fails::Dispatch);
+        }
+        let both = sim.send(request(b"/api/flows", &[token[0], ("x-route", "opa")]));
+        if refused {
+            assert_eq!(sim.outcome(both), Some(sim.settings.status_on_error), "{case}: fails closed");
+            sim.host.recover(crate::flow::mock_host::Fails::Dispatch);
+        } else {
+            assert_eq!(called(&sim, both), vec!["auth".to_string()], "{case}: its own callout");
+            sim.end(both);
+        }
+        assert_eq!(sim.outcome(waiter), None, "{case}: still waiting for the leader's callout");
+        sim.settle(|_, _| Answer::Allow.reply());
+        assert_eq!((sim.outcome(leader), sim.outcome(waiter)), (Some(0), Some(0)), "{case}");
+        let auth_calls = sim.host.dispatched().iter().filter(|d| d.cluster == "auth").count();
+        assert_eq!(auth_calls, if refused { 1 } else { 2 }, "{case}: no callout sent again for the leader's waiter");
+        sim.check();
+    }
+}
+
+/// Each provider's auth service owns the cookies its `add_auth_cookies_to_response`
+/// names: the upstream's cookies of any of those names give way to the auth services'.
+#[test]
+fn every_provider_owns_the_cookies_it_names() {
+    let provider = |name: &str, cookie: &str| serde_json::json!({"name": name, "cluster": name, "add_auth_cookies_to_response": [cookie]});
+    let config = serde_json::json!({
+        "providers": [provider("a", "sid_a"), provider("b", "sid_b")],
+        "policies": [{"provider": "a", "rules": [{}]}, {"provider": "b", "rules": [{}]}]
+    });
+    let mut sim = Sim::new(&config.to_string(), 1);
+    let id = sim.send(spoofing(b"/api/flows", &[("authorization", "Bearer t")]));
+    sim.settle(|cluster, _| {
+        let cookie = format!("sid_{cluster}=from-{cluster}");
+        Some((super::pairs(&[(":status", "200"), ("set-cookie", cookie.as_str())]), vec![]))
+    });
+    assert_eq!(sim.outcome(id), Some(0));
+    sim.response(
+        id,
+        super::pairs(&[
+            (":status", "200"),
+            ("set-cookie", "sid_a=app"),
+            ("set-cookie", "sid_b=app"),
+            ("set-cookie", "app=1"),
+        ]),
+    );
+    let cookies: Vec<String> = sim
+        .host
+        .stream(id)
+        .response
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(cookies, ["app=1", "sid_a=from-a", "sid_b=from-b"]);
+    sim.check();
+}
