@@ -104,6 +104,9 @@ pub fn forwarded_headers<'h, H: Header>(
 /// else (a pipe, an empty property), and then no X-Forwarded-For is built.
 pub fn peer_ip(address: &str) -> Option<String> {
     let ip = match address.parse::<SocketAddr>() {
+        // What std accepts as IPv4 is already canonical text (decimal, no leading zeros):
+        // copied, not printed again.
+        Ok(SocketAddr::V4(_)) => return address.rsplit_once(':').map(|(ip, _)| ip.to_owned()),
         Ok(addr) => addr.ip(),
         Err(_) => address.parse::<IpAddr>().ok()?,
     };
@@ -307,6 +310,36 @@ mod tests {
         assert_eq!(peer_ip("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(peer_ip("/tmp/envoy.sock"), None);
         assert_eq!(peer_ip(""), None);
+        // The text of an IPv4 socket address is copied: it is what printing its IP gives.
+        let printed = |address: &str| -> Option<String> {
+            let ip = match address.parse::<SocketAddr>() {
+                Ok(addr) => addr.ip(),
+                Err(_) => address.parse::<IpAddr>().ok()?,
+            };
+            Some(ip.to_string())
+        };
+        let hosts = [
+            "127.0.0.1",
+            "10.0.0.255",
+            "0.0.0.0",
+            "255.255.255.255",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "",
+            "::1",
+            "[::1]",
+            "[2001:db8::7]",
+            "[::ffff:1.2.3.4]",
+            " 1.2.3.4",
+        ];
+        for host in hosts {
+            for port in ["", ":0", ":80", ":65535", ":65536", ":+80", ":080", "::80"] {
+                let address = format!("{host}{port}");
+                assert_eq!(peer_ip(&address), printed(&address), "{address:?}");
+            }
+        }
     }
 
     #[test]

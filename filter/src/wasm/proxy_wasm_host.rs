@@ -4,7 +4,7 @@
 //! worker), and what only the root context asks (plugin configuration, log level,
 //! Envoy's `verify_signature`). No decisions here.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{info, warn};
 use proxy_wasm::hostcalls;
@@ -46,12 +46,25 @@ fn map_type(map: Map) -> MapType {
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
+}
+
+/// The host's clock, Unix ns (0 if unavailable: every token then looks expired). The
+/// SDK's `get_current_time` goes through `SystemTime` and 128-bit arithmetic to the same
+/// number, on every cache lookup and twice per callout.
+fn now_ns() -> u64 {
+    let mut ns: u64 = 0;
+    // SAFETY: the host writes one u64 at the pointer it is given.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut ns) } {
+        STATUS_OK => ns,
+        _ => 0,
+    }
 }
 
 /// proxy-wasm's `Status` codes (the ABI's numbers: the SDK's `types::Status`) the raw
@@ -184,18 +197,12 @@ impl Host for ProxyWasm {
 
     #[inline]
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        now_ns() / 1_000_000
     }
 
     #[inline]
     fn now_us(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        now_ns() / 1_000
     }
 
     /// A one-segment property path is the name itself (the SDK's `set_property` would
