@@ -18,16 +18,7 @@ use crate::jwt::signature::{self, HostCrypto};
 pub struct ProxyWasm;
 
 fn refused(status: Status) -> Refused {
-    match status {
-        Status::NotFound => Refused::NotFound,
-        Status::BadArgument => Refused::BadArgument,
-        Status::SerializationFailure => Refused::SerializationFailure,
-        Status::ParseFailure => Refused::ParseFailure,
-        Status::Empty => Refused::Empty,
-        Status::CasMismatch => Refused::CasMismatch,
-        Status::InternalFailure => Refused::InternalFailure,
-        _ => Refused::Unimplemented,
-    }
+    refused_code(status as u32)
 }
 
 fn map_type(map: Map) -> MapType {
@@ -72,8 +63,11 @@ fn now_ns() -> u64 {
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
 
+/// A status as the ABI numbers it (the SDK's `types::Status`), what the SDK's calls and
+/// the raw ones above answer.
 fn refused_code(code: u32) -> Refused {
     match code {
+        STATUS_NOT_FOUND => Refused::NotFound,
         2 => Refused::BadArgument,
         3 => Refused::SerializationFailure,
         4 => Refused::ParseFailure,
