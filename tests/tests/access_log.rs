@@ -239,7 +239,7 @@ fn each_outcome_prints_its_decision_in_the_access_log() {
         assert!(Instant::now() < deadline, "counts {counts:?}, expected {expected:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(sorted("/api/stale"), ["allowed callout 200 - sam", "allowed stale 500 - sam"]);
+    assert_eq!(sorted("/api/stale"), ["allowed callout 200 - sam", "allowed stale 500 auth_server_error sam"]);
     assert_eq!(
         env.auth.count(),
         10,

@@ -126,7 +126,8 @@ impl Request {
         }
         let lookup = match cache::probe(host, worker, settings, &built) {
             Ok(decision) => {
-                let step = inject::apply_decision(host, worker, id, settings, &decision, Via::Cache, None);
+                let step =
+                    inject::apply_decision(host, worker, id, settings, &decision, Via::Cache, inject::Said::default());
                 return self.then_next_provider(host, worker, main, step);
             }
             Err(lookup) => lookup,
@@ -189,7 +190,15 @@ impl Request {
         }
         let lookup = match cache::probe(host, worker, settings, &built) {
             Ok(decision) => {
-                let step = inject::apply_decision(host, worker, self.id, settings, &decision, Via::Cache, None);
+                let step = inject::apply_decision(
+                    host,
+                    worker,
+                    self.id,
+                    settings,
+                    &decision,
+                    Via::Cache,
+                    inject::Said::default(),
+                );
                 return self.then_next_provider(host, worker, main, step);
             }
             Err(lookup) => lookup,

@@ -29,19 +29,26 @@ pub fn apply<H: Host>(
     outcome: &Outcome,
     via: Via,
 ) -> Step {
-    let (decision, via, status) = match outcome {
-        Outcome::Decided(decision, status) => (decision, via, *status),
+    let (decision, via, said) = match outcome {
+        Outcome::Decided(decision, status) => (decision, via, Said { status: *status, failure: None }),
         Outcome::Stale(decision, failure) => {
             worker.counters.count(Metric::CacheStaleServed);
-            (decision, Via::StaleIfError, failure.status())
+            (decision, Via::StaleIfError, Said { status: failure.status(), failure: Some(failure.code()) })
         }
         Outcome::Failed(failure) => return fail_closed_by(host, worker, id, settings, *failure, via.how()),
     };
-    apply_decision(host, worker, id, settings, decision, via, status)
+    apply_decision(host, worker, id, settings, decision, via, said)
 }
 
-/// Injects an allow's headers, or replies with a denial (`status`: what the callout
-/// answered, for the access log).
+/// What the callout answered, for the access log: its status, and for a stale allow why
+/// the callout failed (the allow is served because of it, so the line says which).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Said {
+    pub status: Option<u32>,
+    pub failure: Option<&'static str>,
+}
+
+/// Injects an allow's headers, or replies with a denial.
 pub fn apply_decision<H: Host>(
     host: &H,
     worker: &mut Worker,
@@ -49,7 +56,7 @@ pub fn apply_decision<H: Host>(
     settings: &Settings,
     decision: &Decision,
     via: Via,
-    status: Option<u32>,
+    said: Said,
 ) -> Step {
     match decision {
         Decision::Allow { inject, cookies, extra } => {
@@ -73,7 +80,10 @@ pub fn apply_decision<H: Host>(
                 worker.kept.actors.insert(id, actor.to_vec());
             }
             let actor = actor.or(earlier.as_deref());
-            let decided = Decided::new(Ended::Allowed, via.how()).status(status).actor(actor);
+            let mut decided = Decided::new(Ended::Allowed, via.how()).status(said.status).actor(actor);
+            if let Some(failure) = said.failure {
+                decided = decided.reason(failure);
+            }
             for (name, value) in claims.iter().filter(|(c, _)| !inject.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))) {
                 if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
                     return fail_closed(host, worker, id, settings, Failure::HostError);
@@ -119,7 +129,7 @@ pub fn apply_decision<H: Host>(
             request_log::denied(host, id, *replied, via);
             worker.counters.count(Metric::Denies);
             // A cached denial's status is the one the auth service answered then.
-            let decided = Decided::new(Ended::Denied, via.how()).status(status.or(Some(*replied)));
+            let decided = Decided::new(Ended::Denied, via.how()).status(said.status.or(Some(*replied)));
             decision_log::record(host, worker, id, Some(settings), decided);
             let status = replied;
             let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
@@ -213,7 +223,8 @@ mod tests {
             (r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}}"#, "set_header"),
         ] {
             let (host, mut worker) = (host(), Worker::default());
-            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, None);
+            let step =
+                apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, Said::default());
             assert!(matches!(step, Step::Upstream), "{config}");
             // One call per header, then the decision for the access log: nothing else.
             assert_eq!(host.calls_in(ID), [call, call, "set_filter_state"], "{config}");
@@ -231,7 +242,7 @@ mod tests {
                 .into();
         worker.kept.claims.insert(ID, claims);
         let config = settings(r#"{"auth": {"cluster": "auth"}}"#);
-        let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService, None);
+        let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService, Said::default());
         assert!(matches!(step, Step::Upstream));
         let request = host.stream(ID).request;
         let org: Vec<_> = request.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-nebula-org")).collect();
@@ -255,7 +266,7 @@ mod tests {
             &settings(r#"{"auth": {"cluster": "auth"}}"#),
             &deny,
             Via::Cache,
-            None,
+            Said::default(),
         );
         assert!(matches!(step, Step::Replied));
         assert_eq!(host.calls_in(ID), ["set_filter_state", "reply"]);
@@ -279,7 +290,8 @@ mod tests {
                 Fails::SetHeader => r#"{"auth": {"cluster": "auth", "protocol": "ext_authz"}, "status_on_error": 503}"#,
                 _ => r#"{"auth": {"cluster": "auth"}, "status_on_error": 503}"#,
             };
-            let step = apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, None);
+            let step =
+                apply_decision(&host, &mut worker, ID, &settings(config), &allow(), Via::AuthService, Said::default());
             assert!(matches!(step, Step::Replied), "{refused:?}");
             assert!(matches!(host.stream(ID).ends.as_slice(), [End::Reply { status: 503, .. }]), "{refused:?}");
         }

@@ -75,7 +75,19 @@ fn public_cache_coalesced_and_stale_say_how_they_were_decided() {
     let stale = sim.send(request(PROTECTED, &[("authorization", "Bearer k")]));
     sim.settle(|_, _| Answer::ServerError.reply());
     sim.check();
-    assert_eq!(decided(&sim, stale), "allowed stale 500 - alice");
+    assert_eq!(decided(&sim, stale), "allowed stale 500 auth_server_error alice");
+    // Each failure a stale allow covers is named on its line, with Envoy's status if any.
+    for (failure, want) in [
+        (Answer::Timeout, "allowed stale 504 timeout alice"),
+        (Answer::Refused, "allowed stale 503 refused alice"),
+        (Answer::Reset, "allowed stale - no_response alice"),
+        (Answer::Garbage, "allowed stale - bad_status alice"),
+    ] {
+        let id = sim.send(request(PROTECTED, &[("authorization", "Bearer k")]));
+        sim.settle(|_, _| failure.reply());
+        sim.check();
+        assert_eq!(decided(&sim, id), want, "{failure:?}");
+    }
     let denied = sim.send(request(PROTECTED, &[("authorization", "Bearer other")]));
     sim.settle(|_, _| Answer::Deny.reply());
     let denied_again = sim.send(request(PROTECTED, &[("authorization", "Bearer other")]));
