@@ -120,7 +120,9 @@ impl Settings {
         }
         for (i, (name, config)) in others.into_iter().enumerate() {
             let field = format!("providers[{}]", i + 1);
-            let bytes = config.to_string().into_bytes();
+            // `to_vec`, not `Value`'s `Display` (the same bytes): the module then holds one
+            // JSON writer (jwt/verifier.rs writes claims with it too), not also `Display`'s.
+            let bytes = serde_json::to_vec(&config).map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
             let mut other = Settings::from_json(&bytes).map_err(|e| ConfigError::new(field.clone(), e.message))?;
             // Every provider's decisions under keys of their own: the name keeps apart two
             // providers configured alike.
