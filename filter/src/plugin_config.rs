@@ -239,8 +239,7 @@ impl std::fmt::Display for Summary<'_> {
         // `Duration`'s `Debug` text ("250ms", "5s", "1.05s") written here for the whole
         // milliseconds a timeout holds: core's (2.3 KB of module code, which every
         // sidecar's V8 compiles) had no other use.
-        let ms = auth.timeout.as_millis();
-        match (ms / 1000, ms % 1000) {
+        match (auth.timeout.as_secs(), auth.timeout.subsec_millis()) {
             (0, ms) => write!(f, "{ms}ms")?,
             (s, 0) => write!(f, "{s}s")?,
             (s, fraction) => {
