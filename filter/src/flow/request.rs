@@ -284,7 +284,7 @@ impl Request {
         warn!(
             "[{}] callout connection reset or refused before an answer: sent again ({} ms left)",
             self.id,
-            left.as_millis()
+            left.as_millis() as u64
         );
         Some(token)
     }
