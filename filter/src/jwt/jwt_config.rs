@@ -14,6 +14,7 @@ use crate::jwt::require::Requirements;
 use crate::jwt::source::{RawHeaderSource, Sources};
 use crate::policy::headers::HeaderNames;
 use crate::policy::route::PublicPaths;
+use crate::string_map::StringMap;
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -69,7 +70,7 @@ struct RawProvider {
     discovery: Option<RawRemoteJwks>,
     secret: Option<String>,
     leeway_s: Option<u64>,
-    claims_to_headers: Option<std::collections::BTreeMap<String, String>>,
+    claims_to_headers: Option<StringMap>,
     mode: Option<Mode>,
     require: Option<Map<String, Value>>,
 }
