@@ -295,7 +295,7 @@ fn registered_claims(provider: &Provider, claims: &Map<String, Value>, now_ms: u
     if let Some(audiences) = &provider.audiences {
         let ok = match claims.get("aud") {
             Some(Value::String(aud)) => audiences.contains(aud),
-            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(|a| audiences.contains(a)),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(|a| audiences.iter().any(|x| x == a)),
             _ => false,
         };
         if !ok {
