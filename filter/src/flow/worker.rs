@@ -63,7 +63,9 @@ pub struct Worker {
     /// Tokens of this worker's calls in flight for an openid-configuration.
     pub discovery_calls: Vec<u32>,
     /// Callouts the root context sent again for orphaned waiters, by token.
-    pub resends: HashMap<u32, Lookup>,
+    /// A list, as `jwks_fetches`: a few at a time, on the root's rare path, and a map of
+    /// its own would be a hash table instance of its own in the module (2 KB).
+    pub resends: Vec<(u32, Lookup)>,
     /// JWKS fetches the root context started on its timer: (call token, provider).
     pub jwks_fetches: Vec<(u32, usize)>,
     /// What an allowed request keeps for later, by context id (an allow may be applied
