@@ -6,6 +6,7 @@
 //!
 //! Modules, bottom up (each imports only those above it in this list):
 //! - [`error`]: the `ConfigError` every compile step returns.
+//! - [`string_map`]: a JSON object of strings as users write it, in key order.
 //! - [`bytes`]: byte-string equality a word at a time (the module's `memcmp` is bytewise).
 //! - [`cluster`]: the Envoy cluster and authority of a service the filter calls.
 //! - [`metric_names`]: the filter's counters and histograms and their names.
@@ -36,6 +37,7 @@ pub mod jwt;
 pub mod metric_names;
 pub mod plugin_config;
 pub mod policy;
+pub mod string_map;
 pub mod telemetry;
 #[cfg(target_family = "wasm")]
 mod wasm;

@@ -15,7 +15,7 @@ use crate::flow::request_log::{self, Via};
 use crate::flow::steps::access::{self, PeerFacts};
 use crate::flow::steps::body::{self, BodyWait};
 use crate::flow::steps::{cache, callout, decide, inject, jwks_wait, jwt, public, select, strip};
-use crate::flow::worker::{take, Worker};
+use crate::flow::worker::Worker;
 use crate::flow::{decision_log, header_map};
 use crate::flow::{jwks_fetch, Flow};
 use crate::metric_names::Metric;
@@ -149,11 +149,7 @@ impl Request {
     }
 
     fn mark_providers_left(&self, worker: &mut Worker) {
-        if self.remaining.is_empty() {
-            take(&mut worker.kept.providers_left, self.id);
-        } else {
-            worker.kept.providers_left.insert(self.id, ());
-        }
+        worker.kept.set_providers_left(self.id, !self.remaining.is_empty());
     }
 
     /// Only a request one provider checks, the first, waits for an identical callout or
@@ -293,7 +289,7 @@ impl Request {
         warn!(
             "[{}] callout connection reset or refused before an answer: sent again ({} ms left)",
             self.id,
-            left.as_millis()
+            left.as_millis() as u64
         );
         Some(token)
     }
@@ -422,7 +418,7 @@ impl Request {
                 warn!("[{}] cannot add the auth headers to the response: {status:?}", self.id);
             }
         }
-        let cookies = take(&mut worker.kept.cookies, self.id);
+        let cookies = worker.kept.take_cookies(self.id);
         if let (Some(cookies), Some(settings)) = (cookies, settings) {
             if let Err(status) = inject::add_auth_cookies(host, settings, &cookies) {
                 // The request was allowed; a lost cookie is not worth failing the response.

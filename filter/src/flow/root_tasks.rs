@@ -70,7 +70,7 @@ pub fn on_tick<H: Host>(host: &H, worker: &mut Worker, settings: Option<&Setting
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         match callout::dispatch(host, worker, auth, headers) {
             Ok(token) => {
-                worker.resends.insert(token, lookup);
+                worker.resends.push((token, lookup));
             }
             Err(status) => {
                 warn!("callout to cluster {:?} refused: {status:?}", auth.cluster);
@@ -103,7 +103,9 @@ pub fn on_call_answer<H: Host>(
         }
         return;
     }
-    let (Some(lookup), Some(settings)) = (worker.resends.remove(&token), settings) else { return };
+    let Some(i) = worker.resends.iter().position(|(t, _)| *t == token) else { return };
+    let (_, lookup) = worker.resends.swap_remove(i);
+    let Some(settings) = settings else { return };
     let outcome = answer(host, worker, settings, Some(&lookup), body_size);
     callout::settle_waiters(host, worker, settings, &lookup, &outcome, root);
 }

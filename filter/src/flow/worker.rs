@@ -63,7 +63,9 @@ pub struct Worker {
     /// Tokens of this worker's calls in flight for an openid-configuration.
     pub discovery_calls: Vec<u32>,
     /// Callouts the root context sent again for orphaned waiters, by token.
-    pub resends: HashMap<u32, Lookup>,
+    /// A list, as `jwks_fetches`: a few at a time, on the root's rare path, and a map of
+    /// its own would be a hash table instance of its own in the module (2 KB).
+    pub resends: Vec<(u32, Lookup)>,
     /// JWKS fetches the root context started on its timer: (call token, provider).
     pub jwks_fetches: Vec<(u32, usize)>,
     /// What an allowed request keeps for later, by context id (an allow may be applied
@@ -106,40 +108,129 @@ impl Worker {
     }
 }
 
+/// What allowed requests keep for later, by context id. One map for all of it, not a
+/// map per kind: each `HashMap` of another value type is a hash table instance of its
+/// own in the module (about 1.5 KB of code each, which every sidecar's V8 compiles).
 #[derive(Default)]
 pub struct Kept {
+    by_id: HashMap<u32, Held>,
+}
+
+/// What one request keeps.
+#[derive(Default)]
+struct Held {
     /// `Set-Cookie` values of the allowing auth response, for the client's response
     /// (`auth.add_auth_cookies_to_response`).
-    pub cookies: HashMap<u32, Vec<Vec<u8>>>,
+    cookies: Option<Vec<Vec<u8>>>,
     /// Claim headers of a valid JWT in `local_then_callout`, added if the callout allows.
-    pub claims: HashMap<u32, ClaimHeaders>,
+    claims: Option<ClaimHeaders>,
     /// ext_authz `client_headers_on_success` of the allowing auth response.
-    pub client_headers: HashMap<u32, OwnedHeaders>,
-    /// Requests with providers left to check them after the current one (`policies`):
-    /// an allow then is not the request's outcome, and is not counted as one.
-    pub providers_left: HashMap<u32, ()>,
+    client_headers: Option<OwnedHeaders>,
+    /// Providers are left to check the request after the current one (`policies`): an
+    /// allow then is not the request's outcome, and is not counted as one.
+    providers_left: bool,
     /// The actor id an allow with providers left set (or its token's claim did): the
     /// request's actor unless a later allow sets its own (`telemetry.actor_header`).
-    pub actors: HashMap<u32, Vec<u8>>,
+    actor: Option<Vec<u8>>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.cookies.is_none()
+            && self.claims.is_none()
+            && self.client_headers.is_none()
+            && !self.providers_left
+            && self.actor.is_none()
+    }
 }
 
 impl Kept {
     /// The stream is over: drop what was kept for it.
     pub fn forget(&mut self, id: u32) {
-        take(&mut self.cookies, id);
-        take(&mut self.claims, id);
-        take(&mut self.client_headers, id);
-        take(&mut self.providers_left, id);
-        take(&mut self.actors, id);
+        if !self.by_id.is_empty() {
+            self.by_id.remove(&id);
+        }
     }
-}
 
-/// What `map` keeps for `id`, removed. Most requests keep nothing: an empty map is not
-/// hashed into (every request ends here).
-pub fn take<T>(map: &mut HashMap<u32, T>, id: u32) -> Option<T> {
-    if map.is_empty() {
-        None
-    } else {
-        map.remove(&id)
+    pub fn take_cookies(&mut self, id: u32) -> Option<Vec<Vec<u8>>> {
+        self.take(id, |held| held.cookies.take())
+    }
+
+    /// Adds to the cookies kept for `id` (several providers: each allow's).
+    pub fn add_cookies(&mut self, id: u32, cookies: &[Vec<u8>]) {
+        self.held(id).cookies.get_or_insert_default().extend(cookies.iter().cloned());
+    }
+
+    pub fn take_claims(&mut self, id: u32) -> Option<ClaimHeaders> {
+        self.take(id, |held| held.claims.take())
+    }
+
+    pub fn keep_claims(&mut self, id: u32, claims: ClaimHeaders) {
+        self.held(id).claims = Some(claims);
+    }
+
+    pub fn take_client_headers(&mut self, id: u32) -> Option<OwnedHeaders> {
+        self.take(id, |held| held.client_headers.take())
+    }
+
+    pub fn keep_client_headers(&mut self, id: u32, headers: OwnedHeaders) {
+        self.held(id).client_headers = Some(headers);
+    }
+
+    pub fn take_actor(&mut self, id: u32) -> Option<Vec<u8>> {
+        self.take(id, |held| held.actor.take())
+    }
+
+    pub fn keep_actor(&mut self, id: u32, actor: Vec<u8>) {
+        self.held(id).actor = Some(actor);
+    }
+
+    pub fn providers_left(&self, id: u32) -> bool {
+        !self.by_id.is_empty() && self.by_id.get(&id).is_some_and(|held| held.providers_left)
+    }
+
+    pub fn set_providers_left(&mut self, id: u32, left: bool) {
+        match left {
+            true => self.held(id).providers_left = true,
+            false => {
+                self.take(id, |held| std::mem::take(&mut held.providers_left).then_some(()));
+            }
+        }
+    }
+
+    /// Whether any request keeps cookies, claims or client headers (tests: what was
+    /// kept is used once, or dropped with its stream).
+    #[cfg(test)]
+    pub fn keeps(&self, what: &str) -> bool {
+        self.by_id.values().any(|held| match what {
+            "cookies" => held.cookies.is_some(),
+            "claims" => held.claims.is_some(),
+            "client_headers" => held.client_headers.is_some(),
+            _ => !held.is_empty(),
+        })
+    }
+
+    /// Whether anything is kept for `id` (tests: nothing outlives its stream).
+    #[cfg(test)]
+    pub fn keeps_for(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    fn held(&mut self, id: u32) -> &mut Held {
+        self.by_id.entry(id).or_default()
+    }
+
+    /// Takes something `id` keeps; a request left keeping nothing leaves the map. Most
+    /// requests keep nothing: an empty map is not hashed into (every request ends here).
+    fn take<T>(&mut self, id: u32, what: impl FnOnce(&mut Held) -> Option<T>) -> Option<T> {
+        if self.by_id.is_empty() {
+            return None;
+        }
+        let held = self.by_id.get_mut(&id)?;
+        let taken = what(held);
+        if held.is_empty() {
+            self.by_id.remove(&id);
+        }
+        taken
     }
 }

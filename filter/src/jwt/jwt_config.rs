@@ -2,7 +2,6 @@
 //! algorithms, keys), where tokens are read from, and what a valid token does.
 //! Parsed with serde (unknown fields rejected), then validated into [`JwtSettings`].
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +13,7 @@ use crate::jwt::require::Requirements;
 use crate::jwt::source::{RawHeaderSource, Sources};
 use crate::policy::headers::HeaderNames;
 use crate::policy::route::PublicPaths;
+use crate::string_map::StringMap;
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -69,7 +69,7 @@ struct RawProvider {
     discovery: Option<RawRemoteJwks>,
     secret: Option<String>,
     leeway_s: Option<u64>,
-    claims_to_headers: Option<std::collections::BTreeMap<String, String>>,
+    claims_to_headers: Option<StringMap>,
     mode: Option<Mode>,
     require: Option<Map<String, Value>>,
 }
@@ -162,8 +162,10 @@ impl Rules {
 #[derive(Debug)]
 pub struct Provider {
     pub issuer: String,
-    /// When set, the token's `aud` must contain one of them.
-    pub audiences: Option<HashSet<String>>,
+    /// When set, the token's `aud` must contain one of them. A list, not a set: a
+    /// provider names a few, and a hash set of strings (2 KB of module code that every
+    /// sidecar's V8 compiles) had no other use.
+    pub audiences: Option<Vec<String>>,
     pub algorithms: Vec<Alg>,
     /// Inline JWKS, PEM keys or the HS256 secret.
     pub keys: KeySet,
@@ -302,8 +304,12 @@ impl Provider {
         }
         if let Some(jwks) = raw.jwks {
             let jwks = match jwks {
+                // Read as bytes, as the configuration itself is: one instance of serde_json's
+                // parser in the module instead of a second one for `&str` input (10 KB of
+                // code that every sidecar's V8 compiles); a `str` is valid UTF-8, so the
+                // two read alike and fail with the same text.
                 Value::String(text) => {
-                    serde_json::from_str(&text).map_err(|e| err("jwks", format!("not valid JSON: {e}")))?
+                    serde_json::from_slice(text.as_bytes()).map_err(|e| err("jwks", format!("not valid JSON: {e}")))?
                 }
                 other => other,
             };
@@ -342,7 +348,7 @@ impl Provider {
             Some(list) if list.is_empty() => {
                 return Err(err("audiences", "must not be empty (leave it out to accept any audience)".into()))
             }
-            Some(list) => Some(list.into_iter().collect()),
+            Some(list) => Some(list),
             None => None,
         };
         let leeway_s = raw.leeway_s.unwrap_or(DEFAULT_LEEWAY_S);

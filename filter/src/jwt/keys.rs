@@ -26,6 +26,8 @@ use rsa::sha2::{Sha256, Sha384, Sha512};
 use rsa::{pkcs1v15, pss, BoxedUint};
 use serde_json::{Map, Value};
 
+use crate::jwt::ed25519;
+
 /// The algorithms the filter verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
@@ -148,7 +150,7 @@ impl Key {
             Verifier::PS512(k) => pss_sig(signature).is_some_and(|s| k.verify(signed, &s).is_ok()),
             Verifier::HostOnly => false,
             Verifier::EdDSA(k) => {
-                ed25519_dalek::Signature::from_slice(signature).is_ok_and(|s| k.verify_strict(signed, &s).is_ok())
+                ed25519_dalek::Signature::from_slice(signature).is_ok_and(|s| ed25519::verify_strict(k, signed, &s))
             }
             Verifier::HS256(secret) => {
                 let mac = hmac_sha256::HMAC::mac(signed, secret);

@@ -295,7 +295,7 @@ fn registered_claims(provider: &Provider, claims: &Map<String, Value>, now_ms: u
     if let Some(audiences) = &provider.audiences {
         let ok = match claims.get("aud") {
             Some(Value::String(aud)) => audiences.contains(aud),
-            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(|a| audiences.contains(a)),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(|a| audiences.iter().any(|x| x == a)),
             _ => false,
         };
         if !ok {
@@ -371,6 +371,11 @@ fn claim_headers(provider: &Provider, claims: &Map<String, Value>) -> Result<Vec
 }
 
 /// Strings as they are, arrays joined with commas, objects as JSON.
+///
+/// JSON written by `serde_json::to_string` rather than `Value`'s `Display` (the same
+/// compact text): the configuration is written back the same way, so the module holds
+/// one JSON writer, not that one and `Display`'s (which adds the pretty printer of
+/// `{:#}`). A `Value` always serializes, so the default is never taken.
 fn header_value(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
@@ -380,12 +385,12 @@ fn header_value(value: &Value) -> Option<String> {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
                 })
                 .collect();
             Some(parts.join(","))
         }
-        other => Some(other.to_string()),
+        other => serde_json::to_string(other).ok(),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::policy::forward::{self, HeaderRegex};
 use crate::policy::headers::HeaderNames;
 use crate::policy::request_body::{self, RawRequestBody, RequestBodySettings};
 use crate::policy::trace::{self, TraceHeaders};
+use crate::string_map::StringMap;
 
 /// The identity headers Prefect's auth service returns and the filter injects upstream.
 pub const IDENTITY_HEADERS: [&str; 4] =
@@ -51,7 +52,7 @@ pub(crate) struct RawAuth {
     protocol: Option<Protocol>,
     path_prefix: Option<String>,
     path_override: Option<String>,
-    headers_to_add: Option<std::collections::BTreeMap<String, String>>,
+    headers_to_add: Option<StringMap>,
     upstream_headers_to_append: Option<Vec<String>>,
     client_headers_on_success: Option<Vec<String>>,
     with_request_body: Option<RawRequestBody>,

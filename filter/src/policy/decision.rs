@@ -43,7 +43,7 @@ pub enum Failure {
     /// away before answering (the reply has no `x-envoy-upstream-service-time`).
     Unreachable(Unreachable),
     /// Envoy's own 504 for the callout: `auth.timeout_ms` passed without an answer.
-    TimedOut { ms: u128 },
+    TimedOut { ms: u64 },
     /// The response body is over `auth.max_response_bytes`.
     BodyTooLarge(usize),
     /// A header to relay to the client is not text.
@@ -165,7 +165,7 @@ pub fn decide<'r, H: Header>(auth: &AuthSettings, headers: &'r [H], body_size: u
     if status >= 500 {
         let envoys = matches!(status, 503 | 504) && headers::first(headers, UPSTREAM_SERVICE_TIME).is_none();
         return Verdict::Fail(match (envoys, status) {
-            (true, 504) => Failure::TimedOut { ms: auth.timeout.as_millis() },
+            (true, 504) => Failure::TimedOut { ms: auth.timeout.as_millis() as u64 },
             // The body (read only in this case) tells refused from reset: flow/steps/decide.rs.
             (true, _) => Failure::Unreachable(Unreachable::Other),
             _ => Failure::AuthServerError(status),

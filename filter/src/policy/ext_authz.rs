@@ -22,6 +22,7 @@ use crate::error::ConfigError;
 use crate::policy::forward::CalloutHeader;
 use crate::policy::headers::{self, Header, HeaderNames};
 use crate::policy::substitution::{HeaderTemplate, Rendered, RequestInfo};
+use crate::string_map::StringMap;
 
 /// The header an allowing auth service names request headers to remove in.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -62,9 +63,7 @@ pub(crate) fn check_path(field: &str, path: &str, may_be_empty: bool) -> Result<
 
 /// `auth.headers_to_add`: names are header names the filter may write, values text
 /// with Envoy's command operators, compiled here once.
-pub(crate) fn compile_headers_to_add(
-    raw: Option<std::collections::BTreeMap<String, String>>,
-) -> Result<Vec<(String, HeaderTemplate)>, ConfigError> {
+pub(crate) fn compile_headers_to_add(raw: Option<StringMap>) -> Result<Vec<(String, HeaderTemplate)>, ConfigError> {
     let mut out = Vec::new();
     for (name, value) in raw.unwrap_or_default() {
         let field = format!("auth.headers_to_add.{name}");

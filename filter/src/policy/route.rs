@@ -25,8 +25,6 @@
 //! `/` reversed into a leading one), so the cost per request does not grow with the
 //! number of templates.
 
-use std::collections::HashMap;
-
 use crate::error::ConfigError;
 
 /// Prefect's public-path list (its proxy mode's Traefik router `public`; docs/configuration.md,
@@ -98,12 +96,21 @@ impl PublicPaths {
             templates: templates.to_vec(),
             owners: Vec::with_capacity(templates.len()),
         };
-        let mut seen = HashMap::new();
+        // The templates compiled so far and where each first appeared. A list, not a
+        // hash map: a start-up step does not need one, and a map of `Template`s would be
+        // 2 KB of module code of its own that every sidecar's V8 compiles.
+        let mut seen: Vec<(Template, usize)> = Vec::new();
         for (index, template) in templates.iter().enumerate() {
             let field = fields.get(index).cloned().unwrap_or_else(|| format!("public_paths[{index}]"));
             let error = |message: String| ConfigError { field: field.clone(), message };
             let compiled = Template::parse(template).map_err(|m| error(format!("{template:?}{m}")))?;
-            let owner = *seen.entry(compiled.clone()).or_insert(index);
+            let owner = match seen.iter().find(|(t, _)| *t == compiled) {
+                Some((_, owner)) => *owner,
+                None => {
+                    seen.push((compiled.clone(), index));
+                    index
+                }
+            };
             paths.owners.push(owner);
             if owner != index {
                 continue; // A duplicate adds nothing.
@@ -211,7 +218,7 @@ impl PublicPaths {
 
 /// A validated template as matchit routes: parameters renamed by position so that
 /// `/a/{x}` and `/a/{y}` are the same route.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Template {
     /// Route for the forward router (`/hooks`, `/api/{p1}/x`), and everything below it.
     Prefix(String),
@@ -226,7 +233,7 @@ enum Template {
 }
 
 /// How a path matched by a `{prefix}` template may end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// With or without one trailing `/` (`/{prefix}/events/out`).
     Either,

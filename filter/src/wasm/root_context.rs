@@ -88,13 +88,7 @@ impl RootContext for Root {
                 // Warning, not info: Istio sidecars log at `warning` (pilot-agent's
                 // --proxyLogLevel default), and this is the line that proves the plugin
                 // attached and enforces. Once per VM and configuration, never per request.
-                warn!(
-                    "configured: auth cluster {:?}, path {:?}, timeout {:?}, cache {:?}",
-                    settings.auth.cluster,
-                    settings.auth.path,
-                    settings.auth.timeout,
-                    settings.cache.as_ref().map(|c| (c.entries, c.default_ttl, c.max_ttl))
-                );
+                warn!("configured: {}", settings.summary());
                 let settings = Rc::new(settings);
                 let verifier = settings.jwt.as_ref().map(|jwt| {
                     for warning in &jwt.warnings {

@@ -93,7 +93,7 @@ pub fn fail_overdue<H: Host>(host: &H, worker: &mut Worker, settings: &Settings,
             "[{id}] failed closed {GUARD_STATUS}: auth.with_request_body or auth.forward_body is set but Envoy delivered no request body within \
              {} ms; set allow_on_headers_stop_iteration: true on the wasm filter's plugin config \
              (Envoy >= 1.35; docs/istio.md, \"Request body\")",
-            timeout.as_millis()
+            timeout.as_millis() as u64
         );
         worker.counters.count(Metric::Errors);
         let decided = Decided::new(Outcome::Failed, How::Filter).reason("no_request_body");

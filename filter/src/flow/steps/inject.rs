@@ -10,7 +10,7 @@ use crate::flow::outcome::Step;
 use crate::flow::reply::{fail_closed, fail_closed_by, reply};
 use crate::flow::request_log::{self, Via};
 use crate::flow::steps::decide::Outcome;
-use crate::flow::worker::{take, Worker};
+use crate::flow::worker::Worker;
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
 use crate::policy::decision::Failure;
@@ -62,7 +62,7 @@ pub fn apply_decision<H: Host>(
         Decision::Allow { inject, cookies, extra } => {
             // local_then_callout: the token's claim headers, unless the auth service sets
             // the same header (it has the last word).
-            let claims = take(&mut worker.kept.claims, id);
+            let claims = worker.kept.take_claims(id);
             let claims = claims.as_deref().unwrap_or_default();
             // Looked up only when it is written.
             let telemetry = &settings.telemetry;
@@ -72,12 +72,12 @@ pub fn apply_decision<H: Host>(
                     claims.iter().find(|(name, _)| name.eq_ignore_ascii_case(actor)).map(|(_, v)| v.as_bytes())
                 })
             });
-            let last = worker.kept.providers_left.is_empty() || !worker.kept.providers_left.contains_key(&id);
+            let last = !worker.kept.providers_left(id);
             // Several providers: the upstream keeps an earlier allow's actor header (or claim)
             // unless a later allow replaces it; only the last allow records it.
-            let earlier = take(&mut worker.kept.actors, id);
+            let earlier = worker.kept.take_actor(id);
             if let (false, Some(actor)) = (last, actor.or(earlier.as_deref())) {
-                worker.kept.actors.insert(id, actor.to_vec());
+                worker.kept.keep_actor(id, actor.to_vec());
             }
             let actor = actor.or(earlier.as_deref());
             let mut decided = Decided::new(Ended::Allowed, via.how()).status(said.status).actor(actor);
@@ -110,7 +110,7 @@ pub fn apply_decision<H: Host>(
             // Several providers: each allow's, as each of Istio's chained ext_authz filters
             // adds its own (kept until the response comes).
             if !cookies.is_empty() {
-                worker.kept.cookies.entry(id).or_default().extend(cookies.iter().cloned());
+                worker.kept.add_cookies(id, cookies);
             }
             if let Some(extra) = extra {
                 if apply_extra(host, worker, id, extra).is_err() {
@@ -154,8 +154,8 @@ fn apply_extra<H: Host>(host: &H, worker: &mut Worker, id: u32, extra: &AllowExt
         // every allow's headers, the later provider's before the earlier's (measured
         // against Envoy 1.40 in tests/tests/custom_diff.rs).
         let mut all = extra.to_client.clone();
-        all.extend(take(&mut worker.kept.client_headers, id).unwrap_or_default());
-        worker.kept.client_headers.insert(id, all);
+        all.extend(worker.kept.take_client_headers(id).unwrap_or_default());
+        worker.kept.keep_client_headers(id, all);
     }
     Ok(())
 }
@@ -163,7 +163,7 @@ fn apply_extra<H: Host>(host: &H, worker: &mut Worker, id: u32, extra: &AllowExt
 /// ext_authz `client_headers_on_success`: added to the client's response of an allowed
 /// request (next to the upstream's own, as Envoy does).
 pub fn add_client_headers<H: Host>(host: &H, worker: &mut Worker, id: u32) -> Result<(), Refused> {
-    let Some(headers) = take(&mut worker.kept.client_headers, id) else { return Ok(()) };
+    let Some(headers) = worker.kept.take_client_headers(id) else { return Ok(()) };
     for (name, value) in headers {
         host.add_header(Map::ResponseHeaders, &name, &value)?;
     }
@@ -240,7 +240,7 @@ mod tests {
         let claims: crate::jwt::verifier::ClaimHeaders =
             vec![("X-Nebula-Org".to_string(), "from-jwt".to_string()), ("x-jwt-sub".to_string(), "dave".to_string())]
                 .into();
-        worker.kept.claims.insert(ID, claims);
+        worker.kept.keep_claims(ID, claims);
         let config = settings(r#"{"auth": {"cluster": "auth"}}"#);
         let step = apply_decision(&host, &mut worker, ID, &config, &allow(), Via::AuthService, Said::default());
         assert!(matches!(step, Step::Upstream));
@@ -248,7 +248,7 @@ mod tests {
         let org: Vec<_> = request.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-nebula-org")).collect();
         assert_eq!(org, [&("x-nebula-org".to_string(), b"7".to_vec())], "the auth service has the last word");
         assert!(request.contains(&("x-jwt-sub".into(), b"dave".to_vec())));
-        assert!(worker.kept.claims.is_empty(), "the kept claims are used once");
+        assert!(!worker.kept.keeps("claims"), "the kept claims are used once");
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn check<H: Host>(
                 return fail_closed(host, worker, id, settings, Failure::HostError);
             }
             if mode == Mode::LocalThenCallout {
-                worker.kept.claims.insert(id, claim_headers);
+                worker.kept.keep_claims(id, claim_headers);
                 return Step::Next(Some(claims));
             }
             // Added, not replaced: every claim header was stripped from the request.

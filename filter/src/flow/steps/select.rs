@@ -21,7 +21,7 @@ use crate::flow::decision_log;
 use crate::flow::host::{Host, Map};
 use crate::flow::outcome::Step;
 use crate::flow::reply::fail_closed;
-use crate::flow::worker::{take, Worker};
+use crate::flow::worker::Worker;
 use crate::jwt::verifier::VerifiedClaims;
 use crate::metric_names::Metric;
 use crate::plugin_config::Settings;
@@ -151,7 +151,7 @@ pub fn select<H: Host>(
         return Step::Next(selected);
     }
     debug!("[{id}] no policy selects the request: upstream unchecked");
-    if let Some(claims) = take(&mut worker.kept.claims, id) {
+    if let Some(claims) = worker.kept.take_claims(id) {
         for (name, value) in claims.iter() {
             if host.add_header(Map::RequestHeaders, name, value.as_bytes()).is_err() {
                 return fail_closed(host, worker, id, settings, Failure::HostError);

@@ -394,6 +394,10 @@ impl Sim {
             } else if !seen.gone {
                 assert_eq!(stream.ends.len(), 1, "paused stream {id} never ended");
             }
+            // A stream that went away leaves nothing kept for it on any worker.
+            if seen.gone {
+                assert!(!self.workers.iter().any(|w| w.kept.keeps_for(*id)), "stream {id} is gone, something kept");
+            }
             // No identity header the client sent reaches the upstream.
             if let Some(upstream) = &seen.upstream {
                 for (name, value) in upstream {
